@@ -1,0 +1,105 @@
+// Element-wise kernels over flat f32 arrays of length n. One thread per element, 256 per
+// workgroup; the grid may be folded into 2-D (x up to 65535), so the element index is
+// global_id.x + global_id.y * (num_workgroups.x * 256).
+
+struct Params {
+    n: u32,
+    seed: u32,
+    alpha: f32,   // fill value / scale factor / axpy alpha / dropout probability
+    beta: f32,    // dropout: 1/(1-p)
+}
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+// A counter-based hash (PCG output function) so dropout needs no stored mask: the backward pass
+// regenerates the same keep/drop decision from (seed, index).
+fn hash(v: u32) -> u32 {
+    let s = v * 747796405u + 2891336453u;
+    let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
+    return (w >> 22u) ^ w;
+}
+fn keep(i: u32) -> bool {
+    let u = f32(hash(hash(i) ^ p.seed) >> 8u) * (1.0 / 16777216.0);
+    return u >= p.alpha;
+}
+
+//#section fill
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { out[i] = p.alpha; }
+}
+
+//#section add
+// out = a + b
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { out[i] = a[i] + b[i]; }
+}
+
+//#section scale
+// out = alpha * x
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { out[i] = p.alpha * x[i]; }
+}
+
+//#section axpy
+// y += alpha * x, in place
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(256)
+fn axpy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { y[i] = y[i] + p.alpha * x[i]; }
+}
+
+//#section relu
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { out[i] = max(x[i], 0.0); }
+}
+
+//#section relu_backward
+// dx = dy where the forward output y > 0 (equivalently x > 0), else 0
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { dx[i] = select(0.0, dy[i], y[i] > 0.0); }
+}
+
+//#section dropout
+// out = x * keep / (1 - p): used for both directions (the backward applies the same mask to dy)
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { out[i] = select(0.0, x[i] * p.beta, keep(i)); }
+}
+
+//#section dropout_mask
+// out = the 0/1 keep mask, so tests can check the kernel against the reference
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn dropout_mask(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { out[i] = select(0.0, 1.0, keep(i)); }
+}

@@ -1,0 +1,26 @@
+// General matrix product on the tiled GEMM engine (tiled_gemm.wgsl is prepended):
+//   C[M, N] (+bias[n]) = A[M, K] * B[K, N] with arbitrary element strides, so transposed
+//   operands cost nothing: A[m, k] = a[m * a_sm + k * a_sk], B[k, n] = b[k * b_sk + n * b_sn].
+// Split-K: workgroup z sums k in [z * k_chunk, min((z + 1) * k_chunk, K)) and writes its partial
+// product to c[z * M * N + m * N + n]; with one split that is C itself.
+
+struct Params {
+    m: u32, n: u32, k: u32, k_chunk: u32,
+    a_sm: u32, a_sk: u32, b_sk: u32, b_sn: u32,
+    has_bias: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+fn dims() -> vec2<u32> { return vec2<u32>(p.m, p.n); }
+fn k_range(z: u32) -> vec2<u32> { return vec2<u32>(z * p.k_chunk, min((z + 1u) * p.k_chunk, p.k)); }
+fn load_a(m: u32, k: u32, z: u32) -> f32 { return a[m * p.a_sm + k * p.a_sk]; }
+fn load_b(k: u32, n: u32, z: u32) -> f32 { return b[k * p.b_sk + n * p.b_sn]; }
+fn store_c(m: u32, n: u32, z: u32, v: f32) {
+    var r = v;
+    if (p.has_bias != 0u && z == 0u) { r += bias[n]; }
+    c[(z * p.m + m) * p.n + n] = r;
+}

@@ -1,0 +1,82 @@
+// Reductions. A workgroup of 256 threads reduces in shared memory by halving.
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, 256>;
+
+fn tree_sum(lid: u32) -> f32 {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        workgroupBarrier();
+        if (lid < s) { partial[lid] += partial[lid + s]; }
+    }
+    workgroupBarrier();
+    return partial[0];
+}
+
+//#section sum_stage
+// Stage of a full sum: workgroup g sums x[g*chunk .. (g+1)*chunk) (squared when square != 0,
+// times scale) into out[g]. Run once with many workgroups, then once with one workgroup.
+struct Params { n: u32, chunk: u32, square: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn sum_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let begin = wid.x * p.chunk;
+    let end = min(begin + p.chunk, p.n);
+    var s = 0.0;
+    for (var i = begin + lid.x; i < end; i += WG) {
+        let v = x[i];
+        s += select(v, v * v, p.square != 0u);
+    }
+    partial[lid.x] = s;
+    let total = tree_sum(lid.x);
+    if (lid.x == 0u) { out[wid.x] = total * p.scale; }
+}
+
+//#section channel_sum
+// x viewed as [outer, c, inner]: out[ch] = sum over outer and inner of x. One workgroup per channel.
+struct Params { outer: u32, c: u32, inner: u32, _pad: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ch = wid.x;
+    let count = p.outer * p.inner;
+    var s = 0.0;
+    for (var j = lid.x; j < count; j += WG) {
+        let o = j / p.inner;
+        let i = j % p.inner;
+        s += x[(o * p.c + ch) * p.inner + i];
+    }
+    partial[lid.x] = s;
+    let total = tree_sum(lid.x);
+    if (lid.x == 0u) { out[ch] = total; }
+}
+
+//#section sum_splits
+// out[i] = sum over z < splits of parts[z * n + i]: finishes a split-K GEMM.
+struct Params { n: u32, splits: u32, _pad0: u32, _pad1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> parts: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn sum_splits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.n) { return; }
+    var s = 0.0;
+    for (var z = 0u; z < p.splits; z++) { s += parts[z * p.n + i]; }
+    out[i] = s;
+}
+
+//#section broadcast
+// out[i] = scalar[0] * scale: the backward of a full sum or mean.
+struct Params { n: u32, _pad0: u32, _pad1: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> scalar: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn broadcast(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i < p.n) { out[i] = scalar[0] * p.scale; }
+}

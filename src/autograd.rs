@@ -1,0 +1,103 @@
+//! Reverse-mode automatic differentiation on a tape.
+//!
+//! Every op that produces a tensor from inputs that need gradients attaches a [`Node`]: a
+//! [`Backward`] object holding what the op saved, plus the input tensors. `backward` sorts the
+//! graph topologically, runs each node once in reverse order, and accumulates (adds) gradients
+//! for tensors used more than once. Each node is taken out of the graph as it runs, so the
+//! buffers it saved are released as soon as they are no longer needed.
+
+use crate::tensor::Tensor;
+use crate::Result;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+
+/// The backward rule of one op application: given the gradient of its output, the gradient of
+/// each input (`None` where an input needs none).
+pub trait Backward: Send + Sync {
+    fn backward(&self, grad_output: &Tensor) -> Result<Vec<Option<Tensor>>>;
+}
+
+pub struct Node {
+    pub backward: Box<dyn Backward>,
+    pub inputs: Vec<Tensor>,
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops on this thread currently record the graph.
+pub fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` without recording the graph (evaluation, optimizer updates).
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    f()
+}
+
+/// Whether an op applied to `inputs` must record a node.
+pub fn needs_node(inputs: &[&Tensor]) -> bool {
+    grad_enabled() && inputs.iter().any(|t| t.requires_grad())
+}
+
+/// Runs backward from `root` with `seed` as the gradient of root.
+pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
+    // Topological order by iterative depth-first search (deep ResNets would overflow recursion).
+    let mut order: Vec<Tensor> = Vec::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        let inputs = t.node_inputs();
+        stack.push((t, true));
+        for input in inputs {
+            if input.requires_grad() && !seen.contains(&input.id()) {
+                stack.push((input, false));
+            }
+        }
+    }
+    let mut grads: HashMap<u64, Tensor> = HashMap::new();
+    grads.insert(root.id(), seed);
+    for t in order.iter().rev() {
+        let Some(grad) = grads.remove(&t.id()) else { continue };
+        match t.take_node() {
+            None if t.from_op() => {
+                return Err(crate::Error::invalid(
+                    "backward ran through this graph already (its saved buffers are released); \
+                     run the forward pass again",
+                ))
+            }
+            None => t.accumulate_grad(grad)?,
+            Some(node) => {
+                let input_grads = node.backward.backward(&grad)?;
+                drop(grad);
+                for (input, g) in node.inputs.iter().zip(input_grads) {
+                    let Some(g) = g else { continue };
+                    if !input.requires_grad() {
+                        continue;
+                    }
+                    let merged = match grads.remove(&input.id()) {
+                        Some(prev) => crate::ops::elementwise::add(&prev, &g)?,
+                        None => g,
+                    };
+                    grads.insert(input.id(), merged);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! One error type for the whole crate: every failure a user can cause ends here, with a message
+//! that names the problem and what to do about it.
+
+use std::fmt;
+
+#[derive(Debug)]
+pub enum Error {
+    /// No adapter matched; the text says what was looked for and how to install a driver.
+    NoAdapter(String),
+    /// The GPU runtime reported a failure (device lost, validation, mapping).
+    Gpu(String),
+    /// A buffer larger than the device allows.
+    TooLarge { what: String, bytes: u64, limit: u64 },
+    /// Operands of an op have shapes that do not fit together.
+    Shape { op: &'static str, detail: String },
+    /// A bad argument (flag, hyperparameter, file content) with an explanation.
+    Invalid(String),
+    /// An I/O failure, with the path it concerned.
+    Io { path: String, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape { op, detail: detail.into() }
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().display().to_string(), source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoAdapter(msg) => write!(f, "no GPU adapter: {msg}"),
+            Error::Gpu(msg) => write!(f, "GPU error: {msg}"),
+            Error::TooLarge { what, bytes, limit } => write!(
+                f,
+                "{what} needs a buffer of {:.1} MiB but this device allows at most {:.1} MiB \
+                 per buffer; use a smaller batch size or a device with more memory",
+                *bytes as f64 / 1048576.0,
+                *limit as f64 / 1048576.0
+            ),
+            Error::Shape { op, detail } => write!(f, "shape mismatch in {op}: {detail}"),
+            Error::Invalid(msg) => write!(f, "{msg}"),
+            Error::Io { path, source } => write!(f, "{path}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,82 @@
+//! Compute kernels: a WGSL source (optionally one `//#section NAME` of an op family's file, with
+//! a shared prelude such as the tiled GEMM engine) and an entry point. Each is compiled once, on
+//! first use, and cached for the life of the process. Shapes never enter the shader text: they
+//! travel in each dispatch's uniform parameters.
+
+use super::Gpu;
+use crate::{Error, Result};
+use std::collections::HashMap;
+
+/// A kernel as ops declare it, usually as a `static`.
+pub struct Kernel {
+    /// Unique name, also the cache key, e.g. `"conv2d.forward"`.
+    pub label: &'static str,
+    /// Text placed before the op family's source (e.g. the tiled GEMM engine), or "".
+    pub prelude: &'static str,
+    /// The op family's WGSL file.
+    pub source: &'static str,
+    /// When set, only the text before the first `//#section` line plus this section is used.
+    pub section: Option<&'static str>,
+    pub entry: &'static str,
+}
+
+impl Kernel {
+    /// The WGSL text this kernel compiles.
+    pub fn wgsl(&self) -> String {
+        let mut text = String::from(self.prelude);
+        text.push('\n');
+        match self.section {
+            None => text.push_str(self.source),
+            Some(name) => {
+                let mut parts = self.source.split("//#section ");
+                text.push_str(parts.next().unwrap_or(""));
+                // A section runs from its `//#section NAME` line to the next one.
+                let body = parts
+                    .find_map(|p| p.split_once('\n').filter(|(head, _)| head.trim() == name))
+                    .map(|(_, body)| body);
+                text.push_str(body.unwrap_or_else(|| panic!("{}: shader has no section {name}", self.label)));
+            }
+        }
+        text
+    }
+}
+
+pub(super) struct Compiled {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub(super) struct KernelCache {
+    index: HashMap<&'static str, usize>,
+    pub compiled: Vec<Compiled>,
+}
+
+impl KernelCache {
+    /// The cache slot of `kernel`, compiling it the first time.
+    pub fn slot(&mut self, gpu: &Gpu, kernel: &Kernel) -> Result<usize> {
+        if let Some(&i) = self.index.get(kernel.label) {
+            return Ok(i);
+        }
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.label),
+            source: wgpu::ShaderSource::Wgsl(kernel.wgsl().into()),
+        });
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.label),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("kernel {} failed to compile: {e}", kernel.label)));
+        }
+        let layout = pipeline.get_bind_group_layout(0);
+        self.compiled.push(Compiled { pipeline, layout });
+        self.index.insert(kernel.label, self.compiled.len() - 1);
+        Ok(self.compiled.len() - 1)
+    }
+}

@@ -1,0 +1,277 @@
+//! The GPU runtime: the only module of the crate that names wgpu.
+//!
+//! One process-wide [`Gpu`] (device, queue, pipeline cache, buffer pool, command recorder) is
+//! created on first use — from [`GpuOptions`] given to [`init`], or from the environment
+//! (`SASPRUNE_BACKEND`, `SASPRUNE_ADAPTER`). Ops record dispatches; nothing reaches the device
+//! until a read-back or [`Gpu::flush`] submits everything recorded so far in one submit.
+
+mod buffer;
+mod kernel;
+mod recorder;
+
+pub use buffer::{Buffer, BufferView};
+pub use kernel::Kernel;
+
+use crate::{Error, Result};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Which adapter to use. `None` means "any": the best device type wins
+/// (discrete > integrated > virtual > CPU/software).
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// `vulkan`, `metal`, `dx12`, `gl` (or a comma-separated list of them); env `SASPRUNE_BACKEND`.
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name; env `SASPRUNE_ADAPTER`.
+    pub adapter: Option<String>,
+}
+
+impl GpuOptions {
+    pub fn from_env() -> Self {
+        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.trim().is_empty());
+        GpuOptions { backend: var("SASPRUNE_BACKEND"), adapter: var("SASPRUNE_ADAPTER") }
+    }
+}
+
+/// What the program tells the user (and the benchmark records) about the adapter in use.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub vendor_id: u32,
+    pub device_type: String,
+    pub backend: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub timestamp_queries: bool,
+    pub subgroups: bool,
+    pub shader_f16: bool,
+    pub max_buffer_size: u64,
+    pub max_storage_binding: u64,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
+        if !self.driver.is_empty() {
+            write!(f, ", driver {} {}", self.driver, self.driver_info)?;
+        }
+        write!(f, ")")
+    }
+}
+
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pub adapter: AdapterSummary,
+    limits: wgpu::Limits,
+    kernels: Mutex<kernel::KernelCache>,
+    pool: Mutex<buffer::Pool>,
+    recorder: Mutex<recorder::Recorder>,
+    /// First uncaptured device error since it was last checked.
+    device_error: Arc<Mutex<Option<String>>>,
+}
+
+static GPU: OnceLock<Gpu> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+/// Creates the process-wide GPU context with these options (the first call wins; later calls
+/// return the existing context).
+pub fn init(options: &GpuOptions) -> Result<&'static Gpu> {
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(gpu) = GPU.get() {
+        return Ok(gpu);
+    }
+    let gpu = Gpu::new(options)?;
+    Ok(GPU.get_or_init(|| gpu))
+}
+
+/// The process-wide GPU context, created from the environment on first use.
+pub fn get() -> Result<&'static Gpu> {
+    match GPU.get() {
+        Some(gpu) => Ok(gpu),
+        None => init(&GpuOptions::from_env()),
+    }
+}
+
+fn parse_backends(text: Option<&str>) -> Result<wgpu::Backends> {
+    let Some(text) = text else { return Ok(wgpu::Backends::all()) };
+    let mut set = wgpu::Backends::empty();
+    for part in text.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+        set |= match part.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            "all" | "any" => wgpu::Backends::all(),
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown backend '{other}': choose vulkan, metal, dx12, gl or all"
+                )))
+            }
+        };
+    }
+    Ok(set)
+}
+
+fn rank(device_type: wgpu::DeviceType) -> u8 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// One line per adapter wgpu finds on the given backends (all when `None`).
+pub fn list_adapters(backend: Option<&str>) -> Result<Vec<String>> {
+    let instance = new_instance(parse_backends(backend)?);
+    let adapters = pollster::block_on(instance.enumerate_adapters(parse_backends(backend)?));
+    Ok(adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+        })
+        .collect())
+}
+
+const NO_DRIVER_HINT: &str = "install a Vulkan, Metal, DX12 or OpenGL driver for your GPU; \
+     on a machine without a GPU, the software Vulkan driver works \
+     (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`)";
+
+impl Gpu {
+    fn new(options: &GpuOptions) -> Result<Gpu> {
+        let backends = parse_backends(options.backend.as_deref())?;
+        let instance = new_instance(backends);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let found: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        if let Some(want) = &options.adapter {
+            let want = want.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+        }
+        adapters.sort_by_key(|a| rank(a.get_info().device_type));
+        let looked_for = format!(
+            "looked for {} on backend(s) {}",
+            options.adapter.as_deref().map_or("any adapter".into(), |a| format!("an adapter named like '{a}'")),
+            options.backend.as_deref().unwrap_or("all")
+        );
+        let Some(adapter) = adapters.into_iter().next() else {
+            return Err(Error::NoAdapter(if found.is_empty() {
+                format!("{looked_for} and found none; {NO_DRIVER_HINT}")
+            } else {
+                format!("{looked_for}; the adapters present are: {}", found.join("; "))
+            }));
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("sasprune"),
+            required_features: features & wanted,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("could not open {} ({:?}): {e}", info.name, info.backend)))?;
+        let device_error = Arc::new(Mutex::new(None::<String>));
+        let slot = device_error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        let adapter = AdapterSummary {
+            name: info.name.clone(),
+            vendor_id: info.vendor,
+            device_type: format!("{:?}", info.device_type),
+            backend: format!("{:?}", info.backend),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            timestamp_queries: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+        };
+        let recorder = recorder::Recorder::new(&limits);
+        Ok(Gpu {
+            device,
+            queue,
+            adapter,
+            limits,
+            kernels: Mutex::new(kernel::KernelCache::default()),
+            pool: Mutex::new(buffer::Pool::default()),
+            recorder: Mutex::new(recorder),
+            device_error,
+        })
+    }
+
+    /// Byte alignment that a tensor view's offset inside a shared buffer must respect.
+    pub fn storage_alignment(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment as u64
+    }
+
+    /// The largest number of workgroups in one dispatch dimension.
+    pub fn max_workgroups_per_dim(&self) -> u32 {
+        self.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// Submits everything recorded so far (one submit) without waiting for it.
+    pub fn flush(&self) -> Result<()> {
+        self.lock_recorder().flush(self)?;
+        self.check_device_error()
+    }
+
+    /// Submits everything recorded so far and waits until the device has finished it.
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        self.check_device_error()
+    }
+
+    fn check_device_error(&self) -> Result<()> {
+        match self.device_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(msg) => Err(Error::Gpu(msg)),
+            None => Ok(()),
+        }
+    }
+
+    fn lock_recorder(&self) -> std::sync::MutexGuard<'_, recorder::Recorder> {
+        self.recorder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes currently held by buffers (in use or pooled), and the most ever held.
+    pub fn memory_stats(&self) -> buffer::MemoryStats {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).stats()
+    }
+
+    /// Forgets the peak of `memory_stats` so a bench can measure one step's peak.
+    pub fn reset_peak_memory(&self) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).reset_peak();
+    }
+
+    /// Releases pooled (unused) buffers back to the driver.
+    pub fn trim_pool(&self) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).trim();
+    }
+}
+
+/// Splits `n` workgroups over x (and y when n exceeds the per-dimension limit). Kernels that use
+/// it compute their linear workgroup index as `wid.x + wid.y * num_workgroups.x`.
+pub fn grid(n: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if n <= MAX {
+        [n.max(1), 1, 1]
+    } else {
+        [MAX, n.div_ceil(MAX), 1]
+    }
+}

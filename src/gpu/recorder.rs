@@ -1,0 +1,245 @@
+//! Command recording. Ops append dispatches, uploads and copies here; `flush` turns the whole
+//! list into one command buffer and one submit.
+//!
+//! Uniform parameters and uploaded data are staged in host arenas and written to the device with
+//! one `write_buffer` each per submit; every dispatch or upload owns its own region of the arena.
+//! (A single uniform buffer rewritten between dispatches would give them all the last value,
+//! because `write_buffer` lands before every command of the submit.)
+
+use super::{Buffer, BufferView, Gpu, Kernel};
+use crate::{Error, Result};
+
+struct Binding {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+enum Command {
+    Dispatch { kernel: usize, params_offset: u64, params_size: u64, bindings: Vec<Binding>, groups: [u32; 3] },
+    Copy { src: Binding, dst: Binding },
+    /// Copy from the upload arena at `src_offset` into `dst`.
+    Upload { src_offset: u64, dst: Binding },
+}
+
+/// Flush on our own once this many commands or arena bytes are pending.
+const MAX_COMMANDS: usize = 8192;
+const MAX_UPLOAD_BYTES: usize = 256 << 20;
+
+pub(super) struct Recorder {
+    commands: Vec<Command>,
+    params: Vec<u8>,
+    uploads: Vec<u8>,
+    params_device: Option<wgpu::Buffer>,
+    uploads_device: Option<wgpu::Buffer>,
+    readback: Option<wgpu::Buffer>,
+    uniform_align: u64,
+}
+
+fn binding(view: &BufferView) -> Binding {
+    Binding { buffer: view.buffer.raw().clone(), offset: view.offset, size: view.size }
+}
+
+fn pad_to(v: &mut Vec<u8>, align: u64) -> u64 {
+    let at = (v.len() as u64).div_ceil(align) * align;
+    v.resize(at as usize, 0);
+    at
+}
+
+/// A device buffer of at least `len` bytes, reusing `slot` when it is large enough.
+fn ensure(gpu: &Gpu, slot: &mut Option<wgpu::Buffer>, len: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    if slot.as_ref().is_none_or(|b| b.size() < len) {
+        let size = len.max(1 << 16).next_power_of_two();
+        *slot = Some(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("sasprune arena"),
+            size,
+            usage,
+            mapped_at_creation: false,
+        }));
+    }
+    slot.clone().expect("set above")
+}
+
+impl Recorder {
+    pub fn new(limits: &wgpu::Limits) -> Self {
+        Recorder {
+            commands: Vec::new(),
+            params: Vec::new(),
+            uploads: Vec::new(),
+            params_device: None,
+            uploads_device: None,
+            readback: None,
+            uniform_align: limits.min_uniform_buffer_offset_alignment.max(16) as u64,
+        }
+    }
+
+    fn maybe_flush(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.commands.len() >= MAX_COMMANDS || self.uploads.len() >= MAX_UPLOAD_BYTES {
+            self.flush(gpu)?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.commands.is_empty() {
+            return Ok(());
+        }
+        let params_buf = ensure(
+            gpu,
+            &mut self.params_device,
+            self.params.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        if !self.params.is_empty() {
+            gpu.queue.write_buffer(&params_buf, 0, &self.params);
+        }
+        let uploads_buf = if self.uploads.is_empty() {
+            None
+        } else {
+            let buf = ensure(
+                gpu,
+                &mut self.uploads_device,
+                self.uploads.len() as u64,
+                wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            );
+            gpu.queue.write_buffer(&buf, 0, &self.uploads);
+            Some(buf)
+        };
+        let kernels = gpu.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut commands = std::mem::take(&mut self.commands).into_iter().peekable();
+        while let Some(command) = commands.next() {
+            match command {
+                Command::Dispatch { .. } => {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    let mut next = Some(command);
+                    while let Some(Command::Dispatch { kernel, params_offset, params_size, bindings, groups }) = next {
+                        let compiled = &kernels.compiled[kernel];
+                        let mut entries = vec![wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &params_buf,
+                                offset: params_offset,
+                                size: std::num::NonZeroU64::new(params_size),
+                            }),
+                        }];
+                        for (i, b) in bindings.iter().enumerate() {
+                            entries.push(wgpu::BindGroupEntry {
+                                binding: i as u32 + 1,
+                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &b.buffer,
+                                    offset: b.offset,
+                                    size: std::num::NonZeroU64::new(b.size),
+                                }),
+                            });
+                        }
+                        let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: None,
+                            layout: &compiled.layout,
+                            entries: &entries,
+                        });
+                        pass.set_pipeline(&compiled.pipeline);
+                        pass.set_bind_group(0, &group, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        next = if matches!(commands.peek(), Some(Command::Dispatch { .. })) { commands.next() } else { None };
+                    }
+                }
+                Command::Copy { src, dst } => {
+                    encoder.copy_buffer_to_buffer(&src.buffer, src.offset, &dst.buffer, dst.offset, Some(src.size));
+                }
+                Command::Upload { src_offset, dst } => {
+                    let src = uploads_buf.as_ref().expect("an upload stages its bytes");
+                    encoder.copy_buffer_to_buffer(src, src_offset, &dst.buffer, dst.offset, Some(dst.size));
+                }
+            }
+        }
+        drop(kernels);
+        gpu.queue.submit([encoder.finish()]);
+        self.params.clear();
+        self.uploads.clear();
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// Records one dispatch of `kernel` with `params` (a `#[repr(C)]` struct's bytes, bound as the
+    /// uniform at binding 0) and `buffers` bound in order at bindings 1, 2, ...
+    pub fn dispatch(&self, kernel: &Kernel, params: &[u8], buffers: &[BufferView], groups: [u32; 3]) -> Result<()> {
+        let max = self.max_workgroups_per_dim();
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Gpu(format!(
+                "{}: dispatch of {groups:?} workgroups exceeds the device limit of {max} per dimension",
+                kernel.label
+            )));
+        }
+        let slot = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).slot(self, kernel)?;
+        let mut rec = self.lock_recorder();
+        let align = rec.uniform_align;
+        let params_offset = pad_to(&mut rec.params, align);
+        rec.params.extend_from_slice(params);
+        let params_size = pad_to(&mut rec.params, 16) - params_offset;
+        let bindings = buffers.iter().map(binding).collect();
+        rec.commands.push(Command::Dispatch { kernel: slot, params_offset, params_size, bindings, groups });
+        rec.maybe_flush(self)
+    }
+
+    /// Records a write of `bytes` (length a multiple of 4) into `dst` at `offset`; it takes
+    /// effect in order with the recorded dispatches.
+    pub fn upload(&self, dst: &Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(bytes.len() % 4 == 0 && offset % 4 == 0);
+        let mut rec = self.lock_recorder();
+        let src_offset = pad_to(&mut rec.uploads, 4);
+        rec.uploads.extend_from_slice(bytes);
+        let dst = Binding { buffer: dst.raw().clone(), offset, size: bytes.len() as u64 };
+        rec.commands.push(Command::Upload { src_offset, dst });
+        rec.maybe_flush(self)
+    }
+
+    /// Records a device-side copy of `src` into `dst` (same size).
+    pub fn copy(&self, src: BufferView, dst: BufferView) -> Result<()> {
+        debug_assert_eq!(src.size, dst.size);
+        let mut rec = self.lock_recorder();
+        rec.commands.push(Command::Copy { src: binding(&src), dst: binding(&dst) });
+        rec.maybe_flush(self)
+    }
+
+    /// Submits everything recorded and returns the bytes of `view` once the device has them.
+    pub fn read(&self, view: BufferView) -> Result<Vec<u8>> {
+        let mut rec = self.lock_recorder();
+        let staging = ensure(
+            self,
+            &mut rec.readback,
+            view.size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let dst = Binding { buffer: staging.clone(), offset: 0, size: view.size };
+        rec.commands.push(Command::Copy { src: binding(&view), dst });
+        // The lock stays held until the staging buffer is unmapped: it is shared by all readers.
+        rec.flush(self)?;
+        self.check_device_error()?;
+        let slice = staging.slice(0..view.size);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("reading back from the device failed: {e}"))),
+            Err(_) => return Err(Error::Gpu("reading back from the device never completed".into())),
+        }
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("reading back from the device failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        drop(rec);
+        self.check_device_error()?;
+        Ok(bytes)
+    }
+}

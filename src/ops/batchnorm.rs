@@ -1,0 +1,106 @@
+//! Batch normalization 2-D, training and eval mode, forward and backward
+//! (shaders/batchnorm.wgsl).
+
+use super::{groups_1d, kernel, launch};
+use crate::autograd::{needs_node, Backward, Node};
+use crate::gpu::Kernel;
+use crate::{Error, Result, Tensor};
+
+static STATS: Kernel = kernel!("batchnorm.stats", "batchnorm.wgsl", "stats");
+static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
+static BACKWARD_REDUCE: Kernel = kernel!("batchnorm.backward_reduce", "batchnorm.wgsl", "backward_reduce");
+static BACKWARD_INPUT: Kernel = kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    update_running: u32,
+    eps: f32,
+    momentum: f32,
+    eval_mode: u32,
+    _pad: u32,
+}
+
+/// Settings of a batch-norm layer (PyTorch defaults: eps 1e-5, momentum 0.1).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNormConfig {
+    pub eps: f32,
+    pub momentum: f32,
+    /// Batch statistics (and running-statistics update) when true; running statistics when false.
+    pub training: bool,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        BatchNormConfig { eps: 1e-5, momentum: 0.1, training: true }
+    }
+}
+
+/// Batch norm over `x` [n, c, h, w] (or [n, c]) with per-channel `gamma`, `beta` and running
+/// statistics (updated in place in training mode). Differentiable in x, gamma and beta.
+pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, cfg: BatchNormConfig) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() < 2 || [gamma, beta, running_mean, running_var].iter().any(|t| t.shape() != [s[1]]) {
+        return Err(Error::shape(
+            "batch_norm",
+            format!(
+                "input {s:?} needs [n, c, ...] with gamma, beta and running statistics of shape [c]; got {:?} {:?} {:?} {:?}",
+                gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()
+            ),
+        ));
+    }
+    let (n, c) = (s[0], s[1]);
+    let hw = x.numel() / (n * c);
+    if cfg.training && n * hw < 2 {
+        return Err(Error::shape("batch_norm", format!("training mode needs more than one value per channel, got input {s:?}")));
+    }
+    let p = Params {
+        n: n as u32,
+        c: c as u32,
+        hw: hw as u32,
+        update_running: 1,
+        eps: cfg.eps,
+        momentum: cfg.momentum,
+        eval_mode: (!cfg.training) as u32,
+        _pad: 0,
+    };
+    // In eval mode the kernels read (running_mean, running_var); in training (mean, invstd).
+    let (mean, stat) = if cfg.training {
+        let mean = Tensor::uninit(&[c])?;
+        let invstd = Tensor::uninit(&[c])?;
+        launch(&STATS, &p, &[x, &mean, &invstd, running_mean, running_var], [c as u32, 1, 1])?;
+        (mean, invstd)
+    } else {
+        (running_mean.detach(), running_var.detach())
+    };
+    let y = Tensor::uninit(s)?;
+    launch(&NORMALIZE, &p, &[x, &mean, &stat, gamma, beta, &y], groups_1d(x.numel()))?;
+    let node = needs_node(&[x, gamma, beta]).then(|| Node {
+        backward: Box::new(BatchNormBackward { x: x.detach(), gamma: gamma.detach(), mean, stat, p }),
+        inputs: vec![x.clone(), gamma.clone(), beta.clone()],
+    });
+    Ok(y.with_node(node))
+}
+
+struct BatchNormBackward {
+    x: Tensor,
+    gamma: Tensor,
+    mean: Tensor,
+    stat: Tensor,
+    p: Params,
+}
+impl Backward for BatchNormBackward {
+    fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let c = self.p.c as usize;
+        let dgamma = Tensor::uninit(&[c])?;
+        let dbeta = Tensor::uninit(&[c])?;
+        launch(&BACKWARD_REDUCE, &self.p, &[dy, &self.x, &self.mean, &self.stat, &dgamma, &dbeta], [c as u32, 1, 1])?;
+        let dx = Tensor::uninit(self.x.shape())?;
+        let bufs = [dy, &self.x, &self.mean, &self.stat, &self.gamma, &dgamma, &dbeta, &dx];
+        launch(&BACKWARD_INPUT, &self.p, &bufs, groups_1d(dx.numel()))?;
+        Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
+    }
+}

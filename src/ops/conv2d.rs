@@ -1,0 +1,132 @@
+//! 2-D convolution: forward, grad-input and grad-weight as implicit GEMMs on the tiled engine,
+//! grad-bias as a channel sum (shaders/conv2d.wgsl).
+
+use super::matmul::{run_split_k, GEMM_ENGINE};
+use super::{expect_rank, reduce};
+use crate::autograd::{needs_node, Backward, Node};
+use crate::gpu::Kernel;
+use crate::{Error, Result, Tensor};
+
+const SOURCE: &str = include_str!("../../shaders/conv2d.wgsl");
+static FORWARD: Kernel = Kernel { label: "conv2d.forward", prelude: GEMM_ENGINE, source: SOURCE, section: Some("forward"), entry: "main" };
+static GRAD_INPUT: Kernel = Kernel { label: "conv2d.grad_input", prelude: GEMM_ENGINE, source: SOURCE, section: Some("grad_input"), entry: "main" };
+static GRAD_WEIGHT: Kernel = Kernel { label: "conv2d.grad_weight", prelude: GEMM_ENGINE, source: SOURCE, section: Some("grad_weight"), entry: "main" };
+
+/// Geometry of one convolution: input [n, c_in, h, w], weight [c_out, c_in, kh, kw].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// Multiply-adds of the forward pass (each backward kernel does as many).
+    pub fn macs(&self) -> usize {
+        self.n * self.c_out * self.out_h() * self.out_w() * self.c_in * self.kh * self.kw
+    }
+
+    fn params(&self, gm: usize, gn: usize, gk: usize, chunk: usize, has_bias: bool) -> Vec<u8> {
+        let v = [
+            self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.stride, self.pad,
+            self.out_h(), self.out_w(), has_bias as usize, gm, gn, gk, chunk,
+        ];
+        v.iter().flat_map(|&x| (x as u32).to_ne_bytes()).collect()
+    }
+}
+
+fn geometry(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<ConvGeom> {
+    expect_rank("conv2d", "input", x, 4)?;
+    expect_rank("conv2d", "weight", w, 4)?;
+    let (xs, ws) = (x.shape(), w.shape());
+    let g = ConvGeom { n: xs[0], c_in: xs[1], h: xs[2], w: xs[3], c_out: ws[0], kh: ws[2], kw: ws[3], stride, pad };
+    let fits = ws[1] == g.c_in && stride > 0 && g.h + 2 * pad >= g.kh && g.w + 2 * pad >= g.kw;
+    if !fits || bias.is_some_and(|b| b.shape() != [g.c_out]) {
+        return Err(Error::shape(
+            "conv2d",
+            format!(
+                "input {xs:?}, weight {ws:?}, bias {:?}, stride {stride}, padding {pad}: the weight's second \
+                 dimension must equal the input channels and the padded input must cover the kernel",
+                bias.map(|b| b.shape())
+            ),
+        ));
+    }
+    Ok(g)
+}
+
+/// Raw forward pass (no autograd).
+pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
+    let y = Tensor::uninit(&[g.n, g.c_out, g.out_h(), g.out_w()])?;
+    let (m, n, k) = (g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
+    // One split: the forward reduction (c_in*kh*kw) is short and y is large.
+    let gpu = crate::gpu::get()?;
+    let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+    let views = [w.view(), x.view(), bias.unwrap_or(w).view(), y.view()];
+    gpu.dispatch(&FORWARD, &g.params(m, n, k, k, bias.is_some()), &views, groups)?;
+    Ok(y)
+}
+
+/// dL/dx given dL/dy.
+pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    let dx = Tensor::uninit(&[g.n, g.c_in, g.h, g.w])?;
+    let (m, n, k) = (g.c_in, g.n * g.h * g.w, g.c_out * g.kh * g.kw);
+    let gpu = crate::gpu::get()?;
+    let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+    gpu.dispatch(&GRAD_INPUT, &g.params(m, n, k, k, false), &[w.view(), dy.view(), dx.view()], groups)?;
+    Ok(dx)
+}
+
+/// dL/dw given dL/dy (a long reduction over the batch: split-K).
+pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    let dw = Tensor::uninit(&[g.c_out, g.c_in, g.kh, g.kw])?;
+    let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * g.out_h() * g.out_w());
+    run_split_k(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, m, n, k)?;
+    Ok(dw)
+}
+
+/// Convolution with PyTorch semantics (differentiable in input, weight and bias).
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
+    let g = geometry(x, w, bias, stride, pad)?;
+    let y = conv2d_forward(x, w, bias, &g)?;
+    let mut inputs = vec![x.clone(), w.clone()];
+    inputs.extend(bias.cloned());
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let node = needs_node(&refs).then(|| Node {
+        backward: Box::new(Conv2dBackward { x: x.detach(), w: w.detach(), g, has_bias: bias.is_some(), need: [x.requires_grad(), w.requires_grad()] }),
+        inputs,
+    });
+    Ok(y.with_node(node))
+}
+
+struct Conv2dBackward {
+    x: Tensor,
+    w: Tensor,
+    g: ConvGeom,
+    has_bias: bool,
+    /// Whether the input / the weight need a gradient (the first conv's input never does).
+    need: [bool; 2],
+}
+impl Backward for Conv2dBackward {
+    fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let g = &self.g;
+        let dx = if self.need[0] { Some(conv2d_grad_input(dy, &self.w, g)?) } else { None };
+        let dw = if self.need[1] { Some(conv2d_grad_weight(dy, &self.x, g)?) } else { None };
+        let mut grads = vec![dx, dw];
+        if self.has_bias {
+            grads.push(Some(reduce::channel_sum(dy, g.n, g.c_out, g.out_h() * g.out_w())?));
+        }
+        Ok(grads)
+    }
+}

@@ -1,0 +1,127 @@
+//! Element-wise ops: fill, add, scale, axpy, ReLU, dropout (shaders/elementwise.wgsl).
+
+use super::{groups_1d, kernel, launch, same_shape};
+use crate::autograd::{needs_node, Backward, Node};
+use crate::gpu::Kernel;
+use crate::{Result, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    seed: u32,
+    alpha: f32,
+    beta: f32,
+}
+
+fn params(n: usize, alpha: f32) -> Params {
+    Params { n: n as u32, seed: 0, alpha, beta: 0.0 }
+}
+
+static FILL: Kernel = kernel!("elementwise.fill", "elementwise.wgsl", "fill");
+static ADD: Kernel = kernel!("elementwise.add", "elementwise.wgsl", "add");
+static SCALE: Kernel = kernel!("elementwise.scale", "elementwise.wgsl", "scale");
+static AXPY: Kernel = kernel!("elementwise.axpy", "elementwise.wgsl", "axpy");
+static RELU: Kernel = kernel!("elementwise.relu", "elementwise.wgsl", "relu");
+static RELU_BACKWARD: Kernel = kernel!("elementwise.relu_backward", "elementwise.wgsl", "relu_backward");
+static DROPOUT: Kernel = kernel!("elementwise.dropout", "elementwise.wgsl", "dropout");
+static DROPOUT_MASK: Kernel = kernel!("elementwise.dropout_mask", "elementwise.wgsl", "dropout_mask");
+
+/// Sets every element of `t` to `value` (in place, not differentiated).
+pub fn fill(t: &Tensor, value: f32) -> Result<()> {
+    launch(&FILL, &params(t.numel(), value), &[t], groups_1d(t.numel()))
+}
+
+/// `y += alpha * x` in place (not differentiated; optimizer and accumulation helper).
+pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
+    same_shape("axpy", x, y)?;
+    launch(&AXPY, &params(x.numel(), alpha), &[x, y], groups_1d(x.numel()))
+}
+
+/// `a + b` (same shapes).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("add", a, b)?;
+    let out = Tensor::uninit(a.shape())?;
+    launch(&ADD, &params(a.numel(), 0.0), &[a, b, &out], groups_1d(a.numel()))?;
+    let node = needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.clone(), b.clone()] });
+    Ok(out.with_node(node))
+}
+
+struct AddBackward;
+impl Backward for AddBackward {
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(g.clone()), Some(g.clone())])
+    }
+}
+
+/// `alpha * x`.
+pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
+    let out = Tensor::uninit(x.shape())?;
+    launch(&SCALE, &params(x.numel(), alpha), &[x, &out], groups_1d(x.numel()))?;
+    let node = needs_node(&[x]).then(|| Node { backward: Box::new(ScaleBackward(alpha)), inputs: vec![x.clone()] });
+    Ok(out.with_node(node))
+}
+
+struct ScaleBackward(f32);
+impl Backward for ScaleBackward {
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(scale(&g.detach(), self.0)?)])
+    }
+}
+
+/// `max(x, 0)`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    let out = Tensor::uninit(x.shape())?;
+    launch(&RELU, &params(x.numel(), 0.0), &[x, &out], groups_1d(x.numel()))?;
+    let node = needs_node(&[x]).then(|| Node { backward: Box::new(ReluBackward(out.detach())), inputs: vec![x.clone()] });
+    Ok(out.with_node(node))
+}
+
+/// The gradient of ReLU given its output `y`: `dy` where `y > 0`.
+pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    same_shape("relu_backward", dy, y)?;
+    let dx = Tensor::uninit(dy.shape())?;
+    launch(&RELU_BACKWARD, &params(dy.numel(), 0.0), &[dy, y, &dx], groups_1d(dy.numel()))?;
+    Ok(dx)
+}
+
+struct ReluBackward(Tensor);
+impl Backward for ReluBackward {
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(relu_backward(g, &self.0)?)])
+    }
+}
+
+fn dropout_params(n: usize, p: f32, seed: u32) -> Params {
+    Params { n: n as u32, seed, alpha: p, beta: 1.0 / (1.0 - p) }
+}
+
+/// Inverted dropout with probability `p`: zeroes an element when a hash of (`seed`, index) falls
+/// below `p` and scales the rest by 1/(1-p). The same seed gives the same mask, so backward
+/// regenerates it instead of storing it.
+pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(crate::Error::invalid(format!("dropout probability must be in [0, 1), got {p}")));
+    }
+    let out = Tensor::uninit(x.shape())?;
+    launch(&DROPOUT, &dropout_params(x.numel(), p, seed), &[x, &out], groups_1d(x.numel()))?;
+    let node = needs_node(&[x]).then(|| Node { backward: Box::new(DropoutBackward { p, seed }), inputs: vec![x.clone()] });
+    Ok(out.with_node(node))
+}
+
+/// The 0/1 keep mask that `dropout` with these arguments applies (for tests and inspection).
+pub fn dropout_mask(shape: &[usize], p: f32, seed: u32) -> Result<Tensor> {
+    let out = Tensor::uninit(shape)?;
+    launch(&DROPOUT_MASK, &dropout_params(out.numel(), p, seed), &[&out], groups_1d(out.numel()))?;
+    Ok(out)
+}
+
+struct DropoutBackward {
+    p: f32,
+    seed: u32,
+}
+impl Backward for DropoutBackward {
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(dropout(&g.detach(), self.p, self.seed)?)])
+    }
+}

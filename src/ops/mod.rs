@@ -1,0 +1,57 @@
+//! Ops: one file per family, each with its public functions, its parameter structs, its
+//! `Backward` rules and its WGSL shader from `shaders/`.
+
+pub mod batchnorm;
+pub mod conv2d;
+pub mod elementwise;
+pub mod loss;
+pub mod matmul;
+pub mod pool;
+pub mod reduce;
+pub mod shortcut;
+pub mod sgd;
+
+use crate::gpu::{self, Kernel};
+use crate::{Error, Result, Tensor};
+
+/// Threads per workgroup of the 1-D kernels.
+pub(crate) const WG: usize = 256;
+
+/// Records `kernel` with `params` and the tensors bound at bindings 1.. in order.
+pub(crate) fn launch<P: bytemuck::Pod>(kernel: &Kernel, params: &P, tensors: &[&Tensor], groups: [u32; 3]) -> Result<()> {
+    let views: Vec<_> = tensors.iter().map(|t| t.view()).collect();
+    gpu::get()?.dispatch(kernel, bytemuck::bytes_of(params), &views, groups)
+}
+
+/// Workgroups for one thread per element over `n` elements (folded into 2-D when large).
+pub(crate) fn groups_1d(n: usize) -> [u32; 3] {
+    gpu::grid(n.div_ceil(WG) as u32)
+}
+
+/// A kernel declaration for one `//#section` of a shader file.
+macro_rules! kernel {
+    ($label:literal, $file:literal, $section:literal) => {
+        $crate::gpu::Kernel {
+            label: $label,
+            prelude: "",
+            source: include_str!(concat!("../../shaders/", $file)),
+            section: Some($section),
+            entry: $section,
+        }
+    };
+}
+pub(crate) use kernel;
+
+pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+    }
+    Ok(())
+}
+
+pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.shape().len() != rank {
+        return Err(Error::shape(op, format!("{what} must have {rank} dimensions, got {:?}", t.shape())));
+    }
+    Ok(())
+}

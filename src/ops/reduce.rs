@@ -1,0 +1,105 @@
+//! Reductions: full sum / mean / sum of squares, per-channel sums, split-K finishing
+//! (shaders/reduce.wgsl).
+
+use super::{groups_1d, kernel, launch};
+use crate::autograd::{needs_node, Backward, Node};
+use crate::gpu::Kernel;
+use crate::{Error, Result, Tensor};
+
+static SUM_STAGE: Kernel = kernel!("reduce.sum_stage", "reduce.wgsl", "sum_stage");
+static CHANNEL_SUM: Kernel = kernel!("reduce.channel_sum", "reduce.wgsl", "channel_sum");
+static SUM_SPLITS: Kernel = kernel!("reduce.sum_splits", "reduce.wgsl", "sum_splits");
+static BROADCAST: Kernel = kernel!("reduce.broadcast", "reduce.wgsl", "broadcast");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StageParams {
+    n: u32,
+    chunk: u32,
+    square: u32,
+    scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Dims4 {
+    a: u32,
+    b: u32,
+    c: u32,
+    d: u32,
+}
+
+/// Sum (or sum of squares) of all elements times `scale`, as a one-element tensor, in two
+/// stages (at most 1024 partial sums, then one workgroup). Not differentiated.
+fn reduce_all(x: &Tensor, square: bool, scale: f32) -> Result<Tensor> {
+    let n = x.numel();
+    let groups = n.div_ceil(4096).clamp(1, 1024);
+    let chunk = n.div_ceil(groups);
+    let partial = Tensor::uninit(&[groups])?;
+    let p1 = StageParams { n: n as u32, chunk: chunk as u32, square: square as u32, scale: 1.0 };
+    launch(&SUM_STAGE, &p1, &[x, &partial], [groups as u32, 1, 1])?;
+    let out = Tensor::uninit(&[1])?;
+    let p2 = StageParams { n: groups as u32, chunk: groups as u32, square: 0, scale };
+    launch(&SUM_STAGE, &p2, &[&partial, &out], [1, 1, 1])?;
+    Ok(out)
+}
+
+/// The sum of all elements (differentiable).
+pub fn sum(x: &Tensor) -> Result<Tensor> {
+    scaled_sum(x, 1.0)
+}
+
+/// The mean of all elements (differentiable).
+pub fn mean(x: &Tensor) -> Result<Tensor> {
+    scaled_sum(x, 1.0 / x.numel() as f32)
+}
+
+/// The sum of squares of all elements (not differentiated; norms and residuals).
+pub fn sum_squares(x: &Tensor) -> Result<Tensor> {
+    reduce_all(x, true, 1.0)
+}
+
+fn scaled_sum(x: &Tensor, scale: f32) -> Result<Tensor> {
+    let out = reduce_all(x, false, scale)?;
+    let node = needs_node(&[x]).then(|| Node {
+        backward: Box::new(SumBackward { shape: x.shape().to_vec(), scale }),
+        inputs: vec![x.clone()],
+    });
+    Ok(out.with_node(node))
+}
+
+struct SumBackward {
+    shape: Vec<usize>,
+    scale: f32,
+}
+impl Backward for SumBackward {
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(broadcast_scalar(g, &self.shape, self.scale)?)])
+    }
+}
+
+/// A tensor of `shape` filled with `scalar[0] * scale` (the scalar stays on the device).
+pub fn broadcast_scalar(scalar: &Tensor, shape: &[usize], scale: f32) -> Result<Tensor> {
+    let out = Tensor::uninit(shape)?;
+    let n = out.numel();
+    launch(&BROADCAST, &StageParams { n: n as u32, chunk: 0, square: 0, scale }, &[scalar, &out], groups_1d(n))?;
+    Ok(out)
+}
+
+/// `x` viewed as `[outer, c, inner]` summed to `[c]` (bias gradients). Not differentiated.
+pub fn channel_sum(x: &Tensor, outer: usize, c: usize, inner: usize) -> Result<Tensor> {
+    if outer * c * inner != x.numel() {
+        return Err(Error::shape("channel_sum", format!("{:?} is not [{outer}, {c}, {inner}]", x.shape())));
+    }
+    let out = Tensor::uninit(&[c])?;
+    let p = Dims4 { a: outer as u32, b: c as u32, c: inner as u32, d: 0 };
+    launch(&CHANNEL_SUM, &p, &[x, &out], [c as u32, 1, 1])?;
+    Ok(out)
+}
+
+/// `parts` holding `splits` consecutive arrays of `out`'s size, summed into `out`.
+pub(crate) fn sum_splits(parts: &Tensor, splits: usize, out: &Tensor) -> Result<()> {
+    let n = out.numel();
+    let p = Dims4 { a: n as u32, b: splits as u32, c: 0, d: 0 };
+    launch(&SUM_SPLITS, &p, &[parts, out], groups_1d(n))
+}

@@ -1,0 +1,50 @@
+//! The fused SGD update (shaders/sgd.wgsl).
+
+use super::{groups_1d, launch, same_shape};
+use crate::gpu::Kernel;
+use crate::{Result, Tensor};
+
+static SGD: Kernel = Kernel { label: "sgd.step", prelude: "", source: include_str!("../../shaders/sgd.wgsl"), section: None, entry: "main" };
+
+#[derive(Clone, Copy, Debug)]
+pub struct SgdConfig {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    has_mask: u32,
+    nesterov: u32,
+    _pad: u32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    _pad2: f32,
+}
+
+/// One SGD step in place on `w` and its momentum buffer `buf`, given `grad`; with `mask` (0/1)
+/// the update of masked weights is zero. All four have the same shape (one launch for any size).
+pub fn sgd_step(w: &Tensor, grad: &Tensor, buf: &Tensor, mask: Option<&Tensor>, cfg: &SgdConfig) -> Result<()> {
+    same_shape("sgd_step", w, grad)?;
+    same_shape("sgd_step", w, buf)?;
+    if let Some(m) = mask {
+        same_shape("sgd_step", w, m)?;
+    }
+    let p = Params {
+        n: w.numel() as u32,
+        has_mask: mask.is_some() as u32,
+        nesterov: cfg.nesterov as u32,
+        _pad: 0,
+        lr: cfg.lr,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        _pad2: 0.0,
+    };
+    // Without a mask the slot is bound to `grad` (never read).
+    launch(&SGD, &p, &[w, grad, buf, mask.unwrap_or(grad)], groups_1d(w.numel()))
+}

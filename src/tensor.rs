@@ -1,0 +1,248 @@
+//! `Tensor`: an f32 array on the GPU with a shape (row-major; NCHW for images) and, when it
+//! takes part in differentiation, its place in the autograd graph. Cloning is cheap (an `Arc`).
+//! A tensor may be a view into a larger shared buffer (a parameter arena) at an aligned offset.
+
+use crate::autograd::{self, Node};
+use crate::gpu::{self, Buffer, BufferView};
+use crate::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub struct Tensor(Arc<Inner>);
+
+struct Inner {
+    id: u64,
+    shape: Vec<usize>,
+    storage: Arc<Buffer>,
+    /// Byte offset of element 0 inside `storage`.
+    offset: u64,
+    requires_grad: bool,
+    /// Made by an op that recorded a node (as opposed to a leaf such as a parameter).
+    from_op: bool,
+    /// Set for tensors made by an op that needs gradients; taken when backward runs through it.
+    node: Mutex<Option<Node>>,
+    /// Accumulated gradient of a leaf tensor (a parameter).
+    grad: Mutex<Option<Tensor>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    fn wrap(storage: Arc<Buffer>, offset: u64, shape: Vec<usize>, requires_grad: bool, node: Option<Node>) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shape,
+            storage,
+            offset,
+            requires_grad,
+            from_op: node.is_some(),
+            node: Mutex::new(node),
+            grad: Mutex::new(None),
+        }))
+    }
+
+    /// A tensor whose contents the caller (an op's kernel) will write in full.
+    pub fn uninit(shape: &[usize]) -> Result<Tensor> {
+        let n = numel(shape);
+        if n == 0 {
+            return Err(Error::shape("tensor", format!("shape {shape:?} has no elements")));
+        }
+        let gpu = gpu::get()?;
+        let buffer = Buffer::new(gpu, 4 * n as u64, &format!("a tensor of shape {shape:?}"))?;
+        Ok(Tensor::wrap(Arc::new(buffer), 0, shape.to_vec(), false, None))
+    }
+
+    pub fn from_slice(data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        if data.len() != numel(shape) {
+            return Err(Error::shape(
+                "Tensor::from_slice",
+                format!("{} values do not fill shape {shape:?} ({} elements)", data.len(), numel(shape)),
+            ));
+        }
+        let t = Tensor::uninit(shape)?;
+        t.write(data)?;
+        Ok(t)
+    }
+
+    pub fn zeros(shape: &[usize]) -> Result<Tensor> {
+        Tensor::full(shape, 0.0)
+    }
+
+    pub fn full(shape: &[usize], value: f32) -> Result<Tensor> {
+        let t = Tensor::uninit(shape)?;
+        crate::ops::elementwise::fill(&t, value)?;
+        Ok(t)
+    }
+
+    /// A view of `shape` into `storage` at byte `offset` (aligned to the device's storage offset
+    /// alignment): how parameters and gradients live inside one arena buffer.
+    pub fn view_into(storage: Arc<Buffer>, offset: u64, shape: &[usize]) -> Result<Tensor> {
+        let gpu = gpu::get()?;
+        let end = offset + 4 * numel(shape) as u64;
+        if offset % gpu.storage_alignment() != 0 || end > storage.size() {
+            return Err(Error::shape(
+                "Tensor::view_into",
+                format!("view of {shape:?} at byte {offset} does not fit an aligned place in a {}-byte buffer", storage.size()),
+            ));
+        }
+        Ok(Tensor::wrap(storage, offset, shape.to_vec(), false, None))
+    }
+
+    /// Overwrites the contents (in order with recorded GPU work).
+    pub fn write(&self, data: &[f32]) -> Result<()> {
+        if data.len() != self.numel() {
+            return Err(Error::shape("Tensor::write", format!("{} values for shape {:?}", data.len(), self.shape())));
+        }
+        gpu::get()?.upload(&self.0.storage, self.0.offset, bytemuck::cast_slice(data))
+    }
+
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        let bytes = gpu::get()?.read(self.view())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return Err(Error::shape("Tensor::item", format!("shape {:?} is not a single value", self.shape())));
+        }
+        Ok(self.to_vec()?[0])
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.0.shape)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The bytes of this tensor, for binding to a kernel.
+    pub fn view(&self) -> BufferView<'_> {
+        self.0.storage.view(self.0.offset, 4 * self.numel() as u64)
+    }
+
+    pub fn storage(&self) -> &Arc<Buffer> {
+        &self.0.storage
+    }
+
+    pub fn byte_offset(&self) -> u64 {
+        self.0.offset
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// The same data as a leaf that accumulates a gradient (a parameter).
+    pub fn with_grad(&self) -> Tensor {
+        Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, None)
+    }
+
+    /// The same data, cut off from the graph.
+    pub fn detach(&self) -> Tensor {
+        Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), false, None)
+    }
+
+    /// An op's result: attaches `node` when the op must be differentiated.
+    pub fn with_node(self, node: Option<Node>) -> Tensor {
+        match node {
+            None => self,
+            Some(node) => Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, Some(node)),
+        }
+    }
+
+    /// The same data with another shape of the same size (shares the buffer).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::shape("reshape", format!("{:?} cannot become {shape:?}", self.shape())));
+        }
+        let out = Tensor::wrap(self.0.storage.clone(), self.0.offset, shape.to_vec(), false, None);
+        let node = autograd::needs_node(&[self]).then(|| Node {
+            backward: Box::new(ReshapeBackward(self.shape().to_vec())),
+            inputs: vec![self.clone()],
+        });
+        Ok(out.with_node(node))
+    }
+
+    /// The accumulated gradient of a leaf.
+    pub fn grad(&self) -> Option<Tensor> {
+        lock(&self.0.grad).clone()
+    }
+
+    pub fn zero_grad(&self) {
+        *lock(&self.0.grad) = None;
+    }
+
+    /// Backpropagates from this one-element tensor (a loss).
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::shape("backward", format!("needs a single-value loss, got shape {:?}", self.shape())));
+        }
+        if !self.requires_grad() {
+            return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
+        }
+        let seed = Tensor::full(self.shape(), 1.0)?;
+        autograd::run_backward(self, seed)
+    }
+
+    /// Backpropagates from this tensor given the gradient of some scalar with respect to it
+    /// (PyTorch's `y.backward(gradient)`).
+    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        if grad.shape() != self.shape() {
+            return Err(Error::shape("backward_with", format!("gradient {:?} for tensor {:?}", grad.shape(), self.shape())));
+        }
+        if !self.requires_grad() {
+            return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
+        }
+        autograd::run_backward(self, grad)
+    }
+
+    pub(crate) fn node_inputs(&self) -> Vec<Tensor> {
+        lock(&self.0.node).as_ref().map(|n| n.inputs.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn take_node(&self) -> Option<Node> {
+        lock(&self.0.node).take()
+    }
+
+    pub(crate) fn from_op(&self) -> bool {
+        self.0.from_op
+    }
+
+    pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
+        let mut slot = lock(&self.0.grad);
+        *slot = Some(match slot.take() {
+            Some(prev) => crate::ops::elementwise::add(&prev, &g)?,
+            None => g.detach(),
+        });
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}", self.shape())
+    }
+}
+
+struct ReshapeBackward(Vec<usize>);
+
+impl autograd::Backward for ReshapeBackward {
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(g.detach().reshape(&self.0)?)])
+    }
+}

@@ -1,0 +1,70 @@
+//! Helpers shared by the GPU tests: deterministic random data, f32/f64 conversion, and the
+//! closeness check |gpu - ref| <= atol + rtol * |ref|.
+#![allow(dead_code)]
+
+use sasprune::Tensor;
+
+/// xorshift64* — deterministic test data without extra dependencies.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+    /// Values in [lo, hi).
+    pub fn vec_in(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| lo + (self.uniform() + 1.0) / 2.0 * (hi - lo)).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Rounds to f32 and back, so the reference sees exactly the values the GPU sees.
+pub fn f32_exact(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| x as f32 as f64).collect()
+}
+
+pub fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
+    let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::from_slice(&data, shape).expect("upload")
+}
+
+pub fn param(v: &[f64], shape: &[usize]) -> Tensor {
+    tensor(v, shape).with_grad()
+}
+
+pub fn values(t: &Tensor) -> Vec<f64> {
+    t.to_vec().expect("read back").iter().map(|&x| x as f64).collect()
+}
+
+pub fn grad(t: &Tensor) -> Vec<f64> {
+    values(&t.grad().expect("gradient was computed"))
+}
+
+/// Tolerances for element-wise results and for long sums (GEMM, conv, reductions).
+pub const ELEMENTWISE: (f64, f64) = (1e-5, 1e-4);
+pub const LONG_SUM: (f64, f64) = (1e-4, 1e-3);
+
+#[track_caller]
+pub fn assert_close(what: &str, gpu: &[f64], reference: &[f64], (atol, rtol): (f64, f64)) {
+    assert_eq!(gpu.len(), reference.len(), "{what}: lengths differ");
+    assert!(reference.iter().any(|&r| r != 0.0), "{what}: the reference is all zeros; the test would prove nothing");
+    let bad = gpu.iter().zip(reference).position(|(&g, &r)| !((g - r).abs() <= atol + rtol * r.abs()));
+    if let Some(i) = bad {
+        panic!("{what}: element {i} is {} but the reference says {} (atol {atol}, rtol {rtol})", gpu[i], reference[i]);
+    }
+}

@@ -1,0 +1,343 @@
+//! Every GPU kernel, forward and backward, against the naive f64 CPU reference on random inputs
+//! with odd shapes (not multiples of the workgroup or tile sizes). Backward kernels are reached
+//! through autograd: `y.backward_with(R)` for a random R gives dL/dinput of L = sum(y * R).
+
+mod common;
+use common::*;
+use sasprune::ops::{batchnorm, conv2d, elementwise, loss, matmul, pool, reduce, sgd, shortcut};
+use sasprune::reference as cpu;
+
+fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
+    let x = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
+    let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
+    let b = f32_exact(&rng.vec(g.c_out));
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let r = f32_exact(&rng.vec(g.n * g.c_out * oh * ow));
+    let xt = param(&x, &[g.n, g.c_in, g.h, g.w]);
+    let wt = param(&w, &[g.c_out, g.c_in, g.kh, g.kw]);
+    let bt = param(&b, &[g.c_out]);
+    let y = conv2d::conv2d(&xt, &wt, bias.then_some(&bt), g.stride, g.pad).unwrap();
+    assert_eq!(y.shape(), [g.n, g.c_out, oh, ow]);
+    let what = format!("{g:?} bias={bias}");
+    assert_close(&format!("conv2d forward {what}"), &values(&y), &cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g), LONG_SUM);
+    y.backward_with(tensor(&r, y.shape())).unwrap();
+    assert_close(&format!("conv2d grad_input {what}"), &grad(&xt), &cpu::conv2d_grad_input(&r, &w, &g), LONG_SUM);
+    assert_close(&format!("conv2d grad_weight {what}"), &grad(&wt), &cpu::conv2d_grad_weight(&r, &x, &g), LONG_SUM);
+    if bias {
+        assert_close(&format!("conv2d grad_bias {what}"), &grad(&bt), &cpu::conv2d_grad_bias(&r, &g), LONG_SUM);
+    }
+}
+
+fn geom(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, kh: usize, kw: usize, stride: usize, pad: usize) -> cpu::Conv2dGeom {
+    cpu::Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, pad }
+}
+
+#[test]
+fn conv2d_resnet_3x3_stride1_matches_reference() {
+    conv_case(&mut Rng::new(1), geom(3, 5, 9, 7, 6, 3, 3, 1, 1), false);
+}
+
+#[test]
+fn conv2d_resnet_3x3_stride2_with_bias_matches_reference() {
+    conv_case(&mut Rng::new(2), geom(2, 7, 11, 10, 67, 3, 3, 2, 1), true);
+}
+
+#[test]
+fn conv2d_alexnet_11x11_stride4_matches_reference() {
+    conv_case(&mut Rng::new(3), geom(2, 3, 31, 29, 5, 11, 11, 4, 2), true);
+}
+
+#[test]
+fn conv2d_5x5_pad2_and_rectangular_kernel_match_reference() {
+    conv_case(&mut Rng::new(4), geom(2, 4, 13, 12, 9, 5, 5, 1, 2), true);
+    conv_case(&mut Rng::new(5), geom(3, 2, 8, 9, 3, 2, 3, 1, 0), false);
+}
+
+#[test]
+fn conv2d_grad_weight_split_k_matches_reference() {
+    // batch*out pixels = 9 * 24 * 23 = 4968: long enough that the reduction is split
+    conv_case(&mut Rng::new(6), geom(9, 3, 24, 23, 4, 3, 3, 1, 1), false);
+}
+
+fn gemm_case(rng: &mut Rng, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+    let a = f32_exact(&rng.vec(m * k));
+    let b = f32_exact(&rng.vec(k * n));
+    let out = matmul::gemm(&tensor(&a, &[a.len()]), &tensor(&b, &[b.len()]), None, m, k, n, ta, tb).unwrap();
+    assert_close(&format!("gemm {m}x{k}x{n} ta={ta} tb={tb}"), &values(&out), &cpu::matmul(&a, &b, m, k, n, ta, tb), LONG_SUM);
+}
+
+#[test]
+fn gemm_all_transposes_match_reference() {
+    let mut rng = Rng::new(7);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        gemm_case(&mut rng, 70, 37, 131, ta, tb);
+    }
+    gemm_case(&mut rng, 1, 1, 1, false, false);
+}
+
+#[test]
+fn gemm_split_k_matches_reference() {
+    gemm_case(&mut Rng::new(8), 10, 5003, 21, false, false);
+    gemm_case(&mut Rng::new(9), 65, 2049, 3, true, false);
+}
+
+#[test]
+fn matmul_forward_and_backward_match_reference() {
+    let mut rng = Rng::new(10);
+    let (m, k, n) = (17, 33, 65);
+    let (a, b, r) = (f32_exact(&rng.vec(m * k)), f32_exact(&rng.vec(k * n)), f32_exact(&rng.vec(m * n)));
+    let (at, bt) = (param(&a, &[m, k]), param(&b, &[k, n]));
+    let y = matmul::matmul(&at, &bt).unwrap();
+    assert_close("matmul forward", &values(&y), &cpu::matmul(&a, &b, m, k, n, false, false), LONG_SUM);
+    y.backward_with(tensor(&r, &[m, n])).unwrap();
+    assert_close("matmul grad A", &grad(&at), &cpu::matmul(&r, &b, m, n, k, false, true), LONG_SUM);
+    assert_close("matmul grad B", &grad(&bt), &cpu::matmul(&a, &r, k, m, n, true, false), LONG_SUM);
+}
+
+#[test]
+fn linear_forward_and_backward_match_reference() {
+    let mut rng = Rng::new(11);
+    let (n, i, o) = (5, 67, 13);
+    let (x, w, b, r) = (f32_exact(&rng.vec(n * i)), f32_exact(&rng.vec(o * i)), f32_exact(&rng.vec(o)), f32_exact(&rng.vec(n * o)));
+    let (xt, wt, bt) = (param(&x, &[n, i]), param(&w, &[o, i]), param(&b, &[o]));
+    let y = matmul::linear(&xt, &wt, Some(&bt)).unwrap();
+    assert_close("linear forward", &values(&y), &cpu::linear(&x, &w, Some(&b), n, i, o), LONG_SUM);
+    y.backward_with(tensor(&r, &[n, o])).unwrap();
+    assert_close("linear grad input", &grad(&xt), &cpu::matmul(&r, &w, n, o, i, false, false), LONG_SUM);
+    assert_close("linear grad weight", &grad(&wt), &cpu::matmul(&r, &x, o, n, i, true, false), LONG_SUM);
+    let db: Vec<f64> = (0..o).map(|j| (0..n).map(|s| r[s * o + j]).sum()).collect();
+    assert_close("linear grad bias", &grad(&bt), &db, LONG_SUM);
+}
+
+#[test]
+fn batchnorm_train_forward_backward_and_running_stats_match_reference() {
+    let mut rng = Rng::new(12);
+    let (n, c, h, w) = (3, 5, 7, 9);
+    let hw = h * w;
+    let x: Vec<f64> = f32_exact(&rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>());
+    let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
+    let (mut rm, mut rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+    let r = f32_exact(&rng.vec(n * c * hw));
+    let (xt, gt, bt) = (param(&x, &[n, c, h, w]), param(&gamma, &[c]), param(&beta, &[c]));
+    let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
+    let cfg = batchnorm::BatchNormConfig::default();
+    let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+    let out = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
+    assert_close("batchnorm train forward", &values(&y), &out.y, ELEMENTWISE);
+    cpu::batchnorm_running_update(&mut rm, &mut rv, &out.mean, &out.var, n * hw, 0.1);
+    assert_close("batchnorm running mean", &values(&rmt), &rm, ELEMENTWISE);
+    assert_close("batchnorm running var (unbiased)", &values(&rvt), &rv, ELEMENTWISE);
+    y.backward_with(tensor(&r, y.shape())).unwrap();
+    let (dx, dg, db) = cpu::batchnorm_train_backward(&r, &x, &gamma, &out.mean, &out.invstd, n, c, hw);
+    assert_close("batchnorm train grad input", &grad(&xt), &dx, LONG_SUM);
+    assert_close("batchnorm grad gamma", &grad(&gt), &dg, LONG_SUM);
+    assert_close("batchnorm grad beta", &grad(&bt), &db, LONG_SUM);
+}
+
+#[test]
+fn batchnorm_eval_forward_and_backward_match_reference() {
+    let mut rng = Rng::new(13);
+    let (n, c, hw) = (2, 7, 15);
+    let x = f32_exact(&rng.vec(n * c * hw));
+    let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
+    let (rm, rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+    let r = f32_exact(&rng.vec(n * c * hw));
+    let (xt, gt, bt) = (param(&x, &[n, c, 3, 5]), param(&gamma, &[c]), param(&beta, &[c]));
+    let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
+    let cfg = batchnorm::BatchNormConfig { training: false, ..Default::default() };
+    let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+    assert_close("batchnorm eval forward", &values(&y), &cpu::batchnorm_eval(&x, &gamma, &beta, &rm, &rv, n, c, hw, 1e-5), ELEMENTWISE);
+    assert_close("batchnorm eval leaves running mean", &values(&rmt), &rm, (0.0, 0.0));
+    y.backward_with(tensor(&r, y.shape())).unwrap();
+    let (dx, dg, db) = cpu::batchnorm_eval_backward(&r, &x, &gamma, &rm, &rv, n, c, hw, 1e-5);
+    assert_close("batchnorm eval grad input", &grad(&xt), &dx, ELEMENTWISE);
+    assert_close("batchnorm eval grad gamma", &grad(&gt), &dg, LONG_SUM);
+    assert_close("batchnorm eval grad beta", &grad(&bt), &db, LONG_SUM);
+}
+
+#[test]
+fn relu_forward_and_backward_match_reference() {
+    let mut rng = Rng::new(14);
+    let (x, r) = (f32_exact(&rng.vec(1000)), f32_exact(&rng.vec(1000)));
+    let xt = param(&x, &[8, 125]);
+    let y = elementwise::relu(&xt).unwrap();
+    assert_close("relu forward", &values(&y), &cpu::relu(&x), (0.0, 0.0));
+    y.backward_with(tensor(&r, &[8, 125])).unwrap();
+    assert_close("relu backward", &grad(&xt), &cpu::relu_backward(&r, &x), (0.0, 0.0));
+}
+
+#[test]
+fn add_scale_axpy_fill_match_reference() {
+    let mut rng = Rng::new(15);
+    let n = 70_001; // more than 256 workgroups' worth of odd-sized work
+    let (a, b) = (f32_exact(&rng.vec(n)), f32_exact(&rng.vec(n)));
+    let (at, bt) = (param(&a, &[n]), param(&b, &[n]));
+    let s = elementwise::add(&at, &bt).unwrap();
+    assert_close("add", &values(&s), &cpu::add(&a, &b), ELEMENTWISE);
+    let sc = elementwise::scale(&at, -0.75).unwrap();
+    assert_close("scale", &values(&sc), &cpu::scale(&a, -0.75), ELEMENTWISE);
+    let y = tensor(&b, &[n]);
+    elementwise::axpy(0.3, &tensor(&a, &[n]), &y).unwrap();
+    assert_close("axpy", &values(&y), &cpu::axpy(0.3, &a, &b), ELEMENTWISE);
+    elementwise::fill(&y, 2.5).unwrap();
+    assert_close("fill", &values(&y), &vec![2.5; n], (0.0, 0.0));
+    // add's backward passes the gradient to both operands; scale's multiplies it
+    let r = f32_exact(&rng.vec(n));
+    s.backward_with(tensor(&r, &[n])).unwrap();
+    assert_close("add grad a", &grad(&at), &r, (0.0, 0.0));
+    assert_close("add grad b", &grad(&bt), &r, (0.0, 0.0));
+}
+
+#[test]
+fn dropout_forward_and_backward_match_reference_with_its_mask() {
+    let mut rng = Rng::new(16);
+    let n = 10_007;
+    let (x, r) = (f32_exact(&rng.vec(n)), f32_exact(&rng.vec(n)));
+    let p = 0.3;
+    let keep = values(&elementwise::dropout_mask(&[n], p as f32, 1234).unwrap());
+    let kept = keep.iter().filter(|&&k| k == 1.0).count() as f64 / n as f64;
+    assert!((kept - 0.7).abs() < 0.02, "dropout keeps {kept} of the elements, expected 0.7");
+    assert!(keep.iter().all(|&k| k == 0.0 || k == 1.0));
+    let other = values(&elementwise::dropout_mask(&[n], p as f32, 1235).unwrap());
+    assert_ne!(keep, other, "another seed must give another mask");
+    let xt = param(&x, &[n]);
+    let y = elementwise::dropout(&xt, p as f32, 1234).unwrap();
+    assert_close("dropout forward", &values(&y), &cpu::dropout(&x, &keep, p), ELEMENTWISE);
+    y.backward_with(tensor(&r, &[n])).unwrap();
+    assert_close("dropout backward", &grad(&xt), &cpu::dropout_backward(&r, &keep, p), ELEMENTWISE);
+}
+
+#[test]
+fn shortcut_a_forward_and_backward_match_reference() {
+    let mut rng = Rng::new(17);
+    for (n, c, h, w, pad) in [(3, 5, 9, 7, 2), (2, 16, 32, 32, 8)] {
+        let x = f32_exact(&rng.vec(n * c * h * w));
+        let xt = param(&x, &[n, c, h, w]);
+        let y = shortcut::shortcut_a(&xt, pad).unwrap();
+        assert_eq!(y.shape(), [n, c + 2 * pad, h.div_ceil(2), w.div_ceil(2)]);
+        assert_close("shortcut_a forward", &values(&y), &cpu::shortcut_a(&x, n, c, h, w, pad), (0.0, 0.0));
+        let r = f32_exact(&rng.vec(y.numel()));
+        y.backward_with(tensor(&r, y.shape())).unwrap();
+        assert_close("shortcut_a backward", &grad(&xt), &cpu::shortcut_a_backward(&r, n, c, h, w, pad), (0.0, 0.0));
+    }
+}
+
+#[test]
+fn maxpool2d_forward_indices_and_backward_match_reference() {
+    let mut rng = Rng::new(18);
+    for (n, c, h, w, k, s, p) in [(2, 3, 13, 11, 3, 2, 0), (3, 2, 9, 8, 2, 2, 0), (2, 3, 10, 9, 3, 2, 1), (1, 2, 7, 7, 3, 1, 1)] {
+        let x = f32_exact(&rng.vec(n * c * h * w));
+        let xt = param(&x, &[n, c, h, w]);
+        let y = pool::max_pool2d(&xt, k, s, p).unwrap();
+        let (ry, ridx) = cpu::maxpool2d(&x, n, c, h, w, k, s, p);
+        let what = format!("maxpool {n}x{c}x{h}x{w} k{k} s{s} p{p}");
+        assert_close(&format!("{what} forward"), &values(&y), &ry, (0.0, 0.0));
+        let (_, idx) = pool::max_pool2d_with_indices(&tensor(&x, &[n, c, h, w]), k, s, p).unwrap();
+        let ref_idx: Vec<f64> = ridx.iter().map(|&i| i as f64).collect();
+        assert_eq!(values(&idx), ref_idx, "{what} indices");
+        let r = f32_exact(&rng.vec(y.numel()));
+        y.backward_with(tensor(&r, y.shape())).unwrap();
+        let (oh, ow) = (y.shape()[2], y.shape()[3]);
+        assert_close(&format!("{what} backward"), &grad(&xt), &cpu::maxpool2d_backward(&r, &ridx, n, c, h, w, oh, ow), ELEMENTWISE);
+    }
+}
+
+#[test]
+fn adaptive_and_global_avgpool_match_reference() {
+    let mut rng = Rng::new(19);
+    for (n, c, h, w, oh, ow) in [(2, 3, 13, 11, 6, 6), (2, 2, 5, 7, 6, 6), (3, 4, 8, 8, 3, 5)] {
+        let x = f32_exact(&rng.vec(n * c * h * w));
+        let xt = param(&x, &[n, c, h, w]);
+        let y = pool::adaptive_avg_pool2d(&xt, oh, ow).unwrap();
+        let what = format!("adaptive avgpool {h}x{w} -> {oh}x{ow}");
+        assert_close(&format!("{what} forward"), &values(&y), &cpu::adaptive_avgpool2d(&x, n, c, h, w, oh, ow), ELEMENTWISE);
+        let r = f32_exact(&rng.vec(y.numel()));
+        y.backward_with(tensor(&r, y.shape())).unwrap();
+        assert_close(&format!("{what} backward"), &grad(&xt), &cpu::adaptive_avgpool2d_backward(&r, n, c, h, w, oh, ow), ELEMENTWISE);
+    }
+    let (n, c, hw) = (3, 7, 8 * 8);
+    let x = f32_exact(&rng.vec(n * c * hw));
+    let xt = param(&x, &[n, c, 8, 8]);
+    let y = pool::global_avg_pool(&xt).unwrap();
+    assert_eq!(y.shape(), [n, c]);
+    assert_close("global avgpool forward", &values(&y), &cpu::global_avgpool(&x, n, c, hw), ELEMENTWISE);
+    let r = f32_exact(&rng.vec(n * c));
+    y.backward_with(tensor(&r, &[n, c])).unwrap();
+    assert_close("global avgpool backward", &grad(&xt), &cpu::global_avgpool_backward(&r, n, c, hw), ELEMENTWISE);
+}
+
+#[test]
+fn softmax_cross_entropy_forward_backward_and_rank_match_reference() {
+    let mut rng = Rng::new(20);
+    for (n, classes, spread) in [(37, 10, 3.0), (5, 1000, 1.0), (300, 7, 50.0)] {
+        let logits = f32_exact(&rng.vec(n * classes).iter().map(|v| v * spread).collect::<Vec<_>>());
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+        let label_t = tensor(&labels.iter().map(|&l| l as f64).collect::<Vec<_>>(), &[n]);
+        let lt = param(&logits, &[n, classes]);
+        let loss_t = loss::cross_entropy(&lt, &label_t).unwrap();
+        let (ref_loss, ref_grad) = cpu::softmax_cross_entropy(&logits, &labels, n, classes);
+        let what = format!("cross entropy n={n} classes={classes}");
+        assert_close(&format!("{what} loss"), &values(&loss_t), &[ref_loss], ELEMENTWISE);
+        loss_t.backward().unwrap();
+        assert_close(&format!("{what} grad"), &grad(&lt), &ref_grad, ELEMENTWISE);
+        let rank = values(&loss::label_rank(&lt, &label_t).unwrap());
+        for i in 0..n {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let expected = row.iter().filter(|&&v| v > row[labels[i] as usize]).count() as f64;
+            assert_eq!(rank[i], expected, "{what}: rank of row {i}");
+        }
+    }
+}
+
+#[test]
+fn sum_mean_sum_squares_and_channel_sum_match_reference() {
+    let mut rng = Rng::new(21);
+    for n in [1, 255, 257, 100_003, 5_000_011] {
+        let x = f32_exact(&rng.vec(n));
+        let xt = param(&x, &[n]);
+        let s = reduce::sum(&xt).unwrap();
+        assert_close(&format!("sum of {n}"), &values(&s), &[cpu::sum(&x)], LONG_SUM);
+        let m = reduce::mean(&xt.detach()).unwrap();
+        assert_close(&format!("mean of {n}"), &values(&m), &[cpu::mean(&x)], LONG_SUM);
+        let sq: f64 = x.iter().map(|v| v * v).sum();
+        assert_close(&format!("sum of squares of {n}"), &values(&reduce::sum_squares(&xt).unwrap()), &[sq], LONG_SUM);
+        if n < 1000 {
+            s.backward().unwrap();
+            assert_close("sum backward", &grad(&xt), &vec![1.0; n], (0.0, 0.0));
+        }
+    }
+    let (outer, c, inner) = (3, 67, 37);
+    let x = f32_exact(&rng.vec(outer * c * inner));
+    let cs = reduce::channel_sum(&tensor(&x, &[outer, c, inner]), outer, c, inner).unwrap();
+    let expected: Vec<f64> = (0..c).map(|ch| (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).map(|(o, i)| x[(o * c + ch) * inner + i]).sum()).collect();
+    assert_close("channel_sum", &values(&cs), &expected, LONG_SUM);
+}
+
+#[test]
+fn sgd_step_matches_reference_with_momentum_nesterov_weight_decay_and_mask() {
+    let mut rng = Rng::new(22);
+    let n = 4099;
+    for (nesterov, masked) in [(false, false), (true, false), (false, true), (true, true)] {
+        let cfg = cpu::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov };
+        let gcfg = sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov };
+        let mask: Vec<f64> = (0..n).map(|i| if masked && i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+        let mut w = f32_exact(&rng.vec(n));
+        for i in 0..n {
+            w[i] *= mask[i]; // pruned weights start at exactly 0
+        }
+        let mut buf = vec![0.0; n];
+        let (wt, bt, mt) = (tensor(&w, &[n]), tensor(&buf, &[n]), tensor(&mask, &[n]));
+        for step in 0..3 {
+            let g = f32_exact(&rng.vec(n));
+            sgd::sgd_step(&wt, &tensor(&g, &[n]), &bt, masked.then_some(&mt), &gcfg).unwrap();
+            cpu::sgd_step(&mut w, &g, &mut buf, masked.then_some(&mask[..]), &cfg);
+            let what = format!("sgd nesterov={nesterov} mask={masked} step {step}");
+            assert_close(&format!("{what} weights"), &values(&wt), &w, ELEMENTWISE);
+            assert_close(&format!("{what} momentum"), &values(&bt), &buf, ELEMENTWISE);
+        }
+        if masked {
+            let wv = values(&wt);
+            assert!((0..n).step_by(3).all(|i| wv[i] == 0.0), "masked weights must stay exactly 0");
+        }
+    }
+}
