@@ -80,7 +80,7 @@ pub fn init(options: &GpuOptions) -> Result<&'static Gpu> {
     if let Some(gpu) = GPU.get() {
         return Ok(gpu);
     }
-    let gpu = Gpu::new(options)?;
+    let gpu = Gpu::open(options)?;
     Ok(GPU.get_or_init(|| gpu))
 }
 
@@ -146,7 +146,8 @@ const NO_DRIVER_HINT: &str = "install a Vulkan, Metal, DX12 or OpenGL driver for
      (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`)";
 
 impl Gpu {
-    fn new(options: &GpuOptions) -> Result<Gpu> {
+    /// Opens a device without installing it as the process-wide context (see [`init`]).
+    pub fn open(options: &GpuOptions) -> Result<Gpu> {
         let backends = parse_backends(options.backend.as_deref())?;
         let instance = new_instance(backends);
         let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
