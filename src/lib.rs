@@ -5,6 +5,7 @@
 //! `reference` holds the naive f64 CPU implementations that tests hold the GPU kernels to.
 
 pub mod autograd;
+pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod ops;

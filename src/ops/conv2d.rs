@@ -1,7 +1,7 @@
 //! 2-D convolution: forward, grad-input and grad-weight as implicit GEMMs on the tiled engine,
 //! grad-bias as a channel sum (shaders/conv2d.wgsl).
 
-use super::matmul::{run_split_k, GEMM_ENGINE};
+use super::matmul::{run_split_k, GEMM_ENGINE, TILE};
 use super::{expect_rank, reduce};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
@@ -72,7 +72,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeo
     let (m, n, k) = (g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
     // One split: the forward reduction (c_in*kh*kw) is short and y is large.
     let gpu = crate::gpu::get()?;
-    let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
     let views = [w.view(), x.view(), bias.unwrap_or(w).view(), y.view()];
     gpu.dispatch(&FORWARD, &g.params(m, n, k, k, bias.is_some()), &views, groups)?;
     Ok(y)
@@ -83,7 +83,7 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
     let dx = Tensor::uninit(&[g.n, g.c_in, g.h, g.w])?;
     let (m, n, k) = (g.c_in, g.n * g.h * g.w, g.c_out * g.kh * g.kw);
     let gpu = crate::gpu::get()?;
-    let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
     gpu.dispatch(&GRAD_INPUT, &g.params(m, n, k, k, false), &[w.view(), dy.view(), dx.view()], groups)?;
     Ok(dx)
 }

@@ -7,7 +7,7 @@ use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
 pub(crate) const GEMM_ENGINE: &str = include_str!("../../shaders/tiled_gemm.wgsl");
-const TILE: usize = 64;
+pub(crate) const TILE: usize = 64;
 
 static GEMM: Kernel = Kernel {
     label: "matmul.gemm",
