@@ -12,8 +12,22 @@ struct Params {
     c_out: u32, kh: u32, kw: u32, stride: u32,
     pad: u32, ho: u32, wo: u32, has_bias: u32,
     gm: u32, gn: u32, gk: u32, k_chunk: u32,   // GEMM sizes M, N, K and the split-K chunk
+    khw: u32, howo: u32, hw: u32, _pad: u32,
+    // 1/d for the divisors above, for div() below
+    r_kw: f32, r_khw: f32, r_wo: f32, r_howo: f32,
+    r_w: f32, r_hw: f32, r_stride: f32, _pad2: f32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
+
+// a / d without an integer division (which CPUs and GPUs emulate slowly, and SIMD CPU drivers
+// scalarize): a float estimate corrected by one step, exact while a / d < 2^23.
+fn div(a: u32, d: u32, rcp: f32) -> u32 {
+    var q = u32(f32(a) * rcp);
+    let r = i32(a) - i32(q * d);
+    q = select(q, q - 1u, r < 0);
+    q = select(q, q + 1u, r >= i32(d));
+    return q;
+}
 
 fn dims() -> vec2<u32> { return vec2<u32>(p.gm, p.gn); }
 fn k_range(z: u32) -> vec2<u32> { return vec2<u32>(z * p.k_chunk, min((z + 1u) * p.k_chunk, p.gk)); }
@@ -21,8 +35,10 @@ fn k_range(z: u32) -> vec2<u32> { return vec2<u32>(z * p.k_chunk, min((z + 1u) *
 // Index of x at (b, ci, oy*s+ky-pad, ox*s+kx-pad), or -1 in the padding.
 // `r` = (ky, kx) as ky*kw+kx, `q` = (oy, ox) as oy*wo+ox.
 fn x_index(b: u32, ci: u32, r: u32, q: u32) -> i32 {
-    let iy = i32((q / p.wo) * p.stride + r / p.kw) - i32(p.pad);
-    let ix = i32((q % p.wo) * p.stride + r % p.kw) - i32(p.pad);
+    let oy = div(q, p.wo, p.r_wo);
+    let ky = div(r, p.kw, p.r_kw);
+    let iy = i32(oy * p.stride + ky) - i32(p.pad);
+    let ix = i32((q - oy * p.wo) * p.stride + r - ky * p.kw) - i32(p.pad);
     if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return -1; }
     return i32(((b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix));
 }
@@ -34,17 +50,17 @@ fn x_index(b: u32, ci: u32, r: u32, q: u32) -> i32 {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 fn load_a(m: u32, k: u32, z: u32) -> f32 { return wt[m * p.gk + k]; }
 fn load_b(k: u32, j: u32, z: u32) -> f32 {
-    let khw = p.kh * p.kw;
-    let howo = p.ho * p.wo;
-    let i = x_index(j / howo, k / khw, k % khw, j % howo);
+    let b = div(j, p.howo, p.r_howo);
+    let ci = div(k, p.khw, p.r_khw);
+    let i = x_index(b, ci, k - ci * p.khw, j - b * p.howo);
     if (i < 0) { return 0.0; }
     return x[i];
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) {
-    let howo = p.ho * p.wo;
     var r = v;
     if (p.has_bias != 0u) { r += bias[co]; }
-    y[((j / howo) * p.c_out + co) * howo + j % howo] = r;
+    let b = div(j, p.howo, p.r_howo);
+    y[(b * p.c_out + co) * p.howo + j - b * p.howo] = r;
 }
 
 //#section grad_input
@@ -53,27 +69,27 @@ fn store_c(co: u32, j: u32, z: u32, v: f32) {
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 fn load_a(ci: u32, k: u32, z: u32) -> f32 {
     // k = (co, ky, kx)
-    let khw = p.kh * p.kw;
-    return wt[((k / khw) * p.c_in + ci) * khw + k % khw];
+    let co = div(k, p.khw, p.r_khw);
+    return wt[(co * p.c_in + ci) * p.khw + k - co * p.khw];
 }
 fn load_b(k: u32, j: u32, z: u32) -> f32 {
-    let khw = p.kh * p.kw;
-    let hw = p.h * p.w;
-    let co = k / khw;
-    let r = k % khw;
-    let b = j / hw;
-    let ty = i32((j % hw) / p.w + p.pad) - i32(r / p.kw);
-    let tx = i32((j % hw) % p.w + p.pad) - i32(r % p.kw);
+    let co = div(k, p.khw, p.r_khw);
+    let r = k - co * p.khw;
+    let ky = div(r, p.kw, p.r_kw);
+    let b = div(j, p.hw, p.r_hw);
+    let q = j - b * p.hw;
+    let iy = div(q, p.w, p.r_w);
+    let ty = i32(iy + p.pad) - i32(ky);
+    let tx = i32(q - iy * p.w + p.pad) - i32(r - ky * p.kw);
     if (ty < 0 || tx < 0) { return 0.0; }
-    let s = p.stride;
-    let oy = u32(ty) / s;
-    let ox = u32(tx) / s;
-    if (u32(ty) % s != 0u || u32(tx) % s != 0u || oy >= p.ho || ox >= p.wo) { return 0.0; }
+    let oy = div(u32(ty), p.stride, p.r_stride);
+    let ox = div(u32(tx), p.stride, p.r_stride);
+    if (oy * p.stride != u32(ty) || ox * p.stride != u32(tx) || oy >= p.ho || ox >= p.wo) { return 0.0; }
     return dy[((b * p.c_out + co) * p.ho + oy) * p.wo + ox];
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
-    let hw = p.h * p.w;
-    dx[((j / hw) * p.c_in + ci) * hw + j % hw] = v;
+    let b = div(j, p.hw, p.r_hw);
+    dx[(b * p.c_in + ci) * p.hw + j - b * p.hw] = v;
 }
 
 //#section grad_weight
@@ -82,14 +98,14 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
 fn load_a(co: u32, k: u32, z: u32) -> f32 {
     // k = (b, oy, ox)
-    let howo = p.ho * p.wo;
-    return dy[((k / howo) * p.c_out + co) * howo + k % howo];
+    let b = div(k, p.howo, p.r_howo);
+    return dy[(b * p.c_out + co) * p.howo + k - b * p.howo];
 }
 fn load_b(k: u32, j: u32, z: u32) -> f32 {
     // j = (ci, ky, kx)
-    let khw = p.kh * p.kw;
-    let howo = p.ho * p.wo;
-    let i = x_index(k / howo, j / khw, j % khw, k % howo);
+    let b = div(k, p.howo, p.r_howo);
+    let ci = div(j, p.khw, p.r_khw);
+    let i = x_index(b, ci, j - ci * p.khw, k - b * p.howo);
     if (i < 0) { return 0.0; }
     return x[i];
 }

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 pub struct Kernel {
     /// Unique name, also the cache key, e.g. `"conv2d.forward"`.
     pub label: &'static str,
-    /// Text placed before the op family's source (e.g. the tiled GEMM engine), or "".
-    pub prelude: &'static str,
+    /// Texts placed before the op family's source (e.g. a tile setting and the tiled GEMM engine).
+    pub prelude: &'static [&'static str],
     /// The op family's WGSL file.
     pub source: &'static str,
     /// When set, only the text before the first `//#section` line plus this section is used.
@@ -23,8 +23,11 @@ pub struct Kernel {
 impl Kernel {
     /// The WGSL text this kernel compiles.
     pub fn wgsl(&self) -> String {
-        let mut text = String::from(self.prelude);
-        text.push('\n');
+        let mut text = String::new();
+        for part in self.prelude {
+            text.push_str(part);
+            text.push('\n');
+        }
         match self.section {
             None => text.push_str(self.source),
             Some(name) => {

@@ -1,16 +1,15 @@
 //! 2-D convolution: forward, grad-input and grad-weight as implicit GEMMs on the tiled engine,
 //! grad-bias as a channel sum (shaders/conv2d.wgsl).
 
-use super::matmul::{run_split_k, GEMM_ENGINE, TILE};
+use super::matmul::{gemm_groups, gemm_kernels, pick_tile, run_split_k};
 use super::{expect_rank, reduce};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-const SOURCE: &str = include_str!("../../shaders/conv2d.wgsl");
-static FORWARD: Kernel = Kernel { label: "conv2d.forward", prelude: GEMM_ENGINE, source: SOURCE, section: Some("forward"), entry: "main" };
-static GRAD_INPUT: Kernel = Kernel { label: "conv2d.grad_input", prelude: GEMM_ENGINE, source: SOURCE, section: Some("grad_input"), entry: "main" };
-static GRAD_WEIGHT: Kernel = Kernel { label: "conv2d.grad_weight", prelude: GEMM_ENGINE, source: SOURCE, section: Some("grad_weight"), entry: "main" };
+static FORWARD: [Kernel; 3] = gemm_kernels!("conv2d.forward", "conv2d.wgsl", Some("forward"));
+static GRAD_INPUT: [Kernel; 3] = gemm_kernels!("conv2d.grad_input", "conv2d.wgsl", Some("grad_input"));
+static GRAD_WEIGHT: [Kernel; 3] = gemm_kernels!("conv2d.grad_weight", "conv2d.wgsl", Some("grad_weight"));
 
 /// Geometry of one convolution: input [n, c_in, h, w], weight [c_out, c_in, kh, kw].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +37,18 @@ impl ConvGeom {
         self.n * self.c_out * self.out_h() * self.out_w() * self.c_in * self.kh * self.kw
     }
 
+    /// The kernels' uniform block (see `Params` in conv2d.wgsl).
     fn params(&self, gm: usize, gn: usize, gk: usize, chunk: usize, has_bias: bool) -> Vec<u8> {
-        let v = [
+        let (khw, howo, hw) = (self.kh * self.kw, self.out_h() * self.out_w(), self.h * self.w);
+        let ints = [
             self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.stride, self.pad,
-            self.out_h(), self.out_w(), has_bias as usize, gm, gn, gk, chunk,
+            self.out_h(), self.out_w(), has_bias as usize, gm, gn, gk, chunk, khw, howo, hw, 0,
         ];
-        v.iter().flat_map(|&x| (x as u32).to_ne_bytes()).collect()
+        let rcp = |d: usize| 1.0 / d as f32;
+        let floats = [rcp(self.kw), rcp(khw), rcp(self.out_w()), rcp(howo), rcp(self.w), rcp(hw), rcp(self.stride), 0.0];
+        let mut bytes: Vec<u8> = ints.iter().flat_map(|&x| (x as u32).to_ne_bytes()).collect();
+        bytes.extend(floats.iter().flat_map(|x| x.to_ne_bytes()));
+        bytes
     }
 }
 
@@ -72,9 +77,8 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeo
     let (m, n, k) = (g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
     // One split: the forward reduction (c_in*kh*kw) is short and y is large.
     let gpu = crate::gpu::get()?;
-    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
     let views = [w.view(), x.view(), bias.unwrap_or(w).view(), y.view()];
-    gpu.dispatch(&FORWARD, &g.params(m, n, k, k, bias.is_some()), &views, groups)?;
+    gpu.dispatch(&FORWARD[pick_tile(m).0], &g.params(m, n, k, k, bias.is_some()), &views, gemm_groups(m, n, 1))?;
     Ok(y)
 }
 
@@ -83,8 +87,8 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
     let dx = Tensor::uninit(&[g.n, g.c_in, g.h, g.w])?;
     let (m, n, k) = (g.c_in, g.n * g.h * g.w, g.c_out * g.kh * g.kw);
     let gpu = crate::gpu::get()?;
-    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
-    gpu.dispatch(&GRAD_INPUT, &g.params(m, n, k, k, false), &[w.view(), dy.view(), dx.view()], groups)?;
+    let views = [w.view(), dy.view(), dx.view()];
+    gpu.dispatch(&GRAD_INPUT[pick_tile(m).0], &g.params(m, n, k, k, false), &views, gemm_groups(m, n, 1))?;
     Ok(dx)
 }
 

@@ -6,16 +6,49 @@ use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-pub(crate) const GEMM_ENGINE: &str = include_str!("../../shaders/tiled_gemm.wgsl");
-pub(crate) const TILE: usize = 64;
+/// The three tile shapes of the GEMM engine: RM rows of C per thread, a tile of 8*RM x 64.
+/// Each GEMM-based kernel is declared once per shape (`gemm_kernels!`) and `pick_tile` chooses
+/// by M, so 16- and 32-channel layers do not waste most of a 64-row tile.
+macro_rules! gemm_kernels {
+    ($label:literal, $file:literal, $section:expr) => {
+        [
+            $crate::ops::matmul::gemm_kernel!(concat!($label, ".rm2"), "const RM: u32 = 2u;", $file, $section),
+            $crate::ops::matmul::gemm_kernel!(concat!($label, ".rm4"), "const RM: u32 = 4u;", $file, $section),
+            $crate::ops::matmul::gemm_kernel!(concat!($label, ".rm8"), "const RM: u32 = 8u;", $file, $section),
+        ]
+    };
+}
+macro_rules! gemm_kernel {
+    ($label:expr, $rm:literal, $file:literal, $section:expr) => {
+        $crate::gpu::Kernel {
+            label: $label,
+            prelude: &[$rm, include_str!("../../shaders/tiled_gemm.wgsl")],
+            source: include_str!(concat!("../../shaders/", $file)),
+            section: $section,
+            entry: "main",
+        }
+    };
+}
+pub(crate) use {gemm_kernel, gemm_kernels};
 
-static GEMM: Kernel = Kernel {
-    label: "matmul.gemm",
-    prelude: GEMM_ENGINE,
-    source: include_str!("../../shaders/matmul.wgsl"),
-    section: None,
-    entry: "main",
-};
+/// Columns of C per workgroup.
+const TILE_N: usize = 64;
+
+/// Index into a `gemm_kernels!` array and the tile's row count for a product with `m` rows.
+pub(crate) fn pick_tile(m: usize) -> (usize, usize) {
+    match m {
+        0..=16 => (0, 16),
+        17..=32 => (1, 32),
+        _ => (2, 64),
+    }
+}
+
+/// Workgroups covering an m x n product, `splits` deep.
+pub(crate) fn gemm_groups(m: usize, n: usize, splits: usize) -> [u32; 3] {
+    [n.div_ceil(TILE_N) as u32, m.div_ceil(pick_tile(m).1) as u32, splits as u32]
+}
+
+static GEMM: [Kernel; 3] = gemm_kernels!("matmul.gemm", "matmul.wgsl", None);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -35,7 +68,7 @@ struct Params {
 /// How many K-splits a GEMM of this shape gets: enough workgroups to fill a large GPU when the
 /// output is small and the reduction long (weight gradients), none otherwise.
 pub(crate) fn split_k(m: usize, n: usize, k: usize) -> usize {
-    let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+    let tiles = m.div_ceil(pick_tile(m).1) * n.div_ceil(TILE_N);
     if tiles >= 64 || k < 1024 {
         return 1;
     }
@@ -44,11 +77,12 @@ pub(crate) fn split_k(m: usize, n: usize, k: usize) -> usize {
 
 /// Runs a GEMM given its parameters: writes `out` (shape [m, n]) directly, or through a split-K
 /// partial buffer and a reduction.
-pub(crate) fn run_split_k(kernel: &Kernel, make: impl Fn(usize) -> Vec<u8>, bufs: &[&Tensor], out: &Tensor, m: usize, n: usize, k: usize) -> Result<()> {
+pub(crate) fn run_split_k(kernels: &[Kernel; 3], make: impl Fn(usize) -> Vec<u8>, bufs: &[&Tensor], out: &Tensor, m: usize, n: usize, k: usize) -> Result<()> {
     let splits = split_k(m, n, k);
     let chunk = k.div_ceil(splits).div_ceil(16) * 16;
     let splits = k.div_ceil(chunk).max(1);
-    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, splits as u32];
+    let groups = gemm_groups(m, n, splits);
+    let kernel = &kernels[pick_tile(m).0];
     let gpu = crate::gpu::get()?;
     let params = make(chunk);
     if splits == 1 {

@@ -33,7 +33,7 @@ macro_rules! kernel {
     ($label:literal, $file:literal, $section:literal) => {
         $crate::gpu::Kernel {
             label: $label,
-            prelude: "",
+            prelude: &[],
             source: include_str!(concat!("../../shaders/", $file)),
             section: Some($section),
             entry: $section,
