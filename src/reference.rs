@@ -54,15 +54,7 @@ pub fn mean(a: &[f64]) -> f64 {
 /// Shapes: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, result `C` is `[m, n]`.
 /// `A` is stored `[m, k]`, or `[k, m]` when `trans_a` (so `op(A) = A^T`).
 /// `B` is stored `[k, n]`, or `[n, k]` when `trans_b` (so `op(B) = B^T`).
-pub fn matmul(
-    a: &[f64],
-    b: &[f64],
-    m: usize,
-    k: usize,
-    n: usize,
-    trans_a: bool,
-    trans_b: bool,
-) -> Vec<f64> {
+pub fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Vec<f64> {
     assert_eq!(a.len(), m * k, "matmul: a must hold m*k elements");
     assert_eq!(b.len(), k * n, "matmul: b must hold k*n elements");
     // op(A)[i][p] and op(B)[p][j], read straight from storage.
@@ -85,20 +77,9 @@ pub fn matmul(
 ///
 /// Shapes: `x` `[n, in_f]`, `weight` `[out_f, in_f]`, `bias` `[out_f]`,
 /// result `[n, out_f]`.
-pub fn linear(
-    x: &[f64],
-    weight: &[f64],
-    bias: Option<&[f64]>,
-    n: usize,
-    in_f: usize,
-    out_f: usize,
-) -> Vec<f64> {
+pub fn linear(x: &[f64], weight: &[f64], bias: Option<&[f64]>, n: usize, in_f: usize, out_f: usize) -> Vec<f64> {
     assert_eq!(x.len(), n * in_f, "linear: x must be [n, in_f]");
-    assert_eq!(
-        weight.len(),
-        out_f * in_f,
-        "linear: weight must be [out_f, in_f]"
-    );
+    assert_eq!(weight.len(), out_f * in_f, "linear: weight must be [out_f, in_f]");
     if let Some(b) = bias {
         assert_eq!(b.len(), out_f, "linear: bias must be [out_f]");
     }
@@ -140,20 +121,14 @@ impl Conv2dGeom {
     /// Output height `(h + 2*pad - kh) / stride + 1`.
     pub fn out_h(&self) -> usize {
         assert!(self.stride > 0, "Conv2dGeom: stride must be > 0");
-        assert!(
-            self.h + 2 * self.pad >= self.kh,
-            "Conv2dGeom: kernel taller than padded input"
-        );
+        assert!(self.h + 2 * self.pad >= self.kh, "Conv2dGeom: kernel taller than padded input");
         (self.h + 2 * self.pad - self.kh) / self.stride + 1
     }
 
     /// Output width `(w + 2*pad - kw) / stride + 1`.
     pub fn out_w(&self) -> usize {
         assert!(self.stride > 0, "Conv2dGeom: stride must be > 0");
-        assert!(
-            self.w + 2 * self.pad >= self.kw,
-            "Conv2dGeom: kernel wider than padded input"
-        );
+        assert!(self.w + 2 * self.pad >= self.kw, "Conv2dGeom: kernel wider than padded input");
         (self.w + 2 * self.pad - self.kw) / self.stride + 1
     }
 
@@ -188,11 +163,7 @@ impl Conv2dGeom {
 /// `bias` `[c_out]`, result `[n, c_out, out_h, out_w]`.
 pub fn conv2d(x: &[f64], w: &[f64], bias: Option<&[f64]>, g: &Conv2dGeom) -> Vec<f64> {
     assert_eq!(x.len(), g.x_len(), "conv2d: x must be [n, c_in, h, w]");
-    assert_eq!(
-        w.len(),
-        g.w_len(),
-        "conv2d: w must be [c_out, c_in, kh, kw]"
-    );
+    assert_eq!(w.len(), g.w_len(), "conv2d: w must be [c_out, c_in, kh, kw]");
     if let Some(b) = bias {
         assert_eq!(b.len(), g.c_out, "conv2d: bias must be [c_out]");
     }
@@ -232,16 +203,8 @@ pub fn conv2d(x: &[f64], w: &[f64], bias: Option<&[f64]>, g: &Conv2dGeom) -> Vec
 /// result `dx` `[n, c_in, h, w]`. Written as the transpose of the forward
 /// loop (scatter), so every tap the forward reads receives exactly its share.
 pub fn conv2d_grad_input(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
-    assert_eq!(
-        dy.len(),
-        g.y_len(),
-        "conv2d_grad_input: dy must be [n, c_out, out_h, out_w]"
-    );
-    assert_eq!(
-        w.len(),
-        g.w_len(),
-        "conv2d_grad_input: w must be [c_out, c_in, kh, kw]"
-    );
+    assert_eq!(dy.len(), g.y_len(), "conv2d_grad_input: dy must be [n, c_out, out_h, out_w]");
+    assert_eq!(w.len(), g.w_len(), "conv2d_grad_input: w must be [c_out, c_in, kh, kw]");
     let (oh, ow) = (g.out_h(), g.out_w());
     let mut dx = vec![0.0; g.x_len()];
     for s in 0..g.n {
@@ -275,16 +238,8 @@ pub fn conv2d_grad_input(dy: &[f64], w: &[f64], g: &Conv2dGeom) -> Vec<f64> {
 /// Shapes: `dy` `[n, c_out, out_h, out_w]`, `x` `[n, c_in, h, w]`,
 /// result `dw` `[c_out, c_in, kh, kw]` (summed over the batch).
 pub fn conv2d_grad_weight(dy: &[f64], x: &[f64], g: &Conv2dGeom) -> Vec<f64> {
-    assert_eq!(
-        dy.len(),
-        g.y_len(),
-        "conv2d_grad_weight: dy must be [n, c_out, out_h, out_w]"
-    );
-    assert_eq!(
-        x.len(),
-        g.x_len(),
-        "conv2d_grad_weight: x must be [n, c_in, h, w]"
-    );
+    assert_eq!(dy.len(), g.y_len(), "conv2d_grad_weight: dy must be [n, c_out, out_h, out_w]");
+    assert_eq!(x.len(), g.x_len(), "conv2d_grad_weight: x must be [n, c_in, h, w]");
     let (oh, ow) = (g.out_h(), g.out_w());
     let mut dw = vec![0.0; g.w_len()];
     for s in 0..g.n {
@@ -318,11 +273,7 @@ pub fn conv2d_grad_weight(dy: &[f64], x: &[f64], g: &Conv2dGeom) -> Vec<f64> {
 /// Shapes: `dy` `[n, c_out, out_h, out_w]`, result `[c_out]` (sum of `dy`
 /// over batch and spatial positions).
 pub fn conv2d_grad_bias(dy: &[f64], g: &Conv2dGeom) -> Vec<f64> {
-    assert_eq!(
-        dy.len(),
-        g.y_len(),
-        "conv2d_grad_bias: dy must be [n, c_out, out_h, out_w]"
-    );
+    assert_eq!(dy.len(), g.y_len(), "conv2d_grad_bias: dy must be [n, c_out, out_h, out_w]");
     let plane = g.out_h() * g.out_w();
     let mut db = vec![0.0; g.c_out];
     for s in 0..g.n {
@@ -366,10 +317,7 @@ pub fn batchnorm_train(
     assert_eq!(x.len(), n * c * hw, "batchnorm_train: x must be [n, c, hw]");
     assert_eq!(gamma.len(), c, "batchnorm_train: gamma must be [c]");
     assert_eq!(beta.len(), c, "batchnorm_train: beta must be [c]");
-    assert!(
-        n * hw > 0,
-        "batchnorm_train: need at least one value per channel"
-    );
+    assert!(n * hw > 0, "batchnorm_train: need at least one value per channel");
     let count = (n * hw) as f64;
     let mut mean_v = vec![0.0; c];
     let mut var_v = vec![0.0; c];
@@ -403,12 +351,7 @@ pub fn batchnorm_train(
             }
         }
     }
-    BatchNormOut {
-        y,
-        mean: mean_v,
-        var: var_v,
-        invstd,
-    }
+    BatchNormOut { y, mean: mean_v, var: var_v, invstd }
 }
 
 /// PyTorch running-statistics update after a training-mode batch norm.
@@ -425,21 +368,10 @@ pub fn batchnorm_running_update(
     momentum: f64,
 ) {
     let c = running_mean.len();
-    assert_eq!(
-        running_var.len(),
-        c,
-        "batchnorm_running_update: running_var must be [c]"
-    );
+    assert_eq!(running_var.len(), c, "batchnorm_running_update: running_var must be [c]");
     assert_eq!(mean.len(), c, "batchnorm_running_update: mean must be [c]");
-    assert_eq!(
-        var_biased.len(),
-        c,
-        "batchnorm_running_update: var_biased must be [c]"
-    );
-    assert!(
-        count > 1,
-        "batchnorm_running_update: count must be > 1 for the unbiased variance"
-    );
+    assert_eq!(var_biased.len(), c, "batchnorm_running_update: var_biased must be [c]");
+    assert!(count > 1, "batchnorm_running_update: count must be > 1 for the unbiased variance");
     let unbias = count as f64 / (count - 1) as f64;
     for ch in 0..c {
         running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mean[ch];
@@ -465,27 +397,11 @@ pub fn batchnorm_train_backward(
     c: usize,
     hw: usize,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    assert_eq!(
-        dy.len(),
-        n * c * hw,
-        "batchnorm_train_backward: dy must be [n, c, hw]"
-    );
-    assert_eq!(
-        x.len(),
-        n * c * hw,
-        "batchnorm_train_backward: x must be [n, c, hw]"
-    );
-    assert_eq!(
-        gamma.len(),
-        c,
-        "batchnorm_train_backward: gamma must be [c]"
-    );
+    assert_eq!(dy.len(), n * c * hw, "batchnorm_train_backward: dy must be [n, c, hw]");
+    assert_eq!(x.len(), n * c * hw, "batchnorm_train_backward: x must be [n, c, hw]");
+    assert_eq!(gamma.len(), c, "batchnorm_train_backward: gamma must be [c]");
     assert_eq!(mean.len(), c, "batchnorm_train_backward: mean must be [c]");
-    assert_eq!(
-        invstd.len(),
-        c,
-        "batchnorm_train_backward: invstd must be [c]"
-    );
+    assert_eq!(invstd.len(), c, "batchnorm_train_backward: invstd must be [c]");
     let count = (n * hw) as f64;
     let mut dgamma = vec![0.0; c];
     let mut dbeta = vec![0.0; c];
@@ -505,8 +421,7 @@ pub fn batchnorm_train_backward(
             for i in 0..hw {
                 let idx = (s * c + ch) * hw + i;
                 let xhat = (x[idx] - mean[ch]) * invstd[ch];
-                dx[idx] = gamma[ch] * invstd[ch] / count
-                    * (count * dy[idx] - dbeta[ch] - xhat * dgamma[ch]);
+                dx[idx] = gamma[ch] * invstd[ch] / count * (count * dy[idx] - dbeta[ch] - xhat * dgamma[ch]);
             }
         }
     }
@@ -533,16 +448,8 @@ pub fn batchnorm_eval(
     assert_eq!(x.len(), n * c * hw, "batchnorm_eval: x must be [n, c, hw]");
     assert_eq!(gamma.len(), c, "batchnorm_eval: gamma must be [c]");
     assert_eq!(beta.len(), c, "batchnorm_eval: beta must be [c]");
-    assert_eq!(
-        running_mean.len(),
-        c,
-        "batchnorm_eval: running_mean must be [c]"
-    );
-    assert_eq!(
-        running_var.len(),
-        c,
-        "batchnorm_eval: running_var must be [c]"
-    );
+    assert_eq!(running_mean.len(), c, "batchnorm_eval: running_mean must be [c]");
+    assert_eq!(running_var.len(), c, "batchnorm_eval: running_var must be [c]");
     let mut y = vec![0.0; x.len()];
     for s in 0..n {
         for ch in 0..c {
@@ -574,27 +481,11 @@ pub fn batchnorm_eval_backward(
     hw: usize,
     eps: f64,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    assert_eq!(
-        dy.len(),
-        n * c * hw,
-        "batchnorm_eval_backward: dy must be [n, c, hw]"
-    );
-    assert_eq!(
-        x.len(),
-        n * c * hw,
-        "batchnorm_eval_backward: x must be [n, c, hw]"
-    );
+    assert_eq!(dy.len(), n * c * hw, "batchnorm_eval_backward: dy must be [n, c, hw]");
+    assert_eq!(x.len(), n * c * hw, "batchnorm_eval_backward: x must be [n, c, hw]");
     assert_eq!(gamma.len(), c, "batchnorm_eval_backward: gamma must be [c]");
-    assert_eq!(
-        running_mean.len(),
-        c,
-        "batchnorm_eval_backward: running_mean must be [c]"
-    );
-    assert_eq!(
-        running_var.len(),
-        c,
-        "batchnorm_eval_backward: running_var must be [c]"
-    );
+    assert_eq!(running_mean.len(), c, "batchnorm_eval_backward: running_mean must be [c]");
+    assert_eq!(running_var.len(), c, "batchnorm_eval_backward: running_var must be [c]");
     let mut dx = vec![0.0; x.len()];
     let mut dgamma = vec![0.0; c];
     let mut dbeta = vec![0.0; c];
@@ -625,10 +516,7 @@ pub fn relu(x: &[f64]) -> Vec<f64> {
 /// 0, like PyTorch). Shapes: `dy`, `x`, result `[len]`.
 pub fn relu_backward(dy: &[f64], x: &[f64]) -> Vec<f64> {
     assert_eq!(dy.len(), x.len(), "relu_backward: dy and x lengths differ");
-    dy.iter()
-        .zip(x)
-        .map(|(&d, &v)| if v > 0.0 { d } else { 0.0 })
-        .collect()
+    dy.iter().zip(x).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect()
 }
 
 /// CIFAR ResNet "option A" shortcut: spatial subsampling by 2 plus zero
@@ -645,8 +533,7 @@ pub fn shortcut_a(x: &[f64], n: usize, c: usize, h: usize, w: usize, pad_c: usiz
         for ch in 0..c {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    y[((s * oc + ch + pad_c) * oh + oy) * ow + ox] =
-                        x[((s * c + ch) * h + 2 * oy) * w + 2 * ox];
+                    y[((s * oc + ch + pad_c) * oh + oy) * ow + ox] = x[((s * c + ch) * h + 2 * oy) * w + 2 * ox];
                 }
             }
         }
@@ -658,28 +545,16 @@ pub fn shortcut_a(x: &[f64], n: usize, c: usize, h: usize, w: usize, pad_c: usiz
 /// input; odd positions and padded channels get nothing.
 ///
 /// Shapes: `dy` `[n, c + 2*pad_c, ceil(h/2), ceil(w/2)]`, result `[n, c, h, w]`.
-pub fn shortcut_a_backward(
-    dy: &[f64],
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    pad_c: usize,
-) -> Vec<f64> {
+pub fn shortcut_a_backward(dy: &[f64], n: usize, c: usize, h: usize, w: usize, pad_c: usize) -> Vec<f64> {
     let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
     let oc = c + 2 * pad_c;
-    assert_eq!(
-        dy.len(),
-        n * oc * oh * ow,
-        "shortcut_a_backward: dy must be [n, c+2*pad_c, ceil(h/2), ceil(w/2)]"
-    );
+    assert_eq!(dy.len(), n * oc * oh * ow, "shortcut_a_backward: dy must be [n, c+2*pad_c, ceil(h/2), ceil(w/2)]");
     let mut dx = vec![0.0; n * c * h * w];
     for s in 0..n {
         for ch in 0..c {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    dx[((s * c + ch) * h + 2 * oy) * w + 2 * ox] =
-                        dy[((s * oc + ch + pad_c) * oh + oy) * ow + ox];
+                    dx[((s * c + ch) * h + 2 * oy) * w + 2 * ox] = dy[((s * oc + ch + pad_c) * oh + oy) * ow + ox];
                 }
             }
         }
@@ -709,10 +584,7 @@ pub fn maxpool2d(
     assert_eq!(x.len(), n * c * h * w, "maxpool2d: x must be [n, c, h, w]");
     assert!(k > 0 && stride > 0, "maxpool2d: k and stride must be > 0");
     assert!(2 * pad <= k, "maxpool2d: pad must be at most k/2");
-    assert!(
-        h + 2 * pad >= k && w + 2 * pad >= k,
-        "maxpool2d: window larger than padded input"
-    );
+    assert!(h + 2 * pad >= k && w + 2 * pad >= k, "maxpool2d: window larger than padded input");
     let oh = (h + 2 * pad - k) / stride + 1;
     let ow = (w + 2 * pad - k) / stride + 1;
     let mut y = vec![0.0; n * c * oh * ow];
@@ -766,24 +638,13 @@ pub fn maxpool2d_backward(
     oh: usize,
     ow: usize,
 ) -> Vec<f64> {
-    assert_eq!(
-        dy.len(),
-        n * c * oh * ow,
-        "maxpool2d_backward: dy must be [n, c, oh, ow]"
-    );
-    assert_eq!(
-        idx.len(),
-        n * c * oh * ow,
-        "maxpool2d_backward: idx must be [n, c, oh, ow]"
-    );
+    assert_eq!(dy.len(), n * c * oh * ow, "maxpool2d_backward: dy must be [n, c, oh, ow]");
+    assert_eq!(idx.len(), n * c * oh * ow, "maxpool2d_backward: idx must be [n, c, oh, ow]");
     let mut dx = vec![0.0; n * c * h * w];
     for plane in 0..n * c {
         for o in 0..oh * ow {
             let i = idx[plane * oh * ow + o] as usize;
-            assert!(
-                i < h * w,
-                "maxpool2d_backward: index outside the input plane"
-            );
+            assert!(i < h * w, "maxpool2d_backward: index outside the input plane");
             dx[plane * h * w + i] += dy[plane * oh * ow + o];
         }
     }
@@ -803,11 +664,7 @@ pub fn global_avgpool(x: &[f64], n: usize, c: usize, hw: usize) -> Vec<f64> {
 ///
 /// Shapes: `dy` `[n, c]`, result `[n, c, hw]`.
 pub fn global_avgpool_backward(dy: &[f64], n: usize, c: usize, hw: usize) -> Vec<f64> {
-    assert_eq!(
-        dy.len(),
-        n * c,
-        "global_avgpool_backward: dy must be [n, c]"
-    );
+    assert_eq!(dy.len(), n * c, "global_avgpool_backward: dy must be [n, c]");
     let mut dx = vec![0.0; n * c * hw];
     for p in 0..n * c {
         for i in 0..hw {
@@ -829,24 +686,9 @@ fn adaptive_window(i: usize, size: usize, out: usize) -> (usize, usize) {
 /// (possibly overlapping) windows, see `adaptive_window`.
 ///
 /// Shapes: `x` `[n, c, h, w]`, result `[n, c, oh, ow]`.
-pub fn adaptive_avgpool2d(
-    x: &[f64],
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-) -> Vec<f64> {
-    assert_eq!(
-        x.len(),
-        n * c * h * w,
-        "adaptive_avgpool2d: x must be [n, c, h, w]"
-    );
-    assert!(
-        h > 0 && w > 0 && oh > 0 && ow > 0,
-        "adaptive_avgpool2d: sizes must be > 0"
-    );
+pub fn adaptive_avgpool2d(x: &[f64], n: usize, c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
+    assert_eq!(x.len(), n * c * h * w, "adaptive_avgpool2d: x must be [n, c, h, w]");
+    assert!(h > 0 && w > 0 && oh > 0 && ow > 0, "adaptive_avgpool2d: sizes must be > 0");
     let mut y = vec![0.0; n * c * oh * ow];
     for plane in 0..n * c {
         for oy in 0..oh {
@@ -879,15 +721,8 @@ pub fn adaptive_avgpool2d_backward(
     oh: usize,
     ow: usize,
 ) -> Vec<f64> {
-    assert_eq!(
-        dy.len(),
-        n * c * oh * ow,
-        "adaptive_avgpool2d_backward: dy must be [n, c, oh, ow]"
-    );
-    assert!(
-        h > 0 && w > 0 && oh > 0 && ow > 0,
-        "adaptive_avgpool2d_backward: sizes must be > 0"
-    );
+    assert_eq!(dy.len(), n * c * oh * ow, "adaptive_avgpool2d_backward: dy must be [n, c, oh, ow]");
+    assert!(h > 0 && w > 0 && oh > 0 && ow > 0, "adaptive_avgpool2d_backward: sizes must be > 0");
     let mut dx = vec![0.0; n * c * h * w];
     for plane in 0..n * c {
         for oy in 0..oh {
@@ -918,11 +753,7 @@ pub fn dropout(x: &[f64], keep: &[f64], p: f64) -> Vec<f64> {
 
 /// Backward of [`dropout`]: `dy * keep / (1 - p)`. Shapes as in [`dropout`].
 pub fn dropout_backward(dy: &[f64], keep: &[f64], p: f64) -> Vec<f64> {
-    assert_eq!(
-        dy.len(),
-        keep.len(),
-        "dropout_backward: dy and keep lengths differ"
-    );
+    assert_eq!(dy.len(), keep.len(), "dropout_backward: dy and keep lengths differ");
     let s = dropout_scale(p);
     dy.iter().zip(keep).map(|(&d, &k)| d * k * s).collect()
 }
@@ -946,22 +777,10 @@ fn dropout_scale(p: f64) -> f64 {
 /// Returns `(mean loss, dlogits)` with `dlogits` `[n, classes]` the gradient
 /// of the *mean* loss: `(softmax - onehot) / n`. The row maximum is subtracted
 /// before exponentiating so large logits do not overflow.
-pub fn softmax_cross_entropy(
-    logits: &[f64],
-    labels: &[u32],
-    n: usize,
-    classes: usize,
-) -> (f64, Vec<f64>) {
-    assert_eq!(
-        logits.len(),
-        n * classes,
-        "softmax_cross_entropy: logits must be [n, classes]"
-    );
+pub fn softmax_cross_entropy(logits: &[f64], labels: &[u32], n: usize, classes: usize) -> (f64, Vec<f64>) {
+    assert_eq!(logits.len(), n * classes, "softmax_cross_entropy: logits must be [n, classes]");
     assert_eq!(labels.len(), n, "softmax_cross_entropy: labels must be [n]");
-    assert!(
-        n > 0 && classes > 0,
-        "softmax_cross_entropy: n and classes must be > 0"
-    );
+    assert!(n > 0 && classes > 0, "softmax_cross_entropy: n and classes must be > 0");
     let mut total = 0.0;
     let mut dlogits = vec![0.0; n * classes];
     for s in 0..n {
@@ -1009,19 +828,9 @@ pub struct SgdConfig {
 ///
 /// With a mask, a pruned weight that is 0 stays exactly 0 and its momentum
 /// buffer stays 0. Shapes: `w`, `grad`, `momentum_buf`, `mask` all `[len]`.
-pub fn sgd_step(
-    w: &mut [f64],
-    grad: &[f64],
-    momentum_buf: &mut [f64],
-    mask: Option<&[f64]>,
-    cfg: &SgdConfig,
-) {
+pub fn sgd_step(w: &mut [f64], grad: &[f64], momentum_buf: &mut [f64], mask: Option<&[f64]>, cfg: &SgdConfig) {
     assert_eq!(grad.len(), w.len(), "sgd_step: grad and w lengths differ");
-    assert_eq!(
-        momentum_buf.len(),
-        w.len(),
-        "sgd_step: momentum_buf and w lengths differ"
-    );
+    assert_eq!(momentum_buf.len(), w.len(), "sgd_step: momentum_buf and w lengths differ");
     if let Some(m) = mask {
         assert_eq!(m.len(), w.len(), "sgd_step: mask and w lengths differ");
     }
@@ -1031,11 +840,7 @@ pub fn sgd_step(
             g *= m[i];
         }
         momentum_buf[i] = cfg.momentum * momentum_buf[i] + g;
-        let step = if cfg.nesterov {
-            g + cfg.momentum * momentum_buf[i]
-        } else {
-            momentum_buf[i]
-        };
+        let step = if cfg.nesterov { g + cfg.momentum * momentum_buf[i] } else { momentum_buf[i] };
         w[i] -= cfg.lr * step;
     }
 }

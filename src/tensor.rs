@@ -24,6 +24,9 @@ struct Inner {
     node: Mutex<Option<Node>>,
     /// Accumulated gradient of a leaf tensor (a parameter).
     grad: Mutex<Option<Tensor>>,
+    /// For parameters that live in an arena: their gradient's fixed place in the gradient
+    /// arena, which backward adds into (so the optimizer is one launch over the arena).
+    grad_slot: Option<Tensor>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -38,6 +41,17 @@ pub fn numel(shape: &[usize]) -> usize {
 
 impl Tensor {
     fn wrap(storage: Arc<Buffer>, offset: u64, shape: Vec<usize>, requires_grad: bool, node: Option<Node>) -> Tensor {
+        Tensor::wrap_slot(storage, offset, shape, requires_grad, node, None)
+    }
+
+    fn wrap_slot(
+        storage: Arc<Buffer>,
+        offset: u64,
+        shape: Vec<usize>,
+        requires_grad: bool,
+        node: Option<Node>,
+        grad_slot: Option<Tensor>,
+    ) -> Tensor {
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shape,
@@ -47,6 +61,7 @@ impl Tensor {
             from_op: node.is_some(),
             node: Mutex::new(node),
             grad: Mutex::new(None),
+            grad_slot,
         }))
     }
 
@@ -91,7 +106,10 @@ impl Tensor {
         if offset % gpu.storage_alignment() != 0 || end > storage.size() {
             return Err(Error::shape(
                 "Tensor::view_into",
-                format!("view of {shape:?} at byte {offset} does not fit an aligned place in a {}-byte buffer", storage.size()),
+                format!(
+                    "view of {shape:?} at byte {offset} does not fit an aligned place in a {}-byte buffer",
+                    storage.size()
+                ),
             ));
         }
         Ok(Tensor::wrap(storage, offset, shape.to_vec(), false, None))
@@ -152,6 +170,18 @@ impl Tensor {
         Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, None)
     }
 
+    /// The same data as a leaf whose gradient accumulates into `slot` (same shape), which the
+    /// owner zeroes between steps.
+    pub fn with_grad_slot(&self, slot: Tensor) -> Result<Tensor> {
+        if slot.shape() != self.shape() {
+            return Err(Error::shape(
+                "with_grad_slot",
+                format!("slot {:?} for tensor {:?}", slot.shape(), self.shape()),
+            ));
+        }
+        Ok(Tensor::wrap_slot(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, None, Some(slot)))
+    }
+
     /// The same data, cut off from the graph.
     pub fn detach(&self) -> Tensor {
         Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), false, None)
@@ -171,20 +201,27 @@ impl Tensor {
             return Err(Error::shape("reshape", format!("{:?} cannot become {shape:?}", self.shape())));
         }
         let out = Tensor::wrap(self.0.storage.clone(), self.0.offset, shape.to_vec(), false, None);
-        let node = autograd::needs_node(&[self]).then(|| Node {
-            backward: Box::new(ReshapeBackward(self.shape().to_vec())),
-            inputs: vec![self.clone()],
-        });
+        let node = autograd::needs_node(&[self])
+            .then(|| Node { backward: Box::new(ReshapeBackward(self.shape().to_vec())), inputs: vec![self.clone()] });
         Ok(out.with_node(node))
     }
 
     /// The accumulated gradient of a leaf.
     pub fn grad(&self) -> Option<Tensor> {
-        lock(&self.0.grad).clone()
+        match &self.0.grad_slot {
+            Some(slot) => Some(slot.clone()),
+            None => lock(&self.0.grad).clone(),
+        }
     }
 
-    pub fn zero_grad(&self) {
-        *lock(&self.0.grad) = None;
+    pub fn zero_grad(&self) -> Result<()> {
+        match &self.0.grad_slot {
+            Some(slot) => crate::ops::elementwise::fill(slot, 0.0),
+            None => {
+                *lock(&self.0.grad) = None;
+                Ok(())
+            }
+        }
     }
 
     /// Backpropagates from this one-element tensor (a loss).
@@ -203,7 +240,10 @@ impl Tensor {
     /// (PyTorch's `y.backward(gradient)`).
     pub fn backward_with(&self, grad: Tensor) -> Result<()> {
         if grad.shape() != self.shape() {
-            return Err(Error::shape("backward_with", format!("gradient {:?} for tensor {:?}", grad.shape(), self.shape())));
+            return Err(Error::shape(
+                "backward_with",
+                format!("gradient {:?} for tensor {:?}", grad.shape(), self.shape()),
+            ));
         }
         if !self.requires_grad() {
             return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
@@ -224,6 +264,9 @@ impl Tensor {
     }
 
     pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
+        if let Some(slot) = &self.0.grad_slot {
+            return crate::ops::elementwise::axpy(1.0, &g, slot);
+        }
         let mut slot = lock(&self.0.grad);
         *slot = Some(match slot.take() {
             Some(prev) => crate::ops::elementwise::add(&prev, &g)?,

@@ -17,7 +17,11 @@ fn fan_out_gradients_accumulate() {
     let r = f32_exact(&rng.vec(301));
     let xt = param(&x, &[301]);
     // z = 2x + relu(x) + x: x feeds three ops
-    let z = elementwise::add(&elementwise::add(&elementwise::scale(&xt, 2.0).unwrap(), &elementwise::relu(&xt).unwrap()).unwrap(), &xt).unwrap();
+    let z = elementwise::add(
+        &elementwise::add(&elementwise::scale(&xt, 2.0).unwrap(), &elementwise::relu(&xt).unwrap()).unwrap(),
+        &xt,
+    )
+    .unwrap();
     z.backward_with(tensor(&r, &[301])).unwrap();
     let expected: Vec<f64> = x.iter().zip(&r).map(|(&xi, &ri)| ri * (3.0 + if xi > 0.0 { 1.0 } else { 0.0 })).collect();
     assert_close("fan-out gradient", &grad(&xt), &expected, ELEMENTWISE);
@@ -35,7 +39,8 @@ fn parameter_shared_by_two_layers_gets_both_gradients() {
     y2.backward_with(tensor(&r, y2.shape())).unwrap();
     let y1_ref = cpu::conv2d(&x, &w, None, &g);
     let dy1 = cpu::conv2d_grad_input(&r, &w, &g);
-    let expected: Vec<f64> = cpu::add(&cpu::conv2d_grad_weight(&r, &y1_ref, &g), &cpu::conv2d_grad_weight(&dy1, &x, &g));
+    let expected: Vec<f64> =
+        cpu::add(&cpu::conv2d_grad_weight(&r, &y1_ref, &g), &cpu::conv2d_grad_weight(&dy1, &x, &g));
     assert_close("shared weight gradient", &grad(&wt), &expected, LONG_SUM);
     assert!(xt.grad().is_none(), "an input that does not require a gradient gets none");
 }
@@ -61,7 +66,7 @@ fn second_backward_accumulates_until_grads_are_zeroed() {
     assert_eq!(grad(&xt), vec![3.0; 4]);
     run();
     assert_eq!(grad(&xt), vec![6.0; 4], "a second backward adds to the gradient");
-    xt.zero_grad();
+    xt.zero_grad().unwrap();
     run();
     assert_eq!(grad(&xt), vec![3.0; 4], "after zero_grad the gradient starts over");
 }
@@ -129,7 +134,10 @@ fn reference_grads(p: &Net) -> [Vec<f64>; 7] {
     let dfc_b: Vec<f64> = (0..CLASSES).map(|j| (0..N).map(|i| dlogits[i * CLASSES + j]).sum()).collect();
     let ds = cpu::global_avgpool_backward(&dpooled, N, C2, 9);
     let dw2 = cpu::conv2d_grad_weight(&ds, &a, &g2());
-    let da = cpu::add(&cpu::conv2d_grad_input(&ds, &p.w2, &g2()), &cpu::shortcut_a_backward(&ds, N, C1, H, H, (C2 - C1) / 2));
+    let da = cpu::add(
+        &cpu::conv2d_grad_input(&ds, &p.w2, &g2()),
+        &cpu::shortcut_a_backward(&ds, N, C1, H, H, (C2 - C1) / 2),
+    );
     let dz = cpu::relu_backward(&da, &bn.y);
     let (dc1, dgamma, dbeta) = cpu::batchnorm_train_backward(&dz, &c1, &p.gamma, &bn.mean, &bn.invstd, N, C1, H * H);
     let dx = cpu::conv2d_grad_input(&dc1, &p.w1, &g1());
@@ -170,14 +178,28 @@ fn gradcheck_composed_network_reference_and_gpu() {
         let base = field(&mut net, i).clone();
         let numeric = cpu::numeric_grad(
             &mut |v: &[f64]| {
-                let mut probe = Net { x: net.x.clone(), w1: net.w1.clone(), gamma: net.gamma.clone(), beta: net.beta.clone(), w2: net.w2.clone(), fc_w: net.fc_w.clone(), fc_b: net.fc_b.clone(), labels: net.labels.clone() };
+                let mut probe = Net {
+                    x: net.x.clone(),
+                    w1: net.w1.clone(),
+                    gamma: net.gamma.clone(),
+                    beta: net.beta.clone(),
+                    w2: net.w2.clone(),
+                    fc_w: net.fc_w.clone(),
+                    fc_b: net.fc_b.clone(),
+                    labels: net.labels.clone(),
+                };
                 *field(&mut probe, i) = v.to_vec();
                 reference_loss(&probe)
             },
             &base,
             1e-6,
         );
-        assert_close(&format!("reference backward vs finite differences: {}", NAMES[i]), &analytic[i], &numeric, (1e-7, 1e-5));
+        assert_close(
+            &format!("reference backward vs finite differences: {}", NAMES[i]),
+            &analytic[i],
+            &numeric,
+            (1e-7, 1e-5),
+        );
     }
     // 2. the GPU forward + autograd backward against the reference
     let x = param(&net.x, &[N, C0, H, H]);
@@ -192,7 +214,11 @@ fn gradcheck_composed_network_reference_and_gpu() {
     let c1 = conv2d::conv2d(&x, &w1, None, 1, 1).unwrap();
     let z = batchnorm::batch_norm(&c1, &gamma, &beta, &rm, &rv, Default::default()).unwrap();
     let a = elementwise::relu(&z).unwrap();
-    let s = elementwise::add(&conv2d::conv2d(&a, &w2, None, 2, 1).unwrap(), &shortcut::shortcut_a(&a, (C2 - C1) / 2).unwrap()).unwrap();
+    let s = elementwise::add(
+        &conv2d::conv2d(&a, &w2, None, 2, 1).unwrap(),
+        &shortcut::shortcut_a(&a, (C2 - C1) / 2).unwrap(),
+    )
+    .unwrap();
     let logits = matmul::linear(&pool::global_avg_pool(&s).unwrap(), &fc_w, Some(&fc_b)).unwrap();
     let loss = loss::cross_entropy(&logits, &labels).unwrap();
     assert_close("composed network loss", &values(&loss), &[reference_loss(&net)], ELEMENTWISE);

@@ -35,7 +35,7 @@ fn shape_mismatches_name_the_op_and_the_shapes() {
 
 #[test]
 fn a_buffer_larger_than_the_device_allows_is_an_error() {
-    let limit = gpu::get().unwrap().adapter.max_storage_binding;
+    let limit = gpu::get().unwrap().adapter.max_buffer_size;
     let err = Tensor::uninit(&[(limit / 4 + 1024) as usize]).unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("use a smaller batch size"), "{err}");

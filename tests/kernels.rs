@@ -19,7 +19,12 @@ fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
     let y = conv2d::conv2d(&xt, &wt, bias.then_some(&bt), g.stride, g.pad).unwrap();
     assert_eq!(y.shape(), [g.n, g.c_out, oh, ow]);
     let what = format!("{g:?} bias={bias}");
-    assert_close(&format!("conv2d forward {what}"), &values(&y), &cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g), LONG_SUM);
+    assert_close(
+        &format!("conv2d forward {what}"),
+        &values(&y),
+        &cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g),
+        LONG_SUM,
+    );
     y.backward_with(tensor(&r, y.shape())).unwrap();
     assert_close(&format!("conv2d grad_input {what}"), &grad(&xt), &cpu::conv2d_grad_input(&r, &w, &g), LONG_SUM);
     assert_close(&format!("conv2d grad_weight {what}"), &grad(&wt), &cpu::conv2d_grad_weight(&r, &x, &g), LONG_SUM);
@@ -28,7 +33,17 @@ fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
     }
 }
 
-fn geom(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, kh: usize, kw: usize, stride: usize, pad: usize) -> cpu::Conv2dGeom {
+fn geom(
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+) -> cpu::Conv2dGeom {
     cpu::Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, pad }
 }
 
@@ -63,7 +78,12 @@ fn gemm_case(rng: &mut Rng, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     let a = f32_exact(&rng.vec(m * k));
     let b = f32_exact(&rng.vec(k * n));
     let out = matmul::gemm(&tensor(&a, &[a.len()]), &tensor(&b, &[b.len()]), None, m, k, n, ta, tb).unwrap();
-    assert_close(&format!("gemm {m}x{k}x{n} ta={ta} tb={tb}"), &values(&out), &cpu::matmul(&a, &b, m, k, n, ta, tb), LONG_SUM);
+    assert_close(
+        &format!("gemm {m}x{k}x{n} ta={ta} tb={tb}"),
+        &values(&out),
+        &cpu::matmul(&a, &b, m, k, n, ta, tb),
+        LONG_SUM,
+    );
 }
 
 #[test]
@@ -98,7 +118,8 @@ fn matmul_forward_and_backward_match_reference() {
 fn linear_forward_and_backward_match_reference() {
     let mut rng = Rng::new(11);
     let (n, i, o) = (5, 67, 13);
-    let (x, w, b, r) = (f32_exact(&rng.vec(n * i)), f32_exact(&rng.vec(o * i)), f32_exact(&rng.vec(o)), f32_exact(&rng.vec(n * o)));
+    let (x, w, b, r) =
+        (f32_exact(&rng.vec(n * i)), f32_exact(&rng.vec(o * i)), f32_exact(&rng.vec(o)), f32_exact(&rng.vec(n * o)));
     let (xt, wt, bt) = (param(&x, &[n, i]), param(&w, &[o, i]), param(&b, &[o]));
     let y = matmul::linear(&xt, &wt, Some(&bt)).unwrap();
     assert_close("linear forward", &values(&y), &cpu::linear(&x, &w, Some(&b), n, i, o), LONG_SUM);
@@ -146,7 +167,12 @@ fn batchnorm_eval_forward_and_backward_match_reference() {
     let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
     let cfg = batchnorm::BatchNormConfig { training: false, ..Default::default() };
     let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
-    assert_close("batchnorm eval forward", &values(&y), &cpu::batchnorm_eval(&x, &gamma, &beta, &rm, &rv, n, c, hw, 1e-5), ELEMENTWISE);
+    assert_close(
+        "batchnorm eval forward",
+        &values(&y),
+        &cpu::batchnorm_eval(&x, &gamma, &beta, &rm, &rv, n, c, hw, 1e-5),
+        ELEMENTWISE,
+    );
     assert_close("batchnorm eval leaves running mean", &values(&rmt), &rm, (0.0, 0.0));
     y.backward_with(tensor(&r, y.shape())).unwrap();
     let (dx, dg, db) = cpu::batchnorm_eval_backward(&r, &x, &gamma, &rm, &rv, n, c, hw, 1e-5);
@@ -225,7 +251,9 @@ fn shortcut_a_forward_and_backward_match_reference() {
 #[test]
 fn maxpool2d_forward_indices_and_backward_match_reference() {
     let mut rng = Rng::new(18);
-    for (n, c, h, w, k, s, p) in [(2, 3, 13, 11, 3, 2, 0), (3, 2, 9, 8, 2, 2, 0), (2, 3, 10, 9, 3, 2, 1), (1, 2, 7, 7, 3, 1, 1)] {
+    for (n, c, h, w, k, s, p) in
+        [(2, 3, 13, 11, 3, 2, 0), (3, 2, 9, 8, 2, 2, 0), (2, 3, 10, 9, 3, 2, 1), (1, 2, 7, 7, 3, 1, 1)]
+    {
         let x = f32_exact(&rng.vec(n * c * h * w));
         let xt = param(&x, &[n, c, h, w]);
         let y = pool::max_pool2d(&xt, k, s, p).unwrap();
@@ -238,7 +266,12 @@ fn maxpool2d_forward_indices_and_backward_match_reference() {
         let r = f32_exact(&rng.vec(y.numel()));
         y.backward_with(tensor(&r, y.shape())).unwrap();
         let (oh, ow) = (y.shape()[2], y.shape()[3]);
-        assert_close(&format!("{what} backward"), &grad(&xt), &cpu::maxpool2d_backward(&r, &ridx, n, c, h, w, oh, ow), ELEMENTWISE);
+        assert_close(
+            &format!("{what} backward"),
+            &grad(&xt),
+            &cpu::maxpool2d_backward(&r, &ridx, n, c, h, w, oh, ow),
+            ELEMENTWISE,
+        );
     }
 }
 
@@ -250,10 +283,20 @@ fn adaptive_and_global_avgpool_match_reference() {
         let xt = param(&x, &[n, c, h, w]);
         let y = pool::adaptive_avg_pool2d(&xt, oh, ow).unwrap();
         let what = format!("adaptive avgpool {h}x{w} -> {oh}x{ow}");
-        assert_close(&format!("{what} forward"), &values(&y), &cpu::adaptive_avgpool2d(&x, n, c, h, w, oh, ow), ELEMENTWISE);
+        assert_close(
+            &format!("{what} forward"),
+            &values(&y),
+            &cpu::adaptive_avgpool2d(&x, n, c, h, w, oh, ow),
+            ELEMENTWISE,
+        );
         let r = f32_exact(&rng.vec(y.numel()));
         y.backward_with(tensor(&r, y.shape())).unwrap();
-        assert_close(&format!("{what} backward"), &grad(&xt), &cpu::adaptive_avgpool2d_backward(&r, n, c, h, w, oh, ow), ELEMENTWISE);
+        assert_close(
+            &format!("{what} backward"),
+            &grad(&xt),
+            &cpu::adaptive_avgpool2d_backward(&r, n, c, h, w, oh, ow),
+            ELEMENTWISE,
+        );
     }
     let (n, c, hw) = (3, 7, 8 * 8);
     let x = f32_exact(&rng.vec(n * c * hw));
@@ -309,7 +352,11 @@ fn sum_mean_sum_squares_and_channel_sum_match_reference() {
     let (outer, c, inner) = (3, 67, 37);
     let x = f32_exact(&rng.vec(outer * c * inner));
     let cs = reduce::channel_sum(&tensor(&x, &[outer, c, inner]), outer, c, inner).unwrap();
-    let expected: Vec<f64> = (0..c).map(|ch| (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).map(|(o, i)| x[(o * c + ch) * inner + i]).sum()).collect();
+    let expected: Vec<f64> = (0..c)
+        .map(|ch| {
+            (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).map(|(o, i)| x[(o * c + ch) * inner + i]).sum()
+        })
+        .collect();
     assert_close("channel_sum", &values(&cs), &expected, LONG_SUM);
 }
 

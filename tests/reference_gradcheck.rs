@@ -82,11 +82,7 @@ fn project(out: &[f64], r: &[f64]) -> f64 {
 /// Asserts `|a - b| <= 1e-7 + 1e-5 * |b|` elementwise, where `a` is the
 /// analytic gradient and `b` the finite-difference one.
 fn assert_grad_close(name: &str, analytic: &[f64], numeric: &[f64]) {
-    assert_eq!(
-        analytic.len(),
-        numeric.len(),
-        "{name}: gradient lengths differ"
-    );
+    assert_eq!(analytic.len(), numeric.len(), "{name}: gradient lengths differ");
     let mut nonzero = 0;
     for (i, (&a, &b)) in analytic.iter().zip(numeric).enumerate() {
         let tol = 1e-7 + 1e-5 * b.abs();
@@ -107,10 +103,7 @@ fn assert_grad_close(name: &str, analytic: &[f64], numeric: &[f64]) {
 fn assert_close(name: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{name}: lengths differ");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol,
-            "{name}[{i}]: got {g:.15} want {w:.15}"
-        );
+        assert!((g - w).abs() <= tol, "{name}[{i}]: got {g:.15} want {w:.15}");
     }
 }
 
@@ -118,50 +111,10 @@ fn assert_close(name: &str, got: &[f64], want: &[f64], tol: f64) {
 /// non-square kernel, 1x1 strided kernel.
 fn conv_geoms() -> Vec<Conv2dGeom> {
     vec![
-        Conv2dGeom {
-            n: 3,
-            c_in: 5,
-            h: 7,
-            w: 5,
-            c_out: 4,
-            kh: 3,
-            kw: 3,
-            stride: 2,
-            pad: 1,
-        },
-        Conv2dGeom {
-            n: 2,
-            c_in: 3,
-            h: 5,
-            w: 7,
-            c_out: 5,
-            kh: 2,
-            kw: 3,
-            stride: 1,
-            pad: 0,
-        },
-        Conv2dGeom {
-            n: 3,
-            c_in: 3,
-            h: 7,
-            w: 5,
-            c_out: 3,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-        },
-        Conv2dGeom {
-            n: 1,
-            c_in: 5,
-            h: 7,
-            w: 5,
-            c_out: 3,
-            kh: 1,
-            kw: 1,
-            stride: 2,
-            pad: 0,
-        },
+        Conv2dGeom { n: 3, c_in: 5, h: 7, w: 5, c_out: 4, kh: 3, kw: 3, stride: 2, pad: 1 },
+        Conv2dGeom { n: 2, c_in: 3, h: 5, w: 7, c_out: 5, kh: 2, kw: 3, stride: 1, pad: 0 },
+        Conv2dGeom { n: 3, c_in: 3, h: 7, w: 5, c_out: 3, kh: 3, kw: 3, stride: 1, pad: 1 },
+        Conv2dGeom { n: 1, c_in: 5, h: 7, w: 5, c_out: 3, kh: 1, kw: 1, stride: 2, pad: 0 },
     ]
 }
 
@@ -208,27 +161,11 @@ fn gradcheck_matmul_all_transposes() {
         let b = rng.vec(k * n);
         let r = rng.vec(m * n);
         // dA in storage layout: [m,k] = R B'^T  or  [k,m] = B' R^T.
-        let da = if ta {
-            matmul(&b, &r, k, n, m, tb, true)
-        } else {
-            matmul(&r, &b, m, n, k, false, !tb)
-        };
+        let da = if ta { matmul(&b, &r, k, n, m, tb, true) } else { matmul(&r, &b, m, n, k, false, !tb) };
         // dB in storage layout: [k,n] = A'^T R  or  [n,k] = R^T A'.
-        let db = if tb {
-            matmul(&r, &a, n, m, k, true, ta)
-        } else {
-            matmul(&a, &r, k, m, n, !ta, false)
-        };
-        let num_a = numeric_grad(
-            &mut |v| project(&matmul(v, &b, m, k, n, ta, tb), &r),
-            &a,
-            EPS,
-        );
-        let num_b = numeric_grad(
-            &mut |v| project(&matmul(&a, v, m, k, n, ta, tb), &r),
-            &b,
-            EPS,
-        );
+        let db = if tb { matmul(&r, &a, n, m, k, true, ta) } else { matmul(&a, &r, k, m, n, !ta, false) };
+        let num_a = numeric_grad(&mut |v| project(&matmul(v, &b, m, k, n, ta, tb), &r), &a, EPS);
+        let num_b = numeric_grad(&mut |v| project(&matmul(&a, v, m, k, n, ta, tb), &r), &b, EPS);
         assert_grad_close(&format!("matmul dA (ta={ta}, tb={tb})"), &da, &num_a);
         assert_grad_close(&format!("matmul dB (ta={ta}, tb={tb})"), &db, &num_b);
     }
@@ -242,23 +179,14 @@ const LIN_OUT: usize = 5;
 
 fn linear_inputs() -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut rng = Rng::new(12);
-    (
-        rng.vec(LIN_N * LIN_IN),
-        rng.vec(LIN_OUT * LIN_IN),
-        rng.vec(LIN_OUT),
-        rng.vec(LIN_N * LIN_OUT),
-    )
+    (rng.vec(LIN_N * LIN_IN), rng.vec(LIN_OUT * LIN_IN), rng.vec(LIN_OUT), rng.vec(LIN_N * LIN_OUT))
 }
 
 #[test]
 fn gradcheck_linear_input() {
     let (x, w, b, r) = linear_inputs();
     let dx = matmul(&r, &w, LIN_N, LIN_OUT, LIN_IN, false, false);
-    let num = numeric_grad(
-        &mut |v| project(&linear(v, &w, Some(&b), LIN_N, LIN_IN, LIN_OUT), &r),
-        &x,
-        EPS,
-    );
+    let num = numeric_grad(&mut |v| project(&linear(v, &w, Some(&b), LIN_N, LIN_IN, LIN_OUT), &r), &x, EPS);
     assert_grad_close("linear dx", &dx, &num);
 }
 
@@ -266,25 +194,15 @@ fn gradcheck_linear_input() {
 fn gradcheck_linear_weight() {
     let (x, w, b, r) = linear_inputs();
     let dw = matmul(&r, &x, LIN_OUT, LIN_N, LIN_IN, true, false);
-    let num = numeric_grad(
-        &mut |v| project(&linear(&x, v, Some(&b), LIN_N, LIN_IN, LIN_OUT), &r),
-        &w,
-        EPS,
-    );
+    let num = numeric_grad(&mut |v| project(&linear(&x, v, Some(&b), LIN_N, LIN_IN, LIN_OUT), &r), &w, EPS);
     assert_grad_close("linear dW", &dw, &num);
 }
 
 #[test]
 fn gradcheck_linear_bias() {
     let (x, w, b, r) = linear_inputs();
-    let db: Vec<f64> = (0..LIN_OUT)
-        .map(|o| (0..LIN_N).map(|s| r[s * LIN_OUT + o]).sum())
-        .collect();
-    let num = numeric_grad(
-        &mut |v| project(&linear(&x, &w, Some(v), LIN_N, LIN_IN, LIN_OUT), &r),
-        &b,
-        EPS,
-    );
+    let db: Vec<f64> = (0..LIN_OUT).map(|o| (0..LIN_N).map(|s| r[s * LIN_OUT + o]).sum()).collect();
+    let num = numeric_grad(&mut |v| project(&linear(&x, &w, Some(v), LIN_N, LIN_IN, LIN_OUT), &r), &b, EPS);
     assert_grad_close("linear db", &db, &num);
 }
 
@@ -329,8 +247,7 @@ fn bn_inputs(seed: u64) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     for s in 0..N {
         for ch in 0..C {
             for i in 0..HW {
-                x[(s * C + ch) * HW + i] =
-                    0.3 * ch as f64 + (1.0 + 0.5 * ch as f64) * x[(s * C + ch) * HW + i];
+                x[(s * C + ch) * HW + i] = 0.3 * ch as f64 + (1.0 + 0.5 * ch as f64) * x[(s * C + ch) * HW + i];
             }
         }
     }
@@ -347,11 +264,7 @@ fn gradcheck_batchnorm_train() {
     let (x, gamma, beta, r) = bn_inputs(31);
     let out = batchnorm_train(&x, &gamma, &beta, N, C, HW, BN_EPS);
     let (dx, _, _) = batchnorm_train_backward(&r, &x, &gamma, &out.mean, &out.invstd, N, C, HW);
-    let num = numeric_grad(
-        &mut |v| project(&batchnorm_train(v, &gamma, &beta, N, C, HW, BN_EPS).y, &r),
-        &x,
-        EPS,
-    );
+    let num = numeric_grad(&mut |v| project(&batchnorm_train(v, &gamma, &beta, N, C, HW, BN_EPS).y, &r), &x, EPS);
     assert_grad_close("batchnorm_train dx", &dx, &num);
 }
 
@@ -360,11 +273,7 @@ fn gradcheck_batchnorm_train_gamma() {
     let (x, gamma, beta, r) = bn_inputs(32);
     let out = batchnorm_train(&x, &gamma, &beta, N, C, HW, BN_EPS);
     let (_, dgamma, _) = batchnorm_train_backward(&r, &x, &gamma, &out.mean, &out.invstd, N, C, HW);
-    let num = numeric_grad(
-        &mut |v| project(&batchnorm_train(&x, v, &beta, N, C, HW, BN_EPS).y, &r),
-        &gamma,
-        EPS,
-    );
+    let num = numeric_grad(&mut |v| project(&batchnorm_train(&x, v, &beta, N, C, HW, BN_EPS).y, &r), &gamma, EPS);
     assert_grad_close("batchnorm_train dgamma", &dgamma, &num);
 }
 
@@ -373,11 +282,7 @@ fn gradcheck_batchnorm_train_beta() {
     let (x, gamma, beta, r) = bn_inputs(33);
     let out = batchnorm_train(&x, &gamma, &beta, N, C, HW, BN_EPS);
     let (_, _, dbeta) = batchnorm_train_backward(&r, &x, &gamma, &out.mean, &out.invstd, N, C, HW);
-    let num = numeric_grad(
-        &mut |v| project(&batchnorm_train(&x, &gamma, v, N, C, HW, BN_EPS).y, &r),
-        &beta,
-        EPS,
-    );
+    let num = numeric_grad(&mut |v| project(&batchnorm_train(&x, &gamma, v, N, C, HW, BN_EPS).y, &r), &beta, EPS);
     assert_grad_close("batchnorm_train dbeta", &dbeta, &num);
 }
 
@@ -406,73 +311,28 @@ fn bn_eval_inputs(seed: u64) -> BnEvalInputs {
 
 #[test]
 fn gradcheck_batchnorm_eval() {
-    let BnEvalInputs {
-        x,
-        gamma,
-        beta,
-        rm,
-        rv,
-        r,
-    } = bn_eval_inputs(34);
+    let BnEvalInputs { x, gamma, beta, rm, rv, r } = bn_eval_inputs(34);
     let (dx, _, _) = batchnorm_eval_backward(&r, &x, &gamma, &rm, &rv, N, C, HW, BN_EPS);
-    let num = numeric_grad(
-        &mut |v| {
-            project(
-                &batchnorm_eval(v, &gamma, &beta, &rm, &rv, N, C, HW, BN_EPS),
-                &r,
-            )
-        },
-        &x,
-        EPS,
-    );
+    let num =
+        numeric_grad(&mut |v| project(&batchnorm_eval(v, &gamma, &beta, &rm, &rv, N, C, HW, BN_EPS), &r), &x, EPS);
     assert_grad_close("batchnorm_eval dx", &dx, &num);
 }
 
 #[test]
 fn gradcheck_batchnorm_eval_gamma() {
-    let BnEvalInputs {
-        x,
-        gamma,
-        beta,
-        rm,
-        rv,
-        r,
-    } = bn_eval_inputs(35);
+    let BnEvalInputs { x, gamma, beta, rm, rv, r } = bn_eval_inputs(35);
     let (_, dgamma, _) = batchnorm_eval_backward(&r, &x, &gamma, &rm, &rv, N, C, HW, BN_EPS);
-    let num = numeric_grad(
-        &mut |v| {
-            project(
-                &batchnorm_eval(&x, v, &beta, &rm, &rv, N, C, HW, BN_EPS),
-                &r,
-            )
-        },
-        &gamma,
-        EPS,
-    );
+    let num =
+        numeric_grad(&mut |v| project(&batchnorm_eval(&x, v, &beta, &rm, &rv, N, C, HW, BN_EPS), &r), &gamma, EPS);
     assert_grad_close("batchnorm_eval dgamma", &dgamma, &num);
 }
 
 #[test]
 fn gradcheck_batchnorm_eval_beta() {
-    let BnEvalInputs {
-        x,
-        gamma,
-        beta,
-        rm,
-        rv,
-        r,
-    } = bn_eval_inputs(36);
+    let BnEvalInputs { x, gamma, beta, rm, rv, r } = bn_eval_inputs(36);
     let (_, _, dbeta) = batchnorm_eval_backward(&r, &x, &gamma, &rm, &rv, N, C, HW, BN_EPS);
-    let num = numeric_grad(
-        &mut |v| {
-            project(
-                &batchnorm_eval(&x, &gamma, v, &rm, &rv, N, C, HW, BN_EPS),
-                &r,
-            )
-        },
-        &beta,
-        EPS,
-    );
+    let num =
+        numeric_grad(&mut |v| project(&batchnorm_eval(&x, &gamma, v, &rm, &rv, N, C, HW, BN_EPS), &r), &beta, EPS);
     assert_grad_close("batchnorm_eval dbeta", &dbeta, &num);
 }
 
@@ -493,11 +353,7 @@ fn gradcheck_shortcut_a() {
     let x = rng.vec(N * C * H * W);
     let r = rng.vec(N * (C + 2 * pad_c) * H.div_ceil(2) * W.div_ceil(2));
     let dx = shortcut_a_backward(&r, N, C, H, W, pad_c);
-    let num = numeric_grad(
-        &mut |v| project(&shortcut_a(v, N, C, H, W, pad_c), &r),
-        &x,
-        EPS,
-    );
+    let num = numeric_grad(&mut |v| project(&shortcut_a(v, N, C, H, W, pad_c), &r), &x, EPS);
     assert_grad_close("shortcut_a dx", &dx, &num);
 }
 
@@ -513,11 +369,7 @@ fn gradcheck_maxpool2d() {
         let r = rng.vec(N * C * oh * ow);
         let (_, idx) = maxpool2d(&x, N, C, H, W, k, stride, pad);
         let dx = maxpool2d_backward(&r, &idx, N, C, H, W, oh, ow);
-        let num = numeric_grad(
-            &mut |v| project(&maxpool2d(v, N, C, H, W, k, stride, pad).0, &r),
-            &x,
-            EPS,
-        );
+        let num = numeric_grad(&mut |v| project(&maxpool2d(v, N, C, H, W, k, stride, pad).0, &r), &x, EPS);
         assert_grad_close(&format!("maxpool2d dx k={k} s={stride} p={pad}"), &dx, &num);
     }
 }
@@ -540,11 +392,7 @@ fn gradcheck_adaptive_avgpool2d() {
         let x = rng.vec(N * C * H * W);
         let r = rng.vec(N * C * oh * ow);
         let dx = adaptive_avgpool2d_backward(&r, N, C, H, W, oh, ow);
-        let num = numeric_grad(
-            &mut |v| project(&adaptive_avgpool2d(v, N, C, H, W, oh, ow), &r),
-            &x,
-            EPS,
-        );
+        let num = numeric_grad(&mut |v| project(&adaptive_avgpool2d(v, N, C, H, W, oh, ow), &r), &x, EPS);
         assert_grad_close(&format!("adaptive_avgpool2d dx -> {oh}x{ow}"), &dx, &num);
     }
 }
@@ -554,9 +402,7 @@ fn gradcheck_dropout() {
     let mut rng = Rng::new(46);
     let p = 0.3;
     let x = rng.vec(N * C * HW);
-    let keep: Vec<f64> = (0..x.len())
-        .map(|_| if rng.unit() < p { 0.0 } else { 1.0 })
-        .collect();
+    let keep: Vec<f64> = (0..x.len()).map(|_| if rng.unit() < p { 0.0 } else { 1.0 }).collect();
     let r = rng.vec(x.len());
     let dx = dropout_backward(&r, &keep, p);
     let num = numeric_grad(&mut |v| project(&dropout(v, &keep, p), &r), &x, EPS);
@@ -570,11 +416,7 @@ fn gradcheck_softmax_cross_entropy() {
     let logits: Vec<f64> = rng.vec(n * classes).iter().map(|v| 3.0 * v).collect();
     let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u32)).collect();
     let (_, dlogits) = softmax_cross_entropy(&logits, &labels, n, classes);
-    let num = numeric_grad(
-        &mut |v| softmax_cross_entropy(v, &labels, n, classes).0,
-        &logits,
-        EPS,
-    );
+    let num = numeric_grad(&mut |v| softmax_cross_entropy(v, &labels, n, classes).0, &logits, EPS);
     assert_grad_close("softmax_cross_entropy dlogits", &dlogits, &num);
 }
 
@@ -612,14 +454,7 @@ fn forward_matmul_transposes() {
 fn forward_linear() {
     // x = [[1,2]], W = [[1,1],[2,-1],[0,3]], b = [0.5,0,-1]
     // y = [1+2+0.5, 2-2+0, 0+6-1] = [3.5, 0, 5].
-    let y = linear(
-        &[1.0, 2.0],
-        &[1.0, 1.0, 2.0, -1.0, 0.0, 3.0],
-        Some(&[0.5, 0.0, -1.0]),
-        1,
-        2,
-        3,
-    );
+    let y = linear(&[1.0, 2.0], &[1.0, 1.0, 2.0, -1.0, 0.0, 3.0], Some(&[0.5, 0.0, -1.0]), 1, 2, 3);
     assert_eq!(y, vec![3.5, 0.0, 5.0]);
 }
 
@@ -631,34 +466,14 @@ fn forward_conv2d_1x1x3x3() {
     // 2x2 kernel [[1,2],[3,4]], no padding, stride 1, bias 0.5:
     // out[0,0] = 1*1+2*2+3*4+4*5 = 37, out[0,1] = 2+6+15+24 = 47,
     // out[1,0] = 4+10+21+32 = 67, out[1,1] = 5+12+24+36 = 77.
-    let g = Conv2dGeom {
-        n: 1,
-        c_in: 1,
-        h: 3,
-        w: 3,
-        c_out: 1,
-        kh: 2,
-        kw: 2,
-        stride: 1,
-        pad: 0,
-    };
+    let g = Conv2dGeom { n: 1, c_in: 1, h: 3, w: 3, c_out: 1, kh: 2, kw: 2, stride: 1, pad: 0 };
     assert_eq!((g.out_h(), g.out_w()), (2, 2));
     let y = conv2d(&x, &[1.0, 2.0, 3.0, 4.0], Some(&[0.5]), &g);
     assert_eq!(y, vec![37.5, 47.5, 67.5, 77.5]);
 
     // 3x3 all-ones kernel, pad 1, stride 2: (3+2-3)/2+1 = 2; each output sums
     // the 2x2 corner block of real pixels: 1+2+4+5, 2+3+5+6, 4+5+7+8, 5+6+8+9.
-    let g = Conv2dGeom {
-        n: 1,
-        c_in: 1,
-        h: 3,
-        w: 3,
-        c_out: 1,
-        kh: 3,
-        kw: 3,
-        stride: 2,
-        pad: 1,
-    };
+    let g = Conv2dGeom { n: 1, c_in: 1, h: 3, w: 3, c_out: 1, kh: 3, kw: 3, stride: 2, pad: 1 };
     assert_eq!((g.out_h(), g.out_w()), (2, 2));
     let y = conv2d(&x, &[1.0; 9], None, &g);
     assert_eq!(y, vec![12.0, 16.0, 24.0, 28.0]);
@@ -692,29 +507,17 @@ fn forward_batchnorm_train_and_running_update() {
 
     // Eval with those statistics (eps 0): y = 3*(x - 0.25)/sqrt(rv) - 1.
     let y = batchnorm_eval(&x, &[3.0], &[-1.0], &rm, &rv, 2, 1, 2, 0.0);
-    let want: Vec<f64> = x
-        .iter()
-        .map(|v| 3.0 * (v - 0.25) / rv[0].sqrt() - 1.0)
-        .collect();
+    let want: Vec<f64> = x.iter().map(|v| 3.0 * (v - 0.25) / rv[0].sqrt() - 1.0).collect();
     assert_close("eval y", &y, &want, 1e-14);
 }
 
 #[test]
 fn forward_relu_and_dropout() {
     assert_eq!(relu(&[-1.0, 0.0, 2.0]), vec![0.0, 0.0, 2.0]);
-    assert_eq!(
-        relu_backward(&[5.0, 6.0, 7.0], &[-1.0, 0.0, 2.0]),
-        vec![0.0, 0.0, 7.0]
-    );
+    assert_eq!(relu_backward(&[5.0, 6.0, 7.0], &[-1.0, 0.0, 2.0]), vec![0.0, 0.0, 7.0]);
     let keep = [1.0, 0.0, 1.0, 0.0];
-    assert_eq!(
-        dropout(&[1.0, 2.0, 3.0, 4.0], &keep, 0.5),
-        vec![2.0, 0.0, 6.0, 0.0]
-    );
-    assert_eq!(
-        dropout_backward(&[1.0, 1.0, 1.0, 1.0], &keep, 0.5),
-        vec![2.0, 0.0, 2.0, 0.0]
-    );
+    assert_eq!(dropout(&[1.0, 2.0, 3.0, 4.0], &keep, 0.5), vec![2.0, 0.0, 6.0, 0.0]);
+    assert_eq!(dropout_backward(&[1.0, 1.0, 1.0, 1.0], &keep, 0.5), vec![2.0, 0.0, 2.0, 0.0]);
     assert_eq!(dropout(&[1.0, 2.0], &[0.0, 0.0], 1.0), vec![0.0, 0.0]);
 }
 
@@ -723,10 +526,7 @@ fn forward_shortcut_a() {
     // n=1, c=1, 3x3 -> [1, 3, 2, 2]: channel 1 = x[::2, ::2] = 1,3,7,9.
     let x: Vec<f64> = (1..=9).map(f64::from).collect();
     let y = shortcut_a(&x, 1, 1, 3, 3, 1);
-    assert_eq!(
-        y,
-        vec![0.0, 0.0, 0.0, 0.0, 1.0, 3.0, 7.0, 9.0, 0.0, 0.0, 0.0, 0.0]
-    );
+    assert_eq!(y, vec![0.0, 0.0, 0.0, 0.0, 1.0, 3.0, 7.0, 9.0, 0.0, 0.0, 0.0, 0.0]);
     let dx = shortcut_a_backward(&y, 1, 1, 3, 3, 1);
     assert_eq!(dx, vec![1.0, 0.0, 3.0, 0.0, 0.0, 0.0, 7.0, 0.0, 9.0]);
 }
@@ -768,10 +568,7 @@ fn forward_global_avgpool() {
     // [n=1, c=2, hw=3]
     let y = global_avgpool(&[1.0, 2.0, 6.0, -1.0, 0.0, 4.0], 1, 2, 3);
     assert_eq!(y, vec![3.0, 1.0]);
-    assert_eq!(
-        global_avgpool_backward(&[3.0, 6.0], 1, 2, 3),
-        vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
-    );
+    assert_eq!(global_avgpool_backward(&[3.0, 6.0], 1, 2, 3), vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
 }
 
 #[test]
@@ -783,12 +580,7 @@ fn forward_adaptive_avgpool2d_windows() {
     // out[2][0] = mean{9,10,12,13} = 11   out[2][1] = mean{10,11,13,14} = 12
     let x: Vec<f64> = (0..15).map(f64::from).collect();
     let y = adaptive_avgpool2d(&x, 1, 1, 5, 3, 3, 2);
-    assert_close(
-        "adaptive 5x3->3x2",
-        &y,
-        &[2.0, 3.0, 6.5, 7.5, 11.0, 12.0],
-        1e-14,
-    );
+    assert_close("adaptive 5x3->3x2", &y, &[2.0, 3.0, 6.5, 7.5, 11.0, 12.0], 1e-14);
 
     // Up-sampling 1x2 -> 1x3: col windows [0,1), [0,2), [1,2).
     let y = adaptive_avgpool2d(&[2.0, 4.0], 1, 1, 1, 2, 1, 3);
@@ -805,20 +597,10 @@ fn forward_softmax_cross_entropy_known_logits() {
     // Row 1: logits 1000 + ln[1,2,3] -> softmax [1/6, 2/6, 3/6] (only
     //        computable with max-subtraction), label 2 -> loss ln 2,
     //        d = ([1/6, 1/3, 1/2] - [0,0,1]) / 2.
-    let logits = [
-        0.0,
-        0.0,
-        0.0,
-        1000.0,
-        1000.0 + 2f64.ln(),
-        1000.0 + 3f64.ln(),
-    ];
+    let logits = [0.0, 0.0, 0.0, 1000.0, 1000.0 + 2f64.ln(), 1000.0 + 3f64.ln()];
     let (loss, d) = softmax_cross_entropy(&logits, &[0, 2], 2, 3);
     let want_loss = (3f64.ln() + 2f64.ln()) / 2.0;
-    assert!(
-        (loss - want_loss).abs() < 1e-12,
-        "loss {loss} want {want_loss}"
-    );
+    assert!((loss - want_loss).abs() < 1e-12, "loss {loss} want {want_loss}");
     let want_d = [
         (1.0 / 3.0 - 1.0) / 2.0,
         (1.0 / 3.0) / 2.0,
@@ -840,12 +622,7 @@ fn forward_sgd_momentum_weight_decay_mask() {
     // Step 2: g = [0.594, 0.0495, 0, -0.9405]
     //         buf = 0.9 [0.6, 0.05, 0, -0.95] + g = [1.134, 0.0945, 0, -1.7955]
     //         w -= 0.1 buf -> [0.8266, -2.01445, 0, 0.77455]
-    let cfg = SgdConfig {
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 0.1,
-        nesterov: false,
-    };
+    let cfg = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.1, nesterov: false };
     let grad = [0.5, 0.25, 1.0, -1.0];
     let mask = [1.0, 1.0, 0.0, 1.0];
     let mut w = [1.0, -2.0, 0.0, 0.5];
@@ -870,12 +647,7 @@ fn forward_sgd_nesterov() {
     //         buf = 0.9 [0.6, 0.05, 0, -0.95] + g = [1.1286, 0.09405, 0, -1.78695]
     //         step = g + 0.9 buf = [1.60434, 0.133695, 0, -2.540205]
     //         w = [0.725566, -2.0228695, 0, 0.9345205]
-    let cfg = SgdConfig {
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 0.1,
-        nesterov: true,
-    };
+    let cfg = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.1, nesterov: true };
     let grad = [0.5, 0.25, 1.0, -1.0];
     let mask = [1.0, 1.0, 0.0, 1.0];
     let mut w = [1.0, -2.0, 0.0, 0.5];
@@ -883,18 +655,8 @@ fn forward_sgd_nesterov() {
     sgd_step(&mut w, &grad, &mut buf, Some(&mask), &cfg);
     assert_close("nesterov w1", &w, &[0.886, -2.0095, 0.0, 0.6805], 1e-12);
     sgd_step(&mut w, &grad, &mut buf, Some(&mask), &cfg);
-    assert_close(
-        "nesterov w2",
-        &w,
-        &[0.725566, -2.0228695, 0.0, 0.9345205],
-        1e-12,
-    );
-    assert_close(
-        "nesterov buf2",
-        &buf,
-        &[1.1286, 0.09405, 0.0, -1.78695],
-        1e-12,
-    );
+    assert_close("nesterov w2", &w, &[0.725566, -2.0228695, 0.0, 0.9345205], 1e-12);
+    assert_close("nesterov buf2", &buf, &[1.1286, 0.09405, 0.0, -1.78695], 1e-12);
     assert_eq!(w[2], 0.0);
     assert_eq!(buf[2], 0.0);
 }
@@ -902,12 +664,7 @@ fn forward_sgd_nesterov() {
 #[test]
 fn forward_sgd_plain_no_mask() {
     // momentum 0, wd 0, no mask: w -= lr * grad, buf = grad.
-    let cfg = SgdConfig {
-        lr: 0.5,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        nesterov: false,
-    };
+    let cfg = SgdConfig { lr: 0.5, momentum: 0.0, weight_decay: 0.0, nesterov: false };
     let mut w = [1.0, 2.0, 3.0];
     let mut buf = [0.0; 3];
     sgd_step(&mut w, &[2.0, -2.0, 0.5], &mut buf, None, &cfg);

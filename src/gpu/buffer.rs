@@ -27,7 +27,7 @@ impl Buffer {
     /// `what` names the data for the error a too-large request gets.
     pub fn new(gpu: &Gpu, bytes: u64, what: &str) -> Result<Buffer> {
         let size = bytes.max(4).div_ceil(SIZE_CLASS) * SIZE_CLASS;
-        let limit = gpu.limits.max_buffer_size.min(gpu.limits.max_storage_buffer_binding_size as u64);
+        let limit = gpu.limits.max_buffer_size;
         if size > limit {
             return Err(Error::TooLarge { what: what.to_string(), bytes, limit });
         }
@@ -39,9 +39,7 @@ impl Buffer {
                 let raw = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                     label: None,
                     size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
                 if let Some(e) = pollster::block_on(scope.pop()) {

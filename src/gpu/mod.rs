@@ -103,9 +103,7 @@ fn parse_backends(text: Option<&str>) -> Result<wgpu::Backends> {
             "gl" | "gles" | "opengl" => wgpu::Backends::GL,
             "all" | "any" => wgpu::Backends::all(),
             other => {
-                return Err(Error::invalid(format!(
-                    "unknown backend '{other}': choose vulkan, metal, dx12, gl or all"
-                )))
+                return Err(Error::invalid(format!("unknown backend '{other}': choose vulkan, metal, dx12, gl or all")))
             }
         };
     }
@@ -199,7 +197,7 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             max_buffer_size: limits.max_buffer_size,
-            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_storage_binding: limits.max_storage_buffer_binding_size,
         };
         let recorder = recorder::Recorder::new(&limits);
         Ok(Gpu {

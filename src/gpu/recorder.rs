@@ -16,10 +16,22 @@ struct Binding {
 }
 
 enum Command {
-    Dispatch { kernel: usize, params_offset: u64, params_size: u64, bindings: Vec<Binding>, groups: [u32; 3] },
-    Copy { src: Binding, dst: Binding },
+    Dispatch {
+        kernel: usize,
+        params_offset: u64,
+        params_size: u64,
+        bindings: Vec<Binding>,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: Binding,
+        dst: Binding,
+    },
     /// Copy from the upload arena at `src_offset` into `dst`.
-    Upload { src_offset: u64, dst: Binding },
+    Upload {
+        src_offset: u64,
+        dst: Binding,
+    },
 }
 
 /// Flush on our own once this many commands or arena bytes are pending.
@@ -141,7 +153,11 @@ impl Recorder {
                         pass.set_pipeline(&compiled.pipeline);
                         pass.set_bind_group(0, &group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                        next = if matches!(commands.peek(), Some(Command::Dispatch { .. })) { commands.next() } else { None };
+                        next = if matches!(commands.peek(), Some(Command::Dispatch { .. })) {
+                            commands.next()
+                        } else {
+                            None
+                        };
                     }
                 }
                 Command::Copy { src, dst } => {
@@ -171,6 +187,14 @@ impl Gpu {
                 "{}: dispatch of {groups:?} workgroups exceeds the device limit of {max} per dimension",
                 kernel.label
             )));
+        }
+        let max_binding = self.limits.max_storage_buffer_binding_size;
+        if let Some(v) = buffers.iter().find(|v| v.size > max_binding) {
+            return Err(Error::TooLarge {
+                what: format!("an operand of {}", kernel.label),
+                bytes: v.size,
+                limit: max_binding,
+            });
         }
         let slot = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).slot(self, kernel)?;
         let mut rec = self.lock_recorder();
@@ -209,12 +233,8 @@ impl Gpu {
     /// Submits everything recorded and returns the bytes of `view` once the device has them.
     pub fn read(&self, view: BufferView) -> Result<Vec<u8>> {
         let mut rec = self.lock_recorder();
-        let staging = ensure(
-            self,
-            &mut rec.readback,
-            view.size,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        );
+        let staging =
+            ensure(self, &mut rec.readback, view.size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let dst = Binding { buffer: staging.clone(), offset: 0, size: view.size };
         rec.commands.push(Command::Copy { src: binding(&view), dst });
         // The lock stays held until the staging buffer is unmapped: it is shared by all readers.

@@ -41,7 +41,14 @@ impl Default for BatchNormConfig {
 
 /// Batch norm over `x` [n, c, h, w] (or [n, c]) with per-channel `gamma`, `beta` and running
 /// statistics (updated in place in training mode). Differentiable in x, gamma and beta.
-pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, cfg: BatchNormConfig) -> Result<Tensor> {
+pub fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    cfg: BatchNormConfig,
+) -> Result<Tensor> {
     let s = x.shape();
     if s.len() < 2 || [gamma, beta, running_mean, running_var].iter().any(|t| t.shape() != [s[1]]) {
         return Err(Error::shape(
@@ -55,7 +62,10 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tens
     let (n, c) = (s[0], s[1]);
     let hw = x.numel() / (n * c);
     if cfg.training && n * hw < 2 {
-        return Err(Error::shape("batch_norm", format!("training mode needs more than one value per channel, got input {s:?}")));
+        return Err(Error::shape(
+            "batch_norm",
+            format!("training mode needs more than one value per channel, got input {s:?}"),
+        ));
     }
     let p = Params {
         n: n as u32,

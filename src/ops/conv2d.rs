@@ -41,11 +41,30 @@ impl ConvGeom {
     fn params(&self, gm: usize, gn: usize, gk: usize, chunk: usize, has_bias: bool) -> Vec<u8> {
         let (khw, howo, hw) = (self.kh * self.kw, self.out_h() * self.out_w(), self.h * self.w);
         let ints = [
-            self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.stride, self.pad,
-            self.out_h(), self.out_w(), has_bias as usize, gm, gn, gk, chunk, khw, howo, hw, 0,
+            self.n,
+            self.c_in,
+            self.h,
+            self.w,
+            self.c_out,
+            self.kh,
+            self.kw,
+            self.stride,
+            self.pad,
+            self.out_h(),
+            self.out_w(),
+            has_bias as usize,
+            gm,
+            gn,
+            gk,
+            chunk,
+            khw,
+            howo,
+            hw,
+            0,
         ];
         let rcp = |d: usize| 1.0 / d as f32;
-        let floats = [rcp(self.kw), rcp(khw), rcp(self.out_w()), rcp(howo), rcp(self.w), rcp(hw), rcp(self.stride), 0.0];
+        let floats =
+            [rcp(self.kw), rcp(khw), rcp(self.out_w()), rcp(howo), rcp(self.w), rcp(hw), rcp(self.stride), 0.0];
         let mut bytes: Vec<u8> = ints.iter().flat_map(|&x| (x as u32).to_ne_bytes()).collect();
         bytes.extend(floats.iter().flat_map(|x| x.to_ne_bytes()));
         bytes
@@ -108,7 +127,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad:
     inputs.extend(bias.cloned());
     let refs: Vec<&Tensor> = inputs.iter().collect();
     let node = needs_node(&refs).then(|| Node {
-        backward: Box::new(Conv2dBackward { x: x.detach(), w: w.detach(), g, has_bias: bias.is_some(), need: [x.requires_grad(), w.requires_grad()] }),
+        backward: Box::new(Conv2dBackward {
+            x: x.detach(),
+            w: w.detach(),
+            g,
+            has_bias: bias.is_some(),
+            need: [x.requires_grad(), w.requires_grad()],
+        }),
         inputs,
     });
     Ok(y.with_node(node))

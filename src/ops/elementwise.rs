@@ -43,7 +43,8 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a, b)?;
     let out = Tensor::uninit(a.shape())?;
     launch(&ADD, &params(a.numel(), 0.0), &[a, b, &out], groups_1d(a.numel()))?;
-    let node = needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.clone(), b.clone()] });
+    let node =
+        needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.clone(), b.clone()] });
     Ok(out.with_node(node))
 }
 
@@ -73,7 +74,8 @@ impl Backward for ScaleBackward {
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     let out = Tensor::uninit(x.shape())?;
     launch(&RELU, &params(x.numel(), 0.0), &[x, &out], groups_1d(x.numel()))?;
-    let node = needs_node(&[x]).then(|| Node { backward: Box::new(ReluBackward(out.detach())), inputs: vec![x.clone()] });
+    let node =
+        needs_node(&[x]).then(|| Node { backward: Box::new(ReluBackward(out.detach())), inputs: vec![x.clone()] });
     Ok(out.with_node(node))
 }
 
@@ -105,7 +107,8 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     }
     let out = Tensor::uninit(x.shape())?;
     launch(&DROPOUT, &dropout_params(x.numel(), p, seed), &[x, &out], groups_1d(x.numel()))?;
-    let node = needs_node(&[x]).then(|| Node { backward: Box::new(DropoutBackward { p, seed }), inputs: vec![x.clone()] });
+    let node =
+        needs_node(&[x]).then(|| Node { backward: Box::new(DropoutBackward { p, seed }), inputs: vec![x.clone()] });
     Ok(out.with_node(node))
 }
 

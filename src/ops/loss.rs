@@ -22,7 +22,10 @@ fn check(logits: &Tensor, labels: &Tensor) -> Result<Params> {
     expect_rank("cross_entropy", "logits", logits, 2)?;
     let (n, classes) = (logits.shape()[0], logits.shape()[1]);
     if labels.shape() != [n] {
-        return Err(Error::shape("cross_entropy", format!("logits {:?} need labels of shape [{n}], got {:?}", logits.shape(), labels.shape())));
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("logits {:?} need labels of shape [{n}], got {:?}", logits.shape(), labels.shape()),
+        ));
     }
     Ok(Params { n: n as u32, classes: classes as u32, _pad: [0; 2] })
 }

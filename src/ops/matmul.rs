@@ -77,7 +77,15 @@ pub(crate) fn split_k(m: usize, n: usize, k: usize) -> usize {
 
 /// Runs a GEMM given its parameters: writes `out` (shape [m, n]) directly, or through a split-K
 /// partial buffer and a reduction.
-pub(crate) fn run_split_k(kernels: &[Kernel; 3], make: impl Fn(usize) -> Vec<u8>, bufs: &[&Tensor], out: &Tensor, m: usize, n: usize, k: usize) -> Result<()> {
+pub(crate) fn run_split_k(
+    kernels: &[Kernel; 3],
+    make: impl Fn(usize) -> Vec<u8>,
+    bufs: &[&Tensor],
+    out: &Tensor,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
     let splits = split_k(m, n, k);
     let chunk = k.div_ceil(splits).div_ceil(16) * 16;
     let splits = k.div_ceil(chunk).max(1);
@@ -100,11 +108,25 @@ pub(crate) fn run_split_k(kernels: &[Kernel; 3], make: impl Fn(usize) -> Vec<u8>
 /// `op(A)[m, k] * op(B)[k, n] (+ bias[n])` with no autograd. `a` is stored [m, k] (or [k, m]
 /// when `trans_a`), `b` is stored [k, n] (or [n, k] when `trans_b`).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+pub fn gemm(
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Tensor> {
     if a.numel() != m * k || b.numel() != k * n || bias.is_some_and(|t| t.numel() != n) {
         return Err(Error::shape(
             "gemm",
-            format!("A {:?}, B {:?}, bias {:?} do not fit m={m} k={k} n={n}", a.shape(), b.shape(), bias.map(|t| t.shape())),
+            format!(
+                "A {:?}, B {:?}, bias {:?} do not fit m={m} k={k} n={n}",
+                a.shape(),
+                b.shape(),
+                bias.map(|t| t.shape())
+            ),
         ));
     }
     let (a_sm, a_sk) = if trans_a { (1, m) } else { (k, 1) };

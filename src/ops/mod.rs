@@ -8,8 +8,8 @@ pub mod loss;
 pub mod matmul;
 pub mod pool;
 pub mod reduce;
-pub mod shortcut;
 pub mod sgd;
+pub mod shortcut;
 
 use crate::gpu::{self, Kernel};
 use crate::{Error, Result, Tensor};
@@ -18,7 +18,12 @@ use crate::{Error, Result, Tensor};
 pub(crate) const WG: usize = 256;
 
 /// Records `kernel` with `params` and the tensors bound at bindings 1.. in order.
-pub(crate) fn launch<P: bytemuck::Pod>(kernel: &Kernel, params: &P, tensors: &[&Tensor], groups: [u32; 3]) -> Result<()> {
+pub(crate) fn launch<P: bytemuck::Pod>(
+    kernel: &Kernel,
+    params: &P,
+    tensors: &[&Tensor],
+    groups: [u32; 3],
+) -> Result<()> {
     let views: Vec<_> = tensors.iter().map(|t| t.view()).collect();
     gpu::get()?.dispatch(kernel, bytemuck::bytes_of(params), &views, groups)
 }

@@ -27,7 +27,16 @@ struct Params {
 impl Params {
     fn new(x_shape: &[usize], oh: usize, ow: usize, k: usize, stride: usize, pad: usize) -> Params {
         let v = |x: usize| x as u32;
-        Params { planes: v(x_shape[0] * x_shape[1]), h: v(x_shape[2]), w: v(x_shape[3]), oh: v(oh), ow: v(ow), k: v(k), stride: v(stride), pad: v(pad) }
+        Params {
+            planes: v(x_shape[0] * x_shape[1]),
+            h: v(x_shape[2]),
+            w: v(x_shape[3]),
+            oh: v(oh),
+            ow: v(ow),
+            k: v(k),
+            stride: v(stride),
+            pad: v(pad),
+        }
     }
 }
 
@@ -51,7 +60,10 @@ pub fn max_pool2d_with_indices(x: &Tensor, k: usize, stride: usize, pad: usize) 
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
     let (y, idx) = max_pool2d_with_indices(x, k, stride, pad)?;
     let p = Params::new(x.shape(), y.shape()[2], y.shape()[3], k, stride, pad);
-    let node = needs_node(&[x]).then(|| Node { backward: Box::new(MaxPoolBackward { idx, p, x_shape: x.shape().to_vec() }), inputs: vec![x.clone()] });
+    let node = needs_node(&[x]).then(|| Node {
+        backward: Box::new(MaxPoolBackward { idx, p, x_shape: x.shape().to_vec() }),
+        inputs: vec![x.clone()],
+    });
     Ok(y.with_node(node))
 }
 
@@ -79,7 +91,8 @@ pub fn adaptive_avg_pool2d(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     let y = Tensor::uninit(&[s[0], s[1], oh, ow])?;
     let p = Params::new(s, oh, ow, 0, 1, 0);
     launch(&AVG_FORWARD, &p, &[x, &y], groups_1d(y.numel()))?;
-    let node = needs_node(&[x]).then(|| Node { backward: Box::new(AvgPoolBackward { p, x_shape: s.to_vec() }), inputs: vec![x.clone()] });
+    let node = needs_node(&[x])
+        .then(|| Node { backward: Box::new(AvgPoolBackward { p, x_shape: s.to_vec() }), inputs: vec![x.clone()] });
     Ok(y.with_node(node))
 }
 

@@ -4,7 +4,13 @@ use super::{groups_1d, launch, same_shape};
 use crate::gpu::Kernel;
 use crate::{Result, Tensor};
 
-static SGD: Kernel = Kernel { label: "sgd.step", prelude: &[], source: include_str!("../../shaders/sgd.wgsl"), section: None, entry: "main" };
+static SGD: Kernel = Kernel {
+    label: "sgd.step",
+    prelude: &[],
+    source: include_str!("../../shaders/sgd.wgsl"),
+    section: None,
+    entry: "main",
+};
 
 #[derive(Clone, Copy, Debug)]
 pub struct SgdConfig {

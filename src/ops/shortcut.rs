@@ -27,10 +27,20 @@ pub fn shortcut_a(x: &Tensor, pad_c: usize) -> Result<Tensor> {
     expect_rank("shortcut_a", "input", x, 4)?;
     let s = x.shape();
     let v = |x: usize| x as u32;
-    let p = Params { n: v(s[0]), c: v(s[1]), h: v(s[2]), w: v(s[3]), pad_c: v(pad_c), oh: v(s[2].div_ceil(2)), ow: v(s[3].div_ceil(2)), _pad: 0 };
+    let p = Params {
+        n: v(s[0]),
+        c: v(s[1]),
+        h: v(s[2]),
+        w: v(s[3]),
+        pad_c: v(pad_c),
+        oh: v(s[2].div_ceil(2)),
+        ow: v(s[3].div_ceil(2)),
+        _pad: 0,
+    };
     let y = Tensor::uninit(&[s[0], s[1] + 2 * pad_c, s[2].div_ceil(2), s[3].div_ceil(2)])?;
     launch(&FORWARD, &p, &[x, &y], groups_1d(y.numel()))?;
-    let node = needs_node(&[x]).then(|| Node { backward: Box::new(ShortcutBackward { p, x_shape: s.to_vec() }), inputs: vec![x.clone()] });
+    let node = needs_node(&[x])
+        .then(|| Node { backward: Box::new(ShortcutBackward { p, x_shape: s.to_vec() }), inputs: vec![x.clone()] });
     Ok(y.with_node(node))
 }
 

@@ -1,0 +1,145 @@
+//! Checkpoints in safetensors with PyTorch's names: weights and batch-norm statistics (plus
+//! `num_batches_tracked`, so `load_state_dict(strict=True)` accepts them), metadata such as the
+//! input normalization, and training state. Every write is atomic: a temporary file in the
+//! same directory, then a rename.
+
+use crate::models::Model;
+use crate::nn::StateDict;
+use crate::{Error, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Suffix of PyTorch's batch-norm step counter (an int64 scalar we write and skip on load).
+const BATCHES_TRACKED: &str = ".num_batches_tracked";
+
+/// Input normalization: `(x/255 - mean) / std` per RGB channel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalize {
+    fn parse(mean: &str, std: &str) -> Option<Normalize> {
+        let three = |s: &str| -> Option<[f32; 3]> {
+            let v: Vec<f32> = s.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+            v.try_into().ok()
+        };
+        Some(Normalize { mean: three(mean)?, std: three(std)? })
+    }
+
+    fn to_metadata(self, meta: &mut HashMap<String, String>) {
+        let join = |v: [f32; 3]| v.map(|x| x.to_string()).join(",");
+        meta.insert("normalize_mean".into(), join(self.mean));
+        meta.insert("normalize_std".into(), join(self.std));
+    }
+}
+
+/// A safetensors file read into host memory.
+pub struct Checkpoint {
+    pub tensors: StateDict,
+    pub metadata: HashMap<String, String>,
+    /// The largest `*.num_batches_tracked` value present (0 when none).
+    pub batches_tracked: u64,
+}
+
+impl Checkpoint {
+    /// Reads `path`. Tensors must be F32 (int64 `num_batches_tracked` scalars are accepted).
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let shown = path.display();
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::invalid(format!("{shown} is not a valid safetensors file: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::invalid(format!("{shown} is not a valid safetensors file: {e}")))?;
+        let mut tensors = StateDict::new();
+        let mut batches_tracked = 0;
+        for (name, view) in st.tensors() {
+            if name.ends_with(BATCHES_TRACKED) && view.dtype() == Dtype::I64 && view.data().len() == 8 {
+                let v = i64::from_le_bytes(view.data().try_into().expect("8 bytes"));
+                batches_tracked = batches_tracked.max(v.max(0) as u64);
+                continue;
+            }
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::invalid(format!(
+                    "{shown}: tensor '{name}' is {:?}; only F32 tensors are supported",
+                    view.dtype()
+                )));
+            }
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            tensors.insert(name, (view.shape().to_vec(), values));
+        }
+        Ok(Checkpoint { tensors, metadata: meta.metadata().clone().unwrap_or_default(), batches_tracked })
+    }
+
+    /// The normalization the checkpoint's metadata names, if any.
+    pub fn normalize(&self) -> Option<Normalize> {
+        Normalize::parse(self.metadata.get("normalize_mean")?, self.metadata.get("normalize_std")?)
+    }
+}
+
+/// Writes `tensors` (F32) and `counters` (int64 scalars) with `metadata` to `path` atomically.
+pub fn save(
+    path: &Path,
+    tensors: &StateDict,
+    counters: &[(String, i64)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let f32_bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, (shape, v))| (name, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let i64_bytes: Vec<(&String, [u8; 8])> = counters.iter().map(|(n, v)| (n, v.to_le_bytes())).collect();
+    let mut views = Vec::new();
+    for (name, shape, data) in &f32_bytes {
+        views.push((
+            name.to_string(),
+            TensorView::new(Dtype::F32, shape.to_vec(), data).map_err(|e| Error::invalid(format!("{name}: {e}")))?,
+        ));
+    }
+    for (name, data) in &i64_bytes {
+        views.push((
+            name.to_string(),
+            TensorView::new(Dtype::I64, vec![], data).map_err(|e| Error::invalid(format!("{name}: {e}")))?,
+        ));
+    }
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::invalid(format!("serializing {}: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
+/// half-written file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Saves the model's weights and batch-norm statistics with PyTorch names.
+pub fn save_model(model: &Model, path: &Path, normalize: Normalize, extra: &[(&str, String)]) -> Result<()> {
+    let dict = model.store.state_dict()?;
+    let counters: Vec<(String, i64)> = dict
+        .keys()
+        .filter_map(|k| k.strip_suffix(".running_mean"))
+        .map(|prefix| (format!("{prefix}{BATCHES_TRACKED}"), model.store.batches_tracked as i64))
+        .collect();
+    let mut meta = HashMap::new();
+    normalize.to_metadata(&mut meta);
+    meta.insert("model".into(), model.name.clone());
+    for (k, v) in extra {
+        meta.insert(k.to_string(), v.clone());
+    }
+    save(path, &dict, &counters, meta)
+}
+
+/// Loads weights and batch-norm statistics into `model` (every name and shape checked first);
+/// returns the checkpoint's normalization metadata, if any.
+pub fn load_model(model: &mut Model, path: &Path) -> Result<Option<Normalize>> {
+    let ck = Checkpoint::load(path)?;
+    model.store.load_state_dict(&ck.tensors, &path.display().to_string())?;
+    model.store.batches_tracked = ck.batches_tracked;
+    Ok(ck.normalize())
+}

@@ -1,0 +1,69 @@
+//! AlexNet in torchvision's layout and names (features.{0,3,6,8,10}, classifier.{1,4,6}),
+//! for 224x224 RGB input and any number of classes.
+
+use crate::nn::{Conv2d, Linear, LinearInit, ParamStore};
+use crate::ops::{elementwise, pool};
+use crate::{Result, Tensor};
+use rand::Rng;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub struct AlexNet {
+    convs: Vec<Conv2d>,
+    fc: Vec<Linear>,
+    /// Training forward passes so far: makes each pass's dropout masks different.
+    passes: AtomicU32,
+}
+
+/// Dropout probability of the classifier (torchvision's default).
+const DROPOUT: f32 = 0.5;
+
+impl AlexNet {
+    /// Conv weights start Kaiming-normal and fc weights normal(0, 0.01) with zero biases
+    /// (our choice; torchvision keeps PyTorch's default uniform init).
+    pub fn new(store: &mut ParamStore, classes: usize, rng: &mut impl Rng) -> AlexNet {
+        let spec = [
+            (0, 3, 64, 11, 4, 2),
+            (3, 64, 192, 5, 1, 2),
+            (6, 192, 384, 3, 1, 1),
+            (8, 384, 256, 3, 1, 1),
+            (10, 256, 256, 3, 1, 1),
+        ];
+        let convs = spec
+            .iter()
+            .map(|&(i, c_in, c_out, k, s, p)| {
+                Conv2d::new(store, &format!("features.{i}"), c_in, c_out, k, s, p, true, rng)
+            })
+            .collect();
+        let fc = [(1, 256 * 6 * 6, 4096), (4, 4096, 4096), (6, 4096, classes)]
+            .iter()
+            .map(|&(i, in_f, out_f)| {
+                Linear::new(store, &format!("classifier.{i}"), in_f, out_f, LinearInit::Normal(0.01), rng)
+            })
+            .collect();
+        AlexNet { convs, fc, passes: AtomicU32::new(0) }
+    }
+
+    /// Logits [batch, classes] for images [batch, 3, 224, 224].
+    pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
+        let mut out = x.clone();
+        for (i, conv) in self.convs.iter().enumerate() {
+            out = elementwise::relu(&conv.forward(s, &out)?)?;
+            if matches!(i, 0 | 1 | 4) {
+                out = pool::max_pool2d(&out, 3, 2, 0)?;
+            }
+        }
+        let out = pool::adaptive_avg_pool2d(&out, 6, 6)?;
+        let mut out = out.reshape(&[x.shape()[0], 256 * 6 * 6])?;
+        let pass = if training { self.passes.fetch_add(1, Ordering::Relaxed) } else { 0 };
+        for (i, fc) in self.fc.iter().enumerate() {
+            if training && i < 2 {
+                out = elementwise::dropout(&out, DROPOUT, pass.wrapping_mul(2).wrapping_add(i as u32))?;
+            }
+            out = fc.forward(s, &out)?;
+            if i < 2 {
+                out = elementwise::relu(&out)?;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,73 @@
+//! The models: CIFAR ResNet-20/32/44/56/110 and AlexNet, each with its parameters in a
+//! [`ParamStore`] under PyTorch's names.
+
+pub mod alexnet;
+pub mod resnet;
+
+use crate::nn::ParamStore;
+use crate::{Error, Result, Tensor};
+use rand::SeedableRng;
+
+enum Net {
+    ResNet(resnet::ResNet),
+    AlexNet(alexnet::AlexNet),
+}
+
+pub struct Model {
+    /// e.g. "resnet32"
+    pub name: String,
+    pub store: ParamStore,
+    net: Net,
+    /// Input image size (channels, height, width).
+    pub input: (usize, usize, usize),
+    pub classes: usize,
+}
+
+/// The model names the command line accepts.
+pub const MODEL_NAMES: &[&str] = &["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "alexnet"];
+
+impl Model {
+    /// Builds `name` with freshly initialized weights (seeded) on the GPU.
+    pub fn build(name: &str, classes: usize, seed: u64) -> Result<Model> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut store = ParamStore::new();
+        let (net, input) = match name {
+            "alexnet" => (Net::AlexNet(alexnet::AlexNet::new(&mut store, classes, &mut rng)), (3, 224, 224)),
+            _ => {
+                let depth = name.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok());
+                match depth {
+                    Some(d) if d >= 8 && (d - 2) % 6 == 0 && MODEL_NAMES.contains(&name) => {
+                        (Net::ResNet(resnet::ResNet::new(&mut store, (d - 2) / 6, classes, &mut rng)), (3, 32, 32))
+                    }
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "unknown model '{name}': choose one of {}",
+                            MODEL_NAMES.join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        store.materialize()?;
+        Ok(Model { name: name.to_string(), store, net, input, classes })
+    }
+
+    /// Logits [batch, classes]. `training` selects batch statistics (and running-statistics
+    /// updates) in batch norm and enables dropout.
+    pub fn forward(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+        let (c, h, w) = self.input;
+        if x.shape().len() != 4 || x.shape()[1..] != [c, h, w] {
+            return Err(Error::shape(
+                "model input",
+                format!("{} takes images [batch, {c}, {h}, {w}], got {:?}", self.name, x.shape()),
+            ));
+        }
+        if training {
+            self.store.batches_tracked += 1;
+        }
+        match &self.net {
+            Net::ResNet(n) => n.forward(&self.store, x, training),
+            Net::AlexNet(n) => n.forward(&self.store, x, training),
+        }
+    }
+}

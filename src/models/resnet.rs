@@ -1,0 +1,71 @@
+//! CIFAR ResNet-(6n+2) (He et al. 2016) with option-A shortcuts, in the layout and with the
+//! names of the widely used PyTorch implementation (conv1, bn1, layer1..3.i.{conv,bn}{1,2},
+//! linear), so its checkpoints load unchanged.
+
+use crate::nn::{BatchNorm2d, Conv2d, Linear, LinearInit, ParamStore};
+use crate::ops::{elementwise, pool, shortcut};
+use crate::{Result, Tensor};
+use rand::Rng;
+
+struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    /// Channels of zero padding on each side when the shortcut changes shape (option A).
+    shortcut_pad: Option<usize>,
+}
+
+impl BasicBlock {
+    fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
+        let out = elementwise::relu(&self.bn1.forward(s, &self.conv1.forward(s, x)?, training)?)?;
+        let out = self.bn2.forward(s, &self.conv2.forward(s, &out)?, training)?;
+        let short = match self.shortcut_pad {
+            Some(pad) => shortcut::shortcut_a(x, pad)?,
+            None => x.clone(),
+        };
+        elementwise::relu(&elementwise::add(&out, &short)?)
+    }
+}
+
+pub struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    blocks: Vec<BasicBlock>,
+    linear: Linear,
+}
+
+impl ResNet {
+    /// ResNet-(6n+2) for `classes` classes on 32x32 RGB input.
+    pub fn new(store: &mut ParamStore, n: usize, classes: usize, rng: &mut impl Rng) -> ResNet {
+        let conv1 = Conv2d::new(store, "conv1", 3, 16, 3, 1, 1, false, rng);
+        let bn1 = BatchNorm2d::new(store, "bn1", 16);
+        let mut blocks = Vec::new();
+        let mut in_planes = 16;
+        for (stage, planes) in [16, 32, 64].into_iter().enumerate() {
+            for i in 0..n {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{i}", stage + 1);
+                blocks.push(BasicBlock {
+                    conv1: Conv2d::new(store, &format!("{name}.conv1"), in_planes, planes, 3, stride, 1, false, rng),
+                    bn1: BatchNorm2d::new(store, &format!("{name}.bn1"), planes),
+                    conv2: Conv2d::new(store, &format!("{name}.conv2"), planes, planes, 3, 1, 1, false, rng),
+                    bn2: BatchNorm2d::new(store, &format!("{name}.bn2"), planes),
+                    shortcut_pad: (stride != 1 || in_planes != planes).then_some(planes / 4),
+                });
+                in_planes = planes;
+            }
+        }
+        let linear = Linear::new(store, "linear", 64, classes, LinearInit::KaimingNormal, rng);
+        ResNet { conv1, bn1, blocks, linear }
+    }
+
+    /// Logits [batch, classes] for images [batch, 3, 32, 32].
+    pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
+        let mut out = elementwise::relu(&self.bn1.forward(s, &self.conv1.forward(s, x)?, training)?)?;
+        for block in &self.blocks {
+            out = block.forward(s, &out, training)?;
+        }
+        self.linear.forward(s, &pool::global_avg_pool(&out)?)
+    }
+}

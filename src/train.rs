@@ -1,0 +1,411 @@
+//! Training and evaluation loops: epochs with progress bars, learning-rate schedules, metrics
+//! files, atomic checkpoints and exact resumption.
+//!
+//! Randomness is derived, not carried: the shuffle of epoch e comes from (seed, e) and the
+//! augmentation of global step s from (seed, s), so a run resumed from a checkpoint at any step
+//! sees exactly the batches it would have seen.
+
+use crate::autograd::no_grad;
+use crate::checkpoint::{self, Checkpoint, Normalize};
+use crate::data::{fill_batch, BatchSpec, Dataset};
+use crate::models::Model;
+use crate::ops::{loss, reduce, sgd::SgdConfig};
+use crate::{Error, Result, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Top-1 / top-5 accuracy (percent) and mean loss over a dataset.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalResult {
+    pub top1: f64,
+    pub top5: f64,
+    pub loss: f64,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+fn rng_for(seed: u64, stream: u64, index: u64) -> rand::rngs::StdRng {
+    // SplitMix64-style mixing so neighbouring indices give unrelated streams.
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    rand::rngs::StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// Checks that `ds` can feed `model` (image size, classes) before any work starts.
+pub fn check_dataset(model: &Model, ds: &dyn Dataset, what: &str) -> Result<()> {
+    let (c, h, w) = ds.image_size();
+    let (mc, mh, mw) = model.input;
+    if c != mc || h < mh || w < mw {
+        return Err(Error::invalid(format!(
+            "{what} holds {c}x{h}x{w} images but {} takes {mc}x{mh}x{mw}: use a dataset of that size",
+            model.name
+        )));
+    }
+    if ds.classes() > model.classes {
+        return Err(Error::invalid(format!(
+            "{what} has {} classes but {} was built for {}",
+            ds.classes(),
+            model.name,
+            model.classes
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn progress_bar(len: u64, prefix: String) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} | {elapsed_precise} ETA {eta_precise}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
+}
+
+/// Evaluates `model` (eval mode, no gradients) on all of `ds`.
+pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usize, show: bool) -> Result<EvalResult> {
+    check_dataset(model, ds, "the evaluation set")?;
+    let (_, h, w) = model.input;
+    let spec = BatchSpec::eval(h, w, norm.mean, norm.std);
+    let start = Instant::now();
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let (mut top1, mut top5, mut loss_sum) = (0usize, 0usize, 0.0f64);
+    let n = ds.len();
+    let bar = if show { progress_bar(n as u64, "eval".into()) } else { ProgressBar::hidden() };
+    let mut rng = rng_for(0, 0, 0); // unused by eval batches (no random crop or flip)
+    for begin in (0..n).step_by(batch) {
+        let idx: Vec<usize> = (begin..(begin + batch).min(n)).collect();
+        fill_batch(ds, &idx, &spec, &mut rng, &mut images, &mut labels);
+        let x = Tensor::from_slice(&images, &[idx.len(), 3, h, w])?;
+        let y = Tensor::from_slice(&labels, &[idx.len()])?;
+        let (l, ranks) = no_grad(|| -> Result<(Tensor, Tensor)> {
+            let logits = model.forward(&x, false)?;
+            Ok((loss::cross_entropy(&logits, &y)?, loss::label_rank(&logits, &y)?))
+        })?;
+        for r in ranks.to_vec()? {
+            top1 += (r < 1.0) as usize;
+            top5 += (r < 5.0) as usize;
+        }
+        loss_sum += l.item()? as f64 * idx.len() as f64;
+        bar.inc(idx.len() as u64);
+        let done = bar.position().max(1) as f64;
+        bar.set_message(format!(
+            "top-1 {:.2}% | {:.0} img/s",
+            100.0 * top1 as f64 / done,
+            done / start.elapsed().as_secs_f64()
+        ));
+    }
+    bar.finish_and_clear();
+    Ok(EvalResult {
+        top1: 100.0 * top1 as f64 / n as f64,
+        top5: 100.0 * top5 as f64 / n as f64,
+        loss: loss_sum / n as f64,
+        images: n,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Learning-rate schedule over epochs (multistep) or steps (cosine).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LrSchedule {
+    /// lr * gamma^(number of milestones <= epoch)
+    MultiStep { milestones: Vec<usize>, gamma: f32 },
+    /// lr * (1 + cos(pi * step / total_steps)) / 2
+    Cosine,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    pub schedule: LrSchedule,
+    pub seed: u64,
+    /// Stop after this many steps in all (the run can be resumed to go on).
+    pub max_steps: Option<usize>,
+    /// Train on the first N training images only.
+    pub subset: Option<usize>,
+    /// No augmentation, no shuffling.
+    pub deterministic: bool,
+    /// Save a resumable checkpoint every this many steps (and at every epoch end).
+    pub save_every: usize,
+    pub eval_batch: usize,
+    /// Evaluate on the test set after every epoch.
+    pub eval_each_epoch: bool,
+    pub show_progress: bool,
+}
+
+impl TrainConfig {
+    /// The standard CIFAR recipe: SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128,
+    /// lr / 10 at epochs 100 and 150 of 200 (ALGORITHM.md's retraining schedule).
+    pub fn cifar_default() -> TrainConfig {
+        TrainConfig {
+            epochs: 200,
+            batch: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            nesterov: false,
+            schedule: LrSchedule::MultiStep { milestones: vec![100, 150], gamma: 0.1 },
+            seed: 0,
+            max_steps: None,
+            subset: None,
+            deterministic: false,
+            save_every: 500,
+            eval_batch: 500,
+            eval_each_epoch: true,
+            show_progress: true,
+        }
+    }
+
+    pub fn lr_at(&self, epoch: usize, step: usize, total_steps: usize) -> f32 {
+        match &self.schedule {
+            LrSchedule::MultiStep { milestones, gamma } => {
+                self.lr * gamma.powi(milestones.iter().filter(|&&m| m <= epoch).count() as i32)
+            }
+            LrSchedule::Cosine => {
+                let t = step as f64 / total_steps.max(1) as f64;
+                (self.lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid(m));
+        if self.batch == 0 {
+            return bad("--batch must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+        }
+        if self.subset == Some(0) {
+            return bad("--subset must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where training stands: what a checkpoint records besides weights and momentum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Completed optimizer steps in all.
+    pub step: usize,
+}
+
+/// What one training run did.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub epochs_completed: usize,
+    pub final_eval: Option<EvalResult>,
+    pub best_top1: Option<f64>,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "train_state.safetensors";
+pub const METRICS_FILE: &str = "metrics.csv";
+
+/// Saves weights, momentum and progress into `dir` (each file written atomically).
+pub fn save_state(model: &Model, dir: &Path, norm: Normalize, progress: Progress, cfg: &TrainConfig) -> Result<()> {
+    checkpoint::save_model(model, &dir.join(MODEL_FILE), norm, &[])?;
+    let mut meta = HashMap::new();
+    meta.insert("step".to_string(), progress.step.to_string());
+    meta.insert("model".to_string(), model.name.clone());
+    meta.insert("seed".to_string(), cfg.seed.to_string());
+    meta.insert("batch".to_string(), cfg.batch.to_string());
+    checkpoint::save(&dir.join(STATE_FILE), &model.store.momentum_dict()?, &[], meta)
+}
+
+/// Loads what `save_state` wrote; returns the progress and the normalization.
+pub fn load_state(model: &mut Model, dir: &Path, cfg: &TrainConfig) -> Result<(Progress, Normalize)> {
+    let state_path = dir.join(STATE_FILE);
+    if !state_path.exists() {
+        return Err(Error::invalid(format!("{} has no {STATE_FILE}: nothing to resume there", dir.display())));
+    }
+    let state = Checkpoint::load(&state_path)?;
+    let get = |k: &str| state.metadata.get(k).cloned().unwrap_or_default();
+    if get("model") != model.name {
+        return Err(Error::invalid(format!("{} holds a {} run, not {}", dir.display(), get("model"), model.name)));
+    }
+    for (key, now) in [("seed", cfg.seed.to_string()), ("batch", cfg.batch.to_string())] {
+        if get(key) != now {
+            return Err(Error::invalid(format!(
+                "{} was run with {key} {} but this command says {now}: resume with the same settings",
+                dir.display(),
+                get(key)
+            )));
+        }
+    }
+    let step =
+        get("step").parse().map_err(|_| Error::invalid(format!("{}: bad step in metadata", state_path.display())))?;
+    let norm = checkpoint::load_model(model, &dir.join(MODEL_FILE))?
+        .ok_or_else(|| Error::invalid(format!("{} lacks normalization metadata", dir.join(MODEL_FILE).display())))?;
+    model.store.load_momentum_dict(&state.tensors, &state_path.display().to_string())?;
+    Ok((Progress { step }, norm))
+}
+
+fn append_metrics(dir: &Path, line: &str) -> Result<()> {
+    let path = dir.join(METRICS_FILE);
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    if new {
+        writeln!(f, "epoch,step,lr,train_loss,test_top1,test_top5,test_loss,seconds")
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+}
+
+/// Trains `model` on `train` (evaluating on `test`), saving resumable state in `dir`.
+/// `mask`, when given, is a 0/1 tensor over the parameter arena: masked weights stay exactly 0.
+/// `start` is where a resumed run stands.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    model: &mut Model,
+    train: &dyn Dataset,
+    test: &dyn Dataset,
+    norm: Normalize,
+    cfg: &TrainConfig,
+    dir: &Path,
+    start: Progress,
+    mask: Option<&Tensor>,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    check_dataset(model, train, "the training set")?;
+    check_dataset(model, test, "the test set")?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let n = cfg.subset.unwrap_or(train.len()).min(train.len());
+    let steps_per_epoch = n.div_ceil(cfg.batch);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let (_, h, w) = model.input;
+    let spec = if cfg.deterministic {
+        BatchSpec::eval(h, w, norm.mean, norm.std)
+    } else {
+        BatchSpec::cifar_train(norm.mean, norm.std)
+    };
+    let spec = BatchSpec { out_h: h, out_w: w, ..spec };
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let mut step = start.step;
+    let started = Instant::now();
+    let mut trained_images = 0usize;
+    let (mut final_eval, mut best_top1) = (None, None::<f64>);
+    let stop_at = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    while step < stop_at {
+        let epoch = step / steps_per_epoch;
+        let mut order: Vec<usize> = (0..n).collect();
+        if !cfg.deterministic {
+            order.shuffle(&mut rng_for(cfg.seed, 1, epoch as u64));
+        }
+        let lr_epoch = cfg.lr_at(epoch, step, total_steps);
+        let bar = if cfg.show_progress {
+            progress_bar(steps_per_epoch as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs))
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_position((step - epoch * steps_per_epoch) as u64);
+        let epoch_start = Instant::now();
+        let mut epoch_images = 0usize;
+        let loss_sum = Tensor::zeros(&[1])?;
+        let mut loss_count = 0usize;
+        let mut last_loss = f32::NAN;
+        while step < stop_at && step / steps_per_epoch == epoch {
+            let i = step - epoch * steps_per_epoch;
+            let idx = &order[i * cfg.batch..((i + 1) * cfg.batch).min(n)];
+            fill_batch(train, idx, &spec, &mut rng_for(cfg.seed, 2, step as u64), &mut images, &mut labels);
+            let x = Tensor::from_slice(&images, &[idx.len(), 3, h, w])?;
+            let y = Tensor::from_slice(&labels, &[idx.len()])?;
+            let lr = cfg.lr_at(epoch, step, total_steps);
+            model.store.zero_grad()?;
+            let logits = model.forward(&x, true)?;
+            let l = loss::cross_entropy(&logits, &y)?;
+            l.backward()?;
+            crate::ops::elementwise::axpy(1.0, &l.detach(), &loss_sum)?;
+            let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay, nesterov: cfg.nesterov };
+            model.store.sgd_step(&sgd, mask)?;
+            crate::gpu::get()?.flush()?;
+            step += 1;
+            loss_count += 1;
+            epoch_images += idx.len();
+            trained_images += idx.len();
+            bar.inc(1);
+            if step % 10 == 0 || step == stop_at || step % steps_per_epoch == 0 {
+                last_loss = l.item()?;
+                if !last_loss.is_finite() {
+                    return Err(Error::invalid(format!(
+                        "the loss became {last_loss} at step {step} (epoch {}): training diverged; lower the learning \
+                         rate (--lr) and resume from the last checkpoint in {}",
+                        epoch + 1,
+                        dir.display()
+                    )));
+                }
+                let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
+                bar.set_message(format!("loss {last_loss:.4} | lr {lr:.4} | {rate:.1} img/s"));
+            }
+            if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
+                save_state(model, dir, norm, Progress { step }, cfg)?;
+            }
+        }
+        bar.finish_and_clear();
+        let mean_loss = reduce::sum(&loss_sum)?.item()? as f64 / loss_count.max(1) as f64;
+        let epoch_done = step % steps_per_epoch == 0;
+        let eval = if cfg.eval_each_epoch && (epoch_done || step == stop_at) {
+            Some(evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?)
+        } else {
+            None
+        };
+        if let Some(e) = eval {
+            best_top1 = Some(best_top1.map_or(e.top1, |b| b.max(e.top1)));
+            final_eval = Some(e);
+        }
+        let secs = epoch_start.elapsed().as_secs_f64();
+        let (t1, t5, tl) = eval.map_or((f64::NAN, f64::NAN, f64::NAN), |e| (e.top1, e.top5, e.loss));
+        append_metrics(
+            dir,
+            &format!("{},{step},{lr_epoch},{mean_loss:.6},{t1:.4},{t5:.4},{tl:.6},{secs:.2}", epoch + 1),
+        )?;
+        if cfg.show_progress {
+            println!(
+                "epoch {:>3}/{} | step {step} | lr {lr_epoch:.4} | train loss {mean_loss:.4} | test top-1 {t1:.2}% | {:.1} img/s | {secs:.1} s",
+                epoch + 1,
+                cfg.epochs,
+                epoch_images as f64 / secs
+            );
+        }
+        let _ = last_loss;
+        save_state(model, dir, norm, Progress { step }, cfg)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(TrainSummary {
+        steps: step,
+        epochs_completed: step / steps_per_epoch,
+        final_eval,
+        best_top1,
+        seconds,
+        images_per_second: trained_images as f64 / seconds,
+    })
+}
+
+/// The run directory's checkpoint path of the model weights.
+pub fn model_path(dir: &Path) -> PathBuf {
+    dir.join(MODEL_FILE)
+}

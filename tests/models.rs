@@ -1,0 +1,146 @@
+//! Model definitions: parameter counts, PyTorch names and shapes, checkpoint round trips and
+//! the errors a checkpoint that does not fit gets.
+
+use sasprune::checkpoint::{self, Checkpoint, Normalize};
+use sasprune::models::Model;
+use sasprune::nn::Role;
+use sasprune::Tensor;
+use std::path::PathBuf;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sasprune-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn resnet_parameter_counts_match_the_paper() {
+    for (name, count, prunable) in [
+        ("resnet20", 269_722, None),
+        ("resnet32", 464_154, Some(461_232 + 640)),
+        ("resnet44", 658_586, None),
+        ("resnet56", 853_018, None),
+        ("resnet110", 1_727_962, None),
+    ] {
+        let m = Model::build(name, 10, 0).unwrap();
+        assert_eq!(m.store.parameter_count(), count, "{name} parameters");
+        if let Some(p) = prunable {
+            let n: usize = m.store.entries().iter().filter(|e| e.role == Role::PrunableWeight).map(|e| e.numel()).sum();
+            assert_eq!(n, p, "{name} conv + fc weights");
+        }
+    }
+}
+
+#[test]
+fn alexnet_has_torchvision_names_and_61_million_parameters() {
+    let m = Model::build("alexnet", 1000, 0).unwrap();
+    assert_eq!(m.store.parameter_count(), 61_100_840);
+    let names: Vec<&str> = m.store.entries().iter().map(|e| e.name.as_str()).collect();
+    for n in [
+        "features.0.weight",
+        "features.0.bias",
+        "features.10.weight",
+        "classifier.1.weight",
+        "classifier.4.bias",
+        "classifier.6.weight",
+    ] {
+        assert!(names.contains(&n), "missing {n}");
+    }
+    let fc6 = m.store.entry(m.store.find("classifier.1.weight").unwrap());
+    assert_eq!(fc6.shape, [4096, 9216]);
+    let small = Model::build("alexnet", 10, 0).unwrap();
+    assert_eq!(small.store.parameter_count(), 61_100_840 - 990 * 4096 - 990);
+}
+
+#[test]
+fn resnet_state_dict_names_and_shapes_equal_the_pytorch_checkpoint() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/pretrained/resnet20.safetensors");
+    if !path.exists() {
+        eprintln!("skipping: {} is not here (it comes with the project's shared folder)", path.display());
+        return;
+    }
+    let ck = Checkpoint::load(&path).unwrap();
+    let m = Model::build("resnet20", 10, 0).unwrap();
+    let ours = m.store.state_dict().unwrap();
+    let theirs: Vec<(&String, &Vec<usize>)> = ck.tensors.iter().map(|(k, (s, _))| (k, s)).collect();
+    let mine: Vec<(&String, &Vec<usize>)> = ours.iter().map(|(k, (s, _))| (k, s)).collect();
+    assert_eq!(mine, theirs);
+    assert_eq!(ck.normalize(), Some(Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }));
+}
+
+#[test]
+fn checkpoint_round_trip_is_exact_and_has_pytorch_counters() {
+    let dir = temp_dir("roundtrip");
+    let path = dir.join("m.safetensors");
+    let mut a = Model::build("resnet20", 10, 1).unwrap();
+    a.store.batches_tracked = 7;
+    let norm = Normalize { mean: [0.1, 0.2, 0.3], std: [0.4, 0.5, 0.6] };
+    checkpoint::save_model(&a, &path, norm, &[]).unwrap();
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(ck.batches_tracked, 7);
+    assert_eq!(ck.normalize(), Some(norm));
+    let mut b = Model::build("resnet20", 10, 2).unwrap();
+    assert_ne!(a.store.state_dict().unwrap(), b.store.state_dict().unwrap());
+    checkpoint::load_model(&mut b, &path).unwrap();
+    assert_eq!(a.store.state_dict().unwrap(), b.store.state_dict().unwrap());
+    // the file has every BN counter PyTorch's strict loading expects
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let counters = st.names().into_iter().filter(|n| n.ends_with(".num_batches_tracked")).count();
+    assert_eq!(counters, 1 + 2 * 9, "one per batch-norm layer of ResNet-20");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_names_the_tensor() {
+    let dir = temp_dir("misfit");
+    let m = Model::build("resnet20", 10, 1).unwrap();
+    let good = m.store.state_dict().unwrap();
+    let cases: Vec<(&str, Box<dyn Fn(&mut sasprune::nn::StateDict)>)> = vec![
+        (
+            "missing tensor 'linear.bias'",
+            Box::new(|d| {
+                d.remove("linear.bias");
+            }),
+        ),
+        (
+            "unexpected tensor 'fc.weight'",
+            Box::new(|d| {
+                d.insert("fc.weight".into(), (vec![1], vec![0.0]));
+            }),
+        ),
+        (
+            "tensor 'conv1.weight' has shape [16, 3, 5, 5], expected [16, 3, 3, 3]",
+            Box::new(|d| {
+                d.insert("conv1.weight".into(), (vec![16, 3, 5, 5], vec![0.0; 16 * 75]));
+            }),
+        ),
+    ];
+    for (expected, edit) in cases {
+        let mut dict = good.clone();
+        edit(&mut dict);
+        let path = dir.join("bad.safetensors");
+        checkpoint::save(&path, &dict, &[], Default::default()).unwrap();
+        let mut target = Model::build("resnet20", 10, 3).unwrap();
+        let before = target.store.state_dict().unwrap();
+        let err = checkpoint::load_model(&mut target, &path).unwrap_err().to_string();
+        assert!(err.contains(expected), "expected '{expected}' in: {err}");
+        assert_eq!(target.store.state_dict().unwrap(), before, "a rejected checkpoint changes nothing");
+    }
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a checkpoint").unwrap();
+    let err = Checkpoint::load(&garbage).err().unwrap().to_string();
+    assert!(err.contains("not a valid safetensors file"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn resnet_forward_shapes_and_wrong_input_error() {
+    let mut m = Model::build("resnet20", 10, 0).unwrap();
+    let x = Tensor::zeros(&[3, 3, 32, 32]).unwrap();
+    assert_eq!(m.forward(&x, false).unwrap().shape(), [3, 10]);
+    let err = m.forward(&Tensor::zeros(&[3, 3, 28, 28]).unwrap(), false).unwrap_err().to_string();
+    assert!(err.contains("resnet20 takes images [batch, 3, 32, 32]"), "{err}");
+    let err = Model::build("resnet33", 10, 0).err().unwrap().to_string();
+    assert!(err.contains("unknown model 'resnet33'"), "{err}");
+}
