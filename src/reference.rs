@@ -871,3 +871,55 @@ pub fn numeric_grad(f: &mut dyn FnMut(&[f64]) -> f64, x: &[f64], eps: f64) -> Ve
     }
     g
 }
+
+// ---------------------------------------------------------------------------
+// ADMM pruning updates (ALGORITHM.md), element-wise over the prunable-weight vector.
+// ---------------------------------------------------------------------------
+
+/// `soft(x, τ) = sign(x)·max(|x| − τ, 0)`, the proximal operator of τ‖·‖₁.
+pub fn soft_threshold(x: f64, tau: f64) -> f64 {
+    x.signum() * (x.abs() - tau).max(0.0)
+}
+
+/// `h = ρ·W + U − β·(W − Z)`.
+pub fn sas_h(w: &[f64], z: &[f64], u: &[f64], rho: f64, beta: f64) -> Vec<f64> {
+    (0..w.len()).map(|i| rho * w[i] + u[i] - beta * (w[i] - z[i])).collect()
+}
+
+/// One SAS-ADMM inner step: returns (W̆', W', Ŵ for the next step with `b_next`).
+#[allow(clippy::too_many_arguments)]
+pub fn sas_inner(d: &[f64], h: &[f64], w_breve: &[f64], w: &[f64], gamma: f64, rho: f64, b: f64, b_next: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let wb: Vec<f64> = (0..w.len()).map(|i| (gamma * w_breve[i] + h[i] - d[i]) / (gamma + rho)).collect();
+    let wn: Vec<f64> = (0..w.len()).map(|i| b * wb[i] + (1.0 - b) * w[i]).collect();
+    let hat = (0..w.len()).map(|i| b_next * wb[i] + (1.0 - b_next) * wn[i]).collect();
+    (wb, wn, hat)
+}
+
+/// SAS-ADMM steps 4–6: returns (Z', U', Z' − Z, W − Z').
+#[allow(clippy::type_complexity)]
+pub fn sas_dual(w: &[f64], z: &[f64], u: &[f64], beta: f64, lambda: f64, r: f64, s: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut out = (vec![0.0; w.len()], vec![0.0; w.len()], vec![0.0; w.len()], vec![0.0; w.len()]);
+    for i in 0..w.len() {
+        let u_half = u[i] - r * beta * (w[i] - z[i]);
+        let z_new = soft_threshold(w[i] - u_half / beta, lambda / beta);
+        out.0[i] = z_new;
+        out.1[i] = u_half - s * beta * (w[i] - z_new);
+        out.2[i] = z_new - z[i];
+        out.3[i] = w[i] - z_new;
+    }
+    out
+}
+
+/// Per-layer magnitude mask: within each (offset, len, k) range, 0 for the k smallest |x|
+/// (ties: lower position first), 1 for the rest; 1 outside every range.
+pub fn magnitude_mask(x: &[f64], layers: &[(usize, usize, usize)]) -> Vec<f64> {
+    let mut mask = vec![1.0; x.len()];
+    for &(offset, len, k) in layers {
+        let mut order: Vec<usize> = (offset..offset + len).collect();
+        order.sort_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()).then(a.cmp(&b)));
+        for &i in &order[..k] {
+            mask[i] = 0.0;
+        }
+    }
+    mask
+}

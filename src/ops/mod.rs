@@ -1,6 +1,7 @@
 //! Ops: one file per family, each with its public functions, its parameter structs, its
 //! `Backward` rules and its WGSL shader from `shaders/`.
 
+pub mod admm;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod elementwise;
@@ -8,6 +9,7 @@ pub mod loss;
 pub mod matmul;
 pub mod pool;
 pub mod reduce;
+pub mod select;
 pub mod sgd;
 pub mod shortcut;
 

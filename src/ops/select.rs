@@ -1,0 +1,61 @@
+//! Per-layer magnitude masks by GPU selection (shaders/select.wgsl): for each layer, the k
+//! smallest |x| get 0 and the rest 1, exactly k zeros per layer, ties broken by position.
+
+use super::{kernel, launch};
+use crate::gpu::Kernel;
+use crate::{Error, Result, Tensor};
+
+static INIT: Kernel = kernel!("select.init", "select.wgsl", "init");
+static COUNT: Kernel = kernel!("select.count", "select.wgsl", "count");
+static UPDATE: Kernel = kernel!("select.update", "select.wgsl", "update");
+static MASK: Kernel = kernel!("select.write_mask", "select.wgsl", "write_mask");
+
+/// One layer's place in the vector and how many of its elements to zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerSelect {
+    pub offset: usize,
+    pub len: usize,
+    pub k: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    layers: u32,
+    _pad: [u32; 3],
+}
+
+/// A tensor holding raw 32-bit words (the kernels read them as u32).
+fn words(data: &[u32]) -> Result<Tensor> {
+    let as_f32: Vec<f32> = data.iter().map(|&w| f32::from_bits(w)).collect();
+    Tensor::from_slice(&as_f32, &[data.len()])
+}
+
+/// Writes into `mask` (same length as `x`) 0 for the `k` smallest-magnitude elements of each
+/// layer's range and 1 elsewhere in that range; elements outside every range are left as they
+/// are. Ranges must not overlap.
+pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Result<()> {
+    super::same_shape("magnitude_mask", x, mask)?;
+    if layers.is_empty() {
+        return Ok(());
+    }
+    if let Some(l) = layers.iter().find(|l| l.k > l.len || l.offset + l.len > x.numel()) {
+        return Err(Error::shape("magnitude_mask", format!("layer {l:?} does not fit a vector of {}", x.numel())));
+    }
+    let table: Vec<u32> = layers.iter().flat_map(|l| [l.offset as u32, l.len as u32, l.k as u32, 0]).collect();
+    let table = words(&table)?;
+    let state = Tensor::uninit(&[4 * layers.len()])?;
+    let counts = Tensor::uninit(&[layers.len()])?;
+    let n = layers.len() as u32;
+    let p = Params { layers: n, _pad: [0; 3] };
+    let small = [n.div_ceil(64), 1, 1];
+    launch(&INIT, &p, &[&state, &counts], small)?;
+    let longest = layers.iter().map(|l| l.len).max().unwrap_or(1);
+    let chunks = longest.div_ceil(256 * 16).clamp(1, 1024) as u32;
+    // 31 halvings take [0, 0x7f800000] down to one key.
+    for _ in 0..31 {
+        launch(&COUNT, &p, &[&table, &state, &counts, x], [chunks, n, 1])?;
+        launch(&UPDATE, &p, &[&table, &state, &counts], small)?;
+    }
+    launch(&MASK, &p, &[&table, &state, x, mask], small)
+}

@@ -1,0 +1,105 @@
+//! The ADMM pruning kernels and the GPU per-layer selection against their f64 CPU references.
+
+mod common;
+use common::*;
+use sasprune::ops::{admm, select};
+use sasprune::reference as cpu;
+
+#[test]
+fn sas_h_inner_step_and_mix_match_reference() {
+    let mut rng = Rng::new(40);
+    let n = 70_001;
+    let v = |rng: &mut Rng| f32_exact(&rng.vec(n));
+    let (w, z, u, wb, d) = (v(&mut rng), v(&mut rng), v(&mut rng), v(&mut rng), v(&mut rng));
+    let (wt, zt, ut, wbt, dt) = (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]), tensor(&wb, &[n]), tensor(&d, &[n]));
+    let ht = tensor(&vec![0.0; n], &[n]);
+    admm::sas_h(&wt, &zt, &ut, &ht, 0.04, 0.05).unwrap();
+    let h = cpu::sas_h(&w, &z, &u, 0.04, 0.05);
+    assert_close("sas_h", &values(&ht), &h, ELEMENTWISE);
+    let hat = tensor(&vec![0.0; n], &[n]);
+    let h32 = f32_exact(&h);
+    let h32t = tensor(&h32, &[n]);
+    admm::sas_inner(&dt, &h32t, &wbt, &wt, &hat, 12.5, 0.04, 2.0 / 3.0, 0.5).unwrap();
+    let (rwb, rw, rhat) = cpu::sas_inner(&d, &h32, &wb, &w, 12.5, 0.04, 2.0 / 3.0, 0.5);
+    assert_close("sas_inner W̆", &values(&wbt), &rwb, ELEMENTWISE);
+    assert_close("sas_inner W", &values(&wt), &rw, ELEMENTWISE);
+    assert_close("sas_inner Ŵ", &values(&hat), &rhat, ELEMENTWISE);
+    let out = tensor(&vec![0.0; n], &[n]);
+    admm::mix(&zt, &ut, &out, 0.25).unwrap();
+    let expected: Vec<f64> = (0..n).map(|i| 0.25 * z[i] + 0.75 * u[i]).collect();
+    assert_close("mix", &values(&out), &expected, ELEMENTWISE);
+}
+
+#[test]
+fn sas_dual_updates_and_soft_threshold_match_reference() {
+    let mut rng = Rng::new(41);
+    let n = 5_003;
+    let w = f32_exact(&rng.vec(n));
+    let z = f32_exact(&rng.vec(n));
+    let u: Vec<f64> = f32_exact(&rng.vec(n).iter().map(|x| x * 0.01).collect::<Vec<_>>());
+    let (wt, zt, ut) = (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]));
+    let (dz, res) = (tensor(&vec![0.0; n], &[n]), tensor(&vec![0.0; n], &[n]));
+    // λ/β = 0.25 so a good share of Z is thresholded to exactly 0
+    admm::sas_dual(&wt, &zt, &ut, &dz, &res, 0.04, 0.01, 0.9, 1.09).unwrap();
+    let (rz, ru, rdz, rres) = cpu::sas_dual(&w, &z, &u, 0.04, 0.01, 0.9, 1.09);
+    let zv = values(&zt);
+    assert_close("Z-step (soft threshold)", &zv, &rz, ELEMENTWISE);
+    assert_close("dual updates U", &values(&ut), &ru, (1e-5, 1e-3));
+    assert_close("dz", &values(&dz), &rdz, ELEMENTWISE);
+    assert_close("W − Z", &values(&res), &rres, ELEMENTWISE);
+    let zeros = zv.iter().filter(|&&v| v == 0.0).count();
+    let ref_zeros = rz.iter().filter(|&&v| v == 0.0).count();
+    assert!(zeros > n / 10, "the soft threshold must zero a good share exactly ({zeros})");
+    assert!((zeros as i64 - ref_zeros as i64).abs() <= 2, "exact zeros: GPU {zeros}, reference {ref_zeros}");
+    assert_eq!(cpu::soft_threshold(0.3, 0.25), 0.3 - 0.25);
+    assert_eq!(cpu::soft_threshold(-0.3, 0.25), -0.3 + 0.25);
+    assert_eq!(cpu::soft_threshold(0.2, 0.25), 0.0);
+}
+
+#[test]
+fn admm_nn_gradient_and_dual_match_reference() {
+    let mut rng = Rng::new(42);
+    let n = 3_001;
+    let v = |rng: &mut Rng| f32_exact(&rng.vec(n));
+    let (w, z, u, g) = (v(&mut rng), v(&mut rng), v(&mut rng), v(&mut rng));
+    let mask: Vec<f64> = (0..n).map(|i| (i % 3 != 0) as u8 as f64).collect();
+    let (wt, zt, ut, gt, mt) = (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]), tensor(&g, &[n]), tensor(&mask, &[n]));
+    admm::admm_grad(&wt, &zt, &ut, &gt, 1.5e-3).unwrap();
+    let expected: Vec<f64> = (0..n).map(|i| g[i] + 1.5e-3 * (w[i] - z[i] + u[i])).collect();
+    assert_close("admm_grad", &values(&gt), &expected, ELEMENTWISE);
+    let (dz, res) = (tensor(&vec![0.0; n], &[n]), tensor(&vec![0.0; n], &[n]));
+    admm::admm_dual(&wt, &mt, &zt, &ut, &dz, &res).unwrap();
+    let rz: Vec<f64> = (0..n).map(|i| mask[i] * (w[i] + u[i])).collect();
+    let ru: Vec<f64> = (0..n).map(|i| u[i] + w[i] - rz[i]).collect();
+    assert_close("admm Z = Π(W + U)", &values(&zt), &rz, ELEMENTWISE);
+    assert_close("admm U += W − Z", &values(&ut), &ru, ELEMENTWISE);
+    assert_close("admm dz", &values(&dz), &(0..n).map(|i| rz[i] - z[i]).collect::<Vec<_>>(), ELEMENTWISE);
+    assert_close("admm res", &values(&res), &(0..n).map(|i| w[i] - rz[i]).collect::<Vec<_>>(), ELEMENTWISE);
+    admm::multiply_in_place(&wt, &mt).unwrap();
+    assert_close("hard prune W *= mask", &values(&wt), &(0..n).map(|i| w[i] * mask[i]).collect::<Vec<_>>(), (0.0, 0.0));
+}
+
+#[test]
+fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
+    let mut rng = Rng::new(43);
+    let n = 50_000;
+    let mut x = f32_exact(&rng.vec(n));
+    // ties: a run of exact zeros (as soft-thresholding leaves) and repeated values
+    for i in 1000..3000 {
+        x[i] = 0.0;
+    }
+    for i in (20_000..20_100).step_by(2) {
+        x[i] = 0.5;
+    }
+    let layers = [(0, 432, 367), (512, 2304, 1958), (3000, 9216, 7833), (12_288, 36_864, 31_334), (49_200, 7, 0), (49_300, 640, 640)];
+    let sel: Vec<select::LayerSelect> = layers.iter().map(|&(offset, len, k)| select::LayerSelect { offset, len, k }).collect();
+    let mask = tensor(&vec![1.0; n], &[n]);
+    select::magnitude_mask(&tensor(&x, &[n]), &sel, &mask).unwrap();
+    let m = values(&mask);
+    for &(offset, len, k) in &layers {
+        let zeros = m[offset..offset + len].iter().filter(|&&v| v == 0.0).count();
+        assert_eq!(zeros, k, "layer at {offset} must have exactly {k} zeros");
+    }
+    assert_eq!(m, cpu::magnitude_mask(&x, &layers), "GPU mask differs from the reference");
+    assert!(m[432..512].iter().all(|&v| v == 1.0), "gaps between layers stay untouched");
+}
