@@ -13,9 +13,10 @@ fn tree_sum(lid: u32) -> f32 {
 }
 
 //#section sum_stage
-// Stage of a full sum: workgroup g sums x[g*chunk .. (g+1)*chunk) (squared when square != 0,
-// times scale) into out[g]. Run once with many workgroups, then once with one workgroup.
-struct Params { n: u32, chunk: u32, square: u32, scale: f32 }
+// Stage of a full sum: workgroup g sums x[g*chunk .. (g+1)*chunk) (of x when mode = 0, x² when
+// mode = 1, |x| when mode = 2; times scale) into out[g]. Run once with many workgroups, then
+// once with one workgroup.
+struct Params { n: u32, chunk: u32, mode: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
@@ -26,7 +27,7 @@ fn sum_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     var s = 0.0;
     for (var i = begin + lid.x; i < end; i += WG) {
         let v = x[i];
-        s += select(v, v * v, p.square != 0u);
+        s += select(select(v, v * v, p.mode == 1u), abs(v), p.mode == 2u);
     }
     partial[lid.x] = s;
     let total = tree_sum(lid.x);

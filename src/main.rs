@@ -4,6 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use sasprune::checkpoint::{self, Normalize};
 use sasprune::data::{cifar::Cifar10, packed::PackedSplit, Dataset, CIFAR_MEAN, CIFAR_STD};
 use sasprune::models::Model;
+use sasprune::prune::{
+    self,
+    admm::{AdmmNnConfig, SasConfig},
+    pipeline::{Method, PipelineConfig},
+};
 use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
 use sasprune::{gpu, Error, Result};
 use std::path::{Path, PathBuf};
@@ -12,7 +17,11 @@ use std::path::{Path, PathBuf};
 #[command(
     name = "sasprune",
     version,
-    about = "Prune CNN weights with SAS-ADMM on any GPU (wgpu: Vulkan, Metal, DX12, GL)"
+    about = "Prune CNN weights with SAS-ADMM on any GPU (wgpu: Vulkan, Metal, DX12, GL)",
+    long_about = "Prune CNN weights with SAS-ADMM on any GPU (wgpu: Vulkan, Metal, DX12, GL).\n\n\
+                  Without a subcommand, runs the pruning pipeline: dense start, ADMM phase, hard pruning, \
+                  masked retraining, report. Example: sasprune --model resnet32 --rate 6.6x",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     /// GPU backend: vulkan, metal, dx12, gl (default: any; env SASPRUNE_BACKEND)
@@ -22,7 +31,107 @@ struct Cli {
     #[arg(long, global = true)]
     adapter: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+/// The pruning pipeline's flags (the default command).
+#[derive(Args, Clone)]
+struct PruneArgs {
+    /// resnet20, resnet32, resnet44, resnet56 or resnet110
+    #[arg(long)]
+    model: Option<String>,
+    /// Target: 6.6x or 6.6 (compression of conv + fc weights, fc kept dense) or 85% (pruned
+    /// share of every conv layer)
+    #[arg(long)]
+    rate: Option<String>,
+    /// Per-layer pruned percentages: a file of `layer-name percentage` lines (see data/)
+    #[arg(long)]
+    layer_rates: Option<PathBuf>,
+    /// sas-admm, admm (ADMM-NN) or magnitude (one-shot)
+    #[arg(long, default_value = "sas-admm")]
+    method: String,
+    /// paper (ALGORITHM.md's defaults: K=190, 200 retraining epochs) or quick (scaled down)
+    #[arg(long, default_value = "paper")]
+    schedule: String,
+    /// Dense weights to start from (safetensors, PyTorch names); without it a dense model is
+    /// trained first
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Run directory (default: runs/<model>-<rate>-<method>)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory (with the flags it was started with)
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N training images (quick experiments)
+    #[arg(long)]
+    subset: Option<usize>,
+    /// Evaluate on the first N test images only
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// SAS-ADMM β (penalty)
+    #[arg(long)]
+    beta: Option<f32>,
+    /// SAS-ADMM ρ (proximal weight)
+    #[arg(long)]
+    rho: Option<f32>,
+    /// SAS-ADMM λ (L1 weight)
+    #[arg(long)]
+    lambda: Option<f32>,
+    /// M: inner iterations before k0
+    #[arg(long)]
+    inner: Option<usize>,
+    /// K: outer iterations
+    #[arg(long)]
+    outer: Option<usize>,
+    /// K_avg: ergodic averaging starts after this outer iteration
+    #[arg(long)]
+    k_avg: Option<usize>,
+    /// k0: inner length grows from this outer iteration on
+    #[arg(long)]
+    k0: Option<usize>,
+    /// v: step-size constant (η = 1/v before k0)
+    #[arg(long)]
+    v: Option<f64>,
+    /// q: growth exponent of the inner length
+    #[arg(long)]
+    q: Option<f64>,
+    /// r: first dual step factor
+    #[arg(long)]
+    r: Option<f32>,
+    /// s: second dual step factor
+    #[arg(long)]
+    s: Option<f32>,
+    /// Minibatch of the ADMM phase
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Epochs of masked retraining
+    #[arg(long)]
+    retrain_epochs: Option<usize>,
+    /// Learning rate of masked retraining
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Minibatch of masked retraining
+    #[arg(long)]
+    retrain_batch: Option<usize>,
+    /// ADMM-NN ρ
+    #[arg(long)]
+    admm_rho: Option<f32>,
+    /// ADMM-NN learning rate of the W-step
+    #[arg(long)]
+    admm_lr: Option<f32>,
+    /// ADMM-NN iterations
+    #[arg(long)]
+    admm_iterations: Option<usize>,
+    /// ADMM-NN SGD steps per iteration
+    #[arg(long)]
+    admm_steps: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -41,7 +150,7 @@ enum Command {
     Train(TrainArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct DataArgs {
     /// Directory holding cifar-10-batches-bin/ (or that directory itself); for alexnet, a
     /// directory holding train.pack and val.pack. Default: data/
@@ -146,12 +255,146 @@ fn say_adapter() -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The pipeline configuration the flags describe (validated before any work starts).
+fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
+    let Some(model) = a.model.clone() else {
+        return Err(Error::invalid(
+            "say which model to prune, e.g. `sasprune --model resnet32 --rate 6.6x` (or run a subcommand; see --help)",
+        ));
+    };
+    if !sasprune::models::MODEL_NAMES.contains(&model.as_str()) {
+        return Err(Error::invalid(format!("unknown model '{model}': choose one of {}", sasprune::models::MODEL_NAMES.join(", "))));
+    }
+    if model == "alexnet" {
+        return Err(Error::invalid(
+            "the pruning pipeline runs on the CIFAR ResNets for now; AlexNet trains and evaluates with `sasprune train/eval`",
+        ));
+    }
+    let rate = match (&a.rate, &a.layer_rates) {
+        (Some(r), _) => prune::rate::parse_rate(r)?,
+        (None, Some(_)) => prune::rate::Rate::Percent(50.0), // unused: the file decides
+        (None, None) => return Err(Error::invalid("give a target with --rate (e.g. 6.6x or 85%) or --layer-rates FILE")),
+    };
+    let method = Method::parse(&a.method)?;
+    let (mut sas, mut retrain, dense) = match a.schedule.as_str() {
+        "paper" => (SasConfig::paper(), TrainConfig::cifar_default(), TrainConfig::cifar_default()),
+        "quick" => {
+            let retrain = TrainConfig { epochs: 15, lr: 0.05, schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
+            let dense = TrainConfig { epochs: 30, schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
+            (SasConfig::quick(), retrain, dense)
+        }
+        other => return Err(Error::invalid(format!("unknown --schedule '{other}': choose paper or quick"))),
+    };
+    macro_rules! set {
+        ($target:expr, $flag:expr) => {
+            if let Some(v) = $flag {
+                $target = v;
+            }
+        };
+    }
+    set!(sas.beta, a.beta);
+    set!(sas.rho, a.rho);
+    set!(sas.lambda, a.lambda);
+    set!(sas.inner, a.inner);
+    set!(sas.outer, a.outer);
+    set!(sas.k_avg, a.k_avg);
+    set!(sas.k0, a.k0);
+    set!(sas.v, a.v);
+    set!(sas.q, a.q);
+    set!(sas.r, a.r);
+    set!(sas.s, a.s);
+    set!(sas.batch, a.batch);
+    set!(retrain.epochs, a.retrain_epochs);
+    set!(retrain.lr, a.lr);
+    set!(retrain.batch, a.retrain_batch);
+    sas.validate()?;
+    let mut admm = AdmmNnConfig::matching(&sas);
+    set!(admm.rho, a.admm_rho);
+    set!(admm.lr, a.admm_lr);
+    set!(admm.iterations, a.admm_iterations);
+    set!(admm.steps, a.admm_steps);
+    retrain.seed = a.seed;
+    let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}-{rate_tag}-{}", method.name())));
+    Ok(PipelineConfig {
+        model,
+        rate,
+        layer_rates: a.layer_rates.clone(),
+        method,
+        schedule: a.schedule.clone(),
+        sas,
+        admm,
+        retrain,
+        dense: TrainConfig { seed: a.seed, announce_eta_after: Some(20), ..dense },
+        weights: a.weights.clone(),
+        out,
+        seed: a.seed,
+        subset: a.subset,
+        eval_limit: a.eval_limit,
+        show_progress: true,
+    })
+}
+
+const COMMAND_FILE: &str = "command.txt";
+
+fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
+    // `--resume DIR` replays the flags the run was started with.
+    let (a, resumed) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join(COMMAND_FILE);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::invalid(format!("cannot resume {}: {} ({e})", dir.display(), path.display())))?;
+            let mut saved: Vec<String> = vec!["sasprune".into()];
+            saved.extend(text.lines().map(String::from));
+            saved.extend(["--out".to_string(), dir.display().to_string()]);
+            let cli = Cli::try_parse_from(&saved).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+            (cli.prune, true)
+        }
+        None => (a.clone(), false),
+    };
+    let cfg = pipeline_config(&a)?;
+    // Validate the plan and the data before any work starts.
+    let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
+    say_adapter()?;
+    let model = Model::build(&cfg.model, 10, cfg.seed)?;
+    prune::pipeline::make_plan(&model, &cfg)?;
+    drop(model);
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    if !resumed {
+        if cfg.out.join(COMMAND_FILE).exists() {
+            return Err(Error::invalid(format!(
+                "{} already holds a run: continue it with --resume {0} or choose another --out",
+                cfg.out.display()
+            )));
+        }
+        // The flags as given (minus any --out, which --resume supplies), one per line.
+        let mut flags = Vec::new();
+        let mut skip = false;
+        for f in args.iter().skip(1) {
+            if skip {
+                skip = false;
+            } else if f == "--out" {
+                skip = true;
+            } else if !f.starts_with("--out=") {
+                flags.push(format!("{f}\n"));
+            }
+        }
+        checkpoint::write_atomic(&cfg.out.join(COMMAND_FILE), flags.concat().as_bytes())?;
+    }
+    prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref())?;
+    Ok(())
+}
+
+fn run(cli: Cli, args: &[String]) -> Result<()> {
     let options = gpu::GpuOptions { backend: cli.backend.clone(), adapter: cli.adapter.clone() };
     let env = gpu::GpuOptions::from_env();
     let options =
         gpu::GpuOptions { backend: options.backend.or(env.backend), adapter: options.adapter.or(env.adapter) };
-    match cli.command {
+    let Some(command) = cli.command else {
+        gpu::init(&options)?;
+        return run_pipeline(args, &cli.prune);
+    };
+    match command {
         Command::Devices => {
             let list = gpu::list_adapters(options.backend.as_deref())?;
             if list.is_empty() {
@@ -273,8 +516,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(cli, &args) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -29,7 +29,7 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
-fn rng_for(seed: u64, stream: u64, index: u64) -> rand::rngs::StdRng {
+pub(crate) fn rng_for(seed: u64, stream: u64, index: u64) -> rand::rngs::StdRng {
     // SplitMix64-style mixing so neighbouring indices give unrelated streams.
     let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -143,6 +143,11 @@ pub struct TrainConfig {
     /// Evaluate on the test set after every epoch.
     pub eval_each_epoch: bool,
     pub show_progress: bool,
+    /// Where to save the weights with the best test top-1 so far (the reference code keeps
+    /// that checkpoint).
+    pub best_path: Option<PathBuf>,
+    /// After this many steps, print how long all epochs will take at the speed so far.
+    pub announce_eta_after: Option<usize>,
 }
 
 impl TrainConfig {
@@ -165,6 +170,8 @@ impl TrainConfig {
             eval_batch: 500,
             eval_each_epoch: true,
             show_progress: true,
+            best_path: None,
+            announce_eta_after: None,
         }
     }
 
@@ -327,7 +334,6 @@ pub fn train(
         let mut epoch_images = 0usize;
         let loss_sum = Tensor::zeros(&[1])?;
         let mut loss_count = 0usize;
-        let mut last_loss = f32::NAN;
         while step < stop_at && step / steps_per_epoch == epoch {
             let i = step - epoch * steps_per_epoch;
             let idx = &order[i * cfg.batch..((i + 1) * cfg.batch).min(n)];
@@ -349,7 +355,7 @@ pub fn train(
             trained_images += idx.len();
             bar.inc(1);
             if step % 10 == 0 || step == stop_at || step % steps_per_epoch == 0 {
-                last_loss = l.item()?;
+                let last_loss = l.item()?;
                 if !last_loss.is_finite() {
                     return Err(Error::invalid(format!(
                         "the loss became {last_loss} at step {step} (epoch {}): training diverged; lower the learning \
@@ -360,6 +366,11 @@ pub fn train(
                 }
                 let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {last_loss:.4} | lr {lr:.4} | {rate:.1} img/s"));
+            }
+            if cfg.announce_eta_after == Some(step - start.step) {
+                let per_step = started.elapsed().as_secs_f64() / (step - start.step) as f64;
+                let hours = per_step * (stop_at - step) as f64 / 3600.0;
+                bar.println(format!("at {:.2} s per step the remaining {} steps take about {hours:.1} h", per_step, stop_at - step));
             }
             if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
                 save_state(model, dir, norm, Progress { step }, cfg)?;
@@ -374,6 +385,11 @@ pub fn train(
             None
         };
         if let Some(e) = eval {
+            if best_top1.is_none_or(|b| e.top1 > b) {
+                if let Some(path) = &cfg.best_path {
+                    checkpoint::save_model(model, path, norm, &[("top1", format!("{:.4}", e.top1))])?;
+                }
+            }
             best_top1 = Some(best_top1.map_or(e.top1, |b| b.max(e.top1)));
             final_eval = Some(e);
         }
@@ -391,7 +407,6 @@ pub fn train(
                 epoch_images as f64 / secs
             );
         }
-        let _ = last_loss;
         save_state(model, dir, norm, Progress { step }, cfg)?;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -408,4 +423,14 @@ pub fn train(
 /// The run directory's checkpoint path of the model weights.
 pub fn model_path(dir: &Path) -> PathBuf {
     dir.join(MODEL_FILE)
+}
+
+/// The best test top-1 recorded in a run directory's metrics, if any.
+pub fn read_best(dir: &Path) -> Result<Option<f64>> {
+    let path = dir.join(METRICS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(text.lines().skip(1).filter_map(|l| l.split(',').nth(4)?.parse::<f64>().ok()).filter(|v| v.is_finite()).fold(None, |b, v| Some(b.map_or(v, |b: f64| b.max(v)))))
 }

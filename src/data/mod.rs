@@ -196,3 +196,24 @@ fn map_file(
     // they are being read, which is the usual contract of memory-mapped data.
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| crate::Error::io(path, e))
 }
+
+/// The first `n` samples of another dataset (quick runs, bounded evaluations).
+pub struct First<'a> {
+    pub inner: &'a dyn Dataset,
+    pub n: usize,
+}
+
+impl Dataset for First<'_> {
+    fn len(&self) -> usize {
+        self.n.min(self.inner.len())
+    }
+    fn classes(&self) -> usize {
+        self.inner.classes()
+    }
+    fn image_size(&self) -> (usize, usize, usize) {
+        self.inner.image_size()
+    }
+    fn sample(&self, i: usize) -> (&[u8], u32) {
+        self.inner.sample(i)
+    }
+}

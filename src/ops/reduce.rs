@@ -16,8 +16,16 @@ static BROADCAST: Kernel = kernel!("reduce.broadcast", "reduce.wgsl", "broadcast
 struct StageParams {
     n: u32,
     chunk: u32,
-    square: u32,
+    mode: u32,
     scale: f32,
+}
+
+/// What `reduce_all` sums.
+#[derive(Clone, Copy)]
+enum Mode {
+    Plain = 0,
+    Square = 1,
+    Abs = 2,
 }
 
 #[repr(C)]
@@ -31,15 +39,15 @@ struct Dims4 {
 
 /// Sum (or sum of squares) of all elements times `scale`, as a one-element tensor, in two
 /// stages (at most 1024 partial sums, then one workgroup). Not differentiated.
-fn reduce_all(x: &Tensor, square: bool, scale: f32) -> Result<Tensor> {
+fn reduce_all(x: &Tensor, mode: Mode, scale: f32) -> Result<Tensor> {
     let n = x.numel();
     let groups = n.div_ceil(4096).clamp(1, 1024);
     let chunk = n.div_ceil(groups);
     let partial = Tensor::uninit(&[groups])?;
-    let p1 = StageParams { n: n as u32, chunk: chunk as u32, square: square as u32, scale: 1.0 };
+    let p1 = StageParams { n: n as u32, chunk: chunk as u32, mode: mode as u32, scale: 1.0 };
     launch(&SUM_STAGE, &p1, &[x, &partial], [groups as u32, 1, 1])?;
     let out = Tensor::uninit(&[1])?;
-    let p2 = StageParams { n: groups as u32, chunk: groups as u32, square: 0, scale };
+    let p2 = StageParams { n: groups as u32, chunk: groups as u32, mode: Mode::Plain as u32, scale };
     launch(&SUM_STAGE, &p2, &[&partial, &out], [1, 1, 1])?;
     Ok(out)
 }
@@ -56,11 +64,16 @@ pub fn mean(x: &Tensor) -> Result<Tensor> {
 
 /// The sum of squares of all elements (not differentiated; norms and residuals).
 pub fn sum_squares(x: &Tensor) -> Result<Tensor> {
-    reduce_all(x, true, 1.0)
+    reduce_all(x, Mode::Square, 1.0)
+}
+
+/// The sum of absolute values (the L1 norm; not differentiated).
+pub fn sum_abs(x: &Tensor) -> Result<Tensor> {
+    reduce_all(x, Mode::Abs, 1.0)
 }
 
 fn scaled_sum(x: &Tensor, scale: f32) -> Result<Tensor> {
-    let out = reduce_all(x, false, scale)?;
+    let out = reduce_all(x, Mode::Plain, scale)?;
     let node = needs_node(&[x]).then(|| Node {
         backward: Box::new(SumBackward { shape: x.shape().to_vec(), scale }),
         inputs: vec![x.clone()],
@@ -82,7 +95,7 @@ impl Backward for SumBackward {
 pub fn broadcast_scalar(scalar: &Tensor, shape: &[usize], scale: f32) -> Result<Tensor> {
     let out = Tensor::uninit(shape)?;
     let n = out.numel();
-    launch(&BROADCAST, &StageParams { n: n as u32, chunk: 0, square: 0, scale }, &[scalar, &out], groups_1d(n))?;
+    launch(&BROADCAST, &StageParams { n: n as u32, chunk: 0, mode: 0, scale }, &[scalar, &out], groups_1d(n))?;
     Ok(out)
 }
 

@@ -1,0 +1,7 @@
+//! Weight pruning: SAS-ADMM and the baselines (ADMM-NN, one-shot magnitude pruning), hard
+//! pruning to per-layer percentages, masked retraining, and the run's report.
+
+pub mod admm;
+pub mod pipeline;
+pub mod rate;
+pub mod report;

@@ -1,0 +1,165 @@
+//! Compression rates and per-layer pruning plans.
+//!
+//! Compression rate = prunable weights / non-zero prunable weights, counting conv + fc weights
+//! (ALGORITHM.md). A layer pruned at percentage p loses the weights below the p-th percentile
+//! of its |w| (NumPy's linearly interpolated percentile), i.e. exactly ceil(p·(n − 1)) weights
+//! for n distinct magnitudes.
+
+use crate::nn::{ParamStore, Role};
+use crate::{Error, Result};
+use std::path::Path;
+
+/// A target rate as the user wrote it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rate {
+    /// `6.6x` or `6.6`: total / kept.
+    Times(f64),
+    /// `85%`: the pruned percentage of every conv layer.
+    Percent(f64),
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::Times(r) => write!(f, "{r}x"),
+            Rate::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Parses `6.6x`, `6.6` or `85%`.
+pub fn parse_rate(text: &str) -> Result<Rate> {
+    let t = text.trim();
+    let bad = || Error::invalid(format!("--rate '{text}' is not a rate: write it as 6.6x, 6.6 or 85% (pruned share)"));
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(p > 0.0 && p < 100.0) {
+            return Err(Error::invalid(format!("--rate {text}: a pruned percentage must be above 0% and below 100%")));
+        }
+        return Ok(Rate::Percent(p));
+    }
+    let r: f64 = t.strip_suffix(['x', 'X']).unwrap_or(t).trim().parse().map_err(|_| bad())?;
+    if !(r > 1.0 && r.is_finite()) {
+        return Err(Error::invalid(format!("--rate {text}: a compression rate must be above 1x (1x prunes nothing)")));
+    }
+    Ok(Rate::Times(r))
+}
+
+/// One prunable layer: a conv or fc weight and its range in the parameter arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub len: usize,
+    /// An fc weight (2-D), kept dense unless per-layer rates say otherwise.
+    pub is_fc: bool,
+}
+
+/// The prunable layers of a model, in arena order.
+pub fn prunable_layers(store: &ParamStore) -> Vec<Layer> {
+    let mut layers: Vec<Layer> = store
+        .entries()
+        .iter()
+        .filter(|e| e.role == Role::PrunableWeight)
+        .map(|e| Layer { name: e.name.clone(), shape: e.shape.clone(), offset: e.offset, len: e.numel(), is_fc: e.shape.len() == 2 })
+        .collect();
+    layers.sort_by_key(|l| l.offset);
+    layers
+}
+
+/// Weights that percentage `p` (a fraction in [0, 1)) prunes from a layer of `n`.
+pub fn pruned_count(n: usize, p: f64) -> usize {
+    if n == 0 || p <= 0.0 {
+        return 0;
+    }
+    ((p * (n - 1) as f64 - 1e-9).ceil().max(0.0) as usize).min(n)
+}
+
+/// Per-layer pruned fractions and what they achieve.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub layers: Vec<Layer>,
+    /// Pruned fraction per layer.
+    pub fractions: Vec<f64>,
+    /// Weights pruned per layer.
+    pub pruned: Vec<usize>,
+}
+
+impl Plan {
+    pub fn new(layers: Vec<Layer>, fractions: Vec<f64>) -> Plan {
+        let pruned = layers.iter().zip(&fractions).map(|(l, &p)| pruned_count(l.len, p)).collect();
+        Plan { layers, fractions, pruned }
+    }
+    pub fn total(&self) -> usize {
+        self.layers.iter().map(|l| l.len).sum()
+    }
+    pub fn kept(&self) -> usize {
+        self.total() - self.pruned.iter().sum::<usize>()
+    }
+    pub fn rate(&self) -> f64 {
+        self.total() as f64 / self.kept().max(1) as f64
+    }
+}
+
+/// The plan for a uniform conv percentage (fc dense) reaching `rate`: for `Times(r)`, the
+/// smallest percentage whose exact counts reach at least r.
+pub fn plan_uniform(layers: Vec<Layer>, rate: Rate) -> Result<Plan> {
+    let with = |p: f64| Plan::new(layers.clone(), layers.iter().map(|l| if l.is_fc { 0.0 } else { p }).collect());
+    match rate {
+        Rate::Percent(p) => Ok(with(p / 100.0)),
+        Rate::Times(r) => {
+            let most = with(1.0 - 1e-12);
+            if most.rate() < r {
+                return Err(Error::invalid(format!(
+                    "--rate {r}x cannot be reached by pruning the conv layers alone (at most {:.2}x with the fc layer \
+                     dense); give a lower rate or per-layer rates with --layer-rates",
+                    most.rate()
+                )));
+            }
+            let (mut lo, mut hi) = (0.0f64, 1.0 - 1e-12);
+            for _ in 0..60 {
+                let mid = 0.5 * (lo + hi);
+                if with(mid).rate() >= r {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            Ok(with(hi))
+        }
+    }
+}
+
+/// A plan from a file of `layer-name percentage` lines (`#` comments; `85`, `85%` or `0.85`
+/// all mean 85%). Layers the file does not name stay dense.
+pub fn plan_from_file(layers: Vec<Layer>, path: &Path) -> Result<Plan> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut fractions = vec![0.0; layers.len()];
+    for (no, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let where_ = format!("{} line {}", path.display(), no + 1);
+        let mut parts = line.split(|c: char| c.is_whitespace() || c == ':' || c == ',').filter(|s| !s.is_empty());
+        let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::invalid(format!("{where_}: expected 'layer-name percentage', got '{line}'")));
+        };
+        let name = name.strip_suffix(".weight").unwrap_or(name);
+        let Some(i) = layers.iter().position(|l| l.name == format!("{name}.weight")) else {
+            let known: Vec<&str> = layers.iter().map(|l| l.name.trim_end_matches(".weight")).collect();
+            return Err(Error::invalid(format!("{where_}: unknown layer '{name}'; this model's prunable layers are {}", known.join(", "))));
+        };
+        let v: f64 = value
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| Error::invalid(format!("{where_}: '{value}' is not a percentage")))?;
+        let p = if value.ends_with('%') || v > 1.0 { v / 100.0 } else { v };
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid(format!("{where_}: a pruned share must be at least 0% and below 100%, got {value}")));
+        }
+        fractions[i] = p;
+    }
+    Ok(Plan::new(layers, fractions))
+}

@@ -1,0 +1,188 @@
+//! What a pruning run reports: the per-layer table, `report.json`, and an SVG plot of the
+//! ADMM phase's objective and residual against minibatch gradients.
+
+use super::admm::IterationMetrics;
+use crate::{Error, Result};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// One row of the per-layer table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerRow {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub weights: usize,
+    pub kept: usize,
+}
+
+impl LayerRow {
+    pub fn sparsity(&self) -> f64 {
+        100.0 * (1.0 - self.kept as f64 / self.weights.max(1) as f64)
+    }
+}
+
+/// Top-1 (%) at each phase boundary; `None` where a phase did not run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTop1 {
+    pub dense: Option<f64>,
+    pub after_admm: Option<f64>,
+    pub after_prune: Option<f64>,
+    pub retrain_best: Option<f64>,
+    pub retrain_final: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub model: String,
+    pub method: String,
+    pub adapter: String,
+    pub rate_target: String,
+    pub rate_achieved: f64,
+    pub conv_percentage: Option<f64>,
+    pub layers: Vec<LayerRow>,
+    pub top1: PhaseTop1,
+    /// (phase, seconds)
+    pub seconds: Vec<(String, f64)>,
+    /// Test images behind each top-1 figure.
+    pub eval_images: usize,
+    pub schedule: String,
+}
+
+impl Report {
+    pub fn total(&self) -> usize {
+        self.layers.iter().map(|l| l.weights).sum()
+    }
+    pub fn kept(&self) -> usize {
+        self.layers.iter().map(|l| l.kept).sum()
+    }
+
+    /// The per-layer table and the summary, as printed.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{:<24} {:>16} {:>10} {:>10} {:>9}", "layer", "shape", "weights", "kept", "sparsity");
+        for l in &self.layers {
+            let shape = l.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+            let _ = writeln!(s, "{:<24} {:>16} {:>10} {:>10} {:>8.2}%", l.name, shape, l.weights, l.kept, l.sparsity());
+        }
+        let _ = writeln!(s, "{:<24} {:>16} {:>10} {:>10} {:>8.2}%", "total", "", self.total(), self.kept(), 100.0 * (1.0 - self.kept() as f64 / self.total().max(1) as f64));
+        let _ = writeln!(s, "compression {:.2}x (target {}) | method {} | model {} | {}", self.rate_achieved, self.rate_target, self.method, self.model, self.adapter);
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}%"));
+        let t = &self.top1;
+        let _ = writeln!(
+            s,
+            "top-1 ({} test images): dense {} | after ADMM {} | after hard prune {} | retrained best {} final {}",
+            self.eval_images,
+            f(t.dense),
+            f(t.after_admm),
+            f(t.after_prune),
+            f(t.retrain_best),
+            f(t.retrain_final)
+        );
+        let times: Vec<String> = self.seconds.iter().map(|(p, x)| format!("{p} {x:.1} s")).collect();
+        let _ = writeln!(s, "time: {}", times.join(" | "));
+        s
+    }
+
+    /// `report.json`: everything above, for scripts and tests.
+    pub fn json(&self) -> String {
+        let num = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.4}"));
+        let esc = |t: &str| t.replace('\\', "\\\\").replace('"', "\\\"");
+        let layers: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| {
+                format!(
+                    "{{\"name\":\"{}\",\"shape\":[{}],\"weights\":{},\"kept\":{},\"sparsity\":{:.4}}}",
+                    esc(&l.name),
+                    l.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
+                    l.weights,
+                    l.kept,
+                    l.sparsity()
+                )
+            })
+            .collect();
+        let t = &self.top1;
+        let secs: Vec<String> = self.seconds.iter().map(|(p, x)| format!("\"{}\":{x:.3}", esc(p))).collect();
+        format!(
+            "{{\"model\":\"{}\",\"method\":\"{}\",\"adapter\":\"{}\",\"schedule\":\"{}\",\"rate_target\":\"{}\",\"rate_achieved\":{:.4},\
+             \"conv_percentage\":{},\"weights\":{},\"kept\":{},\"eval_images\":{},\
+             \"top1\":{{\"dense\":{},\"after_admm\":{},\"after_prune\":{},\"retrain_best\":{},\"retrain_final\":{}}},\
+             \"seconds\":{{{}}},\"layers\":[{}]}}\n",
+            esc(&self.model),
+            esc(&self.method),
+            esc(&self.adapter),
+            esc(&self.schedule),
+            esc(&self.rate_target),
+            self.rate_achieved,
+            num(self.conv_percentage),
+            self.total(),
+            self.kept(),
+            self.eval_images,
+            num(t.dense),
+            num(t.after_admm),
+            num(t.after_prune),
+            num(t.retrain_best),
+            num(t.retrain_final),
+            secs.join(","),
+            layers.join(",")
+        )
+    }
+}
+
+/// Reads the per-iteration metrics CSV an ADMM phase wrote.
+pub fn read_metrics(path: &Path) -> Result<Vec<IterationMetrics>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text.lines().skip(1).filter_map(IterationMetrics::from_csv).collect())
+}
+
+/// An SVG with two panels against minibatch gradients: the objective (linear) and the primal
+/// residual ‖W − Z‖² (log scale), one polyline per named series.
+pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
+    const W: f64 = 440.0;
+    const H: f64 = 300.0;
+    const M: f64 = 55.0;
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        2.0 * W,
+        H + 30.0
+    );
+    let panels: [(&str, fn(&IterationMetrics) -> f64, bool); 2] =
+        [("objective (CE + λ‖W‖₁)", |m| m.objective, false), ("residual ‖W − Z‖² (log)", |m| m.res2, true)];
+    let max_g = series.iter().flat_map(|(_, s)| s.iter().map(|m| m.gradients)).max().unwrap_or(1).max(1) as f64;
+    for (pi, (title, value, log)) in panels.iter().enumerate() {
+        let x0 = pi as f64 * W;
+        let tf = |v: f64| if *log { v.max(1e-30).log10() } else { v };
+        let vals: Vec<f64> = series.iter().flat_map(|(_, s)| s.iter().map(|m| tf(value(m)))).filter(|v| v.is_finite()).collect();
+        let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0), lo.max(0.0) + 1.0) };
+        let px = |g: f64| x0 + M + (W - 1.5 * M) * g / max_g;
+        let py = |v: f64| H - M + 20.0 - (H - 1.5 * M) * (v - lo) / (hi - lo);
+        let _ = writeln!(svg, "<text x=\"{}\" y=\"18\" text-anchor=\"middle\">{title}</text>", x0 + W / 2.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/><line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{3}\" stroke=\"black\"/>",
+            px(0.0),
+            py(lo),
+            px(max_g),
+            py(hi)
+        );
+        for i in 0..=4 {
+            let v = lo + (hi - lo) * i as f64 / 4.0;
+            let label = if *log { format!("1e{v:.1}") } else { format!("{v:.3}") };
+            let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>", px(0.0) - 4.0, py(v) + 4.0);
+            let g = max_g * i as f64 / 4.0;
+            let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{g:.0}</text>", px(g), py(lo) + 16.0);
+        }
+        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">minibatch gradients</text>", x0 + W / 2.0, H + 22.0);
+        for (si, (name, s)) in series.iter().enumerate() {
+            let pts: Vec<String> = s.iter().filter(|m| tf(value(m)).is_finite()).map(|m| format!("{:.1},{:.1}", px(m.gradients as f64), py(tf(value(m))))).collect();
+            let color = colors[si % colors.len()];
+            let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", pts.join(" "));
+            let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>", x0 + W - 150.0, 40.0 + 16.0 * si as f64);
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
