@@ -1,0 +1,161 @@
+//! The pruning pipeline end to end on a tiny budget (ResNet-20, a CIFAR-10 subset): the achieved
+//! rate, exact zeros after masked retraining, the report files, and exact resumption of the
+//! SAS-ADMM phase. Needs CIFAR-10 in data/ (CI builds it from ../shared); skips without it.
+
+use sasprune::checkpoint::{self, Checkpoint, Normalize};
+use sasprune::data::cifar::Cifar10;
+use sasprune::data::{BatchSpec, CIFAR_MEAN, CIFAR_STD};
+use sasprune::models::Model;
+use sasprune::prune::admm::{self, AdmmNnConfig, AdmmState, SasConfig};
+use sasprune::prune::pipeline::{self, Method, PipelineConfig};
+use sasprune::prune::rate::Rate;
+use sasprune::train::{LrSchedule, TrainConfig};
+use std::path::PathBuf;
+
+fn data() -> Option<Cifar10> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    if !dir.join("cifar-10-batches-bin/test_batch.bin").exists() {
+        eprintln!("skipping: no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+        return None;
+    }
+    Some(Cifar10::open(&dir).unwrap())
+}
+
+fn pretrained() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/pretrained/resnet20.safetensors");
+    p.exists().then_some(p)
+}
+
+fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
+    let out = std::env::temp_dir().join(format!("sasprune-pipeline-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let sas = SasConfig { inner: 2, outer: 2, k0: 1, k_avg: 1, batch: 16, ..SasConfig::paper() };
+    let small = TrainConfig {
+        epochs: 1,
+        batch: 32,
+        lr: 0.01,
+        schedule: LrSchedule::Cosine,
+        eval_batch: 100,
+        show_progress: false,
+        ..TrainConfig::cifar_default()
+    };
+    PipelineConfig {
+        model: "resnet20".into(),
+        rate,
+        layer_rates: None,
+        method,
+        schedule: "tiny (test)".into(),
+        admm: AdmmNnConfig { iterations: 2, steps: 2, ..AdmmNnConfig::matching(&sas) },
+        sas,
+        retrain: small.clone(),
+        dense: small,
+        weights: pretrained(),
+        out,
+        seed: 0,
+        subset: Some(64),
+        eval_limit: Some(100),
+        show_progress: false,
+    }
+}
+
+/// Runs the pipeline and checks what every method must deliver.
+fn run_and_check(cfg: &PipelineConfig, cifar: &Cifar10, rates: (f64, f64)) -> serde_json::Value {
+    let report = pipeline::run(cfg, &cifar.train, &cifar.test).unwrap();
+    assert!(report.rate_achieved >= rates.0 && report.rate_achieved < rates.1, "rate {}", report.rate_achieved);
+    let dir = &cfg.out;
+    for f in ["report.json", "report.txt", "pruned.safetensors", "masks.safetensors", "run_state.txt"] {
+        assert!(dir.join(f).exists(), "{f} is missing");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["model"], "resnet20");
+    assert_eq!(json["method"], cfg.method.name());
+    assert!((json["rate_achieved"].as_f64().unwrap() - report.rate_achieved).abs() < 1e-3);
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 20, "19 conv layers and the fc layer");
+    for phase in ["dense", "after_prune", "retrain_best", "retrain_final"] {
+        let t = json["top1"][phase].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=100.0).contains(&t), "top1.{phase} = {t}");
+    }
+    // every pruned weight is exactly 0 after retraining, and the kept counts are what the report says
+    let weights = Checkpoint::load(&dir.join("pruned.safetensors")).unwrap().tensors;
+    let masks = Checkpoint::load(&dir.join("masks.safetensors")).unwrap().tensors;
+    let mut kept_total = 0;
+    for layer in layers {
+        let name = layer["name"].as_str().unwrap();
+        let (_, w) = &weights[name];
+        let (_, m) = &masks[&format!("{name}_mask")];
+        assert!(w.iter().zip(m).all(|(&w, &m)| m != 0.0 || w == 0.0), "{name}: a pruned weight is not exactly 0");
+        let kept = w.iter().filter(|&&v| v != 0.0).count();
+        assert_eq!(kept as u64, layer["kept"].as_u64().unwrap(), "{name}");
+        assert!(kept <= m.iter().filter(|&&v| v != 0.0).count());
+        kept_total += kept;
+    }
+    assert_eq!(kept_total as u64, json["kept"].as_u64().unwrap());
+    json
+}
+
+#[test]
+fn sas_admm_pipeline_reaches_the_rate_with_exact_zeros_and_reports() {
+    let Some(cifar) = data() else { return };
+    let cfg = tiny_config(Method::SasAdmm, Rate::Times(3.0), "sas");
+    let json = run_and_check(&cfg, &cifar, (3.0, 3.01));
+    assert!(json["top1"]["after_admm"].as_f64().is_some());
+    let metrics = std::fs::read_to_string(cfg.out.join("admm_metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "a header and one line per outer iteration");
+    // k=1: ceil(2 * 1^1.1) = 2 gradients, k=2: ceil(2 * 2^1.1) = 5
+    assert!(metrics.lines().nth(2).unwrap().starts_with("2,7,"), "{metrics}");
+    let svg = std::fs::read_to_string(cfg.out.join("convergence.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    std::fs::remove_dir_all(&cfg.out).ok();
+}
+
+#[test]
+fn admm_nn_and_magnitude_baselines_run_the_same_pipeline() {
+    let Some(cifar) = data() else { return };
+    // 70% of every conv layer with the fc layer dense: 268,336 / (0.3 · 267,696 + 640) ≈ 3.31x
+    let cfg = tiny_config(Method::Admm, Rate::Percent(70.0), "admm");
+    let json = run_and_check(&cfg, &cifar, (3.30, 3.32));
+    assert!(json["top1"]["after_admm"].as_f64().is_some());
+    std::fs::remove_dir_all(&cfg.out).ok();
+    let cfg = tiny_config(Method::Magnitude, Rate::Times(2.5), "mag");
+    let json = run_and_check(&cfg, &cifar, (2.5, 2.51));
+    assert!(json["top1"]["after_admm"].is_null(), "magnitude pruning has no ADMM phase");
+    std::fs::remove_dir_all(&cfg.out).ok();
+}
+
+#[test]
+fn a_resumed_sas_admm_phase_continues_exactly() {
+    let Some(cifar) = data() else { return };
+    let norm = Normalize { mean: CIFAR_MEAN, std: CIFAR_STD };
+    let spec = BatchSpec::cifar_train(norm.mean, norm.std);
+    let sas = SasConfig { inner: 2, outer: 2, k0: 1, k_avg: 1, batch: 8, ..SasConfig::paper() };
+    let data = sasprune::data::First { inner: &cifar.train, n: 64 };
+    let hidden = indicatif::ProgressBar::hidden();
+    let dir = |tag: &str| {
+        let d = std::env::temp_dir().join(format!("sasprune-resume-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    // straight through two outer iterations
+    let (d1, d2) = (dir("straight"), dir("split"));
+    let mut m = Model::build("resnet20", 10, 5).unwrap();
+    let mut s = AdmmState::start(&m).unwrap();
+    admm::run_sas_admm(&mut m, &data, &spec, norm, &sas, 0, &mut s, &d1, &hidden, |_| Ok(())).unwrap();
+    let straight = (s.w.to_vec().unwrap(), s.z.to_vec().unwrap(), s.u.to_vec().unwrap(), s.gradients);
+    // one iteration, then a fresh process-like restart from the saved state
+    let mut m = Model::build("resnet20", 10, 5).unwrap();
+    let mut s = AdmmState::start(&m).unwrap();
+    let one = SasConfig { outer: 1, ..sas.clone() };
+    admm::run_sas_admm(&mut m, &data, &spec, norm, &one, 0, &mut s, &d2, &hidden, |_| Ok(())).unwrap();
+    let mut m = Model::build("resnet20", 10, 99).unwrap();
+    let mut s = AdmmState::load(&mut m, &d2, "sas-admm").unwrap().expect("state was saved");
+    assert_eq!((s.k, s.gradients), (1, 2));
+    admm::run_sas_admm(&mut m, &data, &spec, norm, &sas, 0, &mut s, &d2, &hidden, |_| Ok(())).unwrap();
+    assert_eq!(s.gradients, straight.3);
+    assert_eq!(s.w.to_vec().unwrap(), straight.0, "W after resuming differs");
+    assert_eq!(s.z.to_vec().unwrap(), straight.1, "Z after resuming differs");
+    assert_eq!(s.u.to_vec().unwrap(), straight.2, "U after resuming differs");
+    let _ = checkpoint::Checkpoint::load(&d2.join("admm_state.safetensors")).unwrap();
+    std::fs::remove_dir_all(d1).ok();
+    std::fs::remove_dir_all(d2).ok();
+}

@@ -1,0 +1,105 @@
+//! Rates, per-layer plans and the SAS-ADMM schedule, with exact expected counts.
+
+use sasprune::models::Model;
+use sasprune::prune::admm::SasConfig;
+use sasprune::prune::rate::{self, parse_rate, pruned_count, Rate};
+use std::path::PathBuf;
+
+#[test]
+fn rates_parse_in_every_accepted_form() {
+    assert_eq!(parse_rate("6.6x").unwrap(), Rate::Times(6.6));
+    assert_eq!(parse_rate("6.6").unwrap(), Rate::Times(6.6));
+    assert_eq!(parse_rate(" 9.93X ").unwrap(), Rate::Times(9.93));
+    assert_eq!(parse_rate("85%").unwrap(), Rate::Percent(85.0));
+    for bad in ["1x", "0.5", "100%", "0%", "-3x", "fast", "x", "85%%", "inf"] {
+        let err = parse_rate(bad).unwrap_err().to_string();
+        assert!(err.contains("--rate"), "'{bad}': {err}");
+    }
+}
+
+#[test]
+fn pruned_counts_follow_the_numpy_percentile() {
+    // ceil(p * (n - 1)) weights lie strictly below the linearly interpolated percentile
+    assert_eq!(pruned_count(432, 0.85), 367);
+    assert_eq!(pruned_count(2304, 0.85), 1958);
+    assert_eq!(pruned_count(4608, 0.85), 3916);
+    assert_eq!(pruned_count(9216, 0.85), 7833);
+    assert_eq!(pruned_count(18432, 0.85), 15667);
+    assert_eq!(pruned_count(36864, 0.85), 31334);
+    assert_eq!(pruned_count(101, 0.5), 50);
+    assert_eq!(pruned_count(10, 0.0), 0);
+    assert_eq!(pruned_count(1, 0.9), 0);
+}
+
+#[test]
+fn resnet32_at_85_percent_is_6_61x_and_6_6x_needs_84_97_percent() {
+    let m = Model::build("resnet32", 10, 0).unwrap();
+    let layers = rate::prunable_layers(&m.store);
+    assert_eq!(layers.len(), 32);
+    assert_eq!(layers.iter().map(|l| l.len).sum::<usize>(), 461_872);
+    let plan = rate::plan_uniform(layers.clone(), Rate::Percent(85.0)).unwrap();
+    assert_eq!(plan.kept(), 69_839, "kept weights at 85% (the paper's 69,825 uses fractional counts)");
+    assert_eq!(format!("{:.2}", plan.rate()), "6.61");
+    assert_eq!(plan.pruned.last(), Some(&0), "the fc layer stays dense");
+    let plan = rate::plan_uniform(layers.clone(), Rate::Times(6.6)).unwrap();
+    let p = 100.0 * plan.fractions[0];
+    assert!((p - 84.97).abs() < 0.005, "6.6x needs {p:.4}% of every conv layer");
+    assert!(plan.rate() >= 6.6 && plan.rate() < 6.61, "{}", plan.rate());
+    let err = rate::plan_uniform(layers, Rate::Times(1000.0)).unwrap_err().to_string();
+    assert!(err.contains("cannot be reached"), "{err}");
+}
+
+#[test]
+fn resnet56_at_90_percent_is_9_93x() {
+    let m = Model::build("resnet56", 10, 0).unwrap();
+    let plan = rate::plan_uniform(rate::prunable_layers(&m.store), Rate::Percent(90.0)).unwrap();
+    assert_eq!(format!("{:.2}", plan.rate()), "9.93");
+}
+
+#[test]
+fn layer_rate_files_give_per_layer_plans_and_name_bad_lines() {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/alexnet_admm_nn_rates.txt");
+    let m = Model::build("alexnet", 1000, 0).unwrap();
+    let plan = rate::plan_from_file(rate::prunable_layers(&m.store), &file).unwrap();
+    assert_eq!(plan.pruned[0], pruned_count(64 * 3 * 121, 0.19));
+    assert_eq!(plan.pruned[5], pruned_count(4096 * 9216, 0.972));
+    assert!((plan.rate() - 21.0).abs() < 1.0, "ADMM-NN's AlexNet ratios give about 21x, got {:.2}", plan.rate());
+
+    let dir = std::env::temp_dir().join(format!("sasprune-rates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let r20 = Model::build("resnet20", 10, 0).unwrap();
+    let cases = [
+        ("conv1 50\nlayer9.0.conv1 80\n", "unknown layer 'layer9.0.conv1'"),
+        ("conv1 fifty\n", "'fifty' is not a percentage"),
+        ("conv1 100%\n", "below 100%"),
+        ("conv1\n", "expected 'layer-name percentage'"),
+    ];
+    for (text, expected) in cases {
+        let path = dir.join("rates.txt");
+        std::fs::write(&path, text).unwrap();
+        let err = rate::plan_from_file(rate::prunable_layers(&r20.store), &path).unwrap_err().to_string();
+        assert!(err.contains(expected) && err.contains("rates.txt line"), "expected '{expected}' in: {err}");
+    }
+    let path = dir.join("ok.txt");
+    std::fs::write(&path, "# comment\nconv1.weight: 0.5\nlinear 20%\n").unwrap();
+    let plan = rate::plan_from_file(rate::prunable_layers(&r20.store), &path).unwrap();
+    assert_eq!(plan.pruned[0], pruned_count(432, 0.5));
+    assert_eq!(*plan.pruned.last().unwrap(), pruned_count(640, 0.2));
+    assert_eq!(plan.pruned[1..plan.pruned.len() - 1].iter().sum::<usize>(), 0, "unnamed layers stay dense");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn sas_admm_paper_schedule_costs_21107_minibatch_gradients() {
+    let cfg = SasConfig::paper();
+    assert_eq!(cfg.total_gradients(), 21_107);
+    assert_eq!(cfg.inner_schedule(1), (50, 1.0 / 25.0));
+    let (m50, eta50) = cfg.inner_schedule(50);
+    assert_eq!(m50, 50);
+    assert!((eta50 - 1.0 / 25.0).abs() < 1e-12, "η is continuous at k0");
+    let (m190, eta190) = cfg.inner_schedule(190);
+    assert_eq!(m190, (50.0 * (190.0f64 / 50.0).powf(1.1)).ceil() as usize);
+    assert!((eta190 - 50.0 * 51.0 / (25.0 * (m190 * (m190 + 1)) as f64)).abs() < 1e-15);
+    let epochs = cfg.total_gradients() as f64 * 256.0 / 50_000.0;
+    assert!((epochs - 108.0).abs() < 1.0, "about 108 epochs of CIFAR-10, got {epochs:.1}");
+}
