@@ -263,7 +263,10 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         ));
     };
     if !sasprune::models::MODEL_NAMES.contains(&model.as_str()) {
-        return Err(Error::invalid(format!("unknown model '{model}': choose one of {}", sasprune::models::MODEL_NAMES.join(", "))));
+        return Err(Error::invalid(format!(
+            "unknown model '{model}': choose one of {}",
+            sasprune::models::MODEL_NAMES.join(", ")
+        )));
     }
     if model == "alexnet" {
         return Err(Error::invalid(
@@ -273,13 +276,16 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     let rate = match (&a.rate, &a.layer_rates) {
         (Some(r), _) => prune::rate::parse_rate(r)?,
         (None, Some(_)) => prune::rate::Rate::Percent(50.0), // unused: the file decides
-        (None, None) => return Err(Error::invalid("give a target with --rate (e.g. 6.6x or 85%) or --layer-rates FILE")),
+        (None, None) => {
+            return Err(Error::invalid("give a target with --rate (e.g. 6.6x or 85%) or --layer-rates FILE"))
+        }
     };
     let method = Method::parse(&a.method)?;
     let (mut sas, mut retrain, dense) = match a.schedule.as_str() {
         "paper" => (SasConfig::paper(), TrainConfig::cifar_default(), TrainConfig::cifar_default()),
         "quick" => {
-            let retrain = TrainConfig { epochs: 15, lr: 0.05, schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
+            let retrain =
+                TrainConfig { epochs: 15, lr: 0.05, schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
             let dense = TrainConfig { epochs: 30, schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
             (SasConfig::quick(), retrain, dense)
         }

@@ -888,7 +888,16 @@ pub fn sas_h(w: &[f64], z: &[f64], u: &[f64], rho: f64, beta: f64) -> Vec<f64> {
 
 /// One SAS-ADMM inner step: returns (W̆', W', Ŵ for the next step with `b_next`).
 #[allow(clippy::too_many_arguments)]
-pub fn sas_inner(d: &[f64], h: &[f64], w_breve: &[f64], w: &[f64], gamma: f64, rho: f64, b: f64, b_next: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn sas_inner(
+    d: &[f64],
+    h: &[f64],
+    w_breve: &[f64],
+    w: &[f64],
+    gamma: f64,
+    rho: f64,
+    b: f64,
+    b_next: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let wb: Vec<f64> = (0..w.len()).map(|i| (gamma * w_breve[i] + h[i] - d[i]) / (gamma + rho)).collect();
     let wn: Vec<f64> = (0..w.len()).map(|i| b * wb[i] + (1.0 - b) * w[i]).collect();
     let hat = (0..w.len()).map(|i| b_next * wb[i] + (1.0 - b_next) * wn[i]).collect();
@@ -897,7 +906,15 @@ pub fn sas_inner(d: &[f64], h: &[f64], w_breve: &[f64], w: &[f64], gamma: f64, r
 
 /// SAS-ADMM steps 4–6: returns (Z', U', Z' − Z, W − Z').
 #[allow(clippy::type_complexity)]
-pub fn sas_dual(w: &[f64], z: &[f64], u: &[f64], beta: f64, lambda: f64, r: f64, s: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn sas_dual(
+    w: &[f64],
+    z: &[f64],
+    u: &[f64],
+    beta: f64,
+    lambda: f64,
+    r: f64,
+    s: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut out = (vec![0.0; w.len()], vec![0.0; w.len()], vec![0.0; w.len()], vec![0.0; w.len()]);
     for i in 0..w.len() {
         let u_half = u[i] - r * beta * (w[i] - z[i]);

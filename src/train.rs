@@ -112,6 +112,20 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
     })
 }
 
+/// How training batches are made: CIFAR's pad-4 random crop + flip when the stored images have
+/// the model's input size; a random crop of that size + flip from larger stored images (packed
+/// ImageNet, 224 from 256); no augmentation when `deterministic`.
+pub fn train_spec(model: &Model, ds: &dyn Dataset, norm: Normalize, deterministic: bool) -> BatchSpec {
+    let (_, h, w) = model.input;
+    let (_, sh, sw) = ds.image_size();
+    let spec = BatchSpec::cifar_train(norm.mean, norm.std);
+    match (deterministic, sh == h && sw == w) {
+        (true, _) => BatchSpec::eval(h, w, norm.mean, norm.std),
+        (false, true) => BatchSpec { out_h: h, out_w: w, ..spec },
+        (false, false) => BatchSpec { out_h: h, out_w: w, pad: 0, ..spec },
+    }
+}
+
 /// Learning-rate schedule over epochs (multistep) or steps (cosine).
 #[derive(Clone, Debug, PartialEq)]
 pub enum LrSchedule {
@@ -305,12 +319,7 @@ pub fn train(
     let steps_per_epoch = n.div_ceil(cfg.batch);
     let total_steps = steps_per_epoch * cfg.epochs;
     let (_, h, w) = model.input;
-    let spec = if cfg.deterministic {
-        BatchSpec::eval(h, w, norm.mean, norm.std)
-    } else {
-        BatchSpec::cifar_train(norm.mean, norm.std)
-    };
-    let spec = BatchSpec { out_h: h, out_w: w, ..spec };
+    let spec = train_spec(model, train, norm, cfg.deterministic);
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     let mut step = start.step;
     let started = Instant::now();
@@ -370,7 +379,11 @@ pub fn train(
             if cfg.announce_eta_after == Some(step - start.step) {
                 let per_step = started.elapsed().as_secs_f64() / (step - start.step) as f64;
                 let hours = per_step * (stop_at - step) as f64 / 3600.0;
-                bar.println(format!("at {:.2} s per step the remaining {} steps take about {hours:.1} h", per_step, stop_at - step));
+                bar.println(format!(
+                    "at {:.2} s per step the remaining {} steps take about {hours:.1} h",
+                    per_step,
+                    stop_at - step
+                ));
             }
             if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
                 save_state(model, dir, norm, Progress { step }, cfg)?;
@@ -432,5 +445,10 @@ pub fn read_best(dir: &Path) -> Result<Option<f64>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    Ok(text.lines().skip(1).filter_map(|l| l.split(',').nth(4)?.parse::<f64>().ok()).filter(|v| v.is_finite()).fold(None, |b, v| Some(b.map_or(v, |b: f64| b.max(v)))))
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(4)?.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .fold(None, |b, v| Some(b.map_or(v, |b: f64| b.max(v)))))
 }

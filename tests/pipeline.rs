@@ -66,7 +66,8 @@ fn run_and_check(cfg: &PipelineConfig, cifar: &Cifar10, rates: (f64, f64)) -> se
     for f in ["report.json", "report.txt", "pruned.safetensors", "masks.safetensors", "run_state.txt"] {
         assert!(dir.join(f).exists(), "{f} is missing");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["model"], "resnet20");
     assert_eq!(json["method"], cfg.method.name());
     assert!((json["rate_achieved"].as_f64().unwrap() - report.rate_achieved).abs() < 1e-3);

@@ -11,7 +11,8 @@ fn sas_h_inner_step_and_mix_match_reference() {
     let n = 70_001;
     let v = |rng: &mut Rng| f32_exact(&rng.vec(n));
     let (w, z, u, wb, d) = (v(&mut rng), v(&mut rng), v(&mut rng), v(&mut rng), v(&mut rng));
-    let (wt, zt, ut, wbt, dt) = (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]), tensor(&wb, &[n]), tensor(&d, &[n]));
+    let (wt, zt, ut, wbt, dt) =
+        (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]), tensor(&wb, &[n]), tensor(&d, &[n]));
     let ht = tensor(&vec![0.0; n], &[n]);
     admm::sas_h(&wt, &zt, &ut, &ht, 0.04, 0.05).unwrap();
     let h = cpu::sas_h(&w, &z, &u, 0.04, 0.05);
@@ -63,7 +64,8 @@ fn admm_nn_gradient_and_dual_match_reference() {
     let v = |rng: &mut Rng| f32_exact(&rng.vec(n));
     let (w, z, u, g) = (v(&mut rng), v(&mut rng), v(&mut rng), v(&mut rng));
     let mask: Vec<f64> = (0..n).map(|i| (i % 3 != 0) as u8 as f64).collect();
-    let (wt, zt, ut, gt, mt) = (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]), tensor(&g, &[n]), tensor(&mask, &[n]));
+    let (wt, zt, ut, gt, mt) =
+        (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]), tensor(&g, &[n]), tensor(&mask, &[n]));
     admm::admm_grad(&wt, &zt, &ut, &gt, 1.5e-3).unwrap();
     let expected: Vec<f64> = (0..n).map(|i| g[i] + 1.5e-3 * (w[i] - z[i] + u[i])).collect();
     assert_close("admm_grad", &values(&gt), &expected, ELEMENTWISE);
@@ -91,8 +93,16 @@ fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
     for i in (20_000..20_100).step_by(2) {
         x[i] = 0.5;
     }
-    let layers = [(0, 432, 367), (512, 2304, 1958), (3000, 9216, 7833), (12_288, 36_864, 31_334), (49_200, 7, 0), (49_300, 640, 640)];
-    let sel: Vec<select::LayerSelect> = layers.iter().map(|&(offset, len, k)| select::LayerSelect { offset, len, k }).collect();
+    let layers = [
+        (0, 432, 367),
+        (512, 2304, 1958),
+        (3000, 9216, 7833),
+        (12_288, 36_864, 31_334),
+        (49_200, 7, 0),
+        (49_300, 640, 640),
+    ];
+    let sel: Vec<select::LayerSelect> =
+        layers.iter().map(|&(offset, len, k)| select::LayerSelect { offset, len, k }).collect();
     let mask = tensor(&vec![1.0; n], &[n]);
     select::magnitude_mask(&tensor(&x, &[n]), &sel, &mask).unwrap();
     let m = values(&mask);

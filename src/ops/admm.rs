@@ -43,7 +43,17 @@ pub fn sas_h(w: &Tensor, z: &Tensor, u: &Tensor, h: &Tensor, rho: f32, beta: f32
 /// One accelerated inner step given `d = ∇f(Ŵ)`: updates W̆ and W, and writes the next
 /// step's Ŵ (with `b_next`) into `w_hat`.
 #[allow(clippy::too_many_arguments)]
-pub fn sas_inner(d: &Tensor, h: &Tensor, w_breve: &Tensor, w: &Tensor, w_hat: &Tensor, gamma: f32, rho: f32, b: f32, b_next: f32) -> Result<()> {
+pub fn sas_inner(
+    d: &Tensor,
+    h: &Tensor,
+    w_breve: &Tensor,
+    w: &Tensor,
+    w_hat: &Tensor,
+    gamma: f32,
+    rho: f32,
+    b: f32,
+    b_next: f32,
+) -> Result<()> {
     run(&SAS_INNER, params(w.numel(), gamma, rho, b, b_next), &[d, h, w_breve, w, w_hat])
 }
 
@@ -55,7 +65,17 @@ pub fn mix(x: &Tensor, y: &Tensor, out: &Tensor, a: f32) -> Result<()> {
 /// SAS-ADMM's two dual updates around the soft-threshold Z-step, fused; writes
 /// `dz = Z_new − Z_old` and `res = W − Z_new`.
 #[allow(clippy::too_many_arguments)]
-pub fn sas_dual(w: &Tensor, z: &Tensor, u: &Tensor, dz: &Tensor, res: &Tensor, beta: f32, lambda: f32, r: f32, s: f32) -> Result<()> {
+pub fn sas_dual(
+    w: &Tensor,
+    z: &Tensor,
+    u: &Tensor,
+    dz: &Tensor,
+    res: &Tensor,
+    beta: f32,
+    lambda: f32,
+    r: f32,
+    s: f32,
+) -> Result<()> {
     run(&SAS_DUAL, params(w.numel(), beta, lambda, r, s), &[w, z, u, dz, res])
 }
 

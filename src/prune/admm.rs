@@ -38,7 +38,20 @@ pub struct SasConfig {
 
 impl SasConfig {
     pub fn paper() -> SasConfig {
-        SasConfig { beta: 0.04, rho: 0.04, lambda: 1e-4, inner: 50, outer: 190, k_avg: 170, k0: 50, v: 25.0, q: 1.1, r: 0.9, s: 1.09, batch: 256 }
+        SasConfig {
+            beta: 0.04,
+            rho: 0.04,
+            lambda: 1e-4,
+            inner: 50,
+            outer: 190,
+            k_avg: 170,
+            k0: 50,
+            v: 25.0,
+            q: 1.1,
+            r: 0.9,
+            s: 1.09,
+            batch: 256,
+        }
     }
 
     /// The same algorithm scaled down about 80x (our choice): K = 20, M = 10, k0 = 10, K_avg = 16.
@@ -93,7 +106,13 @@ impl AdmmNnConfig {
     /// gradients in all as SAS-ADMM spends (our choices for CIFAR).
     pub fn matching(sas: &SasConfig) -> AdmmNnConfig {
         let iterations = 40.min(sas.outer);
-        AdmmNnConfig { rho: 1.5e-3, lr: 0.01, iterations, steps: sas.total_gradients().div_ceil(iterations), batch: sas.batch }
+        AdmmNnConfig {
+            rho: 1.5e-3,
+            lr: 0.01,
+            iterations,
+            steps: sas.total_gradients().div_ceil(iterations),
+            batch: sas.batch,
+        }
     }
 }
 
@@ -191,7 +210,9 @@ impl AdmmState {
     pub fn save(&self, model: &Model, dir: &Path, norm: Normalize, method: &str) -> Result<()> {
         checkpoint::save_model(model, &dir.join("admm_model.safetensors"), norm, &[])?;
         let mut dict = crate::nn::StateDict::new();
-        for (name, t) in [("W", &self.w), ("Z", &self.z), ("U", &self.u), ("W_breve", &self.w_breve), ("W_avg", &self.w_avg)] {
+        for (name, t) in
+            [("W", &self.w), ("Z", &self.z), ("U", &self.u), ("W_breve", &self.w_breve), ("W_avg", &self.w_avg)]
+        {
             dict.insert(name.to_string(), (t.shape().to_vec(), t.to_vec()?));
         }
         let meta = HashMap::from([
@@ -221,7 +242,8 @@ impl AdmmState {
                 _ => Err(Error::invalid(format!("{}: '{name}' is missing or not of length {p}", path.display()))),
             }
         };
-        let parse = |k: &str| meta(k).parse::<usize>().map_err(|_| Error::invalid(format!("{}: bad '{k}'", path.display())));
+        let parse =
+            |k: &str| meta(k).parse::<usize>().map_err(|_| Error::invalid(format!("{}: bad '{k}'", path.display())));
         Ok(Some(AdmmState {
             w: get("W")?,
             z: get("Z")?,
@@ -237,7 +259,15 @@ impl AdmmState {
 /// Draws a minibatch of `batch` indices with replacement (from gradient number `g`), runs
 /// forward and backward in training mode, and returns the loss (on the device). The gradient
 /// lands in the gradient arena.
-fn minibatch_gradient(model: &mut Model, data: &dyn Dataset, spec: &BatchSpec, batch: usize, seed: u64, g: usize, buf: &mut (Vec<f32>, Vec<f32>)) -> Result<Tensor> {
+fn minibatch_gradient(
+    model: &mut Model,
+    data: &dyn Dataset,
+    spec: &BatchSpec,
+    batch: usize,
+    seed: u64,
+    g: usize,
+    buf: &mut (Vec<f32>, Vec<f32>),
+) -> Result<Tensor> {
     let mut rng = rng_for(seed, 3, g as u64);
     let idx: Vec<usize> = (0..batch).map(|_| rng.random_range(0..data.len())).collect();
     fill_batch(data, &idx, spec, &mut rng, &mut buf.0, &mut buf.1);
@@ -282,7 +312,12 @@ struct Scratch {
 
 impl Scratch {
     fn new(len: usize) -> Result<Scratch> {
-        Ok(Scratch { w_prev: Tensor::zeros(&[len])?, dz: Tensor::zeros(&[len])?, res: Tensor::zeros(&[len])?, tmp: Tensor::zeros(&[len])? })
+        Ok(Scratch {
+            w_prev: Tensor::zeros(&[len])?,
+            dz: Tensor::zeros(&[len])?,
+            res: Tensor::zeros(&[len])?,
+            tmp: Tensor::zeros(&[len])?,
+        })
     }
 }
 
@@ -337,9 +372,24 @@ pub fn run_sas_admm(
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
         state.k = k;
         let l1 = reduce::sum_abs(&state.w_avg)?;
-        let v = read_scalars(&[&ce_sum, &l1, &reduce::sum_squares(&s.w_prev)?, &reduce::sum_squares(&s.dz)?, &reduce::sum_squares(&s.res)?])?;
+        let v = read_scalars(&[
+            &ce_sum,
+            &l1,
+            &reduce::sum_squares(&s.w_prev)?,
+            &reduce::sum_squares(&s.dz)?,
+            &reduce::sum_squares(&s.res)?,
+        ])?;
         let ce = v[0] / mk as f64;
-        let m = IterationMetrics { k, gradients: state.gradients, ce, objective: ce + cfg.lambda as f64 * v[1], dw2: v[2], dz2: v[3], res2: v[4], seconds: started.elapsed().as_secs_f64() };
+        let m = IterationMetrics {
+            k,
+            gradients: state.gradients,
+            ce,
+            objective: ce + cfg.lambda as f64 * v[1],
+            dw2: v[2],
+            dz2: v[3],
+            res2: v[4],
+            seconds: started.elapsed().as_secs_f64(),
+        };
         check_finite(&m, dir)?;
         state.save(model, dir, norm, "sas-admm")?;
         after(&m)?;
@@ -349,7 +399,11 @@ pub fn run_sas_admm(
 
 /// Per-layer selection table for a plan (offsets into the prunable prefix).
 pub fn selection(plan: &Plan) -> Vec<select::LayerSelect> {
-    plan.layers.iter().zip(&plan.pruned).map(|(l, &k)| select::LayerSelect { offset: l.offset, len: l.len, k }).collect()
+    plan.layers
+        .iter()
+        .zip(&plan.pruned)
+        .map(|(l, &k)| select::LayerSelect { offset: l.offset, len: l.len, k })
+        .collect()
 }
 
 /// Runs ADMM-NN iterations `state.k + 1 ..= cfg.iterations`: W-steps by SGD on
@@ -405,9 +459,23 @@ pub fn run_admm_nn(
         copy(&state.w, &state.w_avg)?;
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?;
         state.k += 1;
-        let v = read_scalars(&[&ce_sum, &reduce::sum_squares(&s.w_prev)?, &reduce::sum_squares(&s.dz)?, &reduce::sum_squares(&s.res)?])?;
+        let v = read_scalars(&[
+            &ce_sum,
+            &reduce::sum_squares(&s.w_prev)?,
+            &reduce::sum_squares(&s.dz)?,
+            &reduce::sum_squares(&s.res)?,
+        ])?;
         let ce = v[0] / cfg.steps.max(1) as f64;
-        let m = IterationMetrics { k: state.k, gradients: state.gradients, ce, objective: ce, dw2: v[1], dz2: v[2], res2: v[3], seconds: started.elapsed().as_secs_f64() };
+        let m = IterationMetrics {
+            k: state.k,
+            gradients: state.gradients,
+            ce,
+            objective: ce,
+            dw2: v[1],
+            dz2: v[2],
+            res2: v[3],
+            seconds: started.elapsed().as_secs_f64(),
+        };
         check_finite(&m, dir)?;
         state.save(model, dir, norm, "admm")?;
         after(&m)?;

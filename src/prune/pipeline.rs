@@ -6,7 +6,7 @@ use super::admm::{self, AdmmNnConfig, AdmmState, IterationMetrics, SasConfig};
 use super::rate::{self, Plan, Rate};
 use super::report::{self, LayerRow, PhaseTop1, Report};
 use crate::checkpoint::{self, Normalize};
-use crate::data::{BatchSpec, Dataset, First};
+use crate::data::{Dataset, First};
 use crate::models::Model;
 use crate::ops::{admm as admm_ops, select};
 use crate::train::{self, progress_bar, Progress, TrainConfig};
@@ -76,7 +76,9 @@ impl RunLog {
             return Ok(RunLog::default());
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(RunLog(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+        Ok(RunLog(
+            text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ))
     }
     fn set(&mut self, dir: &Path, key: &str, value: impl ToString) -> Result<()> {
         self.0.insert(key.to_string(), value.to_string());
@@ -130,20 +132,28 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         plan.rate(),
         plan.kept(),
         plan.total(),
-        if cfg.layer_rates.is_none() { format!(", conv layers at {:.2}%", conv_pct.unwrap_or(0.0)) } else { String::new() },
+        if cfg.layer_rates.is_none() {
+            format!(", conv layers at {:.2}%", conv_pct.unwrap_or(0.0))
+        } else {
+            String::new()
+        },
         dir.display()
     );
-    let eval = |model: &mut Model, norm: Normalize| train::evaluate(model, &test_sub, norm, cfg.retrain.eval_batch, cfg.show_progress);
+    let eval = |model: &mut Model, norm: Normalize| {
+        train::evaluate(model, &test_sub, norm, cfg.retrain.eval_batch, cfg.show_progress)
+    };
     let mut seconds: Vec<(String, f64)> = Vec::new();
 
     // 1. dense start
     let dense_path = dir.join("dense.safetensors");
     let norm = if log.done("dense") {
-        checkpoint::load_model(&mut model, &dense_path)?.unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD })
+        checkpoint::load_model(&mut model, &dense_path)?
+            .unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD })
     } else {
         let t = Instant::now();
         let norm = match &cfg.weights {
-            Some(w) => checkpoint::load_model(&mut model, w)?.unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD }),
+            Some(w) => checkpoint::load_model(&mut model, w)?
+                .unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD }),
             None => {
                 let d = &cfg.dense;
                 println!(
@@ -153,7 +163,11 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
                 );
                 let norm = Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD };
                 let dense_dir = dir.join("dense");
-                let progress = if dense_dir.join(train::STATE_FILE).exists() { train::load_state(&mut model, &dense_dir, d)?.0 } else { Progress::default() };
+                let progress = if dense_dir.join(train::STATE_FILE).exists() {
+                    train::load_state(&mut model, &dense_dir, d)?.0
+                } else {
+                    Progress::default()
+                };
                 train::train(&mut model, &train_sub, &test_sub, norm, d, &dense_dir, progress, None)?;
                 norm
             }
@@ -167,8 +181,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         norm
     };
     seconds.push(("dense".into(), log.f64("dense.seconds").unwrap_or(0.0)));
-    let (_, h, w) = model.input;
-    let spec = BatchSpec { out_h: h, out_w: w, ..BatchSpec::cifar_train(norm.mean, norm.std) };
+    let spec = train::train_spec(&model, &train_sub, norm, false);
 
     // 2. ADMM phase
     let metrics_path = dir.join("admm_metrics.csv");
@@ -189,7 +202,11 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
                 Method::SasAdmm => cfg.sas.total_gradients(),
                 _ => cfg.admm.iterations * cfg.admm.steps,
             };
-            let bar = if cfg.show_progress { progress_bar(total as u64, cfg.method.name().to_string()) } else { indicatif::ProgressBar::hidden() };
+            let bar = if cfg.show_progress {
+                progress_bar(total as u64, cfg.method.name().to_string())
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
             bar.set_position(state.gradients as u64);
             let batch = if cfg.method == Method::SasAdmm { cfg.sas.batch } else { cfg.admm.batch };
             let phase_start = Instant::now();
@@ -205,8 +222,12 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
                 Ok(())
             };
             match cfg.method {
-                Method::SasAdmm => admm::run_sas_admm(&mut model, &train_sub, &spec, norm, &cfg.sas, cfg.seed, &mut state, dir, &bar, after)?,
-                _ => admm::run_admm_nn(&mut model, &train_sub, &spec, norm, &cfg.admm, &plan, cfg.seed, &mut state, dir, &bar, after)?,
+                Method::SasAdmm => admm::run_sas_admm(
+                    &mut model, &train_sub, &spec, norm, &cfg.sas, cfg.seed, &mut state, dir, &bar, after,
+                )?,
+                _ => admm::run_admm_nn(
+                    &mut model, &train_sub, &spec, norm, &cfg.admm, &plan, cfg.seed, &mut state, dir, &bar, after,
+                )?,
             }
             bar.finish_and_clear();
             let e = eval(&mut model, norm)?;
@@ -215,7 +236,13 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             log.set(dir, "admm.top1", e.top1)?;
             log.set(dir, "admm.seconds", secs)?;
             log.set(dir, "admm.done", 1)?;
-            println!("{}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s)", cfg.method.name(), state.k, state.gradients, e.top1);
+            println!(
+                "{}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s)",
+                cfg.method.name(),
+                state.k,
+                state.gradients,
+                e.top1
+            );
         }
         seconds.push((cfg.method.name().into(), log.f64("admm.seconds").unwrap_or(0.0)));
     }
@@ -262,7 +289,12 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             None => eval(&mut model, norm)?.top1,
         };
         let best = train::read_best(&retrain_dir)?.map_or(fin, |b| b.max(fin));
-        checkpoint::save_model(&model, &dir.join("pruned.safetensors"), norm, &[("compression", format!("{:.4}", plan.rate()))])?;
+        checkpoint::save_model(
+            &model,
+            &dir.join("pruned.safetensors"),
+            norm,
+            &[("compression", format!("{:.4}", plan.rate()))],
+        )?;
         let secs = t.elapsed().as_secs_f64() + log.f64("retrain.seconds").unwrap_or(0.0);
         log.set(dir, "retrain.final", fin)?;
         log.set(dir, "retrain.best", best)?;
@@ -284,7 +316,12 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         .map(|l| {
             let wl = &weights[l.offset..l.offset + l.len];
             mask_dict.insert(format!("{}_mask", l.name), (l.shape.clone(), masks[l.offset..l.offset + l.len].to_vec()));
-            LayerRow { name: l.name.clone(), shape: l.shape.clone(), weights: l.len, kept: wl.iter().filter(|&&v| v != 0.0).count() }
+            LayerRow {
+                name: l.name.clone(),
+                shape: l.shape.clone(),
+                weights: l.len,
+                kept: wl.iter().filter(|&&v| v != 0.0).count(),
+            }
         })
         .collect();
     checkpoint::save(&dir.join("masks.safetensors"), &mask_dict, &[], Default::default())?;
@@ -294,7 +331,10 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         model: cfg.model.clone(),
         method: cfg.method.name().into(),
         adapter,
-        rate_target: cfg.layer_rates.as_ref().map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display())),
+        rate_target: cfg
+            .layer_rates
+            .as_ref()
+            .map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display())),
         rate_achieved: plan.total() as f64 / kept.max(1) as f64,
         conv_percentage: if cfg.layer_rates.is_none() { conv_pct } else { None },
         layers,

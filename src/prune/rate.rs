@@ -62,7 +62,13 @@ pub fn prunable_layers(store: &ParamStore) -> Vec<Layer> {
         .entries()
         .iter()
         .filter(|e| e.role == Role::PrunableWeight)
-        .map(|e| Layer { name: e.name.clone(), shape: e.shape.clone(), offset: e.offset, len: e.numel(), is_fc: e.shape.len() == 2 })
+        .map(|e| Layer {
+            name: e.name.clone(),
+            shape: e.shape.clone(),
+            offset: e.offset,
+            len: e.numel(),
+            is_fc: e.shape.len() == 2,
+        })
         .collect();
     layers.sort_by_key(|l| l.offset);
     layers
@@ -149,7 +155,10 @@ pub fn plan_from_file(layers: Vec<Layer>, path: &Path) -> Result<Plan> {
         let name = name.strip_suffix(".weight").unwrap_or(name);
         let Some(i) = layers.iter().position(|l| l.name == format!("{name}.weight")) else {
             let known: Vec<&str> = layers.iter().map(|l| l.name.trim_end_matches(".weight")).collect();
-            return Err(Error::invalid(format!("{where_}: unknown layer '{name}'; this model's prunable layers are {}", known.join(", "))));
+            return Err(Error::invalid(format!(
+                "{where_}: unknown layer '{name}'; this model's prunable layers are {}",
+                known.join(", ")
+            )));
         };
         let v: f64 = value
             .trim_end_matches('%')
@@ -157,7 +166,9 @@ pub fn plan_from_file(layers: Vec<Layer>, path: &Path) -> Result<Plan> {
             .map_err(|_| Error::invalid(format!("{where_}: '{value}' is not a percentage")))?;
         let p = if value.ends_with('%') || v > 1.0 { v / 100.0 } else { v };
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::invalid(format!("{where_}: a pruned share must be at least 0% and below 100%, got {value}")));
+            return Err(Error::invalid(format!(
+                "{where_}: a pruned share must be at least 0% and below 100%, got {value}"
+            )));
         }
         fractions[i] = p;
     }

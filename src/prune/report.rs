@@ -64,8 +64,20 @@ impl Report {
             let shape = l.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
             let _ = writeln!(s, "{:<24} {:>16} {:>10} {:>10} {:>8.2}%", l.name, shape, l.weights, l.kept, l.sparsity());
         }
-        let _ = writeln!(s, "{:<24} {:>16} {:>10} {:>10} {:>8.2}%", "total", "", self.total(), self.kept(), 100.0 * (1.0 - self.kept() as f64 / self.total().max(1) as f64));
-        let _ = writeln!(s, "compression {:.2}x (target {}) | method {} | model {} | {}", self.rate_achieved, self.rate_target, self.method, self.model, self.adapter);
+        let _ = writeln!(
+            s,
+            "{:<24} {:>16} {:>10} {:>10} {:>8.2}%",
+            "total",
+            "",
+            self.total(),
+            self.kept(),
+            100.0 * (1.0 - self.kept() as f64 / self.total().max(1) as f64)
+        );
+        let _ = writeln!(
+            s,
+            "compression {:.2}x (target {}) | method {} | model {} | {}",
+            self.rate_achieved, self.rate_target, self.method, self.model, self.adapter
+        );
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}%"));
         let t = &self.top1;
         let _ = writeln!(
@@ -154,7 +166,8 @@ pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
     for (pi, (title, value, log)) in panels.iter().enumerate() {
         let x0 = pi as f64 * W;
         let tf = |v: f64| if *log { v.max(1e-30).log10() } else { v };
-        let vals: Vec<f64> = series.iter().flat_map(|(_, s)| s.iter().map(|m| tf(value(m)))).filter(|v| v.is_finite()).collect();
+        let vals: Vec<f64> =
+            series.iter().flat_map(|(_, s)| s.iter().map(|m| tf(value(m)))).filter(|v| v.is_finite()).collect();
         let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
         let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0), lo.max(0.0) + 1.0) };
         let px = |g: f64| x0 + M + (W - 1.5 * M) * g / max_g;
@@ -171,16 +184,35 @@ pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
         for i in 0..=4 {
             let v = lo + (hi - lo) * i as f64 / 4.0;
             let label = if *log { format!("1e{v:.1}") } else { format!("{v:.3}") };
-            let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>", px(0.0) - 4.0, py(v) + 4.0);
+            let _ =
+                writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>", px(0.0) - 4.0, py(v) + 4.0);
             let g = max_g * i as f64 / 4.0;
             let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{g:.0}</text>", px(g), py(lo) + 16.0);
         }
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">minibatch gradients</text>", x0 + W / 2.0, H + 22.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">minibatch gradients</text>",
+            x0 + W / 2.0,
+            H + 22.0
+        );
         for (si, (name, s)) in series.iter().enumerate() {
-            let pts: Vec<String> = s.iter().filter(|m| tf(value(m)).is_finite()).map(|m| format!("{:.1},{:.1}", px(m.gradients as f64), py(tf(value(m))))).collect();
+            let pts: Vec<String> = s
+                .iter()
+                .filter(|m| tf(value(m)).is_finite())
+                .map(|m| format!("{:.1},{:.1}", px(m.gradients as f64), py(tf(value(m)))))
+                .collect();
             let color = colors[si % colors.len()];
-            let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", pts.join(" "));
-            let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>", x0 + W - 150.0, 40.0 + 16.0 * si as f64);
+            let _ = writeln!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                pts.join(" ")
+            );
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
+                x0 + W - 150.0,
+                40.0 + 16.0 * si as f64
+            );
         }
     }
     svg.push_str("</svg>\n");
