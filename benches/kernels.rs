@@ -1,15 +1,13 @@
-//! `cargo bench`: GFLOP/s of GEMM (1024³) and the conv2d kernels at ResNet-32's shapes
-//! (batch 128) on the chosen adapter (SASPRUNE_BACKEND / SASPRUNE_ADAPTER pick it).
+//! `cargo bench`: the cross-vendor benchmark (the same code as `sasprune bench`) on the chosen
+//! adapter (SASPRUNE_BACKEND / SASPRUNE_ADAPTER pick it). `cargo bench -- --quick` for a short
+//! run, `--filter TEXT` to pick measurements; results are appended to bench-results.jsonl.
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (batch, runs) = if quick { (16, 3) } else { (128, 5) };
-    let batch = if std::env::args().any(|a| a == "--gemm-only") { 0 } else { batch };
-    match sasprune::bench::kernel_benchmarks(1024, batch, runs).and_then(|r| sasprune::bench::print_table(&r)) {
-        Ok(()) => {}
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
+    let args: Vec<String> = std::env::args().collect();
+    let filter = args.iter().position(|a| a == "--filter").and_then(|i| args.get(i + 1)).cloned();
+    let cfg = sasprune::bench::BenchConfig { quick: args.iter().any(|a| a == "--quick"), filter };
+    if let Err(e) = sasprune::bench::run_and_record(&cfg, std::path::Path::new("bench-results.jsonl")) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }

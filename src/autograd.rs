@@ -72,7 +72,8 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
     }
     let mut grads: HashMap<u64, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
-    for t in order.iter().rev() {
+    // Consuming `order` drops each tensor handle once its node has run.
+    for t in order.into_iter().rev() {
         let Some(grad) = grads.remove(&t.id()) else { continue };
         match t.take_node() {
             None if t.from_op() => {

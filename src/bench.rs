@@ -1,24 +1,31 @@
-//! Kernel benchmarks shared by `cargo bench` and `sasprune bench`: GFLOP/s of GEMM and of the
-//! three conv2d kernels at ResNet-32's shapes, timed on the host around submit + wait after a
-//! warm-up, median of several runs.
+//! The cross-vendor benchmark behind `sasprune bench` and `cargo bench`: every kernel family
+//! and whole training / evaluation steps, timed after a warm-up as the median of several runs
+//! (host time around submit + wait), printed as a table and appended as JSON lines that carry
+//! the adapter, crate version and git commit, so results from different machines merge.
 
 use crate::gpu;
-use crate::ops::{conv2d, matmul};
-use crate::{Result, Tensor};
+use crate::models::Model;
+use crate::ops::{admm, batchnorm, conv2d, loss, matmul, sgd};
+use crate::{Error, Result, Tensor};
+use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
-/// One benchmark result.
+/// One benchmark result: `work` units per run, so the rate is `work / seconds` in `unit`.
 #[derive(Clone, Debug)]
 pub struct Measurement {
     pub name: String,
     pub seconds: f64,
-    /// Floating-point operations per run (2 per multiply-add).
-    pub flops: f64,
+    pub work: f64,
+    /// "GFLOP/s" (work in GFLOP), "GB/s" (work in GB) or "images/s" (work in images).
+    pub unit: &'static str,
+    /// Extra fields for the JSON line (key, JSON value).
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl Measurement {
-    pub fn gflops(&self) -> f64 {
-        self.flops / self.seconds / 1e9
+    pub fn rate(&self) -> f64 {
+        self.work / self.seconds
     }
 }
 
@@ -29,7 +36,7 @@ pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64
     f()?;
     gpu.synchronize()?;
     let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
+    for _ in 0..runs.max(1) {
         let start = Instant::now();
         f()?;
         gpu.synchronize()?;
@@ -59,34 +66,296 @@ pub fn resnet32_conv_shapes(batch: usize) -> Vec<(&'static str, conv2d::ConvGeom
     ]
 }
 
-/// GEMM at `size`³ and every ResNet-32 conv shape at `batch` (forward, grad-input, grad-weight).
-pub fn kernel_benchmarks(gemm_size: usize, batch: usize, runs: usize) -> Result<Vec<Measurement>> {
-    let mut out = Vec::new();
-    let s = gemm_size;
-    let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
-    let seconds = time_median(runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
-    out.push(Measurement { name: format!("gemm {s}x{s}x{s}"), seconds, flops: 2.0 * (s * s * s) as f64 });
-    for (name, g) in resnet32_conv_shapes(batch).into_iter().filter(|_| batch > 0) {
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub quick: bool,
+    /// Only measurements whose name contains this text.
+    pub filter: Option<String>,
+}
+
+impl BenchConfig {
+    fn wants(&self, name: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| name.contains(f.as_str()))
+    }
+}
+
+/// Runs the benchmark; `report` gets each measurement as soon as it exists.
+pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>) -> Result<()> {
+    let (gemm, batch, runs, step_batch, steps) = if cfg.quick { (256, 16, 3, 16, 2) } else { (1024, 128, 5, 128, 5) };
+    let mut emit = |m: Measurement| report(&m);
+    let gflop = |macs: usize| 2.0 * macs as f64 / 1e9;
+    for s in [gemm] {
+        let name = format!("gemm {s}x{s}x{s}");
+        if cfg.wants(&name) {
+            let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
+            let seconds = time_median(runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
+            emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", extra: vec![] })?;
+        }
+    }
+    for (label, g) in resnet32_conv_shapes(batch) {
+        let names = ["forward", "grad-input", "grad-weight"].map(|k| format!("{label} b{batch} {k}"));
+        if !names.iter().any(|n| cfg.wants(n)) {
+            continue;
+        }
         let x = random(&[g.n, g.c_in, g.h, g.w], 3)?;
         let w = random(&[g.c_out, g.c_in, g.kh, g.kw], 4)?;
         let dy = random(&[g.n, g.c_out, g.out_h(), g.out_w()], 5)?;
-        let flops = 2.0 * g.macs() as f64;
-        let fwd = time_median(runs, || conv2d::conv2d_forward(&x, &w, None, &g).map(drop))?;
-        let gi = time_median(runs, || conv2d::conv2d_grad_input(&dy, &w, &g).map(drop))?;
-        let gw = time_median(runs, || conv2d::conv2d_grad_weight(&dy, &x, &g).map(drop))?;
-        out.push(Measurement { name: format!("{name} b{batch} forward"), seconds: fwd, flops });
-        out.push(Measurement { name: format!("{name} b{batch} grad-input"), seconds: gi, flops });
-        out.push(Measurement { name: format!("{name} b{batch} grad-weight"), seconds: gw, flops });
+        // The same GEMM as (M, N, K), so conv results compare with GEMM results.
+        let gemm_shape = format!("\"{}x{}x{}\"", g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
+        let kernels: [&dyn Fn() -> Result<()>; 3] = [
+            &|| conv2d::conv2d_forward(&x, &w, None, &g).map(drop),
+            &|| conv2d::conv2d_grad_input(&dy, &w, &g).map(drop),
+            &|| conv2d::conv2d_grad_weight(&dy, &x, &g).map(drop),
+        ];
+        for (name, f) in names.into_iter().zip(kernels) {
+            if cfg.wants(&name) {
+                let seconds = time_median(runs, f)?;
+                emit(Measurement {
+                    name,
+                    seconds,
+                    work: gflop(g.macs()),
+                    unit: "GFLOP/s",
+                    extra: vec![("gemm_mnk", gemm_shape.clone())],
+                })?;
+            }
+        }
     }
-    Ok(out)
-}
-
-/// Prints measurements as a table headed by the adapter.
-pub fn print_table(results: &[Measurement]) -> Result<()> {
-    println!("adapter: {}", gpu::get()?.adapter);
-    println!("{:<40} {:>12} {:>10}", "kernel", "ms", "GFLOP/s");
-    for m in results {
-        println!("{:<40} {:>12.3} {:>10.2}", m.name, m.seconds * 1e3, m.gflops());
+    let (n, c, hw) = (batch, 32, 16 * 16);
+    let names = [format!("batchnorm forward b{batch} 32x16x16"), format!("batchnorm backward b{batch} 32x16x16")];
+    if names.iter().any(|n| cfg.wants(n)) {
+        let x = random(&[n, c, 16, 16], 6)?.with_grad();
+        let (gamma, beta) = (Tensor::full(&[c], 1.0)?.with_grad(), Tensor::zeros(&[c])?.with_grad());
+        let (rm, rv) = (Tensor::zeros(&[c])?, Tensor::full(&[c], 1.0)?);
+        let bytes = (n * c * hw * 4) as f64 / 1e9;
+        let cfg_bn = batchnorm::BatchNormConfig::default();
+        if cfg.wants(&names[0]) {
+            // reads x twice (statistics, normalize) and writes y
+            let seconds = time_median(runs, || {
+                crate::autograd::no_grad(|| batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn).map(drop))
+            })?;
+            emit(Measurement { name: names[0].clone(), seconds, work: 3.0 * bytes, unit: "GB/s", extra: vec![] })?;
+        }
+        if cfg.wants(&names[1]) {
+            let dy = random(&[n, c, 16, 16], 7)?;
+            // reads dy and x twice (reductions, input gradient) and writes dx
+            let seconds = time_median(runs, || {
+                let y = batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn)?;
+                y.backward_with(dy.clone())
+            })?;
+            emit(Measurement {
+                name: names[1].clone(),
+                seconds,
+                work: 8.0 * bytes,
+                unit: "GB/s",
+                extra: vec![("includes", "\"forward\"".into())],
+            })?;
+        }
+    }
+    let name = format!("softmax cross-entropy b{batch} x1000");
+    if cfg.wants(&name) {
+        let logits = random(&[batch, 1000], 8)?.with_grad();
+        let labels = Tensor::from_slice(&(0..batch).map(|i| (i * 7 % 1000) as f32).collect::<Vec<_>>(), &[batch])?;
+        let seconds = time_median(runs, || loss::cross_entropy(&logits, &labels)?.backward())?;
+        let bytes = (batch * 1000 * 4) as f64 * 4.0 / 1e9;
+        emit(Measurement {
+            name,
+            seconds,
+            work: bytes,
+            unit: "GB/s",
+            extra: vec![("includes", "\"forward and backward\"".into())],
+        })?;
+    }
+    let len = if cfg.quick { 1 << 20 } else { 464_154 * 8 };
+    let name = format!("fused sgd update {len}");
+    if cfg.wants(&name) {
+        let (w, g, b, m) =
+            (random(&[len], 9)?, random(&[len], 10)?, Tensor::zeros(&[len])?, Tensor::full(&[len], 1.0)?);
+        let s = sgd::SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+        let seconds = time_median(runs, || sgd::sgd_step(&w, &g, &b, Some(&m), &s))?;
+        // reads w, grad, buf, mask; writes w, buf
+        emit(Measurement { name, seconds, work: 6.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", extra: vec![] })?;
+    }
+    let name = format!("fused sas-admm inner update {len}");
+    if cfg.wants(&name) {
+        let t: Vec<Tensor> = (0..5).map(|i| random(&[len], 11 + i)).collect::<Result<_>>()?;
+        let seconds = time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
+        // reads d, h, W̆, W; writes W̆, W, Ŵ
+        emit(Measurement { name, seconds, work: 7.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", extra: vec![] })?;
+    }
+    for (model, b) in [("resnet32", step_batch), ("alexnet", if cfg.quick { 2 } else { 16 })] {
+        let names = [format!("{model} train step b{b}"), format!("{model} eval b{b}")];
+        if !names.iter().any(|n| cfg.wants(n)) || (cfg.quick && model == "alexnet") {
+            continue;
+        }
+        match step_rate(model, b, steps) {
+            Ok(r) => {
+                let mem = format!("{}", r.peak_step_bytes);
+                let first = format!("{:.3}", r.first_step_seconds);
+                emit(Measurement {
+                    name: names[0].clone(),
+                    seconds: (steps * b) as f64 / r.train_images_per_second,
+                    work: (steps * b) as f64,
+                    unit: "images/s",
+                    extra: vec![("peak_step_bytes", mem), ("first_step_seconds", first)],
+                })?;
+                emit(Measurement {
+                    name: names[1].clone(),
+                    seconds: (steps * b) as f64 / r.eval_images_per_second,
+                    work: (steps * b) as f64,
+                    unit: "images/s",
+                    extra: vec![],
+                })?;
+            }
+            // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
+            // drivers' binding limit) is reported, not fatal.
+            Err(e) => eprintln!("{model}: skipped ({e})"),
+        }
     }
     Ok(())
+}
+
+/// Training and evaluation throughput of a model at `batch` on random images.
+#[derive(Clone, Debug)]
+pub struct StepRate {
+    pub model: String,
+    pub batch: usize,
+    pub train_images_per_second: f64,
+    pub eval_images_per_second: f64,
+    /// Seconds of the first (warm-up) training step, pipeline compilation included.
+    pub first_step_seconds: f64,
+    /// Peak bytes of device buffers held during the timed training steps (parameters,
+    /// gradients, momentum, batch-norm statistics, activations and temporaries).
+    pub peak_step_bytes: u64,
+}
+
+/// Times `steps` training steps (zero grad, forward, backward, SGD over the arena, one submit
+/// each) and as many evaluation forward passes, after one warm-up step of each.
+pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRate> {
+    use crate::ops::sgd::SgdConfig;
+    let gpu = gpu::get()?;
+    let classes = if model_name == "alexnet" { 1000 } else { 10 };
+    let mut model = Model::build(model_name, classes, 0)?;
+    let (c, h, w) = model.input;
+    let x = random(&[batch, c, h, w], 7)?;
+    let labels: Vec<f32> = (0..batch).map(|i| (i % classes) as f32).collect();
+    let y = Tensor::from_slice(&labels, &[batch])?;
+    let sgd = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, nesterov: false };
+    let train_step = |model: &mut Model| -> Result<()> {
+        model.store.zero_grad()?;
+        let l = loss::cross_entropy(&model.forward(&x, true)?, &y)?;
+        l.backward()?;
+        model.store.sgd_step(&sgd, None)?;
+        gpu.flush()
+    };
+    let start = Instant::now();
+    train_step(&mut model)?;
+    gpu.synchronize()?;
+    let first_step_seconds = start.elapsed().as_secs_f64();
+    gpu.reset_peak_memory();
+    let start = Instant::now();
+    for _ in 0..steps {
+        train_step(&mut model)?;
+    }
+    gpu.synchronize()?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    let peak_step_bytes = gpu.memory_stats().peak_in_use;
+    let eval = |model: &mut Model| -> Result<()> {
+        crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
+        gpu.flush()
+    };
+    eval(&mut model)?;
+    gpu.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        eval(&mut model)?;
+    }
+    gpu.synchronize()?;
+    let eval_seconds = start.elapsed().as_secs_f64();
+    Ok(StepRate {
+        model: model_name.to_string(),
+        batch,
+        train_images_per_second: (steps * batch) as f64 / train_seconds,
+        eval_images_per_second: (steps * batch) as f64 / eval_seconds,
+        first_step_seconds,
+        peak_step_bytes,
+    })
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The git commit of the working directory, when git can tell.
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// One JSON object (a line) describing a measurement and where it was made.
+pub fn json_line(m: &Measurement) -> Result<String> {
+    let a = &gpu::get()?.adapter;
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut fields = vec![
+        ("name", json_str(&m.name)),
+        ("value", format!("{:.6}", m.rate())),
+        ("unit", json_str(m.unit)),
+        ("ms", format!("{:.4}", m.seconds * 1e3)),
+        ("adapter", json_str(&a.name)),
+        ("vendor_id", a.vendor_id.to_string()),
+        ("device_type", json_str(&a.device_type)),
+        ("backend", json_str(&a.backend)),
+        ("driver", json_str(&a.driver)),
+        ("driver_info", json_str(&a.driver_info)),
+        ("timestamp_queries", a.timestamp_queries.to_string()),
+        ("subgroups", a.subgroups.to_string()),
+        ("shader_f16", a.shader_f16.to_string()),
+        ("timing", json_str("host, submit + wait, median")),
+        ("version", json_str(env!("CARGO_PKG_VERSION"))),
+        ("commit", json_str(&git_commit())),
+        ("unix_time", secs.to_string()),
+    ];
+    fields.extend(m.extra.iter().cloned());
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    Ok(format!("{{{}}}", body.join(",")))
+}
+
+/// Runs the benchmark, printing a table and appending JSON lines to `out`.
+pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
+    let a = gpu::get()?.adapter.clone();
+    println!("adapter: {a}");
+    println!(
+        "features: timestamp queries {}, subgroups {}, f16 {}; max buffer {} MiB, max storage binding {} MiB",
+        a.timestamp_queries,
+        a.subgroups,
+        a.shader_f16,
+        a.max_buffer_size >> 20,
+        a.max_storage_binding >> 20
+    );
+    println!("{:<46} {:>10} {:>12}", "measurement", "ms", "rate");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(|e| Error::io(out, e))?;
+    let mut count = 0;
+    run(cfg, |m| {
+        println!("{:<46} {:>10.3} {:>12.2} {}", m.name, m.seconds * 1e3, m.rate(), m.unit);
+        writeln!(file, "{}", json_line(m)?).map_err(|e| Error::io(out, e))?;
+        count += 1;
+        Ok(())
+    })?;
+    println!("{count} results appended to {}", out.display());
+    Ok(count)
 }

@@ -29,7 +29,7 @@ impl Normalize {
         Some(Normalize { mean: three(mean)?, std: three(std)? })
     }
 
-    fn to_metadata(self, meta: &mut HashMap<String, String>) {
+    pub fn to_metadata(self, meta: &mut HashMap<String, String>) {
         let join = |v: [f32; 3]| v.map(|x| x.to_string()).join(",");
         meta.insert("normalize_mean".into(), join(self.mean));
         meta.insert("normalize_std".into(), join(self.std));
@@ -72,6 +72,11 @@ impl Checkpoint {
             tensors.insert(name, (view.shape().to_vec(), values));
         }
         Ok(Checkpoint { tensors, metadata: meta.metadata().clone().unwrap_or_default(), batches_tracked })
+    }
+
+    /// The tensors whose names start with `prefix`, with the prefix removed.
+    pub fn with_prefix(&self, prefix: &str) -> StateDict {
+        self.tensors.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone()))).collect()
     }
 
     /// The normalization the checkpoint's metadata names, if any.
@@ -142,4 +147,48 @@ pub fn load_model(model: &mut Model, path: &Path) -> Result<Option<Normalize>> {
     model.store.load_state_dict(&ck.tensors, &path.display().to_string())?;
     model.store.batches_tracked = ck.batches_tracked;
     Ok(ck.normalize())
+}
+
+/// Writes everything a resumable phase needs in ONE file (so a crash can never pair weights of
+/// one step with optimizer state of another): the model's tensors under `model.`, each of
+/// `extra`'s dictionaries under its prefix, and `metadata` plus the model's normalization and
+/// batch-norm counter.
+pub fn save_bundle(
+    path: &Path,
+    model: &Model,
+    norm: Normalize,
+    extra: &[(&str, StateDict)],
+    mut metadata: HashMap<String, String>,
+) -> Result<()> {
+    let mut dict = StateDict::new();
+    for (k, v) in model.store.state_dict()? {
+        dict.insert(format!("model.{k}"), v);
+    }
+    for (prefix, d) in extra {
+        for (k, v) in d {
+            dict.insert(format!("{prefix}{k}"), v.clone());
+        }
+    }
+    norm.to_metadata(&mut metadata);
+    metadata.insert("model".into(), model.name.clone());
+    metadata.insert("batches_tracked".into(), model.store.batches_tracked.to_string());
+    save(path, &dict, &[], metadata)
+}
+
+/// Loads the model part of a `save_bundle` file into `model`; returns the checkpoint (for the
+/// other parts and the metadata) and its normalization.
+pub fn load_bundle(path: &Path, model: &mut Model) -> Result<(Checkpoint, Normalize)> {
+    let ck = Checkpoint::load(path)?;
+    let shown = path.display().to_string();
+    if ck.metadata.get("model") != Some(&model.name) {
+        return Err(Error::invalid(format!(
+            "{shown} holds state of a {} model, not {}",
+            ck.metadata.get("model").map_or("different", |m| m),
+            model.name
+        )));
+    }
+    model.store.load_state_dict(&ck.with_prefix("model."), &shown)?;
+    model.store.batches_tracked = ck.metadata.get("batches_tracked").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let norm = ck.normalize().ok_or_else(|| Error::invalid(format!("{shown} lacks normalization metadata")))?;
+    Ok((ck, norm))
 }

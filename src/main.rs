@@ -138,11 +138,18 @@ struct PruneArgs {
 enum Command {
     /// List every GPU adapter on every backend
     Devices,
-    /// Measure GEMM and conv2d kernels (GFLOP/s) on the chosen adapter
+    /// Benchmark every kernel family and a ResNet-32 training step on the chosen adapter;
+    /// results are printed and appended as JSON lines (adapter, version, commit) to --out
     Bench {
-        /// A short run (small batch, fewer repetitions)
+        /// A short run (small sizes, fewer repetitions)
         #[arg(long)]
         quick: bool,
+        /// Only measurements whose name contains this text (e.g. gemm, conv, resnet32)
+        #[arg(long)]
+        filter: Option<String>,
+        /// File the JSON lines are appended to
+        #[arg(long, default_value = "bench-results.jsonl")]
+        out: PathBuf,
     },
     /// Evaluate a model on the test set
     Eval(EvalArgs),
@@ -320,6 +327,12 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     set!(admm.iterations, a.admm_iterations);
     set!(admm.steps, a.admm_steps);
     retrain.seed = a.seed;
+    if a.subset == Some(0) || a.eval_limit == Some(0) {
+        return Err(Error::invalid("--subset and --eval-limit must be at least 1"));
+    }
+    retrain.validate()?;
+    dense.validate()?;
+    admm.validate()?;
     let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}-{rate_tag}-{}", method.name())));
     Ok(PipelineConfig {
@@ -347,6 +360,22 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
     // `--resume DIR` replays the flags the run was started with.
     let (a, resumed) = match &a.resume {
         Some(dir) => {
+            let extra: Vec<&String> = args
+                .iter()
+                .skip(1)
+                .filter(|f| {
+                    f.starts_with("--")
+                        && !["--resume", "--backend", "--adapter"].contains(&f.split('=').next().unwrap_or(""))
+                })
+                .collect();
+            if !extra.is_empty() {
+                return Err(Error::invalid(format!(
+                    "--resume continues a run with the flags it started with (see {}); it takes no others (got {}). \
+                     To change settings, start a new run with --out",
+                    dir.join(COMMAND_FILE).display(),
+                    extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+                )));
+            }
             let path = dir.join(COMMAND_FILE);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Error::invalid(format!("cannot resume {}: {} ({e})", dir.display(), path.display())))?;
@@ -411,11 +440,9 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { quick } => {
+        Command::Bench { quick, filter, out } => {
             gpu::init(&options)?;
-            let (batch, runs) = if quick { (16, 3) } else { (128, 5) };
-            let results = sasprune::bench::kernel_benchmarks(if quick { 512 } else { 1024 }, batch, runs)?;
-            sasprune::bench::print_table(&results)
+            sasprune::bench::run_and_record(&sasprune::bench::BenchConfig { quick, filter }, &out).map(drop)
         }
         Command::Eval(a) => {
             gpu::init(&options)?;

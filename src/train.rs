@@ -6,7 +6,7 @@
 //! sees exactly the batches it would have seen.
 
 use crate::autograd::no_grad;
-use crate::checkpoint::{self, Checkpoint, Normalize};
+use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
 use crate::models::Model;
 use crate::ops::{loss, reduce, sgd::SgdConfig};
@@ -78,6 +78,9 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     let (mut top1, mut top5, mut loss_sum) = (0usize, 0usize, 0.0f64);
     let n = ds.len();
+    if n == 0 {
+        return Err(Error::invalid("the evaluation set is empty"));
+    }
     let bar = if show { progress_bar(n as u64, "eval".into()) } else { ProgressBar::hidden() };
     let mut rng = rng_for(0, 0, 0); // unused by eval batches (no random crop or flip)
     for begin in (0..n).step_by(batch) {
@@ -201,7 +204,7 @@ impl TrainConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         if self.batch == 0 {
             return bad("--batch must be at least 1".into());
@@ -247,15 +250,16 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "train_state.safetensors";
 pub const METRICS_FILE: &str = "metrics.csv";
 
-/// Saves weights, momentum and progress into `dir` (each file written atomically).
+/// Saves weights, momentum and progress into `dir`: `train_state.safetensors` (everything a
+/// resume needs, one atomic file) and `model.safetensors` (the weights alone, for users).
 pub fn save_state(model: &Model, dir: &Path, norm: Normalize, progress: Progress, cfg: &TrainConfig) -> Result<()> {
     checkpoint::save_model(model, &dir.join(MODEL_FILE), norm, &[])?;
-    let mut meta = HashMap::new();
-    meta.insert("step".to_string(), progress.step.to_string());
-    meta.insert("model".to_string(), model.name.clone());
-    meta.insert("seed".to_string(), cfg.seed.to_string());
-    meta.insert("batch".to_string(), cfg.batch.to_string());
-    checkpoint::save(&dir.join(STATE_FILE), &model.store.momentum_dict()?, &[], meta)
+    let meta = HashMap::from([
+        ("step".to_string(), progress.step.to_string()),
+        ("seed".to_string(), cfg.seed.to_string()),
+        ("batch".to_string(), cfg.batch.to_string()),
+    ]);
+    checkpoint::save_bundle(&dir.join(STATE_FILE), model, norm, &[("momentum.", model.store.momentum_dict()?)], meta)
 }
 
 /// Loads what `save_state` wrote; returns the progress and the normalization.
@@ -264,11 +268,8 @@ pub fn load_state(model: &mut Model, dir: &Path, cfg: &TrainConfig) -> Result<(P
     if !state_path.exists() {
         return Err(Error::invalid(format!("{} has no {STATE_FILE}: nothing to resume there", dir.display())));
     }
-    let state = Checkpoint::load(&state_path)?;
+    let (state, norm) = checkpoint::load_bundle(&state_path, model)?;
     let get = |k: &str| state.metadata.get(k).cloned().unwrap_or_default();
-    if get("model") != model.name {
-        return Err(Error::invalid(format!("{} holds a {} run, not {}", dir.display(), get("model"), model.name)));
-    }
     for (key, now) in [("seed", cfg.seed.to_string()), ("batch", cfg.batch.to_string())] {
         if get(key) != now {
             return Err(Error::invalid(format!(
@@ -280,9 +281,7 @@ pub fn load_state(model: &mut Model, dir: &Path, cfg: &TrainConfig) -> Result<(P
     }
     let step =
         get("step").parse().map_err(|_| Error::invalid(format!("{}: bad step in metadata", state_path.display())))?;
-    let norm = checkpoint::load_model(model, &dir.join(MODEL_FILE))?
-        .ok_or_else(|| Error::invalid(format!("{} lacks normalization metadata", dir.join(MODEL_FILE).display())))?;
-    model.store.load_momentum_dict(&state.tensors, &state_path.display().to_string())?;
+    model.store.load_momentum_dict(&state.with_prefix("momentum."), &state_path.display().to_string())?;
     Ok((Progress { step }, norm))
 }
 
@@ -316,6 +315,9 @@ pub fn train(
     check_dataset(model, test, "the test set")?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let n = cfg.subset.unwrap_or(train.len()).min(train.len());
+    if n == 0 {
+        return Err(Error::invalid("the training set is empty"));
+    }
     let steps_per_epoch = n.div_ceil(cfg.batch);
     let total_steps = steps_per_epoch * cfg.epochs;
     let (_, h, w) = model.input;
@@ -324,7 +326,8 @@ pub fn train(
     let mut step = start.step;
     let started = Instant::now();
     let mut trained_images = 0usize;
-    let (mut final_eval, mut best_top1) = (None, None::<f64>);
+    // A resumed run remembers the best top-1 it already reached (and saved).
+    let (mut final_eval, mut best_top1) = (None, read_best(dir)?);
     let stop_at = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
     while step < stop_at {
         let epoch = step / steps_per_epoch;
@@ -365,14 +368,7 @@ pub fn train(
             bar.inc(1);
             if step % 10 == 0 || step == stop_at || step % steps_per_epoch == 0 {
                 let last_loss = l.item()?;
-                if !last_loss.is_finite() {
-                    return Err(Error::invalid(format!(
-                        "the loss became {last_loss} at step {step} (epoch {}): training diverged; lower the learning \
-                         rate (--lr) and resume from the last checkpoint in {}",
-                        epoch + 1,
-                        dir.display()
-                    )));
-                }
+                check_loss(last_loss, step, epoch, dir)?;
                 let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {last_loss:.4} | lr {lr:.4} | {rate:.1} img/s"));
             }
@@ -386,11 +382,14 @@ pub fn train(
                 ));
             }
             if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
+                // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
+                check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir)?;
                 save_state(model, dir, norm, Progress { step }, cfg)?;
             }
         }
         bar.finish_and_clear();
         let mean_loss = reduce::sum(&loss_sum)?.item()? as f64 / loss_count.max(1) as f64;
+        check_loss(mean_loss as f32, step, epoch, dir)?;
         let epoch_done = step % steps_per_epoch == 0;
         let eval = if cfg.eval_each_epoch && (epoch_done || step == stop_at) {
             Some(evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?)
@@ -451,4 +450,16 @@ pub fn read_best(dir: &Path) -> Result<Option<f64>> {
         .filter_map(|l| l.split(',').nth(4)?.parse::<f64>().ok())
         .filter(|v| v.is_finite())
         .fold(None, |b, v| Some(b.map_or(v, |b: f64| b.max(v)))))
+}
+
+fn check_loss(loss: f32, step: usize, epoch: usize, dir: &Path) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "the loss became {loss} by step {step} (epoch {}): training diverged; the last checkpoint in {} \
+         predates it; start again with a lower learning rate (--lr)",
+        epoch + 1,
+        dir.display()
+    )))
 }

@@ -35,22 +35,32 @@ impl Buffer {
         let raw = match pooled {
             Some(raw) => raw,
             None => {
-                let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-                let raw = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: None,
-                    size,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
+                let create = || {
+                    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                    let raw = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: None,
+                        size,
+                        usage: wgpu::BufferUsages::STORAGE
+                            | wgpu::BufferUsages::COPY_SRC
+                            | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    pollster::block_on(scope.pop()).map_or(Ok(raw), Err)
+                };
+                // Out of memory: give the pooled (unused) buffers back to the driver, retry once.
+                let raw = create().or_else(|_| {
+                    gpu.trim_pool();
+                    create()
                 });
-                if let Some(e) = pollster::block_on(scope.pop()) {
+                let raw = raw.map_err(|e| {
                     let stats = gpu.memory_stats();
-                    return Err(Error::Gpu(format!(
+                    Error::Gpu(format!(
                         "the device is out of memory allocating {:.1} MiB for {what} \
                          ({:.1} MiB already in use): {e}; use a smaller batch size",
                         size as f64 / 1048576.0,
                         stats.in_use as f64 / 1048576.0
-                    )));
-                }
+                    ))
+                })?;
                 gpu.pool.lock().unwrap_or_else(|p| p.into_inner()).allocated(size);
                 raw
             }

@@ -36,7 +36,7 @@ enum Command {
 
 /// Flush on our own once this many commands or arena bytes are pending.
 const MAX_COMMANDS: usize = 8192;
-const MAX_UPLOAD_BYTES: usize = 256 << 20;
+const MAX_UPLOAD_BYTES: usize = 64 << 20;
 
 pub(super) struct Recorder {
     commands: Vec<Command>,
@@ -215,6 +215,15 @@ impl Gpu {
         }
         debug_assert!(bytes.len() % 4 == 0 && offset % 4 == 0);
         let mut rec = self.lock_recorder();
+        if rec.uploads.len() + bytes.len() > MAX_UPLOAD_BYTES {
+            // Submit what is recorded first, so the data lands after it; a very large upload
+            // then goes straight to the queue (it takes effect before any later command).
+            rec.flush(self)?;
+            if bytes.len() > MAX_UPLOAD_BYTES {
+                self.queue.write_buffer(dst.raw(), offset, bytes);
+                return Ok(());
+            }
+        }
         let src_offset = pad_to(&mut rec.uploads, 4);
         rec.uploads.extend_from_slice(bytes);
         let dst = Binding { buffer: dst.raw().clone(), offset, size: bytes.len() as u64 };

@@ -6,7 +6,7 @@
 //! sampled with replacement from (seed, gradient number), so a resumed run sees the same ones.
 
 use super::rate::Plan;
-use crate::checkpoint::{self, Checkpoint, Normalize};
+use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
 use crate::models::Model;
 use crate::ops::{admm, elementwise, loss, reduce, select, sgd::SgdConfig};
@@ -86,6 +86,14 @@ impl SasConfig {
         if self.inner == 0 || self.outer == 0 || self.k0 == 0 || self.batch == 0 || !(self.v > 0.0) || !(self.q > 0.0) {
             return Err(Error::invalid("--inner, --outer, --k0, --batch, --v and --q must be positive"));
         }
+        let m = self.inner as f64;
+        let longest = m / (self.k0 as f64).powf(self.q) * (self.outer as f64).powf(self.q);
+        if !(longest < 1e7) || self.outer > 1_000_000 || self.inner > 1_000_000 {
+            return Err(Error::invalid(format!(
+                "--inner {}, --outer {}, --k0 {}, --q {} make inner loops of {longest:.3e} steps: choose smaller values",
+                self.inner, self.outer, self.k0, self.q
+            )));
+        }
         Ok(())
     }
 }
@@ -102,6 +110,19 @@ pub struct AdmmNnConfig {
 }
 
 impl AdmmNnConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.rho >= 0.0 && self.rho.is_finite()) || !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid(format!(
+                "--admm-rho must be >= 0 and --admm-lr > 0, got {} and {}",
+                self.rho, self.lr
+            )));
+        }
+        if self.iterations == 0 || self.steps == 0 || self.batch == 0 {
+            return Err(Error::invalid("--admm-iterations, --admm-steps and --batch must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// ρ = 1.5e-3 and 40 iterations as in ADMM-NN's AlexNet run; lr 0.01 and as many minibatch
     /// gradients in all as SAS-ADMM spends (our choices for CIFAR).
     pub fn matching(sas: &SasConfig) -> AdmmNnConfig {
@@ -206,9 +227,9 @@ impl AdmmState {
 
     const FILE: &'static str = "admm_state.safetensors";
 
-    /// Saves the variables and the model (batch-norm statistics move during the phase).
+    /// Saves the variables with the model (batch-norm statistics move during the phase) in one
+    /// atomic file.
     pub fn save(&self, model: &Model, dir: &Path, norm: Normalize, method: &str) -> Result<()> {
-        checkpoint::save_model(model, &dir.join("admm_model.safetensors"), norm, &[])?;
         let mut dict = crate::nn::StateDict::new();
         for (name, t) in
             [("W", &self.w), ("Z", &self.z), ("U", &self.u), ("W_breve", &self.w_breve), ("W_avg", &self.w_avg)]
@@ -220,24 +241,24 @@ impl AdmmState {
             ("gradients".to_string(), self.gradients.to_string()),
             ("method".to_string(), method.to_string()),
         ]);
-        checkpoint::save(&dir.join(Self::FILE), &dict, &[], meta)
+        checkpoint::save_bundle(&dir.join(Self::FILE), model, norm, &[("admm.", dict)], meta)
     }
 
-    /// Loads what `save` wrote, or `None` when `dir` holds no ADMM state.
+    /// Loads what `save` wrote (model included), or `None` when `dir` holds no ADMM state.
     pub fn load(model: &mut Model, dir: &Path, method: &str) -> Result<Option<AdmmState>> {
         let path = dir.join(Self::FILE);
         if !path.exists() {
             return Ok(None);
         }
-        checkpoint::load_model(model, &dir.join("admm_model.safetensors"))?;
-        let ck = Checkpoint::load(&path)?;
+        let (ck, _) = checkpoint::load_bundle(&path, model)?;
         let meta = |k: &str| ck.metadata.get(k).cloned().unwrap_or_default();
         if meta("method") != method {
             return Err(Error::invalid(format!("{} holds a {} run, not {method}", path.display(), meta("method"))));
         }
         let p = model.store.prunable_len();
+        let vars = ck.with_prefix("admm.");
         let get = |name: &str| -> Result<Tensor> {
-            match ck.tensors.get(name) {
+            match vars.get(name) {
                 Some((shape, v)) if shape == &[p] => Tensor::from_slice(v, &[p]),
                 _ => Err(Error::invalid(format!("{}: '{name}' is missing or not of length {p}", path.display()))),
             }
@@ -268,6 +289,9 @@ fn minibatch_gradient(
     g: usize,
     buf: &mut (Vec<f32>, Vec<f32>),
 ) -> Result<Tensor> {
+    if data.is_empty() {
+        return Err(Error::invalid("the training set is empty"));
+    }
     let mut rng = rng_for(seed, 3, g as u64);
     let idx: Vec<usize> = (0..batch).map(|_| rng.random_range(0..data.len())).collect();
     fill_batch(data, &idx, spec, &mut rng, &mut buf.0, &mut buf.1);

@@ -175,7 +175,8 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         let e = eval(&mut model, norm)?;
         checkpoint::save_model(&model, &dense_path, norm, &[])?;
         log.set(dir, "dense.top1", e.top1)?;
-        log.set(dir, "dense.seconds", t.elapsed().as_secs_f64())?;
+        let trained = sum_column(&dir.join("dense").join(train::METRICS_FILE), 7)?;
+        log.set(dir, "dense.seconds", if cfg.weights.is_some() { t.elapsed().as_secs_f64() } else { trained })?;
         log.set(dir, "dense.done", 1)?;
         println!("dense: top-1 {:.2}% on {} test images ({:.1} s)", e.top1, e.images, t.elapsed().as_secs_f64());
         norm
@@ -232,7 +233,8 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             bar.finish_and_clear();
             let e = eval(&mut model, norm)?;
             checkpoint::save_model(&model, &admm_path, norm, &[])?;
-            let secs = t.elapsed().as_secs_f64() + log.f64("admm.seconds_before").unwrap_or(0.0);
+            // every session's share: the per-iteration times plus the evaluation just done
+            let secs = sum_column(&metrics_path, 7)? + t.elapsed().as_secs_f64() - phase_start.elapsed().as_secs_f64();
             log.set(dir, "admm.top1", e.top1)?;
             log.set(dir, "admm.seconds", secs)?;
             log.set(dir, "admm.done", 1)?;
@@ -272,7 +274,6 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     // 4. masked retraining
     let retrain_dir = dir.join("retrain");
     if !log.done("retrain") {
-        let t = Instant::now();
         let mut rcfg = cfg.retrain.clone();
         rcfg.best_path = Some(dir.join("retrain_best.safetensors"));
         let progress = if retrain_dir.join(train::STATE_FILE).exists() {
@@ -295,7 +296,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             norm,
             &[("compression", format!("{:.4}", plan.rate()))],
         )?;
-        let secs = t.elapsed().as_secs_f64() + log.f64("retrain.seconds").unwrap_or(0.0);
+        let secs = sum_column(&retrain_dir.join(train::METRICS_FILE), 7)?;
         log.set(dir, "retrain.final", fin)?;
         log.set(dir, "retrain.best", best)?;
         log.set(dir, "retrain.seconds", secs)?;
@@ -358,4 +359,14 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     }
     println!("\n{}", report.table());
     Ok(report)
+}
+
+/// The sum of column `col` of a CSV file with a header (0 when the file does not exist): phase
+/// times across every session of a resumed run.
+fn sum_column(path: &Path, col: usize) -> Result<f64> {
+    if !path.exists() {
+        return Ok(0.0);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text.lines().skip(1).filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).sum())
 }

@@ -1,0 +1,61 @@
+//! The command line as a user meets it: the quick benchmark writes valid JSON lines, and bad
+//! flags end in a clear message and a non-zero exit, never a panic.
+
+use std::process::Command;
+
+fn sasprune(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sasprune")).args(args).output().expect("the binary runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn bench_quick_writes_json_lines_with_the_adapter() {
+    let path = std::env::temp_dir().join(format!("sasprune-bench-{}.jsonl", std::process::id()));
+    std::fs::remove_file(&path).ok();
+    let file = path.to_str().unwrap();
+    let (ok, stdout, stderr) = sasprune(&["bench", "--quick", "--filter", "gemm", "--out", file]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, _, stderr) = sasprune(&["bench", "--quick", "--filter", "fused", "--out", file]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("a JSON object per line")).collect();
+    assert_eq!(lines.len(), 3, "gemm, fused sgd, fused sas-admm:\n{text}");
+    for v in &lines {
+        assert!(v["value"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(!v["adapter"].as_str().unwrap().is_empty());
+        for key in ["vendor_id", "device_type", "backend", "driver", "version", "commit", "unit", "ms"] {
+            assert!(!v[key].is_null(), "{key} missing in {v}");
+        }
+    }
+    assert_eq!(lines[0]["name"], "gemm 256x256x256");
+    assert_eq!(lines[0]["unit"], "GFLOP/s");
+    assert_eq!(lines[1]["unit"], "GB/s");
+    assert!(stdout.contains("adapter: "), "{stdout}");
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn bad_flags_end_in_clear_errors() {
+    let cases: [(&[&str], &str); 9] = [
+        (&["--rate", "6.6x"], "say which model to prune"),
+        (&["--model", "resnet33", "--rate", "6.6x"], "unknown model 'resnet33'"),
+        (&["--model", "resnet32", "--rate", "1x"], "above 1x"),
+        (&["--model", "resnet32", "--rate", "100%"], "below 100%"),
+        (&["--model", "resnet32"], "give a target with --rate"),
+        (&["--model", "resnet32", "--rate", "6x", "--method", "lottery"], "unknown --method 'lottery'"),
+        (&["--model", "resnet32", "--rate", "6x", "--schedule", "slow"], "unknown --schedule 'slow'"),
+        (&["--model", "resnet32", "--rate", "6x", "--subset", "0"], "--subset and --eval-limit must be at least 1"),
+        (&["train", "--model", "resnet20", "--data", "/nonexistent-dir"], "/nonexistent-dir"),
+    ];
+    for (args, expected) in cases {
+        let (ok, stdout, stderr) = sasprune(args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: expected '{expected}' in:\n{stderr}{stdout}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    }
+    let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run", "--lr", "0.1"]);
+    assert!(!ok && stderr.contains("takes no others"), "{stderr}");
+    let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run"]);
+    assert!(!ok && stderr.contains("cannot resume /nonexistent-run"), "{stderr}");
+}
