@@ -1,0 +1,72 @@
+//! Training: learning-rate schedules, and a run stopped and resumed from its checkpoint ends
+//! with exactly the weights of an uninterrupted run (same steps, same learning rates, same
+//! batches). Needs CIFAR-10 in data/ for the second test; skips without it.
+
+use sasprune::checkpoint::Normalize;
+use sasprune::data::cifar::Cifar10;
+use sasprune::data::{CIFAR_MEAN, CIFAR_STD};
+use sasprune::models::Model;
+use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
+use std::path::PathBuf;
+
+#[test]
+fn learning_rate_schedules() {
+    let cfg = TrainConfig::cifar_default();
+    assert_eq!(cfg.lr_at(0, 0, 1000), 0.1);
+    assert_eq!(cfg.lr_at(99, 0, 1000), 0.1);
+    assert!((cfg.lr_at(100, 0, 1000) - 0.01).abs() < 1e-9);
+    assert!((cfg.lr_at(150, 0, 1000) - 0.001).abs() < 1e-9);
+    let cos = TrainConfig { schedule: LrSchedule::Cosine, ..cfg };
+    assert_eq!(cos.lr_at(0, 0, 1000), 0.1);
+    assert!((cos.lr_at(3, 500, 1000) - 0.05).abs() < 1e-7);
+    assert!(cos.lr_at(9, 1000, 1000).abs() < 1e-9);
+}
+
+#[test]
+fn a_resumed_training_run_continues_exactly() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    if !dir.join("cifar-10-batches-bin/test_batch.bin").exists() {
+        eprintln!("skipping: no CIFAR-10 in {}", dir.display());
+        return;
+    }
+    let cifar = Cifar10::open(&dir).unwrap();
+    let test = sasprune::data::First { inner: &cifar.test, n: 50 };
+    let norm = Normalize { mean: CIFAR_MEAN, std: CIFAR_STD };
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch: 16,
+        subset: Some(48),
+        schedule: LrSchedule::Cosine,
+        eval_batch: 50,
+        show_progress: false,
+        ..TrainConfig::cifar_default()
+    };
+    let tmp = |tag: &str| std::env::temp_dir().join(format!("sasprune-resume-train-{tag}-{}", std::process::id()));
+    // uninterrupted: 4 steps (one epoch of 3 and one step of the next)
+    let mut a = Model::build("resnet20", 10, 3).unwrap();
+    let stop4 = TrainConfig { max_steps: Some(4), ..cfg.clone() };
+    let s = train::train(&mut a, &cifar.train, &test, norm, &stop4, &tmp("a"), Progress::default(), None).unwrap();
+    assert_eq!(s.steps, 4);
+    // stopped after 2 steps, then resumed in a fresh model from the checkpoint
+    let mut b = Model::build("resnet20", 10, 3).unwrap();
+    let stop2 = TrainConfig { max_steps: Some(2), ..cfg.clone() };
+    train::train(&mut b, &cifar.train, &test, norm, &stop2, &tmp("b"), Progress::default(), None).unwrap();
+    let mut c = Model::build("resnet20", 10, 77).unwrap();
+    let (progress, _) = train::load_state(&mut c, &tmp("b"), &stop4).unwrap();
+    assert_eq!(progress, Progress { step: 2 });
+    let s = train::train(&mut c, &cifar.train, &test, norm, &stop4, &tmp("b"), progress, None).unwrap();
+    assert_eq!(s.steps, 4);
+    assert_eq!(c.store.state_dict().unwrap(), a.store.state_dict().unwrap(), "resumed weights differ");
+    assert_eq!(c.store.momentum_dict().unwrap(), a.store.momentum_dict().unwrap(), "resumed momentum differs");
+    assert_eq!(c.store.batches_tracked, a.store.batches_tracked);
+    // the metrics file records the learning rate of each epoch
+    let metrics = std::fs::read_to_string(tmp("b").join(train::METRICS_FILE)).unwrap();
+    assert!(metrics.lines().count() >= 3, "{metrics}");
+    // resuming with another batch size is refused
+    let other = TrainConfig { batch: 32, ..stop4 };
+    let err = train::load_state(&mut c, &tmp("b"), &other).unwrap_err().to_string();
+    assert!(err.contains("batch 16") && err.contains("resume with the same settings"), "{err}");
+    for t in ["a", "b"] {
+        std::fs::remove_dir_all(tmp(t)).ok();
+    }
+}
