@@ -151,6 +151,9 @@ enum Command {
         #[arg(long, default_value = "bench-results.jsonl")]
         out: PathBuf,
     },
+    /// Run SAS-ADMM and ADMM-NN from the same dense weights for the same number of minibatch
+    /// gradients and write both convergence curves (compare.csv, compare.svg) to --out
+    Compare(PruneArgs),
     /// Evaluate a model on the test set
     Eval(EvalArgs),
     /// Train a model (dense, or resume an interrupted run)
@@ -443,6 +446,17 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
         Command::Bench { quick, filter, out } => {
             gpu::init(&options)?;
             sasprune::bench::run_and_record(&sasprune::bench::BenchConfig { quick, filter }, &out).map(drop)
+        }
+        Command::Compare(a) => {
+            gpu::init(&options)?;
+            let cfg = pipeline_config(&a)?;
+            let cfg = PipelineConfig {
+                out: a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-compare", cfg.model))),
+                ..cfg
+            };
+            let (train_set, _) = open_data(&cfg.model, a.data.data.as_deref())?;
+            say_adapter()?;
+            prune::pipeline::compare(&cfg, train_set.as_ref()).map(drop)
         }
         Command::Eval(a) => {
             gpu::init(&options)?;

@@ -45,7 +45,7 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         layer_rates: None,
         method,
         schedule: "tiny (test)".into(),
-        admm: AdmmNnConfig { iterations: 2, steps: 2, ..AdmmNnConfig::matching(&sas) },
+        admm: AdmmNnConfig::matching(&sas),
         sas,
         retrain: small.clone(),
         dense: small,
@@ -159,4 +159,21 @@ fn a_resumed_sas_admm_phase_continues_exactly() {
     let _ = checkpoint::Checkpoint::load(&d2.join("admm_state.safetensors")).unwrap();
     std::fs::remove_dir_all(d1).ok();
     std::fs::remove_dir_all(d2).ok();
+}
+
+#[test]
+fn convergence_comparison_runs_both_methods_on_the_same_budget() {
+    let Some(cifar) = data() else { return };
+    let cfg = tiny_config(Method::SasAdmm, Rate::Times(3.0), "compare");
+    let curves = pipeline::compare(&cfg, &cifar.train).unwrap();
+    assert_eq!(curves.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["sas-admm", "admm"]);
+    let budget: Vec<usize> = curves.iter().map(|(_, c)| c.last().unwrap().gradients).collect();
+    assert_eq!(budget[0], 7);
+    assert!(budget[1] >= budget[0] && budget[1] < budget[0] + cfg.admm.iterations, "{budget:?}");
+    let csv = std::fs::read_to_string(cfg.out.join("compare.csv")).unwrap();
+    assert_eq!(csv.lines().filter(|l| l.starts_with("sas-admm,")).count(), 2);
+    assert_eq!(csv.lines().filter(|l| l.starts_with("admm,")).count(), 2);
+    let svg = std::fs::read_to_string(cfg.out.join("compare.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 4, "two curves in each of two panels");
+    std::fs::remove_dir_all(&cfg.out).ok();
 }

@@ -370,3 +370,71 @@ fn sum_column(path: &Path, col: usize) -> Result<f64> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     Ok(text.lines().skip(1).filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).sum())
 }
+
+/// The convergence comparison: SAS-ADMM and ADMM-NN from the same dense weights for (about)
+/// the same number of minibatch gradients — ADMM-NN gets ceil(total / iterations) SGD steps per
+/// iteration, so at most `iterations − 1` more. Writes `compare.csv` and `compare.svg` in
+/// `cfg.out` and returns both curves.
+pub fn compare(cfg: &PipelineConfig, train_set: &dyn Dataset) -> Result<Vec<(String, Vec<IterationMetrics>)>> {
+    let dir = cfg.out.as_path();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let train_sub = First { inner: train_set, n: cfg.subset.unwrap_or(usize::MAX) };
+    let mut curves = Vec::new();
+    for method in [Method::SasAdmm, Method::Admm] {
+        let mut model = Model::build(&cfg.model, 10, cfg.seed)?;
+        let plan = make_plan(&model, cfg)?;
+        let norm = match &cfg.weights {
+            Some(w) => checkpoint::load_model(&mut model, w)?,
+            None => None,
+        }
+        .unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD });
+        let spec = train::train_spec(&model, &train_sub, norm, false);
+        let sub = dir.join(method.name());
+        std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+        let mut state = AdmmState::start(&model)?;
+        let total =
+            if method == Method::SasAdmm { cfg.sas.total_gradients() } else { cfg.admm.iterations * cfg.admm.steps };
+        let bar = if cfg.show_progress {
+            progress_bar(total as u64, method.name().to_string())
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let mut curve = Vec::new();
+        let after = |m: &IterationMetrics| -> Result<()> {
+            curve.push(*m);
+            bar.set_message(format!("iter {} | loss {:.4} | ‖W−Z‖² {:.3e}", m.k, m.ce, m.res2));
+            Ok(())
+        };
+        match method {
+            Method::SasAdmm => admm::run_sas_admm(
+                &mut model, &train_sub, &spec, norm, &cfg.sas, cfg.seed, &mut state, &sub, &bar, after,
+            )?,
+            _ => admm::run_admm_nn(
+                &mut model, &train_sub, &spec, norm, &cfg.admm, &plan, cfg.seed, &mut state, &sub, &bar, after,
+            )?,
+        }
+        bar.finish_and_clear();
+        if let Some(last) = curve.last() {
+            println!(
+                "{}: {} iterations, {} gradients, CE {:.4}, ‖W−Z‖² {:.3e}",
+                method.name(),
+                last.k,
+                last.gradients,
+                last.ce,
+                last.res2
+            );
+        }
+        curves.push((method.name().to_string(), curve));
+    }
+    let mut csv = format!("method,{}\n", IterationMetrics::CSV_HEADER);
+    for (name, curve) in &curves {
+        for m in curve {
+            csv.push_str(&format!("{name},{}\n", m.csv()));
+        }
+    }
+    checkpoint::write_atomic(&dir.join("compare.csv"), csv.as_bytes())?;
+    let series: Vec<(&str, &[IterationMetrics])> = curves.iter().map(|(n, c)| (n.as_str(), c.as_slice())).collect();
+    checkpoint::write_atomic(&dir.join("compare.svg"), report::convergence_svg(&series).as_bytes())?;
+    println!("wrote {} and {}", dir.join("compare.csv").display(), dir.join("compare.svg").display());
+    Ok(curves)
+}

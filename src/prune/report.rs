@@ -160,8 +160,10 @@ pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
         2.0 * W,
         H + 30.0
     );
-    let panels: [(&str, fn(&IterationMetrics) -> f64, bool); 2] =
-        [("objective (CE + λ‖W‖₁)", |m| m.objective, false), ("residual ‖W − Z‖² (log)", |m| m.res2, true)];
+    let panels: [(&str, fn(&IterationMetrics) -> f64, bool); 2] = [
+        ("objective (SAS-ADMM: CE + λ‖W_avg‖₁; ADMM-NN: CE)", |m| m.objective, false),
+        ("residual ‖W − Z‖² (log)", |m| m.res2, true),
+    ];
     let max_g = series.iter().flat_map(|(_, s)| s.iter().map(|m| m.gradients)).max().unwrap_or(1).max(1) as f64;
     for (pi, (title, value, log)) in panels.iter().enumerate() {
         let x0 = pi as f64 * W;
@@ -183,7 +185,7 @@ pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
         );
         for i in 0..=4 {
             let v = lo + (hi - lo) * i as f64 / 4.0;
-            let label = if *log { format!("1e{v:.1}") } else { format!("{v:.3}") };
+            let label = if *log { format!("{:.2e}", 10f64.powf(v)) } else { format!("{v:.3}") };
             let _ =
                 writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>", px(0.0) - 4.0, py(v) + 4.0);
             let g = max_g * i as f64 / 4.0;
