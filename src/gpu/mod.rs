@@ -260,6 +260,7 @@ impl Gpu {
 
     /// Releases pooled (unused) buffers back to the driver.
     pub fn trim_pool(&self) {
+        self.lock_recorder().forget_bind_groups();
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).trim();
     }
 }

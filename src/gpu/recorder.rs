@@ -9,11 +9,26 @@
 use super::{Buffer, BufferView, Gpu, Kernel};
 use crate::{Error, Result};
 
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Binding {
     buffer: wgpu::Buffer,
     offset: u64,
     size: u64,
 }
+
+/// A bind group is fully determined by the kernel, its uniform slot and its buffer ranges.
+/// Training repeats the same dispatches with the same pooled buffers every step, so after the
+/// first step every bind group comes from this cache instead of being created again.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    kernel: usize,
+    params_offset: u64,
+    params_size: u64,
+    bindings: Vec<Binding>,
+}
+
+/// Entries kept before the cache starts over (it also holds its buffers alive).
+const MAX_CACHED_GROUPS: usize = 16384;
 
 enum Command {
     Dispatch {
@@ -46,6 +61,7 @@ pub(super) struct Recorder {
     uploads_device: Option<wgpu::Buffer>,
     readback: Option<wgpu::Buffer>,
     uniform_align: u64,
+    groups: std::collections::HashMap<GroupKey, wgpu::BindGroup>,
 }
 
 fn binding(view: &BufferView) -> Binding {
@@ -82,7 +98,13 @@ impl Recorder {
             uploads_device: None,
             readback: None,
             uniform_align: limits.min_uniform_buffer_offset_alignment.max(16) as u64,
+            groups: std::collections::HashMap::new(),
         }
+    }
+
+    /// Drops the cached bind groups (and with them their hold on buffers).
+    pub fn forget_bind_groups(&mut self) {
+        self.groups.clear();
     }
 
     fn maybe_flush(&mut self, gpu: &Gpu) -> Result<()> {
@@ -96,12 +118,16 @@ impl Recorder {
         if self.commands.is_empty() {
             return Ok(());
         }
+        let old_params = self.params_device.clone();
         let params_buf = ensure(
             gpu,
             &mut self.params_device,
             self.params.len() as u64,
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
+        if old_params.as_ref() != Some(&params_buf) || self.groups.len() > MAX_CACHED_GROUPS {
+            self.groups.clear(); // cached groups bind the old uniform arena
+        }
         if !self.params.is_empty() {
             gpu.queue.write_buffer(&params_buf, 0, &self.params);
         }
@@ -127,31 +153,34 @@ impl Recorder {
                     let mut next = Some(command);
                     while let Some(Command::Dispatch { kernel, params_offset, params_size, bindings, groups }) = next {
                         let compiled = &kernels.compiled[kernel];
-                        let mut entries = vec![wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &params_buf,
-                                offset: params_offset,
-                                size: std::num::NonZeroU64::new(params_size),
-                            }),
-                        }];
-                        for (i, b) in bindings.iter().enumerate() {
-                            entries.push(wgpu::BindGroupEntry {
-                                binding: i as u32 + 1,
+                        let key = GroupKey { kernel, params_offset, params_size, bindings };
+                        let group = self.groups.entry(key).or_insert_with_key(|key| {
+                            let mut entries = vec![wgpu::BindGroupEntry {
+                                binding: 0,
                                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &b.buffer,
-                                    offset: b.offset,
-                                    size: std::num::NonZeroU64::new(b.size),
+                                    buffer: &params_buf,
+                                    offset: key.params_offset,
+                                    size: std::num::NonZeroU64::new(key.params_size),
                                 }),
-                            });
-                        }
-                        let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: None,
-                            layout: &compiled.layout,
-                            entries: &entries,
+                            }];
+                            for (i, b) in key.bindings.iter().enumerate() {
+                                entries.push(wgpu::BindGroupEntry {
+                                    binding: i as u32 + 1,
+                                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                        buffer: &b.buffer,
+                                        offset: b.offset,
+                                        size: std::num::NonZeroU64::new(b.size),
+                                    }),
+                                });
+                            }
+                            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                                label: None,
+                                layout: &compiled.layout,
+                                entries: &entries,
+                            })
                         });
                         pass.set_pipeline(&compiled.pipeline);
-                        pass.set_bind_group(0, &group, &[]);
+                        pass.set_bind_group(0, &*group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                         next = if matches!(commands.peek(), Some(Command::Dispatch { .. })) {
                             commands.next()
