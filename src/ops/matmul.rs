@@ -6,23 +6,42 @@ use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-/// The three tile shapes of the GEMM engine: RM rows of C per thread, a tile of 8*RM x 64.
-/// Each GEMM-based kernel is declared once per shape (`gemm_kernels!`) and `pick_tile` chooses
-/// by M, so 16- and 32-channel layers do not waste most of a 64-row tile.
+/// The three tile shapes of the GEMM engine: the wide 16x256 tile (tiled_gemm_wide.wgsl) for
+/// products with at most 16 rows, and (8·RM)x64 tiles with RM = 4 or 8 rows per thread
+/// (tiled_gemm.wgsl). Each GEMM-based kernel is declared once per shape (`gemm_kernels!`) and
+/// `pick_tile` chooses by M, so 16- and 32-channel layers do not waste most of a 64-row tile.
 macro_rules! gemm_kernels {
     ($label:literal, $file:literal, $section:expr) => {
         [
-            $crate::ops::matmul::gemm_kernel!(concat!($label, ".rm2"), "const RM: u32 = 2u;", $file, $section),
-            $crate::ops::matmul::gemm_kernel!(concat!($label, ".rm4"), "const RM: u32 = 4u;", $file, $section),
-            $crate::ops::matmul::gemm_kernel!(concat!($label, ".rm8"), "const RM: u32 = 8u;", $file, $section),
+            $crate::ops::matmul::gemm_kernel!(
+                concat!($label, ".wide16"),
+                "",
+                "../../shaders/tiled_gemm_wide.wgsl",
+                $file,
+                $section
+            ),
+            $crate::ops::matmul::gemm_kernel!(
+                concat!($label, ".rm4"),
+                "const RM: u32 = 4u;",
+                "../../shaders/tiled_gemm.wgsl",
+                $file,
+                $section
+            ),
+            $crate::ops::matmul::gemm_kernel!(
+                concat!($label, ".rm8"),
+                "const RM: u32 = 8u;",
+                "../../shaders/tiled_gemm.wgsl",
+                $file,
+                $section
+            ),
         ]
     };
 }
 macro_rules! gemm_kernel {
-    ($label:expr, $rm:literal, $file:literal, $section:expr) => {
+    ($label:expr, $rm:literal, $engine:literal, $file:literal, $section:expr) => {
         $crate::gpu::Kernel {
             label: $label,
-            prelude: &[$rm, include_str!("../../shaders/tiled_gemm.wgsl")],
+            prelude: &[$rm, include_str!($engine)],
             source: include_str!(concat!("../../shaders/", $file)),
             section: $section,
             entry: "main",
@@ -31,21 +50,19 @@ macro_rules! gemm_kernel {
 }
 pub(crate) use {gemm_kernel, gemm_kernels};
 
-/// Columns of C per workgroup.
-const TILE_N: usize = 64;
-
-/// Index into a `gemm_kernels!` array and the tile's row count for a product with `m` rows.
-pub(crate) fn pick_tile(m: usize) -> (usize, usize) {
+/// Index into a `gemm_kernels!` array and that tile's (rows, columns) for a product with `m` rows.
+pub(crate) fn pick_tile(m: usize) -> (usize, (usize, usize)) {
     match m {
-        0..=16 => (0, 16),
-        17..=32 => (1, 32),
-        _ => (2, 64),
+        0..=16 => (0, (16, 256)),
+        17..=32 => (1, (32, 64)),
+        _ => (2, (64, 64)),
     }
 }
 
 /// Workgroups covering an m x n product, `splits` deep.
 pub(crate) fn gemm_groups(m: usize, n: usize, splits: usize) -> [u32; 3] {
-    [n.div_ceil(TILE_N) as u32, m.div_ceil(pick_tile(m).1) as u32, splits as u32]
+    let (rows, cols) = pick_tile(m).1;
+    [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, splits as u32]
 }
 
 static GEMM: [Kernel; 3] = gemm_kernels!("matmul.gemm", "matmul.wgsl", None);
@@ -68,7 +85,8 @@ struct Params {
 /// How many K-splits a GEMM of this shape gets: enough workgroups to fill a large GPU when the
 /// output is small and the reduction long (weight gradients), none otherwise.
 pub(crate) fn split_k(m: usize, n: usize, k: usize) -> usize {
-    let tiles = m.div_ceil(pick_tile(m).1) * n.div_ceil(TILE_N);
+    let (rows, cols) = pick_tile(m).1;
+    let tiles = m.div_ceil(rows) * n.div_ceil(cols);
     if tiles >= 64 || k < 1024 {
         return 1;
     }
