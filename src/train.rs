@@ -58,6 +58,16 @@ pub fn check_dataset(model: &Model, ds: &dyn Dataset, what: &str) -> Result<()> 
     Ok(())
 }
 
+/// Prints a line above `bar`, or plainly when the bar is not drawn (output is not a terminal),
+/// so logs keep every line.
+pub(crate) fn log_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 pub(crate) fn progress_bar(len: u64, prefix: String) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -375,7 +385,7 @@ pub fn train(
             if cfg.announce_eta_after == Some(step - start.step) {
                 let per_step = started.elapsed().as_secs_f64() / (step - start.step) as f64;
                 let hours = per_step * (stop_at - step) as f64 / 3600.0;
-                bar.println(format!(
+                log_line(&bar, format!(
                     "at {:.2} s per step the remaining {} steps take about {hours:.1} h",
                     per_step,
                     stop_at - step

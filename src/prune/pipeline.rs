@@ -219,7 +219,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
                 if !cfg.show_progress {
                     return Ok(());
                 }
-                bar.println(format!("iteration {:>3} | gradients {:>6} | CE {:.4} | objective {:.4} | ‖W−Z‖² {:.3e} | ‖ΔZ‖² {:.3e} | {:.1} s", m.k, m.gradients, m.ce, m.objective, m.res2, m.dz2, m.seconds));
+                train::log_line(&bar, format!("iteration {:>3} | gradients {:>6} | CE {:.4} | objective {:.4} | ‖W−Z‖² {:.3e} | ‖ΔZ‖² {:.3e} | {:.1} s", m.k, m.gradients, m.ce, m.objective, m.res2, m.dz2, m.seconds));
                 Ok(())
             };
             match cfg.method {
