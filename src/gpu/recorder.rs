@@ -219,11 +219,13 @@ impl Gpu {
         }
         let max_binding = self.limits.max_storage_buffer_binding_size;
         if let Some(v) = buffers.iter().find(|v| v.size > max_binding) {
-            return Err(Error::TooLarge {
-                what: format!("an operand of {}", kernel.label),
-                bytes: v.size,
-                limit: max_binding,
-            });
+            return Err(Error::Gpu(format!(
+                "{}: an operand of {:.1} MiB exceeds this device's limit of {:.1} MiB per storage binding; a smaller \
+                 batch helps when it is an activation, a GPU with larger bindings when it is a weight",
+                kernel.label,
+                v.size as f64 / 1048576.0,
+                max_binding as f64 / 1048576.0
+            )));
         }
         let slot = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).slot(self, kernel)?;
         let mut rec = self.lock_recorder();
