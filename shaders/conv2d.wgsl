@@ -30,7 +30,8 @@ fn div(a: u32, d: u32, rcp: f32) -> u32 {
 }
 
 fn dims() -> vec2<u32> { return vec2<u32>(p.gm, p.gn); }
-fn k_range(z: u32) -> vec2<u32> { return vec2<u32>(z * p.k_chunk, min((z + 1u) * p.k_chunk, p.gk)); }
+// The k-range of split z of the reduction (sections whose z splits K use it as k_range).
+fn split_range(z: u32) -> vec2<u32> { return vec2<u32>(z * p.k_chunk, min((z + 1u) * p.k_chunk, p.gk)); }
 
 // Index of x at (b, ci, oy*s+ky-pad, ox*s+kx-pad), or -1 in the padding.
 // `r` = (ky, kx) as ky*kw+kx, `q` = (oy, ox) as oy*wo+ox.
@@ -44,6 +45,7 @@ fn x_index(b: u32, ci: u32, r: u32, q: u32) -> i32 {
 }
 
 //#section forward
+fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -64,6 +66,7 @@ fn store_c(co: u32, j: u32, z: u32, v: f32) {
 }
 
 //#section grad_input
+fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
@@ -93,6 +96,7 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
 }
 
 //#section grad_weight
+fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
@@ -110,3 +114,77 @@ fn load_b(k: u32, j: u32, z: u32) -> f32 {
     return x[i];
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) { dw[(z * p.gm + co) * p.gn + j] = v; }
+
+//#section grad_input_strided
+// grad_input for stride > 1, split by the parity class of the input pixel: workgroup z handles
+// class (py, px) = (z / s, z % s), the pixels iy ≡ py, ix ≡ px (mod s). Only the taps
+// ky ≡ (py + pad) mod s (and likewise kx) reach such a pixel, so each class is a dense GEMM with
+// K_z = c_out · ty · tx instead of c_out · kh · kw mostly multiplied by zeros.
+@group(0) @binding(1) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+
+struct Class { py: u32, px: u32, ky0: u32, kx0: u32, ty: u32, tx: u32, hq: u32, wq: u32 }
+
+fn class_of(z: u32) -> Class {
+    let s = p.stride;
+    var c: Class;
+    c.py = z / s;
+    c.px = z % s;
+    c.ky0 = (c.py + p.pad) % s;
+    c.kx0 = (c.px + p.pad) % s;
+    c.ty = select(0u, (p.kh - c.ky0 + s - 1u) / s, c.ky0 < p.kh);
+    c.tx = select(0u, (p.kw - c.kx0 + s - 1u) / s, c.kx0 < p.kw);
+    c.hq = select(0u, (p.h - c.py + s - 1u) / s, c.py < p.h);
+    c.wq = select(0u, (p.w - c.px + s - 1u) / s, c.px < p.w);
+    return c;
+}
+
+fn k_range(z: u32) -> vec2<u32> {
+    let c = class_of(z);
+    return vec2<u32>(0u, p.c_out * c.ty * c.tx);
+}
+
+fn load_a(ci: u32, k: u32, z: u32) -> f32 {
+    // k = (co, a, b): ky = ky0 + s·a, kx = kx0 + s·b
+    let c = class_of(z);
+    let taps = c.ty * c.tx;
+    let co = k / taps;
+    let r = k - co * taps;
+    let a = r / c.tx;
+    let ky = c.ky0 + p.stride * a;
+    let kx = c.kx0 + p.stride * (r - a * c.tx);
+    return wt[((co * p.c_in + ci) * p.kh + ky) * p.kw + kx];
+}
+fn load_b(k: u32, j: u32, z: u32) -> f32 {
+    let c = class_of(z);
+    let plane = c.hq * c.wq;
+    if (j >= p.n * plane) { return 0.0; }
+    let taps = c.ty * c.tx;
+    let co = k / taps;
+    let r = k - co * taps;
+    let a = r / c.tx;
+    let b = j / plane;
+    let q = j - b * plane;
+    let qy = q / c.wq;
+    let qx = q - qy * c.wq;
+    // iy + pad − ky = s·(qy + (py + pad − ky0)/s − a): an exact multiple of s by construction
+    let ty = i32(c.py + p.stride * qy + p.pad) - i32(c.ky0 + p.stride * a);
+    let tx = i32(c.px + p.stride * qx + p.pad) - i32(c.kx0 + p.stride * (r - a * c.tx));
+    if (ty < 0 || tx < 0) { return 0.0; }
+    let oy = u32(ty) / p.stride;
+    let ox = u32(tx) / p.stride;
+    if (oy >= p.ho || ox >= p.wo) { return 0.0; }
+    return dy[((b * p.c_out + co) * p.ho + oy) * p.wo + ox];
+}
+fn store_c(ci: u32, j: u32, z: u32, v: f32) {
+    let c = class_of(z);
+    let plane = c.hq * c.wq;
+    if (j >= p.n * plane) { return; }
+    let b = j / plane;
+    let q = j - b * plane;
+    let qy = q / c.wq;
+    let iy = c.py + p.stride * qy;
+    let ix = c.px + p.stride * (q - qy * c.wq);
+    dx[((b * p.c_in + ci) * p.h + iy) * p.w + ix] = v;
+}

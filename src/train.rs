@@ -385,11 +385,14 @@ pub fn train(
             if cfg.announce_eta_after == Some(step - start.step) {
                 let per_step = started.elapsed().as_secs_f64() / (step - start.step) as f64;
                 let hours = per_step * (stop_at - step) as f64 / 3600.0;
-                log_line(&bar, format!(
-                    "at {:.2} s per step the remaining {} steps take about {hours:.1} h",
-                    per_step,
-                    stop_at - step
-                ));
+                log_line(
+                    &bar,
+                    format!(
+                        "at {:.2} s per step the remaining {} steps take about {hours:.1} h",
+                        per_step,
+                        stop_at - step
+                    ),
+                );
             }
             if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
                 // Never save weights a diverged step produced: the epoch's loss sum is NaN then.

@@ -9,6 +9,8 @@ use crate::{Error, Result, Tensor};
 
 static FORWARD: [Kernel; 3] = gemm_kernels!("conv2d.forward", "conv2d.wgsl", Some("forward"));
 static GRAD_INPUT: [Kernel; 3] = gemm_kernels!("conv2d.grad_input", "conv2d.wgsl", Some("grad_input"));
+static GRAD_INPUT_STRIDED: [Kernel; 3] =
+    gemm_kernels!("conv2d.grad_input_strided", "conv2d.wgsl", Some("grad_input_strided"));
 static GRAD_WEIGHT: [Kernel; 3] = gemm_kernels!("conv2d.grad_weight", "conv2d.wgsl", Some("grad_weight"));
 
 /// Geometry of one convolution: input [n, c_in, h, w], weight [c_out, c_in, kh, kw].
@@ -101,12 +103,23 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeo
     Ok(y)
 }
 
-/// dL/dx given dL/dy.
+/// dL/dx given dL/dy. With stride s > 1 the input pixels are split into s² parity classes
+/// (one workgroup layer each), so no multiply is spent on taps that cannot reach a pixel.
 pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
     let dx = Tensor::uninit(&[g.n, g.c_in, g.h, g.w])?;
-    let (m, n, k) = (g.c_in, g.n * g.h * g.w, g.c_out * g.kh * g.kw);
+    let m = g.c_in;
     let gpu = crate::gpu::get()?;
     let views = [w.view(), dy.view(), dx.view()];
+    if g.stride > 1 {
+        // N covers the largest class; smaller classes skip the columns past their end.
+        let n = g.n * g.h.div_ceil(g.stride) * g.w.div_ceil(g.stride);
+        let k = g.c_out * g.kh.div_ceil(g.stride) * g.kw.div_ceil(g.stride);
+        let kernel = &GRAD_INPUT_STRIDED[pick_tile(m).0];
+        return gpu
+            .dispatch(kernel, &g.params(m, n, k, k, false), &views, gemm_groups(m, n, g.stride * g.stride))
+            .map(|_| dx);
+    }
+    let (n, k) = (g.n * g.h * g.w, g.c_out * g.kh * g.kw);
     gpu.dispatch(&GRAD_INPUT[pick_tile(m).0], &g.params(m, n, k, k, false), &views, gemm_groups(m, n, 1))?;
     Ok(dx)
 }
