@@ -149,9 +149,9 @@ fn load_a(ci: u32, k: u32, z: u32) -> f32 {
     // k = (co, a, b): ky = ky0 + s·a, kx = kx0 + s·b
     let c = class_of(z);
     let taps = c.ty * c.tx;
-    let co = k / taps;
+    let co = div(k, taps, 1.0 / f32(taps));
     let r = k - co * taps;
-    let a = r / c.tx;
+    let a = div(r, c.tx, 1.0 / f32(c.tx));
     let ky = c.ky0 + p.stride * a;
     let kx = c.kx0 + p.stride * (r - a * c.tx);
     return wt[((co * p.c_in + ci) * p.kh + ky) * p.kw + kx];
@@ -161,19 +161,19 @@ fn load_b(k: u32, j: u32, z: u32) -> f32 {
     let plane = c.hq * c.wq;
     if (j >= p.n * plane) { return 0.0; }
     let taps = c.ty * c.tx;
-    let co = k / taps;
+    let co = div(k, taps, 1.0 / f32(taps));
     let r = k - co * taps;
-    let a = r / c.tx;
-    let b = j / plane;
+    let a = div(r, c.tx, 1.0 / f32(c.tx));
+    let b = div(j, plane, 1.0 / f32(plane));
     let q = j - b * plane;
-    let qy = q / c.wq;
+    let qy = div(q, c.wq, 1.0 / f32(c.wq));
     let qx = q - qy * c.wq;
     // iy + pad − ky = s·(qy + (py + pad − ky0)/s − a): an exact multiple of s by construction
     let ty = i32(c.py + p.stride * qy + p.pad) - i32(c.ky0 + p.stride * a);
     let tx = i32(c.px + p.stride * qx + p.pad) - i32(c.kx0 + p.stride * (r - a * c.tx));
     if (ty < 0 || tx < 0) { return 0.0; }
-    let oy = u32(ty) / p.stride;
-    let ox = u32(tx) / p.stride;
+    let oy = div(u32(ty), p.stride, p.r_stride);
+    let ox = div(u32(tx), p.stride, p.r_stride);
     if (oy >= p.ho || ox >= p.wo) { return 0.0; }
     return dy[((b * p.c_out + co) * p.ho + oy) * p.wo + ox];
 }
@@ -181,9 +181,9 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let c = class_of(z);
     let plane = c.hq * c.wq;
     if (j >= p.n * plane) { return; }
-    let b = j / plane;
+    let b = div(j, plane, 1.0 / f32(plane));
     let q = j - b * plane;
-    let qy = q / c.wq;
+    let qy = div(q, c.wq, 1.0 / f32(c.wq));
     let iy = c.py + p.stride * qy;
     let ix = c.px + p.stride * (q - qy * c.wq);
     dx[((b * p.c_in + ci) * p.h + iy) * p.w + ix] = v;
