@@ -445,11 +445,6 @@ pub fn train(
     })
 }
 
-/// The run directory's checkpoint path of the model weights.
-pub fn model_path(dir: &Path) -> PathBuf {
-    dir.join(MODEL_FILE)
-}
-
 /// The best test top-1 recorded in a run directory's metrics, if any.
 pub fn read_best(dir: &Path) -> Result<Option<f64>> {
     let path = dir.join(METRICS_FILE);
