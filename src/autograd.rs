@@ -1,12 +1,13 @@
 //! Reverse-mode automatic differentiation on a tape.
 //!
 //! Every op that produces a tensor from inputs that need gradients attaches a [`Node`]: a
-//! [`Backward`] object holding what the op saved, plus the input tensors. `backward` sorts the
+//! [`Backward`] object holding what the op saved, plus edges to the inputs (their place in the
+//! graph, not their data: an input's buffer stays alive only if the backward rule saved it). `backward` sorts the
 //! graph topologically, runs each node once in reverse order, and accumulates (adds) gradients
 //! for tensors used more than once. Each node is taken out of the graph as it runs, so the
 //! buffers it saved are released as soon as they are no longer needed.
 
-use crate::tensor::Tensor;
+use crate::tensor::{Edge, Tensor};
 use crate::Result;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -19,7 +20,7 @@ pub trait Backward: Send + Sync {
 
 pub struct Node {
     pub backward: Box<dyn Backward>,
-    pub inputs: Vec<Tensor>,
+    pub inputs: Vec<Edge>,
 }
 
 thread_local! {
@@ -49,11 +50,12 @@ pub fn needs_node(inputs: &[&Tensor]) -> bool {
 }
 
 /// Runs backward from `root` with `seed` as the gradient of root.
-pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
+pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
     // Topological order by iterative depth-first search (deep ResNets would overflow recursion).
-    let mut order: Vec<Tensor> = Vec::new();
+    let mut order: Vec<Edge> = Vec::new();
     let mut seen: HashSet<u64> = HashSet::new();
-    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    let root_id = root.id();
+    let mut stack: Vec<(Edge, bool)> = vec![(root, false)];
     while let Some((t, expanded)) = stack.pop() {
         if expanded {
             order.push(t);
@@ -71,8 +73,8 @@ pub(crate) fn run_backward(root: &Tensor, seed: Tensor) -> Result<()> {
         }
     }
     let mut grads: HashMap<u64, Tensor> = HashMap::new();
-    grads.insert(root.id(), seed);
-    // Consuming `order` drops each tensor handle once its node has run.
+    grads.insert(root_id, seed);
+    // Consuming `order` drops each node (and the buffers it saved) once it has run.
     for t in order.into_iter().rev() {
         let Some(grad) = grads.remove(&t.id()) else { continue };
         match t.take_node() {

@@ -1,7 +1,9 @@
 //! The cross-vendor benchmark behind `sasprune bench` and `cargo bench`: every kernel family
 //! and whole training / evaluation steps, timed after a warm-up as the median of several runs
-//! (host time around submit + wait), printed as a table and appended as JSON lines that carry
-//! the adapter, crate version and git commit, so results from different machines merge.
+//! (kernels on the device with timestamp queries where the adapter has them, otherwise host
+//! time around submit + wait; whole steps on the host), printed as a table and appended as JSON
+//! lines that carry the adapter, how it was timed, crate version and git commit, so results
+//! from different machines merge.
 
 use crate::gpu;
 use crate::models::Model;
@@ -19,6 +21,8 @@ pub struct Measurement {
     pub work: f64,
     /// "GFLOP/s" (work in GFLOP), "GB/s" (work in GB) or "images/s" (work in images).
     pub unit: &'static str,
+    /// How it was timed ([`DEVICE_TIMING`] or [`HOST_TIMING`]).
+    pub timing: &'static str,
     /// Extra fields for the JSON line (key, JSON value).
     pub extra: Vec<(&'static str, String)>,
 }
@@ -29,21 +33,45 @@ impl Measurement {
     }
 }
 
-/// Median wall time of `runs` runs of `f` (after one warm-up run), each ending in a full
-/// device synchronization.
-pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// How a measurement was timed (recorded in its JSON line).
+pub const DEVICE_TIMING: &str = "device, timestamp queries around each compute pass, median";
+pub const HOST_TIMING: &str = "host, submit + wait, median";
+/// Whole steps are timed on the host: what a user waits for, host work included.
+pub const STEP_TIMING: &str = "host, consecutive steps (one submit each) then one wait";
+
+/// Median time of `runs` runs of `f` (after one warm-up run) and how it was timed: on the
+/// device with timestamp queries when the adapter has them (the kernels' own time, without
+/// submit and wake-up latency), otherwise on the host around the run and a full device wait.
+pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, &'static str)> {
     let gpu = gpu::get()?;
     f()?;
     gpu.synchronize()?;
     let mut times = Vec::with_capacity(runs);
+    let mut timing = DEVICE_TIMING;
     for _ in 0..runs.max(1) {
         let start = Instant::now();
+        let timed = gpu.start_device_timer()?;
         f()?;
+        let device = if timed { gpu.stop_device_timer()? } else { None };
         gpu.synchronize()?;
-        times.push(start.elapsed().as_secs_f64());
+        let host = start.elapsed().as_secs_f64();
+        times.push(device.unwrap_or_else(|| {
+            timing = HOST_TIMING;
+            host
+        }));
+    }
+    if timing == HOST_TIMING {
+        // Mixed runs are not comparable: time them all again on the host.
+        times.clear();
+        for _ in 0..runs.max(1) {
+            let start = Instant::now();
+            f()?;
+            gpu.synchronize()?;
+            times.push(start.elapsed().as_secs_f64());
+        }
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok((times[times.len() / 2], timing))
 }
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -89,8 +117,8 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
     let name = format!("gemm {s}x{s}x{s}");
     if cfg.wants(&name) {
         let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
-        let seconds = time_median(runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
-        emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", extra: vec![] })?;
+        let (seconds, timing) = time_median(runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
+        emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", timing, extra: vec![] })?;
     }
     for (label, g) in resnet32_conv_shapes(batch) {
         let names = ["forward", "grad-input", "grad-weight"].map(|k| format!("{label} b{batch} {k}"));
@@ -109,12 +137,13 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
         ];
         for (name, f) in names.into_iter().zip(kernels) {
             if cfg.wants(&name) {
-                let seconds = time_median(runs, f)?;
+                let (seconds, timing) = time_median(runs, f)?;
                 emit(Measurement {
                     name,
                     seconds,
                     work: gflop(g.macs()),
                     unit: "GFLOP/s",
+                    timing,
                     extra: vec![("gemm_mnk", gemm_shape.clone())],
                 })?;
             }
@@ -130,15 +159,15 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
         let cfg_bn = batchnorm::BatchNormConfig::default();
         if cfg.wants(&names[0]) {
             // reads x twice (statistics, normalize) and writes y
-            let seconds = time_median(runs, || {
+            let (seconds, timing) = time_median(runs, || {
                 crate::autograd::no_grad(|| batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn).map(drop))
             })?;
-            emit(Measurement { name: names[0].clone(), seconds, work: 3.0 * bytes, unit: "GB/s", extra: vec![] })?;
+            emit(Measurement { name: names[0].clone(), seconds, work: 3.0 * bytes, unit: "GB/s", timing, extra: vec![] })?;
         }
         if cfg.wants(&names[1]) {
             let dy = random(&[n, c, 16, 16], 7)?;
             // reads dy and x twice (reductions, input gradient) and writes dx
-            let seconds = time_median(runs, || {
+            let (seconds, timing) = time_median(runs, || {
                 let y = batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn)?;
                 y.backward_with(dy.clone())
             })?;
@@ -147,7 +176,8 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                 seconds,
                 work: 8.0 * bytes,
                 unit: "GB/s",
-                extra: vec![("includes", "\"forward\"".into())],
+                timing,
+            extra: vec![("includes", "\"forward\"".into())],
             })?;
         }
     }
@@ -155,13 +185,14 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
     if cfg.wants(&name) {
         let logits = random(&[batch, 1000], 8)?.with_grad();
         let labels = Tensor::from_slice(&(0..batch).map(|i| (i * 7 % 1000) as f32).collect::<Vec<_>>(), &[batch])?;
-        let seconds = time_median(runs, || loss::cross_entropy(&logits, &labels)?.backward())?;
+        let (seconds, timing) = time_median(runs, || loss::cross_entropy(&logits, &labels)?.backward())?;
         let bytes = (batch * 1000 * 4) as f64 * 4.0 / 1e9;
         emit(Measurement {
             name,
             seconds,
             work: bytes,
             unit: "GB/s",
+            timing,
             extra: vec![("includes", "\"forward and backward\"".into())],
         })?;
     }
@@ -171,16 +202,16 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
         let (w, g, b, m) =
             (random(&[len], 9)?, random(&[len], 10)?, Tensor::zeros(&[len])?, Tensor::full(&[len], 1.0)?);
         let s = sgd::SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
-        let seconds = time_median(runs, || sgd::sgd_step(&w, &g, &b, Some(&m), &s))?;
+        let (seconds, timing) = time_median(runs, || sgd::sgd_step(&w, &g, &b, Some(&m), &s))?;
         // reads w, grad, buf, mask; writes w, buf
-        emit(Measurement { name, seconds, work: 6.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", extra: vec![] })?;
+        emit(Measurement { name, seconds, work: 6.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", timing, extra: vec![] })?;
     }
     let name = format!("fused sas-admm inner update {len}");
     if cfg.wants(&name) {
         let t: Vec<Tensor> = (0..5).map(|i| random(&[len], 11 + i)).collect::<Result<_>>()?;
-        let seconds = time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
+        let (seconds, timing) = time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
         // reads d, h, W̆, W; writes W̆, W, Ŵ
-        emit(Measurement { name, seconds, work: 7.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", extra: vec![] })?;
+        emit(Measurement { name, seconds, work: 7.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", timing, extra: vec![] })?;
     }
     for (model, b) in [("resnet32", step_batch), ("alexnet", if cfg.quick { 2 } else { 16 })] {
         let names = [format!("{model} train step b{b}"), format!("{model} eval b{b}")];
@@ -189,22 +220,37 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
         }
         match step_rate(model, b, steps) {
             Ok(r) => {
-                let mem = format!("{}", r.peak_step_bytes);
                 let first = format!("{:.3}", r.first_step_seconds);
                 emit(Measurement {
                     name: names[0].clone(),
                     seconds: (steps * b) as f64 / r.train_images_per_second,
                     work: (steps * b) as f64,
                     unit: "images/s",
-                    extra: vec![("peak_step_bytes", mem), ("first_step_seconds", first)],
+                    timing: STEP_TIMING,
+                    extra: vec![
+                        ("peak_step_bytes", r.peak_step_bytes.to_string()),
+                        ("after_forward_bytes", r.after_forward_bytes.to_string()),
+                        ("device_bytes", r.device_bytes.to_string()),
+                        ("first_step_seconds", first),
+                    ],
                 })?;
                 emit(Measurement {
                     name: names[1].clone(),
                     seconds: (steps * b) as f64 / r.eval_images_per_second,
                     work: (steps * b) as f64,
                     unit: "images/s",
+                    timing: STEP_TIMING,
                     extra: vec![],
                 })?;
+                let mib = |b: u64| b as f64 / 1048576.0;
+                println!(
+                    "  {model} step memory: peak {:.0} MiB held, {:.0} MiB after the forward pass \
+                     (ratio {:.2}), {:.0} MiB owned incl. pooled",
+                    mib(r.peak_step_bytes),
+                    mib(r.after_forward_bytes),
+                    r.peak_step_bytes as f64 / r.after_forward_bytes as f64,
+                    mib(r.device_bytes)
+                );
             }
             // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
             // drivers' binding limit) is reported, not fatal.
@@ -226,6 +272,11 @@ pub struct StepRate {
     /// Peak bytes of device buffers held during the timed training steps (parameters,
     /// gradients, momentum, batch-norm statistics, activations and temporaries).
     pub peak_step_bytes: u64,
+    /// Bytes held right after the forward pass: parameters, gradients, momentum, statistics and
+    /// the activations the backward pass will read (what a step cannot do without).
+    pub after_forward_bytes: u64,
+    /// Bytes of all device buffers the engine owns after the steps, pooled (free) ones included.
+    pub device_bytes: u64,
 }
 
 /// Times `steps` training steps (zero grad, forward, backward, SGD over the arena, one submit
@@ -259,6 +310,16 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     gpu.synchronize()?;
     let train_seconds = start.elapsed().as_secs_f64();
     let peak_step_bytes = gpu.memory_stats().peak_in_use;
+    // One more step, paused after the forward pass to see what backward needs held.
+    model.store.zero_grad()?;
+    let l = loss::cross_entropy(&model.forward(&x, true)?, &y)?;
+    gpu.flush()?;
+    let after_forward_bytes = gpu.memory_stats().in_use;
+    l.backward()?;
+    model.store.sgd_step(&sgd, None)?;
+    gpu.synchronize()?;
+    let stats = gpu.memory_stats();
+    let device_bytes = stats.in_use + stats.pooled;
     let eval = |model: &mut Model| -> Result<()> {
         crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
         gpu.flush()
@@ -278,6 +339,8 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         eval_images_per_second: (steps * batch) as f64 / eval_seconds,
         first_step_seconds,
         peak_step_bytes,
+        after_forward_bytes,
+        device_bytes,
     })
 }
 
@@ -324,7 +387,7 @@ pub fn json_line(m: &Measurement) -> Result<String> {
         ("timestamp_queries", a.timestamp_queries.to_string()),
         ("subgroups", a.subgroups.to_string()),
         ("shader_f16", a.shader_f16.to_string()),
-        ("timing", json_str("host, submit + wait, median")),
+        ("timing", json_str(m.timing)),
         ("version", json_str(env!("CARGO_PKG_VERSION"))),
         ("commit", json_str(&git_commit())),
         ("unix_time", secs.to_string()),
@@ -346,11 +409,12 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
         a.max_buffer_size >> 20,
         a.max_storage_binding >> 20
     );
-    println!("{:<46} {:>10} {:>12}", "measurement", "ms", "rate");
+    println!("{:<46} {:>10} {:>12}        {}", "measurement", "ms", "rate", "timed on");
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(|e| Error::io(out, e))?;
     let mut count = 0;
     run(cfg, |m| {
-        println!("{:<46} {:>10.3} {:>12.2} {}", m.name, m.seconds * 1e3, m.rate(), m.unit);
+        let on = if m.timing == DEVICE_TIMING { "device" } else { "host" };
+        println!("{:<46} {:>10.3} {:>12.2} {:<8} {on}", m.name, m.seconds * 1e3, m.rate(), m.unit);
         writeln!(file, "{}", json_line(m)?).map_err(|e| Error::io(out, e))?;
         count += 1;
         Ok(())

@@ -12,11 +12,21 @@ use std::sync::{Arc, Mutex};
 pub struct Tensor(Arc<Inner>);
 
 struct Inner {
-    id: u64,
     shape: Vec<usize>,
     storage: Arc<Buffer>,
     /// Byte offset of element 0 inside `storage`.
     offset: u64,
+    /// The tensor's place in the autograd graph. Kept apart from the data so that graph edges
+    /// (an op's inputs) do not keep input buffers alive: only what a backward rule saves does.
+    meta: Edge,
+}
+
+/// A reference to a tensor's place in the autograd graph, without its data.
+#[derive(Clone)]
+pub struct Edge(Arc<Meta>);
+
+struct Meta {
+    id: u64,
     requires_grad: bool,
     /// Made by an op that recorded a node (as opposed to a leaf such as a parameter).
     from_op: bool,
@@ -52,17 +62,15 @@ impl Tensor {
         node: Option<Node>,
         grad_slot: Option<Tensor>,
     ) -> Tensor {
-        Tensor(Arc::new(Inner {
+        let meta = Edge(Arc::new(Meta {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            shape,
-            storage,
-            offset,
             requires_grad,
             from_op: node.is_some(),
             node: Mutex::new(node),
             grad: Mutex::new(None),
             grad_slot,
-        }))
+        }));
+        Tensor(Arc::new(Inner { shape, storage, offset, meta }))
     }
 
     /// A tensor whose contents the caller (an op's kernel) will write in full.
@@ -145,7 +153,12 @@ impl Tensor {
     }
 
     pub fn id(&self) -> u64 {
-        self.0.id
+        self.0.meta.0.id
+    }
+
+    /// This tensor's place in the graph, for an op's [`Node::inputs`].
+    pub fn edge(&self) -> Edge {
+        self.0.meta.clone()
     }
 
     /// The bytes of this tensor, for binding to a kernel.
@@ -162,7 +175,7 @@ impl Tensor {
     }
 
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.meta.0.requires_grad
     }
 
     /// The same data as a leaf that accumulates a gradient (a parameter).
@@ -202,23 +215,25 @@ impl Tensor {
         }
         let out = Tensor::wrap(self.0.storage.clone(), self.0.offset, shape.to_vec(), false, None);
         let node = autograd::needs_node(&[self])
-            .then(|| Node { backward: Box::new(ReshapeBackward(self.shape().to_vec())), inputs: vec![self.clone()] });
+            .then(|| Node { backward: Box::new(ReshapeBackward(self.shape().to_vec())), inputs: vec![self.edge()] });
         Ok(out.with_node(node))
     }
 
     /// The accumulated gradient of a leaf.
     pub fn grad(&self) -> Option<Tensor> {
-        match &self.0.grad_slot {
+        let meta = &self.0.meta.0;
+        match &meta.grad_slot {
             Some(slot) => Some(slot.clone()),
-            None => lock(&self.0.grad).clone(),
+            None => lock(&meta.grad).clone(),
         }
     }
 
     pub fn zero_grad(&self) -> Result<()> {
-        match &self.0.grad_slot {
+        let meta = &self.0.meta.0;
+        match &meta.grad_slot {
             Some(slot) => crate::ops::elementwise::fill(slot, 0.0),
             None => {
-                *lock(&self.0.grad) = None;
+                *lock(&meta.grad) = None;
                 Ok(())
             }
         }
@@ -233,7 +248,7 @@ impl Tensor {
             return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
         }
         let seed = Tensor::full(self.shape(), 1.0)?;
-        autograd::run_backward(self, seed)
+        autograd::run_backward(self.edge(), seed)
     }
 
     /// Backpropagates from this tensor given the gradient of some scalar with respect to it
@@ -248,10 +263,21 @@ impl Tensor {
         if !self.requires_grad() {
             return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
         }
-        autograd::run_backward(self, grad)
+        autograd::run_backward(self.edge(), grad)
     }
 
-    pub(crate) fn node_inputs(&self) -> Vec<Tensor> {
+}
+
+impl Edge {
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub(crate) fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    pub(crate) fn node_inputs(&self) -> Vec<Edge> {
         lock(&self.0.node).as_ref().map(|n| n.inputs.clone()).unwrap_or_default()
     }
 

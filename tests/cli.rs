@@ -24,9 +24,12 @@ fn bench_quick_writes_json_lines_with_the_adapter() {
     for v in &lines {
         assert!(v["value"].as_f64().unwrap() > 0.0, "{v}");
         assert!(!v["adapter"].as_str().unwrap().is_empty());
-        for key in ["vendor_id", "device_type", "backend", "driver", "version", "commit", "unit", "ms"] {
+        for key in ["vendor_id", "device_type", "backend", "driver", "version", "commit", "unit", "ms", "timing"] {
             assert!(!v[key].is_null(), "{key} missing in {v}");
         }
+        // Kernels are timed on the device wherever the adapter has timestamp queries.
+        let on_device = v["timing"].as_str().unwrap().starts_with("device");
+        assert_eq!(on_device, v["timestamp_queries"].as_bool().unwrap(), "{v}");
     }
     assert_eq!(lines[0]["name"], "gemm 256x256x256");
     assert_eq!(lines[0]["unit"], "GFLOP/s");

@@ -388,3 +388,26 @@ fn sgd_step_matches_reference_with_momentum_nesterov_weight_decay_and_mask() {
         }
     }
 }
+
+#[test]
+fn device_timer_times_compute_passes_and_work_in_order() {
+    let gpu = sasprune::gpu::get().unwrap();
+    let (m, k, n) = (96, 80, 112);
+    let mut rng = Rng::new(77);
+    let (a, b) = (f32_exact(&rng.vec(m * k)), f32_exact(&rng.vec(k * n)));
+    let (at, bt) = (tensor(&a, &[m, k]), tensor(&b, &[k, n]));
+    let start = std::time::Instant::now();
+    let timed = gpu.start_device_timer().unwrap();
+    let c = matmul::gemm(&at, &bt, None, m, k, n, false, false).unwrap();
+    let device = gpu.stop_device_timer().unwrap();
+    gpu.synchronize().unwrap();
+    let host = start.elapsed().as_secs_f64();
+    match (timed, device) {
+        (true, Some(t)) => assert!(t > 0.0 && t <= host, "device {t} s, host {host} s"),
+        (true, None) => panic!("one GEMM fits the timer's pass budget"),
+        (false, d) => assert!(d.is_none() && !gpu.adapter.timestamp_queries),
+    }
+    // Timing must not disturb the results.
+    assert_close("timed gemm", &values(&c), &cpu::matmul(&a, &b, m, k, n, false, false), LONG_SUM);
+    assert_eq!(gpu.stop_device_timer().unwrap(), None, "stopping twice reports nothing");
+}

@@ -228,6 +228,20 @@ impl Gpu {
         self.check_device_error()
     }
 
+    /// Starts timing on the device (timestamp queries around every compute pass); false when
+    /// the adapter cannot. Pending work is submitted first and not counted.
+    pub fn start_device_timer(&self) -> Result<bool> {
+        self.lock_recorder().start_timer(self)
+    }
+
+    /// Submits what is recorded and returns the device seconds of the compute passes since
+    /// `start_device_timer`, or None when they could not all be timed.
+    pub fn stop_device_timer(&self) -> Result<Option<f64>> {
+        let seconds = self.lock_recorder().stop_timer(self)?;
+        self.check_device_error()?;
+        Ok(seconds)
+    }
+
     /// Submits everything recorded so far and waits until the device has finished it.
     pub fn synchronize(&self) -> Result<()> {
         self.flush()?;

@@ -49,6 +49,21 @@ enum Command {
     },
 }
 
+/// Compute passes one submit can time (two timestamps each); a submit with more passes makes
+/// the measurement incomplete and the caller falls back to host time.
+const MAX_TIMED_PASSES: u32 = 1024;
+
+/// Device-side timing with timestamp queries: while on, every compute pass writes a timestamp
+/// at its start and end, and each submit's pass durations are added up.
+struct PassTimer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    on: bool,
+    elapsed_ns: f64,
+    complete: bool,
+}
+
 /// Flush on our own once this many commands or arena bytes are pending.
 const MAX_COMMANDS: usize = 8192;
 const MAX_UPLOAD_BYTES: usize = 64 << 20;
@@ -62,6 +77,7 @@ pub(super) struct Recorder {
     readback: Option<wgpu::Buffer>,
     uniform_align: u64,
     groups: std::collections::HashMap<GroupKey, wgpu::BindGroup>,
+    timer: Option<PassTimer>,
 }
 
 fn binding(view: &BufferView) -> Binding {
@@ -99,7 +115,53 @@ impl Recorder {
             readback: None,
             uniform_align: limits.min_uniform_buffer_offset_alignment.max(16) as u64,
             groups: std::collections::HashMap::new(),
+            timer: None,
         }
+    }
+
+    /// Starts device timing (pending work is submitted first, untimed). False when the
+    /// adapter has no timestamp queries.
+    pub fn start_timer(&mut self, gpu: &Gpu) -> Result<bool> {
+        self.flush(gpu)?;
+        if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(false);
+        }
+        let timer = self.timer.get_or_insert_with(|| {
+            let buffer = |usage| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("sasprune timestamps"),
+                    size: 2 * MAX_TIMED_PASSES as u64 * 8,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            PassTimer {
+                queries: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("sasprune pass timer"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * MAX_TIMED_PASSES,
+                }),
+                resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+                readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+                on: false,
+                elapsed_ns: 0.0,
+                complete: true,
+            }
+        });
+        timer.on = true;
+        timer.elapsed_ns = 0.0;
+        timer.complete = true;
+        Ok(true)
+    }
+
+    /// Stops device timing: seconds the device spent in the compute passes submitted since
+    /// `start_timer`, or None when some pass went untimed (or timing never started).
+    pub fn stop_timer(&mut self, gpu: &Gpu) -> Result<Option<f64>> {
+        self.flush(gpu)?;
+        Ok(self.timer.as_mut().filter(|t| t.on).and_then(|t| {
+            t.on = false;
+            t.complete.then_some(t.elapsed_ns * 1e-9)
+        }))
     }
 
     /// Drops the cached bind groups (and with them their hold on buffers).
@@ -146,10 +208,29 @@ impl Recorder {
         let kernels = gpu.kernels.lock().unwrap_or_else(|p| p.into_inner());
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut commands = std::mem::take(&mut self.commands).into_iter().peekable();
+        let timer = self.timer.as_mut().filter(|t| t.on);
+        let mut timed_passes = 0u32;
+        let mut untimed = false;
         while let Some(command) = commands.next() {
             match command {
                 Command::Dispatch { .. } => {
-                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    let timestamp_writes = match &timer {
+                        Some(t) if timed_passes < MAX_TIMED_PASSES => {
+                            timed_passes += 1;
+                            Some(wgpu::ComputePassTimestampWrites {
+                                query_set: &t.queries,
+                                beginning_of_pass_write_index: Some(2 * timed_passes - 2),
+                                end_of_pass_write_index: Some(2 * timed_passes - 1),
+                            })
+                        }
+                        Some(_) => {
+                            untimed = true;
+                            None
+                        }
+                        None => None,
+                    };
+                    let mut pass = encoder
+                        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                     let mut next = Some(command);
                     while let Some(Command::Dispatch { kernel, params_offset, params_size, bindings, groups }) = next {
                         let compiled = &kernels.compiled[kernel];
@@ -199,9 +280,23 @@ impl Recorder {
             }
         }
         drop(kernels);
+        let timed_bytes = 2 * timed_passes as u64 * 8;
+        if let (Some(t), true) = (&timer, timed_passes > 0) {
+            encoder.resolve_query_set(&t.queries, 0..2 * timed_passes, &t.resolve, 0);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, Some(timed_bytes));
+        }
         gpu.queue.submit([encoder.finish()]);
         self.params.clear();
         self.uploads.clear();
+        if let Some(t) = timer {
+            t.complete &= !untimed;
+            if timed_passes > 0 {
+                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&t.readback, timed_bytes)?);
+                let period = gpu.queue.get_timestamp_period() as f64;
+                // A pass whose end is not after its start (a driver quirk) counts as zero.
+                t.elapsed_ns += ticks.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period).sum::<f64>();
+            }
+        }
         Ok(())
     }
 }
@@ -280,7 +375,15 @@ impl Gpu {
         // The lock stays held until the staging buffer is unmapped: it is shared by all readers.
         rec.flush(self)?;
         self.check_device_error()?;
-        let slice = staging.slice(0..view.size);
+        let bytes = self.map_and_read(&staging, view.size)?;
+        drop(rec);
+        self.check_device_error()?;
+        Ok(bytes)
+    }
+
+    /// Waits for the device, then copies the first `size` bytes of a MAP_READ buffer.
+    fn map_and_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(0..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -298,8 +401,6 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("reading back from the device failed: {e}")))?
             .to_vec();
         staging.unmap();
-        drop(rec);
-        self.check_device_error()?;
         Ok(bytes)
     }
 }

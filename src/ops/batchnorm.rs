@@ -90,7 +90,7 @@ pub fn batch_norm(
     launch(&NORMALIZE, &p, &[x, &mean, &stat, gamma, beta, &y], groups_1d(x.numel()))?;
     let node = needs_node(&[x, gamma, beta]).then(|| Node {
         backward: Box::new(BatchNormBackward { x: x.detach(), gamma: gamma.detach(), mean, stat, p }),
-        inputs: vec![x.clone(), gamma.clone(), beta.clone()],
+        inputs: vec![x.edge(), gamma.edge(), beta.edge()],
     });
     Ok(y.with_node(node))
 }

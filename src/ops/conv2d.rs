@@ -136,9 +136,7 @@ pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
     let g = geometry(x, w, bias, stride, pad)?;
     let y = conv2d_forward(x, w, bias, &g)?;
-    let mut inputs = vec![x.clone(), w.clone()];
-    inputs.extend(bias.cloned());
-    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let refs: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
     let node = needs_node(&refs).then(|| Node {
         backward: Box::new(Conv2dBackward {
             x: x.detach(),
@@ -147,7 +145,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad:
             has_bias: bias.is_some(),
             need: [x.requires_grad(), w.requires_grad()],
         }),
-        inputs,
+        inputs: refs.iter().map(|t| t.edge()).collect(),
     });
     Ok(y.with_node(node))
 }

@@ -44,7 +44,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = Tensor::uninit(a.shape())?;
     launch(&ADD, &params(a.numel(), 0.0), &[a, b, &out], groups_1d(a.numel()))?;
     let node =
-        needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.clone(), b.clone()] });
+        needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.edge(), b.edge()] });
     Ok(out.with_node(node))
 }
 
@@ -59,7 +59,7 @@ impl Backward for AddBackward {
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     let out = Tensor::uninit(x.shape())?;
     launch(&SCALE, &params(x.numel(), alpha), &[x, &out], groups_1d(x.numel()))?;
-    let node = needs_node(&[x]).then(|| Node { backward: Box::new(ScaleBackward(alpha)), inputs: vec![x.clone()] });
+    let node = needs_node(&[x]).then(|| Node { backward: Box::new(ScaleBackward(alpha)), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
 }
 
@@ -75,7 +75,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     let out = Tensor::uninit(x.shape())?;
     launch(&RELU, &params(x.numel(), 0.0), &[x, &out], groups_1d(x.numel()))?;
     let node =
-        needs_node(&[x]).then(|| Node { backward: Box::new(ReluBackward(out.detach())), inputs: vec![x.clone()] });
+        needs_node(&[x]).then(|| Node { backward: Box::new(ReluBackward(out.detach())), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
 }
 
@@ -108,7 +108,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     let out = Tensor::uninit(x.shape())?;
     launch(&DROPOUT, &dropout_params(x.numel(), p, seed), &[x, &out], groups_1d(x.numel()))?;
     let node =
-        needs_node(&[x]).then(|| Node { backward: Box::new(DropoutBackward { p, seed }), inputs: vec![x.clone()] });
+        needs_node(&[x]).then(|| Node { backward: Box::new(DropoutBackward { p, seed }), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
 }
 

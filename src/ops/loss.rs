@@ -38,7 +38,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     launch(&FORWARD, &p, &[logits, labels, &loss], [1, 1, 1])?;
     let node = needs_node(&[logits]).then(|| Node {
         backward: Box::new(CrossEntropyBackward { logits: logits.detach(), labels: labels.detach(), p }),
-        inputs: vec![logits.clone()],
+        inputs: vec![logits.edge()],
     });
     Ok(loss.with_node(node))
 }

@@ -181,7 +181,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = gemm(a, b, None, m, k, n, false, false)?;
     let node = needs_node(&[a, b]).then(|| Node {
         backward: Box::new(MatmulBackward { a: a.detach(), b: b.detach() }),
-        inputs: vec![a.clone(), b.clone()],
+        inputs: vec![a.edge(), b.edge()],
     });
     Ok(out.with_node(node))
 }
@@ -212,12 +212,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         ));
     }
     let out = gemm(x, weight, bias, n, in_f, out_f, false, true)?;
-    let mut inputs = vec![x.clone(), weight.clone()];
-    inputs.extend(bias.cloned());
-    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let refs: Vec<&Tensor> = [Some(x), Some(weight), bias].into_iter().flatten().collect();
     let node = needs_node(&refs).then(|| Node {
         backward: Box::new(LinearBackward { x: x.detach(), weight: weight.detach(), has_bias: bias.is_some() }),
-        inputs,
+        inputs: refs.iter().map(|t| t.edge()).collect(),
     });
     Ok(out.with_node(node))
 }

@@ -62,7 +62,7 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Ten
     let p = Params::new(x.shape(), y.shape()[2], y.shape()[3], k, stride, pad);
     let node = needs_node(&[x]).then(|| Node {
         backward: Box::new(MaxPoolBackward { idx, p, x_shape: x.shape().to_vec() }),
-        inputs: vec![x.clone()],
+        inputs: vec![x.edge()],
     });
     Ok(y.with_node(node))
 }
@@ -92,7 +92,7 @@ pub fn adaptive_avg_pool2d(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     let p = Params::new(s, oh, ow, 0, 1, 0);
     launch(&AVG_FORWARD, &p, &[x, &y], groups_1d(y.numel()))?;
     let node = needs_node(&[x])
-        .then(|| Node { backward: Box::new(AvgPoolBackward { p, x_shape: s.to_vec() }), inputs: vec![x.clone()] });
+        .then(|| Node { backward: Box::new(AvgPoolBackward { p, x_shape: s.to_vec() }), inputs: vec![x.edge()] });
     Ok(y.with_node(node))
 }
 

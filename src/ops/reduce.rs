@@ -76,7 +76,7 @@ fn scaled_sum(x: &Tensor, scale: f32) -> Result<Tensor> {
     let out = reduce_all(x, Mode::Plain, scale)?;
     let node = needs_node(&[x]).then(|| Node {
         backward: Box::new(SumBackward { shape: x.shape().to_vec(), scale }),
-        inputs: vec![x.clone()],
+        inputs: vec![x.edge()],
     });
     Ok(out.with_node(node))
 }

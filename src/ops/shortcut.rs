@@ -40,7 +40,7 @@ pub fn shortcut_a(x: &Tensor, pad_c: usize) -> Result<Tensor> {
     let y = Tensor::uninit(&[s[0], s[1] + 2 * pad_c, s[2].div_ceil(2), s[3].div_ceil(2)])?;
     launch(&FORWARD, &p, &[x, &y], groups_1d(y.numel()))?;
     let node = needs_node(&[x])
-        .then(|| Node { backward: Box::new(ShortcutBackward { p, x_shape: s.to_vec() }), inputs: vec![x.clone()] });
+        .then(|| Node { backward: Box::new(ShortcutBackward { p, x_shape: s.to_vec() }), inputs: vec![x.edge()] });
     Ok(y.with_node(node))
 }
 
