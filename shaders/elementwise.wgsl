@@ -45,6 +45,17 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     if (i < p.n) { out[i] = a[i] + b[i]; }
 }
 
+//#section add_relu
+// out = max(a + b, 0)
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(256)
+fn add_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { out[i] = max(a[i] + b[i], 0.0); }
+}
+
 //#section scale
 // out = alpha * x
 @group(0) @binding(1) var<storage, read> x: array<f32>;

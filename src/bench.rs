@@ -232,6 +232,9 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                         ("after_forward_bytes", r.after_forward_bytes.to_string()),
                         ("device_bytes", r.device_bytes.to_string()),
                         ("first_step_seconds", first),
+                        ("data_ms_per_step", format!("{:.3}", r.data_seconds_per_step * 1e3)),
+                        ("submit_ms_per_step", format!("{:.3}", r.submit_seconds_per_step * 1e3)),
+                        ("host_ms_per_step", format!("{:.3}", r.host_seconds_per_step * 1e3)),
                     ],
                 })?;
                 emit(Measurement {
@@ -250,6 +253,14 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                     mib(r.after_forward_bytes),
                     r.peak_step_bytes as f64 / r.after_forward_bytes as f64,
                     mib(r.device_bytes)
+                );
+                println!(
+                    "  {model} host time per step: {:.1} ms (batch assembly + upload {:.1} ms, inside submit {:.1} ms) \
+                     of {:.1} ms",
+                    r.host_seconds_per_step * 1e3,
+                    r.data_seconds_per_step * 1e3,
+                    r.submit_seconds_per_step * 1e3,
+                    b as f64 / r.train_images_per_second * 1e3
                 );
             }
             // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
@@ -277,35 +288,93 @@ pub struct StepRate {
     pub after_forward_bytes: u64,
     /// Bytes of all device buffers the engine owns after the steps, pooled (free) ones included.
     pub device_bytes: u64,
+    /// Host seconds per training step spent assembling and uploading the batch.
+    pub data_seconds_per_step: f64,
+    /// Host seconds per training step inside the submit call (a driver that runs the work
+    /// during submit shows the whole step here, and then host and device cannot overlap).
+    pub submit_seconds_per_step: f64,
+    /// Host seconds per training step in all (batch, recording, submit); the rest of the step
+    /// time the host waits for the device.
+    pub host_seconds_per_step: f64,
 }
 
-/// Times `steps` training steps (zero grad, forward, backward, SGD over the arena, one submit
-/// each) and as many evaluation forward passes, after one warm-up step of each.
+/// Random stored images of one size, standing in for a dataset in memory.
+struct RandomImages {
+    pixels: Vec<u8>,
+    size: (usize, usize, usize),
+    classes: usize,
+}
+
+impl RandomImages {
+    fn new(count: usize, size: (usize, usize, usize), classes: usize) -> RandomImages {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let pixels = (0..count * size.0 * size.1 * size.2).map(|_| rng.random()).collect();
+        RandomImages { pixels, size, classes }
+    }
+}
+
+impl crate::data::Dataset for RandomImages {
+    fn len(&self) -> usize {
+        self.pixels.len() / (self.size.0 * self.size.1 * self.size.2)
+    }
+    fn classes(&self) -> usize {
+        self.classes
+    }
+    fn image_size(&self) -> (usize, usize, usize) {
+        self.size
+    }
+    fn sample(&self, i: usize) -> (&[u8], u32) {
+        let per = self.size.0 * self.size.1 * self.size.2;
+        (&self.pixels[i * per..(i + 1) * per], (i % self.classes) as u32)
+    }
+}
+
+/// Times `steps` training steps and as many evaluation forward passes, after one warm-up step
+/// of each. A training step is what the training loop does: assemble the batch on the host
+/// (random crop with padding 4 + flip + normalization from stored bytes), upload it, zero grad,
+/// forward, backward, SGD over the arena, one submit, no wait — so the host's work on the next
+/// batch overlaps the device's work on this one.
 pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRate> {
+    use crate::data::{fill_batch, BatchSpec, Dataset, CIFAR_MEAN, CIFAR_STD};
     use crate::ops::sgd::SgdConfig;
     let gpu = gpu::get()?;
     let classes = if model_name == "alexnet" { 1000 } else { 10 };
     let mut model = Model::build(model_name, classes, 0)?;
     let (c, h, w) = model.input;
-    let x = random(&[batch, c, h, w], 7)?;
-    let labels: Vec<f32> = (0..batch).map(|i| (i % classes) as f32).collect();
-    let y = Tensor::from_slice(&labels, &[batch])?;
+    let data = RandomImages::new(2 * batch, (c, h, w), classes);
+    let spec = BatchSpec { out_h: h, out_w: w, ..BatchSpec::cifar_train(CIFAR_MEAN, CIFAR_STD) };
+    let (x, y) = (Tensor::zeros(&[batch, c, h, w])?, Tensor::zeros(&[batch])?);
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
     let sgd = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, nesterov: false };
-    let train_step = |model: &mut Model| -> Result<()> {
+    // Returns host seconds spent on the batch (assembly, upload), in the submit, and on the
+    // whole step (batch + recording + submit): time the device may overlap with its work.
+    let mut train_step = |model: &mut Model, step: usize| -> Result<[f64; 3]> {
+        let data_start = Instant::now();
+        let indices: Vec<usize> = (0..batch).map(|i| (step * batch + i) % data.len()).collect();
+        fill_batch(&data, &indices, &spec, &mut rng, &mut images, &mut labels);
+        x.write(&images)?;
+        y.write(&labels)?;
+        let data_seconds = data_start.elapsed().as_secs_f64();
         model.store.zero_grad()?;
         let l = loss::cross_entropy(&model.forward(&x, true)?, &y)?;
         l.backward()?;
         model.store.sgd_step(&sgd, None)?;
-        gpu.flush()
+        let submit_start = Instant::now();
+        gpu.flush()?;
+        Ok([data_seconds, submit_start.elapsed().as_secs_f64(), data_start.elapsed().as_secs_f64()])
     };
     let start = Instant::now();
-    train_step(&mut model)?;
+    train_step(&mut model, 0)?;
     gpu.synchronize()?;
     let first_step_seconds = start.elapsed().as_secs_f64();
     gpu.reset_peak_memory();
     let start = Instant::now();
-    for _ in 0..steps {
-        train_step(&mut model)?;
+    let mut host = [0.0; 3];
+    for step in 1..=steps {
+        let t = train_step(&mut model, step)?;
+        (0..3).for_each(|i| host[i] += t[i] / steps as f64);
     }
     gpu.synchronize()?;
     let train_seconds = start.elapsed().as_secs_f64();
@@ -341,6 +410,9 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         peak_step_bytes,
         after_forward_bytes,
         device_bytes,
+        data_seconds_per_step: host[0],
+        submit_seconds_per_step: host[1],
+        host_seconds_per_step: host[2],
     })
 }
 

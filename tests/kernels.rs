@@ -132,53 +132,57 @@ fn linear_forward_and_backward_match_reference() {
 
 #[test]
 fn batchnorm_train_forward_backward_and_running_stats_match_reference() {
-    let mut rng = Rng::new(12);
-    let (n, c, h, w) = (3, 5, 7, 9);
-    let hw = h * w;
-    let x: Vec<f64> = f32_exact(&rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>());
-    let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
-    let (mut rm, mut rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
-    let r = f32_exact(&rng.vec(n * c * hw));
-    let (xt, gt, bt) = (param(&x, &[n, c, h, w]), param(&gamma, &[c]), param(&beta, &[c]));
-    let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
-    let cfg = batchnorm::BatchNormConfig::default();
-    let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
-    let out = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
-    assert_close("batchnorm train forward", &values(&y), &out.y, ELEMENTWISE);
-    cpu::batchnorm_running_update(&mut rm, &mut rv, &out.mean, &out.var, n * hw, 0.1);
-    assert_close("batchnorm running mean", &values(&rmt), &rm, ELEMENTWISE);
-    assert_close("batchnorm running var (unbiased)", &values(&rvt), &rv, ELEMENTWISE);
-    y.backward_with(tensor(&r, y.shape())).unwrap();
-    let (dx, dg, db) = cpu::batchnorm_train_backward(&r, &x, &gamma, &out.mean, &out.invstd, n, c, hw);
-    assert_close("batchnorm train grad input", &grad(&xt), &dx, LONG_SUM);
-    assert_close("batchnorm grad gamma", &grad(&gt), &dg, LONG_SUM);
-    assert_close("batchnorm grad beta", &grad(&bt), &db, LONG_SUM);
+    for relu in [false, true] {
+        let mut rng = Rng::new(12);
+        let (n, c, h, w) = (3, 5, 7, 9);
+        let hw = h * w;
+        let x: Vec<f64> = f32_exact(&rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>());
+        let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
+        let (mut rm, mut rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+        let r = f32_exact(&rng.vec(n * c * hw));
+        let (xt, gt, bt) = (param(&x, &[n, c, h, w]), param(&gamma, &[c]), param(&beta, &[c]));
+        let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
+        let cfg = batchnorm::BatchNormConfig { relu, ..Default::default() };
+        let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+        let out = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
+        // Fused: y = relu(bn(x)), and the gradient reaching bn is masked by the output.
+        let (want, dy) = if relu { (cpu::relu(&out.y), cpu::relu_backward(&r, &out.y)) } else { (out.y.clone(), r.clone()) };
+        assert!(!relu || want.iter().filter(|&&v| v == 0.0).count() > want.len() / 4, "the ReLU must cut");
+        assert_close(&format!("batchnorm train forward (relu {relu})"), &values(&y), &want, ELEMENTWISE);
+        cpu::batchnorm_running_update(&mut rm, &mut rv, &out.mean, &out.var, n * hw, 0.1);
+        assert_close("batchnorm running mean", &values(&rmt), &rm, ELEMENTWISE);
+        assert_close("batchnorm running var (unbiased)", &values(&rvt), &rv, ELEMENTWISE);
+        y.backward_with(tensor(&r, y.shape())).unwrap();
+        let (dx, dg, db) = cpu::batchnorm_train_backward(&dy, &x, &gamma, &out.mean, &out.invstd, n, c, hw);
+        assert_close(&format!("batchnorm train grad input (relu {relu})"), &grad(&xt), &dx, LONG_SUM);
+        assert_close(&format!("batchnorm grad gamma (relu {relu})"), &grad(&gt), &dg, LONG_SUM);
+        assert_close(&format!("batchnorm grad beta (relu {relu})"), &grad(&bt), &db, LONG_SUM);
+    }
 }
 
 #[test]
 fn batchnorm_eval_forward_and_backward_match_reference() {
-    let mut rng = Rng::new(13);
-    let (n, c, hw) = (2, 7, 15);
-    let x = f32_exact(&rng.vec(n * c * hw));
-    let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
-    let (rm, rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
-    let r = f32_exact(&rng.vec(n * c * hw));
-    let (xt, gt, bt) = (param(&x, &[n, c, 3, 5]), param(&gamma, &[c]), param(&beta, &[c]));
-    let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
-    let cfg = batchnorm::BatchNormConfig { training: false, ..Default::default() };
-    let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
-    assert_close(
-        "batchnorm eval forward",
-        &values(&y),
-        &cpu::batchnorm_eval(&x, &gamma, &beta, &rm, &rv, n, c, hw, 1e-5),
-        ELEMENTWISE,
-    );
-    assert_close("batchnorm eval leaves running mean", &values(&rmt), &rm, (0.0, 0.0));
-    y.backward_with(tensor(&r, y.shape())).unwrap();
-    let (dx, dg, db) = cpu::batchnorm_eval_backward(&r, &x, &gamma, &rm, &rv, n, c, hw, 1e-5);
-    assert_close("batchnorm eval grad input", &grad(&xt), &dx, ELEMENTWISE);
-    assert_close("batchnorm eval grad gamma", &grad(&gt), &dg, LONG_SUM);
-    assert_close("batchnorm eval grad beta", &grad(&bt), &db, LONG_SUM);
+    for relu in [false, true] {
+        let mut rng = Rng::new(13);
+        let (n, c, hw) = (2, 7, 15);
+        let x = f32_exact(&rng.vec(n * c * hw));
+        let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
+        let (rm, rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+        let r = f32_exact(&rng.vec(n * c * hw));
+        let (xt, gt, bt) = (param(&x, &[n, c, 3, 5]), param(&gamma, &[c]), param(&beta, &[c]));
+        let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
+        let cfg = batchnorm::BatchNormConfig { training: false, relu, ..Default::default() };
+        let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+        let pre = cpu::batchnorm_eval(&x, &gamma, &beta, &rm, &rv, n, c, hw, 1e-5);
+        let (want, dy) = if relu { (cpu::relu(&pre), cpu::relu_backward(&r, &pre)) } else { (pre.clone(), r.clone()) };
+        assert_close(&format!("batchnorm eval forward (relu {relu})"), &values(&y), &want, ELEMENTWISE);
+        assert_close("batchnorm eval leaves running mean", &values(&rmt), &rm, (0.0, 0.0));
+        y.backward_with(tensor(&r, y.shape())).unwrap();
+        let (dx, dg, db) = cpu::batchnorm_eval_backward(&dy, &x, &gamma, &rm, &rv, n, c, hw, 1e-5);
+        assert_close(&format!("batchnorm eval grad input (relu {relu})"), &grad(&xt), &dx, ELEMENTWISE);
+        assert_close(&format!("batchnorm eval grad gamma (relu {relu})"), &grad(&gt), &dg, LONG_SUM);
+        assert_close(&format!("batchnorm eval grad beta (relu {relu})"), &grad(&bt), &db, LONG_SUM);
+    }
 }
 
 #[test]
@@ -190,6 +194,21 @@ fn relu_forward_and_backward_match_reference() {
     assert_close("relu forward", &values(&y), &cpu::relu(&x), (0.0, 0.0));
     y.backward_with(tensor(&r, &[8, 125])).unwrap();
     assert_close("relu backward", &grad(&xt), &cpu::relu_backward(&r, &x), (0.0, 0.0));
+}
+
+#[test]
+fn add_relu_forward_and_backward_match_reference() {
+    let mut rng = Rng::new(16);
+    let n = 3 * 999;
+    let (a, b, r) = (f32_exact(&rng.vec(n)), f32_exact(&rng.vec(n)), f32_exact(&rng.vec(n)));
+    let (at, bt) = (param(&a, &[3, 999]), param(&b, &[3, 999]));
+    let y = elementwise::add_relu(&at, &bt).unwrap();
+    let sum = cpu::add(&a, &b);
+    assert_close("add_relu forward", &values(&y), &cpu::relu(&sum), ELEMENTWISE);
+    y.backward_with(tensor(&r, &[3, 999])).unwrap();
+    let want = cpu::relu_backward(&r, &sum);
+    assert_close("add_relu grad a", &grad(&at), &want, (0.0, 0.0));
+    assert_close("add_relu grad b", &grad(&bt), &want, (0.0, 0.0));
 }
 
 #[test]

@@ -347,6 +347,30 @@ fn gradcheck_relu() {
 }
 
 #[test]
+fn gradcheck_batchnorm_train_then_relu() {
+    // The fused GPU kernel's reference: relu(bn(x)), backward = bn backward of the masked dy.
+    let (x, gamma, beta, r) = bn_inputs(42);
+    let out = batchnorm_train(&x, &gamma, &beta, N, C, HW, BN_EPS);
+    let dy = relu_backward(&r, &out.y);
+    let (dx, _, _) = batchnorm_train_backward(&dy, &x, &gamma, &out.mean, &out.invstd, N, C, HW);
+    let num =
+        numeric_grad(&mut |v| project(&relu(&batchnorm_train(v, &gamma, &beta, N, C, HW, BN_EPS).y), &r), &x, EPS);
+    assert_grad_close("relu(batchnorm_train) dx", &dx, &num);
+}
+
+#[test]
+fn gradcheck_add_then_relu() {
+    let mut rng = Rng::new(43);
+    let (a, b) = (rng.vec(N * C * HW), rng.vec(N * C * HW));
+    // Keep a + b away from the kink at 0, where the finite difference is not the derivative.
+    let b: Vec<f64> = b.iter().zip(&a).map(|(&v, &u)| if (u + v).abs() < 0.05 { v + 0.1 } else { v }).collect();
+    let r = rng.vec(a.len());
+    let da = relu_backward(&r, &add(&a, &b));
+    let num = numeric_grad(&mut |v| project(&relu(&add(v, &b)), &r), &a, EPS);
+    assert_grad_close("relu(a + b) da", &da, &num);
+}
+
+#[test]
 fn gradcheck_shortcut_a() {
     let mut rng = Rng::new(42);
     let pad_c = 2;

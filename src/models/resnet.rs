@@ -18,13 +18,15 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
-        let out = elementwise::relu(&self.bn1.forward(s, &self.conv1.forward(s, x)?, training)?)?;
+        // relu(bn1(conv1 x)) and relu(bn2(conv2 ..) + shortcut), each ReLU fused into the
+        // kernel before it.
+        let out = self.bn1.forward_relu(s, &self.conv1.forward(s, x)?, training)?;
         let out = self.bn2.forward(s, &self.conv2.forward(s, &out)?, training)?;
         let short = match self.shortcut_pad {
             Some(pad) => shortcut::shortcut_a(x, pad)?,
             None => x.clone(),
         };
-        elementwise::relu(&elementwise::add(&out, &short)?)
+        elementwise::add_relu(&out, &short)
     }
 }
 
@@ -62,7 +64,7 @@ impl ResNet {
 
     /// Logits [batch, classes] for images [batch, 3, 32, 32].
     pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
-        let mut out = elementwise::relu(&self.bn1.forward(s, &self.conv1.forward(s, x)?, training)?)?;
+        let mut out = self.bn1.forward_relu(s, &self.conv1.forward(s, x)?, training)?;
         for block in &self.blocks {
             out = block.forward(s, &out, training)?;
         }

@@ -69,7 +69,15 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
-        let cfg = batchnorm::BatchNormConfig { training, ..Default::default() };
+        self.apply(s, x, batchnorm::BatchNormConfig { training, ..Default::default() })
+    }
+
+    /// `relu(self.forward(x))` in one kernel.
+    pub fn forward_relu(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
+        self.apply(s, x, batchnorm::BatchNormConfig { training, relu: true, ..Default::default() })
+    }
+
+    fn apply(&self, s: &ParamStore, x: &Tensor, cfg: batchnorm::BatchNormConfig) -> Result<Tensor> {
         batchnorm::batch_norm(
             x,
             s.get(self.weight),

@@ -1,5 +1,5 @@
-//! Batch normalization 2-D, training and eval mode, forward and backward
-//! (shaders/batchnorm.wgsl).
+//! Batch normalization 2-D, training and eval mode, forward and backward, optionally fused with
+//! the ReLU that follows it (shaders/batchnorm.wgsl).
 
 use super::{groups_1d, kernel, launch};
 use crate::autograd::{needs_node, Backward, Node};
@@ -7,6 +7,7 @@ use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
 static STATS: Kernel = kernel!("batchnorm.stats", "batchnorm.wgsl", "stats");
+static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
 static BACKWARD_REDUCE: Kernel = kernel!("batchnorm.backward_reduce", "batchnorm.wgsl", "backward_reduce");
 static BACKWARD_INPUT: Kernel = kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
@@ -21,7 +22,7 @@ struct Params {
     eps: f32,
     momentum: f32,
     eval_mode: u32,
-    _pad: u32,
+    relu: u32,
 }
 
 /// Settings of a batch-norm layer (PyTorch defaults: eps 1e-5, momentum 0.1).
@@ -31,11 +32,14 @@ pub struct BatchNormConfig {
     pub momentum: f32,
     /// Batch statistics (and running-statistics update) when true; running statistics when false.
     pub training: bool,
+    /// Apply ReLU to the output in the same kernel (`max(bn(x), 0)`); backward masks the
+    /// gradient by the output, so the pre-activation is never stored.
+    pub relu: bool,
 }
 
 impl Default for BatchNormConfig {
     fn default() -> Self {
-        BatchNormConfig { eps: 1e-5, momentum: 0.1, training: true }
+        BatchNormConfig { eps: 1e-5, momentum: 0.1, training: true, relu: false }
     }
 }
 
@@ -75,21 +79,23 @@ pub fn batch_norm(
         eps: cfg.eps,
         momentum: cfg.momentum,
         eval_mode: (!cfg.training) as u32,
-        _pad: 0,
+        relu: cfg.relu as u32,
     };
-    // In eval mode the kernels read (running_mean, running_var); in training (mean, invstd).
-    let (mean, stat) = if cfg.training {
-        let mean = Tensor::uninit(&[c])?;
-        let invstd = Tensor::uninit(&[c])?;
-        launch(&STATS, &p, &[x, &mean, &invstd, running_mean, running_var], [c as u32, 1, 1])?;
-        (mean, invstd)
+    // Per-channel mean and 1/sqrt(var + eps): of the batch in training, else of the running
+    // statistics.
+    let stats = Tensor::uninit(&[2 * c])?;
+    if cfg.training {
+        launch(&STATS, &p, &[x, &stats, running_mean, running_var], [c as u32, 1, 1])?;
     } else {
-        (running_mean.detach(), running_var.detach())
-    };
+        launch(&EVAL_STATS, &p, &[&stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
+    }
     let y = Tensor::uninit(s)?;
-    launch(&NORMALIZE, &p, &[x, &mean, &stat, gamma, beta, &y], groups_1d(x.numel()))?;
+    launch(&NORMALIZE, &p, &[x, &stats, gamma, beta, &y], groups_1d(x.numel()))?;
+    // Unfused, the kernels never read the mask binding; x (same shape) fills it so that the
+    // output is not kept alive for nothing.
+    let mask = if cfg.relu { y.detach() } else { x.detach() };
     let node = needs_node(&[x, gamma, beta]).then(|| Node {
-        backward: Box::new(BatchNormBackward { x: x.detach(), gamma: gamma.detach(), mean, stat, p }),
+        backward: Box::new(BatchNormBackward { x: x.detach(), gamma: gamma.detach(), stats, mask, p }),
         inputs: vec![x.edge(), gamma.edge(), beta.edge()],
     });
     Ok(y.with_node(node))
@@ -98,8 +104,11 @@ pub fn batch_norm(
 struct BatchNormBackward {
     x: Tensor,
     gamma: Tensor,
-    mean: Tensor,
-    stat: Tensor,
+    /// [2c]: mean, then 1/sqrt(var + eps).
+    stats: Tensor,
+    /// With the ReLU fused: the output, whose sign masks the gradient (it is the next conv's
+    /// input, saved there anyway). Unfused: unread.
+    mask: Tensor,
     p: Params,
 }
 impl Backward for BatchNormBackward {
@@ -107,9 +116,10 @@ impl Backward for BatchNormBackward {
         let c = self.p.c as usize;
         let dgamma = Tensor::uninit(&[c])?;
         let dbeta = Tensor::uninit(&[c])?;
-        launch(&BACKWARD_REDUCE, &self.p, &[dy, &self.x, &self.mean, &self.stat, &dgamma, &dbeta], [c as u32, 1, 1])?;
+        let bufs = [dy, &self.x, &self.stats, &self.mask, &dgamma, &dbeta];
+        launch(&BACKWARD_REDUCE, &self.p, &bufs, [c as u32, 1, 1])?;
         let dx = Tensor::uninit(self.x.shape())?;
-        let bufs = [dy, &self.x, &self.mean, &self.stat, &self.gamma, &dgamma, &dbeta, &dx];
+        let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.mask, &dx];
         launch(&BACKWARD_INPUT, &self.p, &bufs, groups_1d(dx.numel()))?;
         Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
     }

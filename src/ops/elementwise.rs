@@ -1,4 +1,4 @@
-//! Element-wise ops: fill, add, scale, axpy, ReLU, dropout (shaders/elementwise.wgsl).
+//! Element-wise ops: fill, add, add + ReLU, scale, axpy, ReLU, dropout (shaders/elementwise.wgsl).
 
 use super::{groups_1d, kernel, launch, same_shape};
 use crate::autograd::{needs_node, Backward, Node};
@@ -20,6 +20,7 @@ fn params(n: usize, alpha: f32) -> Params {
 
 static FILL: Kernel = kernel!("elementwise.fill", "elementwise.wgsl", "fill");
 static ADD: Kernel = kernel!("elementwise.add", "elementwise.wgsl", "add");
+static ADD_RELU: Kernel = kernel!("elementwise.add_relu", "elementwise.wgsl", "add_relu");
 static SCALE: Kernel = kernel!("elementwise.scale", "elementwise.wgsl", "scale");
 static AXPY: Kernel = kernel!("elementwise.axpy", "elementwise.wgsl", "axpy");
 static RELU: Kernel = kernel!("elementwise.relu", "elementwise.wgsl", "relu");
@@ -52,6 +53,25 @@ struct AddBackward;
 impl Backward for AddBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.clone()), Some(g.clone())])
+    }
+}
+
+/// `max(a + b, 0)` in one kernel (a residual block's output); backward masks the gradient by
+/// the output, so the sum is never stored.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("add_relu", a, b)?;
+    let out = Tensor::uninit(a.shape())?;
+    launch(&ADD_RELU, &params(a.numel(), 0.0), &[a, b, &out], groups_1d(a.numel()))?;
+    let node = needs_node(&[a, b])
+        .then(|| Node { backward: Box::new(AddReluBackward(out.detach())), inputs: vec![a.edge(), b.edge()] });
+    Ok(out.with_node(node))
+}
+
+struct AddReluBackward(Tensor);
+impl Backward for AddReluBackward {
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let d = relu_backward(g, &self.0)?;
+        Ok(vec![Some(d.clone()), Some(d)])
     }
 }
 
