@@ -50,9 +50,9 @@ pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f6
     let mut timing = DEVICE_TIMING;
     for _ in 0..runs.max(1) {
         let start = Instant::now();
-        let timed = gpu.start_device_timer()?;
+        let timed = gpu.start_device_timer(false)?;
         f()?;
-        let device = if timed { gpu.stop_device_timer()? } else { None };
+        let device = if timed { gpu.stop_device_timer()?.map(|d| d.seconds) } else { None };
         gpu.synchronize()?;
         let host = start.elapsed().as_secs_f64();
         times.push(device.unwrap_or_else(|| {
@@ -235,6 +235,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                         ("data_ms_per_step", format!("{:.3}", r.data_seconds_per_step * 1e3)),
                         ("submit_ms_per_step", format!("{:.3}", r.submit_seconds_per_step * 1e3)),
                         ("host_ms_per_step", format!("{:.3}", r.host_seconds_per_step * 1e3)),
+                        ("kernel_profile", profile_json(r.profile.as_ref())),
                     ],
                 })?;
                 emit(Measurement {
@@ -262,6 +263,17 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                     r.submit_seconds_per_step * 1e3,
                     b as f64 / r.train_images_per_second * 1e3
                 );
+                if let Some(p) = &r.profile {
+                    println!(
+                        "  {model} one step kernel by kernel on the device: {:.1} ms in {} launches; longest:",
+                        p.seconds * 1e3,
+                        p.by_kernel.iter().map(|k| k.2).sum::<u32>()
+                    );
+                    for (label, seconds, launches) in p.by_kernel.iter().take(10) {
+                        let share = 100.0 * seconds / p.seconds;
+                        println!("    {label:<40} {:>10.1} ms {share:>5.1}% {launches:>5} launches", seconds * 1e3);
+                    }
+                }
             }
             // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
             // drivers' binding limit) is reported, not fatal.
@@ -296,6 +308,8 @@ pub struct StepRate {
     /// Host seconds per training step in all (batch, recording, submit); the rest of the step
     /// time the host waits for the device.
     pub host_seconds_per_step: f64,
+    /// One training step timed on the device kernel by kernel (where timestamps exist).
+    pub profile: Option<gpu::DeviceTime>,
 }
 
 /// Random stored images of one size, standing in for a dataset in memory.
@@ -389,6 +403,13 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     gpu.synchronize()?;
     let stats = gpu.memory_stats();
     let device_bytes = stats.in_use + stats.pooled;
+    // One more step with every dispatch timed on the device: where the step's time goes.
+    let profile = if gpu.start_device_timer(true)? {
+        train_step(&mut model, steps + 1)?;
+        gpu.stop_device_timer()?
+    } else {
+        None
+    };
     let eval = |model: &mut Model| -> Result<()> {
         crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
         gpu.flush()
@@ -413,7 +434,17 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         data_seconds_per_step: host[0],
         submit_seconds_per_step: host[1],
         host_seconds_per_step: host[2],
+        profile,
     })
+}
+
+/// A step's per-kernel device times as a JSON array (null when not timed).
+fn profile_json(profile: Option<&gpu::DeviceTime>) -> String {
+    let Some(p) = profile else { return "null".into() };
+    let items: Vec<String> = (p.by_kernel.iter())
+        .map(|(label, s, n)| format!("{{\"kernel\":{},\"ms\":{:.4},\"launches\":{n}}}", json_str(label), s * 1e3))
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 fn json_str(s: &str) -> String {

@@ -415,18 +415,35 @@ fn device_timer_times_compute_passes_and_work_in_order() {
     let mut rng = Rng::new(77);
     let (a, b) = (f32_exact(&rng.vec(m * k)), f32_exact(&rng.vec(k * n)));
     let (at, bt) = (tensor(&a, &[m, k]), tensor(&b, &[k, n]));
-    let start = std::time::Instant::now();
-    let timed = gpu.start_device_timer().unwrap();
-    let c = matmul::gemm(&at, &bt, None, m, k, n, false, false).unwrap();
-    let device = gpu.stop_device_timer().unwrap();
-    gpu.synchronize().unwrap();
-    let host = start.elapsed().as_secs_f64();
-    match (timed, device) {
-        (true, Some(t)) => assert!(t > 0.0 && t <= host, "device {t} s, host {host} s"),
-        (true, None) => panic!("one GEMM fits the timer's pass budget"),
-        (false, d) => assert!(d.is_none() && !gpu.adapter.timestamp_queries),
+    for per_kernel in [false, true] {
+        let start = std::time::Instant::now();
+        let timed = gpu.start_device_timer(per_kernel).unwrap();
+        // two kernels: a GEMM, then a reduction of its result
+        let c = matmul::gemm(&at, &bt, None, m, k, n, false, false).unwrap();
+        let s = sasprune::ops::reduce::sum(&c).unwrap();
+        let device = gpu.stop_device_timer().unwrap();
+        gpu.synchronize().unwrap();
+        let host = start.elapsed().as_secs_f64();
+        match (timed, device) {
+            (true, Some(t)) => {
+                assert!(t.seconds > 0.0 && t.seconds <= host, "device {} s, host {host} s", t.seconds);
+                if per_kernel {
+                    let labels: Vec<&str> = t.by_kernel.iter().map(|k| k.0).collect();
+                    assert!(labels.iter().any(|l| l.contains("gemm")), "{labels:?}");
+                    assert!(labels.iter().any(|l| l.contains("reduce")), "{labels:?}");
+                    let total: f64 = t.by_kernel.iter().map(|k| k.1).sum();
+                    assert!((total - t.seconds).abs() <= 1e-9 + 1e-6 * t.seconds, "{total} vs {}", t.seconds);
+                } else {
+                    assert!(t.by_kernel.is_empty());
+                }
+            }
+            (true, None) => panic!("two kernels fit the timer's pass budget"),
+            (false, d) => assert!(d.is_none() && !gpu.adapter.timestamp_queries),
+        }
+        // Timing must not disturb the results.
+        let want = cpu::matmul(&a, &b, m, k, n, false, false);
+        assert_close("timed gemm", &values(&c), &want, LONG_SUM);
+        assert_close("timed sum", &values(&s), &[want.iter().sum()], LONG_SUM);
     }
-    // Timing must not disturb the results.
-    assert_close("timed gemm", &values(&c), &cpu::matmul(&a, &b, m, k, n, false, false), LONG_SUM);
-    assert_eq!(gpu.stop_device_timer().unwrap(), None, "stopping twice reports nothing");
+    assert!(gpu.stop_device_timer().unwrap().is_none(), "stopping twice reports nothing");
 }

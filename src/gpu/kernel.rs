@@ -45,6 +45,7 @@ impl Kernel {
 }
 
 pub(super) struct Compiled {
+    pub label: &'static str,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
 }
@@ -78,7 +79,7 @@ impl KernelCache {
             return Err(Error::Gpu(format!("kernel {} failed to compile: {e}", kernel.label)));
         }
         let layout = pipeline.get_bind_group_layout(0);
-        self.compiled.push(Compiled { pipeline, layout });
+        self.compiled.push(Compiled { label: kernel.label, pipeline, layout });
         self.index.insert(kernel.label, self.compiled.len() - 1);
         Ok(self.compiled.len() - 1)
     }

@@ -11,6 +11,7 @@ mod recorder;
 
 pub use buffer::{Buffer, BufferView};
 pub use kernel::Kernel;
+pub use recorder::DeviceTime;
 
 use crate::{Error, Result};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -228,15 +229,16 @@ impl Gpu {
         self.check_device_error()
     }
 
-    /// Starts timing on the device (timestamp queries around every compute pass); false when
+    /// Starts timing on the device (timestamp queries around every compute pass; with
+    /// `per_kernel`, every dispatch in a pass of its own, so time adds up by kernel); false when
     /// the adapter cannot. Pending work is submitted first and not counted.
-    pub fn start_device_timer(&self) -> Result<bool> {
-        self.lock_recorder().start_timer(self)
+    pub fn start_device_timer(&self, per_kernel: bool) -> Result<bool> {
+        self.lock_recorder().start_timer(self, per_kernel)
     }
 
-    /// Submits what is recorded and returns the device seconds of the compute passes since
+    /// Submits what is recorded and returns what the device spent in compute passes since
     /// `start_device_timer`, or None when they could not all be timed.
-    pub fn stop_device_timer(&self) -> Result<Option<f64>> {
+    pub fn stop_device_timer(&self) -> Result<Option<DeviceTime>> {
         let seconds = self.lock_recorder().stop_timer(self)?;
         self.check_device_error()?;
         Ok(seconds)

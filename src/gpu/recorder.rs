@@ -49,19 +49,32 @@ enum Command {
     },
 }
 
-/// Compute passes one submit can time (two timestamps each); a submit with more passes makes
-/// the measurement incomplete and the caller falls back to host time.
-const MAX_TIMED_PASSES: u32 = 1024;
+/// Compute passes one submit can time (two timestamps each, 4096 queries: wgpu's largest query
+/// set). While timing, the recorder submits before it reaches this many dispatches.
+const MAX_TIMED_PASSES: u32 = 2048;
 
 /// Device-side timing with timestamp queries: while on, every compute pass writes a timestamp
-/// at its start and end, and each submit's pass durations are added up.
+/// at its start and end, and each submit's pass durations are added up. Per kernel, every
+/// dispatch gets a pass of its own and the durations are also added up by kernel.
 struct PassTimer {
     queries: wgpu::QuerySet,
     resolve: wgpu::Buffer,
     readback: wgpu::Buffer,
     on: bool,
+    per_kernel: bool,
     elapsed_ns: f64,
+    /// By kernel cache slot: (nanoseconds, launches).
+    by_kernel: Vec<(f64, u32)>,
     complete: bool,
+}
+
+/// What a device timer measured.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceTime {
+    /// Seconds in compute passes.
+    pub seconds: f64,
+    /// Per kernel (label, seconds, launches), longest first; only when timed per kernel.
+    pub by_kernel: Vec<(&'static str, f64, u32)>,
 }
 
 /// Flush on our own once this many commands or arena bytes are pending.
@@ -119,9 +132,9 @@ impl Recorder {
         }
     }
 
-    /// Starts device timing (pending work is submitted first, untimed). False when the
-    /// adapter has no timestamp queries.
-    pub fn start_timer(&mut self, gpu: &Gpu) -> Result<bool> {
+    /// Starts device timing (pending work is submitted first, untimed), per kernel when
+    /// `per_kernel`. False when the adapter has no timestamp queries.
+    pub fn start_timer(&mut self, gpu: &Gpu, per_kernel: bool) -> Result<bool> {
         self.flush(gpu)?;
         if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(false);
@@ -144,23 +157,33 @@ impl Recorder {
                 resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
                 readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
                 on: false,
+                per_kernel: false,
                 elapsed_ns: 0.0,
+                by_kernel: Vec::new(),
                 complete: true,
             }
         });
         timer.on = true;
+        timer.per_kernel = per_kernel;
         timer.elapsed_ns = 0.0;
+        timer.by_kernel.clear();
         timer.complete = true;
         Ok(true)
     }
 
-    /// Stops device timing: seconds the device spent in the compute passes submitted since
+    /// Stops device timing: what the device spent in the compute passes submitted since
     /// `start_timer`, or None when some pass went untimed (or timing never started).
-    pub fn stop_timer(&mut self, gpu: &Gpu) -> Result<Option<f64>> {
+    pub fn stop_timer(&mut self, gpu: &Gpu) -> Result<Option<DeviceTime>> {
         self.flush(gpu)?;
+        let kernels = gpu.kernels.lock().unwrap_or_else(|p| p.into_inner());
         Ok(self.timer.as_mut().filter(|t| t.on).and_then(|t| {
             t.on = false;
-            t.complete.then_some(t.elapsed_ns * 1e-9)
+            let mut by_kernel: Vec<_> = (t.by_kernel.iter().enumerate())
+                .filter(|(_, &(_, n))| n > 0)
+                .map(|(slot, &(ns, n))| (kernels.compiled[slot].label, ns * 1e-9, n))
+                .collect();
+            by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+            t.complete.then_some(DeviceTime { seconds: t.elapsed_ns * 1e-9, by_kernel })
         }))
     }
 
@@ -170,7 +193,8 @@ impl Recorder {
     }
 
     fn maybe_flush(&mut self, gpu: &Gpu) -> Result<()> {
-        if self.commands.len() >= MAX_COMMANDS || self.uploads.len() >= MAX_UPLOAD_BYTES {
+        let limit = if self.timer.as_ref().is_some_and(|t| t.on) { MAX_TIMED_PASSES as usize } else { MAX_COMMANDS };
+        if self.commands.len() >= limit || self.uploads.len() >= MAX_UPLOAD_BYTES {
             self.flush(gpu)?;
         }
         Ok(())
@@ -209,7 +233,9 @@ impl Recorder {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut commands = std::mem::take(&mut self.commands).into_iter().peekable();
         let timer = self.timer.as_mut().filter(|t| t.on);
+        let per_kernel = timer.as_ref().is_some_and(|t| t.per_kernel);
         let mut timed_passes = 0u32;
+        let mut pass_kernels = Vec::new();
         let mut untimed = false;
         while let Some(command) = commands.next() {
             match command {
@@ -263,6 +289,10 @@ impl Recorder {
                         pass.set_pipeline(&compiled.pipeline);
                         pass.set_bind_group(0, &*group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        if per_kernel {
+                            pass_kernels.push(kernel);
+                            break; // one dispatch per pass
+                        }
                         next = if matches!(commands.peek(), Some(Command::Dispatch { .. })) {
                             commands.next()
                         } else {
@@ -294,7 +324,15 @@ impl Recorder {
                 let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&t.readback, timed_bytes)?);
                 let period = gpu.queue.get_timestamp_period() as f64;
                 // A pass whose end is not after its start (a driver quirk) counts as zero.
-                t.elapsed_ns += ticks.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period).sum::<f64>();
+                let passes: Vec<f64> = ticks.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period).collect();
+                t.elapsed_ns += passes.iter().sum::<f64>();
+                for (&kernel, ns) in pass_kernels.iter().zip(&passes) {
+                    if t.by_kernel.len() <= kernel {
+                        t.by_kernel.resize(kernel + 1, (0.0, 0));
+                    }
+                    t.by_kernel[kernel].0 += ns;
+                    t.by_kernel[kernel].1 += 1;
+                }
             }
         }
         Ok(())
