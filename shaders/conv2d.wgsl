@@ -33,15 +33,30 @@ fn dims() -> vec2<u32> { return vec2<u32>(p.gm, p.gn); }
 // The k-range of split z of the reduction (sections whose z splits K use it as k_range).
 fn split_range(z: u32) -> vec2<u32> { return vec2<u32>(z * p.k_chunk, min((z + 1u) * p.k_chunk, p.gk)); }
 
-// Index of x at (b, ci, oy*s+ky-pad, ox*s+kx-pad), or -1 in the padding.
-// `r` = (ky, kx) as ky*kw+kx, `q` = (oy, ox) as oy*wo+ox.
-fn x_index(b: u32, ci: u32, r: u32, q: u32) -> i32 {
-    let oy = div(q, p.wo, p.r_wo);
-    let ky = div(r, p.kw, p.r_kw);
-    let iy = i32(oy * p.stride + ky) - i32(p.pad);
-    let ix = i32((q - oy * p.wo) * p.stride + r - ky * p.kw) - i32(p.pad);
-    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return -1; }
-    return i32(((b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix));
+// B of the forward and grad-weight GEMMs is an image gather: x[b, ci, y0 + ky', x0 + kx'] where
+// one GEMM index supplies the base offset and origin and the other the tap. Both sides are
+// decoded into a (base offset, y, x) triple; the element is x[base + iy * w + ix] with
+// iy = y_col + y_row and ix = x_col + x_row, zero outside the image. Rows advance like an
+// odometer over two digits (d0 fastest, then d1, then the outer index), so no division runs per
+// element.
+struct BCol { off: u32, y: i32, x: i32, ok: bool }
+// d0 < n0 and d1 < n1 are the row's two digits.
+struct BRow { off: u32, y: i32, x: i32, d0: u32, d1: u32, n0: u32, n1: u32 }
+
+// The next row: x moves by `step` (y by `step` when d0 wraps), and the base offset by `outer`
+// when d1 wraps too.
+fn odometer(r: BRow, step: i32, outer: u32) -> BRow {
+    var n = r;
+    n.d0 += 1u;
+    n.x += step;
+    if (n.d0 == n.n0) {
+        n.d0 = 0u;
+        n.x = 0;
+        n.d1 += 1u;
+        n.y += step;
+        if (n.d1 == n.n1) { n.d1 = 0u; n.y = 0; n.off += outer; }
+    }
+    return n;
 }
 
 //#section forward
@@ -51,12 +66,27 @@ fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 fn load_a(m: u32, k: u32, z: u32) -> f32 { return wt[m * p.gk + k]; }
-fn load_b(k: u32, j: u32, z: u32) -> f32 {
+// column j = (b, oy, ox): image b, origin (oy*s - pad, ox*s - pad)
+fn b_col(j: u32, z: u32) -> BCol {
     let b = div(j, p.howo, p.r_howo);
+    let q = j - b * p.howo;
+    let oy = div(q, p.wo, p.r_wo);
+    return BCol(b * p.c_in * p.hw, i32(oy * p.stride) - i32(p.pad), i32((q - oy * p.wo) * p.stride) - i32(p.pad), true);
+}
+// row k = (ci, ky, kx): d0 = kx, d1 = ky
+fn b_row(k: u32, z: u32) -> BRow {
     let ci = div(k, p.khw, p.r_khw);
-    let i = x_index(b, ci, k - ci * p.khw, j - b * p.howo);
-    if (i < 0) { return 0.0; }
-    return x[i];
+    let r = k - ci * p.khw;
+    let ky = div(r, p.kw, p.r_kw);
+    let kx = r - ky * p.kw;
+    return BRow(ci * p.hw, i32(ky), i32(kx), kx, ky, p.kw, p.kh);
+}
+fn b_row_next(r: BRow) -> BRow { return odometer(r, 1, p.hw); }
+fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
+    let iy = c.y + r.y;
+    let ix = c.x + r.x;
+    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return 0.0; }
+    return x[c.off + r.off + u32(iy) * p.w + u32(ix)];
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) {
     var r = v;
@@ -75,20 +105,29 @@ fn load_a(ci: u32, k: u32, z: u32) -> f32 {
     let co = div(k, p.khw, p.r_khw);
     return wt[(co * p.c_in + ci) * p.khw + k - co * p.khw];
 }
-fn load_b(k: u32, j: u32, z: u32) -> f32 {
-    let co = div(k, p.khw, p.r_khw);
-    let r = k - co * p.khw;
-    let ky = div(r, p.kw, p.r_kw);
+// Stride 1 only (stride > 1 runs grad_input_strided): B[(co, ky, kx), (b, iy, ix)] =
+// dy[b, co, iy + pad - ky, ix + pad - kx].
+// column j = (b, iy, ix): image b of dy, origin (iy + pad, ix + pad)
+fn b_col(j: u32, z: u32) -> BCol {
     let b = div(j, p.hw, p.r_hw);
     let q = j - b * p.hw;
     let iy = div(q, p.w, p.r_w);
-    let ty = i32(iy + p.pad) - i32(ky);
-    let tx = i32(q - iy * p.w + p.pad) - i32(r - ky * p.kw);
-    if (ty < 0 || tx < 0) { return 0.0; }
-    let oy = div(u32(ty), p.stride, p.r_stride);
-    let ox = div(u32(tx), p.stride, p.r_stride);
-    if (oy * p.stride != u32(ty) || ox * p.stride != u32(tx) || oy >= p.ho || ox >= p.wo) { return 0.0; }
-    return dy[((b * p.c_out + co) * p.ho + oy) * p.wo + ox];
+    return BCol(b * p.c_out * p.howo, i32(iy + p.pad), i32(q - iy * p.w + p.pad), true);
+}
+// row k = (co, ky, kx): offset (-ky, -kx); d0 = kx, d1 = ky
+fn b_row(k: u32, z: u32) -> BRow {
+    let co = div(k, p.khw, p.r_khw);
+    let r = k - co * p.khw;
+    let ky = div(r, p.kw, p.r_kw);
+    let kx = r - ky * p.kw;
+    return BRow(co * p.howo, -i32(ky), -i32(kx), kx, ky, p.kw, p.kh);
+}
+fn b_row_next(r: BRow) -> BRow { return odometer(r, -1, p.howo); }
+fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
+    let oy = c.y + r.y;
+    let ox = c.x + r.x;
+    if (oy < 0 || ox < 0 || oy >= i32(p.ho) || ox >= i32(p.wo)) { return 0.0; }
+    return dy[c.off + r.off + u32(oy) * p.wo + u32(ox)];
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let b = div(j, p.hw, p.r_hw);
@@ -105,13 +144,27 @@ fn load_a(co: u32, k: u32, z: u32) -> f32 {
     let b = div(k, p.howo, p.r_howo);
     return dy[(b * p.c_out + co) * p.howo + k - b * p.howo];
 }
-fn load_b(k: u32, j: u32, z: u32) -> f32 {
-    // j = (ci, ky, kx)
-    let b = div(k, p.howo, p.r_howo);
+// column j = (ci, ky, kx): channel ci, tap (ky - pad, kx - pad)
+fn b_col(j: u32, z: u32) -> BCol {
     let ci = div(j, p.khw, p.r_khw);
-    let i = x_index(b, ci, j - ci * p.khw, k - b * p.howo);
-    if (i < 0) { return 0.0; }
-    return x[i];
+    let r = j - ci * p.khw;
+    let ky = div(r, p.kw, p.r_kw);
+    return BCol(ci * p.hw, i32(ky) - i32(p.pad), i32(r - ky * p.kw) - i32(p.pad), true);
+}
+// row k = (b, oy, ox): image b, origin (oy·s, ox·s); d0 = ox, d1 = oy
+fn b_row(k: u32, z: u32) -> BRow {
+    let b = div(k, p.howo, p.r_howo);
+    let q = k - b * p.howo;
+    let oy = div(q, p.wo, p.r_wo);
+    let ox = q - oy * p.wo;
+    return BRow(b * p.c_in * p.hw, i32(oy * p.stride), i32(ox * p.stride), ox, oy, p.wo, p.ho);
+}
+fn b_row_next(r: BRow) -> BRow { return odometer(r, i32(p.stride), p.c_in * p.hw); }
+fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
+    let iy = c.y + r.y;
+    let ix = c.x + r.x;
+    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return 0.0; }
+    return x[c.off + r.off + u32(iy) * p.w + u32(ix)];
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) { dw[(z * p.gm + co) * p.gn + j] = v; }
 
@@ -156,26 +209,37 @@ fn load_a(ci: u32, k: u32, z: u32) -> f32 {
     let kx = c.kx0 + p.stride * (r - a * c.tx);
     return wt[((co * p.c_in + ci) * p.kh + ky) * p.kw + kx];
 }
-fn load_b(k: u32, j: u32, z: u32) -> f32 {
+// column j = (b, qy, qx), the pixel (py + s·qy, px + s·qx) of image b: with tap (a, b') of
+// the class, ky = ky0 + s·a, the output row is oy = (py + s·qy + pad − ky0)/s − a (exact: the
+// numerator is a multiple of s by construction); likewise ox. So the column holds (oy0, ox0)
+// and a row subtracts its tap.
+fn b_col(j: u32, z: u32) -> BCol {
     let c = class_of(z);
     let plane = c.hq * c.wq;
-    if (j >= p.n * plane) { return 0.0; }
-    let taps = c.ty * c.tx;
-    let co = div(k, taps, 1.0 / f32(taps));
-    let r = k - co * taps;
-    let a = div(r, c.tx, 1.0 / f32(c.tx));
     let b = div(j, plane, 1.0 / f32(plane));
     let q = j - b * plane;
     let qy = div(q, c.wq, 1.0 / f32(c.wq));
     let qx = q - qy * c.wq;
-    // iy + pad − ky = s·(qy + (py + pad − ky0)/s − a): an exact multiple of s by construction
-    let ty = i32(c.py + p.stride * qy + p.pad) - i32(c.ky0 + p.stride * a);
-    let tx = i32(c.px + p.stride * qx + p.pad) - i32(c.kx0 + p.stride * (r - a * c.tx));
-    if (ty < 0 || tx < 0) { return 0.0; }
-    let oy = div(u32(ty), p.stride, p.r_stride);
-    let ox = div(u32(tx), p.stride, p.r_stride);
-    if (oy >= p.ho || ox >= p.wo) { return 0.0; }
-    return dy[((b * p.c_out + co) * p.ho + oy) * p.wo + ox];
+    let oy0 = (c.py + p.stride * qy + p.pad - c.ky0) / p.stride;
+    let ox0 = (c.px + p.stride * qx + p.pad - c.kx0) / p.stride;
+    return BCol(b * p.c_out * p.howo, i32(oy0), i32(ox0), j < p.n * plane);
+}
+// row k = (co, a, b'): d0 = b' (< tx), d1 = a (< ty)
+fn b_row(k: u32, z: u32) -> BRow {
+    let c = class_of(z);
+    let taps = c.ty * c.tx;
+    let co = div(k, taps, 1.0 / f32(taps));
+    let r = k - co * taps;
+    let a = div(r, c.tx, 1.0 / f32(c.tx));
+    let bb = r - a * c.tx;
+    return BRow(co * p.howo, -i32(a), -i32(bb), bb, a, c.tx, c.ty);
+}
+fn b_row_next(r: BRow) -> BRow { return odometer(r, -1, p.howo); }
+fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
+    let oy = c.y + r.y;
+    let ox = c.x + r.x;
+    if (!c.ok || oy < 0 || ox < 0 || oy >= i32(p.ho) || ox >= i32(p.wo)) { return 0.0; }
+    return dy[c.off + r.off + u32(oy) * p.wo + u32(ox)];
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let c = class_of(z);

@@ -19,6 +19,14 @@ fn dims() -> vec2<u32> { return vec2<u32>(p.m, p.n); }
 fn k_range(z: u32) -> vec2<u32> { return vec2<u32>(z * p.k_chunk, min((z + 1u) * p.k_chunk, p.k)); }
 fn load_a(m: u32, k: u32, z: u32) -> f32 { return a[m * p.a_sm + k * p.a_sk]; }
 fn load_b(k: u32, n: u32, z: u32) -> f32 { return b[k * p.b_sk + n * p.b_sn]; }
+// B through the engine's coordinate hooks, with no decoding to save.
+struct BCol { n: u32 }
+struct BRow { k: u32 }
+fn b_col(n: u32, z: u32) -> BCol { return BCol(n); }
+fn b_row(k: u32, z: u32) -> BRow { return BRow(k); }
+fn b_row_next(r: BRow) -> BRow { return BRow(r.k + 1u); }
+fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 { return load_b(r.k, c.n, z); }
+
 fn store_c(m: u32, n: u32, z: u32, v: f32) {
     var r = v;
     if (p.has_bias != 0u && z == 0u) { r += bias[n]; }

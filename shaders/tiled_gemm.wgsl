@@ -5,8 +5,13 @@
 //   fn dims() -> vec2<u32>                          (M, N)
 //   fn k_range(z: u32) -> vec2<u32>                 [k_begin, k_end)
 //   fn load_a(m: u32, k: u32, z: u32) -> f32
-//   fn load_b(k: u32, n: u32, z: u32) -> f32
 //   fn store_c(m: u32, n: u32, z: u32, v: f32)
+// and B's elements through decoded coordinates, so implicit-GEMM kernels decode a column once
+// per thread and step a row like an odometer instead of dividing for every element:
+//   struct BCol; fn b_col(n: u32, z: u32) -> BCol      (once per column a thread loads)
+//   struct BRow; fn b_row(k: u32, z: u32) -> BRow      (once per TK chunk)
+//   fn b_row_next(r: BRow) -> BRow                      (row k -> k + 1)
+//   fn load_b_at(r: BRow, c: BCol, z: u32) -> f32      (B[k, n])
 // Loads are only called in bounds; out-of-range tile elements are zero.
 //
 // A prelude line sets RM, the rows of C per thread (2, 4 or 8), so small-M products (16 or 32
@@ -33,6 +38,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     // B: each thread loads column t of every k row. A: element e = t + 64r of the tile is
     // (k = e / TM, m = e % TM); the thread's m is the same for every r.
     let load_n = n0 + t < mn.y;
+    let b_c = b_col(min(n0 + t, mn.y - 1u), wid.z);
     let a_col = t % TM;
     let a_k = t / TM;
     let load_m = m0 + a_col < mn.x;
@@ -40,11 +46,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var i = 0u; i < 2u * RM; i++) { acc[i] = vec4<f32>(0.0); }
 
     for (var k0 = kr.x; k0 < kr.y; k0 += TK) {
+        var b_r = b_row(k0, wid.z);
         for (var kk = 0u; kk < TK; kk++) {
-            let k = k0 + kk;
             var vb = 0.0;
-            if (k < kr.y && load_n) { vb = load_b(k, n0 + t, wid.z); }
+            if (k0 + kk < kr.y && load_n) { vb = load_b_at(b_r, b_c, wid.z); }
             b_tile[kk][t] = vb;
+            b_r = b_row_next(b_r);
         }
         for (var r = 0u; r < TK * TM / 64u; r++) {
             let kk = a_k + r * (64u / TM);

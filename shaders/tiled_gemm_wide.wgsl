@@ -1,5 +1,5 @@
 // Wide variant of the tiled GEMM engine (same interface as tiled_gemm.wgsl: the including
-// kernel defines dims, k_range, load_a, load_b, store_c) for products with at most 16 rows,
+// kernel defines dims, k_range, load_a, store_c and B's b_col / b_row / b_row_next / load_b_at) for products with at most 16 rows,
 // such as convolutions with 16 output channels, where a 64-row tile would waste 3/4 of its work.
 //
 // Workgroup: 64 threads computing a 16x256 tile of C; thread t owns columns n0 + t + 64j
@@ -24,6 +24,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
     let n = vec4<u32>(n0 + t, n0 + t + 64u, n0 + t + 128u, n0 + t + 192u);
     let n_ok = n < vec4<u32>(mn.y);
+    let n_last = vec4<u32>(mn.y - 1u);
+    let nc = min(n, n_last);
+    let c0 = b_col(nc.x, wid.z);
+    let c1 = b_col(nc.y, wid.z);
+    let c2 = b_col(nc.z, wid.z);
+    let c3 = b_col(nc.w, wid.z);
 
     for (var k0 = kr.x; k0 < kr.y; k0 += TK) {
         // A tile: 16 x 32 elements, 8 per thread; element e = t + 64r is (k = e / 16, m = e % 16).
@@ -37,13 +43,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         let k_end = min(TK, kr.y - k0);
+        var r = b_row(k0, wid.z);
         for (var kk = 0u; kk < k_end; kk++) {
-            let k = k0 + kk;
             var b = vec4<f32>(0.0);
-            if (n_ok.x) { b.x = load_b(k, n.x, wid.z); }
-            if (n_ok.y) { b.y = load_b(k, n.y, wid.z); }
-            if (n_ok.z) { b.z = load_b(k, n.z, wid.z); }
-            if (n_ok.w) { b.w = load_b(k, n.w, wid.z); }
+            if (n_ok.x) { b.x = load_b_at(r, c0, wid.z); }
+            if (n_ok.y) { b.y = load_b_at(r, c1, wid.z); }
+            if (n_ok.z) { b.z = load_b_at(r, c2, wid.z); }
+            if (n_ok.w) { b.w = load_b_at(r, c3, wid.z); }
+            r = b_row_next(r);
             for (var i = 0u; i < 16u; i++) {
                 acc[i] += a_tile[kk][i] * b;
             }

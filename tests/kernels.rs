@@ -69,6 +69,16 @@ fn conv2d_5x5_pad2_and_rectangular_kernel_match_reference() {
 }
 
 #[test]
+fn conv2d_every_tile_shape_matches_reference() {
+    // The GEMM tile follows the product's rows: up to 16 (wide), 17..32, more. Forward and
+    // grad-weight have c_out rows, grad-input c_in; strided grad-input is its own kernel.
+    conv_case(&mut Rng::new(7), geom(2, 20, 7, 9, 40, 3, 3, 1, 1), false); // 32-row grad-input, 64-row fwd/gw
+    conv_case(&mut Rng::new(8), geom(2, 33, 9, 8, 20, 3, 3, 2, 1), false); // 64-row strided grad-input, 32-row fwd/gw
+    conv_case(&mut Rng::new(9), geom(3, 24, 10, 11, 12, 3, 3, 2, 1), true); // 32-row strided grad-input, wide fwd/gw
+    conv_case(&mut Rng::new(10), geom(2, 40, 6, 7, 3, 3, 3, 1, 1), false); // 64-row grad-input
+}
+
+#[test]
 fn conv2d_grad_weight_split_k_matches_reference() {
     // batch*out pixels = 9 * 24 * 23 = 4968: long enough that the reduction is split
     conv_case(&mut Rng::new(6), geom(9, 3, 24, 23, 4, 3, 3, 1, 1), false);
