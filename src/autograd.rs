@@ -78,7 +78,7 @@ pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
     for t in order.into_iter().rev() {
         let Some(grad) = grads.remove(&t.id()) else { continue };
         match t.take_node() {
-            None if t.from_op() => {
+            None if t.made_by_op() => {
                 return Err(crate::Error::invalid(
                     "backward ran through this graph already (its saved buffers are released); \
                      run the forward pass again",

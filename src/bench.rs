@@ -162,7 +162,14 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
             let (seconds, timing) = time_median(runs, || {
                 crate::autograd::no_grad(|| batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn).map(drop))
             })?;
-            emit(Measurement { name: names[0].clone(), seconds, work: 3.0 * bytes, unit: "GB/s", timing, extra: vec![] })?;
+            emit(Measurement {
+                name: names[0].clone(),
+                seconds,
+                work: 3.0 * bytes,
+                unit: "GB/s",
+                timing,
+                extra: vec![],
+            })?;
         }
         if cfg.wants(&names[1]) {
             let dy = random(&[n, c, 16, 16], 7)?;
@@ -177,7 +184,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                 work: 8.0 * bytes,
                 unit: "GB/s",
                 timing,
-            extra: vec![("includes", "\"forward\"".into())],
+                extra: vec![("includes", "\"forward\"".into())],
             })?;
         }
     }
@@ -209,7 +216,8 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
     let name = format!("fused sas-admm inner update {len}");
     if cfg.wants(&name) {
         let t: Vec<Tensor> = (0..5).map(|i| random(&[len], 11 + i)).collect::<Result<_>>()?;
-        let (seconds, timing) = time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
+        let (seconds, timing) =
+            time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
         // reads d, h, W̆, W; writes W̆, W, Ŵ
         emit(Measurement { name, seconds, work: 7.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", timing, extra: vec![] })?;
     }
@@ -512,7 +520,7 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
         a.max_buffer_size >> 20,
         a.max_storage_binding >> 20
     );
-    println!("{:<46} {:>10} {:>12}        {}", "measurement", "ms", "rate", "timed on");
+    println!("{:<46} {:>10} {:>12}        timed on", "measurement", "ms", "rate");
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(|e| Error::io(out, e))?;
     let mut count = 0;
     run(cfg, |m| {

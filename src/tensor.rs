@@ -265,7 +265,6 @@ impl Tensor {
         }
         autograd::run_backward(self.edge(), grad)
     }
-
 }
 
 impl Edge {
@@ -285,7 +284,8 @@ impl Edge {
         lock(&self.0.node).take()
     }
 
-    pub(crate) fn from_op(&self) -> bool {
+    /// Made by an op (as opposed to a leaf): its node is missing only after backward ran.
+    pub(crate) fn made_by_op(&self) -> bool {
         self.0.from_op
     }
 

@@ -156,7 +156,8 @@ fn batchnorm_train_forward_backward_and_running_stats_match_reference() {
         let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
         let out = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
         // Fused: y = relu(bn(x)), and the gradient reaching bn is masked by the output.
-        let (want, dy) = if relu { (cpu::relu(&out.y), cpu::relu_backward(&r, &out.y)) } else { (out.y.clone(), r.clone()) };
+        let (want, dy) =
+            if relu { (cpu::relu(&out.y), cpu::relu_backward(&r, &out.y)) } else { (out.y.clone(), r.clone()) };
         assert!(!relu || want.iter().filter(|&&v| v == 0.0).count() > want.len() / 4, "the ReLU must cut");
         assert_close(&format!("batchnorm train forward (relu {relu})"), &values(&y), &want, ELEMENTWISE);
         cpu::batchnorm_running_update(&mut rm, &mut rv, &out.mean, &out.var, n * hw, 0.1);

@@ -23,7 +23,7 @@ fn a_training_step_holds_little_more_than_what_backward_needs() {
         let params = model.store.parameter_count();
         (params, model.store.entries().iter().map(|e| e.numel()).sum::<usize>() - params)
     }; // dropped here: the counters below must see only step_rate's model
-    // parameters, their gradients and momentum, batch-norm statistics, saved activations
+       // parameters, their gradients and momentum, batch-norm statistics, saved activations
     let needed = 4 * (3 * params + buffers + batch * resnet_saved_floats_per_image(n, 10)) as u64;
     let r = step_rate(name, batch, 1).unwrap();
     let after_forward = r.after_forward_bytes as f64 / needed as f64;
@@ -31,6 +31,9 @@ fn a_training_step_holds_little_more_than_what_backward_needs() {
     eprintln!("needed {needed} B; after forward {after_forward:.3}x, peak {peak:.3}x");
     // Alignment padding and the loss's few bytes allow a little over; anything an op keeps
     // that backward does not read (a BN output, a residual sum) would add about 20%.
-    assert!((0.99..1.05).contains(&after_forward), "held after the forward pass: {after_forward:.3}x what backward needs");
+    assert!(
+        (0.99..1.05).contains(&after_forward),
+        "held after the forward pass: {after_forward:.3}x what backward needs"
+    );
     assert!(peak <= 1.5, "peak step memory {peak:.3}x what backward needs (target 1.5x)");
 }

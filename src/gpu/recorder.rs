@@ -255,8 +255,8 @@ impl Recorder {
                         }
                         None => None,
                     };
-                    let mut pass = encoder
-                        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+                    let mut pass =
+                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                     let mut next = Some(command);
                     while let Some(Command::Dispatch { kernel, params_offset, params_size, bindings, groups }) = next {
                         let compiled = &kernels.compiled[kernel];

@@ -44,8 +44,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a, b)?;
     let out = Tensor::uninit(a.shape())?;
     launch(&ADD, &params(a.numel(), 0.0), &[a, b, &out], groups_1d(a.numel()))?;
-    let node =
-        needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.edge(), b.edge()] });
+    let node = needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.edge(), b.edge()] });
     Ok(out.with_node(node))
 }
 

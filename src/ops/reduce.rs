@@ -74,10 +74,8 @@ pub fn sum_abs(x: &Tensor) -> Result<Tensor> {
 
 fn scaled_sum(x: &Tensor, scale: f32) -> Result<Tensor> {
     let out = reduce_all(x, Mode::Plain, scale)?;
-    let node = needs_node(&[x]).then(|| Node {
-        backward: Box::new(SumBackward { shape: x.shape().to_vec(), scale }),
-        inputs: vec![x.edge()],
-    });
+    let node = needs_node(&[x])
+        .then(|| Node { backward: Box::new(SumBackward { shape: x.shape().to_vec(), scale }), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
 }
 
