@@ -43,6 +43,20 @@ struct BCol { off: u32, y: i32, x: i32, ok: bool }
 // d0 < n0 and d1 < n1 are the row's two digits.
 struct BRow { off: u32, y: i32, x: i32, d0: u32, d1: u32, n0: u32, n1: u32 }
 
+// (outer, d1, d0) of i = outer * inner + d1 * n0 + d0, e.g. (b, oy, ox) of a pixel index with
+// inner = ho*wo, n0 = wo; the reciprocals feed div().
+fn split3(i: u32, inner: u32, r_inner: f32, n0: u32, r_n0: f32) -> vec3<u32> {
+    let outer = div(i, inner, r_inner);
+    let q = i - outer * inner;
+    let d1 = div(q, n0, r_n0);
+    return vec3<u32>(outer, d1, q - d1 * n0);
+}
+
+// Whether (y, x) lies inside an h x w plane.
+fn inside(y: i32, x: i32, h: u32, w: u32) -> bool {
+    return y >= 0 && x >= 0 && y < i32(h) && x < i32(w);
+}
+
 // The next row: x moves by `step` (y by `step` when d0 wraps), and the base offset by `outer`
 // when d1 wraps too.
 fn odometer(r: BRow, step: i32, outer: u32) -> BRow {
@@ -68,24 +82,20 @@ fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 fn load_a(m: u32, k: u32, z: u32) -> f32 { return wt[m * p.gk + k]; }
 // column j = (b, oy, ox): image b, origin (oy*s - pad, ox*s - pad)
 fn b_col(j: u32, z: u32) -> BCol {
-    let b = div(j, p.howo, p.r_howo);
-    let q = j - b * p.howo;
-    let oy = div(q, p.wo, p.r_wo);
-    return BCol(b * p.c_in * p.hw, i32(oy * p.stride) - i32(p.pad), i32((q - oy * p.wo) * p.stride) - i32(p.pad), true);
+    let q = split3(j, p.howo, p.r_howo, p.wo, p.r_wo);
+    let s = p.stride;
+    return BCol(q.x * p.c_in * p.hw, i32(q.y * s) - i32(p.pad), i32(q.z * s) - i32(p.pad), true);
 }
 // row k = (ci, ky, kx): d0 = kx, d1 = ky
 fn b_row(k: u32, z: u32) -> BRow {
-    let ci = div(k, p.khw, p.r_khw);
-    let r = k - ci * p.khw;
-    let ky = div(r, p.kw, p.r_kw);
-    let kx = r - ky * p.kw;
-    return BRow(ci * p.hw, i32(ky), i32(kx), kx, ky, p.kw, p.kh);
+    let t = split3(k, p.khw, p.r_khw, p.kw, p.r_kw);
+    return BRow(t.x * p.hw, i32(t.y), i32(t.z), t.z, t.y, p.kw, p.kh);
 }
 fn b_row_next(r: BRow) -> BRow { return odometer(r, 1, p.hw); }
 fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let iy = c.y + r.y;
     let ix = c.x + r.x;
-    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return 0.0; }
+    if (!inside(iy, ix, p.h, p.w)) { return 0.0; }
     return x[c.off + r.off + u32(iy) * p.w + u32(ix)];
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) {
@@ -109,24 +119,19 @@ fn load_a(ci: u32, k: u32, z: u32) -> f32 {
 // dy[b, co, iy + pad - ky, ix + pad - kx].
 // column j = (b, iy, ix): image b of dy, origin (iy + pad, ix + pad)
 fn b_col(j: u32, z: u32) -> BCol {
-    let b = div(j, p.hw, p.r_hw);
-    let q = j - b * p.hw;
-    let iy = div(q, p.w, p.r_w);
-    return BCol(b * p.c_out * p.howo, i32(iy + p.pad), i32(q - iy * p.w + p.pad), true);
+    let q = split3(j, p.hw, p.r_hw, p.w, p.r_w);
+    return BCol(q.x * p.c_out * p.howo, i32(q.y + p.pad), i32(q.z + p.pad), true);
 }
 // row k = (co, ky, kx): offset (-ky, -kx); d0 = kx, d1 = ky
 fn b_row(k: u32, z: u32) -> BRow {
-    let co = div(k, p.khw, p.r_khw);
-    let r = k - co * p.khw;
-    let ky = div(r, p.kw, p.r_kw);
-    let kx = r - ky * p.kw;
-    return BRow(co * p.howo, -i32(ky), -i32(kx), kx, ky, p.kw, p.kh);
+    let t = split3(k, p.khw, p.r_khw, p.kw, p.r_kw);
+    return BRow(t.x * p.howo, -i32(t.y), -i32(t.z), t.z, t.y, p.kw, p.kh);
 }
 fn b_row_next(r: BRow) -> BRow { return odometer(r, -1, p.howo); }
 fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let oy = c.y + r.y;
     let ox = c.x + r.x;
-    if (oy < 0 || ox < 0 || oy >= i32(p.ho) || ox >= i32(p.wo)) { return 0.0; }
+    if (!inside(oy, ox, p.ho, p.wo)) { return 0.0; }
     return dy[c.off + r.off + u32(oy) * p.wo + u32(ox)];
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
@@ -146,24 +151,20 @@ fn load_a(co: u32, k: u32, z: u32) -> f32 {
 }
 // column j = (ci, ky, kx): channel ci, tap (ky - pad, kx - pad)
 fn b_col(j: u32, z: u32) -> BCol {
-    let ci = div(j, p.khw, p.r_khw);
-    let r = j - ci * p.khw;
-    let ky = div(r, p.kw, p.r_kw);
-    return BCol(ci * p.hw, i32(ky) - i32(p.pad), i32(r - ky * p.kw) - i32(p.pad), true);
+    let t = split3(j, p.khw, p.r_khw, p.kw, p.r_kw);
+    return BCol(t.x * p.hw, i32(t.y) - i32(p.pad), i32(t.z) - i32(p.pad), true);
 }
 // row k = (b, oy, ox): image b, origin (oy·s, ox·s); d0 = ox, d1 = oy
 fn b_row(k: u32, z: u32) -> BRow {
-    let b = div(k, p.howo, p.r_howo);
-    let q = k - b * p.howo;
-    let oy = div(q, p.wo, p.r_wo);
-    let ox = q - oy * p.wo;
-    return BRow(b * p.c_in * p.hw, i32(oy * p.stride), i32(ox * p.stride), ox, oy, p.wo, p.ho);
+    let q = split3(k, p.howo, p.r_howo, p.wo, p.r_wo);
+    let s = p.stride;
+    return BRow(q.x * p.c_in * p.hw, i32(q.y * s), i32(q.z * s), q.z, q.y, p.wo, p.ho);
 }
 fn b_row_next(r: BRow) -> BRow { return odometer(r, i32(p.stride), p.c_in * p.hw); }
 fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let iy = c.y + r.y;
     let ix = c.x + r.x;
-    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return 0.0; }
+    if (!inside(iy, ix, p.h, p.w)) { return 0.0; }
     return x[c.off + r.off + u32(iy) * p.w + u32(ix)];
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) { dw[(z * p.gm + co) * p.gn + j] = v; }
@@ -238,7 +239,7 @@ fn b_row_next(r: BRow) -> BRow { return odometer(r, -1, p.howo); }
 fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let oy = c.y + r.y;
     let ox = c.x + r.x;
-    if (!c.ok || oy < 0 || ox < 0 || oy >= i32(p.ho) || ox >= i32(p.wo)) { return 0.0; }
+    if (!c.ok || !inside(oy, ox, p.ho, p.wo)) { return 0.0; }
     return dy[c.off + r.off + u32(oy) * p.wo + u32(ox)];
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
