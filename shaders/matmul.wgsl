@@ -1,13 +1,14 @@
 // General matrix product on the tiled GEMM engine (tiled_gemm.wgsl is prepended):
 //   C[M, N] (+bias[n]) = A[M, K] * B[K, N] with arbitrary element strides, so transposed
 //   operands cost nothing: A[m, k] = a[m * a_sm + k * a_sk], B[k, n] = b[k * b_sk + n * b_sn].
+// C's rows are c_ld apart (N, or more when C is a column block of a wider matrix).
 // Split-K: workgroup z sums k in [z * k_chunk, min((z + 1) * k_chunk, K)) and writes its partial
-// product to c[z * M * N + m * N + n]; with one split that is C itself.
+// product to c[(z * M + m) * c_ld + n]; with one split that is C itself.
 
 struct Params {
     m: u32, n: u32, k: u32, k_chunk: u32,
     a_sm: u32, a_sk: u32, b_sk: u32, b_sn: u32,
-    has_bias: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    has_bias: u32, c_ld: u32, _pad1: u32, _pad2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -30,5 +31,5 @@ fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 { return load_b(r.k, c.n, z); }
 fn store_c(m: u32, n: u32, z: u32, v: f32) {
     var r = v;
     if (p.has_bias != 0u && z == 0u) { r += bias[n]; }
-    c[(z * p.m + m) * p.n + n] = r;
+    c[(z * p.m + m) * p.c_ld + n] = r;
 }

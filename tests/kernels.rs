@@ -458,3 +458,24 @@ fn device_timer_times_compute_passes_and_work_in_order() {
     }
     assert!(gpu.stop_device_timer().unwrap().is_none(), "stopping twice reports nothing");
 }
+
+#[test]
+fn linear_in_row_blocks_matches_reference() {
+    // What linear does with a weight beyond the binding limit (AlexNet's fc6 on 128 MiB
+    // drivers), at a size where the blocks are small: four blocks, the last one short, bias.
+    let unit = matmul::row_block_granularity().unwrap();
+    let mut rng = Rng::new(17);
+    let (n, i, o) = (6, 1100, 3 * unit + 5);
+    let (x, w, b, r) =
+        (f32_exact(&rng.vec(n * i)), f32_exact(&rng.vec(o * i)), f32_exact(&rng.vec(o)), f32_exact(&rng.vec(n * o)));
+    let (xt, wt, bt) = (param(&x, &[n, i]), param(&w, &[o, i]), param(&b, &[o]));
+    let y = matmul::linear_in_row_blocks(&xt, &wt, Some(&bt), unit).unwrap();
+    assert_close("blocked linear forward", &values(&y), &cpu::linear(&x, &w, Some(&b), n, i, o), LONG_SUM);
+    y.backward_with(tensor(&r, &[n, o])).unwrap();
+    assert_close("blocked linear grad input", &grad(&xt), &cpu::matmul(&r, &w, n, o, i, false, false), LONG_SUM);
+    assert_close("blocked linear grad weight", &grad(&wt), &cpu::matmul(&r, &x, o, n, i, true, false), LONG_SUM);
+    let db: Vec<f64> = (0..o).map(|j| (0..n).map(|s| r[s * o + j]).sum()).collect();
+    assert_close("blocked linear grad bias", &grad(&bt), &db, LONG_SUM);
+    let bad = matmul::linear_in_row_blocks(&xt, &wt, None, unit + 1).unwrap_err().to_string();
+    assert!(bad.contains(&format!("multiple of {unit}")), "{bad}");
+}

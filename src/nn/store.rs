@@ -1,7 +1,7 @@
 //! The parameter store and its arenas.
 
 use crate::gpu::{self, Buffer};
-use crate::ops::{elementwise, sgd};
+use crate::ops::{elementwise, for_each_chunk, sgd};
 use crate::tensor::numel;
 use crate::{Error, Result, Tensor};
 use std::collections::BTreeMap;
@@ -263,24 +263,7 @@ impl ParamStore {
     }
 }
 
-/// Calls `f(start, len)` over `[0, total)` in the fewest aligned chunks that each fit one
-/// binding of this device (one chunk unless an arena exceeds the binding limit, as AlexNet's
-/// does on some drivers).
-fn for_each_chunk(total: usize, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
-    let gpu = gpu::get()?;
-    let align = (gpu.storage_alignment() as usize / 4).max(1);
-    let chunk = ((gpu.adapter.max_storage_binding as usize / 4) / align * align).max(align);
-    let mut start = 0;
-    while start < total {
-        let len = chunk.min(total - start);
-        f(start, len)?;
-        start += len;
-    }
-    Ok(())
-}
-
+/// Fills the first `len` floats of an arena (fill itself goes in pieces past the binding limit).
 fn fill_chunked(buffer: &Arc<Buffer>, len: usize, value: f32) -> Result<()> {
-    for_each_chunk(len, |start, n| {
-        elementwise::fill(&Tensor::view_into(buffer.clone(), 4 * start as u64, &[n])?, value)
-    })
+    elementwise::fill(&Tensor::view_into(buffer.clone(), 0, &[len])?, value)
 }

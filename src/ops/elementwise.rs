@@ -1,6 +1,6 @@
 //! Element-wise ops: fill, add, add + ReLU, scale, axpy, ReLU, dropout (shaders/elementwise.wgsl).
 
-use super::{groups_1d, kernel, launch, same_shape};
+use super::{flat_view, for_each_chunk, groups_1d, kernel, launch, same_shape};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Result, Tensor};
@@ -29,14 +29,18 @@ static DROPOUT: Kernel = kernel!("elementwise.dropout", "elementwise.wgsl", "dro
 static DROPOUT_MASK: Kernel = kernel!("elementwise.dropout_mask", "elementwise.wgsl", "dropout_mask");
 
 /// Sets every element of `t` to `value` (in place, not differentiated).
+/// (Tensors beyond one storage binding are filled in pieces.)
 pub fn fill(t: &Tensor, value: f32) -> Result<()> {
-    launch(&FILL, &params(t.numel(), value), &[t], groups_1d(t.numel()))
+    for_each_chunk(t.numel(), |start, n| launch(&FILL, &params(n, value), &[&flat_view(t, start, n)?], groups_1d(n)))
 }
 
-/// `y += alpha * x` in place (not differentiated; optimizer and accumulation helper).
+/// `y += alpha * x` in place (not differentiated; optimizer and accumulation helper; tensors
+/// beyond one storage binding go in pieces).
 pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("axpy", x, y)?;
-    launch(&AXPY, &params(x.numel(), alpha), &[x, y], groups_1d(x.numel()))
+    for_each_chunk(x.numel(), |start, n| {
+        launch(&AXPY, &params(n, alpha), &[&flat_view(x, start, n)?, &flat_view(y, start, n)?], groups_1d(n))
+    })
 }
 
 /// `a + b` (same shapes).

@@ -1,7 +1,7 @@
 //! Matrix products on the tiled GEMM engine: `gemm` (strided operands, optional bias, split-K),
 //! `matmul` and the `linear` layer with their backward rules (shaders/matmul.wgsl).
 
-use super::expect_rank;
+use super::{expect_rank, flat_view};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
@@ -79,7 +79,8 @@ struct Params {
     b_sk: u32,
     b_sn: u32,
     has_bias: u32,
-    _pad: [u32; 3],
+    c_ld: u32,
+    _pad: [u32; 2],
 }
 
 /// How many K-splits a GEMM of this shape gets: enough workgroups to fill a large GPU when the
@@ -147,27 +148,50 @@ pub fn gemm(
             ),
         ));
     }
-    let (a_sm, a_sk) = if trans_a { (1, m) } else { (k, 1) };
-    let (b_sk, b_sn) = if trans_b { (1, k) } else { (n, 1) };
+    let a_strides = if trans_a { [1, m] } else { [k, 1] };
+    let b_strides = if trans_b { [1, k] } else { [n, 1] };
     let out = Tensor::uninit(&[m, n])?;
+    gemm_strided(Operands { a, a_strides, b, b_strides, bias, c: &out, c_ld: n }, m, k, n)?;
+    Ok(out)
+}
+
+/// The operands of [`gemm_strided`]: A[i, j] = a[i * a_strides[0] + j * a_strides[1]] (same
+/// for B), C's rows `c_ld` apart. The tensors may be views into larger buffers (column blocks).
+struct Operands<'a> {
+    a: &'a Tensor,
+    a_strides: [usize; 2],
+    b: &'a Tensor,
+    b_strides: [usize; 2],
+    bias: Option<&'a Tensor>,
+    c: &'a Tensor,
+    c_ld: usize,
+}
+
+/// C[m, n] = A[m, k] B[k, n] (+ bias) with explicit strides; split-K only when C is contiguous.
+fn gemm_strided(o: Operands, m: usize, k: usize, n: usize) -> Result<()> {
     let make = |chunk: usize| {
         let p = Params {
             m: m as u32,
             n: n as u32,
             k: k as u32,
             k_chunk: chunk as u32,
-            a_sm: a_sm as u32,
-            a_sk: a_sk as u32,
-            b_sk: b_sk as u32,
-            b_sn: b_sn as u32,
-            has_bias: bias.is_some() as u32,
-            _pad: [0; 3],
+            a_sm: o.a_strides[0] as u32,
+            a_sk: o.a_strides[1] as u32,
+            b_sk: o.b_strides[0] as u32,
+            b_sn: o.b_strides[1] as u32,
+            has_bias: o.bias.is_some() as u32,
+            c_ld: o.c_ld as u32,
+            _pad: [0; 2],
         };
         bytemuck::bytes_of(&p).to_vec()
     };
     // Without a bias the slot is bound to `a` (never read).
-    run_split_k(&GEMM, make, &[a, b, bias.unwrap_or(a)], &out, m, n, k)?;
-    Ok(out)
+    let bufs = [o.a, o.b, o.bias.unwrap_or(o.a)];
+    if o.c_ld == n {
+        return run_split_k(&GEMM, make, &bufs, o.c, m, n, k);
+    }
+    let views = [o.a.view(), o.b.view(), bufs[2].view(), o.c.view()];
+    crate::gpu::get()?.dispatch(&GEMM[pick_tile(m).0], &make(k), &views, gemm_groups(m, n, 1))
 }
 
 /// `a[m, k] @ b[k, n]` (differentiable).
@@ -200,8 +224,60 @@ impl Backward for MatmulBackward {
     }
 }
 
-/// `x[n, in] W^T + b` with `W` stored `[out, in]` as in PyTorch (differentiable).
+/// `x[n, in] W^T + b` with `W` stored `[out, in]` as in PyTorch (differentiable). A weight
+/// larger than one storage binding of the device (AlexNet's fc6 on drivers with a 128 MiB
+/// limit) is used in row blocks that each fit.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let rows = weight_block_rows(weight)?;
+    linear_impl(x, weight, bias, rows)
+}
+
+/// [`linear`] with the weight used `rows_per_block` rows at a time (a multiple of the device's
+/// storage alignment in floats, [`row_block_granularity`]): what `linear` does for weights
+/// beyond the binding limit, callable at any size so it can be tested.
+pub fn linear_in_row_blocks(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    rows_per_block: usize,
+) -> Result<Tensor> {
+    let unit = row_block_granularity()?;
+    if rows_per_block == 0 || rows_per_block % unit != 0 {
+        return Err(Error::invalid(format!("rows per weight block must be a positive multiple of {unit}")));
+    }
+    linear_impl(x, weight, bias, Some(rows_per_block))
+}
+
+/// Row blocks must start at aligned offsets of the weight, bias and output columns.
+pub fn row_block_granularity() -> Result<usize> {
+    Ok((crate::gpu::get()?.storage_alignment() as usize / 4).max(1))
+}
+
+/// Rows per block when `weight` [out, in] exceeds one storage binding, else None.
+fn weight_block_rows(weight: &Tensor) -> Result<Option<usize>> {
+    let limit = crate::gpu::get()?.adapter.max_storage_binding as usize;
+    if weight.numel() * 4 <= limit || weight.shape().len() != 2 {
+        return Ok(None);
+    }
+    let unit = row_block_granularity()?;
+    let rows = limit / (4 * weight.shape()[1]) / unit * unit;
+    if rows == 0 {
+        return Err(Error::invalid(format!(
+            "a linear weight of shape {:?} cannot be split into row blocks within this device's {:.0} MiB \
+             storage-binding limit",
+            weight.shape(),
+            limit as f64 / 1048576.0
+        )));
+    }
+    Ok(Some(rows))
+}
+
+/// (first row, rows) of each block of `total` rows.
+fn blocks(total: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..total).step_by(rows).map(move |r0| (r0, rows.min(total - r0)))
+}
+
+fn linear_impl(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, rows: Option<usize>) -> Result<Tensor> {
     expect_rank("linear", "input", x, 2)?;
     expect_rank("linear", "weight", weight, 2)?;
     let (n, in_f, out_f) = (x.shape()[0], x.shape()[1], weight.shape()[0]);
@@ -211,10 +287,32 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             format!("input {:?}, weight {:?}, bias {:?}", x.shape(), weight.shape(), bias.map(|b| b.shape())),
         ));
     }
-    let out = gemm(x, weight, bias, n, in_f, out_f, false, true)?;
+    let out = match rows {
+        None => gemm(x, weight, bias, n, in_f, out_f, false, true)?,
+        Some(rows) => {
+            // y[:, r0..r0+r] = x W[r0..r0+r]^T + b[r0..r0+r]: a column block of y
+            let y = Tensor::uninit(&[n, out_f])?;
+            for (r0, r) in blocks(out_f, rows) {
+                let w_blk = flat_view(weight, r0 * in_f, r * in_f)?;
+                let b_blk = bias.map(|b| flat_view(b, r0, r)).transpose()?;
+                let y_blk = flat_view(&y, r0, n * out_f - r0)?;
+                let o = Operands {
+                    a: x,
+                    a_strides: [in_f, 1],
+                    b: &w_blk,
+                    b_strides: [1, in_f],
+                    bias: b_blk.as_ref(),
+                    c: &y_blk,
+                    c_ld: out_f,
+                };
+                gemm_strided(o, n, in_f, r)?;
+            }
+            y
+        }
+    };
     let refs: Vec<&Tensor> = [Some(x), Some(weight), bias].into_iter().flatten().collect();
     let node = needs_node(&refs).then(|| Node {
-        backward: Box::new(LinearBackward { x: x.detach(), weight: weight.detach(), has_bias: bias.is_some() }),
+        backward: Box::new(LinearBackward { x: x.detach(), weight: weight.detach(), has_bias: bias.is_some(), rows }),
         inputs: refs.iter().map(|t| t.edge()).collect(),
     });
     Ok(out.with_node(node))
@@ -224,12 +322,53 @@ struct LinearBackward {
     x: Tensor,
     weight: Tensor,
     has_bias: bool,
+    /// Rows per weight block, when the weight is used in blocks.
+    rows: Option<usize>,
 }
 impl Backward for LinearBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (n, in_f, out_f) = (self.x.shape()[0], self.x.shape()[1], self.weight.shape()[0]);
-        let dx = gemm(g, &self.weight, None, n, out_f, in_f, false, false)?; // dy W
-        let dw = gemm(g, &self.x, None, out_f, n, in_f, true, false)?; // dy^T x
+        let (dx, dw) = match self.rows {
+            None => (
+                gemm(g, &self.weight, None, n, out_f, in_f, false, false)?, // dy W
+                gemm(g, &self.x, None, out_f, n, in_f, true, false)?,       // dy^T x
+            ),
+            Some(rows) => {
+                // dx = sum over blocks of dy[:, blk] W[blk]; dW[blk] = dy[:, blk]^T x
+                let dx = Tensor::uninit(&[n, in_f])?;
+                let dw = Tensor::uninit(&[out_f, in_f])?;
+                for (r0, r) in blocks(out_f, rows) {
+                    let dy_blk = flat_view(g, r0, n * out_f - r0)?;
+                    let w_blk = flat_view(&self.weight, r0 * in_f, r * in_f)?;
+                    let part = if r0 == 0 { dx.clone() } else { Tensor::uninit(&[n, in_f])? };
+                    let o = Operands {
+                        a: &dy_blk,
+                        a_strides: [out_f, 1],
+                        b: &w_blk,
+                        b_strides: [in_f, 1],
+                        bias: None,
+                        c: &part,
+                        c_ld: in_f,
+                    };
+                    gemm_strided(o, n, r, in_f)?;
+                    if r0 > 0 {
+                        super::elementwise::axpy(1.0, &part, &dx)?;
+                    }
+                    let dw_blk = flat_view(&dw, r0 * in_f, r * in_f)?;
+                    let o = Operands {
+                        a: &dy_blk,
+                        a_strides: [1, out_f],
+                        b: &self.x,
+                        b_strides: [in_f, 1],
+                        bias: None,
+                        c: &dw_blk,
+                        c_ld: in_f,
+                    };
+                    gemm_strided(o, r, n, in_f)?;
+                }
+                (dx, dw)
+            }
+        };
         let mut grads = vec![Some(dx), Some(dw)];
         if self.has_bias {
             grads.push(Some(super::reduce::channel_sum(g, n, out_f, 1)?));

@@ -30,6 +30,28 @@ pub(crate) fn launch<P: bytemuck::Pod>(
     gpu::get()?.dispatch(kernel, bytemuck::bytes_of(params), &views, groups)
 }
 
+/// Calls `f(start, len)` over `[0, total)` elements in the fewest aligned chunks that each fit
+/// one storage binding of this device (one chunk unless a tensor exceeds the binding limit, as
+/// AlexNet's parameters do on some drivers).
+pub(crate) fn for_each_chunk(total: usize, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
+    let gpu = gpu::get()?;
+    let align = (gpu.storage_alignment() as usize / 4).max(1);
+    let chunk = ((gpu.adapter.max_storage_binding as usize / 4) / align * align).max(align);
+    let mut start = 0;
+    while start < total {
+        let len = chunk.min(total - start);
+        f(start, len)?;
+        start += len;
+    }
+    Ok(())
+}
+
+/// `len` elements of `t` from element `start` (an aligned place), as a flat tensor sharing its
+/// buffer.
+pub(crate) fn flat_view(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    Tensor::view_into(t.storage().clone(), t.byte_offset() + 4 * start as u64, &[len])
+}
+
 /// Workgroups for one thread per element over `n` elements (folded into 2-D when large).
 pub(crate) fn groups_1d(n: usize) -> [u32; 3] {
     gpu::grid(n.div_ceil(WG) as u32)
