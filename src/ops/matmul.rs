@@ -242,7 +242,7 @@ pub fn linear_in_row_blocks(
     rows_per_block: usize,
 ) -> Result<Tensor> {
     let unit = row_block_granularity()?;
-    if rows_per_block == 0 || rows_per_block % unit != 0 {
+    if rows_per_block == 0 || !rows_per_block.is_multiple_of(unit) {
         return Err(Error::invalid(format!("rows per weight block must be a positive multiple of {unit}")));
     }
     linear_impl(x, weight, bias, Some(rows_per_block))
