@@ -387,16 +387,24 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         gpu.flush()?;
         Ok([data_seconds, submit_start.elapsed().as_secs_f64(), data_start.elapsed().as_secs_f64()])
     };
+    // Shown on a terminal only: warm-up, timed steps, memory probe, profile, eval warm-up, evals.
+    let bar = crate::train::progress_bar((2 * steps + 4) as u64, format!("{model_name} b{batch}"));
+    let phase = |msg: &str| {
+        bar.set_message(msg.to_string());
+        bar.inc(1);
+    };
     let start = Instant::now();
     train_step(&mut model, 0)?;
     gpu.synchronize()?;
     let first_step_seconds = start.elapsed().as_secs_f64();
+    phase("first training step done (shaders compiled)");
     gpu.reset_peak_memory();
     let start = Instant::now();
     let mut host = [0.0; 3];
     for step in 1..=steps {
         let t = train_step(&mut model, step)?;
         (0..3).for_each(|i| host[i] += t[i] / steps as f64);
+        phase(&format!("training step {step}/{steps}"));
     }
     gpu.synchronize()?;
     let train_seconds = start.elapsed().as_secs_f64();
@@ -411,6 +419,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     gpu.synchronize()?;
     let stats = gpu.memory_stats();
     let device_bytes = stats.in_use + stats.pooled;
+    phase("memory probe done");
     // One more step with every dispatch timed on the device: where the step's time goes.
     let profile = if gpu.start_device_timer(true)? {
         train_step(&mut model, steps + 1)?;
@@ -418,18 +427,22 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     } else {
         None
     };
+    phase("kernel profile done");
     let eval = |model: &mut Model| -> Result<()> {
         crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
         gpu.flush()
     };
     eval(&mut model)?;
     gpu.synchronize()?;
+    phase("evaluation warm-up done");
     let start = Instant::now();
-    for _ in 0..steps {
+    for i in 1..=steps {
         eval(&mut model)?;
+        phase(&format!("evaluation pass {i}/{steps}"));
     }
     gpu.synchronize()?;
     let eval_seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     Ok(StepRate {
         model: model_name.to_string(),
         batch,
