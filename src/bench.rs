@@ -47,30 +47,16 @@ pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f6
     f()?;
     gpu.synchronize()?;
     let mut times = Vec::with_capacity(runs);
-    let mut timing = DEVICE_TIMING;
     for _ in 0..runs.max(1) {
         let start = Instant::now();
         let timed = gpu.start_device_timer(false)?;
         f()?;
         let device = if timed { gpu.stop_device_timer()?.map(|d| d.seconds) } else { None };
         gpu.synchronize()?;
-        let host = start.elapsed().as_secs_f64();
-        times.push(device.unwrap_or_else(|| {
-            timing = HOST_TIMING;
-            host
-        }));
-    }
-    if timing == HOST_TIMING {
-        // Mixed runs are not comparable: time them all again on the host.
-        times.clear();
-        for _ in 0..runs.max(1) {
-            let start = Instant::now();
-            f()?;
-            gpu.synchronize()?;
-            times.push(start.elapsed().as_secs_f64());
-        }
+        times.push(device.unwrap_or_else(|| start.elapsed().as_secs_f64()));
     }
     times.sort_by(f64::total_cmp);
+    let timing = if gpu.adapter.timestamp_queries { DEVICE_TIMING } else { HOST_TIMING };
     Ok((times[times.len() / 2], timing))
 }
 

@@ -237,7 +237,7 @@ impl Gpu {
     }
 
     /// Submits what is recorded and returns what the device spent in compute passes since
-    /// `start_device_timer`, or None when they could not all be timed.
+    /// `start_device_timer`, or None when the timer was not started.
     pub fn stop_device_timer(&self) -> Result<Option<DeviceTime>> {
         let seconds = self.lock_recorder().stop_timer(self)?;
         self.check_device_error()?;

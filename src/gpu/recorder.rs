@@ -50,7 +50,8 @@ enum Command {
 }
 
 /// Compute passes one submit can time (two timestamps each, 4096 queries: wgpu's largest query
-/// set). While timing, the recorder submits before it reaches this many dispatches.
+/// set). While timing, the recorder submits before it reaches this many commands, so every pass
+/// is timed.
 const MAX_TIMED_PASSES: u32 = 2048;
 
 /// Device-side timing with timestamp queries: while on, every compute pass writes a timestamp
@@ -65,7 +66,6 @@ struct PassTimer {
     elapsed_ns: f64,
     /// By kernel cache slot: (nanoseconds, launches).
     by_kernel: Vec<(f64, u32)>,
-    complete: bool,
 }
 
 /// What a device timer measured.
@@ -160,19 +160,17 @@ impl Recorder {
                 per_kernel: false,
                 elapsed_ns: 0.0,
                 by_kernel: Vec::new(),
-                complete: true,
             }
         });
         timer.on = true;
         timer.per_kernel = per_kernel;
         timer.elapsed_ns = 0.0;
         timer.by_kernel.clear();
-        timer.complete = true;
         Ok(true)
     }
 
     /// Stops device timing: what the device spent in the compute passes submitted since
-    /// `start_timer`, or None when some pass went untimed (or timing never started).
+    /// `start_timer`, or None when timing was not started.
     pub fn stop_timer(&mut self, gpu: &Gpu) -> Result<Option<DeviceTime>> {
         self.flush(gpu)?;
         let kernels = gpu.kernels.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,7 +181,7 @@ impl Recorder {
                 .map(|(slot, &(ns, n))| (kernels.compiled[slot].label, ns * 1e-9, n))
                 .collect();
             by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
-            t.complete.then_some(DeviceTime { seconds: t.elapsed_ns * 1e-9, by_kernel })
+            Some(DeviceTime { seconds: t.elapsed_ns * 1e-9, by_kernel })
         }))
     }
 
@@ -236,25 +234,18 @@ impl Recorder {
         let per_kernel = timer.as_ref().is_some_and(|t| t.per_kernel);
         let mut timed_passes = 0u32;
         let mut pass_kernels = Vec::new();
-        let mut untimed = false;
         while let Some(command) = commands.next() {
             match command {
                 Command::Dispatch { .. } => {
-                    let timestamp_writes = match &timer {
-                        Some(t) if timed_passes < MAX_TIMED_PASSES => {
-                            timed_passes += 1;
-                            Some(wgpu::ComputePassTimestampWrites {
-                                query_set: &t.queries,
-                                beginning_of_pass_write_index: Some(2 * timed_passes - 2),
-                                end_of_pass_write_index: Some(2 * timed_passes - 1),
-                            })
+                    // (maybe_flush keeps a timed submit within MAX_TIMED_PASSES passes)
+                    let timestamp_writes = timer.as_ref().filter(|_| timed_passes < MAX_TIMED_PASSES).map(|t| {
+                        timed_passes += 1;
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: &t.queries,
+                            beginning_of_pass_write_index: Some(2 * timed_passes - 2),
+                            end_of_pass_write_index: Some(2 * timed_passes - 1),
                         }
-                        Some(_) => {
-                            untimed = true;
-                            None
-                        }
-                        None => None,
-                    };
+                    });
                     let mut pass =
                         encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                     let mut next = Some(command);
@@ -319,7 +310,6 @@ impl Recorder {
         self.params.clear();
         self.uploads.clear();
         if let Some(t) = timer {
-            t.complete &= !untimed;
             if timed_passes > 0 {
                 let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&t.readback, timed_bytes)?);
                 let period = gpu.queue.get_timestamp_period() as f64;

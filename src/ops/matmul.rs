@@ -337,22 +337,23 @@ impl Backward for LinearBackward {
                 // dx = sum over blocks of dy[:, blk] W[blk]; dW[blk] = dy[:, blk]^T x
                 let dx = Tensor::uninit(&[n, in_f])?;
                 let dw = Tensor::uninit(&[out_f, in_f])?;
+                let part = Tensor::uninit(&[n, in_f])?; // each later block's share of dx
                 for (r0, r) in blocks(out_f, rows) {
                     let dy_blk = flat_view(g, r0, n * out_f - r0)?;
                     let w_blk = flat_view(&self.weight, r0 * in_f, r * in_f)?;
-                    let part = if r0 == 0 { dx.clone() } else { Tensor::uninit(&[n, in_f])? };
+                    let part = if r0 == 0 { &dx } else { &part };
                     let o = Operands {
                         a: &dy_blk,
                         a_strides: [out_f, 1],
                         b: &w_blk,
                         b_strides: [in_f, 1],
                         bias: None,
-                        c: &part,
+                        c: part,
                         c_ld: in_f,
                     };
                     gemm_strided(o, n, r, in_f)?;
                     if r0 > 0 {
-                        super::elementwise::axpy(1.0, &part, &dx)?;
+                        super::elementwise::axpy(1.0, part, &dx)?;
                     }
                     let dw_blk = flat_view(&dw, r0 * in_f, r * in_f)?;
                     let o = Operands {

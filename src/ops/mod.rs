@@ -46,9 +46,13 @@ pub(crate) fn for_each_chunk(total: usize, mut f: impl FnMut(usize, usize) -> Re
     Ok(())
 }
 
-/// `len` elements of `t` from element `start` (an aligned place), as a flat tensor sharing its
-/// buffer.
+/// `len` elements of `t` from element `start` (an aligned place), for binding to a kernel:
+/// `t` itself when that is all of it (the common, single-chunk case allocates nothing), else a
+/// flat view sharing its buffer.
 pub(crate) fn flat_view(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    if start == 0 && len == t.numel() {
+        return Ok(t.clone());
+    }
     Tensor::view_into(t.storage().clone(), t.byte_offset() + 4 * start as u64, &[len])
 }
 
