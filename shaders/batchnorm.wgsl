@@ -7,10 +7,14 @@
 //   x, y, dy, dx [n, c, hw]     gamma, beta, running_* [c]
 //   stat [2c]: the mean in stat[0..c], 1/sqrt(var + eps) in stat[c..2c] (one binding for
 //   both keeps the backward kernel within 8 storage bindings, WebGPU's default limit)
+// Per-channel reductions run in two levels so that a large GPU has work for all its cores: a
+// (chunk, channel) grid of workgroups, each over `ipc` consecutive images of one channel, writes
+// partial [c, chunks, 2]; a finalize kernel (one thread per channel) combines the chunks.
 
 struct Params {
     n: u32, c: u32, hw: u32, update_running: u32,
     eps: f32, momentum: f32, eval_mode: u32, relu: u32,
+    chunks: u32, ipc: u32, _pad0: u32, _pad1: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -29,50 +33,82 @@ fn tree_sum2(lid: u32) {
     workgroupBarrier();
 }
 
-// Element j of channel ch (j < n*hw) in the NCHW array.
-fn at(ch: u32, j: u32) -> u32 {
-    return ((j / p.hw) * p.c + ch) * p.hw + j % p.hw;
-}
-
 fn element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
 }
 
-//#section stats
-// One workgroup per channel: mean and 1/sqrt(var + eps) of the batch (two passes over the
-// channel for accuracy), and the running-statistics update.
+// The elements of chunk q of channel ch: images [q*ipc, min((q+1)*ipc, n)), as j < chunk_len;
+// element j is x[at_chunk(ch, q, j)].
+fn chunk_len(q: u32) -> u32 {
+    return (min((q + 1u) * p.ipc, p.n) - q * p.ipc) * p.hw;
+}
+fn at_chunk(ch: u32, q: u32, j: u32) -> u32 {
+    let b = q * p.ipc + j / p.hw;
+    return (b * p.c + ch) * p.hw + j % p.hw;
+}
+
+//#section stats_partial
+// Workgroup (q, ch): the mean and sum of squared deviations (M2) of chunk q of channel ch, two
+// passes over the chunk (the second reads it from cache) for accuracy.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> stat: array<f32>;
-@group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
-@group(0) @binding(4) var<storage, read_write> running_var: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partial_out: array<f32>;
 @compute @workgroup_size(256)
-fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let ch = wid.x;
-    let count = p.n * p.hw;
+fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let q = wid.x;
+    let ch = wid.y;
+    let len = chunk_len(q);
     var s = 0.0;
-    for (var j = lid.x; j < count; j += WG) { s += x[at(ch, j)]; }
+    for (var j = lid.x; j < len; j += WG) { s += x[at_chunk(ch, q, j)]; }
     partial[lid.x] = s;
     partial2[lid.x] = 0.0;
     tree_sum2(lid.x);
-    let mu = partial[0] / f32(count);
+    let mu = partial[0] / f32(len);
     workgroupBarrier();
-    var q = 0.0;
-    for (var j = lid.x; j < count; j += WG) {
-        let d = x[at(ch, j)] - mu;
-        q += d * d;
+    var m2 = 0.0;
+    for (var j = lid.x; j < len; j += WG) {
+        let d = x[at_chunk(ch, q, j)] - mu;
+        m2 += d * d;
     }
-    partial[lid.x] = q;
-    partial2[lid.x] = 0.0;
+    partial[lid.x] = m2;
     tree_sum2(lid.x);
     if (lid.x == 0u) {
-        let var_biased = partial[0] / f32(count);
-        stat[ch] = mu;
-        stat[p.c + ch] = inverseSqrt(var_biased + p.eps);
-        if (p.update_running != 0u) {
-            let unbiased = var_biased * f32(count) / f32(max(count, 2u) - 1u);
-            running_mean[ch] = (1.0 - p.momentum) * running_mean[ch] + p.momentum * mu;
-            running_var[ch] = (1.0 - p.momentum) * running_var[ch] + p.momentum * unbiased;
-        }
+        let o = 2u * (ch * p.chunks + q);
+        partial_out[o] = mu;
+        partial_out[o + 1u] = partial[0];
+    }
+}
+
+//#section stats_finalize
+// One thread per channel: the chunks' (mean, M2) combined exactly as in a single pass (Chan et
+// al.'s pairwise update), then mean and 1/sqrt(var + eps) of the batch and the running-statistics
+// update.
+@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stat: array<f32>;
+@group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> running_var: array<f32>;
+@compute @workgroup_size(64)
+fn stats_finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.c) { return; }
+    var count = 0.0;
+    var mu = 0.0;
+    var m2 = 0.0;
+    for (var q = 0u; q < p.chunks; q++) {
+        let o = 2u * (ch * p.chunks + q);
+        let nq = f32(chunk_len(q));
+        let total = count + nq;
+        let d = partial_in[o] - mu;
+        mu += d * nq / total;
+        m2 += partial_in[o + 1u] + d * d * count * nq / total;
+        count = total;
+    }
+    let var_biased = m2 / count;
+    stat[ch] = mu;
+    stat[p.c + ch] = inverseSqrt(var_biased + p.eps);
+    if (p.update_running != 0u) {
+        let unbiased = m2 / max(count - 1.0, 1.0);
+        running_mean[ch] = (1.0 - p.momentum) * running_mean[ch] + p.momentum * mu;
+        running_var[ch] = (1.0 - p.momentum) * running_var[ch] + p.momentum * unbiased;
     }
 }
 
@@ -105,25 +141,25 @@ fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     y[i] = select(v, max(v, 0.0), p.relu != 0u);
 }
 
-//#section backward_reduce
-// One workgroup per channel: dbeta = sum g, dgamma = sum g * xhat, where g is dy (masked by
-// y > 0 when fused with the ReLU).
+//#section backward_partial
+// Workgroup (q, ch): over chunk q of channel ch, the sums of g and of g * xhat, where g is dy
+// (masked by y > 0 when fused with the ReLU).
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> y: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dgamma: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partial_out: array<f32>;
 @compute @workgroup_size(256)
-fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let ch = wid.x;
-    let count = p.n * p.hw;
+fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let q = wid.x;
+    let ch = wid.y;
+    let len = chunk_len(q);
     let mu = stat[ch];
     let inv = stat[p.c + ch];
     var sd = 0.0;
     var sdx = 0.0;
-    for (var j = lid.x; j < count; j += WG) {
-        let k = at(ch, j);
+    for (var j = lid.x; j < len; j += WG) {
+        let k = at_chunk(ch, q, j);
         let g = select(dy[k], 0.0, p.relu != 0u && y[k] <= 0.0);
         sd += g;
         sdx += g * (x[k] - mu) * inv;
@@ -132,9 +168,30 @@ fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     partial2[lid.x] = sdx;
     tree_sum2(lid.x);
     if (lid.x == 0u) {
-        dbeta[ch] = partial[0];
-        dgamma[ch] = partial2[0];
+        let o = 2u * (ch * p.chunks + q);
+        partial_out[o] = partial[0];
+        partial_out[o + 1u] = partial2[0];
     }
+}
+
+//#section backward_finalize
+// One thread per channel: dbeta = sum g, dgamma = sum g * xhat over the chunks.
+@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dbeta: array<f32>;
+@compute @workgroup_size(64)
+fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.c) { return; }
+    var sd = 0.0;
+    var sdx = 0.0;
+    for (var q = 0u; q < p.chunks; q++) {
+        let o = 2u * (ch * p.chunks + q);
+        sd += partial_in[o];
+        sdx += partial_in[o + 1u];
+    }
+    dbeta[ch] = sd;
+    dgamma[ch] = sdx;
 }
 
 //#section backward_input

@@ -99,12 +99,15 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
     let (gemm, batch, runs, step_batch, steps) = if cfg.quick { (256, 16, 3, 16, 2) } else { (1024, 128, 5, 128, 5) };
     let mut emit = |m: Measurement| report(&m);
     let gflop = |macs: usize| 2.0 * macs as f64 / 1e9;
-    let s = gemm;
-    let name = format!("gemm {s}x{s}x{s}");
-    if cfg.wants(&name) {
-        let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
-        let (seconds, timing) = time_median(runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
-        emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", timing, extra: vec![] })?;
+    // 4096^3 (137 GFLOP) only where it takes seconds, not minutes.
+    let big = !cfg.quick && gpu::get()?.adapter.device_type != "Cpu";
+    for s in if big { vec![gemm, 4096] } else { vec![gemm] } {
+        let name = format!("gemm {s}x{s}x{s}");
+        if cfg.wants(&name) {
+            let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
+            let (seconds, timing) = time_median(runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
+            emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", timing, extra: vec![] })?;
+        }
     }
     for (label, g) in resnet32_conv_shapes(batch) {
         let names = ["forward", "grad-input", "grad-weight"].map(|k| format!("{label} b{batch} {k}"));
@@ -174,6 +177,14 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
             })?;
         }
     }
+    // The reference for the memory-bound kernels: read one array, write another.
+    let len = if cfg.quick { 1 << 20 } else { 1 << 26 };
+    let name = format!("elementwise scale {}M", len >> 20);
+    if cfg.wants(&name) {
+        let x = Tensor::full(&[len], 1.0)?;
+        let (seconds, timing) = time_median(runs, || crate::ops::elementwise::scale(&x, 0.5).map(drop))?;
+        emit(Measurement { name, seconds, work: 2.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", timing, extra: vec![] })?;
+    }
     let name = format!("softmax cross-entropy b{batch} x1000");
     if cfg.wants(&name) {
         let logits = random(&[batch, 1000], 8)?.with_grad();
@@ -230,6 +241,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                         ("submit_ms_per_step", format!("{:.3}", r.submit_seconds_per_step * 1e3)),
                         ("host_ms_per_step", format!("{:.3}", r.host_seconds_per_step * 1e3)),
                         ("kernel_profile", profile_json(r.profile.as_ref())),
+                        ("gemm_plans", plans_json()),
                     ],
                 })?;
                 emit(Measurement {
@@ -274,7 +286,67 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
             Err(e) => eprintln!("{model}: skipped ({e})"),
         }
     }
+    let b = if cfg.quick { 32 } else { 500 };
+    let name = format!("resnet32 eval b{b}");
+    if cfg.wants(&name) {
+        let images_per_second = eval_rate("resnet32", b, steps)?;
+        let seconds = (steps * b) as f64 / images_per_second;
+        emit(Measurement {
+            name,
+            seconds,
+            work: (steps * b) as f64,
+            unit: "images/s",
+            timing: STEP_TIMING,
+            extra: vec![],
+        })?;
+    }
+    let plans = crate::tune::choices();
+    if !plans.is_empty() {
+        let how =
+            if crate::tune::enabled() { "tuned on this adapter (or read from its cache)" } else { "fixed defaults" };
+        println!("  GEMM plans ({how}):");
+        for (key, tile, splits, seconds) in &plans {
+            let t = if *seconds > 0.0 { format!("{:.3} ms", seconds * 1e3) } else { String::new() };
+            println!("    {key:<46} {tile:<7} split {splits:<4} {t}");
+        }
+    }
     Ok(())
+}
+
+/// The tuner's plans of this process as a JSON array.
+fn plans_json() -> String {
+    let items: Vec<String> = (crate::tune::choices().iter())
+        .map(|(key, tile, splits, s)| {
+            format!(
+                "{{\"product\":{},\"tile\":{},\"splits\":{splits},\"ms\":{:.4}}}",
+                json_str(key),
+                json_str(tile),
+                s * 1e3
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Evaluation throughput (forward passes in eval mode, one submit each, no read-back) of a model
+/// at `batch` on random input, after one warm-up pass.
+pub fn eval_rate(model_name: &str, batch: usize, passes: usize) -> Result<f64> {
+    let gpu = gpu::get()?;
+    let mut model = Model::build(model_name, if model_name == "alexnet" { 1000 } else { 10 }, 0)?;
+    let (c, h, w) = model.input;
+    let x = random(&[batch, c, h, w], 12)?;
+    let mut eval = || -> Result<()> {
+        crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
+        gpu.flush()
+    };
+    eval()?;
+    gpu.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..passes {
+        eval()?;
+    }
+    gpu.synchronize()?;
+    Ok((passes * batch) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Training and evaluation throughput of a model at `batch` on random images.

@@ -18,6 +18,7 @@ pub mod prune;
 pub mod reference;
 pub mod tensor;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -30,6 +30,15 @@ struct Cli {
     /// Use the adapter whose name contains this text (env SASPRUNE_ADAPTER)
     #[arg(long, global = true)]
     adapter: Option<String>,
+    /// Kernel autotuning: auto (measure GEMM/conv plans on GPUs, fixed defaults on software
+    /// drivers), on, or off (fixed defaults per device type, reproducible across machines);
+    /// env SASPRUNE_TUNE
+    #[arg(long, global = true, value_parser = ["auto", "on", "off"])]
+    tune: Option<String>,
+    /// The tuner's cache file (default: the OS cache directory's sasprune/tune.json; `none`
+    /// keeps choices in memory); env SASPRUNE_TUNE_CACHE
+    #[arg(long, global = true, value_name = "FILE")]
+    tune_cache: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -368,7 +377,8 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
                 .skip(1)
                 .filter(|f| {
                     f.starts_with("--")
-                        && !["--resume", "--backend", "--adapter"].contains(&f.split('=').next().unwrap_or(""))
+                        && !["--resume", "--backend", "--adapter", "--tune", "--tune-cache"]
+                            .contains(&f.split('=').next().unwrap_or(""))
                 })
                 .collect();
             if !extra.is_empty() {
@@ -424,6 +434,8 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
 }
 
 fn run(cli: Cli, args: &[String]) -> Result<()> {
+    let mode = cli.tune.as_deref().map(str::parse).transpose()?;
+    sasprune::tune::configure(sasprune::tune::Settings { mode, cache: cli.tune_cache.clone() });
     let options = gpu::GpuOptions { backend: cli.backend.clone(), adapter: cli.adapter.clone() };
     let env = gpu::GpuOptions::from_env();
     let options =

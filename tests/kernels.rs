@@ -79,6 +79,24 @@ fn conv2d_every_tile_shape_matches_reference() {
 }
 
 #[test]
+fn every_gemm_plan_matches_reference() {
+    // Every tile shape the planner or the tuner can choose (CPU and GPU engines), unsplit and
+    // split three ways, on odd shapes: conv forward, grad-input (stride 1 and the strided
+    // parity classes), grad-weight, and a plain GEMM with a bias-free split-K.
+    for (tile, t) in matmul::TILES.iter().enumerate() {
+        for splits in [1, 3] {
+            matmul::with_plan(tile, splits, || {
+                let mut rng = Rng::new(11 + tile as u64);
+                conv_case(&mut rng, geom(2, 20, 7, 9, 37, 3, 3, 1, 1), true);
+                conv_case(&mut rng, geom(3, 9, 9, 8, 70, 3, 3, 2, 1), false);
+                gemm_case(&mut rng, 67, 300, 133, true, false);
+            });
+            eprintln!("tile {} ({}x{}, {} threads) split {splits}: ok", t.name, t.rows, t.cols, t.threads);
+        }
+    }
+}
+
+#[test]
 fn conv2d_grad_weight_split_k_matches_reference() {
     // batch*out pixels = 9 * 24 * 23 = 4968: long enough that the reduction is split
     conv_case(&mut Rng::new(6), geom(9, 3, 24, 23, 4, 3, 3, 1, 1), false);

@@ -44,6 +44,44 @@ impl Kernel {
     }
 }
 
+/// Which of wgpu's runtime checks the compiled kernels keep (env `SASPRUNE_SHADER_CHECKS`):
+/// `bounds` (buffer bounds checks only), `all` (wgpu's defaults: also loop bounding and guarded
+/// integer division) or `none`. The default is `bounds`, except on the GL backend, where Mesa's
+/// GLSL path ran the GEMM kernels ~1000x slower without wgpu's loop bounding (measured on
+/// llvmpipe), so GL keeps `all`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShaderChecks {
+    Bounds,
+    All,
+    None,
+}
+
+impl ShaderChecks {
+    pub fn from_env(backend: &str) -> Result<Self> {
+        match std::env::var("SASPRUNE_SHADER_CHECKS").unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+            "" if backend == "Gl" => Ok(ShaderChecks::All),
+            "" | "bounds" => Ok(ShaderChecks::Bounds),
+            "all" => Ok(ShaderChecks::All),
+            "none" => Ok(ShaderChecks::None),
+            other => Err(Error::invalid(format!(
+                "SASPRUNE_SHADER_CHECKS={other} is not understood: use bounds (default), all or none"
+            ))),
+        }
+    }
+
+    fn runtime_checks(self) -> wgpu::ShaderRuntimeChecks {
+        match self {
+            ShaderChecks::All => wgpu::ShaderRuntimeChecks::checked(),
+            ShaderChecks::Bounds => {
+                let mut checks = wgpu::ShaderRuntimeChecks::unchecked();
+                checks.bounds_checks = true;
+                checks
+            }
+            ShaderChecks::None => wgpu::ShaderRuntimeChecks::unchecked(),
+        }
+    }
+}
+
 pub(super) struct Compiled {
     pub label: &'static str,
     pub pipeline: wgpu::ComputePipeline,
@@ -63,10 +101,16 @@ impl KernelCache {
             return Ok(i);
         }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(kernel.label),
             source: wgpu::ShaderSource::Wgsl(kernel.wgsl().into()),
-        });
+        };
+        // SAFETY: every kernel is this crate's own, tested against the f64 reference on odd
+        // shapes, and guards its loads and stores by the sizes it is given. What is dropped
+        // (see `ShaderChecks`) are wgpu's injected loop counters and division guards, which cost
+        // the big GPUs a large share of their speed (gfx-rs/wgpu#7698); buffer bounds checks
+        // stay on unless the user turns them off.
+        let module = unsafe { gpu.device.create_shader_module_trusted(desc, gpu.shader_checks.runtime_checks()) };
         let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.label),
             layout: None,

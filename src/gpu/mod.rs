@@ -10,7 +10,7 @@ mod kernel;
 mod recorder;
 
 pub use buffer::{Buffer, BufferView};
-pub use kernel::Kernel;
+pub use kernel::{Kernel, ShaderChecks};
 pub use recorder::DeviceTime;
 
 use crate::{Error, Result};
@@ -65,6 +65,8 @@ pub struct Gpu {
     pub adapter: AdapterSummary,
     limits: wgpu::Limits,
     kernels: Mutex<kernel::KernelCache>,
+    /// wgpu runtime checks compiled into the kernels.
+    pub shader_checks: ShaderChecks,
     pool: Mutex<buffer::Pool>,
     recorder: Mutex<recorder::Recorder>,
     /// First uncaptured device error since it was last checked.
@@ -201,7 +203,9 @@ impl Gpu {
             max_storage_binding: limits.max_storage_buffer_binding_size,
         };
         let recorder = recorder::Recorder::new(&limits);
+        let shader_checks = ShaderChecks::from_env(&adapter.backend)?;
         Ok(Gpu {
+            shader_checks,
             device,
             queue,
             adapter,

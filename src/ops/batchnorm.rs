@@ -6,10 +6,12 @@ use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-static STATS: Kernel = kernel!("batchnorm.stats", "batchnorm.wgsl", "stats");
+static STATS_PARTIAL: Kernel = kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");
+static STATS_FINALIZE: Kernel = kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
 static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
-static BACKWARD_REDUCE: Kernel = kernel!("batchnorm.backward_reduce", "batchnorm.wgsl", "backward_reduce");
+static BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
+static BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.backward_finalize", "batchnorm.wgsl", "backward_finalize");
 static BACKWARD_INPUT: Kernel = kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
 
 #[repr(C)]
@@ -23,7 +25,15 @@ struct Params {
     momentum: f32,
     eval_mode: u32,
     relu: u32,
+    /// Chunks per channel of the two-level reductions, and images per chunk.
+    chunks: u32,
+    ipc: u32,
+    _pad: [u32; 2],
 }
+
+/// Elements per chunk the per-channel reductions aim for: enough work per workgroup to hide
+/// its start, enough chunks that a large GPU gets hundreds of workgroups.
+const CHUNK_ELEMENTS: usize = 2048;
 
 /// Settings of a batch-norm layer (PyTorch defaults: eps 1e-5, momentum 0.1).
 #[derive(Clone, Copy, Debug)]
@@ -80,12 +90,19 @@ pub fn batch_norm(
         momentum: cfg.momentum,
         eval_mode: (!cfg.training) as u32,
         relu: cfg.relu as u32,
+        chunks: 0,
+        ipc: 0,
+        _pad: [0; 2],
     };
+    let ipc = CHUNK_ELEMENTS.div_ceil(hw).clamp(1, n);
+    let p = Params { ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..p };
     // Per-channel mean and 1/sqrt(var + eps): of the batch in training, else of the running
     // statistics.
     let stats = Tensor::uninit(&[2 * c])?;
     if cfg.training {
-        launch(&STATS, &p, &[x, &stats, running_mean, running_var], [c as u32, 1, 1])?;
+        let partial = Tensor::uninit(&[c, p.chunks as usize, 2])?;
+        launch(&STATS_PARTIAL, &p, &[x, &partial], [p.chunks, c as u32, 1])?;
+        launch(&STATS_FINALIZE, &p, &[&partial, &stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
     } else {
         launch(&EVAL_STATS, &p, &[&stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
     }
@@ -116,8 +133,10 @@ impl Backward for BatchNormBackward {
         let c = self.p.c as usize;
         let dgamma = Tensor::uninit(&[c])?;
         let dbeta = Tensor::uninit(&[c])?;
-        let bufs = [dy, &self.x, &self.stats, &self.mask, &dgamma, &dbeta];
-        launch(&BACKWARD_REDUCE, &self.p, &bufs, [c as u32, 1, 1])?;
+        let partial = Tensor::uninit(&[c, self.p.chunks as usize, 2])?;
+        let bufs = [dy, &self.x, &self.stats, &self.mask, &partial];
+        launch(&BACKWARD_PARTIAL, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;
+        launch(&BACKWARD_FINALIZE, &self.p, &[&partial, &dgamma, &dbeta], [(c as u32).div_ceil(64), 1, 1])?;
         let dx = Tensor::uninit(self.x.shape())?;
         let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.mask, &dx];
         launch(&BACKWARD_INPUT, &self.p, &bufs, groups_1d(dx.numel()))?;

@@ -1,17 +1,16 @@
 //! 2-D convolution: forward, grad-input and grad-weight as implicit GEMMs on the tiled engine,
 //! grad-bias as a channel sum (shaders/conv2d.wgsl).
 
-use super::matmul::{gemm_groups, gemm_kernels, pick_tile, run_split_k};
+use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape};
 use super::{expect_rank, reduce};
 use crate::autograd::{needs_node, Backward, Node};
-use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-static FORWARD: [Kernel; 3] = gemm_kernels!("conv2d.forward", "conv2d.wgsl", Some("forward"));
-static GRAD_INPUT: [Kernel; 3] = gemm_kernels!("conv2d.grad_input", "conv2d.wgsl", Some("grad_input"));
-static GRAD_INPUT_STRIDED: [Kernel; 3] =
+static FORWARD: GemmKernels = gemm_kernels!("conv2d.forward", "conv2d.wgsl", Some("forward"));
+static GRAD_INPUT: GemmKernels = gemm_kernels!("conv2d.grad_input", "conv2d.wgsl", Some("grad_input"));
+static GRAD_INPUT_STRIDED: GemmKernels =
     gemm_kernels!("conv2d.grad_input_strided", "conv2d.wgsl", Some("grad_input_strided"));
-static GRAD_WEIGHT: [Kernel; 3] = gemm_kernels!("conv2d.grad_weight", "conv2d.wgsl", Some("grad_weight"));
+static GRAD_WEIGHT: GemmKernels = gemm_kernels!("conv2d.grad_weight", "conv2d.wgsl", Some("grad_weight"));
 
 /// Geometry of one convolution: input [n, c_in, h, w], weight [c_out, c_in, kh, kw].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,10 +95,9 @@ fn geometry(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: u
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
     let y = Tensor::uninit(&[g.n, g.c_out, g.out_h(), g.out_w()])?;
     let (m, n, k) = (g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
-    // One split: the forward reduction (c_in*kh*kw) is short and y is large.
-    let gpu = crate::gpu::get()?;
-    let views = [w.view(), x.view(), bias.unwrap_or(w).view(), y.view()];
-    gpu.dispatch(&FORWARD[pick_tile(m).0], &g.params(m, n, k, k, bias.is_some()), &views, gemm_groups(m, n, 1))?;
+    // One layer of workgroups (the forward writes y directly, bias included).
+    let make = |chunk| g.params(m, n, k, chunk, bias.is_some());
+    run_gemm(&FORWARD, make, &[w, x, bias.unwrap_or(w)], &y, GemmShape { m, n, k, z: 1 })?;
     Ok(y)
 }
 
@@ -108,19 +106,16 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeo
 pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
     let dx = Tensor::uninit(&[g.n, g.c_in, g.h, g.w])?;
     let m = g.c_in;
-    let gpu = crate::gpu::get()?;
-    let views = [w.view(), dy.view(), dx.view()];
     if g.stride > 1 {
         // N covers the largest class; smaller classes skip the columns past their end.
         let n = g.n * g.h.div_ceil(g.stride) * g.w.div_ceil(g.stride);
         let k = g.c_out * g.kh.div_ceil(g.stride) * g.kw.div_ceil(g.stride);
-        let kernel = &GRAD_INPUT_STRIDED[pick_tile(m).0];
-        return gpu
-            .dispatch(kernel, &g.params(m, n, k, k, false), &views, gemm_groups(m, n, g.stride * g.stride))
-            .map(|_| dx);
+        let shape = GemmShape { m, n, k, z: g.stride * g.stride };
+        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape)?;
+        return Ok(dx);
     }
     let (n, k) = (g.n * g.h * g.w, g.c_out * g.kh * g.kw);
-    gpu.dispatch(&GRAD_INPUT[pick_tile(m).0], &g.params(m, n, k, k, false), &views, gemm_groups(m, n, 1))?;
+    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, GemmShape { m, n, k, z: 1 })?;
     Ok(dx)
 }
 
@@ -128,7 +123,7 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
 pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
     let dw = Tensor::uninit(&[g.c_out, g.c_in, g.kh, g.kw])?;
     let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * g.out_h() * g.out_w());
-    run_split_k(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, m, n, k)?;
+    run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 })?;
     Ok(dw)
 }
 

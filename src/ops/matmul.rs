@@ -6,66 +6,268 @@ use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-/// The three tile shapes of the GEMM engine: the wide 16x256 tile (tiled_gemm_wide.wgsl) for
-/// products with at most 16 rows, and (8·RM)x64 tiles with RM = 4 or 8 rows per thread
-/// (tiled_gemm.wgsl). Each GEMM-based kernel is declared once per shape (`gemm_kernels!`) and
-/// `pick_tile` chooses by M, so 16- and 32-channel layers do not waste most of a 64-row tile.
-macro_rules! gemm_kernels {
-    ($label:literal, $file:literal, $section:expr) => {
-        [
-            $crate::ops::matmul::gemm_kernel!(
-                concat!($label, ".wide16"),
-                "",
-                "../../shaders/tiled_gemm_wide.wgsl",
-                $file,
-                $section
-            ),
-            $crate::ops::matmul::gemm_kernel!(
-                concat!($label, ".rm4"),
-                "const RM: u32 = 4u;",
-                "../../shaders/tiled_gemm.wgsl",
-                $file,
-                $section
-            ),
-            $crate::ops::matmul::gemm_kernel!(
-                concat!($label, ".rm8"),
-                "const RM: u32 = 8u;",
-                "../../shaders/tiled_gemm.wgsl",
-                $file,
-                $section
-            ),
-        ]
-    };
+/// One tile shape of the GEMM engines: `rows` x `cols` outputs per workgroup of `threads`.
+pub struct Tile {
+    pub name: &'static str,
+    pub rows: usize,
+    pub cols: usize,
+    pub threads: usize,
+    /// Whether it is one of the register-tiled shapes for GPUs with many cores.
+    pub gpu: bool,
+    /// The WGSL constants of this shape, then the engine (prepended to the op family's file).
+    pub prelude: &'static str,
+    pub engine: &'static str,
 }
-macro_rules! gemm_kernel {
-    ($label:expr, $rm:literal, $engine:literal, $file:literal, $section:expr) => {
-        $crate::gpu::Kernel {
-            label: $label,
-            prelude: &[$rm, include_str!($engine)],
-            source: include_str!(concat!("../../shaders/", $file)),
-            section: $section,
-            entry: "main",
+
+const CPU_ENGINE: &str = include_str!("../../shaders/tiled_gemm.wgsl");
+const WIDE_ENGINE: &str = include_str!("../../shaders/tiled_gemm_wide.wgsl");
+const GPU_ENGINE: &str = include_str!("../../shaders/tiled_gemm_gpu.wgsl");
+
+/// A register-tiled shape of tiled_gemm_gpu.wgsl: tx x ty threads, rm x rn outputs each, bc B
+/// columns loaded side by side (min(threads, tile columns)), k chunks of 16.
+macro_rules! gpu_tile {
+    ($name:literal, $tx:literal, $ty:literal, $rm:literal, $rn:literal, $bc:literal) => {
+        Tile {
+            name: $name,
+            rows: $ty * $rm,
+            cols: $tx * $rn,
+            threads: $tx * $ty,
+            gpu: true,
+            prelude: concat!(
+                "const TX: u32 = ",
+                stringify!($tx),
+                "u; const TY: u32 = ",
+                stringify!($ty),
+                "u; const RM: u32 = ",
+                stringify!($rm),
+                "u; const RN: u32 = ",
+                stringify!($rn),
+                "u; const TK: u32 = 16u; const BC: u32 = ",
+                stringify!($bc),
+                "u;"
+            ),
+            engine: GPU_ENGINE,
         }
     };
 }
-pub(crate) use {gemm_kernel, gemm_kernels};
 
-/// Index into a `gemm_kernels!` array and that tile's (rows, columns) for a product with `m` rows.
-pub(crate) fn pick_tile(m: usize) -> (usize, (usize, usize)) {
-    match m {
-        0..=16 => (0, (16, 256)),
-        17..=32 => (1, (32, 64)),
-        _ => (2, (64, 64)),
+/// Every tile shape a GEMM-based kernel is declared in (`gemm_kernels!`, same order). The first
+/// three (64 threads, scalar shared reads) suit CPU drivers such as lavapipe; the `g*` shapes
+/// (128-256 threads, 4x4 register blocks read as vec4) suit GPUs. Which one runs is a [`Plan`]:
+/// fixed defaults per device type, or the autotuner's measured choice (src/tune.rs).
+pub const TILES: [Tile; 10] = [
+    Tile { name: "wide16", rows: 16, cols: 256, threads: 64, gpu: false, prelude: "", engine: WIDE_ENGINE },
+    Tile {
+        name: "rm4",
+        rows: 32,
+        cols: 64,
+        threads: 64,
+        gpu: false,
+        prelude: "const RM: u32 = 4u;",
+        engine: CPU_ENGINE,
+    },
+    Tile {
+        name: "rm8",
+        rows: 64,
+        cols: 64,
+        threads: 64,
+        gpu: false,
+        prelude: "const RM: u32 = 8u;",
+        engine: CPU_ENGINE,
+    },
+    gpu_tile!("g16", 32, 4, 4, 8, 128),
+    gpu_tile!("g16s", 64, 4, 4, 4, 256),
+    gpu_tile!("g32", 16, 8, 4, 8, 128),
+    gpu_tile!("g32s", 32, 8, 4, 4, 128),
+    gpu_tile!("g64", 16, 16, 4, 4, 64),
+    gpu_tile!("g64w", 16, 8, 8, 8, 128),
+    gpu_tile!("g128", 16, 16, 8, 8, 128),
+];
+
+/// Declares a GEMM-based kernel once per tile shape of [`TILES`] (same order).
+macro_rules! gemm_kernels {
+    ($label:literal, $file:literal, $section:expr) => {
+        $crate::ops::matmul::gemm_kernels!(@each $label, $file, $section,
+            [0 "wide16", 1 "rm4", 2 "rm8", 3 "g16", 4 "g16s", 5 "g32", 6 "g32s", 7 "g64", 8 "g64w", 9 "g128"])
+    };
+    (@each $label:literal, $file:literal, $section:expr, [$($i:literal $name:literal),*]) => {
+        [$($crate::gpu::Kernel {
+            label: concat!($label, ".", $name),
+            prelude: &[$crate::ops::matmul::TILES[$i].prelude, $crate::ops::matmul::TILES[$i].engine],
+            source: include_str!(concat!("../../shaders/", $file)),
+            section: $section,
+            entry: "main",
+        }),*]
+    };
+}
+pub(crate) use gemm_kernels;
+
+/// A GEMM-based kernel declared for every tile shape.
+pub(crate) type GemmKernels = [Kernel; TILES.len()];
+
+/// How a GEMM runs: which tile shape, and into how many K-splits (partial products summed by a
+/// second kernel; 1 = none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Plan {
+    pub tile: usize,
+    pub splits: usize,
+}
+
+/// The product a plan is for. `z` > 0 fixes the workgroup layers (e.g. the parity classes of
+/// the strided grad-input), 0 lets the planner split K over them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemmShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub z: usize,
+}
+
+impl GemmShape {
+    fn can_split(&self) -> bool {
+        self.z == 0
+    }
+
+    fn tiles(&self, tile: usize) -> usize {
+        let t = &TILES[tile];
+        self.m.div_ceil(t.rows) * self.n.div_ceil(t.cols)
+    }
+
+    /// The fixed plan for software (CPU) drivers: the 64-thread tiles by M, split-K only for
+    /// long reductions into few tiles.
+    fn cpu_default(&self) -> Plan {
+        let tile = match self.m {
+            0..=16 => 0,
+            17..=32 => 1,
+            _ => 2,
+        };
+        let tiles = self.tiles(tile);
+        let splits = if !self.can_split() || tiles >= 64 || self.k < 1024 {
+            1
+        } else {
+            (128 / tiles).clamp(1, self.k / 256).max(1)
+        };
+        Plan { tile, splits }
+    }
+
+    /// The fixed plan for GPUs: the register tile whose rows fit M, and K split until about
+    /// `GPU_TARGET_GROUPS` workgroups run (chunks of at least 128).
+    fn gpu_default(&self) -> Plan {
+        let tile = match self.m {
+            0..=16 => 3,
+            17..=32 => 5,
+            33..=64 => 7,
+            _ if self.tiles(9) >= 256 => 9,
+            _ => 7,
+        };
+        Plan { tile, splits: self.gpu_splits(tile) }
+    }
+
+    fn gpu_splits(&self, tile: usize) -> usize {
+        let tiles = self.tiles(tile);
+        if !self.can_split() || tiles >= GPU_TARGET_GROUPS / 2 || self.k < 512 {
+            return 1;
+        }
+        (GPU_TARGET_GROUPS / tiles).clamp(1, self.k / 128)
+    }
+
+    /// The plans the tuner times on a GPU: register tiles no taller than M needs (at most the
+    /// four tallest), each with its default split, a quarter of it and four times it.
+    fn candidates(&self) -> Vec<Plan> {
+        let tallest = self.m.next_power_of_two().max(16);
+        let mut tiles: Vec<usize> = (0..TILES.len()).filter(|&i| TILES[i].gpu && TILES[i].rows <= tallest).collect();
+        tiles.sort_by_key(|&i| std::cmp::Reverse(TILES[i].rows));
+        tiles.truncate(4);
+        let mut plans = Vec::new();
+        for tile in tiles {
+            let s = self.gpu_splits(tile);
+            let options =
+                if self.can_split() { vec![s, (s / 4).max(1), (s * 4).min(self.k / 64).max(1)] } else { vec![1] };
+            for splits in options {
+                let plan = Plan { tile, splits };
+                if !plans.contains(&plan) {
+                    plans.push(plan);
+                }
+            }
+        }
+        plans
     }
 }
 
-/// Workgroups covering an m x n product, `splits` deep.
-pub(crate) fn gemm_groups(m: usize, n: usize, splits: usize) -> [u32; 3] {
-    let (rows, cols) = pick_tile(m).1;
-    [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, splits as u32]
+/// Workgroups a GPU plan aims for: a few per streaming multiprocessor of a large GPU (the
+/// H200 has 132), so that small layers still fill it.
+const GPU_TARGET_GROUPS: usize = 1024;
+
+thread_local! {
+    static FORCED_PLAN: std::cell::Cell<Option<Plan>> = const { std::cell::Cell::new(None) };
 }
 
-static GEMM: [Kernel; 3] = gemm_kernels!("matmul.gemm", "matmul.wgsl", None);
+/// Runs `f` with every GEMM-based kernel this thread records using tile `tile` (an index into
+/// [`TILES`]) and `splits` K-splits where the kernel allows splitting: how tests reach every
+/// configuration the planner or the tuner can choose.
+pub fn with_plan<R>(tile: usize, splits: usize, f: impl FnOnce() -> R) -> R {
+    assert!(tile < TILES.len() && splits > 0, "no tile {tile} or zero splits");
+    let old = FORCED_PLAN.with(|c| c.replace(Some(Plan { tile, splits })));
+    let out = f();
+    FORCED_PLAN.with(|c| c.set(old));
+    out
+}
+
+/// Records one product of a GEMM-based kernel family: chooses the plan (forced, tuned or the
+/// device type's default) and dispatches `kernels[plan.tile]` with `bufs` then `out` bound,
+/// through split-K partials and a reduction when the plan splits. `make(chunk)` builds the
+/// uniform block for a K-chunk of `chunk` (K itself when unsplit).
+pub(crate) fn run_gemm(
+    kernels: &GemmKernels,
+    make: impl Fn(usize) -> Vec<u8>,
+    bufs: &[&Tensor],
+    out: &Tensor,
+    shape: GemmShape,
+) -> Result<()> {
+    let gpu = crate::gpu::get()?;
+    let record = |plan: Plan| record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan);
+    let plan = match FORCED_PLAN.with(|c| c.get()) {
+        Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
+        None => {
+            let default = if gpu.adapter.device_type == "Cpu" { shape.cpu_default() } else { shape.gpu_default() };
+            let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
+            let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
+            let key = format!("{family} {}x{}x{}{layers}", shape.m, shape.n, shape.k);
+            crate::tune::choose(&key, default, &shape.candidates(), record)?
+        }
+    };
+    record(plan)
+}
+
+fn record_gemm(
+    kernel: &Kernel,
+    make: &impl Fn(usize) -> Vec<u8>,
+    bufs: &[&Tensor],
+    out: &Tensor,
+    shape: GemmShape,
+    plan: Plan,
+) -> Result<()> {
+    let gpu = crate::gpu::get()?;
+    let t = &TILES[plan.tile];
+    let groups = |z: usize| [shape.n.div_ceil(t.cols) as u32, shape.m.div_ceil(t.rows) as u32, z.max(1) as u32];
+    let mut views: Vec<_> = bufs.iter().map(|t| t.view()).collect();
+    if !shape.can_split() || plan.splits <= 1 {
+        views.push(out.view());
+        return gpu.dispatch(kernel, &make(shape.k), &views, groups(shape.z));
+    }
+    let chunk = shape.k.div_ceil(plan.splits).div_ceil(16) * 16;
+    let splits = shape.k.div_ceil(chunk).max(1);
+    if splits == 1 {
+        views.push(out.view());
+        return gpu.dispatch(kernel, &make(shape.k), &views, groups(1));
+    }
+    let parts = Tensor::uninit(&[splits, shape.m * shape.n])?;
+    views.push(parts.view());
+    gpu.dispatch(kernel, &make(chunk), &views, groups(splits))?;
+    super::reduce::sum_splits(&parts, splits, out)
+}
+
+static GEMM: GemmKernels = gemm_kernels!("matmul.gemm", "matmul.wgsl", None);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -81,47 +283,6 @@ struct Params {
     has_bias: u32,
     c_ld: u32,
     _pad: [u32; 2],
-}
-
-/// How many K-splits a GEMM of this shape gets: enough workgroups to fill a large GPU when the
-/// output is small and the reduction long (weight gradients), none otherwise.
-pub(crate) fn split_k(m: usize, n: usize, k: usize) -> usize {
-    let (rows, cols) = pick_tile(m).1;
-    let tiles = m.div_ceil(rows) * n.div_ceil(cols);
-    if tiles >= 64 || k < 1024 {
-        return 1;
-    }
-    (128 / tiles).clamp(1, k / 256).max(1)
-}
-
-/// Runs a GEMM given its parameters: writes `out` (shape [m, n]) directly, or through a split-K
-/// partial buffer and a reduction.
-pub(crate) fn run_split_k(
-    kernels: &[Kernel; 3],
-    make: impl Fn(usize) -> Vec<u8>,
-    bufs: &[&Tensor],
-    out: &Tensor,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Result<()> {
-    let splits = split_k(m, n, k);
-    let chunk = k.div_ceil(splits).div_ceil(16) * 16;
-    let splits = k.div_ceil(chunk).max(1);
-    let groups = gemm_groups(m, n, splits);
-    let kernel = &kernels[pick_tile(m).0];
-    let gpu = crate::gpu::get()?;
-    let params = make(chunk);
-    if splits == 1 {
-        let mut views: Vec<_> = bufs.iter().map(|t| t.view()).collect();
-        views.push(out.view());
-        return gpu.dispatch(kernel, &params, &views, groups);
-    }
-    let parts = Tensor::uninit(&[splits, m * n])?;
-    let mut views: Vec<_> = bufs.iter().map(|t| t.view()).collect();
-    views.push(parts.view());
-    gpu.dispatch(kernel, &params, &views, groups)?;
-    super::reduce::sum_splits(&parts, splits, out)
 }
 
 /// `op(A)[m, k] * op(B)[k, n] (+ bias[n])` with no autograd. `a` is stored [m, k] (or [k, m]
@@ -187,11 +348,9 @@ fn gemm_strided(o: Operands, m: usize, k: usize, n: usize) -> Result<()> {
     };
     // Without a bias the slot is bound to `a` (never read).
     let bufs = [o.a, o.b, o.bias.unwrap_or(o.a)];
-    if o.c_ld == n {
-        return run_split_k(&GEMM, make, &bufs, o.c, m, n, k);
-    }
-    let views = [o.a.view(), o.b.view(), bufs[2].view(), o.c.view()];
-    crate::gpu::get()?.dispatch(&GEMM[pick_tile(m).0], &make(k), &views, gemm_groups(m, n, 1))
+    // Split-K partials are contiguous [m, n]: only a contiguous C can take them.
+    let z = if o.c_ld == n { 0 } else { 1 };
+    run_gemm(&GEMM, make, &bufs, o.c, GemmShape { m, n, k, z })
 }
 
 /// `a[m, k] @ b[k, n]` (differentiable).

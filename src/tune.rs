@@ -1,0 +1,276 @@
+//! The kernel autotuner: on a GPU, the first time a GEMM-based kernel family (a matrix product
+//! or a convolution kernel) meets a product shape, it times a handful of candidate plans (tile
+//! shape, K-splits) on the real operands and keeps the fastest. Choices are cached in memory and
+//! on disk, keyed by adapter, backend, driver and crate version, so the same binary gets fast on
+//! GPUs no one here has tried, and the second run pays nothing.
+//!
+//! Settings (flags `--tune` / `--tune-cache`, or env `SASPRUNE_TUNE` / `SASPRUNE_TUNE_CACHE`):
+//! - mode `auto` (default: tune on GPUs, fixed defaults on software/CPU drivers), `on`, `off`
+//!   (fixed defaults per device type: reproducible across machines);
+//! - cache file: default `<OS cache dir>/sasprune/tune.json`; `none` keeps choices in memory.
+//!
+//! A cache that cannot be read or parsed, or holds entries this build does not know, is ignored
+//! with a one-line note; it is never fatal. Writes are atomic (temporary file + rename).
+
+use crate::ops::matmul::{Plan, TILES};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Whether plans are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Tune on GPUs, fixed defaults on software (CPU) drivers.
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Mode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Mode::Auto),
+            "on" | "1" | "yes" | "true" => Ok(Mode::On),
+            "off" | "0" | "no" | "false" => Ok(Mode::Off),
+            other => Err(Error::invalid(format!("tuning mode '{other}' is not one of auto, on, off"))),
+        }
+    }
+}
+
+/// Tuner settings; `None` fields fall back to the environment, then the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub mode: Option<Mode>,
+    /// The cache file; `Some("none")` keeps choices in memory only.
+    pub cache: Option<PathBuf>,
+}
+
+/// One tuned choice as stored: the tile's name, K-splits, and the measured seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub tile: String,
+    pub splits: usize,
+    pub seconds: f64,
+}
+
+/// The on-disk cache: every adapter's choices (other adapters' entries are kept as they are).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cache {
+    pub adapters: BTreeMap<String, BTreeMap<String, Choice>>,
+}
+
+const FORMAT: &str = "sasprune-tune-1";
+
+impl Cache {
+    /// Reads `path`. A missing file is an empty cache; an unreadable or malformed one is an empty
+    /// cache and a note saying why (entries that do not parse are dropped, with a note).
+    pub fn load(path: &Path) -> (Cache, Option<String>) {
+        let text = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Cache::default(), None),
+            Err(e) => {
+                return (
+                    Cache::default(),
+                    Some(format!("tuner cache {} is unreadable ({e}); ignoring it", path.display())),
+                )
+            }
+        };
+        match Cache::parse(&text) {
+            Ok((cache, 0)) => (cache, None),
+            Ok((cache, dropped)) => {
+                let note = format!("tuner cache {}: ignored {dropped} malformed or unknown entries", path.display());
+                (cache, Some(note))
+            }
+            Err(why) => (Cache::default(), Some(format!("tuner cache {} ignored: {why}", path.display()))),
+        }
+    }
+
+    /// Parses a cache file's bytes: the cache and how many entries were dropped.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<(Cache, usize), String> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e})"))?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(format!("not a {FORMAT} file"));
+        }
+        let adapters = value.get("adapters").and_then(|a| a.as_object()).ok_or("no \"adapters\" object")?;
+        let mut cache = Cache::default();
+        let mut dropped = 0;
+        for (adapter, entries) in adapters {
+            let Some(entries) = entries.as_object() else {
+                dropped += 1;
+                continue;
+            };
+            let slot = cache.adapters.entry(adapter.clone()).or_default();
+            for (key, e) in entries {
+                let tile = e.get("tile").and_then(|t| t.as_str());
+                let splits = e.get("splits").and_then(|s| s.as_u64());
+                let seconds = e.get("seconds").and_then(|s| s.as_f64()).unwrap_or(0.0);
+                match (tile, splits) {
+                    (Some(tile), Some(splits))
+                        if (1..=1 << 20).contains(&splits) && TILES.iter().any(|t| t.name == tile) =>
+                    {
+                        slot.insert(key.clone(), Choice { tile: tile.to_string(), splits: splits as usize, seconds });
+                    }
+                    _ => dropped += 1,
+                }
+            }
+        }
+        Ok((cache, dropped))
+    }
+
+    pub fn to_json(&self) -> String {
+        let adapters: serde_json::Map<String, serde_json::Value> = (self.adapters.iter())
+            .map(|(adapter, entries)| {
+                let entries: serde_json::Map<String, serde_json::Value> = (entries.iter())
+                    .map(|(k, c)| {
+                        let v = serde_json::json!({ "tile": c.tile, "splits": c.splits, "seconds": c.seconds });
+                        (k.clone(), v)
+                    })
+                    .collect();
+                (adapter.clone(), serde_json::Value::Object(entries))
+            })
+            .collect();
+        let doc = serde_json::json!({ "format": FORMAT, "adapters": adapters });
+        serde_json::to_string_pretty(&doc).expect("a JSON value serializes") + "\n"
+    }
+
+    /// Writes the cache atomically (temporary file in the same directory, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, self.to_json()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// The default cache file: the OS cache directory's `sasprune/tune.json`.
+pub fn default_cache_path() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = if cfg!(target_os = "windows") {
+        env("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        env("HOME").map(|h| h.join("Library/Caches"))
+    } else {
+        env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache")))
+    };
+    base.map(|b| b.join("sasprune").join("tune.json"))
+}
+
+struct Tuner {
+    enabled: bool,
+    file: Option<PathBuf>,
+    adapter_key: String,
+    cache: Cache,
+    /// Choices made in this process, by product key (what `choices` reports).
+    used: BTreeMap<String, Choice>,
+}
+
+static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
+static TUNER: Mutex<Option<Tuner>> = Mutex::new(None);
+
+/// Sets the tuner's settings (before the first kernel runs; flags win over the environment).
+pub fn configure(settings: Settings) {
+    *SETTINGS.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings);
+    *TUNER.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+fn open_tuner() -> Result<Tuner> {
+    let gpu = crate::gpu::get()?;
+    let given = SETTINGS.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let mode = match given.mode {
+        Some(m) => m,
+        None => env("SASPRUNE_TUNE").map(|v| v.parse()).transpose()?.unwrap_or(Mode::Auto),
+    };
+    let enabled = match mode {
+        Mode::On => true,
+        Mode::Off => false,
+        Mode::Auto => gpu.adapter.device_type != "Cpu",
+    };
+    let file = match given.cache.or_else(|| env("SASPRUNE_TUNE_CACHE").map(PathBuf::from)) {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p),
+        None => default_cache_path(),
+    };
+    let a = &gpu.adapter;
+    let adapter_key =
+        format!("{} | {} | {} {} | sasprune {}", a.name, a.backend, a.driver, a.driver_info, env!("CARGO_PKG_VERSION"));
+    let cache = match (&file, enabled) {
+        (Some(path), true) => {
+            let (cache, note) = Cache::load(path);
+            if let Some(note) = note {
+                eprintln!("note: {note}");
+            }
+            cache
+        }
+        _ => Cache::default(),
+    };
+    Ok(Tuner { enabled, file, adapter_key, cache, used: BTreeMap::new() })
+}
+
+fn plan_of(choice: &Choice) -> Option<Plan> {
+    let tile = TILES.iter().position(|t| t.name == choice.tile)?;
+    Some(Plan { tile, splits: choice.splits })
+}
+
+fn choice_of(plan: Plan, seconds: f64) -> Choice {
+    Choice { tile: TILES[plan.tile].name.to_string(), splits: plan.splits, seconds }
+}
+
+/// The plan for product `key`: `default` when tuning is off; else the cached choice, or the
+/// fastest of `candidates` timed now through `run` (which records the product with a plan).
+pub(crate) fn choose(key: &str, default: Plan, candidates: &[Plan], run: impl Fn(Plan) -> Result<()>) -> Result<Plan> {
+    let mut guard = TUNER.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_none() {
+        *guard = Some(open_tuner()?);
+    }
+    let tuner = guard.as_mut().expect("opened above");
+    if let Some(c) = tuner.used.get(key) {
+        return Ok(plan_of(c).unwrap_or(default));
+    }
+    if !tuner.enabled || candidates.len() < 2 {
+        tuner.used.insert(key.to_string(), choice_of(default, 0.0));
+        return Ok(default);
+    }
+    let cached = tuner.cache.adapters.get(&tuner.adapter_key).and_then(|e| e.get(key));
+    if let Some(plan) = cached.and_then(plan_of).filter(|p| candidates.contains(p)) {
+        tuner.used.insert(key.to_string(), cached.expect("matched above").clone());
+        return Ok(plan);
+    }
+    let mut best: Option<(Plan, f64)> = None;
+    for &plan in candidates {
+        let (seconds, _) = crate::bench::time_median(3, || run(plan))?;
+        if best.is_none_or(|(_, s)| seconds < s) {
+            best = Some((plan, seconds));
+        }
+    }
+    let (plan, seconds) = best.expect("at least two candidates");
+    let choice = choice_of(plan, seconds);
+    tuner.used.insert(key.to_string(), choice.clone());
+    tuner.cache.adapters.entry(tuner.adapter_key.clone()).or_default().insert(key.to_string(), choice);
+    if let Some(path) = &tuner.file {
+        if let Err(e) = tuner.cache.save(path) {
+            eprintln!("note: could not save the tuner cache ({e}); choices are kept for this run only");
+            tuner.file = None;
+        }
+    }
+    Ok(plan)
+}
+
+/// Every plan chosen in this process: (product key, tile name, K-splits, measured seconds or 0
+/// for a fixed default).
+pub fn choices() -> Vec<(String, String, usize, f64)> {
+    let guard = TUNER.lock().unwrap_or_else(|p| p.into_inner());
+    guard
+        .as_ref()
+        .map(|t| t.used.iter().map(|(k, c)| (k.clone(), c.tile.clone(), c.splits, c.seconds)).collect())
+        .unwrap_or_default()
+}
+
+/// Whether plans are being measured in this process (false until the first product is planned).
+pub fn enabled() -> bool {
+    TUNER.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|t| t.enabled)
+}
