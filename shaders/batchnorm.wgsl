@@ -33,8 +33,10 @@ fn tree_sum2(lid: u32) {
     workgroupBarrier();
 }
 
-fn element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
+// Element r (< 4) of thread lid in workgroup wid: a workgroup covers 4*WG consecutive elements,
+// each thread 4 of them WG apart (coalesced loads, 4 in flight per thread; see elementwise.wgsl).
+fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, r: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 4u * WG + r * WG + lid.x;
 }
 
 // The elements of chunk q of channel ch: images [q*ipc, min((q+1)*ipc, n)), as j < chunk_len;
@@ -133,12 +135,14 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @compute @workgroup_size(256)
-fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(gid, nwg);
-    if (i >= p.n * p.c * p.hw) { return; }
-    let ch = (i / p.hw) % p.c;
-    let v = (x[i] - stat[ch]) * stat[p.c + ch] * gamma[ch] + beta[ch];
-    y[i] = select(v, max(v, 0.0), p.relu != 0u);
+fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var r = 0u; r < 4u; r++) {
+        let i = element(wid, lid, nwg, r);
+        if (i >= p.n * p.c * p.hw) { return; }
+        let ch = (i / p.hw) % p.c;
+        let v = (x[i] - stat[ch]) * stat[p.c + ch] * gamma[ch] + beta[ch];
+        y[i] = select(v, max(v, 0.0), p.relu != 0u);
+    }
 }
 
 //#section backward_partial
@@ -206,17 +210,19 @@ fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(7) var<storage, read> y: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dx: array<f32>;
 @compute @workgroup_size(256)
-fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element(gid, nwg);
-    if (i >= p.n * p.c * p.hw) { return; }
-    let ch = (i / p.hw) % p.c;
-    let g = select(dy[i], 0.0, p.relu != 0u && y[i] <= 0.0);
-    let inv = stat[p.c + ch];
-    if (p.eval_mode != 0u) {
-        dx[i] = g * gamma[ch] * inv;
-        return;
-    }
+fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let count = f32(p.n * p.hw);
-    let xhat = (x[i] - stat[ch]) * inv;
-    dx[i] = gamma[ch] * inv / count * (count * g - dbeta[ch] - xhat * dgamma[ch]);
+    for (var r = 0u; r < 4u; r++) {
+        let i = element(wid, lid, nwg, r);
+        if (i >= p.n * p.c * p.hw) { return; }
+        let ch = (i / p.hw) % p.c;
+        let g = select(dy[i], 0.0, p.relu != 0u && y[i] <= 0.0);
+        let inv = stat[p.c + ch];
+        if (p.eval_mode != 0u) {
+            dx[i] = g * gamma[ch] * inv;
+        } else {
+            let xhat = (x[i] - stat[ch]) * inv;
+            dx[i] = gamma[ch] * inv / count * (count * g - dbeta[ch] - xhat * dgamma[ch]);
+        }
+    }
 }

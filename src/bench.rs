@@ -96,11 +96,17 @@ impl BenchConfig {
 
 /// Runs the benchmark; `report` gets each measurement as soon as it exists.
 pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>) -> Result<()> {
-    let (gemm, batch, runs, step_batch, steps) = if cfg.quick { (256, 16, 3, 16, 2) } else { (1024, 128, 5, 128, 5) };
+    let gpu_adapter = gpu::get()?.adapter.device_type != "Cpu";
+    // A step takes seconds on a software driver and milliseconds on a GPU: more of them there.
+    let (gemm, batch, runs, step_batch, steps) = match (cfg.quick, gpu_adapter) {
+        (true, _) => (256, 16, 3, 16, 2),
+        (false, false) => (1024, 128, 5, 128, 5),
+        (false, true) => (1024, 128, 9, 128, 30),
+    };
     let mut emit = |m: Measurement| report(&m);
     let gflop = |macs: usize| 2.0 * macs as f64 / 1e9;
-    // 4096^3 (137 GFLOP) only where it takes seconds, not minutes.
-    let big = !cfg.quick && gpu::get()?.adapter.device_type != "Cpu";
+    // 4096^3 (137 GFLOP) only where it takes milliseconds, not minutes.
+    let big = !cfg.quick && gpu_adapter;
     for s in if big { vec![gemm, 4096] } else { vec![gemm] } {
         let name = format!("gemm {s}x{s}x{s}");
         if cfg.wants(&name) {
@@ -270,15 +276,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                     b as f64 / r.train_images_per_second * 1e3
                 );
                 if let Some(p) = &r.profile {
-                    println!(
-                        "  {model} one step kernel by kernel on the device: {:.1} ms in {} launches; longest:",
-                        p.seconds * 1e3,
-                        p.by_kernel.iter().map(|k| k.2).sum::<u32>()
-                    );
-                    for (label, seconds, launches) in p.by_kernel.iter().take(10) {
-                        let share = 100.0 * seconds / p.seconds;
-                        println!("    {label:<40} {:>10.1} ms {share:>5.1}% {launches:>5} launches", seconds * 1e3);
-                    }
+                    print_profile(&format!("{model} one training step"), p);
                 }
             }
             // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
@@ -346,7 +344,27 @@ pub fn eval_rate(model_name: &str, batch: usize, passes: usize) -> Result<f64> {
         eval()?;
     }
     gpu.synchronize()?;
-    Ok((passes * batch) as f64 / start.elapsed().as_secs_f64())
+    let rate = (passes * batch) as f64 / start.elapsed().as_secs_f64();
+    if gpu.start_device_timer(true)? {
+        eval()?;
+        if let Some(p) = gpu.stop_device_timer()? {
+            print_profile(&format!("{model_name} eval b{batch}"), &p);
+        }
+    }
+    Ok(rate)
+}
+
+/// The longest kernels of a per-kernel device profile.
+fn print_profile(what: &str, p: &gpu::DeviceTime) {
+    println!(
+        "  {what} kernel by kernel on the device: {:.2} ms in {} launches; longest:",
+        p.seconds * 1e3,
+        p.by_kernel.iter().map(|k| k.2).sum::<u32>()
+    );
+    for (label, seconds, launches) in p.by_kernel.iter().take(12) {
+        let share = 100.0 * seconds / p.seconds;
+        println!("    {label:<40} {:>10.3} ms {share:>5.1}% {launches:>5} launches", seconds * 1e3);
+    }
 }
 
 /// Training and evaluation throughput of a model at `batch` on random images.

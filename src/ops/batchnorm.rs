@@ -1,7 +1,7 @@
 //! Batch normalization 2-D, training and eval mode, forward and backward, optionally fused with
 //! the ReLU that follows it (shaders/batchnorm.wgsl).
 
-use super::{groups_1d, kernel, launch};
+use super::{groups_4x, kernel, launch};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
@@ -107,7 +107,7 @@ pub fn batch_norm(
         launch(&EVAL_STATS, &p, &[&stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
     }
     let y = Tensor::uninit(s)?;
-    launch(&NORMALIZE, &p, &[x, &stats, gamma, beta, &y], groups_1d(x.numel()))?;
+    launch(&NORMALIZE, &p, &[x, &stats, gamma, beta, &y], groups_4x(x.numel()))?;
     // Unfused, the kernels never read the mask binding; x (same shape) fills it so that the
     // output is not kept alive for nothing.
     let mask = if cfg.relu { y.detach() } else { x.detach() };
@@ -139,7 +139,7 @@ impl Backward for BatchNormBackward {
         launch(&BACKWARD_FINALIZE, &self.p, &[&partial, &dgamma, &dbeta], [(c as u32).div_ceil(64), 1, 1])?;
         let dx = Tensor::uninit(self.x.shape())?;
         let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.mask, &dx];
-        launch(&BACKWARD_INPUT, &self.p, &bufs, groups_1d(dx.numel()))?;
+        launch(&BACKWARD_INPUT, &self.p, &bufs, groups_4x(dx.numel()))?;
         Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
     }
 }

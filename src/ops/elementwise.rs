@@ -1,6 +1,6 @@
 //! Element-wise ops: fill, add, add + ReLU, scale, axpy, ReLU, dropout (shaders/elementwise.wgsl).
 
-use super::{flat_view, for_each_chunk, groups_1d, kernel, launch, same_shape};
+use super::{flat_view, for_each_chunk, groups_4x, kernel, launch, same_shape};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Result, Tensor};
@@ -31,7 +31,7 @@ static DROPOUT_MASK: Kernel = kernel!("elementwise.dropout_mask", "elementwise.w
 /// Sets every element of `t` to `value` (in place, not differentiated).
 /// (Tensors beyond one storage binding are filled in pieces.)
 pub fn fill(t: &Tensor, value: f32) -> Result<()> {
-    for_each_chunk(t.numel(), |start, n| launch(&FILL, &params(n, value), &[&flat_view(t, start, n)?], groups_1d(n)))
+    for_each_chunk(t.numel(), |start, n| launch(&FILL, &params(n, value), &[&flat_view(t, start, n)?], groups_4x(n)))
 }
 
 /// `y += alpha * x` in place (not differentiated; optimizer and accumulation helper; tensors
@@ -39,7 +39,7 @@ pub fn fill(t: &Tensor, value: f32) -> Result<()> {
 pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("axpy", x, y)?;
     for_each_chunk(x.numel(), |start, n| {
-        launch(&AXPY, &params(n, alpha), &[&flat_view(x, start, n)?, &flat_view(y, start, n)?], groups_1d(n))
+        launch(&AXPY, &params(n, alpha), &[&flat_view(x, start, n)?, &flat_view(y, start, n)?], groups_4x(n))
     })
 }
 
@@ -47,7 +47,7 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a, b)?;
     let out = Tensor::uninit(a.shape())?;
-    launch(&ADD, &params(a.numel(), 0.0), &[a, b, &out], groups_1d(a.numel()))?;
+    launch(&ADD, &params(a.numel(), 0.0), &[a, b, &out], groups_4x(a.numel()))?;
     let node = needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.edge(), b.edge()] });
     Ok(out.with_node(node))
 }
@@ -64,7 +64,7 @@ impl Backward for AddBackward {
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add_relu", a, b)?;
     let out = Tensor::uninit(a.shape())?;
-    launch(&ADD_RELU, &params(a.numel(), 0.0), &[a, b, &out], groups_1d(a.numel()))?;
+    launch(&ADD_RELU, &params(a.numel(), 0.0), &[a, b, &out], groups_4x(a.numel()))?;
     let node = needs_node(&[a, b])
         .then(|| Node { backward: Box::new(AddReluBackward(out.detach())), inputs: vec![a.edge(), b.edge()] });
     Ok(out.with_node(node))
@@ -81,7 +81,7 @@ impl Backward for AddReluBackward {
 /// `alpha * x`.
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     let out = Tensor::uninit(x.shape())?;
-    launch(&SCALE, &params(x.numel(), alpha), &[x, &out], groups_1d(x.numel()))?;
+    launch(&SCALE, &params(x.numel(), alpha), &[x, &out], groups_4x(x.numel()))?;
     let node = needs_node(&[x]).then(|| Node { backward: Box::new(ScaleBackward(alpha)), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
 }
@@ -96,7 +96,7 @@ impl Backward for ScaleBackward {
 /// `max(x, 0)`.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     let out = Tensor::uninit(x.shape())?;
-    launch(&RELU, &params(x.numel(), 0.0), &[x, &out], groups_1d(x.numel()))?;
+    launch(&RELU, &params(x.numel(), 0.0), &[x, &out], groups_4x(x.numel()))?;
     let node =
         needs_node(&[x]).then(|| Node { backward: Box::new(ReluBackward(out.detach())), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
@@ -106,7 +106,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("relu_backward", dy, y)?;
     let dx = Tensor::uninit(dy.shape())?;
-    launch(&RELU_BACKWARD, &params(dy.numel(), 0.0), &[dy, y, &dx], groups_1d(dy.numel()))?;
+    launch(&RELU_BACKWARD, &params(dy.numel(), 0.0), &[dy, y, &dx], groups_4x(dy.numel()))?;
     Ok(dx)
 }
 
@@ -129,7 +129,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
         return Err(crate::Error::invalid(format!("dropout probability must be in [0, 1), got {p}")));
     }
     let out = Tensor::uninit(x.shape())?;
-    launch(&DROPOUT, &dropout_params(x.numel(), p, seed), &[x, &out], groups_1d(x.numel()))?;
+    launch(&DROPOUT, &dropout_params(x.numel(), p, seed), &[x, &out], groups_4x(x.numel()))?;
     let node =
         needs_node(&[x]).then(|| Node { backward: Box::new(DropoutBackward { p, seed }), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
@@ -138,7 +138,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
 /// The 0/1 keep mask that `dropout` with these arguments applies (for tests and inspection).
 pub fn dropout_mask(shape: &[usize], p: f32, seed: u32) -> Result<Tensor> {
     let out = Tensor::uninit(shape)?;
-    launch(&DROPOUT_MASK, &dropout_params(out.numel(), p, seed), &[&out], groups_1d(out.numel()))?;
+    launch(&DROPOUT_MASK, &dropout_params(out.numel(), p, seed), &[&out], groups_4x(out.numel()))?;
     Ok(out)
 }
 

@@ -61,6 +61,12 @@ pub(crate) fn groups_1d(n: usize) -> [u32; 3] {
     gpu::grid(n.div_ceil(WG) as u32)
 }
 
+/// Workgroups for kernels whose 256 threads cover 1024 elements, 4 per thread (element-wise and
+/// batch-norm kernels; folded into 2-D when large).
+pub(crate) fn groups_4x(n: usize) -> [u32; 3] {
+    gpu::grid(n.div_ceil(4 * WG) as u32)
+}
+
 /// A kernel declaration for one `//#section` of a shader file.
 macro_rules! kernel {
     ($label:literal, $file:literal, $section:literal) => {
