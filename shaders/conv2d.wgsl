@@ -253,3 +253,115 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let ix = c.px + p.stride * (q - qy * c.wq);
     dx[((b * p.c_in + ci) * p.h + iy) * p.w + ix] = v;
 }
+
+//#section direct3x3
+// Direct 3x3 convolution, stride 1, padding 1, for layers with few channels (16, 32), where an
+// implicit GEMM gathers every input pixel nine times and spends more instructions on that than
+// on multiply-adds. Here a workgroup stages an input tile with its halo and the weights of 4
+// input channels at a time in shared memory and computes all nine taps from there.
+//   input [n, C, h, w] -> output [n, M, h, w], M = p.gm (a multiple of 16), C = p.gk.
+//   p.k_chunk = 0: forward, weights [M, C, 3, 3]; 1: grad-input (input = dy, output = dx),
+//   weights [C, M, 3, 3] read transposed and rotated by 180 degrees.
+// The batch's rows are stacked (row R = image R / h, row R % h); a workgroup covers `tr` stacked
+// rows of the full width (w / 4 threads per row, 4 adjacent pixels each, 128 threads) and 16
+// output channels (workgroup y), so tiles may span images: the row above an image's first row
+// and below its last is taken as zero. Needs w % 4 == 0 and w <= 128.
+@group(0) @binding(1) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+
+const DT: u32 = 128u;                              // threads
+const DC: u32 = 4u;                                // input channels per step
+var<workgroup> dtile: array<f32, 3120>;            // [DC][tr + 2][w + 2]; (512/w + 2)(w + 2) <= 780
+var<workgroup> dw: array<vec4<f32>, 144>;          // [DC][9 taps][16 channels / 4]
+
+@compute @workgroup_size(128)
+fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let w = p.w;
+    let h = p.h;
+    let m_all = p.gm;
+    let c_all = p.gk;
+    let rows = p.n * h;
+    let tpr = w / 4u;
+    let tr = DT / tpr;
+    let tw = w + 2u;
+    let plane = (tr + 2u) * tw;
+    let r0 = wid.x * tr;
+    let m0 = wid.y * 16u;
+    let lr = t / tpr;
+    let x0 = 4u * (t % tpr);
+    let row = r0 + lr;
+    let live = lr < tr && row < rows;
+    let b = row / h;
+    let y = row - b * h;
+    var acc: array<vec4<f32>, 16>;                 // acc[4p + j]: pixel x0 + p, channels m0 + 4j..4j+3
+    for (var c0 = 0u; c0 < c_all; c0 += DC) {
+        for (var e = t; e < DC * plane; e += DT) {
+            let ci = e / plane;
+            let q = e - ci * plane;
+            let sr = q / tw;
+            let sx = q - sr * tw;
+            let gr = i32(r0 + sr) - 1;
+            let gx = i32(sx) - 1;
+            var v = 0.0;
+            if (c0 + ci < c_all && gr >= 0 && gr < i32(rows) && gx >= 0 && gx < i32(w)) {
+                let gb = u32(gr) / h;
+                let gy = u32(gr) - gb * h;
+                v = src[((gb * c_all + c0 + ci) * h + gy) * w + u32(gx)];
+            }
+            dtile[e] = v;
+        }
+        for (var e = t; e < DC * 9u * 16u; e += DT) {
+            let co = e % 16u;
+            let rest = e / 16u;
+            let tap = rest % 9u;
+            let ci = rest / 9u;
+            let c = c0 + ci;
+            let m = m0 + co;
+            var v = 0.0;
+            if (c < c_all && m < m_all) {
+                if (p.k_chunk == 0u) {
+                    v = wt[(m * c_all + c) * 9u + tap];
+                } else {
+                    v = wt[(c * m_all + m) * 9u + 8u - tap];
+                }
+            }
+            dw[rest * 4u + co / 4u][co % 4u] = v;
+        }
+        workgroupBarrier();
+        if (live) {
+            for (var ci = 0u; ci < DC; ci++) {
+                for (var ky = 0u; ky < 3u; ky++) {
+                    // rows outside this image are the zero padding
+                    if ((ky == 0u && y == 0u) || (ky == 2u && y + 1u == h)) { continue; }
+                    let base = ci * plane + (lr + ky) * tw + x0;
+                    var v: array<f32, 6>;
+                    for (var i = 0u; i < 6u; i++) { v[i] = dtile[base + i]; }
+                    for (var kx = 0u; kx < 3u; kx++) {
+                        let wbase = (ci * 9u + ky * 3u + kx) * 4u;
+                        for (var j = 0u; j < 4u; j++) {
+                            let wv = dw[wbase + j];
+                            for (var px = 0u; px < 4u; px++) {
+                                acc[4u * px + j] = fma(vec4<f32>(v[px + kx]), wv, acc[4u * px + j]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (!live) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        for (var e = 0u; e < 4u; e++) {
+            let m = m0 + 4u * j + e;
+            if (m >= m_all) { continue; }
+            var bv = 0.0;
+            if (p.has_bias != 0u) { bv = bias[m]; }
+            let o = ((b * m_all + m) * h + y) * w + x0;
+            for (var px = 0u; px < 4u; px++) { dst[o + px] = acc[4u * px + j][e] + bv; }
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //! A cache that cannot be read or parsed, or holds entries this build does not know, is ignored
 //! with a one-line note; it is never fatal. Writes are atomic (temporary file + rename).
 
-use crate::ops::matmul::{Plan, TILES};
+use crate::ops::matmul::{tile_index, tile_name, Plan};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -107,9 +107,7 @@ impl Cache {
                 let splits = e.get("splits").and_then(|s| s.as_u64());
                 let seconds = e.get("seconds").and_then(|s| s.as_f64()).unwrap_or(0.0);
                 match (tile, splits) {
-                    (Some(tile), Some(splits))
-                        if (1..=1 << 20).contains(&splits) && TILES.iter().any(|t| t.name == tile) =>
-                    {
+                    (Some(tile), Some(splits)) if (1..=1 << 20).contains(&splits) && tile_index(tile).is_some() => {
                         slot.insert(key.clone(), Choice { tile: tile.to_string(), splits: splits as usize, seconds });
                     }
                     _ => dropped += 1,
@@ -212,12 +210,11 @@ fn open_tuner() -> Result<Tuner> {
 }
 
 fn plan_of(choice: &Choice) -> Option<Plan> {
-    let tile = TILES.iter().position(|t| t.name == choice.tile)?;
-    Some(Plan { tile, splits: choice.splits })
+    Some(Plan { tile: tile_index(&choice.tile)?, splits: choice.splits })
 }
 
 fn choice_of(plan: Plan, seconds: f64) -> Choice {
-    Choice { tile: TILES[plan.tile].name.to_string(), splits: plan.splits, seconds }
+    Choice { tile: tile_name(plan.tile).to_string(), splits: plan.splits, seconds }
 }
 
 /// The plan for product `key`: `default` when tuning is off; else the cached choice, or the

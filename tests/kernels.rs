@@ -83,15 +83,22 @@ fn every_gemm_plan_matches_reference() {
     // Every tile shape the planner or the tuner can choose (CPU and GPU engines), unsplit and
     // split three ways, on odd shapes: conv forward, grad-input (stride 1 and the strided
     // parity classes), grad-weight, and a plain GEMM with a bias-free split-K.
-    for (tile, t) in matmul::TILES.iter().enumerate() {
+    // The last plan is the direct 3x3 kernel (conv2d.direct3x3): 3x3 stride-1 products with 16
+    // or 32 output channels and a width that is a multiple of 4 take it (the last three cases:
+    // forward with a bias, grad-input into 32 and 16 channels, a 3-channel input, a width of
+    // 128, tiles that span images); the others fall back to the default plan.
+    for tile in 0..=matmul::DIRECT {
         for splits in [1, 3] {
             matmul::with_plan(tile, splits, || {
                 let mut rng = Rng::new(11 + tile as u64);
                 conv_case(&mut rng, geom(2, 20, 7, 9, 37, 3, 3, 1, 1), true);
                 conv_case(&mut rng, geom(3, 9, 9, 8, 70, 3, 3, 2, 1), false);
                 gemm_case(&mut rng, 67, 300, 133, true, false);
+                conv_case(&mut rng, geom(3, 32, 5, 12, 16, 3, 3, 1, 1), true);
+                conv_case(&mut rng, geom(2, 16, 7, 8, 32, 3, 3, 1, 1), false);
+                conv_case(&mut rng, geom(2, 3, 3, 128, 16, 3, 3, 1, 1), false);
             });
-            eprintln!("tile {} ({}x{}, {} threads) split {splits}: ok", t.name, t.rows, t.cols, t.threads);
+            eprintln!("plan {} split {splits}: ok", matmul::tile_name(tile));
         }
     }
 }

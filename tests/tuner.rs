@@ -129,7 +129,9 @@ fn tuning_picks_a_correct_plan_stores_it_and_reads_it_back() {
     tune::configure(Settings { mode: Some(Mode::On), cache: Some(path.clone()) });
     run();
     let again = tune::choices();
-    assert_eq!(again.iter().find(|c| c.0 == key).unwrap(), first.iter().find(|c| c.0 == key).unwrap());
+    let (a, f) = (again.iter().find(|c| c.0 == key).unwrap(), first.iter().find(|c| c.0 == key).unwrap());
+    assert_eq!((&a.1, a.2), (&f.1, f.2), "same tile and splits");
+    assert!((a.3 - f.3).abs() <= 1e-12 * f.3, "the stored time, not a new measurement: {} vs {}", a.3, f.3);
 
     // A corrupt cache is ignored (with a note on stderr) and rewritten: still correct results.
     std::fs::write(&path, b"{ not json").unwrap();

@@ -4,12 +4,20 @@
 use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape};
 use super::{expect_rank, reduce};
 use crate::autograd::{needs_node, Backward, Node};
+use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
 static FORWARD: GemmKernels = gemm_kernels!("conv2d.forward", "conv2d.wgsl", Some("forward"));
 static GRAD_INPUT: GemmKernels = gemm_kernels!("conv2d.grad_input", "conv2d.wgsl", Some("grad_input"));
 static GRAD_INPUT_STRIDED: GemmKernels =
     gemm_kernels!("conv2d.grad_input_strided", "conv2d.wgsl", Some("grad_input_strided"));
+static DIRECT_3X3: Kernel = Kernel {
+    label: "conv2d.direct3x3",
+    prelude: &[],
+    source: include_str!("../../shaders/conv2d.wgsl"),
+    section: Some("direct3x3"),
+    entry: "direct3x3",
+};
 static GRAD_WEIGHT: GemmKernels = gemm_kernels!("conv2d.grad_weight", "conv2d.wgsl", Some("grad_weight"));
 
 /// Geometry of one convolution: input [n, c_in, h, w], weight [c_out, c_in, kh, kw].
@@ -91,13 +99,39 @@ fn geometry(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: u
     Ok(g)
 }
 
+/// Whether the direct 3x3 kernel (conv2d.wgsl, `direct3x3`) can compute this convolution with
+/// `m` output channels: 3x3, stride 1, padding 1, a width that is a multiple of 4 up to 128, and
+/// 16 or 32 output channels (with more, the implicit GEMM has enough work per input pixel).
+fn direct_fits(g: &ConvGeom, m: usize) -> bool {
+    (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1) && g.w.is_multiple_of(4) && g.w <= 128 && (m == 16 || m == 32)
+}
+
+/// Records the direct 3x3 kernel: `input` [n, c, h, w] -> `out` [n, m, h, w]; `grad_input`
+/// reads the weight as the transposed, rotated kernel of the backward pass.
+fn record_direct(
+    g: &ConvGeom,
+    w: &Tensor,
+    input: &Tensor,
+    bias: Option<&Tensor>,
+    out: &Tensor,
+    (m, c): (usize, usize),
+    grad_input: bool,
+) -> Result<()> {
+    let rows_per_group = 128 / (g.w / 4);
+    let groups = [(g.n * g.h).div_ceil(rows_per_group) as u32, m.div_ceil(16) as u32, 1];
+    let views = [w.view(), input.view(), bias.unwrap_or(w).view(), out.view()];
+    crate::gpu::get()?.dispatch(&DIRECT_3X3, &g.params(m, 0, c, grad_input as usize, bias.is_some()), &views, groups)
+}
+
 /// Raw forward pass (no autograd).
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
     let y = Tensor::uninit(&[g.n, g.c_out, g.out_h(), g.out_w()])?;
     let (m, n, k) = (g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
     // One layer of workgroups (the forward writes y directly, bias included).
     let make = |chunk| g.params(m, n, k, chunk, bias.is_some());
-    run_gemm(&FORWARD, make, &[w, x, bias.unwrap_or(w)], &y, GemmShape { m, n, k, z: 1 })?;
+    let direct = || record_direct(g, w, x, bias, &y, (g.c_out, g.c_in), false);
+    let direct: Option<&dyn Fn() -> Result<()>> = if direct_fits(g, m) { Some(&direct) } else { None };
+    run_gemm(&FORWARD, make, &[w, x, bias.unwrap_or(w)], &y, GemmShape { m, n, k, z: 1 }, direct)?;
     Ok(y)
 }
 
@@ -111,11 +145,14 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
         let n = g.n * g.h.div_ceil(g.stride) * g.w.div_ceil(g.stride);
         let k = g.c_out * g.kh.div_ceil(g.stride) * g.kw.div_ceil(g.stride);
         let shape = GemmShape { m, n, k, z: g.stride * g.stride };
-        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape)?;
+        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, None)?;
         return Ok(dx);
     }
     let (n, k) = (g.n * g.h * g.w, g.c_out * g.kh * g.kw);
-    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, GemmShape { m, n, k, z: 1 })?;
+    let direct = || record_direct(g, w, dy, None, &dx, (g.c_in, g.c_out), true);
+    let direct: Option<&dyn Fn() -> Result<()>> = if direct_fits(g, m) { Some(&direct) } else { None };
+    let shape = GemmShape { m, n, k, z: 1 };
+    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, direct)?;
     Ok(dx)
 }
 
@@ -123,7 +160,7 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
 pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
     let dw = Tensor::uninit(&[g.c_out, g.c_in, g.kh, g.kw])?;
     let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * g.out_h() * g.out_w());
-    run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 })?;
+    run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 }, None)?;
     Ok(dw)
 }
 

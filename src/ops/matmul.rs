@@ -102,6 +102,22 @@ macro_rules! gemm_kernels {
 }
 pub(crate) use gemm_kernels;
 
+/// The plan "tile" that stands for a family's direct (non-GEMM) kernel, where it has one (the
+/// 3x3 stride-1 convolution): one past the GEMM tiles.
+pub const DIRECT: usize = TILES.len();
+/// Its name in plans and in the tuner's cache.
+pub const DIRECT_NAME: &str = "direct3x3";
+
+/// The name of a plan's tile (a GEMM tile or [`DIRECT_NAME`]).
+pub fn tile_name(tile: usize) -> &'static str {
+    TILES.get(tile).map_or(DIRECT_NAME, |t| t.name)
+}
+
+/// The plan tile of a name (a GEMM tile or [`DIRECT_NAME`]).
+pub fn tile_index(name: &str) -> Option<usize> {
+    TILES.iter().position(|t| t.name == name).or((name == DIRECT_NAME).then_some(DIRECT))
+}
+
 /// A GEMM-based kernel declared for every tile shape.
 pub(crate) type GemmKernels = [Kernel; TILES.len()];
 
@@ -172,8 +188,9 @@ impl GemmShape {
     }
 
     /// The plans the tuner times on a GPU: register tiles no taller than M needs (at most the
-    /// four tallest), each with its default split, a quarter of it and four times it.
-    fn candidates(&self) -> Vec<Plan> {
+    /// four tallest), each with its default split, a quarter of it and four times it; and the
+    /// family's direct kernel when it has one for this product.
+    fn candidates(&self, direct: bool) -> Vec<Plan> {
         let tallest = self.m.next_power_of_two().max(16);
         let mut tiles: Vec<usize> = (0..TILES.len()).filter(|&i| TILES[i].gpu && TILES[i].rows <= tallest).collect();
         tiles.sort_by_key(|&i| std::cmp::Reverse(TILES[i].rows));
@@ -190,6 +207,9 @@ impl GemmShape {
                 }
             }
         }
+        if direct {
+            plans.push(Plan { tile: DIRECT, splits: 1 });
+        }
         plans
     }
 }
@@ -203,10 +223,11 @@ thread_local! {
 }
 
 /// Runs `f` with every GEMM-based kernel this thread records using tile `tile` (an index into
-/// [`TILES`]) and `splits` K-splits where the kernel allows splitting: how tests reach every
+/// [`TILES`], or [`DIRECT`]: the direct kernel where the product has one, else the default
+/// plan) and `splits` K-splits where the kernel allows splitting: how tests reach every
 /// configuration the planner or the tuner can choose.
 pub fn with_plan<R>(tile: usize, splits: usize, f: impl FnOnce() -> R) -> R {
-    assert!(tile < TILES.len() && splits > 0, "no tile {tile} or zero splits");
+    assert!(tile <= DIRECT && splits > 0, "no tile {tile} or zero splits");
     let old = FORCED_PLAN.with(|c| c.replace(Some(Plan { tile, splits })));
     let out = f();
     FORCED_PLAN.with(|c| c.set(old));
@@ -215,25 +236,31 @@ pub fn with_plan<R>(tile: usize, splits: usize, f: impl FnOnce() -> R) -> R {
 
 /// Records one product of a GEMM-based kernel family: chooses the plan (forced, tuned or the
 /// device type's default) and dispatches `kernels[plan.tile]` with `bufs` then `out` bound,
-/// through split-K partials and a reduction when the plan splits. `make(chunk)` builds the
-/// uniform block for a K-chunk of `chunk` (K itself when unsplit).
+/// through split-K partials and a reduction when the plan splits, or calls `direct` (the
+/// family's direct kernel for this product, when it has one). `make(chunk)` builds the uniform
+/// block for a K-chunk of `chunk` (K itself when unsplit).
 pub(crate) fn run_gemm(
     kernels: &GemmKernels,
     make: impl Fn(usize) -> Vec<u8>,
     bufs: &[&Tensor],
     out: &Tensor,
     shape: GemmShape,
+    direct: Option<&dyn Fn() -> Result<()>>,
 ) -> Result<()> {
     let gpu = crate::gpu::get()?;
-    let record = |plan: Plan| record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan);
+    let record = |plan: Plan| match (plan.tile, direct) {
+        (DIRECT, Some(run_direct)) => run_direct(),
+        _ => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
+    };
+    let default = if gpu.adapter.device_type == "Cpu" { shape.cpu_default() } else { shape.gpu_default() };
     let plan = match FORCED_PLAN.with(|c| c.get()) {
+        Some(plan) if plan.tile == DIRECT && direct.is_none() => default,
         Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
         None => {
-            let default = if gpu.adapter.device_type == "Cpu" { shape.cpu_default() } else { shape.gpu_default() };
             let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
             let key = format!("{family} {}x{}x{}{layers}", shape.m, shape.n, shape.k);
-            crate::tune::choose(&key, default, &shape.candidates(), record)?
+            crate::tune::choose(&key, default, &shape.candidates(direct.is_some()), record)?
         }
     };
     record(plan)
@@ -350,7 +377,7 @@ fn gemm_strided(o: Operands, m: usize, k: usize, n: usize) -> Result<()> {
     let bufs = [o.a, o.b, o.bias.unwrap_or(o.a)];
     // Split-K partials are contiguous [m, n]: only a contiguous C can take them.
     let z = if o.c_ld == n { 0 } else { 1 };
-    run_gemm(&GEMM, make, &bufs, o.c, GemmShape { m, n, k, z })
+    run_gemm(&GEMM, make, &bufs, o.c, GemmShape { m, n, k, z }, None)
 }
 
 /// `a[m, k] @ b[k, n]` (differentiable).
