@@ -14,7 +14,7 @@
 struct Params {
     n: u32, c: u32, hw: u32, update_running: u32,
     eps: f32, momentum: f32, eval_mode: u32, relu: u32,
-    chunks: u32, ipc: u32, _pad0: u32, _pad1: u32,
+    chunks: u32, ipc: u32, residual: u32, _pad1: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -141,6 +141,29 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         if (i >= p.n * p.c * p.hw) { return; }
         let ch = (i / p.hw) % p.c;
         let v = (x[i] - stat[ch]) * stat[p.c + ch] * gamma[ch] + beta[ch];
+        y[i] = select(v, max(v, 0.0), p.relu != 0u);
+    }
+}
+
+//#section normalize_eval
+// Evaluation without a graph, in one pass: y = bn(x) with the running statistics (no stat
+// kernel before it), plus the residual r when p.residual != 0 (the second batch norm of a
+// ResNet block with its shortcut), then max(y, 0) when p.relu != 0.
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read> running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> running_var: array<f32>;
+@group(0) @binding(6) var<storage, read> res: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(256)
+fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var r = 0u; r < 4u; r++) {
+        let i = element(wid, lid, nwg, r);
+        if (i >= p.n * p.c * p.hw) { return; }
+        let ch = (i / p.hw) % p.c;
+        var v = (x[i] - running_mean[ch]) * inverseSqrt(running_var[ch] + p.eps) * gamma[ch] + beta[ch];
+        if (p.residual != 0u) { v += res[i]; }
         y[i] = select(v, max(v, 0.0), p.relu != 0u);
     }
 }

@@ -164,6 +164,8 @@ struct Tuner {
     cache: Cache,
     /// Choices made in this process, by product key (what `choices` reports).
     used: BTreeMap<String, Choice>,
+    /// Products measured (not read from the cache) in this process.
+    measured: usize,
 }
 
 static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
@@ -206,7 +208,7 @@ fn open_tuner() -> Result<Tuner> {
         }
         _ => Cache::default(),
     };
-    Ok(Tuner { enabled, file, adapter_key, cache, used: BTreeMap::new() })
+    Ok(Tuner { enabled, file, adapter_key, cache, used: BTreeMap::new(), measured: 0 })
 }
 
 fn plan_of(choice: &Choice) -> Option<Plan> {
@@ -245,6 +247,7 @@ pub(crate) fn choose(key: &str, default: Plan, candidates: &[Plan], run: impl Fn
         }
     }
     let (plan, seconds) = best.expect("at least two candidates");
+    tuner.measured += 1;
     let choice = choice_of(plan, seconds);
     tuner.used.insert(key.to_string(), choice.clone());
     tuner.cache.adapters.entry(tuner.adapter_key.clone()).or_default().insert(key.to_string(), choice);
@@ -286,6 +289,11 @@ pub fn choices() -> Vec<(String, String, usize, f64)> {
         .as_ref()
         .map(|t| t.used.iter().map(|(k, c)| (k.clone(), c.tile.clone(), c.splits, c.seconds)).collect())
         .unwrap_or_default()
+}
+
+/// How many products had their plans measured (not read from the cache) in this process.
+pub fn measured() -> usize {
+    TUNER.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |t| t.measured)
 }
 
 /// Whether plans are being measured in this process (false until the first product is planned).

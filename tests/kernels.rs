@@ -222,6 +222,41 @@ fn batchnorm_eval_forward_and_backward_match_reference() {
 }
 
 #[test]
+fn batchnorm_eval_without_graph_and_with_residual_match_reference() {
+    // Evaluation without a graph runs one kernel from the running statistics, with the
+    // residual and ReLU of a ResNet block's end fused in (batch_norm_add_relu).
+    let mut rng = Rng::new(14);
+    let (n, c, hw) = (3, 5, 22);
+    let x = f32_exact(&rng.vec(n * c * hw));
+    let res = f32_exact(&rng.vec(n * c * hw));
+    let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
+    let (rm, rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+    let (xt, rt) = (tensor(&x, &[n, c, 2, 11]), tensor(&res, &[n, c, 2, 11]));
+    let (gt, bt, rmt, rvt) = (tensor(&gamma, &[c]), tensor(&beta, &[c]), tensor(&rm, &[c]), tensor(&rv, &[c]));
+    let pre = cpu::batchnorm_eval(&x, &gamma, &beta, &rm, &rv, n, c, hw, 1e-5);
+    sasprune::autograd::no_grad(|| {
+        for relu in [false, true] {
+            let cfg = batchnorm::BatchNormConfig { training: false, relu, ..Default::default() };
+            let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+            let want = if relu { cpu::relu(&pre) } else { pre.clone() };
+            assert_close(&format!("batchnorm eval, no graph (relu {relu})"), &values(&y), &want, ELEMENTWISE);
+        }
+        let cfg = batchnorm::BatchNormConfig { training: false, ..Default::default() };
+        let y = batchnorm::batch_norm_add_relu(&xt, &rt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+        let sum: Vec<f64> = pre.iter().zip(&res).map(|(a, b)| a + b).collect();
+        assert_close("batchnorm eval + residual + relu, no graph", &values(&y), &cpu::relu(&sum), ELEMENTWISE);
+    });
+    // With a graph (training mode) it is batch norm then add + ReLU, differentiable.
+    let xp = param(&x, &[n, c, 2, 11]);
+    let cfg = batchnorm::BatchNormConfig::default();
+    let y = batchnorm::batch_norm_add_relu(&xp, &rt, &gt, &bt, &tensor(&rm, &[c]), &tensor(&rv, &[c]), cfg).unwrap();
+    let bn = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
+    let sum: Vec<f64> = bn.y.iter().zip(&res).map(|(a, b)| a + b).collect();
+    assert_close("batchnorm train + residual + relu", &values(&y), &cpu::relu(&sum), LONG_SUM);
+    assert!(y.requires_grad(), "differentiable with a graph");
+}
+
+#[test]
 fn relu_forward_and_backward_match_reference() {
     let mut rng = Rng::new(14);
     let (x, r) = (f32_exact(&rng.vec(1000)), f32_exact(&rng.vec(1000)));

@@ -159,17 +159,18 @@ def main():
             name = f"{label} b{batch} {kind}"
             if wants(name):
                 emit(name, time_median(dev, runs, f), 2 * macs / 1e9, "GFLOP/s", gemm_mnk=mnk)
-    n, c, hw = batch, 32, 16 * 16
-    gb = n * c * hw * 4 / 1e9
-    bn = nn.BatchNorm2d(c).to(dev)
-    x = torch.randn(n, c, 16, 16, device=dev, requires_grad=True)
-    dy = torch.randn(n, c, 16, 16, device=dev)
-    if wants(f"batchnorm forward b{batch} 32x16x16"):
-        with torch.no_grad():
-            emit(f"batchnorm forward b{batch} 32x16x16", time_median(dev, runs, lambda: bn(x)), 3 * gb, "GB/s")
-    if wants(f"batchnorm backward b{batch} 32x16x16"):
-        emit(f"batchnorm backward b{batch} 32x16x16", time_median(dev, runs, lambda: bn(x).backward(dy)),
-             8 * gb, "GB/s", includes="forward")
+    for n, c, side in ([(batch, 32, 16)] if quick else [(batch, 32, 16), (500, 16, 32)]):
+        shape = f"b{n} {c}x{side}x{side}"
+        gb = n * c * side * side * 4 / 1e9
+        bn = nn.BatchNorm2d(c).to(dev)
+        x = torch.randn(n, c, side, side, device=dev, requires_grad=True)
+        dy = torch.randn(n, c, side, side, device=dev)
+        if wants(f"batchnorm forward {shape}"):
+            with torch.no_grad():
+                emit(f"batchnorm forward {shape}", time_median(dev, runs, lambda: bn(x)), 3 * gb, "GB/s")
+        if wants(f"batchnorm backward {shape}"):
+            emit(f"batchnorm backward {shape}", time_median(dev, runs, lambda: bn(x).backward(dy)),
+                 8 * gb, "GB/s", includes="forward")
     name = "elementwise scale 64M"
     if wants(name):
         big = torch.rand(1 << 26, device=dev)

@@ -3,7 +3,7 @@
 //! linear), so its checkpoints load unchanged.
 
 use crate::nn::{BatchNorm2d, Conv2d, Linear, LinearInit, ParamStore};
-use crate::ops::{elementwise, pool, shortcut};
+use crate::ops::{pool, shortcut};
 use crate::{Result, Tensor};
 use rand::Rng;
 
@@ -21,12 +21,11 @@ impl BasicBlock {
         // relu(bn1(conv1 x)) and relu(bn2(conv2 ..) + shortcut), each ReLU fused into the
         // kernel before it.
         let out = self.bn1.forward_relu(s, &self.conv1.forward(s, x)?, training)?;
-        let out = self.bn2.forward(s, &self.conv2.forward(s, &out)?, training)?;
         let short = match self.shortcut_pad {
             Some(pad) => shortcut::shortcut_a(x, pad)?,
             None => x.clone(),
         };
-        elementwise::add_relu(&out, &short)
+        self.bn2.forward_add_relu(s, &self.conv2.forward(s, &out)?, &short, training)
     }
 }
 

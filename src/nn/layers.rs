@@ -77,6 +77,19 @@ impl BatchNorm2d {
         self.apply(s, x, batchnorm::BatchNormConfig { training, relu: true, ..Default::default() })
     }
 
+    /// `relu(self.forward(x) + residual)`: one kernel in evaluation without a graph.
+    pub fn forward_add_relu(&self, s: &ParamStore, x: &Tensor, residual: &Tensor, training: bool) -> Result<Tensor> {
+        batchnorm::batch_norm_add_relu(
+            x,
+            residual,
+            s.get(self.weight),
+            s.get(self.bias),
+            s.get(self.running_mean),
+            s.get(self.running_var),
+            batchnorm::BatchNormConfig { training, ..Default::default() },
+        )
+    }
+
     fn apply(&self, s: &ParamStore, x: &Tensor, cfg: batchnorm::BatchNormConfig) -> Result<Tensor> {
         batchnorm::batch_norm(
             x,

@@ -10,6 +10,7 @@ static STATS_PARTIAL: Kernel = kernel!("batchnorm.stats_partial", "batchnorm.wgs
 static STATS_FINALIZE: Kernel = kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
 static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
+static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");
 static BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
 static BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.backward_finalize", "batchnorm.wgsl", "backward_finalize");
 static BACKWARD_INPUT: Kernel = kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
@@ -28,7 +29,9 @@ struct Params {
     /// Chunks per channel of the two-level reductions, and images per chunk.
     chunks: u32,
     ipc: u32,
-    _pad: [u32; 2],
+    /// normalize_eval: add the residual binding before the ReLU.
+    residual: u32,
+    _pad: u32,
 }
 
 /// Elements per chunk the per-channel reductions aim for: enough work per workgroup to hide
@@ -63,18 +66,14 @@ pub fn batch_norm(
     running_var: &Tensor,
     cfg: BatchNormConfig,
 ) -> Result<Tensor> {
+    check_shapes(x, [gamma, beta, running_mean, running_var])?;
     let s = x.shape();
-    if s.len() < 2 || [gamma, beta, running_mean, running_var].iter().any(|t| t.shape() != [s[1]]) {
-        return Err(Error::shape(
-            "batch_norm",
-            format!(
-                "input {s:?} needs [n, c, ...] with gamma, beta and running statistics of shape [c]; got {:?} {:?} {:?} {:?}",
-                gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()
-            ),
-        ));
-    }
     let (n, c) = (s[0], s[1]);
     let hw = x.numel() / (n * c);
+    if !cfg.training && !needs_node(&[x, gamma, beta]) {
+        // Evaluation without a graph: one kernel from the running statistics.
+        return normalize_eval(x, [gamma, beta, running_mean, running_var], None, cfg);
+    }
     if cfg.training && n * hw < 2 {
         return Err(Error::shape(
             "batch_norm",
@@ -92,7 +91,8 @@ pub fn batch_norm(
         relu: cfg.relu as u32,
         chunks: 0,
         ipc: 0,
-        _pad: [0; 2],
+        residual: 0,
+        _pad: 0,
     };
     let ipc = CHUNK_ELEMENTS.div_ceil(hw).clamp(1, n);
     let p = Params { ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..p };
@@ -116,6 +116,66 @@ pub fn batch_norm(
         inputs: vec![x.edge(), gamma.edge(), beta.edge()],
     });
     Ok(y.with_node(node))
+}
+
+/// `max(batch_norm(x) + residual, 0)`: the end of a ResNet block. In evaluation without a graph
+/// it is one kernel (one read of x and of the residual, one write); otherwise batch norm, then
+/// the fused add + ReLU, differentiable.
+pub fn batch_norm_add_relu(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    cfg: BatchNormConfig,
+) -> Result<Tensor> {
+    if cfg.training || needs_node(&[x, residual, gamma, beta]) || x.shape() != residual.shape() {
+        let y = batch_norm(x, gamma, beta, running_mean, running_var, BatchNormConfig { relu: false, ..cfg })?;
+        return super::elementwise::add_relu(&y, residual);
+    }
+    check_shapes(x, [gamma, beta, running_mean, running_var])?;
+    normalize_eval(x, [gamma, beta, running_mean, running_var], Some(residual), BatchNormConfig { relu: true, ..cfg })
+}
+
+/// One-kernel evaluation-mode batch norm (+ residual, + ReLU per `cfg.relu`), no graph.
+fn normalize_eval(x: &Tensor, params: [&Tensor; 4], residual: Option<&Tensor>, cfg: BatchNormConfig) -> Result<Tensor> {
+    let s = x.shape();
+    let (n, c) = (s[0], s[1]);
+    let p = Params {
+        n: n as u32,
+        c: c as u32,
+        hw: (x.numel() / (n * c)) as u32,
+        update_running: 0,
+        eps: cfg.eps,
+        momentum: cfg.momentum,
+        eval_mode: 1,
+        relu: cfg.relu as u32,
+        chunks: 0,
+        ipc: 0,
+        residual: residual.is_some() as u32,
+        _pad: 0,
+    };
+    let y = Tensor::uninit(s)?;
+    let [gamma, beta, mean, var] = params;
+    launch(&NORMALIZE_EVAL, &p, &[x, gamma, beta, mean, var, residual.unwrap_or(x), &y], groups_4x(x.numel()))?;
+    Ok(y)
+}
+
+/// Input [n, c, ...] with gamma, beta and running statistics of shape [c].
+fn check_shapes(x: &Tensor, params: [&Tensor; 4]) -> Result<()> {
+    let [gamma, beta, running_mean, running_var] = params;
+    let s = x.shape();
+    if s.len() < 2 || [gamma, beta, running_mean, running_var].iter().any(|t| t.shape() != [s[1]]) {
+        return Err(Error::shape(
+            "batch_norm",
+            format!(
+                "input {s:?} needs [n, c, ...] with gamma, beta and running statistics of shape [c]; got {:?} {:?} {:?} {:?}",
+                gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 struct BatchNormBackward {
