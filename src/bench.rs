@@ -44,8 +44,12 @@ pub const STEP_TIMING: &str = "host, consecutive steps (one submit each) then on
 /// submit and wake-up latency), otherwise on the host around the run and a full device wait.
 pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, &'static str)> {
     let gpu = gpu::get()?;
+    let start = Instant::now();
     f()?;
     gpu.synchronize()?;
+    if start.elapsed() < CLOCK_WARM_UP {
+        keep_busy(&mut f)?;
+    }
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let start = Instant::now();
@@ -58,6 +62,29 @@ pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f6
     times.sort_by(f64::total_cmp);
     let timing = if gpu.adapter.timestamp_queries { DEVICE_TIMING } else { HOST_TIMING };
     Ok((times[times.len() / 2], timing))
+}
+
+/// How long to keep a fast device busy before timing it. GPUs lower their clocks within a second
+/// of light load: an H200 went from 1,980 to ~600 MHz (reason "idle") while the bench generated
+/// test data on the host, and short kernels timed right after ran 2-3x slow. A sustained
+/// workload such as training never sees that clock, so neither should the bench.
+const CLOCK_WARM_UP: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs `f` back to back for [`CLOCK_WARM_UP`] (waiting every 8 runs, so the queue stays short).
+fn keep_busy(f: &mut impl FnMut() -> Result<()>) -> Result<()> {
+    let gpu = gpu::get()?;
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < CLOCK_WARM_UP {
+        f()?;
+        n += 1;
+        if n % 8 == 0 {
+            gpu.synchronize()?;
+        } else {
+            gpu.flush()?;
+        }
+    }
+    gpu.synchronize()
 }
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -317,11 +344,11 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
     }
     let measured = crate::tune::measured();
     if measured > 0 {
-        // Seen on an H200: after a burst of tuning, the same process timed later kernels up to
-        // 2x low; a second run (plans from the cache, nothing measured) is the steady state.
+        // Tuning is bursts of small submits with waits in between: a GPU may lower its clock
+        // during them (see CLOCK_WARM_UP); a second run reads the plans from the cache.
         println!(
-            "  note: {measured} kernel plans were tuned during this run (now cached); timings taken after tuning \
-             can read low on some GPUs: run the bench again for steady-state numbers"
+            "  note: {measured} kernel plans were tuned during this run (now cached); the next run skips that \
+             and is the steady state"
         );
     }
     Ok(())
@@ -353,8 +380,12 @@ pub fn eval_rate(model_name: &str, batch: usize, passes: usize) -> Result<f64> {
         crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
         gpu.flush()
     };
+    let warm = Instant::now();
     eval()?;
     gpu.synchronize()?;
+    if warm.elapsed() < CLOCK_WARM_UP {
+        keep_busy(&mut eval)?;
+    }
     let start = Instant::now();
     for _ in 0..passes {
         eval()?;
@@ -490,6 +521,12 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     gpu.synchronize()?;
     let first_step_seconds = start.elapsed().as_secs_f64();
     phase("first training step done (shaders compiled)");
+    let warm = Instant::now();
+    train_step(&mut model, 0)?;
+    gpu.synchronize()?;
+    if warm.elapsed() < CLOCK_WARM_UP {
+        keep_busy(&mut || train_step(&mut model, 0).map(drop))?;
+    }
     gpu.reset_peak_memory();
     let start = Instant::now();
     let mut host = [0.0; 3];
@@ -524,8 +561,12 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
         gpu.flush()
     };
+    let warm = Instant::now();
     eval(&mut model)?;
     gpu.synchronize()?;
+    if warm.elapsed() < CLOCK_WARM_UP {
+        keep_busy(&mut || eval(&mut model))?;
+    }
     phase("evaluation warm-up done");
     let start = Instant::now();
     for i in 1..=steps {
