@@ -72,10 +72,15 @@ const CLOCK_WARM_UP: std::time::Duration = std::time::Duration::from_millis(250)
 
 /// Runs `f` back to back for [`CLOCK_WARM_UP`] (waiting every 8 runs, so the queue stays short).
 fn keep_busy(f: &mut impl FnMut() -> Result<()>) -> Result<()> {
+    keep_busy_for(CLOCK_WARM_UP, f)
+}
+
+/// Runs `f` back to back for `time` (at least once), waiting every 8 runs.
+pub(crate) fn keep_busy_for(time: std::time::Duration, f: &mut impl FnMut() -> Result<()>) -> Result<()> {
     let gpu = gpu::get()?;
     let start = Instant::now();
     let mut n = 0;
-    while start.elapsed() < CLOCK_WARM_UP {
+    while n == 0 || start.elapsed() < time {
         f()?;
         n += 1;
         if n % 8 == 0 {
