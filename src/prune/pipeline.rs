@@ -238,12 +238,15 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             log.set(dir, "admm.top1", e.top1)?;
             log.set(dir, "admm.seconds", secs)?;
             log.set(dir, "admm.done", 1)?;
+            let batch = if cfg.method == Method::SasAdmm { cfg.sas.batch } else { cfg.admm.batch };
             println!(
-                "{}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s)",
+                "{}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s, {:.0} images/s \
+                 incl. evaluation)",
                 cfg.method.name(),
                 state.k,
                 state.gradients,
-                e.top1
+                e.top1,
+                (state.gradients * batch) as f64 / secs.max(1e-9)
             );
         }
         seconds.push((cfg.method.name().into(), log.f64("admm.seconds").unwrap_or(0.0)));
@@ -301,7 +304,11 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         log.set(dir, "retrain.best", best)?;
         log.set(dir, "retrain.seconds", secs)?;
         log.set(dir, "retrain.done", 1)?;
-        println!("masked retraining: {} steps, top-1 final {fin:.2}% best {best:.2}% ({secs:.1} s)", s.steps);
+        println!(
+            "masked retraining: {} steps, top-1 final {fin:.2}% best {best:.2}% ({secs:.1} s, {:.0} images/s incl. \
+             evaluation)",
+            s.steps, s.images_per_second
+        );
     } else {
         checkpoint::load_model(&mut model, &dir.join("pruned.safetensors"))?;
     }
