@@ -166,12 +166,17 @@ impl GemmShape {
         Plan { tile, splits }
     }
 
-    /// The fixed plan for GPUs: the register tile whose rows fit M, and K split until about
+    /// The fixed plan for GPUs (`--tune off`): what the tuner chose most often on an H200 — the
+    /// direct kernel for 16-channel 3x3 convolutions, else the 256-thread register tile whose rows
+    /// fit M (128x128 only for products with at least 256 such tiles) — with K split until about
     /// `GPU_TARGET_GROUPS` workgroups run (chunks of at least 128).
-    fn gpu_default(&self) -> Plan {
+    fn gpu_default(&self, direct: bool) -> Plan {
+        if direct && self.m == 16 {
+            return Plan { tile: DIRECT, splits: 1 };
+        }
         let tile = match self.m {
-            0..=16 => 3,
-            17..=32 => 5,
+            0..=16 => 4,
+            17..=32 => 6,
             33..=64 => 7,
             _ if self.tiles(9) >= 256 => 9,
             _ => 7,
@@ -252,7 +257,8 @@ pub(crate) fn run_gemm(
         (DIRECT, Some(run_direct)) => run_direct(),
         _ => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
     };
-    let default = if gpu.adapter.device_type == "Cpu" { shape.cpu_default() } else { shape.gpu_default() };
+    let default =
+        if gpu.adapter.device_type == "Cpu" { shape.cpu_default() } else { shape.gpu_default(direct.is_some()) };
     let plan = match FORCED_PLAN.with(|c| c.get()) {
         Some(plan) if plan.tile == DIRECT && direct.is_none() => default,
         Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
@@ -561,5 +567,41 @@ impl Backward for LinearBackward {
             grads.push(Some(super::reduce::channel_sum(g, n, out_f, 1)?));
         }
         Ok(grads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(m: usize, n: usize, k: usize, z: usize) -> GemmShape {
+        GemmShape { m, n, k, z }
+    }
+
+    #[test]
+    fn gpu_defaults_follow_m_and_are_among_the_tuner_candidates() {
+        let name = |p: Plan| tile_name(p.tile);
+        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(true)), DIRECT_NAME);
+        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(false)), "g16s");
+        assert_eq!(name(shape(32, 32768, 288, 1).gpu_default(true)), "g32s");
+        assert_eq!(name(shape(64, 8192, 576, 1).gpu_default(false)), "g64");
+        assert_eq!(name(shape(4096, 4096, 4096, 0).gpu_default(false)), "g128");
+        assert_eq!(name(shape(192, 2704, 1600, 0).gpu_default(false)), "g64");
+        for s in [shape(3, 500, 27, 1), shape(16, 9, 9000, 0), shape(33, 70, 130, 0), shape(100, 4096, 64, 1)] {
+            for direct in [false, true] {
+                let d = s.gpu_default(direct);
+                let c = s.candidates(direct);
+                assert!(c.contains(&d) || d.tile == DIRECT, "{s:?}: default {d:?} not among {c:?}");
+                assert!(c.iter().all(|p| p.splits >= 1 && (p.splits == 1 || s.can_split())), "{c:?}");
+            }
+        }
+        // Split-K: a long reduction into one tile is split up to k/128 ways; an unsplittable
+        // product (fixed layers) never is.
+        let gw = shape(16, 144, 131072, 0);
+        assert_eq!(gw.gpu_default(false).splits, 1024);
+        assert_eq!(shape(16, 144, 131072, 1).gpu_default(false).splits, 1);
+        // CPU drivers keep the 64-thread tiles.
+        assert_eq!(name(shape(16, 131072, 144, 1).cpu_default()), "wide16");
+        assert_eq!(name(shape(64, 8192, 576, 1).cpu_default()), "rm8");
     }
 }
