@@ -62,3 +62,46 @@ fn bad_flags_end_in_clear_errors() {
     let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run"]);
     assert!(!ok && stderr.contains("cannot resume /nonexistent-run"), "{stderr}");
 }
+
+#[test]
+fn tuner_flags_tune_cache_and_reject_nonsense() {
+    let dir = std::env::temp_dir().join(format!("sasprune-cli-tune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("tune.json");
+    let (cache_s, out_s) = (cache.to_str().unwrap(), dir.join("b.jsonl"));
+    let out_s = out_s.to_str().unwrap();
+    let args = ["bench", "--tune", "on", "--tune-cache", cache_s, "--quick", "--filter", "conv 16->16", "--out", out_s];
+    let (ok, stdout, stderr) = sasprune(&args);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("kernel plans were tuned"), "{stdout}");
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let adapters = stored["adapters"].as_object().unwrap();
+    assert_eq!(adapters.len(), 1, "{stored}");
+    let entries = adapters.values().next().unwrap().as_object().unwrap();
+    assert!(entries.keys().any(|k| k.starts_with("conv2d.grad_weight 16x144x")), "{stored}");
+    // The second run reads every plan from the cache: nothing is tuned.
+    let (ok, stdout, stderr) = sasprune(&args);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("kernel plans were tuned"), "{stdout}");
+    // A corrupt cache is a note, not a failure.
+    std::fs::write(&cache, b"\x7f garbage").unwrap();
+    let (ok, _, stderr) = sasprune(&args);
+    assert!(ok && stderr.contains("tuner cache") && stderr.contains("ignored"), "{stderr}");
+    // Nonsense settings are refused with a message naming them.
+    let (ok, _, stderr) = sasprune(&["devices", "--tune", "sometimes"]);
+    assert!(!ok && stderr.contains("sometimes"), "{stderr}");
+    let run = |var: &str, value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+            .args(["bench", "--quick", "--filter", "gemm", "--out", out_s])
+            .env(var, value)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, stderr) = run("SASPRUNE_TUNE", "maybe");
+    assert!(!ok && stderr.contains("tuning mode 'maybe'"), "{stderr}");
+    let (ok, stderr) = run("SASPRUNE_SHADER_CHECKS", "some");
+    assert!(!ok && stderr.contains("SASPRUNE_SHADER_CHECKS=some"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
