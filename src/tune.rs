@@ -227,8 +227,8 @@ pub(crate) fn choose(key: &str, default: Plan, candidates: &[Plan], run: impl Fn
         *guard = Some(open_tuner()?);
     }
     let tuner = guard.as_mut().expect("opened above");
-    if let Some(c) = tuner.used.get(key) {
-        return Ok(plan_of(c).unwrap_or(default));
+    if let Some(plan) = tuner.used.get(key).and_then(plan_of).filter(|p| *p == default || candidates.contains(p)) {
+        return Ok(plan);
     }
     if !tuner.enabled || candidates.len() < 2 {
         tuner.used.insert(key.to_string(), choice_of(default, 0.0));

@@ -253,19 +253,24 @@ pub(crate) fn run_gemm(
     direct: Option<&dyn Fn() -> Result<()>>,
 ) -> Result<()> {
     let gpu = crate::gpu::get()?;
-    let record = |plan: Plan| match (plan.tile, direct) {
-        (DIRECT, Some(run_direct)) => run_direct(),
-        _ => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
-    };
     let default =
         if gpu.adapter.device_type == "Cpu" { shape.cpu_default() } else { shape.gpu_default(direct.is_some()) };
+    let record = |plan: Plan| match (plan.tile, direct) {
+        (DIRECT, Some(run_direct)) => run_direct(),
+        // (a direct plan for a product without a direct kernel: the default, never DIRECT then)
+        (DIRECT, None) => record_gemm(&kernels[default.tile], &make, bufs, out, shape, default),
+        _ => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
+    };
     let plan = match FORCED_PLAN.with(|c| c.get()) {
         Some(plan) if plan.tile == DIRECT && direct.is_none() => default,
         Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
         None => {
             let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
+            // Products of the same sizes have the same candidates: the key says when a direct
+            // kernel is among them.
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
-            let key = format!("{family} {}x{}x{}{layers}", shape.m, shape.n, shape.k);
+            let direct_mark = if direct.is_some() { " +direct" } else { "" };
+            let key = format!("{family} {}x{}x{}{layers}{direct_mark}", shape.m, shape.n, shape.k);
             crate::tune::choose(&key, default, &shape.candidates(direct.is_some()), record)?
         }
     };
