@@ -250,8 +250,16 @@ struct TrainArgs {
     classes: Option<usize>,
 }
 
-fn default_classes(model: &str, given: Option<usize>) -> usize {
-    given.unwrap_or(if model == "alexnet" { 1000 } else { 10 })
+/// `--classes` or the model's default, checked before anything is allocated from it.
+fn default_classes(model: &str, given: Option<usize>) -> Result<usize> {
+    let classes = given.unwrap_or(if model == "alexnet" { 1000 } else { 10 });
+    if !(2..=sasprune::models::MAX_CLASSES).contains(&classes) {
+        return Err(Error::invalid(format!(
+            "--classes {classes}: a classifier needs between 2 and {} classes",
+            sasprune::models::MAX_CLASSES
+        )));
+    }
+    Ok(classes)
 }
 
 /// (train, test) datasets for `model`.
@@ -293,6 +301,13 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         ));
     }
     let rate = match (&a.rate, &a.layer_rates) {
+        (Some(r), Some(f)) => {
+            return Err(Error::invalid(format!(
+                "--rate {r} and --layer-rates {} both set the pruning target: the file gives every layer its \
+                 percentage, so drop --rate (or the file)",
+                f.display()
+            )))
+        }
         (Some(r), _) => prune::rate::parse_rate(r)?,
         (None, Some(_)) => prune::rate::Rate::Percent(50.0), // unused: the file decides
         (None, None) => {
@@ -343,6 +358,8 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         return Err(Error::invalid("--subset and --eval-limit must be at least 1"));
     }
     retrain.validate()?;
+    sasprune::models::check_batch(&model, sas.batch, "--batch")?;
+    sasprune::models::check_batch(&model, retrain.batch, "--retrain-batch")?;
     dense.validate()?;
     admm.validate()?;
     let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
@@ -475,11 +492,10 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             if !a.json {
                 say_adapter()?;
             }
-            if a.batch == 0 {
-                return Err(Error::invalid("--batch must be at least 1"));
-            }
+            sasprune::models::check_batch(&a.model, a.batch, "--batch")?;
+            let classes = default_classes(&a.model, a.classes)?;
             let (_, test) = open_data(&a.model, a.data.data.as_deref())?;
-            let mut model = Model::build(&a.model, default_classes(&a.model, a.classes), 0)?;
+            let mut model = Model::build(&a.model, classes, 0)?;
             let norm = checkpoint::load_model(&mut model, &a.weights)?.unwrap_or_else(cifar_normalize);
             let r = train::evaluate(&mut model, test.as_ref(), norm, a.batch, !a.json)?;
             if a.json {
@@ -538,8 +554,10 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
                 save_every: a.save_every.max(1),
                 ..TrainConfig::cifar_default()
             };
+            sasprune::models::check_batch(&a.model, a.batch, "--batch")?;
+            let classes = default_classes(&a.model, a.classes)?;
             let (train_set, test_set) = open_data(&a.model, a.data.data.as_deref())?;
-            let mut model = Model::build(&a.model, default_classes(&a.model, a.classes), a.seed)?;
+            let mut model = Model::build(&a.model, classes, a.seed)?;
             let (dir, progress, norm) = match &a.resume {
                 Some(dir) => {
                     let (p, norm) = train::load_state(&mut model, dir, &cfg)?;

@@ -40,7 +40,7 @@ fn bench_quick_writes_json_lines_with_the_adapter() {
 
 #[test]
 fn bad_flags_end_in_clear_errors() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["--rate", "6.6x"], "say which model to prune"),
         (&["--model", "resnet33", "--rate", "6.6x"], "unknown model 'resnet33'"),
         (&["--model", "resnet32", "--rate", "1x"], "above 1x"),
@@ -50,6 +50,16 @@ fn bad_flags_end_in_clear_errors() {
         (&["--model", "resnet32", "--rate", "6x", "--schedule", "slow"], "unknown --schedule 'slow'"),
         (&["--model", "resnet32", "--rate", "6x", "--subset", "0"], "--subset and --eval-limit must be at least 1"),
         (&["train", "--model", "resnet20", "--data", "/nonexistent-dir"], "/nonexistent-dir"),
+        // two targets at once: refused, not one of them silently ignored
+        (
+            &["--model", "resnet32", "--rate", "6x", "--layer-rates", "data/alexnet_admm_nn_rates.txt"],
+            "both set the pruning target",
+        ),
+        // sizes from flags are bounded before anything is allocated from them
+        (&["train", "--model", "resnet20", "--batch", "100000000"], "--batch 100000000 is more than"),
+        (&["train", "--model", "resnet20", "--classes", "1000000000"], "--classes 1000000000"),
+        (&["eval", "--model", "resnet20", "--weights", "/nonexistent.safetensors", "--batch", "0"], "at least 1"),
+        (&["--model", "resnet32", "--rate", "6x", "--retrain-batch", "999999999"], "--retrain-batch 999999999"),
     ];
     for (args, expected) in cases {
         let (ok, stdout, stderr) = sasprune(args);

@@ -26,9 +26,41 @@ pub struct Model {
 /// The model names the command line accepts.
 pub const MODEL_NAMES: &[&str] = &["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "alexnet"];
 
+/// The most classes a model may have (ImageNet-21k has 21,841); bounds `--classes` before anything
+/// is allocated from it.
+pub const MAX_CLASSES: usize = 100_000;
+
+/// Checks a batch size given with `flag` before anything is allocated from it: at least 1, and
+/// small enough that `model`'s largest activation at that batch fits one storage binding of the
+/// adapter (ResNets: 16 channels at 32x32 per image; AlexNet: 64 at 55x55).
+pub fn check_batch(model: &str, batch: usize, flag: &str) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::invalid(format!("{flag} must be at least 1")));
+    }
+    let per_image: u64 = if model == "alexnet" { 64 * 55 * 55 * 4 } else { 16 * 32 * 32 * 4 };
+    let gpu = crate::gpu::get()?;
+    let limit = gpu.adapter.max_storage_binding;
+    let most = (limit / per_image).max(1);
+    if batch as u64 > most {
+        return Err(Error::invalid(format!(
+            "{flag} {batch} is more than {} can run {model} with: its largest activation would need {:.0} MiB in one \
+             storage binding, and the adapter allows {:.0} MiB; use {flag} {most} or less",
+            gpu.adapter.name,
+            (batch as u64 * per_image) as f64 / 1048576.0,
+            limit as f64 / 1048576.0
+        )));
+    }
+    Ok(())
+}
+
 impl Model {
     /// Builds `name` with freshly initialized weights (seeded) on the GPU.
     pub fn build(name: &str, classes: usize, seed: u64) -> Result<Model> {
+        if !(2..=MAX_CLASSES).contains(&classes) {
+            return Err(Error::invalid(format!(
+                "--classes {classes}: a classifier needs between 2 and {MAX_CLASSES} classes"
+            )));
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut store = ParamStore::new();
         let (net, input) = match name {
