@@ -1,6 +1,6 @@
 //! The `sasprune` command line: parses arguments and calls the library.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sasprune::checkpoint::{self, Normalize};
 use sasprune::data::{cifar::Cifar10, packed::PackedSplit, Dataset, CIFAR_MEAN, CIFAR_STD};
 use sasprune::models::Model;
@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
     about = "Prune CNN weights with SAS-ADMM on any GPU (wgpu: Vulkan, Metal, DX12, GL)",
     long_about = "Prune CNN weights with SAS-ADMM on any GPU (wgpu: Vulkan, Metal, DX12, GL).\n\n\
                   Without a subcommand, runs the pruning pipeline: dense start, ADMM phase, hard pruning, \
-                  masked retraining, report. Example: sasprune --model resnet32 --rate 6.6x",
-    args_conflicts_with_subcommands = true
+                  masked retraining, report. Example: sasprune --model resnet32 --rate 6.6x"
 )]
 struct Cli {
     /// GPU backend: vulkan, metal, dx12, gl (default: any; env SASPRUNE_BACKEND)
@@ -592,9 +591,38 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
     }
 }
 
+/// Parses the command line. The pipeline's flags belong to the command without a subcommand;
+/// the global ones (--backend, --adapter, --tune, --tune-cache) may stand before or after a
+/// subcommand.
+fn parse_cli() -> Result<Cli> {
+    let matches = Cli::command().get_matches();
+    if let Some((sub, _)) = matches.subcommand() {
+        let misplaced: Vec<String> = PruneArgs::augment_args(clap::Command::new("pipeline"))
+            .get_arguments()
+            .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|arg| format!("--{}", arg.get_long().unwrap_or(arg.get_id().as_str())))
+            .collect();
+        if !misplaced.is_empty() {
+            let verb = if misplaced.len() == 1 { "belongs" } else { "belong" };
+            return Err(Error::invalid(format!(
+                "{} {verb} to the pruning pipeline (no subcommand), not to `{sub}`; put a subcommand's own flags \
+                 after its name",
+                misplaced.join(", ")
+            )));
+        }
+    }
+    Cli::from_arg_matches(&matches).map_err(|e| Error::invalid(e.to_string()))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Err(e) = run(cli, &args) {
         eprintln!("error: {e}");
         std::process::exit(1);

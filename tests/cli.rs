@@ -67,6 +67,11 @@ fn bad_flags_end_in_clear_errors() {
         assert!(stderr.contains(expected), "{args:?}: expected '{expected}' in:\n{stderr}{stdout}");
         assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
     }
+    // Global flags may stand before a subcommand; the pipeline's own flags may not.
+    let (ok, stdout, stderr) = sasprune(&["--tune", "off", "devices"]);
+    assert!(ok && !stdout.is_empty(), "{stdout}{stderr}");
+    let (ok, _, stderr) = sasprune(&["--model", "resnet32", "train", "--model", "resnet20"]);
+    assert!(!ok && stderr.contains("--model belongs to the pruning pipeline"), "{stderr}");
     let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run", "--lr", "0.1"]);
     assert!(!ok && stderr.contains("takes no others"), "{stderr}");
     let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run"]);
