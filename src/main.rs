@@ -186,8 +186,10 @@ struct EvalArgs {
     weights: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    #[arg(long, default_value_t = 500)]
-    batch: usize,
+    /// Images per batch (default: 500, or the largest batch the adapter can run the model with
+    /// when that is less)
+    #[arg(long)]
+    batch: Option<usize>,
     /// Number of classes (default 10 for the ResNets, 1000 for alexnet)
     #[arg(long)]
     classes: Option<usize>,
@@ -491,12 +493,15 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             if !a.json {
                 say_adapter()?;
             }
-            sasprune::models::check_batch(&a.model, a.batch, "--batch")?;
+            let batch = match a.batch {
+                Some(b) => sasprune::models::check_batch(&a.model, b, "--batch").map(|_| b)?,
+                None => sasprune::models::largest_batch(&a.model)?.min(500),
+            };
             let classes = default_classes(&a.model, a.classes)?;
             let (_, test) = open_data(&a.model, a.data.data.as_deref())?;
             let mut model = Model::build(&a.model, classes, 0)?;
             let norm = checkpoint::load_model(&mut model, &a.weights)?.unwrap_or_else(cifar_normalize);
-            let r = train::evaluate(&mut model, test.as_ref(), norm, a.batch, !a.json)?;
+            let r = train::evaluate(&mut model, test.as_ref(), norm, batch, !a.json)?;
             if a.json {
                 let adapter = gpu::get()?.adapter.name.replace('"', "'");
                 println!(

@@ -40,7 +40,7 @@ fn bench_quick_writes_json_lines_with_the_adapter() {
 
 #[test]
 fn bad_flags_end_in_clear_errors() {
-    let cases: [(&[&str], &str); 14] = [
+    let cases: [(&[&str], &str); 15] = [
         (&["--rate", "6.6x"], "say which model to prune"),
         (&["--model", "resnet33", "--rate", "6.6x"], "unknown model 'resnet33'"),
         (&["--model", "resnet32", "--rate", "1x"], "above 1x"),
@@ -59,6 +59,7 @@ fn bad_flags_end_in_clear_errors() {
         (&["train", "--model", "resnet20", "--batch", "100000000"], "--batch 100000000 is more than"),
         (&["train", "--model", "resnet20", "--classes", "1000000000"], "--classes 1000000000"),
         (&["eval", "--model", "resnet20", "--weights", "/nonexistent.safetensors", "--batch", "0"], "at least 1"),
+        (&["eval", "--model", "alexnet", "--weights", "/nonexistent.safetensors", "--batch", "9999999"], "or less"),
         (&["--model", "resnet32", "--rate", "6x", "--retrain-batch", "999999999"], "--retrain-batch 999999999"),
     ];
     for (args, expected) in cases {

@@ -30,24 +30,37 @@ pub const MODEL_NAMES: &[&str] = &["resnet20", "resnet32", "resnet44", "resnet56
 /// is allocated from it.
 pub const MAX_CLASSES: usize = 100_000;
 
+/// Bytes of `model`'s largest activation per image (ResNets: 16 channels at 32x32; AlexNet: 64 at
+/// 55x55): what one storage binding must hold, times the batch.
+fn largest_activation_bytes(model: &str) -> u64 {
+    if model == "alexnet" {
+        64 * 55 * 55 * 4
+    } else {
+        16 * 32 * 32 * 4
+    }
+}
+
+/// The largest batch whose largest activation fits one storage binding of the adapter.
+pub fn largest_batch(model: &str) -> Result<usize> {
+    let limit = crate::gpu::get()?.adapter.max_storage_binding;
+    Ok((limit / largest_activation_bytes(model)).max(1) as usize)
+}
+
 /// Checks a batch size given with `flag` before anything is allocated from it: at least 1, and
-/// small enough that `model`'s largest activation at that batch fits one storage binding of the
-/// adapter (ResNets: 16 channels at 32x32 per image; AlexNet: 64 at 55x55).
+/// at most [`largest_batch`].
 pub fn check_batch(model: &str, batch: usize, flag: &str) -> Result<()> {
     if batch == 0 {
         return Err(Error::invalid(format!("{flag} must be at least 1")));
     }
-    let per_image: u64 = if model == "alexnet" { 64 * 55 * 55 * 4 } else { 16 * 32 * 32 * 4 };
-    let gpu = crate::gpu::get()?;
-    let limit = gpu.adapter.max_storage_binding;
-    let most = (limit / per_image).max(1);
-    if batch as u64 > most {
+    let most = largest_batch(model)?;
+    if batch > most {
+        let gpu = crate::gpu::get()?;
         return Err(Error::invalid(format!(
             "{flag} {batch} is more than {} can run {model} with: its largest activation would need {:.0} MiB in one \
              storage binding, and the adapter allows {:.0} MiB; use {flag} {most} or less",
             gpu.adapter.name,
-            (batch as u64 * per_image) as f64 / 1048576.0,
-            limit as f64 / 1048576.0
+            (batch as u64 * largest_activation_bytes(model)) as f64 / 1048576.0,
+            gpu.adapter.max_storage_binding as f64 / 1048576.0
         )));
     }
     Ok(())
