@@ -2,6 +2,8 @@
 //! reader and its validation, the packed format, and batch assembly (normalization, padding,
 //! random crops and flips) checked against direct computations.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
@@ -503,8 +505,8 @@ fn write_packed_rejects_bad_samples_and_leaves_nothing() {
 #[test]
 fn real_cifar10_if_present() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    if !dir.join("cifar-10-batches-bin").is_dir() {
-        println!("skipped: {} has no cifar-10-batches-bin/", dir.display());
+    let missing = format!("{} has no cifar-10-batches-bin/ (run ../shared/data/cifar10.sh data)", dir.display());
+    if !common::inputs_present("real_cifar10_if_present", dir.join("cifar-10-batches-bin").is_dir(), &missing) {
         return;
     }
     let cifar = Cifar10::open(&dir).expect("open CIFAR-10");

@@ -1,6 +1,8 @@
 //! Model definitions: parameter counts, PyTorch names and shapes, checkpoint round trips and
 //! the errors a checkpoint that does not fit gets.
 
+mod common;
+
 use sasprune::checkpoint::{self, Checkpoint, Normalize};
 use sasprune::models::Model;
 use sasprune::nn::Role;
@@ -55,8 +57,8 @@ fn alexnet_has_torchvision_names_and_61_million_parameters() {
 #[test]
 fn resnet_state_dict_names_and_shapes_equal_the_pytorch_checkpoint() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/pretrained/resnet20.safetensors");
-    if !path.exists() {
-        eprintln!("skipping: {} is not here (it comes with the project's shared folder)", path.display());
+    let missing = format!("{} is not here (it comes with the project's shared folder)", path.display());
+    if !common::inputs_present("resnet_state_dict_names_and_shapes", path.exists(), &missing) {
         return;
     }
     let ck = Checkpoint::load(&path).unwrap();

@@ -2,6 +2,8 @@
 //! rate, exact zeros after masked retraining, the report files, and exact resumption of the
 //! SAS-ADMM phase. Needs CIFAR-10 in data/ (CI builds it from ../shared); skips without it.
 
+mod common;
+
 use sasprune::checkpoint::{self, Checkpoint, Normalize};
 use sasprune::data::cifar::Cifar10;
 use sasprune::data::{BatchSpec, CIFAR_MEAN, CIFAR_STD};
@@ -14,8 +16,8 @@ use std::path::PathBuf;
 
 fn data() -> Option<Cifar10> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    if !dir.join("cifar-10-batches-bin/test_batch.bin").exists() {
-        eprintln!("skipping: no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+    if !common::inputs_present("pipeline", dir.join("cifar-10-batches-bin/test_batch.bin").exists(), &missing) {
         return None;
     }
     Some(Cifar10::open(&dir).unwrap())

@@ -2,6 +2,8 @@
 //! from ../shared/pretrained on the CIFAR-10 test set that ../shared/data/cifar10.sh builds
 //! (PyTorch: 81.03% top-1). Skips with a message when the weights or the data are absent.
 
+mod common;
+
 use sasprune::checkpoint;
 use sasprune::data::cifar::Cifar10;
 use sasprune::models::Model;
@@ -12,12 +14,13 @@ fn pretrained_resnet20_reproduces_pytorch_top1_on_cifar10() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let weights = root.join("../shared/pretrained/resnet20.safetensors");
     let data = root.join("data");
-    if !weights.exists() || !data.join("cifar-10-batches-bin/test_batch.bin").exists() {
-        eprintln!(
-            "skipping: needs {} and {}/cifar-10-batches-bin (run ../shared/data/cifar10.sh data)",
-            weights.display(),
-            data.display()
-        );
+    let missing = format!(
+        "needs {} and {}/cifar-10-batches-bin (run ../shared/data/cifar10.sh data)",
+        weights.display(),
+        data.display()
+    );
+    let present = weights.exists() && data.join("cifar-10-batches-bin/test_batch.bin").exists();
+    if !common::inputs_present("pretrained_resnet20", present, &missing) {
         return;
     }
     let cifar = Cifar10::open(&data).unwrap();

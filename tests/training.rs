@@ -2,6 +2,8 @@
 //! with exactly the weights of an uninterrupted run (same steps, same learning rates, same
 //! batches). Needs CIFAR-10 in data/ for the second test; skips without it.
 
+mod common;
+
 use sasprune::checkpoint::Normalize;
 use sasprune::data::cifar::Cifar10;
 use sasprune::data::{CIFAR_MEAN, CIFAR_STD};
@@ -25,8 +27,12 @@ fn learning_rate_schedules() {
 #[test]
 fn a_resumed_training_run_continues_exactly() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    if !dir.join("cifar-10-batches-bin/test_batch.bin").exists() {
-        eprintln!("skipping: no CIFAR-10 in {}", dir.display());
+    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+    if !common::inputs_present(
+        "a_resumed_training_run",
+        dir.join("cifar-10-batches-bin/test_batch.bin").exists(),
+        &missing,
+    ) {
         return;
     }
     let cifar = Cifar10::open(&dir).unwrap();
