@@ -414,7 +414,12 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
             saved.extend(text.lines().map(String::from));
             saved.extend(["--out".to_string(), dir.display().to_string()]);
             let cli = Cli::try_parse_from(&saved).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-            (cli.prune, true)
+            let mut prune = cli.prune;
+            // Runs started before a rate needed its unit saved `--rate 6.6`, which meant 6.6x then.
+            if let Some(r) = prune.rate.as_mut().filter(|r| r.trim().parse::<f64>().is_ok()) {
+                r.push('x');
+            }
+            (prune, true)
         }
         None => (a.clone(), false),
     };

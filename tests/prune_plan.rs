@@ -8,12 +8,20 @@ use std::path::PathBuf;
 #[test]
 fn rates_parse_in_every_accepted_form() {
     assert_eq!(parse_rate("6.6x").unwrap(), Rate::Times(6.6));
-    assert_eq!(parse_rate("6.6").unwrap(), Rate::Times(6.6));
     assert_eq!(parse_rate(" 9.93X ").unwrap(), Rate::Times(9.93));
     assert_eq!(parse_rate("85%").unwrap(), Rate::Percent(85.0));
     for bad in ["1x", "0.5", "100%", "0%", "-3x", "fast", "x", "85%%", "inf"] {
         let err = parse_rate(bad).unwrap_err().to_string();
         assert!(err.contains("--rate"), "'{bad}': {err}");
+    }
+    // A bare number has no single meaning (85 in a --layer-rates file is 85%): it is refused
+    // with both readings spelled out.
+    for bare in ["6.6", "85"] {
+        let err = parse_rate(bare).unwrap_err().to_string();
+        assert!(
+            err.contains("needs a unit") && err.contains(&format!("{bare}x")) && err.contains(&format!("{bare}%")),
+            "{err}"
+        );
     }
 }
 

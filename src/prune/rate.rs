@@ -12,7 +12,7 @@ use std::path::Path;
 /// A target rate as the user wrote it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rate {
-    /// `6.6x` or `6.6`: total / kept.
+    /// `6.6x`: total / kept.
     Times(f64),
     /// `85%`: the pruned percentage of every conv layer.
     Percent(f64),
@@ -27,10 +27,12 @@ impl std::fmt::Display for Rate {
     }
 }
 
-/// Parses `6.6x`, `6.6` or `85%`.
+/// Parses `6.6x` or `85%`; a bare number is refused with a message asking for the unit.
 pub fn parse_rate(text: &str) -> Result<Rate> {
     let t = text.trim();
-    let bad = || Error::invalid(format!("--rate '{text}' is not a rate: write it as 6.6x, 6.6 or 85% (pruned share)"));
+    let bad = || {
+        Error::invalid(format!("--rate '{text}' is not a rate: write it as 6.6x (compression) or 85% (pruned share)"))
+    };
     if let Some(p) = t.strip_suffix('%') {
         let p: f64 = p.trim().parse().map_err(|_| bad())?;
         if !(p > 0.0 && p < 100.0) {
@@ -38,7 +40,18 @@ pub fn parse_rate(text: &str) -> Result<Rate> {
         }
         return Ok(Rate::Percent(p));
     }
-    let r: f64 = t.strip_suffix(['x', 'X']).unwrap_or(t).trim().parse().map_err(|_| bad())?;
+    let Some(times) = t.strip_suffix(['x', 'X']) else {
+        // A bare number means a percentage in a --layer-rates file; here it would be a rate:
+        // rather than guess, ask for the unit.
+        return Err(match t.parse::<f64>() {
+            Ok(v) => Error::invalid(format!(
+                "--rate {text} needs a unit: {v}x compresses {v}-fold, {v}% prunes {v}% of each layer's weights \
+                 (in a --layer-rates file a bare number is a percentage)"
+            )),
+            Err(_) => bad(),
+        });
+    };
+    let r: f64 = times.trim().parse().map_err(|_| bad())?;
     if !(r > 1.0 && r.is_finite()) {
         return Err(Error::invalid(format!("--rate {text}: a compression rate must be above 1x (1x prunes nothing)")));
     }
