@@ -50,8 +50,8 @@ struct PruneArgs {
     /// resnet20, resnet32, resnet44, resnet56 or resnet110
     #[arg(long)]
     model: Option<String>,
-    /// Target: 6.6x or 6.6 (compression of conv + fc weights, fc kept dense) or 85% (pruned
-    /// share of every conv layer)
+    /// Target: 6.6x (compression of conv + fc weights, fc kept dense) or 85% (pruned share of
+    /// every conv layer); the unit is required. Not together with --layer-rates
     #[arg(long)]
     rate: Option<String>,
     /// Per-layer pruned percentages: a file of `layer-name percentage` lines (see data/)
