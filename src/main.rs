@@ -60,7 +60,8 @@ struct PruneArgs {
     /// sas-admm, admm (ADMM-NN) or magnitude (one-shot)
     #[arg(long, default_value = "sas-admm")]
     method: String,
-    /// paper (ALGORITHM.md's defaults: K=190, 200 retraining epochs) or quick (scaled down)
+    /// paper (the paper's and its authors' code's defaults: K=190, 200 retraining epochs; README
+    /// lists them all) or quick (scaled down)
     #[arg(long, default_value = "paper")]
     schedule: String,
     /// Dense weights to start from (safetensors, PyTorch names); without it a dense model is

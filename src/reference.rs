@@ -873,7 +873,7 @@ pub fn numeric_grad(f: &mut dyn FnMut(&[f64]) -> f64, x: &[f64], eps: f64) -> Ve
 }
 
 // ---------------------------------------------------------------------------
-// ADMM pruning updates (ALGORITHM.md), element-wise over the prunable-weight vector.
+// ADMM pruning updates (SAS-ADMM: Yuan et al. 2024, Algorithm 1; ADMM-NN), element-wise over the prunable-weight vector.
 // ---------------------------------------------------------------------------
 
 /// `soft(x, τ) = sign(x)·max(|x| − τ, 0)`, the proximal operator of τ‖·‖₁.

@@ -179,7 +179,7 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The standard CIFAR recipe: SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128,
-    /// lr / 10 at epochs 100 and 150 of 200 (ALGORITHM.md's retraining schedule).
+    /// lr / 10 at epochs 100 and 150 of 200 (He et al.'s CIFAR schedule, the paper's retraining).
     pub fn cifar_default() -> TrainConfig {
         TrainConfig {
             epochs: 200,

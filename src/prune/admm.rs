@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-/// SAS-ADMM hyperparameters (ALGORITHM.md; defaults are the authors' ResNet-32 values).
+/// SAS-ADMM hyperparameters (Yuan et al. 2024, Algorithm 1; defaults are the authors' ResNet-32
+/// values, listed in README under `--schedule paper`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SasConfig {
     pub beta: f32,

@@ -1,7 +1,7 @@
 //! Compression rates and per-layer pruning plans.
 //!
 //! Compression rate = prunable weights / non-zero prunable weights, counting conv + fc weights
-//! (ALGORITHM.md). A layer pruned at percentage p loses the weights below the p-th percentile
+//! (as the SAS-ADMM paper and ADMM-NN count them). A layer pruned at percentage p loses the weights below the p-th percentile
 //! of its |w| (NumPy's linearly interpolated percentile), i.e. exactly ceil(p·(n − 1)) weights
 //! for n distinct magnitudes.
 
