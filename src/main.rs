@@ -529,6 +529,17 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => {
+            let default_out = || PathBuf::from(format!("runs/{}-train-seed{}", a.model, a.seed));
+            if a.resume.is_none() {
+                // A new run must not append to another run's metrics or inherit its best top-1.
+                let out = a.out.clone().unwrap_or_else(default_out);
+                if [train::METRICS_FILE, train::STATE_FILE].iter().any(|f| out.join(f).exists()) {
+                    return Err(Error::invalid(format!(
+                        "{} already holds a training run: continue it with --resume {0}, or choose another --out",
+                        out.display()
+                    )));
+                }
+            }
             gpu::init(&options)?;
             say_adapter()?;
             let schedule = match a.schedule.as_str() {
@@ -579,10 +590,7 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
                         Some(w) => checkpoint::load_model(&mut model, w)?.unwrap_or_else(cifar_normalize),
                         None => cifar_normalize(),
                     };
-                    let dir = a
-                        .out
-                        .clone()
-                        .unwrap_or_else(|| PathBuf::from(format!("runs/{}-train-seed{}", a.model, a.seed)));
+                    let dir = a.out.clone().unwrap_or_else(default_out);
                     (dir, Progress::default(), norm)
                 }
             };

@@ -68,6 +68,13 @@ fn bad_flags_end_in_clear_errors() {
         assert!(stderr.contains(expected), "{args:?}: expected '{expected}' in:\n{stderr}{stdout}");
         assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
     }
+    // A new training run does not append to an existing one's metrics.
+    let old_run = std::env::temp_dir().join(format!("sasprune-cli-oldrun-{}", std::process::id()));
+    std::fs::create_dir_all(&old_run).unwrap();
+    std::fs::write(old_run.join("metrics.csv"), "epoch,step\n1,390\n").unwrap();
+    let (ok, _, stderr) = sasprune(&["train", "--model", "resnet20", "--out", old_run.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("already holds a training run") && stderr.contains("--resume"), "{stderr}");
+    std::fs::remove_dir_all(&old_run).ok();
     // Global flags may stand before a subcommand; the pipeline's own flags may not.
     let (ok, stdout, stderr) = sasprune(&["--tune", "off", "devices"]);
     assert!(ok && !stdout.is_empty(), "{stdout}{stderr}");
