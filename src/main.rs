@@ -375,7 +375,13 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         sas,
         admm,
         retrain,
-        dense: TrainConfig { seed: a.seed, announce_eta_after: Some(20), ..dense },
+        dense: TrainConfig {
+            seed: a.seed,
+            announce_eta_after: Some(20),
+            // the dense phase's lr comes from --schedule, not --lr (that one is the retraining's)
+            lr_flag: "train the dense model with `sasprune train --lr ...` and pass it as --weights",
+            ..dense
+        },
         weights: a.weights.clone(),
         out,
         seed: a.seed,

@@ -148,6 +148,18 @@ pub enum LrSchedule {
     Cosine,
 }
 
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LrSchedule::MultiStep { milestones, gamma } => {
+                let at: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
+                write!(f, "times {gamma} at epochs {}", at.join(", "))
+            }
+            LrSchedule::Cosine => write!(f, "cosine decay to 0"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
     pub epochs: usize,
@@ -175,6 +187,8 @@ pub struct TrainConfig {
     pub best_path: Option<PathBuf>,
     /// After this many steps, print how long all epochs will take at the speed so far.
     pub announce_eta_after: Option<usize>,
+    /// What a diverged run's message tells the user to lower (the flag that sets `lr`).
+    pub lr_flag: &'static str,
 }
 
 impl TrainConfig {
@@ -199,6 +213,7 @@ impl TrainConfig {
             show_progress: true,
             best_path: None,
             announce_eta_after: None,
+            lr_flag: "--lr",
         }
     }
 
@@ -378,7 +393,7 @@ pub fn train(
             bar.inc(1);
             if step % 10 == 0 || step == stop_at || step % steps_per_epoch == 0 {
                 let last_loss = l.item()?;
-                check_loss(last_loss, step, epoch, dir)?;
+                check_loss(last_loss, step, epoch, dir, cfg.lr_flag)?;
                 let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {last_loss:.4} | lr {lr:.4} | {rate:.1} img/s"));
             }
@@ -396,13 +411,13 @@ pub fn train(
             }
             if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
                 // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
-                check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir)?;
+                check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, cfg.lr_flag)?;
                 save_state(model, dir, norm, Progress { step }, cfg)?;
             }
         }
         bar.finish_and_clear();
         let mean_loss = reduce::sum(&loss_sum)?.item()? as f64 / loss_count.max(1) as f64;
-        check_loss(mean_loss as f32, step, epoch, dir)?;
+        check_loss(mean_loss as f32, step, epoch, dir, cfg.lr_flag)?;
         let epoch_done = step % steps_per_epoch == 0;
         let eval = if cfg.eval_each_epoch && (epoch_done || step == stop_at) {
             Some(evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?)
@@ -460,13 +475,13 @@ pub fn read_best(dir: &Path) -> Result<Option<f64>> {
         .fold(None, |b, v| Some(b.map_or(v, |b: f64| b.max(v)))))
 }
 
-fn check_loss(loss: f32, step: usize, epoch: usize, dir: &Path) -> Result<()> {
+fn check_loss(loss: f32, step: usize, epoch: usize, dir: &Path, lr_flag: &str) -> Result<()> {
     if loss.is_finite() {
         return Ok(());
     }
     Err(Error::invalid(format!(
         "the loss became {loss} by step {step} (epoch {}): training diverged; the last checkpoint in {} \
-         predates it; start again with a lower learning rate (--lr)",
+         predates it; start again with a lower learning rate ({lr_flag})",
         epoch + 1,
         dir.display()
     )))

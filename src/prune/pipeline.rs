@@ -157,9 +157,10 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             None => {
                 let d = &cfg.dense;
                 println!(
-                    "no --weights given: training a dense {} first ({} epochs of SGD, lr {} with the standard CIFAR schedule); \
-                     the expected duration is printed after 20 steps",
-                    cfg.model, d.epochs, d.lr
+                    "no --weights given: training a dense {} first ({} epochs of SGD at batch {}, lr {} {}, set by \
+                     --schedule; --lr and --retrain-epochs apply to the masked retraining); the expected duration is \
+                     printed after 20 steps",
+                    cfg.model, d.epochs, d.batch, d.lr, d.schedule
                 );
                 let norm = Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD };
                 let dense_dir = dir.join("dense");
