@@ -255,12 +255,7 @@ struct TrainArgs {
 /// `--classes` or the model's default, checked before anything is allocated from it.
 fn default_classes(model: &str, given: Option<usize>) -> Result<usize> {
     let classes = given.unwrap_or(if model == "alexnet" { 1000 } else { 10 });
-    if !(2..=sasprune::models::MAX_CLASSES).contains(&classes) {
-        return Err(Error::invalid(format!(
-            "--classes {classes}: a classifier needs between 2 and {} classes",
-            sasprune::models::MAX_CLASSES
-        )));
-    }
+    sasprune::models::check_classes(classes)?;
     Ok(classes)
 }
 

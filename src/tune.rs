@@ -220,16 +220,24 @@ fn choice_of(plan: Plan, seconds: f64) -> Choice {
 }
 
 /// The plan for product `key`: `default` when tuning is off; else the cached choice, or the
-/// fastest of `candidates` timed now through `run` (which records the product with a plan).
-pub(crate) fn choose(key: &str, default: Plan, candidates: &[Plan], run: impl Fn(Plan) -> Result<()>) -> Result<Plan> {
+/// fastest of `candidates()` timed now through `run` (which records the product with a plan).
+/// The key must determine `default` and the candidates: after the first call for a key, this
+/// is one map lookup (no candidate list is built on a training step).
+pub(crate) fn choose(
+    key: &str,
+    default: Plan,
+    candidates: impl FnOnce() -> Vec<Plan>,
+    run: impl Fn(Plan) -> Result<()>,
+) -> Result<Plan> {
     let mut guard = TUNER.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
         *guard = Some(open_tuner()?);
     }
     let tuner = guard.as_mut().expect("opened above");
-    if let Some(plan) = tuner.used.get(key).and_then(plan_of).filter(|p| *p == default || candidates.contains(p)) {
+    if let Some(plan) = tuner.used.get(key).and_then(plan_of) {
         return Ok(plan);
     }
+    let candidates = candidates();
     if !tuner.enabled || candidates.len() < 2 {
         tuner.used.insert(key.to_string(), choice_of(default, 0.0));
         return Ok(default);
@@ -248,7 +256,7 @@ pub(crate) fn choose(key: &str, default: Plan, candidates: &[Plan], run: impl Fn
         crate::bench::keep_busy_for(std::time::Duration::from_millis(40), &mut || run(default))?;
     }
     let mut best: Option<(Plan, f64)> = None;
-    for &plan in candidates {
+    for &plan in &candidates {
         let seconds = measure(|| run(plan))?;
         if best.is_none_or(|(_, s)| seconds < s) {
             best = Some((plan, seconds));

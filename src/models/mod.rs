@@ -30,6 +30,16 @@ pub const MODEL_NAMES: &[&str] = &["resnet20", "resnet32", "resnet44", "resnet56
 /// is allocated from it.
 pub const MAX_CLASSES: usize = 100_000;
 
+/// Checks a class count (`--classes`) before anything is allocated from it.
+pub fn check_classes(classes: usize) -> Result<()> {
+    if !(2..=MAX_CLASSES).contains(&classes) {
+        return Err(Error::invalid(format!(
+            "--classes {classes}: a classifier needs between 2 and {MAX_CLASSES} classes"
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes of `model`'s largest activation per image (ResNets: 16 channels at 32x32; AlexNet: 64 at
 /// 55x55): what one storage binding must hold, times the batch.
 fn largest_activation_bytes(model: &str) -> u64 {
@@ -69,11 +79,7 @@ pub fn check_batch(model: &str, batch: usize, flag: &str) -> Result<()> {
 impl Model {
     /// Builds `name` with freshly initialized weights (seeded) on the GPU.
     pub fn build(name: &str, classes: usize, seed: u64) -> Result<Model> {
-        if !(2..=MAX_CLASSES).contains(&classes) {
-            return Err(Error::invalid(format!(
-                "--classes {classes}: a classifier needs between 2 and {MAX_CLASSES} classes"
-            )));
-        }
+        check_classes(classes)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut store = ParamStore::new();
         let (net, input) = match name {

@@ -34,6 +34,28 @@ struct Params {
     _pad: u32,
 }
 
+impl Params {
+    /// The sizes of `x` [n, c, ...] and the settings of `cfg`; no running-statistics update, no
+    /// reduction chunks, no residual.
+    fn new(x: &Tensor, cfg: BatchNormConfig) -> Params {
+        let (n, c) = (x.shape()[0], x.shape()[1]);
+        Params {
+            n: n as u32,
+            c: c as u32,
+            hw: (x.numel() / (n * c)) as u32,
+            update_running: 0,
+            eps: cfg.eps,
+            momentum: cfg.momentum,
+            eval_mode: (!cfg.training) as u32,
+            relu: cfg.relu as u32,
+            chunks: 0,
+            ipc: 0,
+            residual: 0,
+            _pad: 0,
+        }
+    }
+}
+
 /// Elements per chunk the per-channel reductions aim for: enough work per workgroup to hide
 /// its start, enough chunks that a large GPU gets hundreds of workgroups.
 const CHUNK_ELEMENTS: usize = 2048;
@@ -80,22 +102,8 @@ pub fn batch_norm(
             format!("training mode needs more than one value per channel, got input {s:?}"),
         ));
     }
-    let p = Params {
-        n: n as u32,
-        c: c as u32,
-        hw: hw as u32,
-        update_running: 1,
-        eps: cfg.eps,
-        momentum: cfg.momentum,
-        eval_mode: (!cfg.training) as u32,
-        relu: cfg.relu as u32,
-        chunks: 0,
-        ipc: 0,
-        residual: 0,
-        _pad: 0,
-    };
     let ipc = CHUNK_ELEMENTS.div_ceil(hw).clamp(1, n);
-    let p = Params { ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..p };
+    let p = Params { update_running: 1, ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..Params::new(x, cfg) };
     // Per-channel mean and 1/sqrt(var + eps): of the batch in training, else of the running
     // statistics.
     let stats = Tensor::uninit(&[2 * c])?;
@@ -140,23 +148,8 @@ pub fn batch_norm_add_relu(
 
 /// One-kernel evaluation-mode batch norm (+ residual, + ReLU per `cfg.relu`), no graph.
 fn normalize_eval(x: &Tensor, params: [&Tensor; 4], residual: Option<&Tensor>, cfg: BatchNormConfig) -> Result<Tensor> {
-    let s = x.shape();
-    let (n, c) = (s[0], s[1]);
-    let p = Params {
-        n: n as u32,
-        c: c as u32,
-        hw: (x.numel() / (n * c)) as u32,
-        update_running: 0,
-        eps: cfg.eps,
-        momentum: cfg.momentum,
-        eval_mode: 1,
-        relu: cfg.relu as u32,
-        chunks: 0,
-        ipc: 0,
-        residual: residual.is_some() as u32,
-        _pad: 0,
-    };
-    let y = Tensor::uninit(s)?;
+    let p = Params { residual: residual.is_some() as u32, ..Params::new(x, cfg) };
+    let y = Tensor::uninit(x.shape())?;
     let [gamma, beta, mean, var] = params;
     launch(&NORMALIZE_EVAL, &p, &[x, gamma, beta, mean, var, residual.unwrap_or(x), &y], groups_4x(x.numel()))?;
     Ok(y)

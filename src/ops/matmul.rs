@@ -266,12 +266,12 @@ pub(crate) fn run_gemm(
         Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
         None => {
             let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
-            // Products of the same sizes have the same candidates: the key says when a direct
-            // kernel is among them.
+            // The key fixes the default and the candidates (as `choose` needs): same family and
+            // sizes, and whether a direct kernel is among them.
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
             let direct_mark = if direct.is_some() { " +direct" } else { "" };
             let key = format!("{family} {}x{}x{}{layers}{direct_mark}", shape.m, shape.n, shape.k);
-            crate::tune::choose(&key, default, &shape.candidates(direct.is_some()), record)?
+            crate::tune::choose(&key, default, || shape.candidates(direct.is_some()), record)?
         }
     };
     record(plan)
