@@ -21,6 +21,64 @@ pub struct Normalize {
 }
 
 impl Normalize {
+    /// CIFAR-10's statistics (what this crate's training uses by default for the ResNets).
+    pub const CIFAR: Normalize = Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD };
+    /// ImageNet's statistics, as torchvision's models (and many CIFAR repositories) use them.
+    pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+
+    /// What a model is trained with when nothing else is said: ImageNet statistics for AlexNet,
+    /// CIFAR-10 statistics for the ResNets.
+    pub fn default_for(model: &str) -> Normalize {
+        if model == "alexnet" {
+            Normalize::IMAGENET
+        } else {
+            Normalize::CIFAR
+        }
+    }
+
+    /// The `--normalize` flag: `cifar`, `imagenet`, six numbers `MEAN_R,MEAN_G,MEAN_B,STD_R,
+    /// STD_G,STD_B`, or two numbers `MEAN,STD` for all three channels (pixels scaled to [0, 1]).
+    pub fn from_flag(text: &str) -> Result<Normalize> {
+        let t = text.trim();
+        match t {
+            "cifar" => return Ok(Normalize::CIFAR),
+            "imagenet" => return Ok(Normalize::IMAGENET),
+            _ => {}
+        }
+        let bad = || {
+            Error::invalid(format!(
+                "--normalize '{text}': give cifar, imagenet, MEAN,STD (one of each for all channels) or six numbers \
+                 R,G,B means then R,G,B standard deviations of pixels in [0, 1], e.g. 0.485,0.456,0.406,0.229,0.224,0.225"
+            ))
+        };
+        let v: Vec<f32> =
+            t.split(',').map(|x| x.trim().parse::<f32>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
+        let n = match v.as_slice() {
+            [m, s] => Normalize { mean: [*m; 3], std: [*s; 3] },
+            [m0, m1, m2, s0, s1, s2] => Normalize { mean: [*m0, *m1, *m2], std: [*s0, *s1, *s2] },
+            _ => return Err(bad()),
+        };
+        if n.mean.iter().any(|m| !m.is_finite()) || n.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::invalid(format!(
+                "--normalize '{text}': means must be finite and standard deviations positive"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// `imagenet`, `cifar`, or the numbers.
+    pub fn describe(&self) -> String {
+        let join = |v: [f32; 3]| v.map(|x| x.to_string()).join(",");
+        let numbers = format!("mean {} std {}", join(self.mean), join(self.std));
+        if *self == Normalize::IMAGENET {
+            format!("imagenet ({numbers})")
+        } else if *self == Normalize::CIFAR {
+            format!("cifar ({numbers})")
+        } else {
+            numbers
+        }
+    }
+
     fn parse(mean: &str, std: &str) -> Option<Normalize> {
         let three = |s: &str| -> Option<[f32; 3]> {
             let v: Vec<f32> = s.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
@@ -34,6 +92,51 @@ impl Normalize {
         meta.insert("normalize_mean".into(), join(self.mean));
         meta.insert("normalize_std".into(), join(self.std));
     }
+}
+
+/// The input normalization for weights read from `what` (a file) whose metadata names `stored`,
+/// given `--normalize` as `flag`: the flag wins, then the file's metadata, then the model's
+/// default. Says on stderr which one is used and where it came from, and warns when it is a
+/// guess (a plain PyTorch `save_file(model.state_dict())` carries no normalization).
+pub fn choose_normalize(flag: Option<Normalize>, stored: Option<Normalize>, model: &str, what: &str) -> Normalize {
+    match (flag, stored) {
+        (Some(f), Some(s)) if f != s => {
+            eprintln!(
+                "warning: --normalize {} overrides the normalization {what} names ({})",
+                f.describe(),
+                s.describe()
+            );
+            f
+        }
+        (Some(f), _) => {
+            eprintln!("input normalization: {} (--normalize)", f.describe());
+            f
+        }
+        (None, Some(s)) => {
+            eprintln!("input normalization: {} (from {what}'s metadata)", s.describe());
+            s
+        }
+        (None, None) => {
+            let d = Normalize::default_for(model);
+            eprintln!(
+                "warning: {what} does not say how its inputs were normalized; assuming {}, the default for {model}. \
+                 If the weights were trained with other statistics, pass --normalize imagenet, cifar or MEAN,STD",
+                d.describe()
+            );
+            d
+        }
+    }
+}
+
+/// The input normalization for a model trained from a fresh initialization: `--normalize` or
+/// the model's default; says which on stderr.
+pub fn normalize_for_training(flag: Option<Normalize>, model: &str) -> Normalize {
+    let (n, source) = match flag {
+        Some(f) => (f, "--normalize".to_string()),
+        None => (Normalize::default_for(model), format!("the default for {model}")),
+    };
+    eprintln!("input normalization: {} ({source})", n.describe());
+    n
 }
 
 /// A safetensors file read into host memory.

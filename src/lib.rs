@@ -16,6 +16,7 @@ pub mod nn;
 pub mod ops;
 pub mod prune;
 pub mod reference;
+pub mod run_dir;
 pub mod tensor;
 pub mod train;
 pub mod tune;

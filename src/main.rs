@@ -2,13 +2,14 @@
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sasprune::checkpoint::{self, Normalize};
-use sasprune::data::{cifar::Cifar10, packed::PackedSplit, Dataset, CIFAR_MEAN, CIFAR_STD};
+use sasprune::data::{cifar::Cifar10, packed::PackedSplit, Dataset};
 use sasprune::models::Model;
 use sasprune::prune::{
     self,
     admm::{AdmmNnConfig, SasConfig},
     pipeline::{Method, PipelineConfig},
 };
+use sasprune::run_dir::{self, DataRecord, RunRecord};
 use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
 use sasprune::{gpu, Error, Result};
 use std::path::{Path, PathBuf};
@@ -175,6 +176,17 @@ struct DataArgs {
     /// directory holding train.pack and val.pack. Default: data/
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Input normalization: cifar, imagenet, MEAN,STD, or six numbers (R,G,B means then R,G,B
+    /// standard deviations of pixels in [0, 1]). Default: what the weights' metadata names, else
+    /// cifar for the ResNets and imagenet for alexnet (with a warning when weights name none)
+    #[arg(long, value_name = "STATS")]
+    normalize: Option<String>,
+}
+
+impl DataArgs {
+    fn normalize(&self) -> Result<Option<Normalize>> {
+        self.normalize.as_deref().map(Normalize::from_flag).transpose()
+    }
 }
 
 #[derive(Args)]
@@ -201,8 +213,9 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct TrainArgs {
+    /// resnet20, resnet32, resnet44, resnet56, resnet110 or alexnet
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     #[command(flatten)]
     data: DataArgs,
     /// Start from these weights instead of a fresh initialization
@@ -211,7 +224,8 @@ struct TrainArgs {
     /// Run directory (default: runs/<model>-train-<seed>)
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run saved in this directory
+    /// Continue the run saved in this directory with the flags it was started with (--data,
+    /// --steps and --save-every may be given again)
     #[arg(long)]
     resume: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
@@ -268,10 +282,6 @@ fn open_data(model: &str, dir: Option<&Path>) -> Result<(Box<dyn Dataset>, Box<d
     }
     let c = Cifar10::locate(dir)?;
     Ok((Box::new(c.train), Box::new(c.test)))
-}
-
-fn cifar_normalize() -> Normalize {
-    Normalize { mean: CIFAR_MEAN, std: CIFAR_STD }
 }
 
 fn say_adapter() -> Result<()> {
@@ -378,6 +388,7 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
             ..dense
         },
         weights: a.weights.clone(),
+        normalize: a.data.normalize()?,
         out,
         seed: a.seed,
         subset: a.subset,
@@ -386,75 +397,229 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     })
 }
 
-const COMMAND_FILE: &str = "command.txt";
+/// Flags a run directory does not record: the global ones (they choose the machine, not the
+/// result) and the run directory itself. All take a value.
+const NOT_RECORDED: [&str; 6] = ["--backend", "--adapter", "--tune", "--tune-cache", "--out", "--resume"];
+
+/// The command line's tokens that describe the run: without the program name, the subcommand
+/// `sub` and the flags in NOT_RECORDED (with their values).
+fn recorded_args(args: &[String], sub: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut sub = sub;
+    let mut skip_value = false;
+    for t in args.iter().skip(1) {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if sub == Some(t.as_str()) {
+            sub = None;
+            continue;
+        }
+        if NOT_RECORDED.contains(&t.split('=').next().unwrap_or("")) {
+            skip_value = !t.contains('=');
+            continue;
+        }
+        out.push(t.clone());
+    }
+    out
+}
+
+/// For `--resume DIR`: the command line to parse in place of this one, made of the flags the
+/// run was started with (read from DIR) and the ones given now, which must be among
+/// `overridable` (flags that cannot change the result, such as where the data lies).
+fn resume_command_line(
+    dir: &Path,
+    command: &str,
+    args: &[String],
+    overridable: &[&str],
+) -> Result<(Vec<String>, RunRecord)> {
+    let sub = (command != "pipeline").then_some(command);
+    let given = recorded_args(args, sub);
+    let mut overrides = Vec::new();
+    let mut extra = Vec::new();
+    let mut tokens = given.iter();
+    while let Some(t) = tokens.next() {
+        let (name, inline) = match t.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (t.as_str(), None),
+        };
+        if overridable.contains(&name) {
+            let value = inline.or_else(|| tokens.next().cloned()).unwrap_or_default();
+            overrides.push((name.to_string(), value));
+        } else {
+            extra.push(t.as_str());
+        }
+    }
+    if !extra.is_empty() {
+        return Err(Error::invalid(format!(
+            "--resume continues a run with the flags it started with (see {}); besides {} it takes no others \
+             (got {}). To change settings, start a new run with --out",
+            dir.join(run_dir::RECORD_FILE).display(),
+            overridable.join(", "),
+            extra.join(" ")
+        )));
+    }
+    let record = RunRecord::load(dir, command)?;
+    let mut line: Vec<String> = vec!["sasprune".into()];
+    line.extend(sub.map(String::from));
+    line.extend(run_dir::replay(&record.args, &overrides));
+    line.extend([if command == "pipeline" { "--out" } else { "--resume" }.to_string(), dir.display().to_string()]);
+    Ok((line, record))
+}
+
+/// Writes the record of a new run into `dir`, refusing a directory that already holds one.
+fn start_run_record(dir: &Path, command: &str, args: &[String], data: DataRecord) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let sub = (command != "pipeline").then_some(command);
+    RunRecord::new(command, recorded_args(args, sub), data).save(dir)
+}
 
 fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
     // `--resume DIR` replays the flags the run was started with.
-    let (a, resumed) = match &a.resume {
+    let (a, record) = match &a.resume {
         Some(dir) => {
-            let extra: Vec<&String> = args
-                .iter()
-                .skip(1)
-                .filter(|f| {
-                    f.starts_with("--")
-                        && !["--resume", "--backend", "--adapter", "--tune", "--tune-cache"]
-                            .contains(&f.split('=').next().unwrap_or(""))
-                })
-                .collect();
-            if !extra.is_empty() {
-                return Err(Error::invalid(format!(
-                    "--resume continues a run with the flags it started with (see {}); it takes no others (got {}). \
-                     To change settings, start a new run with --out",
-                    dir.join(COMMAND_FILE).display(),
-                    extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
-                )));
-            }
-            let path = dir.join(COMMAND_FILE);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::invalid(format!("cannot resume {}: {} ({e})", dir.display(), path.display())))?;
-            let mut saved: Vec<String> = vec!["sasprune".into()];
-            saved.extend(text.lines().map(String::from));
-            saved.extend(["--out".to_string(), dir.display().to_string()]);
-            let cli = Cli::try_parse_from(&saved).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+            let (line, record) = resume_command_line(dir, "pipeline", args, &["--data"])?;
+            let cli = Cli::try_parse_from(&line)
+                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
             let mut prune = cli.prune;
             // Runs started before a rate needed its unit saved `--rate 6.6`, which meant 6.6x then.
             if let Some(r) = prune.rate.as_mut().filter(|r| r.trim().parse::<f64>().is_ok()) {
                 r.push('x');
             }
-            (prune, true)
+            (prune, Some(record))
         }
-        None => (a.clone(), false),
+        None => (a.clone(), None),
     };
     let cfg = pipeline_config(&a)?;
     // Validate the plan and the data before any work starts.
     let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
+    let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
     say_adapter()?;
     let model = Model::build(&cfg.model, 10, cfg.seed)?;
     prune::pipeline::make_plan(&model, &cfg)?;
     drop(model);
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    if !resumed {
-        if cfg.out.join(COMMAND_FILE).exists() {
-            return Err(Error::invalid(format!(
-                "{} already holds a run: continue it with --resume {0} or choose another --out",
-                cfg.out.display()
-            )));
-        }
-        // The flags as given (minus any --out, which --resume supplies), one per line.
-        let mut flags = Vec::new();
-        let mut skip = false;
-        for f in args.iter().skip(1) {
-            if skip {
-                skip = false;
-            } else if f == "--out" {
-                skip = true;
-            } else if !f.starts_with("--out=") {
-                flags.push(format!("{f}\n"));
+    match record {
+        Some(record) => record.check_data(&cfg.out, &data, a.data.data.as_deref())?,
+        None => {
+            if RunRecord::exists(&cfg.out) {
+                return Err(Error::invalid(format!(
+                    "{} already holds a run: continue it with --resume {0} or choose another --out",
+                    cfg.out.display()
+                )));
             }
+            start_run_record(&cfg.out, "pipeline", args, data)?;
         }
-        checkpoint::write_atomic(&cfg.out.join(COMMAND_FILE), flags.concat().as_bytes())?;
     }
     prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref())?;
+    Ok(())
+}
+
+/// Parses `train`'s schedule flags.
+fn train_schedule(a: &TrainArgs) -> Result<LrSchedule> {
+    match a.schedule.as_str() {
+        "cosine" => Ok(LrSchedule::Cosine),
+        "multistep" => {
+            let milestones = a
+                .milestones
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Error::invalid(format!("--milestones must be epochs like 100,150, got '{}'", a.milestones))
+                })?;
+            Ok(LrSchedule::MultiStep { milestones, gamma: a.gamma })
+        }
+        other => Err(Error::invalid(format!("unknown --schedule '{other}': choose multistep or cosine"))),
+    }
+}
+
+/// `sasprune train`: a new run, or `--resume DIR` alone continuing one with its saved flags.
+fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result<()> {
+    // A run directory that holds a record is resumed from its saved flags; one from a version
+    // that kept none is resumed with the flags given now (seed and batch checked).
+    let (a, record) = match &a.resume {
+        Some(dir) if RunRecord::exists(dir) || !dir.join(train::STATE_FILE).exists() => {
+            let (line, record) = resume_command_line(dir, "train", args, &["--data", "--steps", "--save-every"])?;
+            let cli = Cli::try_parse_from(&line)
+                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
+            let Some(Command::Train(saved)) = cli.command else {
+                return Err(Error::invalid(format!("{} does not record a training run", dir.display())));
+            };
+            (saved, Some(record))
+        }
+        _ => (a, None),
+    };
+    let Some(model_name) = a.model.clone() else {
+        return Err(Error::invalid("say which model to train with --model (e.g. resnet20), or --resume DIR"));
+    };
+    let dir = match (&a.resume, &a.out) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => PathBuf::from(format!("runs/{model_name}-train-seed{}", a.seed)),
+    };
+    if a.resume.is_none()
+        && (RunRecord::exists(&dir) || [train::METRICS_FILE, train::STATE_FILE].iter().any(|f| dir.join(f).exists()))
+    {
+        // A new run must not append to another run's metrics or inherit its best top-1.
+        return Err(Error::invalid(format!(
+            "{} already holds a training run: continue it with --resume {0}, or choose another --out",
+            dir.display()
+        )));
+    }
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        nesterov: a.nesterov,
+        schedule: train_schedule(&a)?,
+        seed: a.seed,
+        max_steps: a.steps,
+        subset: a.subset,
+        deterministic: a.deterministic,
+        save_every: a.save_every.max(1),
+        ..TrainConfig::cifar_default()
+    };
+    cfg.validate()?;
+    sasprune::models::check_batch(&model_name, a.batch, "--batch")?;
+    let classes = default_classes(&model_name, a.classes)?;
+    let flag_norm = a.data.normalize()?;
+    gpu::init(options)?;
+    say_adapter()?;
+    let (train_set, test_set) = open_data(&model_name, a.data.data.as_deref())?;
+    let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
+    let mut model = Model::build(&model_name, classes, a.seed)?;
+    let (progress, norm) = if a.resume.is_some() {
+        if let Some(record) = &record {
+            record.check_data(&dir, &data, a.data.data.as_deref())?;
+        }
+        let (p, norm) = train::load_state(&mut model, &dir, &cfg)?;
+        eprintln!("resuming {} at step {}", dir.display(), p.step);
+        (p, norm)
+    } else {
+        let norm = match &a.weights {
+            Some(w) => {
+                let stored = checkpoint::load_model(&mut model, w)?;
+                checkpoint::choose_normalize(flag_norm, stored, &model_name, &w.display().to_string())
+            }
+            None => checkpoint::normalize_for_training(flag_norm, &model_name),
+        };
+        start_run_record(&dir, "train", args, data)?;
+        (Progress::default(), norm)
+    };
+    let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None)?;
+    println!(
+        "trained {} steps ({} epochs) in {:.1} s at {:.1} img/s; test top-1 {} (best {}); run directory {}",
+        s.steps,
+        s.epochs_completed,
+        s.seconds,
+        s.images_per_second,
+        s.final_eval.map_or("-".into(), |e| format!("{:.2}%", e.top1)),
+        s.best_top1.map_or("-".into(), |b| format!("{b:.2}%")),
+        dir.display()
+    );
     Ok(())
 }
 
@@ -496,6 +661,7 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             prune::pipeline::compare(&cfg, train_set.as_ref()).map(drop)
         }
         Command::Eval(a) => {
+            let flag_norm = a.data.normalize()?;
             gpu::init(&options)?;
             if !a.json {
                 say_adapter()?;
@@ -507,7 +673,8 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             let classes = default_classes(&a.model, a.classes)?;
             let (_, test) = open_data(&a.model, a.data.data.as_deref())?;
             let mut model = Model::build(&a.model, classes, 0)?;
-            let norm = checkpoint::load_model(&mut model, &a.weights)?.unwrap_or_else(cifar_normalize);
+            let stored = checkpoint::load_model(&mut model, &a.weights)?;
+            let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &a.weights.display().to_string());
             let r = train::evaluate(&mut model, test.as_ref(), norm, batch, !a.json)?;
             if a.json {
                 let adapter = gpu::get()?.adapter.name.replace('"', "'");
@@ -529,85 +696,7 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             }
             Ok(())
         }
-        Command::Train(a) => {
-            let default_out = || PathBuf::from(format!("runs/{}-train-seed{}", a.model, a.seed));
-            if a.resume.is_none() {
-                // A new run must not append to another run's metrics or inherit its best top-1.
-                let out = a.out.clone().unwrap_or_else(default_out);
-                if [train::METRICS_FILE, train::STATE_FILE].iter().any(|f| out.join(f).exists()) {
-                    return Err(Error::invalid(format!(
-                        "{} already holds a training run: continue it with --resume {0}, or choose another --out",
-                        out.display()
-                    )));
-                }
-            }
-            gpu::init(&options)?;
-            say_adapter()?;
-            let schedule = match a.schedule.as_str() {
-                "cosine" => LrSchedule::Cosine,
-                "multistep" => {
-                    let milestones = a
-                        .milestones
-                        .split(',')
-                        .filter(|s| !s.trim().is_empty())
-                        .map(|s| s.trim().parse::<usize>())
-                        .collect::<std::result::Result<Vec<_>, _>>()
-                        .map_err(|_| {
-                            Error::invalid(format!("--milestones must be epochs like 100,150, got '{}'", a.milestones))
-                        })?;
-                    LrSchedule::MultiStep { milestones, gamma: a.gamma }
-                }
-                other => {
-                    return Err(Error::invalid(format!("unknown --schedule '{other}': choose multistep or cosine")))
-                }
-            };
-            let cfg = TrainConfig {
-                epochs: a.epochs,
-                batch: a.batch,
-                lr: a.lr,
-                momentum: a.momentum,
-                weight_decay: a.weight_decay,
-                nesterov: a.nesterov,
-                schedule,
-                seed: a.seed,
-                max_steps: a.steps,
-                subset: a.subset,
-                deterministic: a.deterministic,
-                save_every: a.save_every.max(1),
-                ..TrainConfig::cifar_default()
-            };
-            sasprune::models::check_batch(&a.model, a.batch, "--batch")?;
-            let classes = default_classes(&a.model, a.classes)?;
-            let (train_set, test_set) = open_data(&a.model, a.data.data.as_deref())?;
-            let mut model = Model::build(&a.model, classes, a.seed)?;
-            let (dir, progress, norm) = match &a.resume {
-                Some(dir) => {
-                    let (p, norm) = train::load_state(&mut model, dir, &cfg)?;
-                    eprintln!("resuming {} at step {}", dir.display(), p.step);
-                    (dir.clone(), p, norm)
-                }
-                None => {
-                    let norm = match &a.weights {
-                        Some(w) => checkpoint::load_model(&mut model, w)?.unwrap_or_else(cifar_normalize),
-                        None => cifar_normalize(),
-                    };
-                    let dir = a.out.clone().unwrap_or_else(default_out);
-                    (dir, Progress::default(), norm)
-                }
-            };
-            let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None)?;
-            println!(
-                "trained {} steps ({} epochs) in {:.1} s at {:.1} img/s; test top-1 {} (best {}); run directory {}",
-                s.steps,
-                s.epochs_completed,
-                s.seconds,
-                s.images_per_second,
-                s.final_eval.map_or("-".into(), |e| format!("{:.2}%", e.top1)),
-                s.best_top1.map_or("-".into(), |b| format!("{b:.2}%")),
-                dir.display()
-            );
-            Ok(())
-        }
+        Command::Train(a) => run_train(a, args, &options),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The command line as a user meets it: the quick benchmark writes valid JSON lines, and bad
 //! flags end in a clear message and a non-zero exit, never a panic.
 
+mod common;
+
 use std::process::Command;
 
 fn sasprune(args: &[&str]) -> (bool, String, String) {
@@ -127,4 +129,96 @@ fn tuner_flags_tune_cache_and_reject_nonsense() {
     assert!(!ok && stderr.contains("SASPRUNE_SHADER_CHECKS=some"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `train --resume DIR` alone continues a run with the flags it started with; a dataset that
+/// moved is accepted with `--data`, a different one is refused; flags that change the result
+/// are refused.
+#[test]
+fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
+    let tmp = common::TempDir::new("cli-train-resume");
+    let data = tmp.path().join("cifar");
+    common::write_fake_cifar(&data, 8, 0);
+    let run = tmp.path().join("run");
+    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
+    let (ok, stdout, stderr) = sasprune(&[
+        "train", "--model", "resnet20", "--data", data_s, "--out", run_s, "--epochs", "1", "--batch", "8", "--steps",
+        "2", "--lr", "0.05",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("trained 2 steps"), "{stdout}");
+    assert!(stderr.contains("input normalization: cifar") && stderr.contains("the default for resnet20"), "{stderr}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("command.json")).unwrap()).expect("command.json is JSON");
+    assert_eq!(record["command"], "train");
+    assert_eq!(record["data"]["train"]["images"], 40);
+    assert!(!record["args"].as_array().unwrap().iter().any(|a| a == "--out"), "{record}");
+
+    // alone, with more steps allowed
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s, "--steps", "4"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stderr.contains("at step 2") && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
+    // a flag that changes the result is refused, naming it
+    let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--lr", "0.5"]);
+    assert!(!ok && stderr.contains("takes no others") && stderr.contains("--lr 0.5"), "{stderr}");
+    // the data moved: the old place is named, the new one accepted
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&data, &moved).unwrap();
+    let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--steps", "5"]);
+    assert!(!ok && stderr.contains(data_s), "{stderr}");
+    let (ok, stdout, stderr) =
+        sasprune(&["train", "--resume", run_s, "--data", moved.to_str().unwrap(), "--steps", "5"]);
+    assert!(ok && stdout.contains("trained 5 steps"), "{stdout}{stderr}");
+    // other data of the same shape is refused
+    let other = tmp.path().join("other");
+    common::write_fake_cifar(&other, 8, 1);
+    let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--data", other.to_str().unwrap(), "--steps", "6"]);
+    assert!(!ok && stderr.contains("is not the one") && stderr.contains("checksum"), "{stderr}");
+    // the pipeline does not resume a training run
+    let (ok, _, stderr) = sasprune(&["--resume", run_s]);
+    assert!(!ok && stderr.contains("holds a `train` run") && stderr.contains("sasprune train --resume"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Evaluation says which input normalization it uses and where it came from, and warns when the
+/// weights name none.
+#[test]
+fn eval_names_its_normalization_and_warns_when_it_guesses() {
+    let tmp = common::TempDir::new("cli-normalize");
+    let data = tmp.path().join("cifar");
+    common::write_fake_cifar(&data, 2, 0);
+    let data_s = data.to_str().unwrap();
+    // weights without metadata, as `save_file(model.state_dict())` writes them
+    let model = sasprune::models::Model::build("resnet20", 10, 3).unwrap();
+    let bare = tmp.path().join("bare.safetensors");
+    let dict = model.store.state_dict().unwrap();
+    sasprune::checkpoint::save(&bare, &dict, &[], Default::default()).unwrap();
+    let bare_s = bare.to_str().unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", "resnet20", "--weights", bare_s, "--data", data_s];
+        args.extend(extra);
+        sasprune(&args)
+    };
+    let (ok, stdout, stderr) = eval(&[]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stderr.contains("warning:") && stderr.contains("does not say how its inputs were normalized"), "{stderr}");
+    assert!(stderr.contains("assuming cifar") && stderr.contains("--normalize imagenet"), "{stderr}");
+    let (ok, _, stderr) = eval(&["--normalize", "imagenet"]);
+    assert!(ok && stderr.contains("input normalization: imagenet") && stderr.contains("(--normalize)"), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let (ok, _, stderr) = eval(&["--normalize", "0.5,0.25"]);
+    assert!(ok && stderr.contains("mean 0.5,0.5,0.5 std 0.25,0.25,0.25"), "{stderr}");
+    // weights that name theirs: used, and an override says what it overrides
+    let named = tmp.path().join("named.safetensors");
+    sasprune::checkpoint::save_model(&model, &named, sasprune::checkpoint::Normalize::IMAGENET, &[]).unwrap();
+    let named_s = named.to_str().unwrap();
+    let (ok, _, stderr) = sasprune(&["eval", "--model", "resnet20", "--weights", named_s, "--data", data_s]);
+    assert!(ok && stderr.contains("input normalization: imagenet") && stderr.contains("metadata"), "{stderr}");
+    let (ok, _, stderr) =
+        sasprune(&["eval", "--model", "resnet20", "--weights", named_s, "--data", data_s, "--normalize", "cifar"]);
+    assert!(ok && stderr.contains("--normalize cifar") && stderr.contains("overrides"), "{stderr}");
+    for bad in ["0.5", "1,2,3", "0.5,0", "imagenett", "0.5,nan"] {
+        let (ok, _, stderr) = eval(&["--normalize", bad]);
+        assert!(!ok && stderr.contains(&format!("--normalize '{bad}'")), "{bad}: {stderr}");
+    }
 }

@@ -4,70 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sasprune::data::cifar::Cifar10;
 use sasprune::data::packed::{write_packed, PackedSplit};
 use sasprune::data::{fill_batch, BatchSpec, Dataset, CIFAR_MEAN, CIFAR_STD};
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
+use common::{fake_label, fake_pixel, write_fake_cifar, TempDir};
+use std::path::Path;
 
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("sasprune-test-data-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-const CIFAR_FILES: [&str; 6] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-    "test_batch.bin",
-];
+/// Records per file in this file's fake CIFAR sets.
 const RECORDS_PER_FILE: usize = 2;
-
-/// Pixel byte `p` (0..3072) of record `r` of file `f` in the fake CIFAR set: distinct patterns
-/// per file and record, so a read from the wrong offset shows.
-fn fake_pixel(f: usize, r: usize, p: usize) -> u8 {
-    ((p * 7 + r * 31 + f * 101) % 256) as u8
-}
-
-fn fake_label(f: usize, r: usize) -> u8 {
-    ((f * RECORDS_PER_FILE + r) % 10) as u8
-}
-
-/// Writes `dir/cifar-10-batches-bin/` with RECORDS_PER_FILE records per file; returns that path.
-fn write_fake_cifar(dir: &Path) -> PathBuf {
-    let batches = dir.join("cifar-10-batches-bin");
-    std::fs::create_dir_all(&batches).expect("create batches dir");
-    for (f, name) in CIFAR_FILES.iter().enumerate() {
-        let mut bytes = Vec::new();
-        for r in 0..RECORDS_PER_FILE {
-            bytes.push(fake_label(f, r));
-            bytes.extend((0..3072).map(|p| fake_pixel(f, r, p)));
-        }
-        std::fs::write(batches.join(name), bytes).expect("write batch file");
-    }
-    batches
-}
 
 fn error_text(result: sasprune::Result<impl std::fmt::Debug>) -> String {
     match result {
@@ -79,7 +26,7 @@ fn error_text(result: sasprune::Result<impl std::fmt::Debug>) -> String {
 #[test]
 fn cifar_reads_every_record_exactly() {
     let tmp = TempDir::new("cifar-read");
-    let batches = write_fake_cifar(tmp.path());
+    let batches = write_fake_cifar(tmp.path(), RECORDS_PER_FILE, 0);
     // Both the parent directory and the batches directory itself are accepted.
     for dir in [tmp.path(), batches.as_path()] {
         let cifar = Cifar10::open(dir).expect("open fake CIFAR");
@@ -92,13 +39,13 @@ fn cifar_reads_every_record_exactly() {
         for i in 0..cifar.train.len() {
             let (f, r) = (i / RECORDS_PER_FILE, i % RECORDS_PER_FILE);
             let (pixels, label) = cifar.train.sample(i);
-            assert_eq!(label, fake_label(f, r) as u32, "train label {i}");
+            assert_eq!(label, fake_label(f, r, RECORDS_PER_FILE) as u32, "train label {i}");
             let expected: Vec<u8> = (0..3072).map(|p| fake_pixel(f, r, p)).collect();
             assert_eq!(pixels, &expected[..], "train pixels {i}");
         }
         for r in 0..RECORDS_PER_FILE {
             let (pixels, label) = cifar.test.sample(r);
-            assert_eq!(label, fake_label(5, r) as u32);
+            assert_eq!(label, fake_label(5, r, RECORDS_PER_FILE) as u32);
             let expected: Vec<u8> = (0..3072).map(|p| fake_pixel(5, r, p)).collect();
             assert_eq!(pixels, &expected[..]);
         }
@@ -125,7 +72,7 @@ fn cifar_missing_directory_says_how_to_get_the_data() {
 #[test]
 fn cifar_missing_file_is_named() {
     let tmp = TempDir::new("cifar-nofile");
-    let batches = write_fake_cifar(tmp.path());
+    let batches = write_fake_cifar(tmp.path(), RECORDS_PER_FILE, 0);
     let gone = batches.join("data_batch_4.bin");
     std::fs::remove_file(&gone).expect("remove a batch");
     let msg = error_text(Cifar10::open(tmp.path()));
@@ -137,7 +84,7 @@ fn cifar_missing_file_is_named() {
 #[test]
 fn cifar_bad_sizes_are_named() {
     let tmp = TempDir::new("cifar-size");
-    let batches = write_fake_cifar(tmp.path());
+    let batches = write_fake_cifar(tmp.path(), RECORDS_PER_FILE, 0);
     let victim = batches.join("test_batch.bin");
     // One byte short of two records, one byte over, and empty: all rejected.
     for len in [2 * 3073 - 1, 2 * 3073 + 1, 0] {
@@ -153,7 +100,7 @@ fn cifar_bad_sizes_are_named() {
 #[test]
 fn cifar_bad_label_is_named() {
     let tmp = TempDir::new("cifar-label");
-    let batches = write_fake_cifar(tmp.path());
+    let batches = write_fake_cifar(tmp.path(), RECORDS_PER_FILE, 0);
     let victim = batches.join("data_batch_2.bin");
     let mut bytes = std::fs::read(&victim).expect("read batch");
     bytes[3073] = 10; // label of record 1

@@ -52,6 +52,7 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         retrain: small.clone(),
         dense: small,
         weights: pretrained(),
+        normalize: None,
         out,
         seed: 0,
         subset: Some(64),

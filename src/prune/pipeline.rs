@@ -55,6 +55,9 @@ pub struct PipelineConfig {
     pub retrain: TrainConfig,
     pub dense: TrainConfig,
     pub weights: Option<PathBuf>,
+    /// `--normalize`: overrides the dense weights' normalization metadata (and the model's
+    /// default when a dense model is trained first).
+    pub normalize: Option<Normalize>,
     pub out: PathBuf,
     pub seed: u64,
     /// Use only the first N training images in every phase.
@@ -147,13 +150,15 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     // 1. dense start
     let dense_path = dir.join("dense.safetensors");
     let norm = if log.done("dense") {
-        checkpoint::load_model(&mut model, &dense_path)?
-            .unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD })
+        // the run's own file: it always names the normalization the run chose at its start
+        checkpoint::load_model(&mut model, &dense_path)?.unwrap_or(Normalize::default_for(&cfg.model))
     } else {
         let t = Instant::now();
         let norm = match &cfg.weights {
-            Some(w) => checkpoint::load_model(&mut model, w)?
-                .unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD }),
+            Some(w) => {
+                let stored = checkpoint::load_model(&mut model, w)?;
+                checkpoint::choose_normalize(cfg.normalize, stored, &cfg.model, &w.display().to_string())
+            }
             None => {
                 let d = &cfg.dense;
                 println!(
@@ -162,7 +167,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
                      printed after 20 steps",
                     cfg.model, d.epochs, d.batch, d.lr, d.schedule
                 );
-                let norm = Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD };
+                let norm = checkpoint::normalize_for_training(cfg.normalize, &cfg.model);
                 let dense_dir = dir.join("dense");
                 let progress = if dense_dir.join(train::STATE_FILE).exists() {
                     train::load_state(&mut model, &dense_dir, d)?.0
@@ -392,10 +397,12 @@ pub fn compare(cfg: &PipelineConfig, train_set: &dyn Dataset) -> Result<Vec<(Str
         let mut model = Model::build(&cfg.model, 10, cfg.seed)?;
         let plan = make_plan(&model, cfg)?;
         let norm = match &cfg.weights {
-            Some(w) => checkpoint::load_model(&mut model, w)?,
-            None => None,
-        }
-        .unwrap_or(Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD });
+            Some(w) => {
+                let stored = checkpoint::load_model(&mut model, w)?;
+                checkpoint::choose_normalize(cfg.normalize, stored, &cfg.model, &w.display().to_string())
+            }
+            None => checkpoint::normalize_for_training(cfg.normalize, &cfg.model),
+        };
         let spec = train::train_spec(&model, &train_sub, norm, false);
         let sub = dir.join(method.name());
         std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;

@@ -84,3 +84,61 @@ pub fn inputs_present(test: &str, present: bool, missing: &str) -> bool {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {missing}");
     false
 }
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("sasprune-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub const CIFAR_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
+
+/// Pixel byte `p` (0..3072) of record `r` of file `f` in a fake CIFAR set: distinct patterns
+/// per file and record, so a read from the wrong offset shows.
+pub fn fake_pixel(f: usize, r: usize, p: usize) -> u8 {
+    ((p * 7 + r * 31 + f * 101) % 256) as u8
+}
+
+/// Label of record `r` of file `f` when every file holds `per_file` records.
+pub fn fake_label(f: usize, r: usize, per_file: usize) -> u8 {
+    ((f * per_file + r) % 10) as u8
+}
+
+/// Writes `dir/cifar-10-batches-bin/` with `per_file` records in each of the six files (pixel
+/// bytes offset by `salt`, so two sets can differ); returns that path.
+pub fn write_fake_cifar(dir: &std::path::Path, per_file: usize, salt: u8) -> std::path::PathBuf {
+    let batches = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&batches).expect("create batches dir");
+    for (f, name) in CIFAR_FILES.iter().enumerate() {
+        let mut bytes = Vec::new();
+        for r in 0..per_file {
+            bytes.push(fake_label(f, r, per_file));
+            bytes.extend((0..3072).map(|p| fake_pixel(f, r, p).wrapping_add(salt)));
+        }
+        std::fs::write(batches.join(name), bytes).expect("write batch file");
+    }
+    batches
+}

@@ -1,0 +1,193 @@
+//! What a run directory records about how its run was started, so that `--resume DIR` alone
+//! continues it with the same flags, and a dataset that moved (or changed) is recognised.
+//!
+//! `command.json` (written once, atomically, when a run starts):
+//! `{"format": "sasprune-run-1", "command": "pipeline" | "train", "args": [...], "data": {...}}`
+//! where `args` are the command-line tokens the run was started with (without the program name,
+//! the subcommand, `--out` and global flags such as `--backend`) and `data` fingerprints the
+//! training and test sets: image count, image size, classes and a checksum of the first and last
+//! records. Runs started before this file existed saved `command.txt` (one token per line);
+//! it is still read.
+
+use crate::checkpoint;
+use crate::data::Dataset;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const RECORD_FILE: &str = "command.json";
+/// The pipeline's record before `command.json`: one flag or value per line.
+pub const LEGACY_RECORD_FILE: &str = "command.txt";
+const FORMAT: &str = "sasprune-run-1";
+/// Records read from the front of a dataset for its checksum (plus the last one).
+const CHECKSUM_RECORDS: usize = 64;
+
+/// A dataset's identity, cheap to compute on a memory-mapped file of any size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    pub images: usize,
+    /// [channels, height, width]
+    pub image_size: [usize; 3],
+    pub classes: usize,
+    /// FNV-1a (64 bit, hex) over the labels and pixels of the first 64 records and the last.
+    pub checksum: String,
+}
+
+impl DataFingerprint {
+    pub fn of(ds: &dyn Dataset) -> DataFingerprint {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        let n = ds.len();
+        let mut records: Vec<usize> = (0..n.min(CHECKSUM_RECORDS)).collect();
+        if n > CHECKSUM_RECORDS {
+            records.push(n - 1);
+        }
+        for i in records {
+            let (pixels, label) = ds.sample(i);
+            eat(&label.to_le_bytes());
+            eat(pixels);
+        }
+        let (c, h, w) = ds.image_size();
+        DataFingerprint { images: n, image_size: [c, h, w], classes: ds.classes(), checksum: format!("{hash:016x}") }
+    }
+
+    fn describe(&self) -> String {
+        let [c, h, w] = self.image_size;
+        format!("{} images of {c}x{h}x{w}, {} classes, checksum {}", self.images, self.classes, self.checksum)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub train: DataFingerprint,
+    pub test: DataFingerprint,
+}
+
+impl DataRecord {
+    pub fn of(train: &dyn Dataset, test: &dyn Dataset) -> DataRecord {
+        DataRecord { train: DataFingerprint::of(train), test: DataFingerprint::of(test) }
+    }
+}
+
+/// How a run was started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub format: String,
+    /// `pipeline` or `train`.
+    pub command: String,
+    pub args: Vec<String>,
+    /// Absent in records of runs started before fingerprints were kept.
+    pub data: Option<DataRecord>,
+}
+
+impl RunRecord {
+    pub fn new(command: &str, args: Vec<String>, data: DataRecord) -> RunRecord {
+        RunRecord { format: FORMAT.into(), command: command.into(), args, data: Some(data) }
+    }
+
+    /// True when `dir` holds a record (of either format).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(RECORD_FILE).exists() || dir.join(LEGACY_RECORD_FILE).exists()
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(RECORD_FILE);
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::invalid(format!("writing {}: {e}", path.display())))?;
+        checkpoint::write_atomic(&path, text.as_bytes())
+    }
+
+    /// Reads `dir`'s record; `command` is what the user asked to resume (a pipeline run cannot be
+    /// resumed by `train`, nor the other way round).
+    pub fn load(dir: &Path, command: &str) -> Result<RunRecord> {
+        let path = dir.join(RECORD_FILE);
+        let legacy = dir.join(LEGACY_RECORD_FILE);
+        if !path.exists() && command == "pipeline" && legacy.exists() {
+            let text = std::fs::read_to_string(&legacy).map_err(|e| Error::io(&legacy, e))?;
+            return Ok(RunRecord {
+                format: FORMAT.into(),
+                command: command.into(),
+                args: text.lines().map(String::from).collect(),
+                data: None,
+            });
+        }
+        if !dir.is_dir() {
+            return Err(Error::invalid(format!("cannot resume {}: no such run directory", dir.display())));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::invalid(format!(
+                "cannot resume {}: {} is missing or unreadable ({e}); it was not started by this version's \
+                 `sasprune{}`",
+                dir.display(),
+                path.display(),
+                if command == "train" { " train" } else { "" }
+            ))
+        })?;
+        let record: RunRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(format!("{} is not a valid run record: {e}", path.display())))?;
+        if record.format != FORMAT {
+            return Err(Error::invalid(format!(
+                "{}: unknown format '{}' (this version reads {FORMAT})",
+                path.display(),
+                record.format
+            )));
+        }
+        if record.command != command {
+            let how = if record.command == "train" { "sasprune train --resume" } else { "sasprune --resume" };
+            return Err(Error::invalid(format!(
+                "{} holds a `{}` run: continue it with `{how} {}`",
+                dir.display(),
+                record.command,
+                dir.display()
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Refuses to resume on data other than the run started with (a moved copy is fine).
+    pub fn check_data(&self, dir: &Path, now: &DataRecord, data_dir: Option<&Path>) -> Result<()> {
+        let Some(then) = &self.data else { return Ok(()) };
+        for (what, a, b) in [("training", &then.train, &now.train), ("test", &then.test, &now.test)] {
+            if a != b {
+                let shown = data_dir.map_or_else(|| PathBuf::from("data"), Path::to_path_buf);
+                return Err(Error::invalid(format!(
+                    "the {what} set in {} ({}) is not the one {} started with ({}): point --data at that dataset \
+                     (a moved copy is fine)",
+                    shown.display(),
+                    b.describe(),
+                    dir.display(),
+                    a.describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tokens of a resumed run's command line: the saved `args`, with each flag named in
+/// `overrides` replaced by the value given now (for instance a `--data` that moved).
+/// `overrides` holds `(flag, value)` pairs.
+pub fn replay(saved: &[String], overrides: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for t in saved {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        let name = t.split('=').next().unwrap_or("");
+        if overrides.iter().any(|(f, _)| f == name) {
+            skip_value = !t.contains('=');
+            continue;
+        }
+        out.push(t.clone());
+    }
+    for (f, v) in overrides {
+        out.push(f.clone());
+        out.push(v.clone());
+    }
+    out
+}
