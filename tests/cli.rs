@@ -222,3 +222,22 @@ fn eval_names_its_normalization_and_warns_when_it_guesses() {
         assert!(!ok && stderr.contains(&format!("--normalize '{bad}'")), "{bad}: {stderr}");
     }
 }
+
+/// The CI install script keeps a Vulkan driver the machine already has (any ICD, not only Mesa's
+/// software one) instead of installing Mesa over it.
+#[test]
+fn vulkan_install_script_keeps_an_existing_driver() {
+    let tmp = common::TempDir::new("cli-icd");
+    std::fs::write(tmp.path().join("nvidia_icd.json"), b"{\"ICD\": {\"library_path\": \"libGLX_nvidia.so.0\"}}").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/install-vulkan.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("SASPRUNE_VULKAN_ICD_DIRS", tmp.path())
+        .env_remove("VK_DRIVER_FILES")
+        .env_remove("VK_ICD_FILENAMES")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("nvidia_icd.json") && stdout.contains("not installing the software driver"), "{stdout}");
+}
