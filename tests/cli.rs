@@ -228,7 +228,8 @@ fn eval_names_its_normalization_and_warns_when_it_guesses() {
 #[test]
 fn vulkan_install_script_keeps_an_existing_driver() {
     let tmp = common::TempDir::new("cli-icd");
-    std::fs::write(tmp.path().join("nvidia_icd.json"), b"{\"ICD\": {\"library_path\": \"libGLX_nvidia.so.0\"}}").unwrap();
+    std::fs::write(tmp.path().join("nvidia_icd.json"), b"{\"ICD\": {\"library_path\": \"libGLX_nvidia.so.0\"}}")
+        .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/install-vulkan.sh");
     let out = Command::new("bash")
         .arg(script)

@@ -25,10 +25,54 @@ fn rates_parse_in_every_accepted_form() {
     }
 }
 
+/// NumPy's `np.percentile(a, 100 * p)` (default method 'linear', as documented): the sorted
+/// values' virtual index i = p·(n − 1), interpolated between its floor and ceiling neighbours.
+/// Written from the documentation, not from the code under test.
+fn numpy_percentile(values: &[f64], p: f64) -> f64 {
+    let mut s = values.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = p * (s.len() - 1) as f64;
+    let (lo, hi) = (i.floor() as usize, i.ceil() as usize);
+    s[lo] + (i - lo as f64) * (s[hi] - s[lo])
+}
+
 #[test]
 fn pruned_counts_follow_the_numpy_percentile() {
-    // ceil(p * (n - 1)) weights lie strictly below the linearly interpolated percentile
+    // By hand: n = 432 at 85% puts the percentile at virtual index 0.85·431 = 366.35, between
+    // the 367th and 368th smallest magnitudes; the 367 at indices 0..=366 lie strictly below.
+    // n = 101 at 50%: index 50.0 exactly, the percentile IS the 51st value; 50 lie below.
+    // n = 10 at 0%: the minimum itself; none below. n = 1: nothing below its only value.
     assert_eq!(pruned_count(432, 0.85), 367);
+    assert_eq!(pruned_count(101, 0.5), 50);
+    assert_eq!(pruned_count(10, 0.0), 0);
+    assert_eq!(pruned_count(1, 0.9), 0);
+    // The ResNet layer sizes at 85%, against the documented definition applied to distinct
+    // random magnitudes: count |w| strictly below np.percentile(|w|, 85).
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for (n, p) in [
+        (432, 0.85),
+        (2304, 0.85),
+        (4608, 0.85),
+        (9216, 0.85),
+        (18432, 0.85),
+        (36864, 0.85),
+        (640, 0.2),
+        (101, 0.5),
+        (7, 0.999),
+    ] {
+        let magnitudes: Vec<f64> = (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 11) as f64 / (1u64 << 53) as f64
+            })
+            .collect();
+        let threshold = numpy_percentile(&magnitudes, p);
+        let below = magnitudes.iter().filter(|&&m| m < threshold).count();
+        assert_eq!(pruned_count(n, p), below, "n = {n}, p = {p}");
+    }
+    // the code's own closed form, kept as a regression check on the same sizes
     assert_eq!(pruned_count(2304, 0.85), 1958);
     assert_eq!(pruned_count(4608, 0.85), 3916);
     assert_eq!(pruned_count(9216, 0.85), 7833);
@@ -46,6 +90,9 @@ fn resnet32_at_85_percent_is_6_61x_and_6_6x_needs_84_97_percent() {
     assert_eq!(layers.len(), 32);
     assert_eq!(layers.iter().map(|l| l.len).sum::<usize>(), 461_872);
     let plan = rate::plan_uniform(layers.clone(), Rate::Percent(85.0)).unwrap();
+    // By hand, kept = n − ⌈0.85(n − 1)⌉ per layer: conv1 432 → 65; 10 × 2304 → 10 × 346;
+    // 4608 → 692; 9 × 9216 → 9 × 1383; 18432 → 2765; 9 × 36864 → 9 × 5530; fc 640 dense:
+    // 65 + 3460 + 692 + 12447 + 2765 + 49770 + 640 = 69,839.
     assert_eq!(plan.kept(), 69_839, "kept weights at 85% (the paper's 69,825 uses fractional counts)");
     assert_eq!(format!("{:.2}", plan.rate()), "6.61");
     assert_eq!(plan.pruned.last(), Some(&0), "the fc layer stays dense");
@@ -100,6 +147,25 @@ fn layer_rate_files_give_per_layer_plans_and_name_bad_lines() {
 #[test]
 fn sas_admm_paper_schedule_costs_21107_minibatch_gradients() {
     let cfg = SasConfig::paper();
+    // Independent numbers, from ALGORITHM.md's formulas evaluated by hand (Python, f64):
+    // M_k = 50 and η_k = 1/25 for k < k0 = 50; from k0 on M_k = ⌈c·k^1.1⌉, c = 50/50^1.1,
+    // η_k = 50·51 / (25·M_k(M_k+1)). E.g. k = 51: 50·1.02^1.1 = 51.10 → 52, η = 2550/68900.
+    let by_hand: [(usize, usize, f64); 8] = [
+        (1, 50, 0.04),
+        (49, 50, 0.04),
+        (50, 50, 0.04),
+        (51, 52, 0.03701015965166909),
+        (52, 53, 0.03563941299790356),
+        (188, 215, 0.0021963824289405686),
+        (189, 216, 0.0021761392729134667),
+        (190, 218, 0.002136483599346487),
+    ];
+    for (k, m, eta) in by_hand {
+        let (mk, etak) = cfg.inner_schedule(k);
+        assert_eq!(mk, m, "M_{k}");
+        assert!((etak - eta).abs() <= 1e-15 * eta, "η_{k} = {etak}, by hand {eta}");
+    }
+    // Σ M_k over k = 1..190 (the same Python sum): 49·50 + Σ_{k=50}^{190} ⌈c·k^1.1⌉
     assert_eq!(cfg.total_gradients(), 21_107);
     assert_eq!(cfg.inner_schedule(1), (50, 1.0 / 25.0));
     let (m50, eta50) = cfg.inner_schedule(50);
