@@ -6,7 +6,7 @@
 //! from different machines merge.
 
 use crate::gpu;
-use crate::models::Model;
+use crate::models::{Model, Pass};
 use crate::ops::{admm, batchnorm, conv2d, loss, matmul, sgd};
 use crate::{Error, Result, Tensor};
 use std::io::Write;
@@ -382,7 +382,7 @@ pub fn eval_rate(model_name: &str, batch: usize, passes: usize) -> Result<f64> {
     let (c, h, w) = model.input;
     let x = random(&[batch, c, h, w], 12)?;
     let mut eval = || -> Result<()> {
-        crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
+        crate::autograd::no_grad(|| model.forward(&x, Pass::Eval).map(drop))?;
         gpu.flush()
     };
     let warm = Instant::now();
@@ -508,7 +508,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         y.write(&labels)?;
         let data_seconds = data_start.elapsed().as_secs_f64();
         model.store.zero_grad()?;
-        let l = loss::cross_entropy(&model.forward(&x, true)?, &y)?;
+        let l = loss::cross_entropy(&model.forward(&x, Pass::Train { noise: 0 })?, &y)?;
         l.backward()?;
         model.store.sgd_step(&sgd, None)?;
         let submit_start = Instant::now();
@@ -545,7 +545,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     let peak_step_bytes = gpu.memory_stats().peak_in_use;
     // One more step, paused after the forward pass to see what backward needs held.
     model.store.zero_grad()?;
-    let l = loss::cross_entropy(&model.forward(&x, true)?, &y)?;
+    let l = loss::cross_entropy(&model.forward(&x, Pass::Train { noise: 0 })?, &y)?;
     gpu.flush()?;
     let after_forward_bytes = gpu.memory_stats().in_use;
     l.backward()?;
@@ -563,7 +563,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     };
     phase("kernel profile done");
     let eval = |model: &mut Model| -> Result<()> {
-        crate::autograd::no_grad(|| model.forward(&x, false).map(drop))?;
+        crate::autograd::no_grad(|| model.forward(&x, Pass::Eval).map(drop))?;
         gpu.flush()
     };
     let warm = Instant::now();

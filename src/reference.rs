@@ -741,6 +741,30 @@ pub fn adaptive_avgpool2d_backward(
     dx
 }
 
+/// The keep mask (1 kept, 0 dropped) that the dropout kernels draw for `n` elements with
+/// probability `p` and `seed`: element i is kept when u_i >= p, where u_i is the top 24 bits of
+/// pcg(pcg(i) ^ seed) scaled to [0, 1) and pcg is the PCG output permutation
+/// (s = v·747796405 + 2891336453; w = ((s >> ((s >> 28) + 4)) ^ s)·277803737; w ^ (w >> 22)),
+/// all in wrapping u32 arithmetic. Comparing in f32 matches the shader exactly: u_i and p are
+/// both f32 there, and every 24-bit fraction is exact in f32.
+pub fn dropout_keep_mask(n: usize, p: f32, seed: u32) -> Vec<f64> {
+    let pcg = |v: u32| {
+        let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+        let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277_803_737);
+        (w >> 22) ^ w
+    };
+    (0..n as u32)
+        .map(|i| {
+            let u = (pcg(pcg(i) ^ seed) >> 8) as f32 * (1.0 / 16_777_216.0);
+            if u >= p {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// Inverted dropout with an explicit keep mask: `x * keep / (1 - p)`.
 ///
 /// Shapes: `x`, `keep` (entries 0 or 1), result `[len]`. `0 <= p <= 1`; for

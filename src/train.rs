@@ -8,7 +8,7 @@
 use crate::autograd::no_grad;
 use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
-use crate::models::Model;
+use crate::models::{Model, Pass};
 use crate::ops::{loss, reduce, sgd::SgdConfig};
 use crate::{Error, Result, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,12 +29,18 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
-pub(crate) fn rng_for(seed: u64, stream: u64, index: u64) -> rand::rngs::StdRng {
-    // SplitMix64-style mixing so neighbouring indices give unrelated streams.
+/// A 64-bit key for (seed, stream, index): SplitMix64-style mixing so neighbouring indices give
+/// unrelated values. Streams: 1 epoch shuffles, 2 training augmentation, 3 ADMM minibatches,
+/// 4 training dropout, 5 ADMM dropout.
+pub(crate) fn key_for(seed: u64, stream: u64, index: u64) -> u64 {
     let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    rand::rngs::StdRng::seed_from_u64(z ^ (z >> 31))
+    z ^ (z >> 31)
+}
+
+pub(crate) fn rng_for(seed: u64, stream: u64, index: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(key_for(seed, stream, index))
 }
 
 /// Checks that `ds` can feed `model` (image size, classes) before any work starts.
@@ -99,7 +105,7 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
         let x = Tensor::from_slice(&images, &[idx.len(), 3, h, w])?;
         let y = Tensor::from_slice(&labels, &[idx.len()])?;
         let (l, ranks) = no_grad(|| -> Result<(Tensor, Tensor)> {
-            let logits = model.forward(&x, false)?;
+            let logits = model.forward(&x, Pass::Eval)?;
             Ok((loss::cross_entropy(&logits, &y)?, loss::label_rank(&logits, &y)?))
         })?;
         for r in ranks.to_vec()? {
@@ -379,7 +385,7 @@ pub fn train(
             let y = Tensor::from_slice(&labels, &[idx.len()])?;
             let lr = cfg.lr_at(epoch, step, total_steps);
             model.store.zero_grad()?;
-            let logits = model.forward(&x, true)?;
+            let logits = model.forward(&x, Pass::Train { noise: key_for(cfg.seed, 4, step as u64) })?;
             let l = loss::cross_entropy(&logits, &y)?;
             l.backward()?;
             crate::ops::elementwise::axpy(1.0, &l.detach(), &loss_sum)?;

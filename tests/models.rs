@@ -4,7 +4,7 @@
 mod common;
 
 use sasprune::checkpoint::{self, Checkpoint, Normalize};
-use sasprune::models::Model;
+use sasprune::models::{Model, Pass};
 use sasprune::nn::Role;
 use sasprune::Tensor;
 use std::path::PathBuf;
@@ -140,9 +140,31 @@ fn a_checkpoint_that_does_not_fit_names_the_tensor() {
 fn resnet_forward_shapes_and_wrong_input_error() {
     let mut m = Model::build("resnet20", 10, 0).unwrap();
     let x = Tensor::zeros(&[3, 3, 32, 32]).unwrap();
-    assert_eq!(m.forward(&x, false).unwrap().shape(), [3, 10]);
-    let err = m.forward(&Tensor::zeros(&[3, 3, 28, 28]).unwrap(), false).unwrap_err().to_string();
+    assert_eq!(m.forward(&x, Pass::Eval).unwrap().shape(), [3, 10]);
+    let err = m.forward(&Tensor::zeros(&[3, 3, 28, 28]).unwrap(), Pass::Eval).unwrap_err().to_string();
     assert!(err.contains("resnet20 takes images [batch, 3, 32, 32]"), "{err}");
     let err = Model::build("resnet33", 10, 0).err().unwrap().to_string();
     assert!(err.contains("unknown model 'resnet33'"), "{err}");
+}
+
+/// AlexNet's dropout masks are a function of the pass's noise key (derived from seed and step by
+/// the training loops): the same key gives the same logits, another key other logits, so a
+/// resumed run draws the masks an uninterrupted one would.
+#[test]
+fn alexnet_dropout_masks_follow_the_noise_key() {
+    let mut m = Model::build("alexnet", 10, 1).unwrap();
+    let mut rng = common::Rng::new(3);
+    let x = Tensor::from_slice(
+        &rng.vec(2 * 3 * 224 * 224).iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &[2, 3, 224, 224],
+    )
+    .unwrap();
+    let mut logits = |pass| sasprune::autograd::no_grad(|| m.forward(&x, pass).unwrap().to_vec().unwrap());
+    let a = logits(Pass::Train { noise: 7 });
+    let b = logits(Pass::Train { noise: 7 });
+    let c = logits(Pass::Train { noise: 8 });
+    let e = logits(Pass::Eval);
+    assert_eq!(a, b, "the same key must give the same dropout masks");
+    assert_ne!(a, c, "another key must give other masks");
+    assert_ne!(a, e, "evaluation has no dropout");
 }

@@ -5,13 +5,10 @@ use crate::nn::{Conv2d, Linear, LinearInit, ParamStore};
 use crate::ops::{elementwise, pool};
 use crate::{Result, Tensor};
 use rand::Rng;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct AlexNet {
     convs: Vec<Conv2d>,
     fc: Vec<Linear>,
-    /// Training forward passes so far: makes each pass's dropout masks different.
-    passes: AtomicU32,
 }
 
 /// Dropout probability of the classifier (torchvision's default).
@@ -40,11 +37,12 @@ impl AlexNet {
                 Linear::new(store, &format!("classifier.{i}"), in_f, out_f, LinearInit::Normal(0.01), rng)
             })
             .collect();
-        AlexNet { convs, fc, passes: AtomicU32::new(0) }
+        AlexNet { convs, fc }
     }
 
-    /// Logits [batch, classes] for images [batch, 3, 224, 224].
-    pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
+    /// Logits [batch, classes] for images [batch, 3, 224, 224]. `noise` is `Some(key)` in
+    /// training: dropout is on, each dropout layer's mask seeded from (key, layer).
+    pub fn forward(&self, s: &ParamStore, x: &Tensor, noise: Option<u64>) -> Result<Tensor> {
         let mut out = x.clone();
         for (i, conv) in self.convs.iter().enumerate() {
             out = elementwise::relu(&conv.forward(s, &out)?)?;
@@ -54,10 +52,9 @@ impl AlexNet {
         }
         let out = pool::adaptive_avg_pool2d(&out, 6, 6)?;
         let mut out = out.reshape(&[x.shape()[0], 256 * 6 * 6])?;
-        let pass = if training { self.passes.fetch_add(1, Ordering::Relaxed) } else { 0 };
         for (i, fc) in self.fc.iter().enumerate() {
-            if training && i < 2 {
-                out = elementwise::dropout(&out, DROPOUT, pass.wrapping_mul(2).wrapping_add(i as u32))?;
+            if let Some(key) = noise.filter(|_| i < 2) {
+                out = elementwise::dropout(&out, DROPOUT, dropout_seed(key, i as u64))?;
             }
             out = fc.forward(s, &out)?;
             if i < 2 {
@@ -66,4 +63,13 @@ impl AlexNet {
         }
         Ok(out)
     }
+}
+
+/// The 32-bit seed of dropout layer `layer` in the pass with noise key `key` (SplitMix64
+/// finalizer: neighbouring keys and layers give unrelated masks).
+fn dropout_seed(key: u64, layer: u64) -> u32 {
+    let mut z = key ^ layer.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 32) as u32
 }

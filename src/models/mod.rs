@@ -13,6 +13,16 @@ enum Net {
     AlexNet(alexnet::AlexNet),
 }
 
+/// What a forward pass is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Inference: running batch-norm statistics, no dropout.
+    Eval,
+    /// Training: batch statistics; dropout masks are a function of `noise` (the training loops
+    /// derive it from the run's seed and the step, so a resumed run draws the same masks).
+    Train { noise: u64 },
+}
+
 pub struct Model {
     /// e.g. "resnet32"
     pub name: String,
@@ -103,9 +113,9 @@ impl Model {
         Ok(Model { name: name.to_string(), store, net, input, classes })
     }
 
-    /// Logits [batch, classes]. `training` selects batch statistics (and running-statistics
-    /// updates) in batch norm and enables dropout.
-    pub fn forward(&mut self, x: &Tensor, training: bool) -> Result<Tensor> {
+    /// Logits [batch, classes]. A training pass uses batch statistics (and updates the running
+    /// ones) in batch norm and applies dropout with masks drawn from the pass's `noise` key.
+    pub fn forward(&mut self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let (c, h, w) = self.input;
         if x.shape().len() != 4 || x.shape()[1..] != [c, h, w] {
             return Err(Error::shape(
@@ -113,12 +123,16 @@ impl Model {
                 format!("{} takes images [batch, {c}, {h}, {w}], got {:?}", self.name, x.shape()),
             ));
         }
-        if training {
-            self.store.batches_tracked += 1;
-        }
+        let noise = match pass {
+            Pass::Eval => None,
+            Pass::Train { noise } => {
+                self.store.batches_tracked += 1;
+                Some(noise)
+            }
+        };
         match &self.net {
-            Net::ResNet(n) => n.forward(&self.store, x, training),
-            Net::AlexNet(n) => n.forward(&self.store, x, training),
+            Net::ResNet(n) => n.forward(&self.store, x, noise.is_some()),
+            Net::AlexNet(n) => n.forward(&self.store, x, noise),
         }
     }
 }

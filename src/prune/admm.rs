@@ -8,9 +8,9 @@
 use super::rate::Plan;
 use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
-use crate::models::Model;
+use crate::models::{Model, Pass};
 use crate::ops::{admm, elementwise, loss, reduce, select, sgd::SgdConfig};
-use crate::train::rng_for;
+use crate::train::{key_for, rng_for};
 use crate::{gpu, Error, Result, Tensor};
 use rand::Rng;
 use std::collections::HashMap;
@@ -300,7 +300,8 @@ fn minibatch_gradient(
     let x = Tensor::from_slice(&buf.0, &[batch, 3, h, w])?;
     let y = Tensor::from_slice(&buf.1, &[batch])?;
     model.store.zero_grad()?;
-    let l = loss::cross_entropy(&model.forward(&x, true)?, &y)?;
+    let pass = Pass::Train { noise: key_for(seed, 5, g as u64) };
+    let l = loss::cross_entropy(&model.forward(&x, pass)?, &y)?;
     l.backward()?;
     Ok(l.detach())
 }
