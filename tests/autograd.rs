@@ -95,6 +95,8 @@ struct Net {
     gamma: Vec<f64>,
     beta: Vec<f64>,
     w2: Vec<f64>,
+    gamma2: Vec<f64>,
+    beta2: Vec<f64>,
     fc_w: Vec<f64>,
     fc_b: Vec<f64>,
     labels: Vec<u32>,
@@ -107,42 +109,57 @@ fn g2() -> cpu::Conv2dGeom {
     cpu::Conv2dGeom { n: N, c_in: C1, h: H, w: H, c_out: C2, kh: 3, kw: 3, stride: 2, pad: 1 }
 }
 
-/// The reference forward pass; returns the loss.
-fn reference_loss(p: &Net) -> f64 {
-    let c1 = cpu::conv2d(&p.x, &p.w1, None, &g1());
-    let z = cpu::batchnorm_train(&c1, &p.gamma, &p.beta, N, C1, H * H, 1e-5).y;
-    let a = cpu::relu(&z);
-    let c2 = cpu::conv2d(&a, &p.w2, None, &g2());
-    let s = cpu::add(&c2, &cpu::shortcut_a(&a, N, C1, H, H, (C2 - C1) / 2));
-    let pooled = cpu::global_avgpool(&s, N, C2, 9);
-    let logits = cpu::linear(&pooled, &p.fc_w, Some(&p.fc_b), N, C2, CLASSES);
-    cpu::softmax_cross_entropy(&logits, &p.labels, N, CLASSES).0
+/// The forward values the reference backward needs: a ResNet stem + downsampling basic block,
+/// a = relu(bn1(conv1(x))), s = relu(bn2(conv2(a)) + shortcut_a(a)), logits = fc(avgpool(s)).
+struct Forward {
+    c1: Vec<f64>,
+    bn1: cpu::BatchNormOut,
+    a: Vec<f64>,
+    c2: Vec<f64>,
+    bn2: cpu::BatchNormOut,
+    pre: Vec<f64>,
+    pooled: Vec<f64>,
+    logits: Vec<f64>,
 }
 
-/// The reference backward pass, op by op: gradients of (x, w1, gamma, beta, w2, fc_w, fc_b).
-fn reference_grads(p: &Net) -> [Vec<f64>; 7] {
+fn reference_forward(p: &Net) -> Forward {
     let c1 = cpu::conv2d(&p.x, &p.w1, None, &g1());
-    let bn = cpu::batchnorm_train(&c1, &p.gamma, &p.beta, N, C1, H * H, 1e-5);
-    let a = cpu::relu(&bn.y);
+    let bn1 = cpu::batchnorm_train(&c1, &p.gamma, &p.beta, N, C1, H * H, 1e-5);
+    let a = cpu::relu(&bn1.y);
     let c2 = cpu::conv2d(&a, &p.w2, None, &g2());
-    let s = cpu::add(&c2, &cpu::shortcut_a(&a, N, C1, H, H, (C2 - C1) / 2));
-    let pooled = cpu::global_avgpool(&s, N, C2, 9);
+    let bn2 = cpu::batchnorm_train(&c2, &p.gamma2, &p.beta2, N, C2, 9, 1e-5);
+    let pre = cpu::add(&bn2.y, &cpu::shortcut_a(&a, N, C1, H, H, (C2 - C1) / 2));
+    let pooled = cpu::global_avgpool(&cpu::relu(&pre), N, C2, 9);
     let logits = cpu::linear(&pooled, &p.fc_w, Some(&p.fc_b), N, C2, CLASSES);
-    let (_, dlogits) = cpu::softmax_cross_entropy(&logits, &p.labels, N, CLASSES);
+    Forward { c1, bn1, a, c2, bn2, pre, pooled, logits }
+}
+
+/// The reference forward pass; returns the loss.
+fn reference_loss(p: &Net) -> f64 {
+    cpu::softmax_cross_entropy(&reference_forward(p).logits, &p.labels, N, CLASSES).0
+}
+
+/// The reference backward pass, op by op: gradients of every field (in `field`'s order).
+fn reference_grads(p: &Net) -> [Vec<f64>; 9] {
+    let f = reference_forward(p);
+    let (_, dlogits) = cpu::softmax_cross_entropy(&f.logits, &p.labels, N, CLASSES);
     let dpooled = cpu::matmul(&dlogits, &p.fc_w, N, CLASSES, C2, false, false);
-    let dfc_w = cpu::matmul(&dlogits, &pooled, CLASSES, N, C2, true, false);
+    let dfc_w = cpu::matmul(&dlogits, &f.pooled, CLASSES, N, C2, true, false);
     let dfc_b: Vec<f64> = (0..CLASSES).map(|j| (0..N).map(|i| dlogits[i * CLASSES + j]).sum()).collect();
-    let ds = cpu::global_avgpool_backward(&dpooled, N, C2, 9);
-    let dw2 = cpu::conv2d_grad_weight(&ds, &a, &g2());
+    let dpre = cpu::relu_backward(&cpu::global_avgpool_backward(&dpooled, N, C2, 9), &f.pre);
+    let (dc2, dgamma2, dbeta2) =
+        cpu::batchnorm_train_backward(&dpre, &f.c2, &p.gamma2, &f.bn2.mean, &f.bn2.invstd, N, C2, 9);
+    let dw2 = cpu::conv2d_grad_weight(&dc2, &f.a, &g2());
     let da = cpu::add(
-        &cpu::conv2d_grad_input(&ds, &p.w2, &g2()),
-        &cpu::shortcut_a_backward(&ds, N, C1, H, H, (C2 - C1) / 2),
+        &cpu::conv2d_grad_input(&dc2, &p.w2, &g2()),
+        &cpu::shortcut_a_backward(&dpre, N, C1, H, H, (C2 - C1) / 2),
     );
-    let dz = cpu::relu_backward(&da, &bn.y);
-    let (dc1, dgamma, dbeta) = cpu::batchnorm_train_backward(&dz, &c1, &p.gamma, &bn.mean, &bn.invstd, N, C1, H * H);
+    let dz = cpu::relu_backward(&da, &f.bn1.y);
+    let (dc1, dgamma, dbeta) =
+        cpu::batchnorm_train_backward(&dz, &f.c1, &p.gamma, &f.bn1.mean, &f.bn1.invstd, N, C1, H * H);
     let dx = cpu::conv2d_grad_input(&dc1, &p.w1, &g1());
     let dw1 = cpu::conv2d_grad_weight(&dc1, &p.x, &g1());
-    [dx, dw1, dgamma, dbeta, dw2, dfc_w, dfc_b]
+    [dx, dw1, dgamma, dbeta, dw2, dgamma2, dbeta2, dfc_w, dfc_b]
 }
 
 fn field(p: &mut Net, i: usize) -> &mut Vec<f64> {
@@ -152,12 +169,54 @@ fn field(p: &mut Net, i: usize) -> &mut Vec<f64> {
         2 => &mut p.gamma,
         3 => &mut p.beta,
         4 => &mut p.w2,
-        5 => &mut p.fc_w,
+        5 => &mut p.gamma2,
+        6 => &mut p.beta2,
+        7 => &mut p.fc_w,
         _ => &mut p.fc_b,
     }
 }
 
-const NAMES: [&str; 7] = ["input", "conv1 weight", "bn gamma", "bn beta", "conv2 weight", "fc weight", "fc bias"];
+const NAMES: [&str; 9] =
+    ["input", "conv1 weight", "bn1 gamma", "bn1 beta", "conv2 weight", "bn2 gamma", "bn2 beta", "fc weight", "fc bias"];
+
+/// The GPU network two ways: `fused` runs the kernels ResNet runs (batch norm + ReLU in one
+/// kernel, batch norm + residual add + ReLU in one), otherwise every op separately.
+fn gpu_loss_and_grads(net: &Net, fused: bool) -> (f64, Vec<Vec<f64>>) {
+    let x = param(&net.x, &[N, C0, H, H]);
+    let w1 = param(&net.w1, &[C1, C0, 3, 3]);
+    let gamma = param(&net.gamma, &[C1]);
+    let beta = param(&net.beta, &[C1]);
+    let w2 = param(&net.w2, &[C2, C1, 3, 3]);
+    let gamma2 = param(&net.gamma2, &[C2]);
+    let beta2 = param(&net.beta2, &[C2]);
+    let fc_w = param(&net.fc_w, &[CLASSES, C2]);
+    let fc_b = param(&net.fc_b, &[CLASSES]);
+    let running = |c| (Tensor::zeros(&[c]).unwrap(), Tensor::full(&[c], 1.0).unwrap());
+    let ((rm1, rv1), (rm2, rv2)) = (running(C1), running(C2));
+    let labels = tensor(&net.labels.iter().map(|&l| l as f64).collect::<Vec<_>>(), &[N]);
+    let c1 = conv2d::conv2d(&x, &w1, None, 1, 1).unwrap();
+    let bn = batchnorm::BatchNormConfig::default();
+    let a = if fused {
+        batchnorm::batch_norm(&c1, &gamma, &beta, &rm1, &rv1, batchnorm::BatchNormConfig { relu: true, ..bn })
+    } else {
+        elementwise::relu(&batchnorm::batch_norm(&c1, &gamma, &beta, &rm1, &rv1, bn).unwrap())
+    }
+    .unwrap();
+    let c2 = conv2d::conv2d(&a, &w2, None, 2, 1).unwrap();
+    let shortcut = shortcut::shortcut_a(&a, (C2 - C1) / 2).unwrap();
+    let s = if fused {
+        batchnorm::batch_norm_add_relu(&c2, &shortcut, &gamma2, &beta2, &rm2, &rv2, bn)
+    } else {
+        let z2 = batchnorm::batch_norm(&c2, &gamma2, &beta2, &rm2, &rv2, bn).unwrap();
+        elementwise::relu(&elementwise::add(&z2, &shortcut).unwrap())
+    }
+    .unwrap();
+    let logits = matmul::linear(&pool::global_avg_pool(&s).unwrap(), &fc_w, Some(&fc_b)).unwrap();
+    let loss = loss::cross_entropy(&logits, &labels).unwrap();
+    let value = values(&loss)[0];
+    loss.backward().unwrap();
+    (value, [&x, &w1, &gamma, &beta, &w2, &gamma2, &beta2, &fc_w, &fc_b].into_iter().map(grad).collect())
+}
 
 #[test]
 fn gradcheck_composed_network_reference_and_gpu() {
@@ -168,13 +227,21 @@ fn gradcheck_composed_network_reference_and_gpu() {
         gamma: f32_exact(&rng.vec_in(C1, 0.5, 1.5)),
         beta: f32_exact(&rng.vec(C1)),
         w2: f32_exact(&rng.vec(C2 * C1 * 9).iter().map(|v| v * 0.5).collect::<Vec<_>>()),
+        gamma2: f32_exact(&rng.vec_in(C2, 0.5, 1.5)),
+        beta2: f32_exact(&rng.vec(C2)),
         fc_w: f32_exact(&rng.vec(CLASSES * C2)),
         fc_b: f32_exact(&rng.vec(CLASSES)),
         labels: vec![1, 4],
     };
     let analytic = reference_grads(&net);
+    // the ReLUs must see both signs, or their backward would go untested
+    let f = reference_forward(&net);
+    for (what, v) in [("bn1 output", &f.bn1.y), ("block sum", &f.pre)] {
+        let negative = v.iter().filter(|&&x| x < 0.0).count();
+        assert!(negative > 0 && negative < v.len(), "{what}: {negative} of {} negative", v.len());
+    }
     // 1. the reference backward against central finite differences of the reference forward
-    for i in 0..7 {
+    for i in 0..NAMES.len() {
         let base = field(&mut net, i).clone();
         let numeric = cpu::numeric_grad(
             &mut |v: &[f64]| {
@@ -184,6 +251,8 @@ fn gradcheck_composed_network_reference_and_gpu() {
                     gamma: net.gamma.clone(),
                     beta: net.beta.clone(),
                     w2: net.w2.clone(),
+                    gamma2: net.gamma2.clone(),
+                    beta2: net.beta2.clone(),
                     fc_w: net.fc_w.clone(),
                     fc_b: net.fc_b.clone(),
                     labels: net.labels.clone(),
@@ -201,29 +270,18 @@ fn gradcheck_composed_network_reference_and_gpu() {
             (1e-7, 1e-5),
         );
     }
-    // 2. the GPU forward + autograd backward against the reference
-    let x = param(&net.x, &[N, C0, H, H]);
-    let w1 = param(&net.w1, &[C1, C0, 3, 3]);
-    let gamma = param(&net.gamma, &[C1]);
-    let beta = param(&net.beta, &[C1]);
-    let w2 = param(&net.w2, &[C2, C1, 3, 3]);
-    let fc_w = param(&net.fc_w, &[CLASSES, C2]);
-    let fc_b = param(&net.fc_b, &[CLASSES]);
-    let (rm, rv) = (Tensor::zeros(&[C1]).unwrap(), Tensor::full(&[C1], 1.0).unwrap());
-    let labels = tensor(&net.labels.iter().map(|&l| l as f64).collect::<Vec<_>>(), &[N]);
-    let c1 = conv2d::conv2d(&x, &w1, None, 1, 1).unwrap();
-    let z = batchnorm::batch_norm(&c1, &gamma, &beta, &rm, &rv, Default::default()).unwrap();
-    let a = elementwise::relu(&z).unwrap();
-    let s = elementwise::add(
-        &conv2d::conv2d(&a, &w2, None, 2, 1).unwrap(),
-        &shortcut::shortcut_a(&a, (C2 - C1) / 2).unwrap(),
-    )
-    .unwrap();
-    let logits = matmul::linear(&pool::global_avg_pool(&s).unwrap(), &fc_w, Some(&fc_b)).unwrap();
-    let loss = loss::cross_entropy(&logits, &labels).unwrap();
-    assert_close("composed network loss", &values(&loss), &[reference_loss(&net)], ELEMENTWISE);
-    loss.backward().unwrap();
-    for (i, t) in [&x, &w1, &gamma, &beta, &w2, &fc_w, &fc_b].into_iter().enumerate() {
-        assert_close(&format!("GPU backward vs reference backward: {}", NAMES[i]), &grad(t), &analytic[i], LONG_SUM);
+    // 2. the GPU forward + autograd backward against the reference, op by op and through the
+    // fused kernels ResNet runs
+    for fused in [false, true] {
+        let (loss, grads) = gpu_loss_and_grads(&net, fused);
+        assert_close(&format!("loss (fused {fused})"), &[loss], &[reference_loss(&net)], ELEMENTWISE);
+        for (i, g) in grads.iter().enumerate() {
+            assert_close(
+                &format!("GPU backward (fused {fused}) vs reference: {}", NAMES[i]),
+                g,
+                &analytic[i],
+                LONG_SUM,
+            );
+        }
     }
 }

@@ -438,7 +438,8 @@ fn softmax_cross_entropy_forward_backward_and_rank_match_reference() {
 #[test]
 fn sum_mean_sum_squares_and_channel_sum_match_reference() {
     let mut rng = Rng::new(21);
-    for n in [1, 255, 257, 100_003, 5_000_011] {
+    // 461,872: ResNet-32's prunable weights, the vector whose L1 norm the ADMM phase reports
+    for n in [1, 255, 257, 100_003, 461_872, 5_000_011] {
         let x = f32_exact(&rng.vec(n));
         let xt = param(&x, &[n]);
         let s = reduce::sum(&xt).unwrap();
@@ -447,6 +448,9 @@ fn sum_mean_sum_squares_and_channel_sum_match_reference() {
         assert_close(&format!("mean of {n}"), &values(&m), &[cpu::mean(&x)], LONG_SUM);
         let sq: f64 = x.iter().map(|v| v * v).sum();
         assert_close(&format!("sum of squares of {n}"), &values(&reduce::sum_squares(&xt).unwrap()), &[sq], LONG_SUM);
+        // the L1 norm feeds the reported SAS-ADMM objective: mixed signs, so |x| matters
+        let l1: f64 = x.iter().map(|v| v.abs()).sum();
+        assert_close(&format!("sum of |x| of {n}"), &values(&reduce::sum_abs(&xt).unwrap()), &[l1], LONG_SUM);
         if n < 1000 {
             s.backward().unwrap();
             assert_close("sum backward", &grad(&xt), &vec![1.0; n], (0.0, 0.0));
@@ -551,4 +555,69 @@ fn linear_in_row_blocks_matches_reference() {
     assert_close("blocked linear grad bias", &grad(&bt), &db, LONG_SUM);
     let bad = matmul::linear_in_row_blocks(&xt, &wt, None, unit + 1).unwrap_err().to_string();
     assert!(bad.contains(&format!("multiple of {unit}")), "{bad}");
+}
+
+/// Production shapes: ResNet stage 2 and 3 grad-weight at batch 128 (K = 32,768 and 8,192),
+/// whose reductions the CPU and GPU default plans split 14 to 42 ways, through the 32- and
+/// 64-row tiles of both engines.
+#[test]
+fn conv_grad_weight_at_resnet_stage_sizes_splits_k_correctly() {
+    let mut rng = Rng::new(41);
+    // (channels, image side): stage 2 (M = 32 rows, K = 128·16·16), stage 3 (M = 64, K = 128·8·8)
+    for (c, side, tiles) in [(32, 16, ["rm4", "g32s"]), (64, 8, ["rm8", "g64"])] {
+        let g = geom(128, c, side, side, c, 3, 3, 1, 1);
+        let x = f32_exact(&rng.vec(g.n * c * side * side));
+        let w = f32_exact(&rng.vec(c * c * 9));
+        let r = f32_exact(&rng.vec(g.n * c * side * side));
+        let expected = cpu::conv2d_grad_weight(&r, &x, &g);
+        let mut plans = vec![None];
+        for name in tiles {
+            let tile = (0..matmul::DIRECT).find(|&t| matmul::tile_name(t) == name).unwrap();
+            plans.extend([14, 42].map(|splits| Some((tile, splits))));
+        }
+        for plan in plans {
+            let run = || {
+                let (xt, wt) = (param(&x, &[g.n, c, side, side]), param(&w, &[c, c, 3, 3]));
+                conv2d::conv2d(&xt, &wt, None, 1, 1).unwrap().backward_with(tensor(&r, &[g.n, c, side, side])).unwrap();
+                grad(&wt)
+            };
+            let got = match plan {
+                None => run(),
+                Some((tile, splits)) => matmul::with_plan(tile, splits, run),
+            };
+            let what = format!("grad-weight {c}x{c}x3x3 at {side}x{side}, batch 128, plan {plan:?}");
+            assert_close(&what, &got, &expected, LONG_SUM);
+        }
+    }
+}
+
+/// Kernels launched with one thread per element fold their workgroups into a 2-D grid beyond
+/// 65,535 workgroups (16,776,960 elements): the SGD step and an ADMM kernel over 16.8 M + 4099
+/// elements (AlexNet's 61 M prunable weights and its pooling layers at batch 256 are larger),
+/// checked at every element, the last row of the grid included.
+#[test]
+fn one_thread_per_element_kernels_fold_beyond_65535_workgroups() {
+    let n = 65_535 * 256 + 4099;
+    let mut rng = Rng::new(42);
+    let (w, g) = (f32_exact(&rng.vec(n)), f32_exact(&rng.vec(n)));
+    let mut buf = vec![0.0; n];
+    let (wt, bt) = (tensor(&w, &[n]), tensor(&buf, &[n]));
+    let cfg = cpu::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: false };
+    sgd::sgd_step(
+        &wt,
+        &tensor(&g, &[n]),
+        &bt,
+        None,
+        &sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: false },
+    )
+    .unwrap();
+    let mut w_ref = w.clone();
+    cpu::sgd_step(&mut w_ref, &g, &mut buf, None, &cfg);
+    assert_close("sgd over 16.8 M elements", &values(&wt), &w_ref, ELEMENTWISE);
+    assert_close("sgd momentum over 16.8 M elements", &values(&bt), &buf, ELEMENTWISE);
+    // mix: out = a·x + (1 − a)·y, element-wise like every ADMM kernel
+    let out = tensor(&vec![0.0; n], &[n]);
+    sasprune::ops::admm::mix(&tensor(&w, &[n]), &tensor(&g, &[n]), &out, 0.25).unwrap();
+    let expected: Vec<f64> = w.iter().zip(&g).map(|(x, y)| 0.25 * x + 0.75 * y).collect();
+    assert_close("admm mix over 16.8 M elements", &values(&out), &expected, ELEMENTWISE);
 }
