@@ -80,6 +80,11 @@ fn run_and_check(cfg: &PipelineConfig, cifar: &Cifar10, rates: (f64, f64)) -> se
         let t = json["top1"][phase].as_f64().unwrap_or(-1.0);
         assert!((0.0..=100.0).contains(&t), "top1.{phase} = {t}");
     }
+    if cfg.weights.is_some() {
+        // the shared ResNet-20 scores 81.03% on the whole test set (78-84% on its first 100)
+        let dense = json["top1"]["dense"].as_f64().unwrap();
+        assert!((70.0..=92.0).contains(&dense), "dense top-1 {dense}% from the pretrained weights");
+    }
     // every pruned weight is exactly 0 after retraining, and the kept counts are what the report says
     let weights = Checkpoint::load(&dir.join("pruned.safetensors")).unwrap().tensors;
     let masks = Checkpoint::load(&dir.join("masks.safetensors")).unwrap().tensors;
@@ -95,19 +100,49 @@ fn run_and_check(cfg: &PipelineConfig, cifar: &Cifar10, rates: (f64, f64)) -> se
         kept_total += kept;
     }
     assert_eq!(kept_total as u64, json["kept"].as_u64().unwrap());
+    // the rate counted from the saved file itself: prunable weights over its non-zero ones
+    let total: usize = layers.iter().map(|l| weights[l["name"].as_str().unwrap()].1.len()).sum();
+    assert_eq!(total, 268_336, "ResNet-20's conv + fc weights");
+    let file_rate = total as f64 / kept_total as f64;
+    assert!(file_rate >= rates.0 && file_rate < rates.1, "pruned.safetensors holds a {file_rate:.3}x network");
+    assert!((json["rate_achieved"].as_f64().unwrap() - file_rate).abs() < 1e-3, "report.json's rate vs the file's");
     json
 }
 
 #[test]
-fn sas_admm_pipeline_reaches_the_rate_with_exact_zeros_and_reports() {
+fn sas_admm_pipeline_converges_reaches_the_rate_with_exact_zeros_and_reports() {
     let Some(cifar) = data() else { return };
-    let cfg = tiny_config(Method::SasAdmm, Rate::Times(3.0), "sas");
-    let json = run_and_check(&cfg, &cifar, (3.0, 3.01));
-    assert!(json["top1"]["after_admm"].as_f64().is_some());
+    // Five outer iterations (M = 2 from k0 = 1: 2, 5, 7, 10, 12 gradients of 16 images), 8x,
+    // then 2 epochs of masked retraining on 256 images: enough for every phase to show its effect.
+    let mut cfg = tiny_config(Method::SasAdmm, Rate::Times(8.0), "sas");
+    // from a dense model that is actually trained, or the accuracy claims below mean nothing
+    let missing = "needs ../shared/pretrained/resnet20.safetensors as the dense start";
+    if !common::inputs_present("sas_admm_pipeline", cfg.weights.is_some(), missing) {
+        return;
+    }
+    cfg.sas = SasConfig { inner: 2, outer: 5, k0: 1, k_avg: 3, batch: 16, ..SasConfig::paper() };
+    cfg.subset = Some(256);
+    cfg.retrain = TrainConfig { epochs: 2, lr: 0.02, ..cfg.retrain.clone() };
+    let json = run_and_check(&cfg, &cifar, (8.0, 8.01));
+    let top1 = |phase: &str| json["top1"][phase].as_f64().unwrap();
+    // 87.5% of every conv layer zeroed at once costs most of the accuracy; masked retraining
+    // must win a large part of it back (19% -> 40% with these settings on lavapipe)
+    assert!(top1("retrain_final") >= top1("after_prune") + 10.0, "{}", json["top1"]);
+    assert!(top1("after_admm") > top1("after_prune"), "{}", json["top1"]);
     let metrics = std::fs::read_to_string(cfg.out.join("admm_metrics.csv")).unwrap();
-    assert_eq!(metrics.lines().count(), 3, "a header and one line per outer iteration");
-    // k=1: ceil(2 * 1^1.1) = 2 gradients, k=2: ceil(2 * 2^1.1) = 5
-    assert!(metrics.lines().nth(2).unwrap().starts_with("2,7,"), "{metrics}");
+    let rows: Vec<Vec<f64>> =
+        metrics.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    assert_eq!(rows.len(), 5, "one line per outer iteration:\n{metrics}");
+    // cumulative gradients: ceil(2 k^1.1) for k = 1..5 is 2, 5, 7, 10, 12
+    assert_eq!(rows.iter().map(|r| r[1] as usize).collect::<Vec<_>>(), [2, 7, 14, 24, 36], "{metrics}");
+    // columns: iteration, gradients, ce, objective, dw2, dz2, res2, seconds. The primal residual
+    // ‖W − Z‖² falls at every iteration, and so does the L1 term λ‖W_avg‖₁ of the objective
+    // (objective − CE; the CE part is a noisy 16-image minibatch estimate).
+    for pair in rows.windows(2) {
+        assert!(pair[1][6] < pair[0][6], "‖W−Z‖² rose:\n{metrics}");
+        assert!(pair[1][3] - pair[1][2] <= pair[0][3] - pair[0][2] + 1e-6, "λ‖W_avg‖₁ rose:\n{metrics}");
+    }
+    assert!(rows[4][3] - rows[4][2] < rows[0][3] - rows[0][2], "λ‖W_avg‖₁ did not fall:\n{metrics}");
     let svg = std::fs::read_to_string(cfg.out.join("convergence.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     std::fs::remove_dir_all(&cfg.out).ok();
