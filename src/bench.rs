@@ -23,8 +23,8 @@ pub struct Measurement {
     pub unit: &'static str,
     /// How it was timed ([`DEVICE_TIMING`] or [`HOST_TIMING`]).
     pub timing: &'static str,
-    /// Extra fields for the JSON line (key, JSON value).
-    pub extra: Vec<(&'static str, String)>,
+    /// Extra fields for the JSON line.
+    pub extra: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Measurement {
@@ -156,7 +156,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
         let w = random(&[g.c_out, g.c_in, g.kh, g.kw], 4)?;
         let dy = random(&[g.n, g.c_out, g.out_h(), g.out_w()], 5)?;
         // The same GEMM as (M, N, K), so conv results compare with GEMM results.
-        let gemm_shape = format!("\"{}x{}x{}\"", g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
+        let gemm_shape = format!("{}x{}x{}", g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
         let kernels: [&dyn Fn() -> Result<()>; 3] = [
             &|| conv2d::conv2d_forward(&x, &w, None, &g).map(drop),
             &|| conv2d::conv2d_grad_input(&dy, &w, &g).map(drop),
@@ -171,7 +171,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                     work: gflop(g.macs()),
                     unit: "GFLOP/s",
                     timing,
-                    extra: vec![("gemm_mnk", gemm_shape.clone())],
+                    extra: vec![("gemm_mnk", serde_json::json!(gemm_shape))],
                 })?;
             }
         }
@@ -218,7 +218,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                 work: 8.0 * bytes,
                 unit: "GB/s",
                 timing,
-                extra: vec![("includes", "\"forward\"".into())],
+                extra: vec![("includes", "forward".into())],
             })?;
         }
     }
@@ -242,7 +242,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
             work: bytes,
             unit: "GB/s",
             timing,
-            extra: vec![("includes", "\"forward and backward\"".into())],
+            extra: vec![("includes", "forward and backward".into())],
         })?;
     }
     let len = if cfg.quick { 1 << 20 } else { 464_154 * 8 };
@@ -270,7 +270,6 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
         }
         match step_rate(model, b, steps) {
             Ok(r) => {
-                let first = format!("{:.3}", r.first_step_seconds);
                 emit(Measurement {
                     name: names[0].clone(),
                     seconds: (steps * b) as f64 / r.train_images_per_second,
@@ -278,13 +277,13 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
                     unit: "images/s",
                     timing: STEP_TIMING,
                     extra: vec![
-                        ("peak_step_bytes", r.peak_step_bytes.to_string()),
-                        ("after_forward_bytes", r.after_forward_bytes.to_string()),
-                        ("device_bytes", r.device_bytes.to_string()),
-                        ("first_step_seconds", first),
-                        ("data_ms_per_step", format!("{:.3}", r.data_seconds_per_step * 1e3)),
-                        ("submit_ms_per_step", format!("{:.3}", r.submit_seconds_per_step * 1e3)),
-                        ("host_ms_per_step", format!("{:.3}", r.host_seconds_per_step * 1e3)),
+                        ("peak_step_bytes", r.peak_step_bytes.into()),
+                        ("after_forward_bytes", r.after_forward_bytes.into()),
+                        ("device_bytes", r.device_bytes.into()),
+                        ("first_step_seconds", r.first_step_seconds.into()),
+                        ("data_ms_per_step", (r.data_seconds_per_step * 1e3).into()),
+                        ("submit_ms_per_step", (r.submit_seconds_per_step * 1e3).into()),
+                        ("host_ms_per_step", (r.host_seconds_per_step * 1e3).into()),
                         ("kernel_profile", profile_json(r.profile.as_ref())),
                         ("gemm_plans", plans_json()),
                     ],
@@ -360,18 +359,12 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
 }
 
 /// The tuner's plans of this process as a JSON array.
-fn plans_json() -> String {
-    let items: Vec<String> = (crate::tune::choices().iter())
-        .map(|(key, tile, splits, s)| {
-            format!(
-                "{{\"product\":{},\"tile\":{},\"splits\":{splits},\"ms\":{:.4}}}",
-                json_str(key),
-                json_str(tile),
-                s * 1e3
-            )
-        })
-        .collect();
-    format!("[{}]", items.join(","))
+fn plans_json() -> serde_json::Value {
+    (crate::tune::choices().iter())
+        .map(
+            |(key, tile, splits, s)| serde_json::json!({"product": key, "tile": tile, "splits": splits, "ms": s * 1e3}),
+        )
+        .collect()
 }
 
 /// Evaluation throughput (forward passes in eval mode, one submit each, no read-back) of a model
@@ -598,26 +591,11 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
 }
 
 /// A step's per-kernel device times as a JSON array (null when not timed).
-fn profile_json(profile: Option<&gpu::DeviceTime>) -> String {
-    let Some(p) = profile else { return "null".into() };
-    let items: Vec<String> = (p.by_kernel.iter())
-        .map(|(label, s, n)| format!("{{\"kernel\":{},\"ms\":{:.4},\"launches\":{n}}}", json_str(label), s * 1e3))
-        .collect();
-    format!("[{}]", items.join(","))
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+fn profile_json(profile: Option<&gpu::DeviceTime>) -> serde_json::Value {
+    let Some(p) = profile else { return serde_json::Value::Null };
+    (p.by_kernel.iter())
+        .map(|(label, s, n)| serde_json::json!({"kernel": label, "ms": s * 1e3, "launches": n}))
+        .collect()
 }
 
 /// The git commit of the working directory, when git can tell.
@@ -635,28 +613,29 @@ fn git_commit() -> String {
 pub fn json_line(m: &Measurement) -> Result<String> {
     let a = &gpu::get()?.adapter;
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut fields = vec![
-        ("name", json_str(&m.name)),
-        ("value", format!("{:.6}", m.rate())),
-        ("unit", json_str(m.unit)),
-        ("ms", format!("{:.4}", m.seconds * 1e3)),
-        ("adapter", json_str(&a.name)),
-        ("vendor_id", a.vendor_id.to_string()),
-        ("device_type", json_str(&a.device_type)),
-        ("backend", json_str(&a.backend)),
-        ("driver", json_str(&a.driver)),
-        ("driver_info", json_str(&a.driver_info)),
-        ("timestamp_queries", a.timestamp_queries.to_string()),
-        ("subgroups", a.subgroups.to_string()),
-        ("shader_f16", a.shader_f16.to_string()),
-        ("timing", json_str(m.timing)),
-        ("version", json_str(env!("CARGO_PKG_VERSION"))),
-        ("commit", json_str(&git_commit())),
-        ("unix_time", secs.to_string()),
-    ];
-    fields.extend(m.extra.iter().cloned());
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-    Ok(format!("{{{}}}", body.join(",")))
+    let mut fields = serde_json::json!({
+        "name": m.name,
+        "value": m.rate(),
+        "unit": m.unit,
+        "ms": m.seconds * 1e3,
+        "adapter": a.name,
+        "vendor_id": a.vendor_id,
+        "device_type": a.device_type,
+        "backend": a.backend,
+        "driver": a.driver,
+        "driver_info": a.driver_info,
+        "timestamp_queries": a.timestamp_queries,
+        "subgroups": a.subgroups,
+        "shader_f16": a.shader_f16,
+        "timing": m.timing,
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": git_commit(),
+        "unix_time": secs,
+    });
+    if let Some(map) = fields.as_object_mut() {
+        map.extend(m.extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    }
+    Ok(fields.to_string())
 }
 
 /// Runs the benchmark, printing a table and appending JSON lines to `out`.

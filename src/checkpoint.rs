@@ -218,12 +218,55 @@ pub fn save(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
-/// half-written file behind.
+/// Writes `bytes` to `path` through a temporary file in the same directory, flushed to disk
+/// (fsync) before a rename over `path`, and the directory flushed after it: a crash or a full
+/// disk at any moment leaves either the old file or the new one, never a mix. A failed write
+/// removes its temporary file and leaves `path` as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let write = || -> std::io::Result<()> {
+        injected_write_fault(path)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Invalid(format!(
+            "could not write {}: {e}; the previous version of the file (if any) is unchanged",
+            path.display()
+        )));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })?;
+    // The rename is durable once the directory entry is on disk (not possible on every OS:
+    // directories cannot be opened as files on Windows, where rename is durable by itself).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Fault injection for tests: `SASPRUNE_FAULT_WRITE=NAME[@N]` makes the N-th (default first)
+/// atomic write of a file whose name contains NAME fail as a full disk would (ENOSPC).
+fn injected_write_fault(path: &Path) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static MATCHING_WRITES: AtomicUsize = AtomicUsize::new(0);
+    let Ok(spec) = std::env::var("SASPRUNE_FAULT_WRITE") else { return Ok(()) };
+    let (name, nth) = match spec.split_once('@') {
+        Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+        None => (spec.clone(), 1),
+    };
+    let file = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    if !name.is_empty() && file.contains(&name) && MATCHING_WRITES.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+        return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC: "No space left on device"
+    }
+    Ok(())
 }
 
 /// Saves the model's weights and batch-norm statistics with PyTorch names.

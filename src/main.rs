@@ -9,7 +9,7 @@ use sasprune::prune::{
     admm::{AdmmNnConfig, SasConfig},
     pipeline::{Method, PipelineConfig},
 };
-use sasprune::run_dir::{self, DataRecord, RunRecord};
+use sasprune::run_dir::{self, DataRecord, RunLock, RunRecord};
 use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
 use sasprune::{gpu, Error, Result};
 use std::path::{Path, PathBuf};
@@ -371,6 +371,11 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     admm.validate()?;
     let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}-{rate_tag}-{}", method.name())));
+    retrain.divergence_hint = format!(
+        "continue from it with a lower learning rate: `sasprune --resume {} --lr {}`",
+        out.display(),
+        train::lr_text(retrain.lr / 10.0)
+    );
     Ok(PipelineConfig {
         model,
         rate,
@@ -384,7 +389,7 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
             seed: a.seed,
             announce_eta_after: Some(20),
             // the dense phase's lr comes from --schedule, not --lr (that one is the retraining's)
-            lr_flag: "train the dense model with `sasprune train --lr ...` and pass it as --weights",
+            divergence_hint: "train the dense model with `sasprune train --lr ...` and pass it as --weights".into(),
             ..dense
         },
         weights: a.weights.clone(),
@@ -426,7 +431,9 @@ fn recorded_args(args: &[String], sub: Option<&str>) -> Vec<String> {
 
 /// For `--resume DIR`: the command line to parse in place of this one, made of the flags the
 /// run was started with (read from DIR) and the ones given now, which must be among
-/// `overridable` (flags that cannot change the result, such as where the data lies).
+/// `overridable` (where the data lies, how far to go, a lower learning rate after divergence).
+/// The returned record holds the updated flags: callers save it once the resumed run is
+/// validated, so the next resume continues with them.
 fn resume_command_line(
     dir: &Path,
     command: &str,
@@ -459,10 +466,11 @@ fn resume_command_line(
             extra.join(" ")
         )));
     }
-    let record = RunRecord::load(dir, command)?;
+    let mut record = RunRecord::load(dir, command)?;
+    record.args = run_dir::replay(&record.args, &overrides);
     let mut line: Vec<String> = vec!["sasprune".into()];
     line.extend(sub.map(String::from));
-    line.extend(run_dir::replay(&record.args, &overrides));
+    line.extend(record.args.iter().cloned());
     line.extend([if command == "pipeline" { "--out" } else { "--resume" }.to_string(), dir.display().to_string()]);
     Ok((line, record))
 }
@@ -478,7 +486,7 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
     // `--resume DIR` replays the flags the run was started with.
     let (a, record) = match &a.resume {
         Some(dir) => {
-            let (line, record) = resume_command_line(dir, "pipeline", args, &["--data"])?;
+            let (line, record) = resume_command_line(dir, "pipeline", args, &["--data", "--lr"])?;
             let cli = Cli::try_parse_from(&line)
                 .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
             let mut prune = cli.prune;
@@ -498,8 +506,12 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
     let model = Model::build(&cfg.model, 10, cfg.seed)?;
     prune::pipeline::make_plan(&model, &cfg)?;
     drop(model);
+    let _lock = RunLock::acquire(&cfg.out)?;
     match record {
-        Some(record) => record.check_data(&cfg.out, &data, a.data.data.as_deref())?,
+        Some(record) => {
+            record.check_data(&cfg.out, &data, a.data.data.as_deref())?;
+            record.save(&cfg.out)?;
+        }
         None => {
             if RunRecord::exists(&cfg.out) {
                 return Err(Error::invalid(format!(
@@ -510,8 +522,19 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
             start_run_record(&cfg.out, "pipeline", args, data)?;
         }
     }
-    prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref())?;
+    prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref())
+        .map_err(|e| with_resume_hint(e, &format!("sasprune --resume {}", cfg.out.display())))?;
     Ok(())
+}
+
+/// A run that failed after it started (a full disk, a lost device, a diverged loss) keeps what it
+/// completed: the error says how to continue, unless it already does.
+fn with_resume_hint(e: Error, command: &str) -> Error {
+    let text = e.to_string();
+    if text.contains("--resume") {
+        return e;
+    }
+    Error::invalid(format!("{text}; the work completed so far is saved: continue with `{command}`"))
 }
 
 /// Parses `train`'s schedule flags.
@@ -540,7 +563,8 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
     // that kept none is resumed with the flags given now (seed and batch checked).
     let (a, record) = match &a.resume {
         Some(dir) if RunRecord::exists(dir) || !dir.join(train::STATE_FILE).exists() => {
-            let (line, record) = resume_command_line(dir, "train", args, &["--data", "--steps", "--save-every"])?;
+            let overridable = ["--data", "--steps", "--save-every", "--lr"];
+            let (line, record) = resume_command_line(dir, "train", args, &overridable)?;
             let cli = Cli::try_parse_from(&line)
                 .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
             let Some(Command::Train(saved)) = cli.command else {
@@ -558,9 +582,7 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
         (None, Some(out)) => out.clone(),
         (None, None) => PathBuf::from(format!("runs/{model_name}-train-seed{}", a.seed)),
     };
-    if a.resume.is_none()
-        && (RunRecord::exists(&dir) || [train::METRICS_FILE, train::STATE_FILE].iter().any(|f| dir.join(f).exists()))
-    {
+    if a.resume.is_none() && [train::METRICS_FILE, train::STATE_FILE].iter().any(|f| dir.join(f).exists()) {
         // A new run must not append to another run's metrics or inherit its best top-1.
         return Err(Error::invalid(format!(
             "{} already holds a training run: continue it with --resume {0}, or choose another --out",
@@ -580,6 +602,11 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
         subset: a.subset,
         deterministic: a.deterministic,
         save_every: a.save_every.max(1),
+        divergence_hint: format!(
+            "continue with a lower learning rate: `sasprune train --resume {} --lr {}`",
+            dir.display(),
+            train::lr_text(a.lr / 10.0)
+        ),
         ..TrainConfig::cifar_default()
     };
     cfg.validate()?;
@@ -590,11 +617,14 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
     say_adapter()?;
     let (train_set, test_set) = open_data(&model_name, a.data.data.as_deref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
+    let _lock = RunLock::acquire(&dir)?;
     let mut model = Model::build(&model_name, classes, a.seed)?;
-    let (progress, norm) = if a.resume.is_some() {
-        if let Some(record) = &record {
-            record.check_data(&dir, &data, a.data.data.as_deref())?;
-        }
+    if let Some(record) = &record {
+        record.check_data(&dir, &data, a.data.data.as_deref())?;
+        record.save(&dir)?;
+    }
+    // A run that stopped before its first checkpoint (diverged at once, say) resumes from the start.
+    let (progress, norm) = if a.resume.is_some() && (record.is_none() || dir.join(train::STATE_FILE).exists()) {
         let (p, norm) = train::load_state(&mut model, &dir, &cfg)?;
         eprintln!("resuming {} at step {}", dir.display(), p.step);
         (p, norm)
@@ -606,10 +636,13 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
             }
             None => checkpoint::normalize_for_training(flag_norm, &model_name),
         };
-        start_run_record(&dir, "train", args, data)?;
+        if record.is_none() {
+            start_run_record(&dir, "train", args, data)?;
+        }
         (Progress::default(), norm)
     };
-    let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None)?;
+    let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None)
+        .map_err(|e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display())))?;
     println!(
         "trained {} steps ({} epochs) in {:.1} s at {:.1} img/s; test top-1 {} (best {}); run directory {}",
         s.steps,
@@ -658,6 +691,7 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             };
             let (train_set, _) = open_data(&cfg.model, a.data.data.as_deref())?;
             say_adapter()?;
+            let _lock = RunLock::acquire(&cfg.out)?;
             prune::pipeline::compare(&cfg, train_set.as_ref()).map(drop)
         }
         Command::Eval(a) => {
@@ -677,11 +711,11 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &a.weights.display().to_string());
             let r = train::evaluate(&mut model, test.as_ref(), norm, batch, !a.json)?;
             if a.json {
-                let adapter = gpu::get()?.adapter.name.replace('"', "'");
-                println!(
-                    "{{\"model\":\"{}\",\"top1\":{:.4},\"top5\":{:.4},\"loss\":{:.6},\"images\":{},\"seconds\":{:.3},\"adapter\":\"{adapter}\"}}",
-                    a.model, r.top1, r.top5, r.loss, r.images, r.seconds
-                );
+                let doc = serde_json::json!({
+                    "model": a.model, "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images,
+                    "seconds": r.seconds, "adapter": gpu::get()?.adapter.name,
+                });
+                println!("{doc}");
             } else {
                 println!(
                     "{}: top-1 {:.2}% | top-5 {:.2}% | loss {:.4} | {} images in {:.1} s ({:.0} img/s)",

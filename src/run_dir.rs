@@ -191,3 +191,96 @@ pub fn replay(saved: &[String], overrides: &[(String, String)]) -> Vec<String> {
     }
     out
 }
+
+/// One writer per run directory: `DIR/lock` holds the owning process's id and host while a run
+/// works there, and is removed when the run ends (also on errors). A second process refuses the
+/// directory, naming the owner; a lock whose process no longer runs on this host (killed, machine
+/// rebooted) is taken over with a note.
+pub struct RunLock {
+    path: PathBuf,
+}
+
+pub const LOCK_FILE: &str = "lock";
+
+impl RunLock {
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let me = format!("{} {}\n", std::process::id(), host_name());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(me.as_bytes()).map_err(|e| Error::io(&path, e))?;
+                    return Ok(RunLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let mut fields = text.split_whitespace();
+                    let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
+                    let host = fields.next().unwrap_or("").to_string();
+                    match (pid, host == host_name()) {
+                        (Some(pid), true) if process_alive(pid) => {
+                            return Err(Error::invalid(format!(
+                                "{} is in use by another sasprune process (pid {pid}); wait for it to finish or stop \
+                                 it, then resume",
+                                dir.display()
+                            )))
+                        }
+                        (Some(pid), false) => {
+                            return Err(Error::invalid(format!(
+                                "{} is in use by sasprune process {pid} on host {host}; if that process no longer \
+                                 runs, delete {}",
+                                dir.display(),
+                                path.display()
+                            )))
+                        }
+                        _ => {
+                            eprintln!(
+                                "note: taking over the stale lock {} (its process {} no longer runs)",
+                                path.display(),
+                                pid.map_or("?".to_string(), |p| p.to_string())
+                            );
+                            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::invalid(format!("could not take the lock {}: another process took it first", path.display())))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok().or_else(|| std::env::var("COMPUTERNAME").ok()))
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether process `pid` runs on this machine. Where that cannot be told (no /proc), a lock is
+/// assumed to be held.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return false; // our id in an old lock: left by an earlier process (before a reboot)
+    }
+    let proc_dir = Path::new("/proc");
+    if !proc_dir.join("self").exists() {
+        return true;
+    }
+    // a zombie (killed, not yet reaped by its parent) holds nothing
+    match std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

@@ -193,8 +193,9 @@ pub struct TrainConfig {
     pub best_path: Option<PathBuf>,
     /// After this many steps, print how long all epochs will take at the speed so far.
     pub announce_eta_after: Option<usize>,
-    /// What a diverged run's message tells the user to lower (the flag that sets `lr`).
-    pub lr_flag: &'static str,
+    /// What a diverged run's message tells the user to do (e.g. the command that continues
+    /// from the last checkpoint with a lower learning rate).
+    pub divergence_hint: String,
 }
 
 impl TrainConfig {
@@ -219,7 +220,7 @@ impl TrainConfig {
             show_progress: true,
             best_path: None,
             announce_eta_after: None,
-            lr_flag: "--lr",
+            divergence_hint: "continue from it with a lower learning rate (--lr)".into(),
         }
     }
 
@@ -399,7 +400,7 @@ pub fn train(
             bar.inc(1);
             if step % 10 == 0 || step == stop_at || step % steps_per_epoch == 0 {
                 let last_loss = l.item()?;
-                check_loss(last_loss, step, epoch, dir, cfg.lr_flag)?;
+                check_loss(last_loss, step, epoch, dir, &cfg.divergence_hint)?;
                 let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {last_loss:.4} | lr {lr:.4} | {rate:.1} img/s"));
             }
@@ -417,13 +418,13 @@ pub fn train(
             }
             if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
                 // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
-                check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, cfg.lr_flag)?;
+                check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, &cfg.divergence_hint)?;
                 save_state(model, dir, norm, Progress { step }, cfg)?;
             }
         }
         bar.finish_and_clear();
         let mean_loss = reduce::sum(&loss_sum)?.item()? as f64 / loss_count.max(1) as f64;
-        check_loss(mean_loss as f32, step, epoch, dir, cfg.lr_flag)?;
+        check_loss(mean_loss as f32, step, epoch, dir, &cfg.divergence_hint)?;
         let epoch_done = step % steps_per_epoch == 0;
         let eval = if cfg.eval_each_epoch && (epoch_done || step == stop_at) {
             Some(evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?)
@@ -481,14 +482,31 @@ pub fn read_best(dir: &Path) -> Result<Option<f64>> {
         .fold(None, |b, v| Some(b.map_or(v, |b: f64| b.max(v)))))
 }
 
-fn check_loss(loss: f32, step: usize, epoch: usize, dir: &Path, lr_flag: &str) -> Result<()> {
+fn check_loss(loss: f32, step: usize, epoch: usize, dir: &Path, hint: &str) -> Result<()> {
     if loss.is_finite() {
         return Ok(());
     }
+    let saved = match read_state_step(dir) {
+        Some(at) => format!("the last checkpoint in {} (step {at}) predates it", dir.display()),
+        None => format!("no checkpoint was saved in {} yet (a resume starts from the beginning)", dir.display()),
+    };
     Err(Error::invalid(format!(
-        "the loss became {loss} by step {step} (epoch {}): training diverged; the last checkpoint in {} \
-         predates it; start again with a lower learning rate ({lr_flag})",
-        epoch + 1,
-        dir.display()
+        "the loss became {loss} by step {step} (epoch {}): training diverged; {saved}; {hint}",
+        epoch + 1
     )))
+}
+
+/// A learning rate as a user would type it: 0.01, or 1e-6 / 1e29 outside [1e-4, 1e4).
+pub fn lr_text(lr: f32) -> String {
+    if (1e-4..1e4).contains(&lr.abs()) {
+        format!("{lr}")
+    } else {
+        format!("{lr:e}")
+    }
+}
+
+/// The step of the checkpoint in `dir`, if there is a readable one.
+fn read_state_step(dir: &Path) -> Option<usize> {
+    let ck = checkpoint::Checkpoint::load(&dir.join(STATE_FILE)).ok()?;
+    ck.metadata.get("step")?.parse().ok()
 }

@@ -82,7 +82,7 @@ fn bad_flags_end_in_clear_errors() {
     assert!(ok && !stdout.is_empty(), "{stdout}{stderr}");
     let (ok, _, stderr) = sasprune(&["--model", "resnet32", "train", "--model", "resnet20"]);
     assert!(!ok && stderr.contains("--model belongs to the pruning pipeline"), "{stderr}");
-    let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run", "--lr", "0.1"]);
+    let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run", "--beta", "0.1"]);
     assert!(!ok && stderr.contains("takes no others"), "{stderr}");
     let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run"]);
     assert!(!ok && stderr.contains("cannot resume /nonexistent-run"), "{stderr}");
@@ -159,8 +159,8 @@ fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
     assert!(ok, "{stdout}{stderr}");
     assert!(stderr.contains("at step 2") && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
     // a flag that changes the result is refused, naming it
-    let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--lr", "0.5"]);
-    assert!(!ok && stderr.contains("takes no others") && stderr.contains("--lr 0.5"), "{stderr}");
+    let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--momentum", "0.5"]);
+    assert!(!ok && stderr.contains("takes no others") && stderr.contains("--momentum 0.5"), "{stderr}");
     // the data moved: the old place is named, the new one accepted
     let moved = tmp.path().join("moved");
     std::fs::rename(&data, &moved).unwrap();
@@ -174,6 +174,17 @@ fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
     common::write_fake_cifar(&other, 8, 1);
     let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--data", other.to_str().unwrap(), "--steps", "6"]);
     assert!(!ok && stderr.contains("is not the one") && stderr.contains("checksum"), "{stderr}");
+    // one writer per run directory: a live owner is named, a dead one's lock is taken over
+    let mut owner = Command::new("sleep").arg("60").spawn().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    std::fs::write(run.join("lock"), format!("{} {}\n", owner.id(), host.trim())).unwrap();
+    let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--data", moved.to_str().unwrap(), "--steps", "6"]);
+    assert!(!ok && stderr.contains(&format!("in use by another sasprune process (pid {})", owner.id())), "{stderr}");
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s, "--steps", "6"]);
+    assert!(ok && stderr.contains("taking over the stale lock"), "{stdout}{stderr}");
+    assert!(!run.join("lock").exists(), "the lock goes with the process");
     // the pipeline does not resume a training run
     let (ok, _, stderr) = sasprune(&["--resume", run_s]);
     assert!(!ok && stderr.contains("holds a `train` run") && stderr.contains("sasprune train --resume"), "{stderr}");
@@ -241,4 +252,76 @@ fn vulkan_install_script_keeps_an_existing_driver() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("nvidia_icd.json") && stdout.contains("not installing the software driver"), "{stdout}");
+}
+
+/// A learning rate that makes the loss NaN stops the run within a few steps with a message that
+/// names the step, the loss and the command that continues with a lower learning rate; that
+/// command works, and the lower rate is kept for later resumes.
+#[test]
+fn a_diverged_training_run_says_how_to_continue_and_can() {
+    let tmp = common::TempDir::new("cli-diverge");
+    let data = tmp.path().join("cifar");
+    common::write_fake_cifar(&data, 8, 0);
+    let run = tmp.path().join("run");
+    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
+    let base = ["train", "--model", "resnet20", "--data", data_s, "--out", run_s, "--epochs", "1", "--batch", "8"];
+    let (ok, stdout, stderr) = sasprune(&[&base[..], &["--steps", "3", "--lr", "1e30"]].concat());
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(stderr.contains("diverged") && stderr.contains("by step 3") && stderr.contains("NaN"), "{stderr}");
+    let hint = format!("sasprune train --resume {run_s} --lr 1e29");
+    assert!(stderr.contains(&hint), "expected `{hint}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // what the message says to run, runs (from the start: nothing was checkpointed before step 3)
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s, "--lr", "0.01"]);
+    assert!(ok && stdout.contains("trained 3 steps"), "{stdout}{stderr}");
+    let record = std::fs::read_to_string(run.join("command.json")).unwrap();
+    assert!(record.contains("\"0.01\"") && !record.contains("1e30"), "the new rate is recorded:\n{record}");
+}
+
+/// A checkpoint write that fails (a full disk, injected) stops the run with an error naming the
+/// file and the cause; the previous checkpoint is intact, no temporary file is left, and the run
+/// continues from that checkpoint.
+#[test]
+fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
+    let tmp = common::TempDir::new("cli-enospc");
+    let data = tmp.path().join("cifar");
+    common::write_fake_cifar(&data, 8, 0);
+    let run = tmp.path().join("run");
+    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
+    let args = [
+        "train",
+        "--model",
+        "resnet20",
+        "--data",
+        data_s,
+        "--out",
+        run_s,
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--steps",
+        "3",
+        "--save-every",
+        "1",
+        "--lr",
+        "0.01",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(args)
+        .env("SASPRUNE_FAULT_WRITE", "train_state@2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("train_state.safetensors") && stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.contains(&format!("sasprune train --resume {run_s}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let state = sasprune::checkpoint::Checkpoint::load(&run.join("train_state.safetensors")).expect("still readable");
+    assert_eq!(state.metadata["step"], "1", "the checkpoint of step 1 is intact");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&run).unwrap().flatten().filter(|e| e.path().to_string_lossy().ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s]);
+    assert!(ok && stderr.contains("at step 1") && stdout.contains("trained 3 steps"), "{stdout}{stderr}");
 }

@@ -73,12 +73,12 @@ fn a_resumed_training_run_continues_exactly() {
     let err = train::load_state(&mut c, &tmp("b"), &other).unwrap_err().to_string();
     assert!(err.contains("batch 16") && err.contains("resume with the same settings"), "{err}");
     // A diverging run stops with a message naming the flag that sets its learning rate.
-    let wild = TrainConfig { lr: 1e30, max_steps: Some(3), lr_flag: "--wild-lr", ..cfg.clone() };
+    let wild = TrainConfig { lr: 1e30, max_steps: Some(3), divergence_hint: "lower --wild-lr".into(), ..cfg.clone() };
     let mut d = Model::build("resnet20", 10, 3).unwrap();
     let err = train::train(&mut d, &cifar.train, &test, norm, &wild, &tmp("d"), Progress::default(), None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("diverged") && err.contains("(--wild-lr)"), "{err}");
+    assert!(err.contains("diverged") && err.contains("lower --wild-lr"), "{err}");
     for t in ["a", "b", "d"] {
         std::fs::remove_dir_all(tmp(t)).ok();
     }

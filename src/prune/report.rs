@@ -95,49 +95,41 @@ impl Report {
         s
     }
 
-    /// `report.json`: everything above, for scripts and tests.
+    /// `report.json`: everything above, for scripts and tests (written by serde_json, so any
+    /// name or adapter text is escaped correctly).
     pub fn json(&self) -> String {
-        let num = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.4}"));
-        let esc = |t: &str| t.replace('\\', "\\\\").replace('"', "\\\"");
-        let layers: Vec<String> = self
-            .layers
-            .iter()
+        let layers: Vec<serde_json::Value> = (self.layers.iter())
             .map(|l| {
-                format!(
-                    "{{\"name\":\"{}\",\"shape\":[{}],\"weights\":{},\"kept\":{},\"sparsity\":{:.4}}}",
-                    esc(&l.name),
-                    l.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
-                    l.weights,
-                    l.kept,
-                    l.sparsity()
-                )
+                serde_json::json!({
+                    "name": l.name, "shape": l.shape, "weights": l.weights, "kept": l.kept, "sparsity": l.sparsity(),
+                })
             })
             .collect();
         let t = &self.top1;
-        let secs: Vec<String> = self.seconds.iter().map(|(p, x)| format!("\"{}\":{x:.3}", esc(p))).collect();
-        format!(
-            "{{\"model\":\"{}\",\"method\":\"{}\",\"adapter\":\"{}\",\"schedule\":\"{}\",\"rate_target\":\"{}\",\"rate_achieved\":{:.4},\
-             \"conv_percentage\":{},\"weights\":{},\"kept\":{},\"eval_images\":{},\
-             \"top1\":{{\"dense\":{},\"after_admm\":{},\"after_prune\":{},\"retrain_best\":{},\"retrain_final\":{}}},\
-             \"seconds\":{{{}}},\"layers\":[{}]}}\n",
-            esc(&self.model),
-            esc(&self.method),
-            esc(&self.adapter),
-            esc(&self.schedule),
-            esc(&self.rate_target),
-            self.rate_achieved,
-            num(self.conv_percentage),
-            self.total(),
-            self.kept(),
-            self.eval_images,
-            num(t.dense),
-            num(t.after_admm),
-            num(t.after_prune),
-            num(t.retrain_best),
-            num(t.retrain_final),
-            secs.join(","),
-            layers.join(",")
-        )
+        let seconds: serde_json::Map<String, serde_json::Value> =
+            self.seconds.iter().map(|(phase, x)| (phase.clone(), serde_json::json!(x))).collect();
+        let doc = serde_json::json!({
+            "model": self.model,
+            "method": self.method,
+            "adapter": self.adapter,
+            "schedule": self.schedule,
+            "rate_target": self.rate_target,
+            "rate_achieved": self.rate_achieved,
+            "conv_percentage": self.conv_percentage,
+            "weights": self.total(),
+            "kept": self.kept(),
+            "eval_images": self.eval_images,
+            "top1": {
+                "dense": t.dense,
+                "after_admm": t.after_admm,
+                "after_prune": t.after_prune,
+                "retrain_best": t.retrain_best,
+                "retrain_final": t.retrain_final,
+            },
+            "seconds": seconds,
+            "layers": layers,
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
     }
 }
 
