@@ -172,6 +172,15 @@ impl Checkpoint {
             }
             let values: Vec<f32> =
                 view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            // NaN or infinity in weights or optimizer state would poison every later step
+            // silently: a file holding them is corrupt, or comes from a run that diverged.
+            let bad = values.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(Error::invalid(format!(
+                    "{shown}: tensor '{name}' holds {bad} NaN or infinite values; the file is corrupt or was saved \
+                     by a run that diverged"
+                )));
+            }
             tensors.insert(name, (view.shape().to_vec(), values));
         }
         Ok(Checkpoint { tensors, metadata: meta.metadata().clone().unwrap_or_default(), batches_tracked })
