@@ -325,3 +325,46 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
     let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s]);
     assert!(ok && stderr.contains("at step 1") && stdout.contains("trained 3 steps"), "{stdout}{stderr}");
 }
+
+/// A lost GPU device (injected: the device is destroyed mid-run, as a driver reset loses it)
+/// ends the run with an error that says so and how to continue, never a panic; the run then
+/// continues from its last checkpoint.
+#[test]
+fn a_lost_device_stops_the_run_with_a_message_and_resume_continues() {
+    let tmp = common::TempDir::new("cli-device-lost");
+    let data = tmp.path().join("cifar");
+    common::write_fake_cifar(&data, 8, 0);
+    let run = tmp.path().join("run");
+    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
+    let args = [
+        "train",
+        "--model",
+        "resnet20",
+        "--data",
+        data_s,
+        "--out",
+        run_s,
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--steps",
+        "4",
+        "--save-every",
+        "1",
+        "--lr",
+        "0.01",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(args)
+        .env("SASPRUNE_FAULT_LOSE_DEVICE", "3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("device was lost"), "{stderr}");
+    assert!(stderr.contains(&format!("sasprune train --resume {run_s}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s]);
+    assert!(ok && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
+}

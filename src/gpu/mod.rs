@@ -189,6 +189,17 @@ impl Gpu {
                 *slot = Some(e.to_string());
             }
         }));
+        // A lost device (driver reset, GPU removed or hung) is reported at the next submit or
+        // read-back, ahead of whatever error it caused there.
+        let slot = device_error.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            *slot = Some(format!(
+                "the GPU device was lost ({reason:?}{}{message}); the driver may have reset or the GPU \
+                 stopped responding",
+                if message.is_empty() { "" } else { ": " }
+            ));
+        });
         let adapter = AdapterSummary {
             name: info.name.clone(),
             vendor_id: info.vendor,
@@ -229,8 +240,22 @@ impl Gpu {
 
     /// Submits everything recorded so far (one submit) without waiting for it.
     pub fn flush(&self) -> Result<()> {
+        self.lose_device_if_injected();
         self.lock_recorder().flush(self)?;
         self.check_device_error()
+    }
+
+    /// Fault injection for tests: `SASPRUNE_FAULT_LOSE_DEVICE=N` destroys the device at the N-th
+    /// flush, as a driver reset would lose it.
+    fn lose_device_if_injected(&self) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static FLUSHES: AtomicUsize = AtomicUsize::new(0);
+        let Some(n) = std::env::var("SASPRUNE_FAULT_LOSE_DEVICE").ok().and_then(|v| v.parse::<usize>().ok()) else {
+            return;
+        };
+        if FLUSHES.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            self.device.destroy();
+        }
     }
 
     /// Starts timing on the device (timestamp queries around every compute pass; with

@@ -403,7 +403,17 @@ impl Gpu {
         // The lock stays held until the staging buffer is unmapped: it is shared by all readers.
         rec.flush(self)?;
         self.check_device_error()?;
-        let bytes = self.map_and_read(&staging, view.size)?;
+        // A failed read-back is often the symptom of a lost device: report the cause when known.
+        let bytes = self.map_and_read(&staging, view.size).inspect_err(|_| {
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        });
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                self.check_device_error()?;
+                return Err(e);
+            }
+        };
         drop(rec);
         self.check_device_error()?;
         Ok(bytes)
