@@ -3,11 +3,45 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 fn sasprune(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sasprune")).args(args).output().expect("the binary runs");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `sasprune` with one environment variable set (for fault injection).
+fn sasprune_with(args: &[&str], var: &str, value: &str) -> (Option<i32>, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sasprune")).args(args).env(var, value).output().expect("the binary runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A temporary directory with a fake CIFAR set (8 images per file, 40 training images) and the
+/// path of a run directory in it.
+struct TinyRun {
+    tmp: common::TempDir,
+    data: String,
+    run: String,
+}
+
+impl TinyRun {
+    fn new(name: &str) -> TinyRun {
+        let tmp = common::TempDir::new(name);
+        let data = tmp.path().join("cifar");
+        common::write_fake_cifar(&data, 8, 0);
+        let run = tmp.path().join("run").display().to_string();
+        TinyRun { data: data.display().to_string(), run, tmp }
+    }
+
+    /// `train` on the fake set into the run directory: ResNet-20, one epoch of batch 8 (5
+    /// steps), then `extra`.
+    fn train_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let base =
+            ["train", "--model", "resnet20", "--data", &self.data, "--out", &self.run, "--epochs", "1", "--batch", "8"];
+        [&base[..], extra].concat()
+    }
 }
 
 #[test]
@@ -115,13 +149,10 @@ fn tuner_flags_tune_cache_and_reject_nonsense() {
     // Nonsense settings are refused with a message naming them.
     let (ok, _, stderr) = sasprune(&["devices", "--tune", "sometimes"]);
     assert!(!ok && stderr.contains("sometimes"), "{stderr}");
+    let bench = ["bench", "--quick", "--filter", "gemm", "--out", out_s];
     let run = |var: &str, value: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
-            .args(["bench", "--quick", "--filter", "gemm", "--out", out_s])
-            .env(var, value)
-            .output()
-            .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+        let (code, stderr) = sasprune_with(&bench, var, value);
+        (code == Some(0), stderr)
     };
     let (ok, stderr) = run("SASPRUNE_TUNE", "maybe");
     assert!(!ok && stderr.contains("tuning mode 'maybe'"), "{stderr}");
@@ -136,15 +167,10 @@ fn tuner_flags_tune_cache_and_reject_nonsense() {
 /// are refused.
 #[test]
 fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
-    let tmp = common::TempDir::new("cli-train-resume");
-    let data = tmp.path().join("cifar");
-    common::write_fake_cifar(&data, 8, 0);
-    let run = tmp.path().join("run");
-    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
-    let (ok, stdout, stderr) = sasprune(&[
-        "train", "--model", "resnet20", "--data", data_s, "--out", run_s, "--epochs", "1", "--batch", "8", "--steps",
-        "2", "--lr", "0.05",
-    ]);
+    let t = TinyRun::new("cli-train-resume");
+    let (run, data) = (PathBuf::from(&t.run), PathBuf::from(&t.data));
+    let (run_s, data_s) = (t.run.as_str(), t.data.as_str());
+    let (ok, stdout, stderr) = sasprune(&t.train_args(&["--steps", "2", "--lr", "0.05"]));
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("trained 2 steps"), "{stdout}");
     assert!(stderr.contains("input normalization: cifar") && stderr.contains("the default for resnet20"), "{stderr}");
@@ -162,7 +188,7 @@ fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
     let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--momentum", "0.5"]);
     assert!(!ok && stderr.contains("takes no others") && stderr.contains("--momentum 0.5"), "{stderr}");
     // the data moved: the old place is named, the new one accepted
-    let moved = tmp.path().join("moved");
+    let moved = t.tmp.path().join("moved");
     std::fs::rename(&data, &moved).unwrap();
     let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--steps", "5"]);
     assert!(!ok && stderr.contains(data_s), "{stderr}");
@@ -170,7 +196,7 @@ fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
         sasprune(&["train", "--resume", run_s, "--data", moved.to_str().unwrap(), "--steps", "5"]);
     assert!(ok && stdout.contains("trained 5 steps"), "{stdout}{stderr}");
     // other data of the same shape is refused
-    let other = tmp.path().join("other");
+    let other = t.tmp.path().join("other");
     common::write_fake_cifar(&other, 8, 1);
     let (ok, _, stderr) = sasprune(&["train", "--resume", run_s, "--data", other.to_str().unwrap(), "--steps", "6"]);
     assert!(!ok && stderr.contains("is not the one") && stderr.contains("checksum"), "{stderr}");
@@ -259,13 +285,9 @@ fn vulkan_install_script_keeps_an_existing_driver() {
 /// command works, and the lower rate is kept for later resumes.
 #[test]
 fn a_diverged_training_run_says_how_to_continue_and_can() {
-    let tmp = common::TempDir::new("cli-diverge");
-    let data = tmp.path().join("cifar");
-    common::write_fake_cifar(&data, 8, 0);
-    let run = tmp.path().join("run");
-    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
-    let base = ["train", "--model", "resnet20", "--data", data_s, "--out", run_s, "--epochs", "1", "--batch", "8"];
-    let (ok, stdout, stderr) = sasprune(&[&base[..], &["--steps", "3", "--lr", "1e30"]].concat());
+    let t = TinyRun::new("cli-diverge");
+    let run_s = t.run.as_str();
+    let (ok, stdout, stderr) = sasprune(&t.train_args(&["--steps", "3", "--lr", "1e30"]));
     assert!(!ok, "{stdout}{stderr}");
     assert!(stderr.contains("diverged") && stderr.contains("by step 3") && stderr.contains("NaN"), "{stderr}");
     let hint = format!("sasprune train --resume {run_s} --lr 1e29");
@@ -274,7 +296,7 @@ fn a_diverged_training_run_says_how_to_continue_and_can() {
     // what the message says to run, runs (from the start: nothing was checkpointed before step 3)
     let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s, "--lr", "0.01"]);
     assert!(ok && stdout.contains("trained 3 steps"), "{stdout}{stderr}");
-    let record = std::fs::read_to_string(run.join("command.json")).unwrap();
+    let record = std::fs::read_to_string(PathBuf::from(run_s).join("command.json")).unwrap();
     assert!(record.contains("\"0.01\"") && !record.contains("1e30"), "the new rate is recorded:\n{record}");
 }
 
@@ -283,37 +305,11 @@ fn a_diverged_training_run_says_how_to_continue_and_can() {
 /// continues from that checkpoint.
 #[test]
 fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
-    let tmp = common::TempDir::new("cli-enospc");
-    let data = tmp.path().join("cifar");
-    common::write_fake_cifar(&data, 8, 0);
-    let run = tmp.path().join("run");
-    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
-    let args = [
-        "train",
-        "--model",
-        "resnet20",
-        "--data",
-        data_s,
-        "--out",
-        run_s,
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-        "--steps",
-        "3",
-        "--save-every",
-        "1",
-        "--lr",
-        "0.01",
-    ];
-    let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
-        .args(args)
-        .env("SASPRUNE_FAULT_WRITE", "train_state@2")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let t = TinyRun::new("cli-enospc");
+    let (run, run_s) = (PathBuf::from(&t.run), t.run.as_str());
+    let args = t.train_args(&["--steps", "3", "--save-every", "1", "--lr", "0.01"]);
+    let (code, stderr) = sasprune_with(&args, "SASPRUNE_FAULT_WRITE", "train_state@2");
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("train_state.safetensors") && stderr.contains("No space left on device"), "{stderr}");
     assert!(stderr.contains(&format!("sasprune train --resume {run_s}")), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -331,37 +327,11 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
 /// continues from its last checkpoint.
 #[test]
 fn a_lost_device_stops_the_run_with_a_message_and_resume_continues() {
-    let tmp = common::TempDir::new("cli-device-lost");
-    let data = tmp.path().join("cifar");
-    common::write_fake_cifar(&data, 8, 0);
-    let run = tmp.path().join("run");
-    let (run_s, data_s) = (run.to_str().unwrap(), data.to_str().unwrap());
-    let args = [
-        "train",
-        "--model",
-        "resnet20",
-        "--data",
-        data_s,
-        "--out",
-        run_s,
-        "--epochs",
-        "1",
-        "--batch",
-        "8",
-        "--steps",
-        "4",
-        "--save-every",
-        "1",
-        "--lr",
-        "0.01",
-    ];
-    let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
-        .args(args)
-        .env("SASPRUNE_FAULT_LOSE_DEVICE", "3")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let t = TinyRun::new("cli-device-lost");
+    let run_s = t.run.as_str();
+    let args = t.train_args(&["--steps", "4", "--save-every", "1", "--lr", "0.01"]);
+    let (code, stderr) = sasprune_with(&args, "SASPRUNE_FAULT_LOSE_DEVICE", "3");
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("device was lost"), "{stderr}");
     assert!(stderr.contains(&format!("sasprune train --resume {run_s}")), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
