@@ -531,7 +531,8 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
 /// completed: the error says how to continue, unless it already does.
 fn with_resume_hint(e: Error, command: &str) -> Error {
     let text = e.to_string();
-    if text.contains("--resume") {
+    // a divergence message says what to change and how to go on; a resume alone would diverge again
+    if text.contains("--resume") || text.contains("diverged") {
         return e;
     }
     Error::invalid(format!("{text}; the work completed so far is saved: continue with `{command}`"))

@@ -239,7 +239,10 @@ fn fuzz(
         std::fs::remove_dir_all(path).unwrap();
     }
     std::fs::write(path, good).unwrap();
-    eprintln!(
+    // written past the test harness's output capture, so that `cargo test` shows it
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "corruption: {kind}: {} cases, {} refused with a message naming the file, {} accepted (harmless), 0 panics",
         cases(),
         tally.refused,

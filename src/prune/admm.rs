@@ -319,10 +319,11 @@ fn read_scalars(values: &[&Tensor]) -> Result<Vec<f64>> {
 fn check_finite(m: &IterationMetrics, dir: &Path) -> Result<()> {
     if !(m.ce.is_finite() && m.res2.is_finite()) {
         return Err(Error::invalid(format!(
-            "the loss became {} in outer iteration {}: the iterates diverged; lower β/ρ or raise v, then resume from {}",
+            "ADMM phase: the loss became {} in outer iteration {}: the iterates diverged; start a new run (--out) \
+             with lower --beta/--rho or a larger --v, from the dense weights this run saved: --weights {}",
             m.ce,
             m.k,
-            dir.display()
+            dir.join("dense.safetensors").display()
         )));
     }
     Ok(())

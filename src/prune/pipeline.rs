@@ -174,7 +174,8 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
                 } else {
                     Progress::default()
                 };
-                train::train(&mut model, &train_sub, &test_sub, norm, d, &dense_dir, progress, None)?;
+                train::train(&mut model, &train_sub, &test_sub, norm, d, &dense_dir, progress, None)
+                    .map_err(|e| in_phase("dense training", e))?;
                 norm
             }
         };
@@ -293,7 +294,8 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             model.store.reset_momentum()?;
             Progress::default()
         };
-        let s = train::train(&mut model, &train_sub, &test_sub, norm, &rcfg, &retrain_dir, progress, Some(&mask))?;
+        let s = train::train(&mut model, &train_sub, &test_sub, norm, &rcfg, &retrain_dir, progress, Some(&mask))
+            .map_err(|e| in_phase("masked retraining", e))?;
         let fin = match s.final_eval {
             Some(e) => e.top1,
             None => eval(&mut model, norm)?.top1,
@@ -452,4 +454,9 @@ pub fn compare(cfg: &PipelineConfig, train_set: &dyn Dataset) -> Result<Vec<(Str
     checkpoint::write_atomic(&dir.join("compare.svg"), report::convergence_svg(&series).as_bytes())?;
     println!("wrote {} and {}", dir.join("compare.csv").display(), dir.join("compare.svg").display());
     Ok(curves)
+}
+
+/// Names the phase a failure happened in (the messages of the training loop do not know it).
+fn in_phase(phase: &str, e: Error) -> Error {
+    Error::invalid(format!("{phase}: {e}"))
 }
