@@ -3,13 +3,16 @@
 // non-negative floats the bit pattern orders like the value), then mark the k_l smallest with
 // 0 (ties broken by position) and the rest with 1. No sort, no host round trip: 32 rounds of
 // count + update are recorded back to back.
-//   layers [L] of (offset, len, k, _)      state [L] of (lo, hi, _, _)      counts [L] atomic
+// A vector larger than one storage binding is bound in pieces: the counting and masking kernels
+// then get a table of the layers' parts in that piece (offset relative to the piece, id = the
+// layer), and accumulate into the per-layer counts and state, which see every piece.
+//   layers [L] of (offset, len, k, id)      state [L] of (lo, hi, quota, _)      counts [L] atomic
 
 struct Params { layers: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 
-struct Layer { offset: u32, len: u32, k: u32, _pad: u32 }
-struct Range { lo: u32, hi: u32, _pad0: u32, _pad1: u32 }
+struct Layer { offset: u32, len: u32, k: u32, id: u32 }
+struct Range { lo: u32, hi: u32, quota: u32, _pad: u32 }
 
 fn key(v: f32) -> u32 {
     return bitcast<u32>(abs(v)) & 0x7fffffffu;
@@ -27,7 +30,7 @@ fn init(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 //#section count
-// Workgroup (x, y = layer): counts elements with key <= mid of its layer, strided over x.
+// Workgroup (x, y = layer part): counts elements with key <= mid of its layer, strided over x.
 @group(0) @binding(1) var<storage, read> layers: array<Layer>;
 @group(0) @binding(2) var<storage, read> state: array<Range>;
 @group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
@@ -38,7 +41,7 @@ fn count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let l = wid.y;
     if (l >= p.layers) { return; }   // (uniform per workgroup, so before the barriers is fine)
     let layer = layers[l];
-    let r = state[l];
+    let r = state[layer.id];
     let mid = r.lo + (r.hi - r.lo) / 2u;
     if (lid.x == 0u) { atomicStore(&local_count, 0u); }
     workgroupBarrier();
@@ -48,7 +51,45 @@ fn count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     }
     atomicAdd(&local_count, c);
     workgroupBarrier();
-    if (lid.x == 0u) { atomicAdd(&counts[l], atomicLoad(&local_count)); }
+    if (lid.x == 0u) { atomicAdd(&counts[layer.id], atomicLoad(&local_count)); }
+}
+
+//#section count_below
+// Like count, for the final key v = lo: elements with key < v.
+@group(0) @binding(1) var<storage, read> layers: array<Layer>;
+@group(0) @binding(2) var<storage, read> state: array<Range>;
+@group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+var<workgroup> local_count: atomic<u32>;
+@compute @workgroup_size(256)
+fn count_below(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let l = wid.y;
+    if (l >= p.layers) { return; }
+    let layer = layers[l];
+    let v = state[layer.id].lo;
+    if (lid.x == 0u) { atomicStore(&local_count, 0u); }
+    workgroupBarrier();
+    var c = 0u;
+    for (var i = wid.x * 256u + lid.x; i < layer.len; i += nwg.x * 256u) {
+        c += select(0u, 1u, key(x[layer.offset + i]) < v);
+    }
+    atomicAdd(&local_count, c);
+    workgroupBarrier();
+    if (lid.x == 0u) { atomicAdd(&counts[layer.id], atomicLoad(&local_count)); }
+}
+
+//#section set_quota
+// One thread per layer: the ties (key == v) still to zero, k − #(key < v), lowest positions first.
+@group(0) @binding(1) var<storage, read> layers: array<Layer>;
+@group(0) @binding(2) var<storage, read_write> state: array<Range>;
+@group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
+@compute @workgroup_size(64)
+fn set_quota(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let l = gid.x;
+    if (l >= p.layers) { return; }
+    let k = layers[l].k;
+    state[l].quota = k - min(atomicLoad(&counts[l]), k);
+    atomicStore(&counts[l], 0u);
 }
 
 //#section update
@@ -68,10 +109,11 @@ fn update(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 //#section write_mask
-// One thread per layer, in order: key < v → 0; key == v → 0 while the quota k − #(key < v)
-// lasts (lowest positions first); otherwise 1. v = the k-th smallest key (lo == hi).
+// One thread per layer part, pieces in order: key < v → 0; key == v → 0 while the layer's quota
+// lasts (lowest positions first; the quota carries over to the next piece); otherwise 1.
+// v = the k-th smallest key (lo == hi).
 @group(0) @binding(1) var<storage, read> layers: array<Layer>;
-@group(0) @binding(2) var<storage, read> state: array<Range>;
+@group(0) @binding(2) var<storage, read_write> state: array<Range>;
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mask: array<f32>;
 @compute @workgroup_size(64)
@@ -79,10 +121,8 @@ fn write_mask(@builtin(global_invocation_id) gid: vec3<u32>) {
     let l = gid.x;
     if (l >= p.layers) { return; }
     let layer = layers[l];
-    let v = state[l].lo;
-    var below = 0u;
-    for (var i = 0u; i < layer.len; i++) { below += select(0u, 1u, key(x[layer.offset + i]) < v); }
-    var quota = layer.k - min(below, layer.k);
+    let v = state[layer.id].lo;
+    var quota = state[layer.id].quota;
     for (var i = 0u; i < layer.len; i++) {
         let kv = key(x[layer.offset + i]);
         var m = 1.0;
@@ -90,4 +130,5 @@ fn write_mask(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (layer.k > 0u && kv == v && quota > 0u) { m = 0.0; quota -= 1u; }
         mask[layer.offset + i] = m;
     }
+    state[layer.id].quota = quota;
 }

@@ -1,11 +1,12 @@
-//! The ADMM pruning kernels and the GPU per-layer selection against their f64 CPU references.
+//! The ADMM pruning kernels and the GPU per-layer selection against their f64 CPU references,
+//! each run twice: bound whole, and in pieces of a tiny forced storage-binding size (the path
+//! AlexNet's 61 M weights take on drivers with a 128 MiB limit), layers spanning many pieces.
 
 mod common;
 use common::*;
-use sasprune::ops::{admm, select};
+use sasprune::ops::{admm, reduce, select, sgd, with_binding_limit};
 use sasprune::reference as cpu;
 
-#[test]
 fn sas_h_inner_step_and_mix_match_reference() {
     let mut rng = Rng::new(40);
     let n = 70_001;
@@ -31,7 +32,6 @@ fn sas_h_inner_step_and_mix_match_reference() {
     assert_close("mix", &values(&out), &expected, ELEMENTWISE);
 }
 
-#[test]
 fn sas_dual_updates_and_soft_threshold_match_reference() {
     let mut rng = Rng::new(41);
     let n = 5_003;
@@ -57,7 +57,6 @@ fn sas_dual_updates_and_soft_threshold_match_reference() {
     assert_eq!(cpu::soft_threshold(0.2, 0.25), 0.0);
 }
 
-#[test]
 fn admm_nn_gradient_and_dual_match_reference() {
     let mut rng = Rng::new(42);
     let n = 3_001;
@@ -81,7 +80,6 @@ fn admm_nn_gradient_and_dual_match_reference() {
     assert_close("hard prune W *= mask", &values(&wt), &(0..n).map(|i| w[i] * mask[i]).collect::<Vec<_>>(), (0.0, 0.0));
 }
 
-#[test]
 fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
     let mut rng = Rng::new(43);
     let n = 50_000;
@@ -112,4 +110,60 @@ fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
     }
     assert_eq!(m, cpu::magnitude_mask(&x, &layers), "GPU mask differs from the reference");
     assert!(m[432..512].iter().all(|&v| v == 1.0), "gaps between layers stay untouched");
+}
+
+/// 4 KiB: 1,024 floats per piece, so every vector above is bound in 3 to 70 pieces.
+const TINY_BINDING: u64 = 4096;
+
+/// Runs `check` on whole bindings, then again with every vector in pieces of TINY_BINDING.
+fn whole_and_in_pieces(check: fn()) {
+    check();
+    with_binding_limit(TINY_BINDING, check);
+}
+
+#[test]
+fn sas_admm_inner_kernels_whole_and_in_pieces() {
+    whole_and_in_pieces(sas_h_inner_step_and_mix_match_reference);
+}
+
+#[test]
+fn sas_admm_duals_and_soft_threshold_whole_and_in_pieces() {
+    whole_and_in_pieces(sas_dual_updates_and_soft_threshold_match_reference);
+}
+
+#[test]
+fn admm_nn_kernels_and_hard_prune_whole_and_in_pieces() {
+    whole_and_in_pieces(admm_nn_gradient_and_dual_match_reference);
+}
+
+#[test]
+fn exact_count_masks_whole_and_in_pieces() {
+    whole_and_in_pieces(per_layer_magnitude_masks_have_exact_counts_and_match_reference);
+}
+
+/// Masked SGD and the reductions the ADMM phase reports (‖·‖², ‖·‖₁) over vectors in pieces.
+#[test]
+fn masked_sgd_and_norms_in_pieces() {
+    with_binding_limit(TINY_BINDING, || {
+        let mut rng = Rng::new(44);
+        let n = 10_007;
+        let mask: Vec<f64> = (0..n).map(|i| (i % 4 != 1) as u8 as f64).collect();
+        let mut w: Vec<f64> = f32_exact(&rng.vec(n)).iter().zip(&mask).map(|(w, m)| w * m).collect();
+        let g = f32_exact(&rng.vec(n));
+        let mut buf = vec![0.0; n];
+        let (wt, bt) = (tensor(&w, &[n]), tensor(&buf, &[n]));
+        let cfg = sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+        sgd::sgd_step(&wt, &tensor(&g, &[n]), &bt, Some(&tensor(&mask, &[n])), &cfg).unwrap();
+        let rcfg = cpu::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+        cpu::sgd_step(&mut w, &g, &mut buf, Some(&mask[..]), &rcfg);
+        let got = values(&wt);
+        assert_close("masked sgd in pieces", &got, &w, ELEMENTWISE);
+        assert!((0..n).filter(|i| i % 4 == 1).all(|i| got[i] == 0.0), "pruned weights stay exactly 0");
+        let x = f32_exact(&rng.vec(n));
+        let xt = tensor(&x, &[n]);
+        let sq: f64 = x.iter().map(|v| v * v).sum();
+        let l1: f64 = x.iter().map(|v| v.abs()).sum();
+        assert_close("‖x‖² in pieces", &values(&reduce::sum_squares(&xt).unwrap()), &[sq], LONG_SUM);
+        assert_close("‖x‖₁ in pieces", &values(&reduce::sum_abs(&xt).unwrap()), &[l1], LONG_SUM);
+    });
 }

@@ -1,7 +1,7 @@
 //! The parameter store and its arenas.
 
 use crate::gpu::{self, Buffer};
-use crate::ops::{elementwise, for_each_chunk, sgd};
+use crate::ops::{elementwise, sgd};
 use crate::tensor::numel;
 use crate::{Error, Result, Tensor};
 use std::collections::BTreeMap;
@@ -176,14 +176,9 @@ impl ParamStore {
     /// the pruned range). One launch, or a few when the arena exceeds the device's binding limit.
     pub fn sgd_step(&self, cfg: &sgd::SgdConfig, mask: Option<&Tensor>) -> Result<()> {
         let a = self.arenas();
-        for_each_chunk(a.params_len, |start, len| {
-            let view = |b: &Arc<Buffer>| Tensor::view_into(b.clone(), 4 * start as u64, &[len]);
-            let m = match mask {
-                Some(m) => Some(Tensor::view_into(m.storage().clone(), m.byte_offset() + 4 * start as u64, &[len])?),
-                None => None,
-            };
-            sgd::sgd_step(&view(&a.params)?, &view(&a.grads)?, &view(&a.momentum)?, m.as_ref(), cfg)
-        })
+        let view = |b: &Arc<Buffer>| Tensor::view_into(b.clone(), 0, &[a.params_len]);
+        let m = mask.map(|m| Tensor::view_into(m.storage().clone(), m.byte_offset(), &[a.params_len])).transpose()?;
+        sgd::sgd_step(&view(&a.params)?, &view(&a.grads)?, &view(&a.momentum)?, m.as_ref(), cfg)
     }
 
     /// Every parameter and buffer, by name, copied to the host (two read-backs in all).

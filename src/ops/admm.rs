@@ -1,7 +1,8 @@
 //! Element-wise ADMM kernels over the vector of prunable weights (shaders/admm.wgsl). None is
-//! differentiated; each is one launch over the whole vector.
+//! differentiated; each is one launch over the whole vector, or one per piece when the vector
+//! is larger than a storage binding (AlexNet's 61 M weights on drivers with a 128 MiB limit).
 
-use super::{groups_1d, kernel, launch, same_shape};
+use super::{binding_limit, flat_view, for_each_chunk, groups_1d, kernel, launch, same_shape};
 use crate::gpu::Kernel;
 use crate::{Result, Tensor};
 
@@ -32,7 +33,15 @@ fn run(kernel: &Kernel, p: Params, tensors: &[&Tensor]) -> Result<()> {
     for t in &tensors[1..] {
         same_shape(kernel.label, tensors[0], t)?;
     }
-    launch(kernel, &p, tensors, groups_1d(p.n as usize))
+    let n = p.n as usize;
+    if 4 * n as u64 <= binding_limit()? {
+        return launch(kernel, &p, tensors, groups_1d(n));
+    }
+    for_each_chunk(n, |start, len| {
+        let pieces = tensors.iter().map(|t| flat_view(t, start, len)).collect::<Result<Vec<_>>>()?;
+        let bound: Vec<&Tensor> = pieces.iter().collect();
+        launch(kernel, &Params { n: len as u32, ..p }, &bound, groups_1d(len))
+    })
 }
 
 /// `h = ρ·W + U − β·(W − Z)`.

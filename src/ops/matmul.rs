@@ -452,7 +452,7 @@ pub fn row_block_granularity() -> Result<usize> {
 
 /// Rows per block when `weight` [out, in] exceeds one storage binding, else None.
 fn weight_block_rows(weight: &Tensor) -> Result<Option<usize>> {
-    let limit = crate::gpu::get()?.adapter.max_storage_binding as usize;
+    let limit = super::binding_limit()? as usize;
     if weight.numel() * 4 <= limit || weight.shape().len() != 2 {
         return Ok(None);
     }

@@ -30,13 +30,38 @@ pub(crate) fn launch<P: bytemuck::Pod>(
     gpu::get()?.dispatch(kernel, bytemuck::bytes_of(params), &views, groups)
 }
 
+thread_local! {
+    static FORCED_BINDING_LIMIT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` as if this device allowed storage bindings of at most `bytes` (kernels that work
+/// in pieces then use pieces of that size): how tests reach the pieces-of-a-binding paths that
+/// AlexNet takes on drivers with a 128 MiB limit, at small sizes.
+pub fn with_binding_limit<R>(bytes: u64, f: impl FnOnce() -> R) -> R {
+    let old = FORCED_BINDING_LIMIT.with(|c| c.replace(Some(bytes)));
+    let out = f();
+    FORCED_BINDING_LIMIT.with(|c| c.set(old));
+    out
+}
+
+/// The largest storage binding kernels may use, in bytes (the device's, or a test's smaller one).
+pub(crate) fn binding_limit() -> Result<u64> {
+    let device = gpu::get()?.adapter.max_storage_binding;
+    Ok(FORCED_BINDING_LIMIT.with(|c| c.get()).map_or(device, |f| f.min(device)))
+}
+
+/// Elements per piece for [`for_each_chunk`]: the binding limit, rounded down to the storage
+/// offset alignment.
+fn chunk_elements() -> Result<usize> {
+    let align = (gpu::get()?.storage_alignment() as usize / 4).max(1);
+    Ok(((binding_limit()? as usize / 4) / align * align).max(align))
+}
+
 /// Calls `f(start, len)` over `[0, total)` elements in the fewest aligned chunks that each fit
 /// one storage binding of this device (one chunk unless a tensor exceeds the binding limit, as
 /// AlexNet's parameters do on some drivers).
 pub(crate) fn for_each_chunk(total: usize, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
-    let gpu = gpu::get()?;
-    let align = (gpu.storage_alignment() as usize / 4).max(1);
-    let chunk = ((gpu.adapter.max_storage_binding as usize / 4) / align * align).max(align);
+    let chunk = chunk_elements()?;
     let mut start = 0;
     while start < total {
         let len = chunk.min(total - start);

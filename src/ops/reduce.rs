@@ -38,8 +38,22 @@ struct Dims4 {
 }
 
 /// Sum (or sum of squares) of all elements times `scale`, as a one-element tensor, in two
-/// stages (at most 1024 partial sums, then one workgroup). Not differentiated.
+/// stages (at most 1024 partial sums, then one workgroup), per piece of at most one storage
+/// binding (the pieces' sums added up). Not differentiated.
 fn reduce_all(x: &Tensor, mode: Mode, scale: f32) -> Result<Tensor> {
+    if 4 * x.numel() as u64 <= super::binding_limit()? {
+        return reduce_binding(x, mode, scale);
+    }
+    let total = Tensor::zeros(&[1])?;
+    super::for_each_chunk(x.numel(), |start, len| {
+        let piece = reduce_binding(&super::flat_view(x, start, len)?, mode, scale)?;
+        super::elementwise::axpy(1.0, &piece, &total)
+    })?;
+    Ok(total)
+}
+
+/// [`reduce_all`] over a tensor that fits one binding.
+fn reduce_binding(x: &Tensor, mode: Mode, scale: f32) -> Result<Tensor> {
     let n = x.numel();
     let groups = n.div_ceil(4096).clamp(1, 1024);
     let chunk = n.div_ceil(groups);

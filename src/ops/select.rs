@@ -1,13 +1,15 @@
 //! Per-layer magnitude masks by GPU selection (shaders/select.wgsl): for each layer, the k
 //! smallest |x| get 0 and the rest 1, exactly k zeros per layer, ties broken by position.
 
-use super::{kernel, launch};
+use super::{flat_view, for_each_chunk, kernel, launch};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
 static INIT: Kernel = kernel!("select.init", "select.wgsl", "init");
 static COUNT: Kernel = kernel!("select.count", "select.wgsl", "count");
 static UPDATE: Kernel = kernel!("select.update", "select.wgsl", "update");
+static COUNT_BELOW: Kernel = kernel!("select.count_below", "select.wgsl", "count_below");
+static SET_QUOTA: Kernel = kernel!("select.set_quota", "select.wgsl", "set_quota");
 static MASK: Kernel = kernel!("select.write_mask", "select.wgsl", "write_mask");
 
 /// One layer's place in the vector and how many of its elements to zero.
@@ -33,7 +35,8 @@ fn words(data: &[u32]) -> Result<Tensor> {
 
 /// Writes into `mask` (same length as `x`) 0 for the `k` smallest-magnitude elements of each
 /// layer's range and 1 elsewhere in that range; elements outside every range are left as they
-/// are. Ranges must not overlap.
+/// are. Ranges must not overlap. A vector beyond one storage binding is read in pieces (a layer
+/// may span several), with exactly the mask the whole vector would get.
 pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Result<()> {
     super::same_shape("magnitude_mask", x, mask)?;
     if layers.is_empty() {
@@ -42,7 +45,23 @@ pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Resu
     if let Some(l) = layers.iter().find(|l| l.k > l.len || l.offset + l.len > x.numel()) {
         return Err(Error::shape("magnitude_mask", format!("layer {l:?} does not fit a vector of {}", x.numel())));
     }
-    let table: Vec<u32> = layers.iter().flat_map(|l| [l.offset as u32, l.len as u32, l.k as u32, 0]).collect();
+    // The pieces x is bound in, each with the table of the layer parts it holds.
+    let mut pieces: Vec<(usize, usize, Tensor, u32)> = Vec::new();
+    for_each_chunk(x.numel(), |start, len| {
+        let parts: Vec<u32> = (layers.iter().enumerate())
+            .filter_map(|(id, l)| {
+                let (from, to) = (l.offset.max(start), (l.offset + l.len).min(start + len));
+                (from < to).then(|| [(from - start) as u32, (to - from) as u32, l.k as u32, id as u32])
+            })
+            .flatten()
+            .collect();
+        if !parts.is_empty() {
+            pieces.push((start, len, words(&parts)?, (parts.len() / 4) as u32));
+        }
+        Ok(())
+    })?;
+    let table: Vec<u32> =
+        layers.iter().enumerate().flat_map(|(id, l)| [l.offset as u32, l.len as u32, l.k as u32, id as u32]).collect();
     let table = words(&table)?;
     let state = Tensor::uninit(&[4 * layers.len()])?;
     let counts = Tensor::uninit(&[layers.len()])?;
@@ -52,10 +71,24 @@ pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Resu
     launch(&INIT, &p, &[&state, &counts], small)?;
     let longest = layers.iter().map(|l| l.len).max().unwrap_or(1);
     let chunks = longest.div_ceil(256 * 16).clamp(1, 1024) as u32;
-    // 31 halvings take [0, 0x7f800000] down to one key.
+    // Counts over every piece, then one update: 31 halvings take [0, 0x7f800000] to one key.
+    let count_pieces = |kernel: &Kernel| -> Result<()> {
+        for (start, len, parts, count) in &pieces {
+            let piece = Params { layers: *count, _pad: [0; 3] };
+            launch(kernel, &piece, &[parts, &state, &counts, &flat_view(x, *start, *len)?], [chunks, *count, 1])?;
+        }
+        Ok(())
+    };
     for _ in 0..31 {
-        launch(&COUNT, &p, &[&table, &state, &counts, x], [chunks, n, 1])?;
+        count_pieces(&COUNT)?;
         launch(&UPDATE, &p, &[&table, &state, &counts], small)?;
     }
-    launch(&MASK, &p, &[&table, &state, x, mask], small)
+    count_pieces(&COUNT_BELOW)?;
+    launch(&SET_QUOTA, &p, &[&table, &state, &counts], small)?;
+    for (start, len, parts, count) in &pieces {
+        let piece = Params { layers: *count, _pad: [0; 3] };
+        let bound = [parts, &state, &flat_view(x, *start, *len)?, &flat_view(mask, *start, *len)?];
+        launch(&MASK, &piece, &bound, [count.div_ceil(64), 1, 1])?;
+    }
+    Ok(())
 }

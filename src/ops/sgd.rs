@@ -52,5 +52,15 @@ pub fn sgd_step(w: &Tensor, grad: &Tensor, buf: &Tensor, mask: Option<&Tensor>, 
         _pad2: 0.0,
     };
     // Without a mask the slot is bound to `grad` (never read).
-    launch(&SGD, &p, &[w, grad, buf, mask.unwrap_or(grad)], groups_1d(w.numel()))
+    let n = w.numel();
+    if 4 * n as u64 <= super::binding_limit()? {
+        return launch(&SGD, &p, &[w, grad, buf, mask.unwrap_or(grad)], groups_1d(n));
+    }
+    // Larger than one storage binding (AlexNet's arena on 128 MiB drivers): in pieces.
+    super::for_each_chunk(n, |start, len| {
+        let piece = |t: &Tensor| super::flat_view(t, start, len);
+        let (w, grad, buf) = (piece(w)?, piece(grad)?, piece(buf)?);
+        let m = mask.map(piece).transpose()?;
+        launch(&SGD, &Params { n: len as u32, ..p }, &[&w, &grad, &buf, m.as_ref().unwrap_or(&grad)], groups_1d(len))
+    })
 }
