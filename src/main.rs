@@ -48,11 +48,14 @@ struct Cli {
 /// The pruning pipeline's flags (the default command).
 #[derive(Args, Clone)]
 struct PruneArgs {
-    /// resnet20, resnet32, resnet44, resnet56 or resnet110
+    /// resnet20, resnet32, resnet44, resnet56, resnet110 or alexnet (ImageNet-style data:
+    /// --data holds train.pack and val.pack; the class count comes from the data)
     #[arg(long)]
     model: Option<String>,
-    /// Target: 6.6x (compression of conv + fc weights, fc kept dense) or 85% (pruned share of
-    /// every conv layer); the unit is required. Not together with --layer-rates
+    /// Target: 6.6x (compression of conv + fc weights) or 85% (pruned share of each layer); the
+    /// unit is required. The ResNets prune every conv layer by the same share and keep the fc
+    /// layer dense (as the paper counts); alexnet prunes every conv and fc layer by the same
+    /// share. Not together with --layer-rates
     #[arg(long)]
     rate: Option<String>,
     /// Per-layer pruned percentages: a file of `layer-name percentage` lines (see data/)
@@ -302,11 +305,6 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
             sasprune::models::MODEL_NAMES.join(", ")
         )));
     }
-    if model == "alexnet" {
-        return Err(Error::invalid(
-            "the pruning pipeline runs on the CIFAR ResNets for now; AlexNet trains and evaluates with `sasprune train/eval`",
-        ));
-    }
     let rate = match (&a.rate, &a.layer_rates) {
         (Some(r), Some(f)) => {
             return Err(Error::invalid(format!(
@@ -503,7 +501,7 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
     let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
     say_adapter()?;
-    let model = Model::build(&cfg.model, 10, cfg.seed)?;
+    let model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
     prune::pipeline::make_plan(&model, &cfg)?;
     drop(model);
     let _lock = RunLock::acquire(&cfg.out)?;

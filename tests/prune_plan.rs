@@ -89,25 +89,25 @@ fn resnet32_at_85_percent_is_6_61x_and_6_6x_needs_84_97_percent() {
     let layers = rate::prunable_layers(&m.store);
     assert_eq!(layers.len(), 32);
     assert_eq!(layers.iter().map(|l| l.len).sum::<usize>(), 461_872);
-    let plan = rate::plan_uniform(layers.clone(), Rate::Percent(85.0)).unwrap();
+    let plan = rate::plan_uniform(layers.clone(), Rate::Percent(85.0), true).unwrap();
     // By hand, kept = n − ⌈0.85(n − 1)⌉ per layer: conv1 432 → 65; 10 × 2304 → 10 × 346;
     // 4608 → 692; 9 × 9216 → 9 × 1383; 18432 → 2765; 9 × 36864 → 9 × 5530; fc 640 dense:
     // 65 + 3460 + 692 + 12447 + 2765 + 49770 + 640 = 69,839.
     assert_eq!(plan.kept(), 69_839, "kept weights at 85% (the paper's 69,825 uses fractional counts)");
     assert_eq!(format!("{:.2}", plan.rate()), "6.61");
     assert_eq!(plan.pruned.last(), Some(&0), "the fc layer stays dense");
-    let plan = rate::plan_uniform(layers.clone(), Rate::Times(6.6)).unwrap();
+    let plan = rate::plan_uniform(layers.clone(), Rate::Times(6.6), true).unwrap();
     let p = 100.0 * plan.fractions[0];
     assert!((p - 84.97).abs() < 0.005, "6.6x needs {p:.4}% of every conv layer");
     assert!(plan.rate() >= 6.6 && plan.rate() < 6.61, "{}", plan.rate());
-    let err = rate::plan_uniform(layers, Rate::Times(1000.0)).unwrap_err().to_string();
+    let err = rate::plan_uniform(layers, Rate::Times(1000.0), true).unwrap_err().to_string();
     assert!(err.contains("cannot be reached"), "{err}");
 }
 
 #[test]
 fn resnet56_at_90_percent_is_9_93x() {
     let m = Model::build("resnet56", 10, 0).unwrap();
-    let plan = rate::plan_uniform(rate::prunable_layers(&m.store), Rate::Percent(90.0)).unwrap();
+    let plan = rate::plan_uniform(rate::prunable_layers(&m.store), Rate::Percent(90.0), true).unwrap();
     assert_eq!(format!("{:.2}", plan.rate()), "9.93");
 }
 

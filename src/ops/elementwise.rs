@@ -43,11 +43,14 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     })
 }
 
-/// `a + b` (same shapes).
+/// `a + b` (same shapes; tensors beyond one storage binding go in pieces).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a, b)?;
     let out = Tensor::uninit(a.shape())?;
-    launch(&ADD, &params(a.numel(), 0.0), &[a, b, &out], groups_4x(a.numel()))?;
+    for_each_chunk(a.numel(), |start, n| {
+        let bound = [&flat_view(a, start, n)?, &flat_view(b, start, n)?, &flat_view(&out, start, n)?];
+        launch(&ADD, &params(n, 0.0), &bound, groups_4x(n))
+    })?;
     let node = needs_node(&[a, b]).then(|| Node { backward: Box::new(AddBackward), inputs: vec![a.edge(), b.edge()] });
     Ok(out.with_node(node))
 }

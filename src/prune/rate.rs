@@ -121,18 +121,22 @@ impl Plan {
     }
 }
 
-/// The plan for a uniform conv percentage (fc dense) reaching `rate`: for `Times(r)`, the
-/// smallest percentage whose exact counts reach at least r.
-pub fn plan_uniform(layers: Vec<Layer>, rate: Rate) -> Result<Plan> {
-    let with = |p: f64| Plan::new(layers.clone(), layers.iter().map(|l| if l.is_fc { 0.0 } else { p }).collect());
+/// The plan for a uniform percentage reaching `rate`: of every conv layer with the fc layers
+/// dense when `fc_dense` (the CIFAR ResNets, as the paper counts them), else of every conv and
+/// fc layer (AlexNet, whose fc layers hold 96% of its weights). For `Times(r)`, the smallest
+/// percentage whose exact counts reach at least r.
+pub fn plan_uniform(layers: Vec<Layer>, rate: Rate, fc_dense: bool) -> Result<Plan> {
+    let with =
+        |p: f64| Plan::new(layers.clone(), layers.iter().map(|l| if l.is_fc && fc_dense { 0.0 } else { p }).collect());
     match rate {
         Rate::Percent(p) => Ok(with(p / 100.0)),
         Rate::Times(r) => {
             let most = with(1.0 - 1e-12);
             if most.rate() < r {
+                let how = if fc_dense { "by pruning the conv layers alone (fc dense)" } else { "" };
                 return Err(Error::invalid(format!(
-                    "--rate {r}x cannot be reached by pruning the conv layers alone (at most {:.2}x with the fc layer \
-                     dense); give a lower rate or per-layer rates with --layer-rates",
+                    "--rate {r}x cannot be reached {how} (at most {:.2}x); give a lower rate or per-layer rates with \
+                     --layer-rates",
                     most.rate()
                 )));
             }
