@@ -103,6 +103,8 @@ def main():
             fail(f"{args.classes} lists no classes")
     class_names, samples = list_samples(args.src, class_names)
 
+    # the output's directory is created if needed (like `mkdir -p`)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = f"{args.out}.tmp-{os.getpid()}"
     record = 4 + 3 * args.size * args.size
     try:
