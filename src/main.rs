@@ -145,6 +145,11 @@ struct PruneArgs {
     /// ADMM-NN SGD steps per iteration
     #[arg(long)]
     admm_steps: Option<usize>,
+    /// Reproducible step by step: no augmentation, ADMM minibatches in file order (batch g is
+    /// images g·B … g·B+B−1, cycling), training epochs in file order; dropout masks and batch
+    /// norm as usual. Results then depend only on the data, the flags and the kernels' arithmetic
+    #[arg(long)]
+    deterministic: bool,
 }
 
 #[derive(Subcommand)]
@@ -349,6 +354,8 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     set!(sas.r, a.r);
     set!(sas.s, a.s);
     set!(sas.batch, a.batch);
+    sas.file_order = a.deterministic;
+    retrain.deterministic = a.deterministic;
     set!(retrain.epochs, a.retrain_epochs);
     set!(retrain.lr, a.lr);
     set!(retrain.batch, a.retrain_batch);
@@ -385,6 +392,7 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         retrain,
         dense: TrainConfig {
             seed: a.seed,
+            deterministic: a.deterministic,
             announce_eta_after: Some(20),
             // the dense phase's lr comes from --schedule, not --lr (that one is the retraining's)
             divergence_hint: "train the dense model with `sasprune train --lr ...` and pass it as --weights".into(),
@@ -396,6 +404,7 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         seed: a.seed,
         subset: a.subset,
         eval_limit: a.eval_limit,
+        deterministic: a.deterministic,
         show_progress: true,
     })
 }

@@ -35,6 +35,9 @@ pub struct SasConfig {
     pub r: f32,
     pub s: f32,
     pub batch: usize,
+    /// Minibatch g is images g·batch … g·batch + batch − 1 in file order (cycling), instead of
+    /// drawn at random with replacement (`--deterministic`, with unaugmented batches).
+    pub file_order: bool,
 }
 
 impl SasConfig {
@@ -52,6 +55,7 @@ impl SasConfig {
             r: 0.9,
             s: 1.09,
             batch: 256,
+            file_order: false,
         }
     }
 
@@ -108,6 +112,8 @@ pub struct AdmmNnConfig {
     /// SGD steps per ADMM iteration.
     pub steps: usize,
     pub batch: usize,
+    /// Minibatches in file order (see [`SasConfig::file_order`]).
+    pub file_order: bool,
 }
 
 impl AdmmNnConfig {
@@ -134,6 +140,7 @@ impl AdmmNnConfig {
             iterations,
             steps: sas.total_gradients().div_ceil(iterations),
             batch: sas.batch,
+            file_order: sas.file_order,
         }
     }
 }
@@ -278,14 +285,17 @@ impl AdmmState {
     }
 }
 
-/// Draws a minibatch of `batch` indices with replacement (from gradient number `g`), runs
+/// Draws a minibatch of `batch` indices with replacement (from gradient number `g`; or takes the
+/// next `batch` images in file order when `file_order`), runs
 /// forward and backward in training mode, and returns the loss (on the device). The gradient
 /// lands in the gradient arena.
+#[allow(clippy::too_many_arguments)]
 fn minibatch_gradient(
     model: &mut Model,
     data: &dyn Dataset,
     spec: &BatchSpec,
     batch: usize,
+    file_order: bool,
     seed: u64,
     g: usize,
     buf: &mut (Vec<f32>, Vec<f32>),
@@ -294,7 +304,11 @@ fn minibatch_gradient(
         return Err(Error::invalid("the training set is empty"));
     }
     let mut rng = rng_for(seed, 3, g as u64);
-    let idx: Vec<usize> = (0..batch).map(|_| rng.random_range(0..data.len())).collect();
+    let idx: Vec<usize> = if file_order {
+        (0..batch).map(|i| (g * batch + i) % data.len()).collect()
+    } else {
+        (0..batch).map(|_| rng.random_range(0..data.len())).collect()
+    };
     fill_batch(data, &idx, spec, &mut rng, &mut buf.0, &mut buf.1);
     let (_, h, w) = model.input;
     let x = Tensor::from_slice(&buf.0, &[batch, 3, h, w])?;
@@ -381,7 +395,7 @@ pub fn run_sas_admm(
             let b = 2.0 / (t as f64 + 1.0);
             let b_next = 2.0 / (t as f64 + 2.0);
             let gamma = 2.0 / (eta * t as f64);
-            let l = minibatch_gradient(model, data, spec, cfg.batch, seed, state.gradients, &mut buf)?;
+            let l = minibatch_gradient(model, data, spec, cfg.batch, cfg.file_order, seed, state.gradients, &mut buf)?;
             elementwise::axpy(1.0, &l, &ce_sum)?;
             admm::sas_inner(&d, &h, &state.w_breve, &state.w, &w_hat, gamma as f32, cfg.rho, b as f32, b_next as f32)?;
             state.gradients += 1;
@@ -469,7 +483,7 @@ pub fn run_admm_nn(
         model.store.reset_momentum()?;
         let ce_sum = Tensor::zeros(&[1])?;
         for _ in 0..cfg.steps {
-            let l = minibatch_gradient(model, data, spec, cfg.batch, seed, state.gradients, &mut buf)?;
+            let l = minibatch_gradient(model, data, spec, cfg.batch, cfg.file_order, seed, state.gradients, &mut buf)?;
             elementwise::axpy(1.0, &l, &ce_sum)?;
             admm::admm_grad(&w_net, &state.z, &state.u, &d, cfg.rho)?;
             // Only W moves: the step runs over the prunable prefix alone.

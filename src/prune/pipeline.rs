@@ -64,6 +64,9 @@ pub struct PipelineConfig {
     pub subset: Option<usize>,
     /// Evaluate on the first N test images only.
     pub eval_limit: Option<usize>,
+    /// No augmentation in any phase; ADMM minibatches in file order, training in file order
+    /// (`--deterministic`: what an independent implementation can reproduce step by step).
+    pub deterministic: bool,
     pub show_progress: bool,
 }
 
@@ -206,7 +209,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         norm
     };
     seconds.push(("dense".into(), log.f64("dense.seconds").unwrap_or(0.0)));
-    let spec = train::train_spec(&model, &train_sub, norm, false);
+    let spec = train::train_spec(&model, &train_sub, norm, cfg.deterministic);
 
     // 2. ADMM phase
     let metrics_path = dir.join("admm_metrics.csv");
@@ -433,7 +436,7 @@ pub fn compare(cfg: &PipelineConfig, train_set: &dyn Dataset) -> Result<Vec<(Str
             }
             None => checkpoint::normalize_for_training(cfg.normalize, &cfg.model),
         };
-        let spec = train::train_spec(&model, &train_sub, norm, false);
+        let spec = train::train_spec(&model, &train_sub, norm, cfg.deterministic);
         let sub = dir.join(method.name());
         std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
         let mut state = AdmmState::start(&model)?;
