@@ -404,8 +404,8 @@ pub fn run_sas_admm(
         }
         admm::sas_dual(&state.w, &state.z, &state.u, &s.dz, &s.res, cfg.beta, cfg.lambda, cfg.r, cfg.s)?;
         if k > cfg.k_avg {
-            // running mean of the W iterates since K_avg
-            admm::mix(&state.w, &state.w_avg, &s.tmp, 1.0 / (k - cfg.k_avg) as f32)?;
+            // running mean of the W iterates K_avg … k, K_avg included (W_avg held W_{K_avg})
+            admm::mix(&state.w, &state.w_avg, &s.tmp, 1.0 / (k - cfg.k_avg + 1) as f32)?;
             copy(&s.tmp, &state.w_avg)?;
         } else {
             copy(&state.w, &state.w_avg)?;
