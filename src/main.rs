@@ -169,13 +169,29 @@ enum Command {
         #[arg(long, default_value = "bench-results.jsonl")]
         out: PathBuf,
     },
-    /// Run SAS-ADMM and ADMM-NN from the same dense weights for the same number of minibatch
-    /// gradients and write both convergence curves (compare.csv, compare.svg) to --out
-    Compare(PruneArgs),
+    /// Run every method (--methods) through the whole pipeline from the same dense start with the
+    /// same budget, once per seed (--seeds), and write compare.md (mean ± std of top-1 after
+    /// pruning and after retraining, gradients, time), compare.csv (every run), compare.svg
+    /// (top-1 against gradients) and convergence.svg (the ADMM phases) to --out. Magnitude
+    /// pruning retrains for as many more epochs as the ADMM phase's gradients amount to. Run the
+    /// same command again to continue an interrupted comparison
+    Compare(CompareArgs),
     /// Evaluate a model on the test set
     Eval(EvalArgs),
     /// Train a model (dense, or resume an interrupted run)
     Train(TrainArgs),
+}
+
+#[derive(Args, Clone)]
+struct CompareArgs {
+    #[command(flatten)]
+    prune: PruneArgs,
+    /// Methods to compare, comma-separated
+    #[arg(long, default_value = "sas-admm,admm,magnitude")]
+    methods: String,
+    /// Runs per method, with seeds --seed, --seed + 1, ...
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
 }
 
 #[derive(Args, Clone)]
@@ -690,17 +706,22 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             gpu::init(&options)?;
             sasprune::bench::run_and_record(&sasprune::bench::BenchConfig { quick, filter }, &out).map(drop)
         }
-        Command::Compare(a) => {
-            gpu::init(&options)?;
-            let cfg = pipeline_config(&a)?;
+        Command::Compare(c) => {
+            let a = &c.prune;
+            let methods = c.methods.split(',').map(|m| Method::parse(m.trim())).collect::<Result<Vec<_>>>()?;
+            if c.seeds == 0 || c.seeds > 100 {
+                return Err(Error::invalid(format!("--seeds must be in 1..=100, got {}", c.seeds)));
+            }
+            let cfg = pipeline_config(a)?;
             let cfg = PipelineConfig {
                 out: a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-compare", cfg.model))),
                 ..cfg
             };
-            let (train_set, _) = open_data(&cfg.model, a.data.data.as_deref())?;
+            let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
+            gpu::init(&options)?;
             say_adapter()?;
             let _lock = RunLock::acquire(&cfg.out)?;
-            prune::pipeline::compare(&cfg, train_set.as_ref()).map(drop)
+            prune::compare::compare(&cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref()).map(drop)
         }
         Command::Eval(a) => {
             let flag_norm = a.data.normalize()?;

@@ -9,6 +9,7 @@ use sasprune::data::cifar::Cifar10;
 use sasprune::data::{BatchSpec, CIFAR_MEAN, CIFAR_STD};
 use sasprune::models::Model;
 use sasprune::prune::admm::{self, AdmmNnConfig, AdmmState, SasConfig};
+use sasprune::prune::compare;
 use sasprune::prune::pipeline::{self, Method, PipelineConfig};
 use sasprune::prune::rate::Rate;
 use sasprune::train::{LrSchedule, TrainConfig};
@@ -201,19 +202,41 @@ fn a_resumed_sas_admm_phase_continues_exactly() {
 }
 
 #[test]
-fn convergence_comparison_runs_both_methods_on_the_same_budget() {
+fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     let Some(cifar) = data() else { return };
     let cfg = tiny_config(Method::SasAdmm, Rate::Times(3.0), "compare");
-    let curves = pipeline::compare(&cfg, &cifar.train).unwrap();
-    assert_eq!(curves.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["sas-admm", "admm"]);
-    let budget: Vec<usize> = curves.iter().map(|(_, c)| c.last().unwrap().gradients).collect();
-    assert_eq!(budget[0], 7);
-    assert!(budget[1] >= budget[0] && budget[1] < budget[0] + cfg.admm.iterations, "{budget:?}");
+    let methods = [Method::SasAdmm, Method::Admm, Method::Magnitude];
+    let rows = compare::compare(&cfg, &methods, 2, &cifar.train, &cifar.test).unwrap();
+    assert_eq!(rows.len(), 6, "3 methods x 2 seeds");
+    for m in methods {
+        let seeds: Vec<u64> = rows.iter().filter(|r| r.method == m.name()).map(|r| r.seed).collect();
+        assert_eq!(seeds, [0, 1], "{}", m.name());
+    }
+    let of = |name: &str| rows.iter().find(|r| r.method == name).unwrap();
+    // SAS-ADMM: 2 + 5 gradients; ADMM-NN: 2 iterations of ceil(7 / 2) = 4 steps
+    assert_eq!(of("sas-admm").admm_gradients, 7);
+    assert_eq!(of("admm").admm_gradients, 8);
+    // magnitude pruning: no ADMM phase, ceil(7 · 16 / 64) = 2 more retraining epochs
+    assert_eq!((of("magnitude").admm_gradients, of("magnitude").retrain_epochs), (0, 3));
+    assert_eq!(of("sas-admm").retrain_epochs, 1);
+    // one dense start for every run
+    assert!(rows.iter().all(|r| r.dense == rows[0].dense), "{rows:?}");
+    let md = std::fs::read_to_string(cfg.out.join("compare.md")).unwrap();
+    for m in methods {
+        assert!(md.lines().any(|l| l.starts_with(&format!("| {} |", m.name())) && l.contains(" ± ")), "{md}");
+    }
     let csv = std::fs::read_to_string(cfg.out.join("compare.csv")).unwrap();
-    assert_eq!(csv.lines().filter(|l| l.starts_with("sas-admm,")).count(), 2);
-    assert_eq!(csv.lines().filter(|l| l.starts_with("admm,")).count(), 2);
+    assert_eq!(csv.lines().count(), 7, "a header and one line per run:\n{csv}");
     let svg = std::fs::read_to_string(cfg.out.join("compare.svg")).unwrap();
-    assert_eq!(svg.matches("<polyline").count(), 4, "two curves in each of two panels");
+    assert_eq!(svg.matches("<polyline").count(), 3, "one accuracy curve per method");
+    let curves = std::fs::read_to_string(cfg.out.join("convergence.svg")).unwrap();
+    assert_eq!(curves.matches("<polyline").count(), 4, "two ADMM methods in each of two panels");
+    // the same command again finds every run done and reports the same numbers
+    let again = compare::compare(&cfg, &methods, 2, &cifar.train, &cifar.test).unwrap();
+    let tops = |rs: &[compare::CompareRow]| {
+        rs.iter().map(|r| (r.method.clone(), r.seed, r.after_prune, r.retrain_final)).collect::<Vec<_>>()
+    };
+    assert_eq!(tops(&again), tops(&rows));
     std::fs::remove_dir_all(&cfg.out).ok();
 }
 

@@ -2,6 +2,7 @@
 //! pruning to per-layer percentages, masked retraining, and the run's report.
 
 pub mod admm;
+pub mod compare;
 pub mod pipeline;
 pub mod rate;
 pub mod report;

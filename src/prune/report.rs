@@ -228,3 +228,62 @@ pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
     svg.push_str("</svg>\n");
     svg
 }
+
+/// A single-panel line plot: one polyline with markers per series of (x, y) points, linear axes
+/// from 0 (x) and around the data (y), a legend.
+pub fn line_plot_svg(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    const W: f64 = 560.0;
+    const H: f64 = 340.0;
+    const M: f64 = 60.0;
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let points = series.iter().flat_map(|(_, s)| s.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (max_x, lo, hi) = points
+        .fold((0.0f64, f64::INFINITY, f64::NEG_INFINITY), |(mx, lo, hi), &(x, y)| (mx.max(x), lo.min(y), hi.max(y)));
+    let max_x = if max_x > 0.0 { max_x } else { 1.0 };
+    let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (0.0, 100.0) };
+    let px = |x: f64| M + (W - 1.5 * M) * x / max_x;
+    let py = |y: f64| H - M + 20.0 - (H - 1.5 * M) * (y - lo) / (hi - lo);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"18\" text-anchor=\"middle\">{title}</text>\n",
+        H + 30.0,
+        W / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/><line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{3}\" stroke=\"black\"/>",
+        px(0.0),
+        py(lo),
+        px(max_x),
+        py(hi)
+    );
+    for i in 0..=4 {
+        let (x, y) = (max_x * i as f64 / 4.0, lo + (hi - lo) * i as f64 / 4.0);
+        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.1}</text>", px(0.0) - 4.0, py(y) + 4.0);
+        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text>", px(x), py(lo) + 16.0);
+    }
+    let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>", W / 2.0, H + 22.0);
+    for (si, (name, s)) in series.iter().enumerate() {
+        let color = colors[si % colors.len()];
+        let pts: Vec<(f64, f64)> =
+            s.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| (px(x), py(y))).collect();
+        let list: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            list.join(" ")
+        );
+        for (x, y) in &pts {
+            let _ = writeln!(svg, "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{color}\"/>");
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
+            W - 1.5 * M,
+            40.0 + 16.0 * si as f64
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}

@@ -1,0 +1,190 @@
+//! `sasprune compare`: every method through the whole pipeline from the same dense start with the
+//! same budget, once per seed, and what users need to choose between them — a table of mean ±
+//! standard deviation (compare.md), every run's numbers (compare.csv), top-1 against minibatch
+//! gradients (compare.svg) and the ADMM phases' convergence (convergence.svg).
+//!
+//! Budget: the ADMM methods spend the same number of minibatch gradients in their ADMM phase
+//! (ADMM-NN gets ⌈G / iterations⌉ steps per iteration, so at most iterations − 1 more) and the
+//! same retraining epochs; magnitude pruning, which has no ADMM phase, retrains for as many more
+//! epochs as those gradients amount to. Each run lives in `OUT/seed<s>/<method>` and resumes like
+//! the pipeline, so running the same command again continues an interrupted comparison.
+
+use super::admm::IterationMetrics;
+use super::pipeline::{self, Method, PipelineConfig};
+use super::report;
+use crate::checkpoint;
+use crate::data::Dataset;
+use crate::{Error, Result};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// One run of the comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareRow {
+    pub method: String,
+    pub seed: u64,
+    /// Minibatch gradients of the ADMM phase (0 for magnitude pruning).
+    pub admm_gradients: usize,
+    pub retrain_epochs: usize,
+    pub dense: f64,
+    pub after_prune: f64,
+    pub retrain_final: f64,
+    pub retrain_best: f64,
+    /// Wall time of all phases, seconds.
+    pub seconds: f64,
+    /// Minibatch gradients of masked retraining.
+    pub retrain_gradients: usize,
+}
+
+/// Runs `methods` × `seeds` pipelines (seeds `cfg.seed`, `cfg.seed + 1`, …) into `cfg.out`.
+pub fn compare(
+    cfg: &PipelineConfig,
+    methods: &[Method],
+    seeds: usize,
+    train_set: &dyn Dataset,
+    test_set: &dyn Dataset,
+) -> Result<Vec<CompareRow>> {
+    if methods.is_empty() || seeds == 0 {
+        return Err(Error::invalid("compare needs at least one method (--methods) and one seed (--seeds)"));
+    }
+    let dir = cfg.out.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let images = cfg.subset.map_or(train_set.len(), |s| s.min(train_set.len())).max(1);
+    let admm_gradients = cfg.sas.total_gradients();
+    let mut weights = cfg.weights.clone();
+    let mut rows = Vec::new();
+    for s in 0..seeds as u64 {
+        for &method in methods {
+            let out = dir.join(format!("seed{s}")).join(method.name());
+            let mut run = PipelineConfig { method, seed: cfg.seed + s, out, weights: weights.clone(), ..cfg.clone() };
+            run.retrain.seed = run.seed;
+            run.dense.seed = run.seed;
+            if method == Method::Magnitude {
+                // the ADMM phase's gradients, as retraining epochs
+                run.retrain.epochs += (admm_gradients * cfg.sas.batch).div_ceil(images);
+            }
+            println!("\n=== compare: {} seed {} ({}) ===", method.name(), run.seed, run.out.display());
+            let r = pipeline::run(&run, train_set, test_set)?;
+            // every later run starts from the dense model the first one trained
+            weights.get_or_insert_with(|| run.out.join("dense.safetensors"));
+            let top = |v: Option<f64>| v.unwrap_or(f64::NAN);
+            rows.push(CompareRow {
+                method: method.name().into(),
+                seed: run.seed,
+                admm_gradients: match method {
+                    Method::SasAdmm => admm_gradients,
+                    Method::Admm => run.admm.iterations * run.admm.steps,
+                    Method::Magnitude => 0,
+                },
+                retrain_epochs: run.retrain.epochs,
+                retrain_gradients: run.retrain.epochs * images.div_ceil(run.retrain.batch),
+                dense: top(r.top1.dense),
+                after_prune: top(r.top1.after_prune),
+                retrain_final: top(r.top1.retrain_final),
+                retrain_best: top(r.top1.retrain_best),
+                seconds: r.seconds.iter().filter(|(p, _)| !p.starts_with("total")).map(|(_, x)| x).sum(),
+            });
+        }
+    }
+    write_outputs(&dir, cfg, methods, &rows)?;
+    Ok(rows)
+}
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+fn write_outputs(dir: &std::path::Path, cfg: &PipelineConfig, methods: &[Method], rows: &[CompareRow]) -> Result<()> {
+    let mut csv = String::from(
+        "method,seed,admm_gradients,retrain_epochs,retrain_gradients,dense_top1,after_prune_top1,retrain_final_top1,\
+         retrain_best_top1,seconds\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.1}",
+            r.method,
+            r.seed,
+            r.admm_gradients,
+            r.retrain_epochs,
+            r.retrain_gradients,
+            r.dense,
+            r.after_prune,
+            r.retrain_final,
+            r.retrain_best,
+            r.seconds
+        );
+    }
+    checkpoint::write_atomic(&dir.join("compare.csv"), csv.as_bytes())?;
+    let seeds = rows.iter().filter(|r| r.method == methods[0].name()).count();
+    let rate =
+        cfg.layer_rates.as_ref().map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display()));
+    let mut md = format!(
+        "# {} at {rate}: {} seed{} per method\n\nTop-1 (%) as mean ± standard deviation over seeds; the dense start \
+         scores {:.2}%.\n\n| method | ADMM-phase gradients | retraining epochs | after hard prune | after retraining \
+         (final) | after retraining (best) | wall time per run |\n|---|---|---|---|---|---|---|\n",
+        cfg.model,
+        seeds,
+        if seeds == 1 { "" } else { "s" },
+        rows.first().map_or(f64::NAN, |r| r.dense)
+    );
+    for m in methods {
+        let of: Vec<&CompareRow> = rows.iter().filter(|r| r.method == m.name()).collect();
+        let stat = |f: fn(&CompareRow) -> f64| {
+            let (mean, std) = mean_std(&of.iter().map(|r| f(r)).collect::<Vec<_>>());
+            format!("{mean:.2} ± {std:.2}")
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} s |",
+            m.name(),
+            of.first().map_or(0, |r| r.admm_gradients),
+            of.first().map_or(0, |r| r.retrain_epochs),
+            stat(|r| r.after_prune),
+            stat(|r| r.retrain_final),
+            stat(|r| r.retrain_best),
+            mean_std(&of.iter().map(|r| r.seconds).collect::<Vec<_>>()).0.round()
+        );
+    }
+    checkpoint::write_atomic(&dir.join("compare.md"), md.as_bytes())?;
+    // top-1 against the gradients spent, mean over seeds: dense (0), after hard pruning (the ADMM
+    // phase's gradients), after retraining (plus retraining's)
+    let series: Vec<(String, Vec<(f64, f64)>)> = methods
+        .iter()
+        .map(|m| {
+            let of: Vec<&CompareRow> = rows.iter().filter(|r| r.method == m.name()).collect();
+            let mean = |f: fn(&CompareRow) -> f64| mean_std(&of.iter().map(|r| f(r)).collect::<Vec<_>>()).0;
+            let g = of.first().map_or(0, |r| r.admm_gradients) as f64;
+            let total = g + of.first().map_or(0, |r| r.retrain_gradients) as f64;
+            (
+                m.name().to_string(),
+                vec![(0.0, mean(|r| r.dense)), (g, mean(|r| r.after_prune)), (total, mean(|r| r.retrain_final))],
+            )
+        })
+        .collect();
+    let svg = report::line_plot_svg(
+        "top-1 (%) against minibatch gradients (ADMM phase, then retraining)",
+        "minibatch gradients",
+        &series,
+    );
+    checkpoint::write_atomic(&dir.join("compare.svg"), svg.as_bytes())?;
+    // the ADMM phases' objective and residual, first seed
+    let curves: Vec<(String, Vec<IterationMetrics>)> = methods
+        .iter()
+        .filter(|&&m| m != Method::Magnitude)
+        .filter_map(|m| {
+            let path: PathBuf = dir.join("seed0").join(m.name()).join("admm_metrics.csv");
+            report::read_metrics(&path).ok().map(|c| (m.name().to_string(), c))
+        })
+        .collect();
+    if !curves.is_empty() {
+        let series: Vec<(&str, &[IterationMetrics])> = curves.iter().map(|(n, c)| (n.as_str(), c.as_slice())).collect();
+        checkpoint::write_atomic(&dir.join("convergence.svg"), report::convergence_svg(&series).as_bytes())?;
+    }
+    println!("\n{md}\nwrote compare.md, compare.csv, compare.svg and convergence.svg in {}", dir.display());
+    Ok(())
+}
