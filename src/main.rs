@@ -227,7 +227,7 @@ struct EvalArgs {
     /// when that is less)
     #[arg(long)]
     batch: Option<usize>,
-    /// Number of classes (default 10 for the ResNets, 1000 for alexnet)
+    /// Number of classes (default: as many as the data holds)
     #[arg(long)]
     classes: Option<usize>,
     /// Print one JSON object instead of text
@@ -286,13 +286,15 @@ struct TrainArgs {
     /// Save a resumable checkpoint every N steps (and at the end of every epoch)
     #[arg(long, default_value_t = 500)]
     save_every: usize,
+    /// Number of classes (default: as many as the data holds)
     #[arg(long)]
     classes: Option<usize>,
 }
 
-/// `--classes` or the model's default, checked before anything is allocated from it.
-fn default_classes(model: &str, given: Option<usize>) -> Result<usize> {
-    let classes = given.unwrap_or(if model == "alexnet" { 1000 } else { 10 });
+/// `--classes`, or as many classes as the data holds (CIFAR-10: 10; a pack: its header's count),
+/// checked before anything is allocated from it.
+fn classes_for(given: Option<usize>, data: &dyn Dataset) -> Result<usize> {
+    let classes = given.unwrap_or(data.classes());
     sasprune::models::check_classes(classes)?;
     Ok(classes)
 }
@@ -526,8 +528,12 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
     let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
     say_adapter()?;
-    let model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
+    let mut model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
     prune::pipeline::make_plan(&model, &cfg)?;
+    if let Some(w) = &cfg.weights {
+        // names, shapes (the class count included) and values, before any work
+        checkpoint::load_model(&mut model, w)?;
+    }
     drop(model);
     let _lock = RunLock::acquire(&cfg.out)?;
     match record {
@@ -635,11 +641,14 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
     };
     cfg.validate()?;
     sasprune::models::check_batch(&model_name, a.batch, "--batch")?;
-    let classes = default_classes(&model_name, a.classes)?;
+    if let Some(c) = a.classes {
+        sasprune::models::check_classes(c)?;
+    }
     let flag_norm = a.data.normalize()?;
     gpu::init(options)?;
     say_adapter()?;
     let (train_set, test_set) = open_data(&model_name, a.data.data.as_deref())?;
+    let classes = classes_for(a.classes, train_set.as_ref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
     let _lock = RunLock::acquire(&dir)?;
     let mut model = Model::build(&model_name, classes, a.seed)?;
@@ -733,8 +742,8 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
                 Some(b) => sasprune::models::check_batch(&a.model, b, "--batch").map(|_| b)?,
                 None => sasprune::models::largest_batch(&a.model)?.min(500),
             };
-            let classes = default_classes(&a.model, a.classes)?;
             let (_, test) = open_data(&a.model, a.data.data.as_deref())?;
+            let classes = classes_for(a.classes, test.as_ref())?;
             let mut model = Model::build(&a.model, classes, 0)?;
             let stored = checkpoint::load_model(&mut model, &a.weights)?;
             let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &a.weights.display().to_string());

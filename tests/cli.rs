@@ -338,3 +338,29 @@ fn a_lost_device_stops_the_run_with_a_message_and_resume_continues() {
     let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s]);
     assert!(ok && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
 }
+
+/// Weights that do not fit (here: trained for 100 classes, the data has 10) are refused before
+/// any work starts: no run directory is recorded, and no resume is suggested.
+#[test]
+fn pipeline_weights_that_do_not_fit_are_refused_before_any_work() {
+    let t = TinyRun::new("cli-weights-misfit");
+    let weights = t.tmp.path().join("w100.safetensors");
+    let model = sasprune::models::Model::build("resnet20", 100, 1).unwrap();
+    sasprune::checkpoint::save_model(&model, &weights, sasprune::checkpoint::Normalize::CIFAR, &[]).unwrap();
+    let args = [
+        "--model",
+        "resnet20",
+        "--rate",
+        "3x",
+        "--data",
+        &t.data,
+        "--out",
+        &t.run,
+        "--weights",
+        weights.to_str().unwrap(),
+    ];
+    let (ok, _, stderr) = sasprune(&args);
+    assert!(!ok && stderr.contains("w100.safetensors") && stderr.contains("expected [10, 64]"), "{stderr}");
+    assert!(!stderr.contains("--resume"), "nothing started, nothing to resume: {stderr}");
+    assert!(!PathBuf::from(&t.run).join("command.json").exists());
+}
