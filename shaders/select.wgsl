@@ -8,7 +8,8 @@
 // layer), and accumulate into the per-layer counts and state, which see every piece.
 //   layers [L] of (offset, len, k, id)      state [L] of (lo, hi, quota, _)      counts [L] atomic
 
-struct Params { layers: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
+// mode (count only): 0 counts key <= mid of the bisection, 1 counts key < lo (the final key)
+struct Params { layers: u32, mode: u32, _pad1: u32, _pad2: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 
 struct Layer { offset: u32, len: u32, k: u32, id: u32 }
@@ -30,7 +31,8 @@ fn init(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 //#section count
-// Workgroup (x, y = layer part): counts elements with key <= mid of its layer, strided over x.
+// Workgroup (x, y = layer part): counts elements with key <= mid of its layer (mode 0) or with
+// key < lo once the bisection is done (mode 1), strided over x.
 @group(0) @binding(1) var<storage, read> layers: array<Layer>;
 @group(0) @binding(2) var<storage, read> state: array<Range>;
 @group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
@@ -47,31 +49,8 @@ fn count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     workgroupBarrier();
     var c = 0u;
     for (var i = wid.x * 256u + lid.x; i < layer.len; i += nwg.x * 256u) {
-        c += select(0u, 1u, key(x[layer.offset + i]) <= mid);
-    }
-    atomicAdd(&local_count, c);
-    workgroupBarrier();
-    if (lid.x == 0u) { atomicAdd(&counts[layer.id], atomicLoad(&local_count)); }
-}
-
-//#section count_below
-// Like count, for the final key v = lo: elements with key < v.
-@group(0) @binding(1) var<storage, read> layers: array<Layer>;
-@group(0) @binding(2) var<storage, read> state: array<Range>;
-@group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
-@group(0) @binding(4) var<storage, read> x: array<f32>;
-var<workgroup> local_count: atomic<u32>;
-@compute @workgroup_size(256)
-fn count_below(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let l = wid.y;
-    if (l >= p.layers) { return; }
-    let layer = layers[l];
-    let v = state[layer.id].lo;
-    if (lid.x == 0u) { atomicStore(&local_count, 0u); }
-    workgroupBarrier();
-    var c = 0u;
-    for (var i = wid.x * 256u + lid.x; i < layer.len; i += nwg.x * 256u) {
-        c += select(0u, 1u, key(x[layer.offset + i]) < v);
+        let kv = key(x[layer.offset + i]);
+        c += select(0u, 1u, select(kv <= mid, kv < r.lo, p.mode == 1u));
     }
     atomicAdd(&local_count, c);
     workgroupBarrier();

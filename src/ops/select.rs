@@ -8,7 +8,6 @@ use crate::{Error, Result, Tensor};
 static INIT: Kernel = kernel!("select.init", "select.wgsl", "init");
 static COUNT: Kernel = kernel!("select.count", "select.wgsl", "count");
 static UPDATE: Kernel = kernel!("select.update", "select.wgsl", "update");
-static COUNT_BELOW: Kernel = kernel!("select.count_below", "select.wgsl", "count_below");
 static SET_QUOTA: Kernel = kernel!("select.set_quota", "select.wgsl", "set_quota");
 static MASK: Kernel = kernel!("select.write_mask", "select.wgsl", "write_mask");
 
@@ -24,7 +23,9 @@ pub struct LayerSelect {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     layers: u32,
-    _pad: [u32; 3],
+    /// count: 0 counts key <= mid, 1 counts key < the final key
+    mode: u32,
+    _pad: [u32; 2],
 }
 
 /// A tensor holding raw 32-bit words (the kernels read them as u32).
@@ -66,27 +67,27 @@ pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Resu
     let state = Tensor::uninit(&[4 * layers.len()])?;
     let counts = Tensor::uninit(&[layers.len()])?;
     let n = layers.len() as u32;
-    let p = Params { layers: n, _pad: [0; 3] };
+    let p = Params { layers: n, mode: 0, _pad: [0; 2] };
     let small = [n.div_ceil(64), 1, 1];
     launch(&INIT, &p, &[&state, &counts], small)?;
     let longest = layers.iter().map(|l| l.len).max().unwrap_or(1);
     let chunks = longest.div_ceil(256 * 16).clamp(1, 1024) as u32;
     // Counts over every piece, then one update: 31 halvings take [0, 0x7f800000] to one key.
-    let count_pieces = |kernel: &Kernel| -> Result<()> {
+    let count_pieces = |mode: u32| -> Result<()> {
         for (start, len, parts, count) in &pieces {
-            let piece = Params { layers: *count, _pad: [0; 3] };
-            launch(kernel, &piece, &[parts, &state, &counts, &flat_view(x, *start, *len)?], [chunks, *count, 1])?;
+            let piece = Params { layers: *count, mode, _pad: [0; 2] };
+            launch(&COUNT, &piece, &[parts, &state, &counts, &flat_view(x, *start, *len)?], [chunks, *count, 1])?;
         }
         Ok(())
     };
     for _ in 0..31 {
-        count_pieces(&COUNT)?;
+        count_pieces(0)?;
         launch(&UPDATE, &p, &[&table, &state, &counts], small)?;
     }
-    count_pieces(&COUNT_BELOW)?;
+    count_pieces(1)?;
     launch(&SET_QUOTA, &p, &[&table, &state, &counts], small)?;
     for (start, len, parts, count) in &pieces {
-        let piece = Params { layers: *count, _pad: [0; 3] };
+        let piece = Params { layers: *count, mode: 0, _pad: [0; 2] };
         let bound = [parts, &state, &flat_view(x, *start, *len)?, &flat_view(mask, *start, *len)?];
         launch(&MASK, &piece, &bound, [count.div_ceil(64), 1, 1])?;
     }
