@@ -145,6 +145,10 @@ struct PruneArgs {
     /// ADMM-NN SGD steps per iteration
     #[arg(long)]
     admm_steps: Option<usize>,
+    /// Before pruning, fine-tune the dense start for N epochs with the retraining recipe (no mask)
+    /// on the same data: the report's baseline, against which the pruned accuracy is compared
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    baseline_epochs: usize,
     /// Reproducible step by step: no augmentation, ADMM minibatches in file order (batch g is
     /// images g·B … g·B+B−1, cycling), training epochs in file order; dropout masks and batch
     /// norm as usual. Results then depend only on the data, the flags and the kernels' arithmetic
@@ -423,6 +427,7 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         subset: a.subset,
         eval_limit: a.eval_limit,
         deterministic: a.deterministic,
+        baseline_epochs: a.baseline_epochs,
         show_progress: true,
     })
 }

@@ -59,6 +59,7 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         subset: Some(64),
         eval_limit: Some(100),
         deterministic: false,
+        baseline_epochs: 0,
         show_progress: false,
     }
 }
@@ -158,9 +159,17 @@ fn admm_nn_and_magnitude_baselines_run_the_same_pipeline() {
     let json = run_and_check(&cfg, &cifar, (3.30, 3.32));
     assert!(json["top1"]["after_admm"].as_f64().is_some());
     std::fs::remove_dir_all(&cfg.out).ok();
-    let cfg = tiny_config(Method::Magnitude, Rate::Times(2.5), "mag");
+    // with a baseline phase: the dense start fine-tuned on this data, in the report
+    let cfg = PipelineConfig { baseline_epochs: 1, ..tiny_config(Method::Magnitude, Rate::Times(2.5), "mag") };
     let json = run_and_check(&cfg, &cifar, (2.5, 2.51));
     assert!(json["top1"]["after_admm"].is_null(), "magnitude pruning has no ADMM phase");
+    let baseline = json["top1"]["baseline"].as_f64().expect("a baseline top-1");
+    assert!((0.0..=100.0).contains(&baseline));
+    assert!(cfg.out.join("baseline.safetensors").exists() && cfg.out.join("baseline/metrics.csv").exists());
+    let table = std::fs::read_to_string(cfg.out.join("report.txt")).unwrap();
+    assert!(table.contains(&format!("baseline (dense fine-tuned on this data) {baseline:.2}%")), "{table}");
+    let metrics = std::fs::read_to_string(cfg.out.join("baseline/metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "one baseline epoch:\n{metrics}");
     std::fs::remove_dir_all(&cfg.out).ok();
 }
 

@@ -25,6 +25,9 @@ impl LayerRow {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PhaseScores {
     pub dense: Option<f64>,
+    /// The dense start fine-tuned on the same data (`--baseline-epochs`): what pruning's cost is
+    /// measured against.
+    pub baseline: Option<f64>,
     pub after_admm: Option<f64>,
     pub after_prune: Option<f64>,
     pub retrain_best: Option<f64>,
@@ -92,6 +95,14 @@ impl Report {
             f(t.retrain_best),
             f(t.retrain_final)
         );
+        if let (Some(b), Some(fin), Some(best)) = (t.baseline, t.retrain_final, t.retrain_best) {
+            let _ = writeln!(
+                s,
+                "baseline (dense fine-tuned on this data) {b:.2}%: pruned final {:+.2} points, best {:+.2}",
+                fin - b,
+                best - b
+            );
+        }
         let t = &self.top5;
         if [t.dense, t.after_admm, t.after_prune, t.retrain_final].iter().any(Option::is_some) {
             let _ = writeln!(
@@ -121,6 +132,7 @@ impl Report {
         let phases = |t: &PhaseScores| {
             serde_json::json!({
                 "dense": t.dense,
+                "baseline": t.baseline,
                 "after_admm": t.after_admm,
                 "after_prune": t.after_prune,
                 "retrain_best": t.retrain_best,
