@@ -275,7 +275,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             log.set(dir, "admm.done", 1)?;
             let batch = if cfg.method == Method::SasAdmm { cfg.sas.batch } else { cfg.admm.batch };
             println!(
-                "{}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s, {:.0} images/s \
+                "{}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s, {:.1} images/s \
                  incl. evaluation)",
                 cfg.method.name(),
                 state.k,
@@ -344,7 +344,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         log.set(dir, "retrain.seconds", secs)?;
         log.set(dir, "retrain.done", 1)?;
         println!(
-            "masked retraining: {} steps, top-1 final {fin:.2}% best {best:.2}% ({secs:.1} s, {:.0} images/s incl. \
+            "masked retraining: {} steps, top-1 final {fin:.2}% best {best:.2}% ({secs:.1} s, {:.1} images/s incl. \
              evaluation)",
             s.steps, s.images_per_second
         );
