@@ -8,7 +8,7 @@
 use crate::autograd::no_grad;
 use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
-use crate::models::{Model, Pass};
+use crate::models::{key_for, Model, Pass};
 use crate::ops::{loss, reduce, sgd::SgdConfig};
 use crate::{Error, Result, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,16 +27,6 @@ pub struct EvalResult {
     pub loss: f64,
     pub images: usize,
     pub seconds: f64,
-}
-
-/// A 64-bit key for (seed, stream, index): SplitMix64-style mixing so neighbouring indices give
-/// unrelated values. Streams: 1 epoch shuffles, 2 training augmentation, 3 ADMM minibatches,
-/// 4 training dropout, 5 ADMM dropout.
-pub(crate) fn key_for(seed: u64, stream: u64, index: u64) -> u64 {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 pub(crate) fn rng_for(seed: u64, stream: u64, index: u64) -> rand::rngs::StdRng {

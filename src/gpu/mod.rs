@@ -250,9 +250,10 @@ impl Gpu {
     fn lose_device_if_injected(&self) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static FLUSHES: AtomicUsize = AtomicUsize::new(0);
-        let Some(n) = std::env::var("SASPRUNE_FAULT_LOSE_DEVICE").ok().and_then(|v| v.parse::<usize>().ok()) else {
-            return;
-        };
+        // read once: this runs at every submit
+        static AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        let at = AT.get_or_init(|| std::env::var("SASPRUNE_FAULT_LOSE_DEVICE").ok().and_then(|v| v.parse().ok()));
+        let Some(n) = *at else { return };
         if FLUSHES.fetch_add(1, Ordering::SeqCst) + 1 == n {
             self.device.destroy();
         }

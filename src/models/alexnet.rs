@@ -65,11 +65,8 @@ impl AlexNet {
     }
 }
 
-/// The 32-bit seed of dropout layer `layer` in the pass with noise key `key` (SplitMix64
-/// finalizer: neighbouring keys and layers give unrelated masks).
+/// The 32-bit seed of dropout layer `layer` in the pass with noise key `key`: neighbouring keys
+/// and layers give unrelated masks.
 fn dropout_seed(key: u64, layer: u64) -> u32 {
-    let mut z = key ^ layer.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 32) as u32
+    (super::key_for(key, layer, 0) >> 32) as u32
 }

@@ -13,6 +13,17 @@ enum Net {
     AlexNet(alexnet::AlexNet),
 }
 
+/// A 64-bit key for (seed, stream, index): SplitMix64-style mixing so neighbouring indices give
+/// unrelated values. Streams: 1 epoch shuffles, 2 training augmentation, 3 ADMM minibatches,
+/// 4 training dropout, 5 ADMM dropout; AlexNet derives each dropout layer's seed from a pass key
+/// the same way (stream = layer).
+pub(crate) fn key_for(seed: u64, stream: u64, index: u64) -> u64 {
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// What a forward pass is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {

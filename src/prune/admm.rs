@@ -8,9 +8,10 @@
 use super::rate::Plan;
 use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
+use crate::models::key_for;
 use crate::models::{Model, Pass};
 use crate::ops::{admm, elementwise, loss, reduce, select, sgd::SgdConfig};
-use crate::train::{key_for, rng_for};
+use crate::train::rng_for;
 use crate::{gpu, Error, Result, Tensor};
 use rand::Rng;
 use std::collections::HashMap;
