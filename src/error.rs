@@ -11,6 +11,8 @@ pub enum Error {
     Gpu(String),
     /// A buffer larger than the device allows.
     TooLarge { what: String, bytes: u64, limit: u64 },
+    /// The device could not allocate a buffer (`in_use`: bytes already held by this process).
+    OutOfMemory { what: String, bytes: u64, in_use: u64, detail: String },
     /// Operands of an op have shapes that do not fit together.
     Shape { op: &'static str, detail: String },
     /// A bad argument (flag, hyperparameter, file content) with an explanation.
@@ -44,6 +46,13 @@ impl fmt::Display for Error {
                  per buffer; use a smaller batch size or a device with more memory",
                 *bytes as f64 / 1048576.0,
                 *limit as f64 / 1048576.0
+            ),
+            Error::OutOfMemory { what, bytes, in_use, detail } => write!(
+                f,
+                "the device is out of memory allocating {:.1} MiB for {what} ({:.1} MiB already in use): {detail}; \
+                 use a smaller batch size",
+                *bytes as f64 / 1048576.0,
+                *in_use as f64 / 1048576.0
             ),
             Error::Shape { op, detail } => write!(f, "shape mismatch in {op}: {detail}"),
             Error::Invalid(msg) => write!(f, "{msg}"),

@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod preflight;
 pub mod prune;
 pub mod reference;
 pub mod run_dir;

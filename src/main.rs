@@ -539,6 +539,7 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
         // names, shapes (the class count included) and values, before any work
         checkpoint::load_model(&mut model, w)?;
     }
+    let cfg = prune::pipeline::check_memory(&mut model, &cfg, train_set.as_ref(), test_set.as_ref())?;
     drop(model);
     let _lock = RunLock::acquire(&cfg.out)?;
     match record {
@@ -674,11 +675,12 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
             }
             None => checkpoint::normalize_for_training(flag_norm, &model_name),
         };
-        if record.is_none() {
-            start_run_record(&dir, "train", args, data)?;
-        }
         (Progress::default(), norm)
     };
+    let cfg = check_training_memory(&mut model, cfg, train_set.len(), test_set.len())?;
+    if record.is_none() && a.resume.is_none() {
+        start_run_record(&dir, "train", args, data)?;
+    }
     let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None)
         .map_err(|e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display())))?;
     println!(
@@ -692,6 +694,26 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
         dir.display()
     );
     Ok(())
+}
+
+/// `train`'s memory check before the first step (see `sasprune::preflight`): a training step at
+/// --batch and an evaluation pass; returns `cfg` with the evaluation batch that fits.
+fn check_training_memory(
+    model: &mut Model,
+    cfg: TrainConfig,
+    train_len: usize,
+    test_len: usize,
+) -> Result<TrainConfig> {
+    use sasprune::preflight::{check_memory, Probe, Work};
+    let train_len = cfg.subset.unwrap_or(train_len).min(train_len);
+    let probe =
+        |phase, flag, batch: usize, work| Probe { phase, flag, batch: batch.max(1), work, vectors: 0, vector_len: 0 };
+    let probes = [
+        probe("training", "--batch", cfg.batch.min(train_len), Work::Train),
+        probe("evaluation", "the evaluation batch", cfg.eval_batch.min(test_len), Work::Eval),
+    ];
+    let eval_batch = check_memory(model, &probes, cfg.eval_batch)?;
+    Ok(TrainConfig { eval_batch, ..cfg })
 }
 
 fn run(cli: Cli, args: &[String]) -> Result<()> {

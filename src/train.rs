@@ -87,6 +87,8 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
     if n == 0 {
         return Err(Error::invalid("the evaluation set is empty"));
     }
+    // the batch changes no result: keep its largest activation within one storage binding
+    let batch = batch.clamp(1, crate::models::largest_batch(&model.name)?);
     let bar = if show { progress_bar(n as u64, "eval".into()) } else { ProgressBar::hidden() };
     let mut rng = rng_for(0, 0, 0); // unused by eval batches (no random crop or flip)
     for begin in (0..n).step_by(batch) {

@@ -364,3 +364,59 @@ fn pipeline_weights_that_do_not_fit_are_refused_before_any_work() {
     assert!(!stderr.contains("--resume"), "nothing started, nothing to resume: {stderr}");
     assert!(!PathBuf::from(&t.run).join("command.json").exists());
 }
+
+/// A run that would not fit the device is refused by the memory check before it starts (here a
+/// device of 60 MB, simulated: ResNet-20's ADMM phase holds about 110 MiB at batch 64 and 26 MiB
+/// at batch 8): the message names the phase and the flag to lower, and nothing is recorded, so
+/// the same command with a smaller batch starts the run, which then fits that device throughout.
+#[test]
+fn a_run_too_big_for_the_device_is_refused_at_its_start_with_the_flag_to_lower() {
+    let t = TinyRun::new("cli-memory-check");
+    let weights = t.tmp.path().join("w.safetensors");
+    let model = sasprune::models::Model::build("resnet20", 10, 1).unwrap();
+    sasprune::checkpoint::save_model(&model, &weights, sasprune::checkpoint::Normalize::CIFAR, &[]).unwrap();
+    let run = |batch: &str| {
+        let args = [
+            "--model",
+            "resnet20",
+            "--rate",
+            "3x",
+            "--data",
+            &t.data,
+            "--out",
+            &t.run,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--schedule",
+            "quick",
+            "--outer",
+            "1",
+            "--inner",
+            "1",
+            "--k0",
+            "1",
+            "--k-avg",
+            "1",
+            "--batch",
+            batch,
+            "--retrain-epochs",
+            "1",
+            "--retrain-batch",
+            "8",
+            "--eval-limit",
+            "8",
+        ];
+        sasprune_with(&args, "SASPRUNE_FAULT_DEVICE_MEMORY", "60000000")
+    };
+    let (code, stderr) = run("64");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the ADMM phase does not fit this device") && stderr.contains("lower --batch (now 64; try 32)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("--resume"), "{stderr}");
+    assert!(!PathBuf::from(&t.run).join("command.json").exists(), "nothing recorded");
+    let (code, stderr) = run("8");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(PathBuf::from(&t.run).join("report.json").exists());
+}

@@ -36,6 +36,12 @@ impl Buffer {
             Some(raw) => raw,
             None => {
                 let create = || {
+                    if let Some(limit) = fault_memory_limit() {
+                        let stats = gpu.memory_stats();
+                        if stats.in_use + stats.pooled + size > limit {
+                            return Err(format!("SASPRUNE_FAULT_DEVICE_MEMORY allows {limit} bytes"));
+                        }
+                    }
                     let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
                     let raw = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                         label: None,
@@ -45,21 +51,18 @@ impl Buffer {
                             | wgpu::BufferUsages::COPY_DST,
                         mapped_at_creation: false,
                     });
-                    pollster::block_on(scope.pop()).map_or(Ok(raw), Err)
+                    pollster::block_on(scope.pop()).map_or(Ok(raw), |e| Err(e.to_string()))
                 };
                 // Out of memory: give the pooled (unused) buffers back to the driver, retry once.
                 let raw = create().or_else(|_| {
                     gpu.trim_pool();
                     create()
                 });
-                let raw = raw.map_err(|e| {
-                    let stats = gpu.memory_stats();
-                    Error::Gpu(format!(
-                        "the device is out of memory allocating {:.1} MiB for {what} \
-                         ({:.1} MiB already in use): {e}; use a smaller batch size",
-                        size as f64 / 1048576.0,
-                        stats.in_use as f64 / 1048576.0
-                    ))
+                let raw = raw.map_err(|detail| Error::OutOfMemory {
+                    what: what.to_string(),
+                    bytes: size,
+                    in_use: gpu.memory_stats().in_use,
+                    detail,
                 })?;
                 gpu.pool.lock().unwrap_or_else(|p| p.into_inner()).allocated(size);
                 raw
@@ -80,6 +83,26 @@ impl Buffer {
     pub(super) fn raw(&self) -> &wgpu::Buffer {
         self.raw.as_ref().expect("buffer is live until dropped")
     }
+}
+
+/// The simulated memory size (0: none); see [`simulate_memory_limit`].
+fn fault_limit() -> &'static std::sync::atomic::AtomicU64 {
+    static LIMIT: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
+    LIMIT.get_or_init(|| {
+        let env = std::env::var("SASPRUNE_FAULT_DEVICE_MEMORY").ok().and_then(|v| v.parse().ok());
+        std::sync::atomic::AtomicU64::new(env.unwrap_or(0))
+    })
+}
+
+fn fault_memory_limit() -> Option<u64> {
+    Some(fault_limit().load(std::sync::atomic::Ordering::Relaxed)).filter(|&l| l > 0)
+}
+
+/// Fault injection for tests: the device behaves as if it had only `bytes` of memory (buffers
+/// held plus pooled), so out-of-memory paths can be tested on any machine. The environment
+/// variable `SASPRUNE_FAULT_DEVICE_MEMORY=BYTES` sets it for a whole process.
+pub fn simulate_memory_limit(bytes: Option<u64>) {
+    fault_limit().store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Drop for Buffer {

@@ -9,7 +9,7 @@ mod buffer;
 mod kernel;
 mod recorder;
 
-pub use buffer::{Buffer, BufferView};
+pub use buffer::{simulate_memory_limit, Buffer, BufferView};
 pub use kernel::{Kernel, ShaderChecks};
 pub use recorder::DeviceTime;
 

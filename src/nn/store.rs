@@ -157,6 +157,12 @@ impl ParamStore {
         Tensor::view_into(a.momentum.clone(), 0, &[a.params_len.max(1)])
     }
 
+    /// The non-trained buffers (batch-norm running statistics) as one flat tensor.
+    pub fn buffers_flat(&self) -> Result<Tensor> {
+        let a = self.arenas();
+        Tensor::view_into(a.buffers.clone(), 0, &[a.buffers_len.max(1)])
+    }
+
     /// Elements of the parameter arena holding the prunable weights (from offset 0).
     pub fn prunable_len(&self) -> usize {
         self.prunable_len
@@ -184,8 +190,7 @@ impl ParamStore {
     /// Every parameter and buffer, by name, copied to the host (two read-backs in all).
     pub fn state_dict(&self) -> Result<StateDict> {
         let params = self.params_flat()?.to_vec()?;
-        let buffers =
-            Tensor::view_into(self.arenas().buffers.clone(), 0, &[self.arenas().buffers_len.max(1)])?.to_vec()?;
+        let buffers = self.buffers_flat()?.to_vec()?;
         Ok(self
             .entries
             .iter()

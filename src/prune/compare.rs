@@ -47,6 +47,21 @@ pub fn compare(
     if methods.is_empty() || seeds == 0 {
         return Err(Error::invalid("compare needs at least one method (--methods) and one seed (--seeds)"));
     }
+    // every method's phases, tried on the device before any run starts
+    let mut model = crate::models::Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
+    if let Some(w) = &cfg.weights {
+        checkpoint::load_model(&mut model, w)?;
+    }
+    let mut eval_batch = cfg.retrain.eval_batch;
+    for &method in methods {
+        let out = cfg.out.join("seed0").join(method.name());
+        let checked =
+            pipeline::check_memory(&mut model, &PipelineConfig { method, out, ..cfg.clone() }, train_set, test_set)?;
+        eval_batch = eval_batch.min(checked.retrain.eval_batch);
+    }
+    drop(model);
+    let cfg =
+        &PipelineConfig { retrain: crate::train::TrainConfig { eval_batch, ..cfg.retrain.clone() }, ..cfg.clone() };
     let dir = cfg.out.clone();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let images = cfg.subset.map_or(train_set.len(), |s| s.min(train_set.len())).max(1);

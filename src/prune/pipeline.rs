@@ -9,6 +9,7 @@ use crate::checkpoint::{self, Normalize};
 use crate::data::{Dataset, First};
 use crate::models::Model;
 use crate::ops::{admm as admm_ops, select};
+use crate::preflight::{self, Probe, Work};
 use crate::train::{self, progress_bar, Progress, TrainConfig};
 use crate::{gpu, Error, Result, Tensor};
 use std::collections::BTreeMap;
@@ -153,16 +154,6 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             String::new()
         },
         dir.display()
-    );
-    // wgpu cannot tell how much memory a device has: say what the run will hold, so that an
-    // out-of-memory error (which names the allocation and says to lower the batch) is expected.
-    let vectors = if cfg.method == Method::Magnitude { 1 } else { 11 };
-    let params = model.store.params_flat()?.numel();
-    let resident = 4 * (3 * params + vectors * model.store.prunable_len());
-    println!(
-        "device memory: {:.0} MiB for weights, gradients, momentum and the pruning variables, plus the activations \
-         of a batch",
-        resident as f64 / 1048576.0
     );
     let eval = |model: &mut Model, norm: Normalize| {
         train::evaluate(model, &test_sub, norm, cfg.retrain.eval_batch, cfg.show_progress)
@@ -414,6 +405,74 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     }
     println!("\n{}", report.table());
     Ok(report)
+}
+
+/// Device vectors the ADMM phase holds beside the model: W, Z, U, W̆, W_avg, h (or ADMM-NN's
+/// mask), four scratch vectors for the monitored norms and one for mask selection.
+const ADMM_VECTORS: usize = 11;
+
+/// Tries each phase the run in `cfg.out` has left at its largest moment on the device (see
+/// [`preflight`]) and says how much the largest one holds; call it before the run is recorded, so
+/// that a run which does not fit can be started again with other flags. Returns `cfg` with the
+/// evaluation batch that fits. `model` keeps its weights and statistics.
+pub fn check_memory(
+    model: &mut Model,
+    cfg: &PipelineConfig,
+    train_set: &dyn Dataset,
+    test_set: &dyn Dataset,
+) -> Result<PipelineConfig> {
+    let log = RunLog::load(&cfg.out)?;
+    if log.done("retrain") {
+        return Ok(cfg.clone()); // only the report is left
+    }
+    let train_len = cfg.subset.map_or(train_set.len(), |n| n.min(train_set.len()));
+    let test_len = cfg.eval_limit.map_or(test_set.len(), |n| n.min(test_set.len()));
+    let prunable = model.store.prunable_len();
+    let arena = model.store.params_flat()?.numel();
+    let train_probe = |phase, flag, batch: usize, vectors, vector_len| Probe {
+        phase,
+        flag,
+        batch: batch.min(train_len).max(1),
+        work: Work::Train,
+        vectors,
+        vector_len,
+    };
+    let mut probes = Vec::new();
+    if !log.done("dense") && cfg.weights.is_none() {
+        let flag = "the dense training's batch (train it with `sasprune train --batch N` and pass it as --weights)";
+        probes.push(train_probe("dense training", flag, cfg.dense.batch, 0, 0));
+    }
+    if cfg.baseline_epochs > 0 && !log.done("baseline") {
+        probes.push(train_probe("baseline fine-tuning", "--retrain-batch", cfg.retrain.batch, 0, 0));
+    }
+    let admm_left = cfg.method != Method::Magnitude && !log.done("admm");
+    if admm_left {
+        let batch = if cfg.method == Method::SasAdmm { cfg.sas.batch } else { cfg.admm.batch };
+        // minibatches cycle through the data, so the batch is never cut to the data's size
+        probes.push(Probe { batch, ..train_probe("the ADMM phase", "--batch", 0, ADMM_VECTORS, prunable) });
+    }
+    if !log.done("retrain") {
+        probes.push(train_probe("masked retraining", "--retrain-batch", cfg.retrain.batch, 1, arena));
+    }
+    // evaluation after the ADMM phase runs beside its five state vectors; later ones beside the mask
+    let (vectors, vector_len) = if admm_left { (5, prunable) } else { (1, arena) };
+    probes.push(Probe {
+        phase: "evaluation",
+        flag: "the evaluation batch",
+        batch: cfg.retrain.eval_batch.min(test_len).max(1),
+        work: Work::Eval,
+        vectors,
+        vector_len,
+    });
+    let gpu = gpu::get()?;
+    gpu.reset_peak_memory();
+    let eval_batch = preflight::check_memory(model, &probes, cfg.retrain.eval_batch)?;
+    println!(
+        "memory check: every phase fits; the largest holds {:.0} MiB on the device (weights, gradients, momentum, \
+         the pruning variables and a batch's activations)",
+        gpu.memory_stats().peak_in_use as f64 / 1048576.0
+    );
+    Ok(PipelineConfig { retrain: TrainConfig { eval_batch, ..cfg.retrain.clone() }, ..cfg.clone() })
 }
 
 /// The sum of column `col` of a CSV file with a header (0 when the file does not exist): phase
