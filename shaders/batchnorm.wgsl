@@ -9,7 +9,9 @@
 //   both keeps the backward kernel within 8 storage bindings, WebGPU's default limit)
 // Per-channel reductions run in two levels so that a large GPU has work for all its cores: a
 // (chunk, channel) grid of workgroups, each over `ipc` consecutive images of one channel, writes
-// partial [c, chunks, 2]; a finalize kernel (one thread per channel) combines the chunks.
+// partial [c, chunks, 2]; a finalize kernel (one thread per channel) combines the chunks. The
+// partial kernels add within a workgroup with workgroup_sum / workgroup_sum2, from the prelude
+// (sum_tree.wgsl, or sum_subgroup.wgsl where the adapter has subgroups).
 
 struct Params {
     n: u32, c: u32, hw: u32, update_running: u32,
@@ -19,19 +21,6 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
-var<workgroup> partial2: array<f32, 256>;
-
-fn tree_sum2(lid: u32) {
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        workgroupBarrier();
-        if (lid < s) {
-            partial[lid] += partial[lid + s];
-            partial2[lid] += partial2[lid + s];
-        }
-    }
-    workgroupBarrier();
-}
 
 // Element r (< 4) of thread lid in workgroup wid: a workgroup covers 4*WG consecutive elements,
 // each thread 4 of them WG apart (coalesced loads, 4 in flight per thread; see elementwise.wgsl).
@@ -61,22 +50,17 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let len = chunk_len(q);
     var s = 0.0;
     for (var j = lid.x; j < len; j += WG) { s += x[at_chunk(ch, q, j)]; }
-    partial[lid.x] = s;
-    partial2[lid.x] = 0.0;
-    tree_sum2(lid.x);
-    let mu = partial[0] / f32(len);
-    workgroupBarrier();
+    let mu = workgroup_sum(s, lid.x) / f32(len);
     var m2 = 0.0;
     for (var j = lid.x; j < len; j += WG) {
         let d = x[at_chunk(ch, q, j)] - mu;
         m2 += d * d;
     }
-    partial[lid.x] = m2;
-    tree_sum2(lid.x);
+    let total_m2 = workgroup_sum(m2, lid.x);
     if (lid.x == 0u) {
         let o = 2u * (ch * p.chunks + q);
         partial_out[o] = mu;
-        partial_out[o + 1u] = partial[0];
+        partial_out[o + 1u] = total_m2;
     }
 }
 
@@ -191,13 +175,11 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         sd += g;
         sdx += g * (x[k] - mu) * inv;
     }
-    partial[lid.x] = sd;
-    partial2[lid.x] = sdx;
-    tree_sum2(lid.x);
+    let total = workgroup_sum2(vec2<f32>(sd, sdx), lid.x);
     if (lid.x == 0u) {
         let o = 2u * (ch * p.chunks + q);
-        partial_out[o] = partial[0];
-        partial_out[o + 1u] = partial2[0];
+        partial_out[o] = total.x;
+        partial_out[o + 1u] = total.y;
     }
 }
 

@@ -1,16 +1,7 @@
-// Reductions. A workgroup of 256 threads reduces in shared memory by halving.
+// Reductions. Workgroups of 256 threads add with workgroup_sum from the prelude (sum_tree.wgsl,
+// or sum_subgroup.wgsl where the adapter has subgroups).
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
-
-fn tree_sum(lid: u32) -> f32 {
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        workgroupBarrier();
-        if (lid < s) { partial[lid] += partial[lid + s]; }
-    }
-    workgroupBarrier();
-    return partial[0];
-}
 
 //#section sum_stage
 // Stage of a full sum: workgroup g sums x[g*chunk .. (g+1)*chunk) (of x when mode = 0, x² when
@@ -29,8 +20,7 @@ fn sum_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let v = x[i];
         s += select(select(v, v * v, p.mode == 1u), abs(v), p.mode == 2u);
     }
-    partial[lid.x] = s;
-    let total = tree_sum(lid.x);
+    let total = workgroup_sum(s, lid.x);
     if (lid.x == 0u) { out[wid.x] = total * p.scale; }
 }
 
@@ -50,8 +40,7 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         let i = j % p.inner;
         s += x[(o * p.c + ch) * p.inner + i];
     }
-    partial[lid.x] = s;
-    let total = tree_sum(lid.x);
+    let total = workgroup_sum(s, lid.x);
     if (lid.x == 0u) { out[ch] = total; }
 }
 
@@ -80,4 +69,23 @@ struct Params { n: u32, _pad0: u32, _pad1: u32, scale: f32 }
 fn broadcast(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
     if (i < p.n) { out[i] = scalar[0] * p.scale; }
+}
+
+//#section subgroup_check
+// Whether this adapter's subgroups suit sum_subgroup.wgsl (compiled with it): ok[i] = 1.0 for
+// thread i when its subgroup is full and holds consecutive local indices starting at a multiple
+// of its size, and the workgroup sum of (local index, 1) is exact.
+struct Params { n: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> ok: array<f32>;
+@compute @workgroup_size(256)
+fn subgroup_check(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let size = subgroupAdd(1u);
+    let low = subgroupMin(lid.x);
+    let high = subgroupMax(lid.x);
+    let total = workgroup_sum2(vec2<f32>(f32(lid.x), 1.0), lid.x);
+    let laid_out = size > 0u && WG % size == 0u && low == lid.x - lid.x % size && high == low + size - 1u;
+    let exact = total.x == f32(WG * (WG - 1u) / 2u) && total.y == f32(WG);
+    let i = wid.x * WG + lid.x;
+    if (i < p.n) { ok[i] = select(0.0, 1.0, laid_out && exact); }
 }

@@ -7,6 +7,32 @@ use common::*;
 use sasprune::ops::{batchnorm, conv2d, elementwise, loss, matmul, pool, reduce, sgd, shortcut};
 use sasprune::reference as cpu;
 
+/// Runs `case` with each variant of the kernels that add within workgroups: shared-memory
+/// halving, and subgroup operations where the device passes their check (a visible SKIPPED line
+/// where it does not). `case` gets the variant's name for its messages.
+fn each_summing_variant(case: impl Fn(&str)) {
+    sasprune::ops::with_subgroups(false, || case("shared-memory sums"));
+    if sasprune::ops::subgroups_usable().unwrap() {
+        sasprune::ops::with_subgroups(true, || {
+            assert!(sasprune::ops::subgroups_in_use().unwrap());
+            case("subgroup sums")
+        });
+    } else {
+        eprintln!("SKIPPED: the subgroup variant of the summing kernels (this adapter has no usable subgroups)");
+    }
+}
+
+/// llvmpipe has subgroups (8 lanes, in order): there the check must pass, or the subgroup
+/// variant would go untested in CI.
+#[test]
+fn subgroup_check_passes_where_subgroups_are_known_to_work() {
+    let adapter = &sasprune::gpu::get().unwrap().adapter;
+    if adapter.name.contains("llvmpipe") {
+        assert!(adapter.subgroups && sasprune::ops::subgroups_usable().unwrap(), "{adapter}");
+    }
+    eprintln!("{adapter}: subgroups usable {}", sasprune::ops::subgroups_usable().unwrap());
+}
+
 fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
     let x = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
     let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
@@ -167,33 +193,35 @@ fn linear_forward_and_backward_match_reference() {
 
 #[test]
 fn batchnorm_train_forward_backward_and_running_stats_match_reference() {
-    for relu in [false, true] {
-        let mut rng = Rng::new(12);
-        let (n, c, h, w) = (3, 5, 7, 9);
-        let hw = h * w;
-        let x: Vec<f64> = f32_exact(&rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>());
-        let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
-        let (mut rm, mut rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
-        let r = f32_exact(&rng.vec(n * c * hw));
-        let (xt, gt, bt) = (param(&x, &[n, c, h, w]), param(&gamma, &[c]), param(&beta, &[c]));
-        let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
-        let cfg = batchnorm::BatchNormConfig { relu, ..Default::default() };
-        let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
-        let out = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
-        // Fused: y = relu(bn(x)), and the gradient reaching bn is masked by the output.
-        let (want, dy) =
-            if relu { (cpu::relu(&out.y), cpu::relu_backward(&r, &out.y)) } else { (out.y.clone(), r.clone()) };
-        assert!(!relu || want.iter().filter(|&&v| v == 0.0).count() > want.len() / 4, "the ReLU must cut");
-        assert_close(&format!("batchnorm train forward (relu {relu})"), &values(&y), &want, ELEMENTWISE);
-        cpu::batchnorm_running_update(&mut rm, &mut rv, &out.mean, &out.var, n * hw, 0.1);
-        assert_close("batchnorm running mean", &values(&rmt), &rm, ELEMENTWISE);
-        assert_close("batchnorm running var (unbiased)", &values(&rvt), &rv, ELEMENTWISE);
-        y.backward_with(tensor(&r, y.shape())).unwrap();
-        let (dx, dg, db) = cpu::batchnorm_train_backward(&dy, &x, &gamma, &out.mean, &out.invstd, n, c, hw);
-        assert_close(&format!("batchnorm train grad input (relu {relu})"), &grad(&xt), &dx, LONG_SUM);
-        assert_close(&format!("batchnorm grad gamma (relu {relu})"), &grad(&gt), &dg, LONG_SUM);
-        assert_close(&format!("batchnorm grad beta (relu {relu})"), &grad(&bt), &db, LONG_SUM);
-    }
+    each_summing_variant(|variant| {
+        // (3, 5, 7, 9): one chunk per channel; (37, 3, 11, 13): 5,291 values per channel in 3 chunks
+        for (relu, (n, c, h, w)) in [(false, (3, 5, 7, 9)), (true, (3, 5, 7, 9)), (false, (37, 3, 11, 13))] {
+            let mut rng = Rng::new(12);
+            let hw = h * w;
+            let x: Vec<f64> = f32_exact(&rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>());
+            let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
+            let (mut rm, mut rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+            let r = f32_exact(&rng.vec(n * c * hw));
+            let (xt, gt, bt) = (param(&x, &[n, c, h, w]), param(&gamma, &[c]), param(&beta, &[c]));
+            let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
+            let cfg = batchnorm::BatchNormConfig { relu, ..Default::default() };
+            let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+            let out = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
+            // Fused: y = relu(bn(x)), and the gradient reaching bn is masked by the output.
+            let (want, dy) =
+                if relu { (cpu::relu(&out.y), cpu::relu_backward(&r, &out.y)) } else { (out.y.clone(), r.clone()) };
+            assert!(!relu || want.iter().filter(|&&v| v == 0.0).count() > want.len() / 4, "the ReLU must cut");
+            assert_close(&format!("batchnorm train forward (relu {relu}, {variant})"), &values(&y), &want, ELEMENTWISE);
+            cpu::batchnorm_running_update(&mut rm, &mut rv, &out.mean, &out.var, n * hw, 0.1);
+            assert_close(&format!("batchnorm running mean ({variant})"), &values(&rmt), &rm, ELEMENTWISE);
+            assert_close(&format!("batchnorm running var (unbiased, {variant})"), &values(&rvt), &rv, ELEMENTWISE);
+            y.backward_with(tensor(&r, y.shape())).unwrap();
+            let (dx, dg, db) = cpu::batchnorm_train_backward(&dy, &x, &gamma, &out.mean, &out.invstd, n, c, hw);
+            assert_close(&format!("batchnorm train grad input (relu {relu}, {variant})"), &grad(&xt), &dx, LONG_SUM);
+            assert_close(&format!("batchnorm grad gamma (relu {relu}, {variant})"), &grad(&gt), &dg, LONG_SUM);
+            assert_close(&format!("batchnorm grad beta (relu {relu}, {variant})"), &grad(&bt), &db, LONG_SUM);
+        }
+    });
 }
 
 #[test]
@@ -437,34 +465,46 @@ fn softmax_cross_entropy_forward_backward_and_rank_match_reference() {
 
 #[test]
 fn sum_mean_sum_squares_and_channel_sum_match_reference() {
-    let mut rng = Rng::new(21);
-    // 461,872: ResNet-32's prunable weights, the vector whose L1 norm the ADMM phase reports
-    for n in [1, 255, 257, 100_003, 461_872, 5_000_011] {
-        let x = f32_exact(&rng.vec(n));
-        let xt = param(&x, &[n]);
-        let s = reduce::sum(&xt).unwrap();
-        assert_close(&format!("sum of {n}"), &values(&s), &[cpu::sum(&x)], LONG_SUM);
-        let m = reduce::mean(&xt.detach()).unwrap();
-        assert_close(&format!("mean of {n}"), &values(&m), &[cpu::mean(&x)], LONG_SUM);
-        let sq: f64 = x.iter().map(|v| v * v).sum();
-        assert_close(&format!("sum of squares of {n}"), &values(&reduce::sum_squares(&xt).unwrap()), &[sq], LONG_SUM);
-        // the L1 norm feeds the reported SAS-ADMM objective: mixed signs, so |x| matters
-        let l1: f64 = x.iter().map(|v| v.abs()).sum();
-        assert_close(&format!("sum of |x| of {n}"), &values(&reduce::sum_abs(&xt).unwrap()), &[l1], LONG_SUM);
-        if n < 1000 {
-            s.backward().unwrap();
-            assert_close("sum backward", &grad(&xt), &vec![1.0; n], (0.0, 0.0));
+    each_summing_variant(|variant| {
+        let mut rng = Rng::new(21);
+        // 461,872: ResNet-32's prunable weights, the vector whose L1 norm the ADMM phase reports
+        for n in [1, 255, 257, 100_003, 461_872, 5_000_011] {
+            let x = f32_exact(&rng.vec(n));
+            let xt = param(&x, &[n]);
+            let s = reduce::sum(&xt).unwrap();
+            assert_close(&format!("sum of {n} ({variant})"), &values(&s), &[cpu::sum(&x)], LONG_SUM);
+            let m = reduce::mean(&xt.detach()).unwrap();
+            assert_close(&format!("mean of {n} ({variant})"), &values(&m), &[cpu::mean(&x)], LONG_SUM);
+            let sq: f64 = x.iter().map(|v| v * v).sum();
+            assert_close(
+                &format!("sum of squares of {n} ({variant})"),
+                &values(&reduce::sum_squares(&xt).unwrap()),
+                &[sq],
+                LONG_SUM,
+            );
+            // the L1 norm feeds the reported SAS-ADMM objective: mixed signs, so |x| matters
+            let l1: f64 = x.iter().map(|v| v.abs()).sum();
+            assert_close(
+                &format!("sum of |x| of {n} ({variant})"),
+                &values(&reduce::sum_abs(&xt).unwrap()),
+                &[l1],
+                LONG_SUM,
+            );
+            if n < 1000 {
+                s.backward().unwrap();
+                assert_close("sum backward", &grad(&xt), &vec![1.0; n], (0.0, 0.0));
+            }
         }
-    }
-    let (outer, c, inner) = (3, 67, 37);
-    let x = f32_exact(&rng.vec(outer * c * inner));
-    let cs = reduce::channel_sum(&tensor(&x, &[outer, c, inner]), outer, c, inner).unwrap();
-    let expected: Vec<f64> = (0..c)
-        .map(|ch| {
-            (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).map(|(o, i)| x[(o * c + ch) * inner + i]).sum()
-        })
-        .collect();
-    assert_close("channel_sum", &values(&cs), &expected, LONG_SUM);
+        let (outer, c, inner) = (3, 67, 37);
+        let x = f32_exact(&rng.vec(outer * c * inner));
+        let cs = reduce::channel_sum(&tensor(&x, &[outer, c, inner]), outer, c, inner).unwrap();
+        let expected: Vec<f64> = (0..c)
+            .map(|ch| {
+                (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).map(|(o, i)| x[(o * c + ch) * inner + i]).sum()
+            })
+            .collect();
+        assert_close(&format!("channel_sum ({variant})"), &values(&cs), &expected, LONG_SUM);
+    });
 }
 
 #[test]

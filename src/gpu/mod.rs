@@ -173,7 +173,10 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features();
-        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        // subgroups: the summing kernels' faster variant (ops::subgroups_usable decides its use)
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::SUBGROUP;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("sasprune"),
             required_features: features & wanted,

@@ -1,17 +1,18 @@
 //! Batch normalization 2-D, training and eval mode, forward and backward, optionally fused with
 //! the ReLU that follows it (shaders/batchnorm.wgsl).
 
-use super::{groups_4x, kernel, launch};
+use super::{groups_4x, kernel, launch, summing, summing_kernel};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-static STATS_PARTIAL: Kernel = kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");
+static STATS_PARTIAL: [Kernel; 2] = summing_kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");
 static STATS_FINALIZE: Kernel = kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
 static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
 static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");
-static BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
+static BACKWARD_PARTIAL: [Kernel; 2] =
+    summing_kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
 static BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.backward_finalize", "batchnorm.wgsl", "backward_finalize");
 static BACKWARD_INPUT: Kernel = kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
 
@@ -109,7 +110,7 @@ pub fn batch_norm(
     let stats = Tensor::uninit(&[2 * c])?;
     if cfg.training {
         let partial = Tensor::uninit(&[c, p.chunks as usize, 2])?;
-        launch(&STATS_PARTIAL, &p, &[x, &partial], [p.chunks, c as u32, 1])?;
+        launch(summing(&STATS_PARTIAL)?, &p, &[x, &partial], [p.chunks, c as u32, 1])?;
         launch(&STATS_FINALIZE, &p, &[&partial, &stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
     } else {
         launch(&EVAL_STATS, &p, &[&stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
@@ -188,7 +189,7 @@ impl Backward for BatchNormBackward {
         let dbeta = Tensor::uninit(&[c])?;
         let partial = Tensor::uninit(&[c, self.p.chunks as usize, 2])?;
         let bufs = [dy, &self.x, &self.stats, &self.mask, &partial];
-        launch(&BACKWARD_PARTIAL, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;
+        launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;
         launch(&BACKWARD_FINALIZE, &self.p, &[&partial, &dgamma, &dbeta], [(c as u32).div_ceil(64), 1, 1])?;
         let dx = Tensor::uninit(self.x.shape())?;
         let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.mask, &dx];

@@ -92,12 +92,16 @@ pub(crate) fn groups_4x(n: usize) -> [u32; 3] {
     gpu::grid(n.div_ceil(4 * WG) as u32)
 }
 
-/// A kernel declaration for one `//#section` of a shader file.
+/// A kernel declaration for one `//#section` of a shader file, optionally with preludes (shader
+/// files placed before it).
 macro_rules! kernel {
-    ($label:literal, $file:literal, $section:literal) => {
+    ($label:expr, $file:literal, $section:literal) => {
+        $crate::ops::kernel!($label, $file, $section, [])
+    };
+    ($label:expr, $file:literal, $section:literal, [$($prelude:literal),*]) => {
         $crate::gpu::Kernel {
             label: $label,
-            prelude: &[],
+            prelude: &[$(include_str!(concat!("../../shaders/", $prelude))),*],
             source: include_str!(concat!("../../shaders/", $file)),
             section: Some($section),
             entry: $section,
@@ -105,6 +109,59 @@ macro_rules! kernel {
     };
 }
 pub(crate) use kernel;
+
+/// A kernel that adds within workgroups, in its two variants: [shared-memory halving
+/// (sum_tree.wgsl), subgroup operations (sum_subgroup.wgsl)]; [`summing`] picks one.
+macro_rules! summing_kernel {
+    ($label:literal, $file:literal, $section:literal) => {
+        [
+            $crate::ops::kernel!($label, $file, $section, ["sum_tree.wgsl"]),
+            $crate::ops::kernel!(concat!($label, ".subgroup"), $file, $section, ["sum_subgroup.wgsl"]),
+        ]
+    };
+}
+pub(crate) use summing_kernel;
+
+thread_local! {
+    static FORCED_SUBGROUPS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the subgroup variants of the summing kernels (`true`, where the device has
+/// subgroups that pass the check) or the shared-memory ones (`false`): how tests check both
+/// against the reference on one device.
+pub fn with_subgroups<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let old = FORCED_SUBGROUPS.with(|c| c.replace(Some(on)));
+    let out = f();
+    FORCED_SUBGROUPS.with(|c| c.set(old));
+    out
+}
+
+/// Whether the device's subgroups can be used (checked once per process): the adapter has them,
+/// `SASPRUNE_SUBGROUPS` is not `off`, and `reduce.subgroup_check` finds them full, laid out in
+/// order and summing exactly.
+pub fn subgroups_usable() -> Result<bool> {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Some(&u) = USABLE.get() {
+        return Ok(u);
+    }
+    let off = std::env::var("SASPRUNE_SUBGROUPS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("off"));
+    // a driver whose subgroup kernels fail to build or to check out gets the other variant
+    let usable = gpu::get()?.adapter.subgroups && !off && reduce::subgroups_pass_check().unwrap_or(false);
+    Ok(*USABLE.get_or_init(|| usable))
+}
+
+/// Whether summing kernels launched now use subgroups: where they can, by default on GPUs; not
+/// on software drivers, where llvmpipe ran batch-norm backward ~1.5x slower with them (its
+/// barriers are cheap and its subgroup adds are not).
+pub fn subgroups_in_use() -> Result<bool> {
+    let default = gpu::get()?.adapter.device_type != "Cpu";
+    Ok(FORCED_SUBGROUPS.with(|c| c.get()).unwrap_or(default) && subgroups_usable()?)
+}
+
+/// The variant of a summing kernel to launch now.
+pub(crate) fn summing(variants: &[Kernel; 2]) -> Result<&Kernel> {
+    Ok(&variants[subgroups_in_use()? as usize])
+}
 
 pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {

@@ -1,13 +1,15 @@
 //! Reductions: full sum / mean / sum of squares, per-channel sums, split-K finishing
 //! (shaders/reduce.wgsl).
 
-use super::{groups_1d, kernel, launch};
+use super::{groups_1d, kernel, launch, summing, summing_kernel};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-static SUM_STAGE: Kernel = kernel!("reduce.sum_stage", "reduce.wgsl", "sum_stage");
-static CHANNEL_SUM: Kernel = kernel!("reduce.channel_sum", "reduce.wgsl", "channel_sum");
+static SUM_STAGE: [Kernel; 2] = summing_kernel!("reduce.sum_stage", "reduce.wgsl", "sum_stage");
+static CHANNEL_SUM: [Kernel; 2] = summing_kernel!("reduce.channel_sum", "reduce.wgsl", "channel_sum");
+static SUBGROUP_CHECK: Kernel =
+    kernel!("reduce.subgroup_check", "reduce.wgsl", "subgroup_check", ["sum_subgroup.wgsl"]);
 static SUM_SPLITS: Kernel = kernel!("reduce.sum_splits", "reduce.wgsl", "sum_splits");
 static BROADCAST: Kernel = kernel!("reduce.broadcast", "reduce.wgsl", "broadcast");
 
@@ -59,10 +61,10 @@ fn reduce_binding(x: &Tensor, mode: Mode, scale: f32) -> Result<Tensor> {
     let chunk = n.div_ceil(groups);
     let partial = Tensor::uninit(&[groups])?;
     let p1 = StageParams { n: n as u32, chunk: chunk as u32, mode: mode as u32, scale: 1.0 };
-    launch(&SUM_STAGE, &p1, &[x, &partial], [groups as u32, 1, 1])?;
+    launch(summing(&SUM_STAGE)?, &p1, &[x, &partial], [groups as u32, 1, 1])?;
     let out = Tensor::uninit(&[1])?;
     let p2 = StageParams { n: groups as u32, chunk: groups as u32, mode: Mode::Plain as u32, scale };
-    launch(&SUM_STAGE, &p2, &[&partial, &out], [1, 1, 1])?;
+    launch(summing(&SUM_STAGE)?, &p2, &[&partial, &out], [1, 1, 1])?;
     Ok(out)
 }
 
@@ -118,7 +120,7 @@ pub fn channel_sum(x: &Tensor, outer: usize, c: usize, inner: usize) -> Result<T
     }
     let out = Tensor::uninit(&[c])?;
     let p = Dims4 { a: outer as u32, b: c as u32, c: inner as u32, d: 0 };
-    launch(&CHANNEL_SUM, &p, &[x, &out], [c as u32, 1, 1])?;
+    launch(summing(&CHANNEL_SUM)?, &p, &[x, &out], [c as u32, 1, 1])?;
     Ok(out)
 }
 
@@ -127,4 +129,13 @@ pub(crate) fn sum_splits(parts: &Tensor, splits: usize, out: &Tensor) -> Result<
     let n = out.numel();
     let p = Dims4 { a: n as u32, b: splits as u32, c: 0, d: 0 };
     launch(&SUM_SPLITS, &p, &[parts, out], groups_1d(n))
+}
+
+/// Runs `reduce.subgroup_check` over 64 workgroups: true when every thread found its subgroup
+/// full, in order and summing exactly (what sum_subgroup.wgsl assumes).
+pub(crate) fn subgroups_pass_check() -> Result<bool> {
+    let n = 64 * super::WG;
+    let ok = Tensor::zeros(&[n])?;
+    launch(&SUBGROUP_CHECK, &Dims4 { a: n as u32, b: 0, c: 0, d: 0 }, &[&ok], [64, 1, 1])?;
+    Ok(ok.to_vec()?.iter().all(|&v| v == 1.0))
 }
