@@ -91,7 +91,28 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
     let batch = batch.clamp(1, crate::models::largest_batch(&model.name)?);
     let bar = if show { progress_bar(n as u64, "eval".into()) } else { ProgressBar::hidden() };
     let mut rng = rng_for(0, 0, 0); // unused by eval batches (no random crop or flip)
-    for begin in (0..n).step_by(batch) {
+    // Each batch's label ranks and loss are read back while the next batch runs on the device
+    // (two staging buffers, alternating), so the device never waits for the host's batch
+    // assembly and the host never waits for more than one batch.
+    let gpu = crate::gpu::get()?;
+    let mut staging = [gpu.read_back(4 * (batch as u64 + 1)), gpu.read_back(4 * (batch as u64 + 1))];
+    let mut in_flight: Option<(usize, usize)> = None; // (staging slot, images)
+    let mut tally = |bytes: Vec<u8>, images: usize| {
+        let values: &[f32] = bytemuck::cast_slice(&bytes);
+        for &r in &values[..images] {
+            top1 += (r < 1.0) as usize;
+            top5 += (r < 5.0) as usize;
+        }
+        loss_sum += values[images] as f64 * images as f64;
+        bar.inc(images as u64);
+        let done = bar.position().max(1) as f64;
+        bar.set_message(format!(
+            "top-1 {:.2}% | {:.0} img/s",
+            100.0 * top1 as f64 / done,
+            done / start.elapsed().as_secs_f64()
+        ));
+    };
+    for (i, begin) in (0..n).step_by(batch).enumerate() {
         let idx: Vec<usize> = (begin..(begin + batch).min(n)).collect();
         fill_batch(ds, &idx, &spec, &mut rng, &mut images, &mut labels);
         let x = Tensor::from_slice(&images, &[idx.len(), 3, h, w])?;
@@ -100,18 +121,13 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
             let logits = model.forward(&x, Pass::Eval)?;
             Ok((loss::cross_entropy(&logits, &y)?, loss::label_rank(&logits, &y)?))
         })?;
-        for r in ranks.to_vec()? {
-            top1 += (r < 1.0) as usize;
-            top5 += (r < 5.0) as usize;
+        gpu.start_read(&[ranks.view(), l.view()], &mut staging[i % 2])?;
+        if let Some((slot, images)) = in_flight.replace((i % 2, idx.len())) {
+            tally(gpu.finish_read(&mut staging[slot])?, images);
         }
-        loss_sum += l.item()? as f64 * idx.len() as f64;
-        bar.inc(idx.len() as u64);
-        let done = bar.position().max(1) as f64;
-        bar.set_message(format!(
-            "top-1 {:.2}% | {:.0} img/s",
-            100.0 * top1 as f64 / done,
-            done / start.elapsed().as_secs_f64()
-        ));
+    }
+    if let Some((slot, images)) = in_flight {
+        tally(gpu.finish_read(&mut staging[slot])?, images);
     }
     bar.finish_and_clear();
     Ok(EvalResult {

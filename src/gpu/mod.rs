@@ -11,7 +11,7 @@ mod recorder;
 
 pub use buffer::{simulate_memory_limit, Buffer, BufferView};
 pub use kernel::{Kernel, ShaderChecks};
-pub use recorder::DeviceTime;
+pub use recorder::{DeviceTime, ReadBack};
 
 use crate::{Error, Result};
 use std::sync::{Arc, Mutex, OnceLock};

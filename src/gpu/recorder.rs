@@ -77,6 +77,13 @@ pub struct DeviceTime {
     pub by_kernel: Vec<(&'static str, f64, u32)>,
 }
 
+/// A staging buffer for read-backs that overlap later work (see `Gpu::start_read`).
+pub struct ReadBack {
+    buffer: wgpu::Buffer,
+    /// The submission holding the copies into it and the bytes copied, while one is in flight.
+    pending: Option<(Option<wgpu::SubmissionIndex>, u64)>,
+}
+
 /// Flush on our own once this many commands or arena bytes are pending.
 const MAX_COMMANDS: usize = 8192;
 const MAX_UPLOAD_BYTES: usize = 64 << 20;
@@ -198,9 +205,10 @@ impl Recorder {
         Ok(())
     }
 
-    pub fn flush(&mut self, gpu: &Gpu) -> Result<()> {
+    /// Submits what is recorded; returns the submission (None when nothing was recorded).
+    pub fn flush(&mut self, gpu: &Gpu) -> Result<Option<wgpu::SubmissionIndex>> {
         if self.commands.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let old_params = self.params_device.clone();
         let params_buf = ensure(
@@ -306,7 +314,7 @@ impl Recorder {
             encoder.resolve_query_set(&t.queries, 0..2 * timed_passes, &t.resolve, 0);
             encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, Some(timed_bytes));
         }
-        gpu.queue.submit([encoder.finish()]);
+        let submission = gpu.queue.submit([encoder.finish()]);
         self.params.clear();
         self.uploads.clear();
         if let Some(t) = timer {
@@ -325,7 +333,7 @@ impl Recorder {
                 }
             }
         }
-        Ok(())
+        Ok(Some(submission))
     }
 }
 
@@ -419,15 +427,73 @@ impl Gpu {
         Ok(bytes)
     }
 
+    /// A staging buffer of `bytes` for [`Self::start_read`] / [`Self::finish_read`]; callers keep
+    /// it (two, alternating) for a whole loop, so no step allocates.
+    pub fn read_back(&self, bytes: u64) -> ReadBack {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: bytes.max(4).div_ceil(4) * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ReadBack { buffer, pending: None }
+    }
+
+    /// Submits everything recorded plus copies of `views`, packed in order, into `into`, and
+    /// returns at once: the device goes on with later work while the host waits for this one
+    /// (how evaluation reads a batch's results while the next batch runs).
+    pub fn start_read(&self, views: &[BufferView], into: &mut ReadBack) -> Result<()> {
+        let total: u64 = views.iter().map(|v| v.size).sum();
+        if into.pending.is_some() || total > into.buffer.size() {
+            return Err(Error::Gpu(format!(
+                "read-back of {total} bytes into a staging buffer of {} bytes that is {}",
+                into.buffer.size(),
+                if into.pending.is_some() { "still in use" } else { "too small" }
+            )));
+        }
+        let mut rec = self.lock_recorder();
+        let mut offset = 0;
+        for v in views {
+            let dst = Binding { buffer: into.buffer.clone(), offset, size: v.size };
+            rec.commands.push(Command::Copy { src: binding(v), dst });
+            offset += v.size;
+        }
+        let submission = rec.flush(self)?;
+        into.pending = Some((submission, total));
+        drop(rec);
+        self.check_device_error()
+    }
+
+    /// The bytes [`Self::start_read`] asked for, once the device has them (work submitted after
+    /// them may still run).
+    pub fn finish_read(&self, from: &mut ReadBack) -> Result<Vec<u8>> {
+        let Some((submission, size)) = from.pending.take() else {
+            return Err(Error::Gpu("finish_read without start_read".into()));
+        };
+        let bytes = self.map_and_read_after(&from.buffer, size, submission);
+        self.check_device_error()?;
+        bytes
+    }
+
     /// Waits for the device, then copies the first `size` bytes of a MAP_READ buffer.
     fn map_and_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        self.map_and_read_after(staging, size, None)
+    }
+
+    /// [`Self::map_and_read`] that waits only for `submission` (all work when None).
+    fn map_and_read_after(
+        &self,
+        staging: &wgpu::Buffer,
+        size: u64,
+        submission: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
         let slice = staging.slice(0..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
             .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
         match rx.recv() {
             Ok(Ok(())) => {}
