@@ -17,6 +17,9 @@ pub enum Error {
     Shape { op: &'static str, detail: String },
     /// A bad argument (flag, hyperparameter, file content) with an explanation.
     Invalid(String),
+    /// The loss became NaN or infinite; the text says what was kept and how to go on (a plain
+    /// resume would diverge again).
+    Diverged(String),
     /// An I/O failure, with the path it concerned.
     Io { path: String, source: std::io::Error },
 }
@@ -55,7 +58,7 @@ impl fmt::Display for Error {
                 *in_use as f64 / 1048576.0
             ),
             Error::Shape { op, detail } => write!(f, "shape mismatch in {op}: {detail}"),
-            Error::Invalid(msg) => write!(f, "{msg}"),
+            Error::Invalid(msg) | Error::Diverged(msg) => write!(f, "{msg}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }
     }

@@ -565,12 +565,11 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
 /// A run that failed after it started (a full disk, a lost device, a diverged loss) keeps what it
 /// completed: the error says how to continue, unless it already does.
 fn with_resume_hint(e: Error, command: &str) -> Error {
-    let text = e.to_string();
     // a divergence message says what to change and how to go on; a resume alone would diverge again
-    if text.contains("--resume") || text.contains("diverged") {
+    if matches!(e, Error::Diverged(_)) {
         return e;
     }
-    Error::invalid(format!("{text}; the work completed so far is saved: continue with `{command}`"))
+    Error::invalid(format!("{e}; the work completed so far is saved: continue with `{command}`"))
 }
 
 /// Parses `train`'s schedule flags.

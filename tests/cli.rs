@@ -327,6 +327,16 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
 /// continues from its last checkpoint.
 #[test]
 fn a_lost_device_stops_the_run_with_a_message_and_resume_continues() {
+    // Lost at the 1st submit (the memory check: nothing recorded yet) or the 2nd, or later in
+    // training, where the next kernel to build fails on the dead device before the loss is
+    // reported: the message names the cause, not a symptom.
+    for at in ["1", "2", "4", "6"] {
+        let t = TinyRun::new(&format!("cli-device-lost-{at}"));
+        let args = t.train_args(&["--steps", "4", "--save-every", "1", "--lr", "0.01"]);
+        let (code, stderr) = sasprune_with(&args, "SASPRUNE_FAULT_LOSE_DEVICE", at);
+        assert_eq!(code, Some(1), "lost at submit {at}: {stderr}");
+        assert!(stderr.contains("device was lost") && !stderr.contains("panicked"), "lost at submit {at}: {stderr}");
+    }
     let t = TinyRun::new("cli-device-lost");
     let run_s = t.run.as_str();
     let args = t.train_args(&["--steps", "4", "--save-every", "1", "--lr", "0.01"]);

@@ -333,7 +333,7 @@ fn read_scalars(values: &[&Tensor]) -> Result<Vec<f64>> {
 
 fn check_finite(m: &IterationMetrics, dir: &Path) -> Result<()> {
     if !(m.ce.is_finite() && m.res2.is_finite()) {
-        return Err(Error::invalid(format!(
+        return Err(Error::Diverged(format!(
             "ADMM phase: the loss became {} in outer iteration {}: the iterates diverged; start a new run (--out) \
              with lower --beta/--rho or a larger --v, from the dense weights this run saved: --weights {}",
             m.ce,

@@ -525,5 +525,8 @@ fn baseline_phase(
 
 /// Names the phase a failure happened in (the messages of the training loop do not know it).
 fn in_phase(phase: &str, e: Error) -> Error {
-    Error::invalid(format!("{phase}: {e}"))
+    match e {
+        Error::Diverged(msg) => Error::Diverged(format!("{phase}: {msg}")),
+        e => Error::invalid(format!("{phase}: {e}")),
+    }
 }
