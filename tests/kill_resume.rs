@@ -133,6 +133,13 @@ fn a_pipeline_killed_at_random_moments_resumes_to_identical_weights() {
             assert_eq!(s, shape, "case {case}: {name}");
             assert!(v == values, "case {case}: {name} differs from the uninterrupted run's");
         }
+        // one row per outer iteration, in order, with the uninterrupted run's values (a row logged
+        // after the last saved state is dropped when the iteration runs again)
+        let metrics = |d: &Path| -> Vec<String> {
+            let text = std::fs::read_to_string(d.join("admm_metrics.csv")).expect("admm_metrics.csv");
+            text.lines().map(|l| l.rsplit_once(',').map_or(l, |(values, _seconds)| values).to_string()).collect()
+        };
+        assert_eq!(metrics(&dir), metrics(&straight), "case {case}: the ADMM metrics differ");
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).expect("report.json whole");
         assert!(report["rate_achieved"].as_f64().unwrap() >= 3.0, "{report}");

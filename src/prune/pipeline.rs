@@ -112,6 +112,23 @@ fn append_line(path: &Path, header: &str, line: &str) -> Result<()> {
     writeln!(f, "{line}").map_err(|e| Error::io(path, e))
 }
 
+/// Drops the rows of an ADMM metrics file after outer iteration `k` (the iterations a resumed run
+/// repeats because they ran after the last saved state).
+fn keep_metrics_through(path: &Path, k: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or(IterationMetrics::CSV_HEADER);
+    let kept: Vec<&str> = lines.filter(|l| IterationMetrics::from_csv(l).is_some_and(|m| m.k <= k)).collect();
+    if kept.len() + 1 == text.lines().count() {
+        return Ok(());
+    }
+    let body: String = std::iter::once(header).chain(kept).map(|l| format!("{l}\n")).collect();
+    checkpoint::write_atomic(path, body.as_bytes())
+}
+
 /// Whether a uniform `--rate` keeps the fc layers dense: yes for the CIFAR ResNets (the paper
 /// counts their rates so), no for AlexNet (its fc layers hold 96% of the weights).
 pub fn fc_dense(model: &str) -> bool {
@@ -219,6 +236,8 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
             let mut state = match AdmmState::load(&mut model, dir, cfg.method.name())? {
                 Some(s) => {
                     println!("resuming the {} phase after outer iteration {}", cfg.method.name(), s.k);
+                    // iterations after the saved state were logged but are run again
+                    keep_metrics_through(&metrics_path, s.k)?;
                     s
                 }
                 None => AdmmState::start(&model)?,
@@ -528,5 +547,27 @@ fn in_phase(phase: &str, e: Error) -> Error {
     match e {
         Error::Diverged(msg) => Error::Diverged(format!("{phase}: {msg}")),
         e => Error::invalid(format!("{phase}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_admm_phase_drops_the_rows_of_iterations_it_runs_again() {
+        let dir = std::env::temp_dir().join(format!("sasprune-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admm_metrics.csv");
+        let row = |k: usize| IterationMetrics { k, gradients: 5 * k, ce: 2.0 / k as f64, ..Default::default() }.csv();
+        for k in 1..=5 {
+            append_line(&path, IterationMetrics::CSV_HEADER, &row(k)).unwrap();
+        }
+        keep_metrics_through(&path, 3).unwrap();
+        let want = format!("{}\n{}\n{}\n{}\n", IterationMetrics::CSV_HEADER, row(1), row(2), row(3));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        keep_metrics_through(&path, 3).unwrap(); // nothing to drop: unchanged
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
