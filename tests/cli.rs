@@ -35,6 +35,22 @@ impl TinyRun {
         TinyRun { data: data.display().to_string(), run, tmp }
     }
 
+    /// ResNet-20 weights for `classes` classes, freshly initialized, saved in the temporary
+    /// directory; returns their path.
+    fn weights(&self, classes: usize) -> String {
+        let path = self.tmp.path().join(format!("w{classes}.safetensors"));
+        let model = sasprune::models::Model::build("resnet20", classes, 1).unwrap();
+        sasprune::checkpoint::save_model(&model, &path, sasprune::checkpoint::Normalize::CIFAR, &[]).unwrap();
+        path.display().to_string()
+    }
+
+    /// The pipeline on the fake set from `weights` to 3x into the run directory, then `extra`.
+    fn pipeline_args<'a>(&'a self, weights: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let base =
+            ["--model", "resnet20", "--rate", "3x", "--data", &self.data, "--out", &self.run, "--weights", weights];
+        [&base[..], extra].concat()
+    }
+
     /// `train` on the fake set into the run directory: ResNet-20, one epoch of batch 8 (5
     /// steps), then `extra`.
     fn train_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
@@ -354,21 +370,8 @@ fn a_lost_device_stops_the_run_with_a_message_and_resume_continues() {
 #[test]
 fn pipeline_weights_that_do_not_fit_are_refused_before_any_work() {
     let t = TinyRun::new("cli-weights-misfit");
-    let weights = t.tmp.path().join("w100.safetensors");
-    let model = sasprune::models::Model::build("resnet20", 100, 1).unwrap();
-    sasprune::checkpoint::save_model(&model, &weights, sasprune::checkpoint::Normalize::CIFAR, &[]).unwrap();
-    let args = [
-        "--model",
-        "resnet20",
-        "--rate",
-        "3x",
-        "--data",
-        &t.data,
-        "--out",
-        &t.run,
-        "--weights",
-        weights.to_str().unwrap(),
-    ];
+    let weights = t.weights(100);
+    let args = t.pipeline_args(&weights, &[]);
     let (ok, _, stderr) = sasprune(&args);
     assert!(!ok && stderr.contains("w100.safetensors") && stderr.contains("expected [10, 64]"), "{stderr}");
     assert!(!stderr.contains("--resume"), "nothing started, nothing to resume: {stderr}");
@@ -382,41 +385,16 @@ fn pipeline_weights_that_do_not_fit_are_refused_before_any_work() {
 #[test]
 fn a_run_too_big_for_the_device_is_refused_at_its_start_with_the_flag_to_lower() {
     let t = TinyRun::new("cli-memory-check");
-    let weights = t.tmp.path().join("w.safetensors");
-    let model = sasprune::models::Model::build("resnet20", 10, 1).unwrap();
-    sasprune::checkpoint::save_model(&model, &weights, sasprune::checkpoint::Normalize::CIFAR, &[]).unwrap();
+    let weights = t.weights(10);
     let run = |batch: &str| {
-        let args = [
-            "--model",
-            "resnet20",
-            "--rate",
-            "3x",
-            "--data",
-            &t.data,
-            "--out",
-            &t.run,
-            "--weights",
-            weights.to_str().unwrap(),
-            "--schedule",
-            "quick",
-            "--outer",
-            "1",
-            "--inner",
-            "1",
-            "--k0",
-            "1",
-            "--k-avg",
-            "1",
-            "--batch",
-            batch,
-            "--retrain-epochs",
-            "1",
-            "--retrain-batch",
-            "8",
-            "--eval-limit",
-            "8",
-        ];
-        sasprune_with(&args, "SASPRUNE_FAULT_DEVICE_MEMORY", "60000000")
+        let tiny =
+            ["--schedule", "quick", "--outer", "1", "--inner", "1", "--k0", "1", "--k-avg", "1", "--batch", batch];
+        let retrain = ["--retrain-epochs", "1", "--retrain-batch", "8", "--eval-limit", "8"];
+        sasprune_with(
+            &t.pipeline_args(&weights, &[&tiny[..], &retrain].concat()),
+            "SASPRUNE_FAULT_DEVICE_MEMORY",
+            "60000000",
+        )
     };
     let (code, stderr) = run("64");
     assert_eq!(code, Some(1), "{stderr}");

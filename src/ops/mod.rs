@@ -38,9 +38,18 @@ thread_local! {
 /// in pieces then use pieces of that size): how tests reach the pieces-of-a-binding paths that
 /// AlexNet takes on drivers with a 128 MiB limit, at small sizes.
 pub fn with_binding_limit<R>(bytes: u64, f: impl FnOnce() -> R) -> R {
-    let old = FORCED_BINDING_LIMIT.with(|c| c.replace(Some(bytes)));
+    with_override(&FORCED_BINDING_LIMIT, bytes, f)
+}
+
+/// Runs `f` with a test's setting in `cell` (this thread only), then restores the previous one.
+fn with_override<T: Copy + 'static, R>(
+    cell: &'static std::thread::LocalKey<std::cell::Cell<Option<T>>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    let old = cell.with(|c| c.replace(Some(value)));
     let out = f();
-    FORCED_BINDING_LIMIT.with(|c| c.set(old));
+    cell.with(|c| c.set(old));
     out
 }
 
@@ -130,10 +139,7 @@ thread_local! {
 /// subgroups that pass the check) or the shared-memory ones (`false`): how tests check both
 /// against the reference on one device.
 pub fn with_subgroups<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let old = FORCED_SUBGROUPS.with(|c| c.replace(Some(on)));
-    let out = f();
-    FORCED_SUBGROUPS.with(|c| c.set(old));
-    out
+    with_override(&FORCED_SUBGROUPS, on, f)
 }
 
 /// Whether the device's subgroups can be used (checked once per process): the adapter has them,
