@@ -2,7 +2,7 @@
 //! differentiated; each is one launch over the whole vector, or one per piece when the vector
 //! is larger than a storage binding (AlexNet's 61 M weights on drivers with a 128 MiB limit).
 
-use super::{binding_limit, flat_view, for_each_chunk, groups_1d, kernel, launch, same_shape};
+use super::{flat_view, for_each_chunk, groups_1d, kernel, launch, same_shape};
 use crate::gpu::Kernel;
 use crate::{Result, Tensor};
 
@@ -33,11 +33,8 @@ fn run(kernel: &Kernel, p: Params, tensors: &[&Tensor]) -> Result<()> {
     for t in &tensors[1..] {
         same_shape(kernel.label, tensors[0], t)?;
     }
-    let n = p.n as usize;
-    if 4 * n as u64 <= binding_limit()? {
-        return launch(kernel, &p, tensors, groups_1d(n));
-    }
-    for_each_chunk(n, |start, len| {
+    // one piece unless the vectors exceed a storage binding (AlexNet's on 128 MiB drivers)
+    for_each_chunk(p.n as usize, |start, len| {
         let pieces = tensors.iter().map(|t| flat_view(t, start, len)).collect::<Result<Vec<_>>>()?;
         let bound: Vec<&Tensor> = pieces.iter().collect();
         launch(kernel, &Params { n: len as u32, ..p }, &bound, groups_1d(len))

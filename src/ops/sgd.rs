@@ -51,13 +51,9 @@ pub fn sgd_step(w: &Tensor, grad: &Tensor, buf: &Tensor, mask: Option<&Tensor>, 
         weight_decay: cfg.weight_decay,
         _pad2: 0.0,
     };
+    // One piece unless the arena exceeds a storage binding (AlexNet's on 128 MiB drivers).
     // Without a mask the slot is bound to `grad` (never read).
-    let n = w.numel();
-    if 4 * n as u64 <= super::binding_limit()? {
-        return launch(&SGD, &p, &[w, grad, buf, mask.unwrap_or(grad)], groups_1d(n));
-    }
-    // Larger than one storage binding (AlexNet's arena on 128 MiB drivers): in pieces.
-    super::for_each_chunk(n, |start, len| {
+    super::for_each_chunk(w.numel(), |start, len| {
         let piece = |t: &Tensor| super::flat_view(t, start, len);
         let (w, grad, buf) = (piece(w)?, piece(grad)?, piece(buf)?);
         let m = mask.map(piece).transpose()?;
