@@ -704,6 +704,9 @@ fn check_training_memory(
     test_len: usize,
 ) -> Result<TrainConfig> {
     use sasprune::preflight::{check_memory, Probe, Work};
+    if !gpu::get()?.memory_can_be_checked() {
+        return Ok(cfg);
+    }
     let train_len = cfg.subset.unwrap_or(train_len).min(train_len);
     let probe =
         |phase, flag, batch: usize, work| Probe { phase, flag, batch: batch.max(1), work, vectors: 0, vector_len: 0 };

@@ -2,7 +2,8 @@
 //! phase's largest moment — the vectors it holds beside the model plus one training step or one
 //! evaluation pass at its batch — is tried on the device before any phase runs. A run that does
 //! not fit then stops at its start, naming the flag to lower, instead of hours in; an evaluation
-//! batch (which changes no result) is halved until it fits.
+//! batch (which changes no result) is halved until it fits. Callers run it where it tells
+//! something (`Gpu::memory_can_be_checked`).
 
 use crate::autograd::no_grad;
 use crate::models::{Model, Pass};

@@ -343,10 +343,9 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
 /// continues from its last checkpoint.
 #[test]
 fn a_lost_device_stops_the_run_with_a_message_and_resume_continues() {
-    // Lost at the 1st submit (the memory check: nothing recorded yet) or the 2nd, or later in
-    // training, where the next kernel to build fails on the dead device before the loss is
-    // reported: the message names the cause, not a symptom.
-    for at in ["1", "2", "4", "6"] {
+    // Lost at the first submits or later in training, where the next kernel to build may fail on
+    // the dead device before the loss is reported: the message names the cause, not a symptom.
+    for at in ["1", "2", "4"] {
         let t = TinyRun::new(&format!("cli-device-lost-{at}"));
         let args = t.train_args(&["--steps", "4", "--save-every", "1", "--lr", "0.01"]);
         let (code, stderr) = sasprune_with(&args, "SASPRUNE_FAULT_LOSE_DEVICE", at);

@@ -94,7 +94,7 @@ fn fault_limit() -> &'static std::sync::atomic::AtomicU64 {
     })
 }
 
-fn fault_memory_limit() -> Option<u64> {
+pub(super) fn fault_memory_limit() -> Option<u64> {
     Some(fault_limit().load(std::sync::atomic::Ordering::Relaxed)).filter(|&l| l > 0)
 }
 

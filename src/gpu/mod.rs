@@ -308,6 +308,13 @@ impl Gpu {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).stats()
     }
 
+    /// Whether trying allocations tells how much memory a run can have: on GPUs (their own
+    /// memory), and under a simulated memory size (`simulate_memory_limit`). A software driver
+    /// allocates host memory, which the OS overcommits, and runs a large model's step for minutes.
+    pub fn memory_can_be_checked(&self) -> bool {
+        self.adapter.device_type != "Cpu" || buffer::fault_memory_limit().is_some()
+    }
+
     /// Forgets the peak of `memory_stats` so a bench can measure one step's peak.
     pub fn reset_peak_memory(&self) {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).reset_peak();

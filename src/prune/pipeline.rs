@@ -441,8 +441,8 @@ pub fn check_memory(
     test_set: &dyn Dataset,
 ) -> Result<PipelineConfig> {
     let log = RunLog::load(&cfg.out)?;
-    if log.done("retrain") {
-        return Ok(cfg.clone()); // only the report is left
+    if log.done("retrain") || !gpu::get()?.memory_can_be_checked() {
+        return Ok(cfg.clone()); // only the report is left, or a software driver
     }
     let train_len = cfg.subset.map_or(train_set.len(), |n| n.min(train_set.len()));
     let test_len = cfg.eval_limit.map_or(test_set.len(), |n| n.min(test_set.len()));
