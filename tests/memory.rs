@@ -71,7 +71,7 @@ fn the_memory_check_halves_the_evaluation_batch_names_the_flag_and_leaves_the_mo
     let momentum = model.store.momentum_dict().unwrap();
 
     let train = probe("training", "--batch", 64, Work::Train);
-    let (peak_train, _) = peak_of(&mut model, &[train.clone()], 500);
+    let (peak_train, _) = peak_of(&mut model, std::slice::from_ref(&train), 500);
     let (peak_eval64, batch) = peak_of(&mut model, &[probe("evaluation", "the evaluation batch", 64, Work::Eval)], 500);
     assert_eq!(batch, 500, "nothing to lower when everything fits");
     let (peak_eval8, _) = peak_of(&mut model, &[probe("evaluation", "the evaluation batch", 8, Work::Eval)], 8);
@@ -91,7 +91,7 @@ fn the_memory_check_halves_the_evaluation_batch_names_the_flag_and_leaves_the_mo
     gpu::simulate_memory_limit(None);
     let fitted = fitted.unwrap();
     assert!((8..64).contains(&fitted) && 64 % fitted == 0, "evaluation batch {fitted}");
-    let message = refused.err().expect("a training step at batch 64 does not fit").to_string();
+    let message = refused.expect_err("a training step at batch 64 does not fit").to_string();
     assert!(
         message.contains("training does not fit this device") && message.contains("lower --batch (now 64; try 32)"),
         "{message}"
