@@ -90,10 +90,11 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
     // the batch changes no result: keep its largest activation within one storage binding
     let batch = batch.clamp(1, crate::models::largest_batch(&model.name)?);
     let bar = if show { progress_bar(n as u64, "eval".into()) } else { ProgressBar::hidden() };
-    let mut rng = rng_for(0, 0, 0); // unused by eval batches (no random crop or flip)
-                                    // Each batch's label ranks and loss are read back while the next batch runs on the device
-                                    // (two staging buffers, alternating), so the device never waits for the host's batch
-                                    // assembly and the host never waits for more than one batch.
+    // unused by eval batches (no random crop or flip)
+    let mut rng = rng_for(0, 0, 0);
+    // Each batch's label ranks and loss are read back while the next batch runs on the device
+    // (two staging buffers, alternating), so the device never waits for the host's batch
+    // assembly and the host never waits for more than one batch.
     let gpu = crate::gpu::get()?;
     let mut staging = [gpu.read_back(4 * (batch as u64 + 1)), gpu.read_back(4 * (batch as u64 + 1))];
     let mut in_flight: Option<(usize, usize)> = None; // (staging slot, images)

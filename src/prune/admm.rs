@@ -344,7 +344,8 @@ fn check_finite(m: &IterationMetrics, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// When the ADMM phase saves its state: after iteration 1, after the last, and otherwise once the
+/// When the ADMM phase saves its state: after the first iteration a session runs, after the last
+/// one, and otherwise once the
 /// time since the last save is at least 20 times what that save took, so saving costs at most
 /// ~5% of the phase. On a software driver that is every iteration; on a fast GPU a small
 /// model's iteration takes less time than reading back and writing its state, and AlexNet's

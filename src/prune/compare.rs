@@ -47,19 +47,7 @@ pub fn compare(
     if methods.is_empty() || seeds == 0 {
         return Err(Error::invalid("compare needs at least one method (--methods) and one seed (--seeds)"));
     }
-    // every method's phases, tried on the device before any run starts
-    let mut model = crate::models::Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
-    if let Some(w) = &cfg.weights {
-        checkpoint::load_model(&mut model, w)?;
-    }
-    let mut eval_batch = cfg.retrain.eval_batch;
-    for &method in methods {
-        let out = cfg.out.join("seed0").join(method.name());
-        let checked =
-            pipeline::check_memory(&mut model, &PipelineConfig { method, out, ..cfg.clone() }, train_set, test_set)?;
-        eval_batch = eval_batch.min(checked.retrain.eval_batch);
-    }
-    drop(model);
+    let eval_batch = check_memory(cfg, methods, train_set, test_set)?;
     let cfg =
         &PipelineConfig { retrain: crate::train::TrainConfig { eval_batch, ..cfg.retrain.clone() }, ..cfg.clone() };
     let dir = cfg.out.clone();
@@ -103,6 +91,30 @@ pub fn compare(
     }
     write_outputs(&dir, cfg, methods, &rows)?;
     Ok(rows)
+}
+
+/// Every method's phases tried on the device before any run starts (`pipeline::check_memory`);
+/// returns the evaluation batch that fits them all.
+fn check_memory(
+    cfg: &PipelineConfig,
+    methods: &[Method],
+    train_set: &dyn Dataset,
+    test_set: &dyn Dataset,
+) -> Result<usize> {
+    if !crate::gpu::get()?.memory_can_be_checked() {
+        return Ok(cfg.retrain.eval_batch); // a software driver: no model to build for nothing
+    }
+    let mut model = crate::models::Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
+    if let Some(w) = &cfg.weights {
+        checkpoint::load_model(&mut model, w)?;
+    }
+    let mut eval_batch = cfg.retrain.eval_batch;
+    for &method in methods {
+        let out = cfg.out.join("seed0").join(method.name());
+        let run = PipelineConfig { method, out, ..cfg.clone() };
+        eval_batch = eval_batch.min(pipeline::check_memory(&mut model, &run, train_set, test_set)?.retrain.eval_batch);
+    }
+    Ok(eval_batch)
 }
 
 /// Mean and sample standard deviation (0 for one value).

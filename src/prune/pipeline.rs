@@ -470,9 +470,7 @@ pub fn check_memory(
         // minibatches cycle through the data, so the batch is never cut to the data's size
         probes.push(Probe { batch, ..train_probe("the ADMM phase", "--batch", 0, ADMM_VECTORS, prunable) });
     }
-    if !log.done("retrain") {
-        probes.push(train_probe("masked retraining", "--retrain-batch", cfg.retrain.batch, 1, arena));
-    }
+    probes.push(train_probe("masked retraining", "--retrain-batch", cfg.retrain.batch, 1, arena));
     // evaluation after the ADMM phase runs beside its five state vectors; later ones beside the mask
     let (vectors, vector_len) = if admm_left { (5, prunable) } else { (1, arena) };
     probes.push(Probe {
