@@ -126,216 +126,287 @@ impl BenchConfig {
     }
 }
 
-/// Runs the benchmark; `report` gets each measurement as soon as it exists.
+/// Runs the benchmark; `report` gets each measurement as soon as it exists. One function per
+/// family, in the order the table prints them.
 pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>) -> Result<()> {
-    let gpu_adapter = gpu::get()?.adapter.device_type != "Cpu";
-    // A step takes seconds on a software driver and milliseconds on a GPU: more of them there.
-    let (gemm, batch, runs, step_batch, steps) = match (cfg.quick, gpu_adapter) {
-        (true, _) => (256, 16, 3, 16, 2),
-        (false, false) => (1024, 128, 5, 128, 5),
-        (false, true) => (1024, 128, 9, 128, 30),
-    };
-    let mut emit = |m: Measurement| report(&m);
-    let gflop = |macs: usize| 2.0 * macs as f64 / 1e9;
-    // 4096^3 (137 GFLOP) only where it takes milliseconds, not minutes.
-    let big = !cfg.quick && gpu_adapter;
-    for s in if big { vec![gemm, 4096] } else { vec![gemm] } {
-        let name = format!("gemm {s}x{s}x{s}");
-        if cfg.wants(&name) {
-            let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
-            let (seconds, timing) = time_median(runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
-            emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", timing, extra: vec![] })?;
-        }
+    let b = Bench::new(cfg)?;
+    let emit: &mut Emit = &mut |m| report(&m);
+    b.gemm(emit)?;
+    b.convolutions(emit)?;
+    b.batch_norm(emit)?;
+    b.memory_bound(emit)?;
+    b.whole_steps(emit)?;
+    b.evaluation_at_eval_batch(emit)?;
+    print_tuner_choices();
+    Ok(())
+}
+
+/// Where each measurement goes.
+type Emit<'a> = dyn FnMut(Measurement) -> Result<()> + 'a;
+
+/// The sizes one bench run uses: a step takes seconds on a software driver and milliseconds on
+/// a GPU, so a GPU gets more runs and steps (and GEMM 4096³, 137 GFLOP: milliseconds there,
+/// minutes on a CPU).
+struct Bench<'a> {
+    cfg: &'a BenchConfig,
+    gemm_sizes: Vec<usize>,
+    /// The batch of the kernel measurements.
+    batch: usize,
+    /// Timed runs per kernel (the median is reported).
+    runs: usize,
+    step_batch: usize,
+    steps: usize,
+}
+
+fn gflop(macs: usize) -> f64 {
+    2.0 * macs as f64 / 1e9
+}
+
+impl Bench<'_> {
+    fn new(cfg: &BenchConfig) -> Result<Bench<'_>> {
+        let gpu_adapter = gpu::get()?.adapter.device_type != "Cpu";
+        let (gemm, batch, runs, step_batch, steps) = match (cfg.quick, gpu_adapter) {
+            (true, _) => (256, 16, 3, 16, 2),
+            (false, false) => (1024, 128, 5, 128, 5),
+            (false, true) => (1024, 128, 9, 128, 30),
+        };
+        let gemm_sizes = if !cfg.quick && gpu_adapter { vec![gemm, 4096] } else { vec![gemm] };
+        Ok(Bench { cfg, gemm_sizes, batch, runs, step_batch, steps })
     }
-    for (label, g) in resnet32_conv_shapes(batch) {
-        let names = ["forward", "grad-input", "grad-weight"].map(|k| format!("{label} b{batch} {k}"));
-        if !names.iter().any(|n| cfg.wants(n)) {
-            continue;
-        }
-        let x = random(&[g.n, g.c_in, g.h, g.w], 3)?;
-        let w = random(&[g.c_out, g.c_in, g.kh, g.kw], 4)?;
-        let dy = random(&[g.n, g.c_out, g.out_h(), g.out_w()], 5)?;
-        // The same GEMM as (M, N, K), so conv results compare with GEMM results.
-        let gemm_shape = format!("{}x{}x{}", g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
-        let kernels: [&dyn Fn() -> Result<()>; 3] = [
-            &|| conv2d::conv2d_forward(&x, &w, None, &g).map(drop),
-            &|| conv2d::conv2d_grad_input(&dy, &w, &g).map(drop),
-            &|| conv2d::conv2d_grad_weight(&dy, &x, &g).map(drop),
-        ];
-        for (name, f) in names.into_iter().zip(kernels) {
-            if cfg.wants(&name) {
-                let (seconds, timing) = time_median(runs, f)?;
-                emit(Measurement {
-                    name,
-                    seconds,
-                    work: gflop(g.macs()),
-                    unit: "GFLOP/s",
-                    timing,
-                    extra: vec![("gemm_mnk", serde_json::json!(gemm_shape))],
-                })?;
+
+    fn gemm(&self, emit: &mut Emit) -> Result<()> {
+        for &s in &self.gemm_sizes {
+            let name = format!("gemm {s}x{s}x{s}");
+            if self.cfg.wants(&name) {
+                let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
+                let (seconds, timing) =
+                    time_median(self.runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
+                emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", timing, extra: vec![] })?;
             }
         }
+        Ok(())
     }
-    // ResNet-32's stage-2 shape at the bench batch, and (full runs) its largest activation at
-    // eval's batch 500, where bandwidth rather than launch latency decides.
-    let bn_shapes: Vec<(usize, usize, usize)> =
-        if cfg.quick { vec![(batch, 32, 16)] } else { vec![(batch, 32, 16), (500, 16, 32)] };
-    for (n, c, side) in bn_shapes {
-        let shape = format!("b{n} {c}x{side}x{side}");
-        let names = [format!("batchnorm forward {shape}"), format!("batchnorm backward {shape}")];
-        if !names.iter().any(|n| cfg.wants(n)) {
-            continue;
+
+    /// Forward, grad-input and grad-weight of each of ResNet-32's convolution geometries.
+    fn convolutions(&self, emit: &mut Emit) -> Result<()> {
+        let batch = self.batch;
+        for (label, g) in resnet32_conv_shapes(batch) {
+            let names = ["forward", "grad-input", "grad-weight"].map(|k| format!("{label} b{batch} {k}"));
+            if !names.iter().any(|n| self.cfg.wants(n)) {
+                continue;
+            }
+            let x = random(&[g.n, g.c_in, g.h, g.w], 3)?;
+            let w = random(&[g.c_out, g.c_in, g.kh, g.kw], 4)?;
+            let dy = random(&[g.n, g.c_out, g.out_h(), g.out_w()], 5)?;
+            // The same GEMM as (M, N, K), so conv results compare with GEMM results.
+            let gemm_shape = format!("{}x{}x{}", g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
+            let kernels: [&dyn Fn() -> Result<()>; 3] = [
+                &|| conv2d::conv2d_forward(&x, &w, None, &g).map(drop),
+                &|| conv2d::conv2d_grad_input(&dy, &w, &g).map(drop),
+                &|| conv2d::conv2d_grad_weight(&dy, &x, &g).map(drop),
+            ];
+            for (name, f) in names.into_iter().zip(kernels) {
+                if self.cfg.wants(&name) {
+                    let (seconds, timing) = time_median(self.runs, f)?;
+                    emit(Measurement {
+                        name,
+                        seconds,
+                        work: gflop(g.macs()),
+                        unit: "GFLOP/s",
+                        timing,
+                        extra: vec![("gemm_mnk", serde_json::json!(gemm_shape))],
+                    })?;
+                }
+            }
         }
-        let x = random(&[n, c, side, side], 6)?.with_grad();
-        let (gamma, beta) = (Tensor::full(&[c], 1.0)?.with_grad(), Tensor::zeros(&[c])?.with_grad());
-        let (rm, rv) = (Tensor::zeros(&[c])?, Tensor::full(&[c], 1.0)?);
-        let bytes = (n * c * side * side * 4) as f64 / 1e9;
-        let cfg_bn = batchnorm::BatchNormConfig::default();
-        if cfg.wants(&names[0]) {
-            // reads x twice (statistics, normalize) and writes y
-            let (seconds, timing) = time_median(runs, || {
-                crate::autograd::no_grad(|| batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn).map(drop))
-            })?;
-            emit(Measurement {
-                name: names[0].clone(),
-                seconds,
-                work: 3.0 * bytes,
-                unit: "GB/s",
-                timing,
-                extra: vec![],
-            })?;
-        }
-        if cfg.wants(&names[1]) {
-            let dy = random(&[n, c, side, side], 7)?;
-            // reads dy and x twice (reductions, input gradient) and writes dx
-            let (seconds, timing) = time_median(runs, || {
-                let y = batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn)?;
-                y.backward_with(dy.clone())
-            })?;
-            emit(Measurement {
-                name: names[1].clone(),
-                seconds,
-                work: 8.0 * bytes,
-                unit: "GB/s",
-                timing,
-                extra: vec![("includes", "forward".into())],
-            })?;
-        }
+        Ok(())
     }
-    // The reference for the memory-bound kernels: read one array, write another.
-    let len = if cfg.quick { 1 << 20 } else { 1 << 26 };
-    let name = format!("elementwise scale {}M", len >> 20);
-    if cfg.wants(&name) {
-        let x = Tensor::full(&[len], 1.0)?;
-        let (seconds, timing) = time_median(runs, || crate::ops::elementwise::scale(&x, 0.5).map(drop))?;
-        emit(Measurement { name, seconds, work: 2.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", timing, extra: vec![] })?;
-    }
-    let name = format!("softmax cross-entropy b{batch} x1000");
-    if cfg.wants(&name) {
-        let logits = random(&[batch, 1000], 8)?.with_grad();
-        let labels = Tensor::from_slice(&(0..batch).map(|i| (i * 7 % 1000) as f32).collect::<Vec<_>>(), &[batch])?;
-        let (seconds, timing) = time_median(runs, || loss::cross_entropy(&logits, &labels)?.backward())?;
-        let bytes = (batch * 1000 * 4) as f64 * 4.0 / 1e9;
-        emit(Measurement {
-            name,
-            seconds,
-            work: bytes,
-            unit: "GB/s",
-            timing,
-            extra: vec![("includes", "forward and backward".into())],
-        })?;
-    }
-    let len = if cfg.quick { 1 << 20 } else { 464_154 * 8 };
-    let name = format!("fused sgd update {len}");
-    if cfg.wants(&name) {
-        let (w, g, b, m) =
-            (random(&[len], 9)?, random(&[len], 10)?, Tensor::zeros(&[len])?, Tensor::full(&[len], 1.0)?);
-        let s = sgd::SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
-        let (seconds, timing) = time_median(runs, || sgd::sgd_step(&w, &g, &b, Some(&m), &s))?;
-        // reads w, grad, buf, mask; writes w, buf
-        emit(Measurement { name, seconds, work: 6.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", timing, extra: vec![] })?;
-    }
-    let name = format!("fused sas-admm inner update {len}");
-    if cfg.wants(&name) {
-        let t: Vec<Tensor> = (0..5).map(|i| random(&[len], 11 + i)).collect::<Result<_>>()?;
-        let (seconds, timing) =
-            time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
-        // reads d, h, W̆, W; writes W̆, W, Ŵ
-        emit(Measurement { name, seconds, work: 7.0 * 4.0 * len as f64 / 1e9, unit: "GB/s", timing, extra: vec![] })?;
-    }
-    for (model, b) in [("resnet32", step_batch), ("alexnet", if cfg.quick { 2 } else { 16 })] {
-        let names = [format!("{model} train step b{b}"), format!("{model} eval b{b}")];
-        if !names.iter().any(|n| cfg.wants(n)) || (cfg.quick && model == "alexnet") {
-            continue;
-        }
-        match step_rate(model, b, steps) {
-            Ok(r) => {
+
+    /// ResNet-32's stage-2 shape at the bench batch, and (full runs) its largest activation at
+    /// eval's batch 500, where bandwidth rather than launch latency decides.
+    fn batch_norm(&self, emit: &mut Emit) -> Result<()> {
+        let batch = self.batch;
+        let shapes = if self.cfg.quick { vec![(batch, 32, 16)] } else { vec![(batch, 32, 16), (500, 16, 32)] };
+        for (n, c, side) in shapes {
+            let shape = format!("b{n} {c}x{side}x{side}");
+            let names = [format!("batchnorm forward {shape}"), format!("batchnorm backward {shape}")];
+            if !names.iter().any(|n| self.cfg.wants(n)) {
+                continue;
+            }
+            let x = random(&[n, c, side, side], 6)?.with_grad();
+            let (gamma, beta) = (Tensor::full(&[c], 1.0)?.with_grad(), Tensor::zeros(&[c])?.with_grad());
+            let (rm, rv) = (Tensor::zeros(&[c])?, Tensor::full(&[c], 1.0)?);
+            let bytes = (n * c * side * side * 4) as f64 / 1e9;
+            let cfg_bn = batchnorm::BatchNormConfig::default();
+            if self.cfg.wants(&names[0]) {
+                // reads x twice (statistics, normalize) and writes y
+                let (seconds, timing) = time_median(self.runs, || {
+                    crate::autograd::no_grad(|| batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn).map(drop))
+                })?;
                 emit(Measurement {
                     name: names[0].clone(),
-                    seconds: (steps * b) as f64 / r.train_images_per_second,
-                    work: (steps * b) as f64,
-                    unit: "images/s",
-                    timing: STEP_TIMING,
-                    extra: vec![
-                        ("peak_step_bytes", r.peak_step_bytes.into()),
-                        ("after_forward_bytes", r.after_forward_bytes.into()),
-                        ("device_bytes", r.device_bytes.into()),
-                        ("first_step_seconds", r.first_step_seconds.into()),
-                        ("data_ms_per_step", (r.data_seconds_per_step * 1e3).into()),
-                        ("submit_ms_per_step", (r.submit_seconds_per_step * 1e3).into()),
-                        ("host_ms_per_step", (r.host_seconds_per_step * 1e3).into()),
-                        ("kernel_profile", profile_json(r.profile.as_ref())),
-                        ("gemm_plans", plans_json()),
-                    ],
+                    seconds,
+                    work: 3.0 * bytes,
+                    unit: "GB/s",
+                    timing,
+                    extra: vec![],
+                })?;
+            }
+            if self.cfg.wants(&names[1]) {
+                let dy = random(&[n, c, side, side], 7)?;
+                // reads dy and x twice (reductions, input gradient) and writes dx
+                let (seconds, timing) = time_median(self.runs, || {
+                    let y = batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn)?;
+                    y.backward_with(dy.clone())
                 })?;
                 emit(Measurement {
                     name: names[1].clone(),
-                    seconds: (steps * b) as f64 / r.eval_images_per_second,
-                    work: (steps * b) as f64,
-                    unit: "images/s",
-                    timing: STEP_TIMING,
-                    extra: vec![],
+                    seconds,
+                    work: 8.0 * bytes,
+                    unit: "GB/s",
+                    timing,
+                    extra: vec![("includes", "forward".into())],
                 })?;
-                let mib = |b: u64| b as f64 / 1048576.0;
-                println!(
-                    "  {model} step memory: peak {:.0} MiB held, {:.0} MiB after the forward pass \
-                     (ratio {:.2}), {:.0} MiB owned incl. pooled",
-                    mib(r.peak_step_bytes),
-                    mib(r.after_forward_bytes),
-                    r.peak_step_bytes as f64 / r.after_forward_bytes as f64,
-                    mib(r.device_bytes)
-                );
-                println!(
-                    "  {model} host time per step: {:.1} ms (batch assembly + upload {:.1} ms, inside submit {:.1} ms) \
-                     of {:.1} ms",
-                    r.host_seconds_per_step * 1e3,
-                    r.data_seconds_per_step * 1e3,
-                    r.submit_seconds_per_step * 1e3,
-                    b as f64 / r.train_images_per_second * 1e3
-                );
-                if let Some(p) = &r.profile {
-                    print_profile(&format!("{model} one training step"), p);
-                }
             }
-            // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
-            // drivers' binding limit) is reported, not fatal.
-            Err(e) => eprintln!("{model}: skipped ({e})"),
         }
+        Ok(())
     }
-    let b = if cfg.quick { 32 } else { 500 };
-    let name = format!("resnet32 eval b{b}");
-    if cfg.wants(&name) {
-        let images_per_second = eval_rate("resnet32", b, steps)?;
-        let seconds = (steps * b) as f64 / images_per_second;
-        emit(Measurement {
-            name,
-            seconds,
-            work: (steps * b) as f64,
-            unit: "images/s",
-            timing: STEP_TIMING,
-            extra: vec![],
-        })?;
+
+    /// The kernels that read and write arrays once: an element-wise copy-like kernel (the
+    /// reference for the others), softmax cross-entropy, the fused SGD and SAS-ADMM updates.
+    fn memory_bound(&self, emit: &mut Emit) -> Result<()> {
+        let (cfg, runs, batch) = (self.cfg, self.runs, self.batch);
+        let gb = |arrays: f64, len: usize| arrays * 4.0 * len as f64 / 1e9;
+        let len = if cfg.quick { 1 << 20 } else { 1 << 26 };
+        let name = format!("elementwise scale {}M", len >> 20);
+        if cfg.wants(&name) {
+            let x = Tensor::full(&[len], 1.0)?;
+            let (seconds, timing) = time_median(runs, || crate::ops::elementwise::scale(&x, 0.5).map(drop))?;
+            emit(Measurement { name, seconds, work: gb(2.0, len), unit: "GB/s", timing, extra: vec![] })?;
+        }
+        let name = format!("softmax cross-entropy b{batch} x1000");
+        if cfg.wants(&name) {
+            let logits = random(&[batch, 1000], 8)?.with_grad();
+            let labels = Tensor::from_slice(&(0..batch).map(|i| (i * 7 % 1000) as f32).collect::<Vec<_>>(), &[batch])?;
+            let (seconds, timing) = time_median(runs, || loss::cross_entropy(&logits, &labels)?.backward())?;
+            emit(Measurement {
+                name,
+                seconds,
+                work: gb(4.0, batch * 1000),
+                unit: "GB/s",
+                timing,
+                extra: vec![("includes", "forward and backward".into())],
+            })?;
+        }
+        let len = if cfg.quick { 1 << 20 } else { 464_154 * 8 };
+        let name = format!("fused sgd update {len}");
+        if cfg.wants(&name) {
+            let (w, g, b, m) =
+                (random(&[len], 9)?, random(&[len], 10)?, Tensor::zeros(&[len])?, Tensor::full(&[len], 1.0)?);
+            let s = sgd::SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+            let (seconds, timing) = time_median(runs, || sgd::sgd_step(&w, &g, &b, Some(&m), &s))?;
+            // reads w, grad, buf, mask; writes w, buf
+            emit(Measurement { name, seconds, work: gb(6.0, len), unit: "GB/s", timing, extra: vec![] })?;
+        }
+        let name = format!("fused sas-admm inner update {len}");
+        if cfg.wants(&name) {
+            let t: Vec<Tensor> = (0..5).map(|i| random(&[len], 11 + i)).collect::<Result<_>>()?;
+            let (seconds, timing) =
+                time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
+            // reads d, h, W̆, W; writes W̆, W, Ŵ
+            emit(Measurement { name, seconds, work: gb(7.0, len), unit: "GB/s", timing, extra: vec![] })?;
+        }
+        Ok(())
     }
+
+    /// Whole training steps and evaluation passes of ResNet-32 and AlexNet, with the step's
+    /// memory, host time and (where the adapter has timestamps) per-kernel profile.
+    fn whole_steps(&self, emit: &mut Emit) -> Result<()> {
+        let (cfg, steps) = (self.cfg, self.steps);
+        for (model, b) in [("resnet32", self.step_batch), ("alexnet", if cfg.quick { 2 } else { 16 })] {
+            let names = [format!("{model} train step b{b}"), format!("{model} eval b{b}")];
+            if !names.iter().any(|n| cfg.wants(n)) || (cfg.quick && model == "alexnet") {
+                continue;
+            }
+            let r = match step_rate(model, b, steps) {
+                Ok(r) => r,
+                // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
+                // drivers' binding limit) is reported, not fatal.
+                Err(e) => {
+                    eprintln!("{model}: skipped ({e})");
+                    continue;
+                }
+            };
+            let images = (steps * b) as f64;
+            emit(Measurement {
+                name: names[0].clone(),
+                seconds: images / r.train_images_per_second,
+                work: images,
+                unit: "images/s",
+                timing: STEP_TIMING,
+                extra: vec![
+                    ("peak_step_bytes", r.peak_step_bytes.into()),
+                    ("after_forward_bytes", r.after_forward_bytes.into()),
+                    ("device_bytes", r.device_bytes.into()),
+                    ("first_step_seconds", r.first_step_seconds.into()),
+                    ("data_ms_per_step", (r.data_seconds_per_step * 1e3).into()),
+                    ("submit_ms_per_step", (r.submit_seconds_per_step * 1e3).into()),
+                    ("host_ms_per_step", (r.host_seconds_per_step * 1e3).into()),
+                    ("kernel_profile", profile_json(r.profile.as_ref())),
+                    ("gemm_plans", plans_json()),
+                ],
+            })?;
+            emit(Measurement {
+                name: names[1].clone(),
+                seconds: images / r.eval_images_per_second,
+                work: images,
+                unit: "images/s",
+                timing: STEP_TIMING,
+                extra: vec![],
+            })?;
+            print_step_details(model, b, &r);
+        }
+        Ok(())
+    }
+
+    /// ResNet-32 evaluation at eval's default batch (500).
+    fn evaluation_at_eval_batch(&self, emit: &mut Emit) -> Result<()> {
+        let (b, steps) = (if self.cfg.quick { 32 } else { 500 }, self.steps);
+        let name = format!("resnet32 eval b{b}");
+        if !self.cfg.wants(&name) {
+            return Ok(());
+        }
+        let images = (steps * b) as f64;
+        let seconds = images / eval_rate("resnet32", b, steps)?;
+        emit(Measurement { name, seconds, work: images, unit: "images/s", timing: STEP_TIMING, extra: vec![] })
+    }
+}
+
+/// A whole step's memory, host time and kernel profile, below the table's row.
+fn print_step_details(model: &str, batch: usize, r: &StepRate) {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "  {model} step memory: peak {:.0} MiB held, {:.0} MiB after the forward pass (ratio {:.2}), {:.0} MiB \
+         owned incl. pooled",
+        mib(r.peak_step_bytes),
+        mib(r.after_forward_bytes),
+        r.peak_step_bytes as f64 / r.after_forward_bytes as f64,
+        mib(r.device_bytes)
+    );
+    println!(
+        "  {model} host time per step: {:.1} ms (batch assembly + upload {:.1} ms, inside submit {:.1} ms) of {:.1} ms",
+        r.host_seconds_per_step * 1e3,
+        r.data_seconds_per_step * 1e3,
+        r.submit_seconds_per_step * 1e3,
+        batch as f64 / r.train_images_per_second * 1e3
+    );
+    if let Some(p) = &r.profile {
+        print_profile(&format!("{model} one training step"), p);
+    }
+}
+
+/// The GEMM plan the tuner chose (or the fixed default) for each product shape this run used.
+fn print_tuner_choices() {
     let plans = crate::tune::choices();
     if !plans.is_empty() {
         let how =
@@ -355,7 +426,6 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement) -> Result<()>
              and is the steady state"
         );
     }
-    Ok(())
 }
 
 /// The tuner's plans of this process as a JSON array.

@@ -144,286 +144,393 @@ pub fn make_plan(model: &Model, cfg: &PipelineConfig) -> Result<Plan> {
     }
 }
 
-/// Runs (or resumes) the whole pipeline in `cfg.out`.
+/// Runs (or resumes) the whole pipeline in `cfg.out`: one function per phase, in the order they
+/// run. Each phase that `run_state.txt` records as done reloads its result instead of running.
 pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset) -> Result<Report> {
     let total_start = Instant::now();
     let dir = cfg.out.as_path();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
     let plan = make_plan(&model, cfg)?;
-    let train_sub = First { inner: train_set, n: cfg.subset.unwrap_or(usize::MAX) };
-    let test_sub = First { inner: test_set, n: cfg.eval_limit.unwrap_or(usize::MAX) };
-    train::check_dataset(&model, &train_sub, "the training set")?;
-    let adapter = gpu::get()?.adapter.to_string();
-    let mut log = RunLog::load(dir)?;
-    let conv_pct = plan.layers.iter().zip(&plan.fractions).find(|(l, _)| !l.is_fc).map(|(_, &p)| 100.0 * p);
-    println!(
-        "{} → {} ({}, {:.2}x: {} of {} weights kept{}) in {}",
-        cfg.model,
-        cfg.method.name(),
-        cfg.schedule,
-        plan.rate(),
-        plan.kept(),
-        plan.total(),
-        if cfg.layer_rates.is_none() {
-            format!(", conv layers at {:.2}%", conv_pct.unwrap_or(0.0))
-        } else {
-            String::new()
-        },
-        dir.display()
-    );
-    let eval = |model: &mut Model, norm: Normalize| {
-        train::evaluate(model, &test_sub, norm, cfg.retrain.eval_batch, cfg.show_progress)
+    let mut run = Run {
+        cfg,
+        dir,
+        log: RunLog::load(dir)?,
+        train: First { inner: train_set, n: cfg.subset.unwrap_or(usize::MAX) },
+        test: First { inner: test_set, n: cfg.eval_limit.unwrap_or(usize::MAX) },
+        seconds: Vec::new(),
     };
-    let mut seconds: Vec<(String, f64)> = Vec::new();
+    train::check_dataset(&model, &run.train, "the training set")?;
+    run.announce(&plan);
+    let norm = run.dense_start(&mut model)?;
+    if cfg.baseline_epochs > 0 {
+        run.baseline(&mut model, norm)?;
+    }
+    if cfg.method != Method::Magnitude {
+        run.admm_phase(&mut model, &plan, norm)?;
+    }
+    let mask = run.hard_prune(&mut model, &plan, norm)?;
+    run.masked_retraining(&mut model, &plan, &mask, norm)?;
+    run.seconds.push(("total (this session)".into(), total_start.elapsed().as_secs_f64()));
+    run.report(&model, &plan, &mask)
+}
 
-    // 1. dense start
-    let dense_path = dir.join("dense.safetensors");
-    let norm = if log.done("dense") {
-        // the run's own file: it always names the normalization the run chose at its start
-        checkpoint::load_model(&mut model, &dense_path)?.unwrap_or(Normalize::default_for(&cfg.model))
-    } else {
+/// What the phases of one run share.
+struct Run<'a> {
+    cfg: &'a PipelineConfig,
+    dir: &'a Path,
+    /// Which phases are done, and their scores and times.
+    log: RunLog,
+    /// The training images every phase uses (`--subset`) and the test images it scores on
+    /// (`--eval-limit`).
+    train: First<'a>,
+    test: First<'a>,
+    /// Each phase's time for the report, over every session of a resumed run.
+    seconds: Vec<(String, f64)>,
+}
+
+impl Run<'_> {
+    fn announce(&self, plan: &Plan) {
+        let cfg = self.cfg;
+        let conv = match (&cfg.layer_rates, conv_percentage(plan)) {
+            (None, Some(p)) => format!(", conv layers at {p:.2}%"),
+            _ => String::new(),
+        };
+        println!(
+            "{} → {} ({}, {:.2}x: {} of {} weights kept{conv}) in {}",
+            cfg.model,
+            cfg.method.name(),
+            cfg.schedule,
+            plan.rate(),
+            plan.kept(),
+            plan.total(),
+            self.dir.display()
+        );
+    }
+
+    fn evaluate(&self, model: &mut Model, norm: Normalize) -> Result<train::EvalResult> {
+        train::evaluate(model, &self.test, norm, self.cfg.retrain.eval_batch, self.cfg.show_progress)
+    }
+
+    /// Records a completed phase: its top-1 / top-5 and time, then `{phase}.done` last (a run
+    /// killed before it runs the phase again).
+    fn complete(&mut self, phase: &str, e: &train::EvalResult, seconds: f64) -> Result<()> {
+        self.log.set(self.dir, &format!("{phase}.top1"), e.top1)?;
+        self.log.set(self.dir, &format!("{phase}.top5"), e.top5)?;
+        self.log.set(self.dir, &format!("{phase}.seconds"), seconds)?;
+        self.log.set(self.dir, &format!("{phase}.done"), 1)
+    }
+
+    /// Puts a phase's time (over every session) into the report's table.
+    fn count_time(&mut self, label: &str, phase: &str) {
+        let secs = self.log.f64(&format!("{phase}.seconds")).unwrap_or(0.0);
+        self.seconds.push((label.to_string(), secs));
+    }
+
+    /// Phase 1, the dense start: `--weights`, or a dense model trained here. Returns the input
+    /// normalization the whole run uses.
+    fn dense_start(&mut self, model: &mut Model) -> Result<Normalize> {
+        let (cfg, dir) = (self.cfg, self.dir);
+        let dense_path = dir.join("dense.safetensors");
+        if self.log.done("dense") {
+            self.count_time("dense", "dense");
+            // the run's own file: it always names the normalization the run chose at its start
+            return Ok(checkpoint::load_model(model, &dense_path)?.unwrap_or(Normalize::default_for(&cfg.model)));
+        }
         let t = Instant::now();
         let norm = match &cfg.weights {
             Some(w) => {
-                let stored = checkpoint::load_model(&mut model, w)?;
+                let stored = checkpoint::load_model(model, w)?;
                 checkpoint::choose_normalize(cfg.normalize, stored, &cfg.model, &w.display().to_string())
             }
-            None => {
-                let d = &cfg.dense;
-                println!(
-                    "no --weights given: training a dense {} first ({} epochs of SGD at batch {}, lr {} {}, set by \
-                     --schedule; --lr and --retrain-epochs apply to the masked retraining); the expected duration is \
-                     printed after 20 steps",
-                    cfg.model, d.epochs, d.batch, d.lr, d.schedule
-                );
-                let norm = checkpoint::normalize_for_training(cfg.normalize, &cfg.model);
-                let dense_dir = dir.join("dense");
-                let progress = if dense_dir.join(train::STATE_FILE).exists() {
-                    train::load_state(&mut model, &dense_dir, d)?.0
-                } else {
-                    Progress::default()
-                };
-                train::train(&mut model, &train_sub, &test_sub, norm, d, &dense_dir, progress, None)
-                    .map_err(|e| in_phase("dense training", e))?;
-                norm
-            }
+            None => self.train_dense(model)?,
         };
-        let e = eval(&mut model, norm)?;
-        checkpoint::save_model(&model, &dense_path, norm, &[])?;
-        log.set(dir, "dense.top1", e.top1)?;
-        log.set(dir, "dense.top5", e.top5)?;
-        let trained = sum_column(&dir.join("dense").join(train::METRICS_FILE), 7)?;
-        log.set(dir, "dense.seconds", if cfg.weights.is_some() { t.elapsed().as_secs_f64() } else { trained })?;
-        log.set(dir, "dense.done", 1)?;
+        let e = self.evaluate(model, norm)?;
+        checkpoint::save_model(model, &dense_path, norm, &[])?;
+        let secs = match cfg.weights {
+            Some(_) => t.elapsed().as_secs_f64(),
+            None => sum_column(&dir.join("dense").join(train::METRICS_FILE), 7)?,
+        };
+        self.complete("dense", &e, secs)?;
+        self.count_time("dense", "dense");
         println!("dense: top-1 {:.2}% on {} test images ({:.1} s)", e.top1, e.images, t.elapsed().as_secs_f64());
-        norm
-    };
-    seconds.push(("dense".into(), log.f64("dense.seconds").unwrap_or(0.0)));
-    if cfg.baseline_epochs > 0 {
-        baseline_phase(&mut model, cfg, &mut log, &train_sub, &test_sub, norm)?;
-        seconds.push(("baseline".into(), log.f64("baseline.seconds").unwrap_or(0.0)));
+        Ok(norm)
     }
-    let spec = train::train_spec(&model, &train_sub, norm, cfg.deterministic);
 
-    // 2. ADMM phase
-    let metrics_path = dir.join("admm_metrics.csv");
-    let admm_path = dir.join("after_admm.safetensors");
-    if cfg.method != Method::Magnitude {
-        if log.done("admm") {
-            checkpoint::load_model(&mut model, &admm_path)?;
+    /// Trains the dense start when no `--weights` are given (resuming its own checkpoint).
+    fn train_dense(&self, model: &mut Model) -> Result<Normalize> {
+        let (cfg, d) = (self.cfg, &self.cfg.dense);
+        println!(
+            "no --weights given: training a dense {} first ({} epochs of SGD at batch {}, lr {} {}, set by \
+             --schedule; --lr and --retrain-epochs apply to the masked retraining); the expected duration is \
+             printed after 20 steps",
+            cfg.model, d.epochs, d.batch, d.lr, d.schedule
+        );
+        let norm = checkpoint::normalize_for_training(cfg.normalize, &cfg.model);
+        let dense_dir = self.dir.join("dense");
+        let progress = resume_progress(model, &dense_dir, d, false)?;
+        train::train(model, &self.train, &self.test, norm, d, &dense_dir, progress, None)
+            .map_err(|e| in_phase("dense training", e))?;
+        Ok(norm)
+    }
+
+    /// The baseline (`--baseline-epochs N`): the dense start fine-tuned for N epochs with the
+    /// retraining recipe and no mask, on the same data and in the same run. Pruning then starts
+    /// from it, and the report measures pruning's cost against it instead of against weights
+    /// trained elsewhere (the shared CIFAR weights gain ~5 points from any training on this data).
+    fn baseline(&mut self, model: &mut Model, norm: Normalize) -> Result<()> {
+        let (cfg, dir) = (self.cfg, self.dir);
+        let path = dir.join("baseline.safetensors");
+        if self.log.done("baseline") {
+            checkpoint::load_model(model, &path)?;
         } else {
-            let mut state = match AdmmState::load(&mut model, dir, cfg.method.name())? {
-                Some(s) => {
-                    println!("resuming the {} phase after outer iteration {}", cfg.method.name(), s.k);
-                    // iterations after the saved state were logged but are run again
-                    keep_metrics_through(&metrics_path, s.k)?;
-                    s
-                }
-                None => AdmmState::start(&model)?,
-            };
-            let total = match cfg.method {
-                Method::SasAdmm => cfg.sas.total_gradients(),
-                _ => cfg.admm.iterations * cfg.admm.steps,
-            };
-            let bar = if cfg.show_progress {
-                progress_bar(total as u64, cfg.method.name().to_string())
-            } else {
-                indicatif::ProgressBar::hidden()
-            };
-            bar.set_position(state.gradients as u64);
-            let batch = if cfg.method == Method::SasAdmm { cfg.sas.batch } else { cfg.admm.batch };
-            let phase_start = Instant::now();
-            let start_gradients = state.gradients;
-            let after = |m: &IterationMetrics| -> Result<()> {
-                append_line(&metrics_path, IterationMetrics::CSV_HEADER, &m.csv())?;
-                let rate = (m.gradients - start_gradients) as f64 * batch as f64 / phase_start.elapsed().as_secs_f64();
-                bar.set_message(format!("iter {} | loss {:.4} | ‖W−Z‖² {:.3e} | {rate:.1} img/s", m.k, m.ce, m.res2));
-                if !cfg.show_progress {
-                    return Ok(());
-                }
-                train::log_line(&bar, format!("iteration {:>3} | gradients {:>6} | CE {:.4} | objective {:.4} | ‖W−Z‖² {:.3e} | ‖ΔZ‖² {:.3e} | {:.1} s", m.k, m.gradients, m.ce, m.objective, m.res2, m.dz2, m.seconds));
-                Ok(())
-            };
-            match cfg.method {
-                Method::SasAdmm => admm::run_sas_admm(
-                    &mut model, &train_sub, &spec, norm, &cfg.sas, cfg.seed, &mut state, dir, &bar, after,
-                )?,
-                _ => admm::run_admm_nn(
-                    &mut model, &train_sub, &spec, norm, &cfg.admm, &plan, cfg.seed, &mut state, dir, &bar, after,
-                )?,
-            }
-            bar.finish_and_clear();
-            let eval_start = Instant::now();
-            let e = eval(&mut model, norm)?;
-            checkpoint::save_model(&model, &admm_path, norm, &[])?;
-            // every session's share (the per-iteration times) plus the evaluation just done
-            let secs = sum_column(&metrics_path, 7)? + eval_start.elapsed().as_secs_f64();
-            log.set(dir, "admm.top1", e.top1)?;
-            log.set(dir, "admm.top5", e.top5)?;
-            log.set(dir, "admm.seconds", secs)?;
-            log.set(dir, "admm.done", 1)?;
-            let batch = if cfg.method == Method::SasAdmm { cfg.sas.batch } else { cfg.admm.batch };
+            let run_dir = dir.join("baseline");
+            let bcfg = TrainConfig { epochs: cfg.baseline_epochs, best_path: None, ..cfg.retrain.clone() };
+            let progress = resume_progress(model, &run_dir, &bcfg, true)?;
+            train::train(model, &self.train, &self.test, norm, &bcfg, &run_dir, progress, None)
+                .map_err(|e| in_phase("baseline fine-tuning", e))?;
+            let e = self.evaluate(model, norm)?;
+            checkpoint::save_model(model, &path, norm, &[])?;
+            self.complete("baseline", &e, sum_column(&run_dir.join(train::METRICS_FILE), 7)?)?;
             println!(
-                "{}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s, {:.1} images/s \
-                 incl. evaluation)",
-                cfg.method.name(),
-                state.k,
-                state.gradients,
-                e.top1,
-                (state.gradients * batch) as f64 / secs.max(1e-9)
+                "baseline: the dense start fine-tuned {} epochs on this data: top-1 {:.2}%",
+                cfg.baseline_epochs, e.top1
             );
         }
-        seconds.push((cfg.method.name().into(), log.f64("admm.seconds").unwrap_or(0.0)));
+        self.count_time("baseline", "baseline");
+        Ok(())
     }
 
-    // 3. hard pruning
-    let p_len = model.store.prunable_len();
-    let mask = Tensor::full(&[model.store.params_flat()?.numel()], 1.0)?;
-    let mask_prefix = Tensor::view_into(mask.storage().clone(), 0, &[p_len])?;
-    let pruned_path = dir.join("after_prune.safetensors");
-    let w_net = admm::arena_prefix(&model)?;
-    if log.done("prune") {
-        checkpoint::load_model(&mut model, &pruned_path)?;
-        select::magnitude_mask(&admm::arena_prefix(&model)?, &admm::selection(&plan), &mask_prefix)?;
-    } else {
-        let t = Instant::now();
-        select::magnitude_mask(&w_net, &admm::selection(&plan), &mask_prefix)?;
-        admm_ops::multiply_in_place(&w_net, &mask_prefix)?;
-        let e = eval(&mut model, norm)?;
-        checkpoint::save_model(&model, &pruned_path, norm, &[])?;
-        log.set(dir, "prune.top1", e.top1)?;
-        log.set(dir, "prune.top5", e.top5)?;
-        log.set(dir, "prune.seconds", t.elapsed().as_secs_f64())?;
-        log.set(dir, "prune.done", 1)?;
-        println!("hard prune to {:.2}x: top-1 {:.2}% ({:.1} s)", plan.rate(), e.top1, t.elapsed().as_secs_f64());
-    }
-    seconds.push(("prune".into(), log.f64("prune.seconds").unwrap_or(0.0)));
-
-    // 4. masked retraining
-    let retrain_dir = dir.join("retrain");
-    if !log.done("retrain") {
-        let mut rcfg = cfg.retrain.clone();
-        rcfg.best_path = Some(dir.join("retrain_best.safetensors"));
-        let progress = if retrain_dir.join(train::STATE_FILE).exists() {
-            let (p, _) = train::load_state(&mut model, &retrain_dir, &rcfg)?;
-            println!("resuming masked retraining at step {}", p.step);
-            p
+    /// Phase 2, the ADMM phase (SAS-ADMM or ADMM-NN), resumed from its last saved outer iteration;
+    /// leaves the phase's weights in the model.
+    fn admm_phase(&mut self, model: &mut Model, plan: &Plan, norm: Normalize) -> Result<()> {
+        let (cfg, dir) = (self.cfg, self.dir);
+        let method = cfg.method.name();
+        let metrics_path = dir.join(METRICS_FILE);
+        let admm_path = dir.join("after_admm.safetensors");
+        if self.log.done("admm") {
+            checkpoint::load_model(model, &admm_path)?;
+            self.count_time(method, "admm");
+            return Ok(());
+        }
+        let mut state = match AdmmState::load(model, dir, method)? {
+            Some(s) => {
+                println!("resuming the {method} phase after outer iteration {}", s.k);
+                // iterations after the saved state were logged but are run again
+                keep_metrics_through(&metrics_path, s.k)?;
+                s
+            }
+            None => AdmmState::start(model)?,
+        };
+        let (total, batch) = match cfg.method {
+            Method::SasAdmm => (cfg.sas.total_gradients(), cfg.sas.batch),
+            _ => (cfg.admm.iterations * cfg.admm.steps, cfg.admm.batch),
+        };
+        let bar = if cfg.show_progress {
+            progress_bar(total as u64, method.to_string())
         } else {
-            model.store.reset_momentum()?;
-            Progress::default()
+            indicatif::ProgressBar::hidden()
         };
-        let s = train::train(&mut model, &train_sub, &test_sub, norm, &rcfg, &retrain_dir, progress, Some(&mask))
+        bar.set_position(state.gradients as u64);
+        let phase_start = Instant::now();
+        let start_gradients = state.gradients;
+        let after = |m: &IterationMetrics| -> Result<()> {
+            append_line(&metrics_path, IterationMetrics::CSV_HEADER, &m.csv())?;
+            let rate = (m.gradients - start_gradients) as f64 * batch as f64 / phase_start.elapsed().as_secs_f64();
+            bar.set_message(format!("iter {} | loss {:.4} | ‖W−Z‖² {:.3e} | {rate:.1} img/s", m.k, m.ce, m.res2));
+            if cfg.show_progress {
+                train::log_line(&bar, format!("iteration {:>3} | gradients {:>6} | CE {:.4} | objective {:.4} | ‖W−Z‖² {:.3e} | ‖ΔZ‖² {:.3e} | {:.1} s", m.k, m.gradients, m.ce, m.objective, m.res2, m.dz2, m.seconds));
+            }
+            Ok(())
+        };
+        let spec = train::train_spec(model, &self.train, norm, cfg.deterministic);
+        match cfg.method {
+            Method::SasAdmm => {
+                admm::run_sas_admm(model, &self.train, &spec, norm, &cfg.sas, cfg.seed, &mut state, dir, &bar, after)?
+            }
+            _ => admm::run_admm_nn(
+                model,
+                &self.train,
+                &spec,
+                norm,
+                &cfg.admm,
+                plan,
+                cfg.seed,
+                &mut state,
+                dir,
+                &bar,
+                after,
+            )?,
+        }
+        bar.finish_and_clear();
+        let eval_start = Instant::now();
+        let e = self.evaluate(model, norm)?;
+        checkpoint::save_model(model, &admm_path, norm, &[])?;
+        // every session's share (the per-iteration times) plus the evaluation just done
+        let secs = sum_column(&metrics_path, 7)? + eval_start.elapsed().as_secs_f64();
+        self.complete("admm", &e, secs)?;
+        self.count_time(method, "admm");
+        println!(
+            "{method}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s, {:.1} images/s incl. \
+             evaluation)",
+            state.k,
+            state.gradients,
+            e.top1,
+            (state.gradients * batch) as f64 / secs.max(1e-9)
+        );
+        Ok(())
+    }
+
+    /// Phase 3, hard pruning: every prunable layer cut to its share by magnitude. Returns the 0/1 mask
+    /// over the whole parameter arena (1 beyond the prunable prefix).
+    fn hard_prune(&mut self, model: &mut Model, plan: &Plan, norm: Normalize) -> Result<Tensor> {
+        let mask = Tensor::full(&[model.store.params_flat()?.numel()], 1.0)?;
+        let mask_prefix = prunable_prefix(model, &mask)?;
+        let pruned_path = self.dir.join("after_prune.safetensors");
+        if self.log.done("prune") {
+            checkpoint::load_model(model, &pruned_path)?;
+            select::magnitude_mask(&admm::arena_prefix(model)?, &admm::selection(plan), &mask_prefix)?;
+        } else {
+            let t = Instant::now();
+            let w_net = admm::arena_prefix(model)?;
+            select::magnitude_mask(&w_net, &admm::selection(plan), &mask_prefix)?;
+            admm_ops::multiply_in_place(&w_net, &mask_prefix)?;
+            let e = self.evaluate(model, norm)?;
+            checkpoint::save_model(model, &pruned_path, norm, &[])?;
+            self.complete("prune", &e, t.elapsed().as_secs_f64())?;
+            println!("hard prune to {:.2}x: top-1 {:.2}% ({:.1} s)", plan.rate(), e.top1, t.elapsed().as_secs_f64());
+        }
+        self.count_time("prune", "prune");
+        Ok(mask)
+    }
+
+    /// Phase 4, masked retraining: pruned weights stay exactly 0. Saves `pruned.safetensors`.
+    fn masked_retraining(&mut self, model: &mut Model, plan: &Plan, mask: &Tensor, norm: Normalize) -> Result<()> {
+        let (cfg, dir) = (self.cfg, self.dir);
+        let pruned_path = dir.join("pruned.safetensors");
+        if self.log.done("retrain") {
+            checkpoint::load_model(model, &pruned_path)?;
+            self.count_time("retrain", "retrain");
+            return Ok(());
+        }
+        let retrain_dir = dir.join("retrain");
+        let rcfg = TrainConfig { best_path: Some(dir.join("retrain_best.safetensors")), ..cfg.retrain.clone() };
+        let progress = resume_progress(model, &retrain_dir, &rcfg, true)?;
+        if progress.step > 0 {
+            println!("resuming masked retraining at step {}", progress.step);
+        }
+        let s = train::train(model, &self.train, &self.test, norm, &rcfg, &retrain_dir, progress, Some(mask))
             .map_err(|e| in_phase("masked retraining", e))?;
-        let fin_eval = match s.final_eval {
+        let last = match s.final_eval {
             Some(e) => e,
-            None => eval(&mut model, norm)?,
+            None => self.evaluate(model, norm)?,
         };
-        let fin = fin_eval.top1;
-        log.set(dir, "retrain.final5", fin_eval.top5)?;
-        let best = train::read_best(&retrain_dir)?.map_or(fin, |b| b.max(fin));
-        checkpoint::save_model(
-            &model,
-            &dir.join("pruned.safetensors"),
-            norm,
-            &[("compression", format!("{:.4}", plan.rate()))],
-        )?;
+        let best = train::read_best(&retrain_dir)?.map_or(last.top1, |b| b.max(last.top1));
+        checkpoint::save_model(model, &pruned_path, norm, &[("compression", format!("{:.4}", plan.rate()))])?;
         let secs = sum_column(&retrain_dir.join(train::METRICS_FILE), 7)?;
-        log.set(dir, "retrain.final", fin)?;
+        let log = &mut self.log;
+        log.set(dir, "retrain.final5", last.top5)?;
+        log.set(dir, "retrain.final", last.top1)?;
         log.set(dir, "retrain.best", best)?;
         log.set(dir, "retrain.seconds", secs)?;
         log.set(dir, "retrain.done", 1)?;
+        self.count_time("retrain", "retrain");
         println!(
-            "masked retraining: {} steps, top-1 final {fin:.2}% best {best:.2}% ({secs:.1} s, {:.1} images/s incl. \
+            "masked retraining: {} steps, top-1 final {:.2}% best {best:.2}% ({secs:.1} s, {:.1} images/s incl. \
              evaluation)",
-            s.steps, s.images_per_second
+            s.steps, last.top1, s.images_per_second
         );
-    } else {
-        checkpoint::load_model(&mut model, &dir.join("pruned.safetensors"))?;
+        Ok(())
     }
-    seconds.push(("retrain".into(), log.f64("retrain.seconds").unwrap_or(0.0)));
 
-    // 5. report, counted from the final weights themselves
-    let weights = admm::arena_prefix(&model)?.to_vec()?;
-    let masks = mask_prefix.to_vec()?;
-    let mut mask_dict = crate::nn::StateDict::new();
-    let layers: Vec<LayerRow> = plan
-        .layers
-        .iter()
-        .map(|l| {
-            let wl = &weights[l.offset..l.offset + l.len];
-            mask_dict.insert(format!("{}_mask", l.name), (l.shape.clone(), masks[l.offset..l.offset + l.len].to_vec()));
-            LayerRow {
-                name: l.name.clone(),
-                shape: l.shape.clone(),
-                weights: l.len,
-                kept: wl.iter().filter(|&&v| v != 0.0).count(),
-            }
-        })
-        .collect();
-    checkpoint::save(&dir.join("masks.safetensors"), &mask_dict, &[], Default::default())?;
-    seconds.push(("total (this session)".into(), total_start.elapsed().as_secs_f64()));
-    let kept: usize = layers.iter().map(|l| l.kept).sum();
-    let report = Report {
-        model: cfg.model.clone(),
-        method: cfg.method.name().into(),
-        adapter,
-        rate_target: cfg
-            .layer_rates
-            .as_ref()
-            .map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display())),
-        rate_achieved: plan.total() as f64 / kept.max(1) as f64,
-        conv_percentage: if cfg.layer_rates.is_none() { conv_pct } else { None },
-        layers,
-        top1: PhaseScores {
-            dense: log.f64("dense.top1"),
-            baseline: log.f64("baseline.top1"),
-            after_admm: log.f64("admm.top1"),
-            after_prune: log.f64("prune.top1"),
-            retrain_best: log.f64("retrain.best"),
-            retrain_final: log.f64("retrain.final"),
-        },
-        top5: PhaseScores {
-            dense: log.f64("dense.top5"),
-            baseline: log.f64("baseline.top5"),
-            after_admm: log.f64("admm.top5"),
-            after_prune: log.f64("prune.top5"),
+    /// Phase 5, the report, counted from the final weights themselves: report.json / .txt, the masks,
+    /// the convergence plot.
+    fn report(self, model: &Model, plan: &Plan, mask: &Tensor) -> Result<Report> {
+        let (cfg, dir, log) = (self.cfg, self.dir, &self.log);
+        let weights = admm::arena_prefix(model)?.to_vec()?;
+        let masks = prunable_prefix(model, mask)?.to_vec()?;
+        let mut mask_dict = crate::nn::StateDict::new();
+        let layers: Vec<LayerRow> = plan
+            .layers
+            .iter()
+            .map(|l| {
+                let (wl, ml) = (&weights[l.offset..l.offset + l.len], &masks[l.offset..l.offset + l.len]);
+                mask_dict.insert(format!("{}_mask", l.name), (l.shape.clone(), ml.to_vec()));
+                LayerRow {
+                    name: l.name.clone(),
+                    shape: l.shape.clone(),
+                    weights: l.len,
+                    kept: wl.iter().filter(|&&v| v != 0.0).count(),
+                }
+            })
+            .collect();
+        checkpoint::save(&dir.join("masks.safetensors"), &mask_dict, &[], Default::default())?;
+        let kept: usize = layers.iter().map(|l| l.kept).sum();
+        let scores = |suffix: &str| PhaseScores {
+            dense: log.f64(&format!("dense.{suffix}")),
+            baseline: log.f64(&format!("baseline.{suffix}")),
+            after_admm: log.f64(&format!("admm.{suffix}")),
+            after_prune: log.f64(&format!("prune.{suffix}")),
             retrain_best: None,
-            retrain_final: log.f64("retrain.final5"),
-        },
-        seconds,
-        eval_images: test_sub.len(),
-        schedule: cfg.schedule.clone(),
-    };
-    checkpoint::write_atomic(&dir.join("report.json"), report.json().as_bytes())?;
-    checkpoint::write_atomic(&dir.join("report.txt"), report.table().as_bytes())?;
-    if metrics_path.exists() {
-        let m = report::read_metrics(&metrics_path)?;
-        let svg = report::convergence_svg(&[(cfg.method.name(), &m)]);
-        checkpoint::write_atomic(&dir.join("convergence.svg"), svg.as_bytes())?;
+            retrain_final: None,
+        };
+        let report = Report {
+            model: cfg.model.clone(),
+            method: cfg.method.name().into(),
+            adapter: gpu::get()?.adapter.to_string(),
+            rate_target: cfg
+                .layer_rates
+                .as_ref()
+                .map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display())),
+            rate_achieved: plan.total() as f64 / kept.max(1) as f64,
+            conv_percentage: if cfg.layer_rates.is_none() { conv_percentage(plan) } else { None },
+            layers,
+            top1: PhaseScores {
+                retrain_best: log.f64("retrain.best"),
+                retrain_final: log.f64("retrain.final"),
+                ..scores("top1")
+            },
+            top5: PhaseScores { retrain_final: log.f64("retrain.final5"), ..scores("top5") },
+            seconds: self.seconds,
+            eval_images: self.test.len(),
+            schedule: cfg.schedule.clone(),
+        };
+        checkpoint::write_atomic(&dir.join("report.json"), report.json().as_bytes())?;
+        checkpoint::write_atomic(&dir.join("report.txt"), report.table().as_bytes())?;
+        let metrics_path = dir.join(METRICS_FILE);
+        if metrics_path.exists() {
+            let m = report::read_metrics(&metrics_path)?;
+            let svg = report::convergence_svg(&[(cfg.method.name(), &m)]);
+            checkpoint::write_atomic(&dir.join("convergence.svg"), svg.as_bytes())?;
+        }
+        println!("\n{}", report.table());
+        Ok(report)
     }
-    println!("\n{}", report.table());
-    Ok(report)
+}
+
+/// The ADMM phase's per-iteration metrics in a run directory.
+const METRICS_FILE: &str = "admm_metrics.csv";
+
+/// The percentage of weights a uniform rate keeps in each conv layer.
+fn conv_percentage(plan: &Plan) -> Option<f64> {
+    plan.layers.iter().zip(&plan.fractions).find(|(l, _)| !l.is_fc).map(|(_, &p)| 100.0 * p)
+}
+
+/// The view of an arena-sized vector (a mask) over the model's prunable weights.
+fn prunable_prefix(model: &Model, arena_vector: &Tensor) -> Result<Tensor> {
+    Tensor::view_into(arena_vector.storage().clone(), 0, &[model.store.prunable_len()])
+}
+
+/// Where a training phase stands: its checkpoint in `dir` if there is one, else the start
+/// (momentum cleared first when `fresh_momentum`: the phase follows another that used it).
+fn resume_progress(model: &mut Model, dir: &Path, cfg: &TrainConfig, fresh_momentum: bool) -> Result<Progress> {
+    if dir.join(train::STATE_FILE).exists() {
+        return Ok(train::load_state(model, dir, cfg)?.0);
+    }
+    if fresh_momentum {
+        model.store.reset_momentum()?;
+    }
+    Ok(Progress::default())
 }
 
 /// Device vectors the ADMM phase holds beside the model: W, Z, U, W̆, W_avg, h (or ADMM-NN's
@@ -500,44 +607,6 @@ fn sum_column(path: &Path, col: usize) -> Result<f64> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     Ok(text.lines().skip(1).filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).sum())
-}
-
-/// The baseline phase (`--baseline-epochs N`): the dense start fine-tuned for N epochs with the
-/// retraining recipe and no mask, on the same data and in the same run. Pruning then starts from
-/// it, and the report measures pruning's cost against it instead of against weights trained
-/// elsewhere (the shared CIFAR weights gain ~5 points from any training on this data).
-fn baseline_phase(
-    model: &mut Model,
-    cfg: &PipelineConfig,
-    log: &mut RunLog,
-    train_sub: &dyn Dataset,
-    test_sub: &dyn Dataset,
-    norm: Normalize,
-) -> Result<()> {
-    let dir = cfg.out.as_path();
-    let path = dir.join("baseline.safetensors");
-    if log.done("baseline") {
-        checkpoint::load_model(model, &path)?;
-        return Ok(());
-    }
-    let run_dir = dir.join("baseline");
-    let bcfg = TrainConfig { epochs: cfg.baseline_epochs, best_path: None, ..cfg.retrain.clone() };
-    let progress = if run_dir.join(train::STATE_FILE).exists() {
-        train::load_state(model, &run_dir, &bcfg)?.0
-    } else {
-        model.store.reset_momentum()?;
-        Progress::default()
-    };
-    train::train(model, train_sub, test_sub, norm, &bcfg, &run_dir, progress, None)
-        .map_err(|e| in_phase("baseline fine-tuning", e))?;
-    let e = train::evaluate(model, test_sub, norm, cfg.retrain.eval_batch, cfg.show_progress)?;
-    checkpoint::save_model(model, &path, norm, &[])?;
-    log.set(dir, "baseline.top1", e.top1)?;
-    log.set(dir, "baseline.top5", e.top5)?;
-    log.set(dir, "baseline.seconds", sum_column(&run_dir.join(train::METRICS_FILE), 7)?)?;
-    log.set(dir, "baseline.done", 1)?;
-    println!("baseline: the dense start fine-tuned {} epochs on this data: top-1 {:.2}%", cfg.baseline_epochs, e.top1);
-    Ok(())
 }
 
 /// Names the phase a failure happened in (the messages of the training loop do not know it).
