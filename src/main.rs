@@ -683,7 +683,7 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
     let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None)
         .map_err(|e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display())))?;
     println!(
-        "trained {} steps ({} epochs) in {:.1} s at {:.1} img/s; test top-1 {} (best {}); run directory {}",
+        "trained {} steps ({} epochs) in {:.1} s, {:.1} img/s in the steps; test top-1 {} (best {}); run directory {}",
         s.steps,
         s.epochs_completed,
         s.seconds,

@@ -284,7 +284,12 @@ pub struct TrainSummary {
     pub final_eval: Option<EvalResult>,
     pub best_top1: Option<f64>,
     pub seconds: f64,
+    /// Training images per second of step time (the steps' wall time, device work included;
+    /// evaluation and checkpoint saves left out): the figure `sasprune bench`'s training step
+    /// measures.
     pub images_per_second: f64,
+    /// Evaluation images per second over this session's evaluations (None without any).
+    pub eval_images_per_second: Option<f64>,
 }
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -367,6 +372,8 @@ pub fn train(
     let mut step = start.step;
     let started = Instant::now();
     let mut trained_images = 0usize;
+    // step time (without evaluation and saves) and evaluation time, for the rates
+    let (mut step_seconds, mut evaluated) = (0.0f64, (0usize, 0.0f64));
     // A resumed run remembers the best top-1 it already reached (and saved).
     let (mut final_eval, mut best_top1) = (None, read_best(dir)?);
     let stop_at = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
@@ -387,6 +394,7 @@ pub fn train(
         let mut epoch_images = 0usize;
         let loss_sum = Tensor::zeros(&[1])?;
         let mut loss_count = 0usize;
+        let mut saving = std::time::Duration::ZERO;
         while step < stop_at && step / steps_per_epoch == epoch {
             let i = step - epoch * steps_per_epoch;
             let idx = &order[i * cfg.batch..((i + 1) * cfg.batch).min(n)];
@@ -426,11 +434,16 @@ pub fn train(
                 );
             }
             if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
+                let t = Instant::now();
                 // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
                 check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, &cfg.divergence_hint)?;
                 save_state(model, dir, norm, Progress { step }, cfg)?;
+                saving += t.elapsed();
             }
         }
+        // the epoch's last step read its loss, so its device work is done
+        let epoch_step_seconds = (epoch_start.elapsed() - saving).as_secs_f64();
+        step_seconds += epoch_step_seconds;
         bar.finish_and_clear();
         let mean_loss = reduce::sum(&loss_sum)?.item()? as f64 / loss_count.max(1) as f64;
         check_loss(mean_loss as f32, step, epoch, dir, &cfg.divergence_hint)?;
@@ -441,6 +454,7 @@ pub fn train(
             None
         };
         if let Some(e) = eval {
+            evaluated = (evaluated.0 + e.images, evaluated.1 + e.seconds);
             if best_top1.is_none_or(|b| e.top1 > b) {
                 if let Some(path) = &cfg.best_path {
                     checkpoint::save_model(model, path, norm, &[("top1", format!("{:.4}", e.top1))])?;
@@ -456,11 +470,12 @@ pub fn train(
             &format!("{},{step},{lr_epoch},{mean_loss:.6},{t1:.4},{t5:.4},{tl:.6},{secs:.2}", epoch + 1),
         )?;
         if cfg.show_progress {
+            let eval_rate = eval.map_or(String::new(), |e| format!(" ({:.0} img/s)", e.images as f64 / e.seconds));
             println!(
-                "epoch {:>3}/{} | step {step} | lr {lr_epoch:.4} | train loss {mean_loss:.4} | test top-1 {t1:.2}% | {:.1} img/s | {secs:.1} s",
+                "epoch {:>3}/{} | step {step} | lr {lr_epoch:.4} | train loss {mean_loss:.4} | {:.1} img/s | test top-1 {t1:.2}%{eval_rate} | {secs:.1} s",
                 epoch + 1,
                 cfg.epochs,
-                epoch_images as f64 / secs
+                epoch_images as f64 / epoch_step_seconds
             );
         }
         save_state(model, dir, norm, Progress { step }, cfg)?;
@@ -472,7 +487,8 @@ pub fn train(
         final_eval,
         best_top1,
         seconds,
-        images_per_second: trained_images as f64 / seconds,
+        images_per_second: trained_images as f64 / step_seconds.max(1e-9),
+        eval_images_per_second: (evaluated.0 > 0).then(|| evaluated.0 as f64 / evaluated.1.max(1e-9)),
     })
 }
 

@@ -366,17 +366,19 @@ impl Run<'_> {
         let eval_start = Instant::now();
         let e = self.evaluate(model, norm)?;
         checkpoint::save_model(model, &admm_path, norm, &[])?;
-        // every session's share (the per-iteration times) plus the evaluation just done
-        let secs = sum_column(&metrics_path, 7)? + eval_start.elapsed().as_secs_f64();
+        // every session's iterations (their steps, updates and metrics; saves not included)
+        let iterations = sum_column(&metrics_path, 7)?;
+        let secs = iterations + eval_start.elapsed().as_secs_f64();
         self.complete("admm", &e, secs)?;
         self.count_time(method, "admm");
         println!(
-            "{method}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s, {:.1} images/s incl. \
-             evaluation)",
+            "{method}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s; {:.1} images/s in its \
+             iterations, evaluation {:.0} images/s)",
             state.k,
             state.gradients,
             e.top1,
-            (state.gradients * batch) as f64 / secs.max(1e-9)
+            (state.gradients * batch) as f64 / iterations.max(1e-9),
+            e.images as f64 / e.seconds.max(1e-9)
         );
         Ok(())
     }
@@ -435,9 +437,9 @@ impl Run<'_> {
         log.set(dir, "retrain.seconds", secs)?;
         log.set(dir, "retrain.done", 1)?;
         self.count_time("retrain", "retrain");
+        let eval_rate = s.eval_images_per_second.map_or(String::new(), |r| format!(", evaluation {r:.0} images/s"));
         println!(
-            "masked retraining: {} steps, top-1 final {:.2}% best {best:.2}% ({secs:.1} s, {:.1} images/s incl. \
-             evaluation)",
+            "masked retraining: {} steps, top-1 final {:.2}% best {best:.2}% ({secs:.1} s; training {:.1} images/s{eval_rate})",
             s.steps, last.top1, s.images_per_second
         );
         Ok(())
