@@ -45,18 +45,41 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 }
 
 //#section sum_splits
-// out[i] = sum over z < splits of parts[z * n + i]: finishes a split-K GEMM.
-struct Params { n: u32, splits: u32, _pad0: u32, _pad1: u32 }
+// out[i] = sum over z < splits of parts[z * n + i]: finishes a split-K GEMM. A workgroup covers
+// 256 / lanes consecutive outputs; an output's `lanes` threads add every lanes-th part in order
+// (z = lane, lane + lanes, ...) and then halve in shared memory in a fixed order: the same sum on
+// every run, and with ~8 parts per thread a big GPU has all the loads in flight at once (one
+// thread per output leaves 2,304 threads looping over 256 parts for a 16-channel weight
+// gradient). lanes is a power of two <= 256; with lanes = 1 the parts are added in order.
+struct Params { n: u32, splits: u32, lanes: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> parts: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+var<workgroup> acc: array<f32, 256>;
 @compute @workgroup_size(256)
-fn sum_splits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
-    if (i >= p.n) { return; }
+fn sum_splits(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let cols = WG / p.lanes;
+    let lane = lid.x / cols;
+    let i = (wid.x + wid.y * nwg.x) * cols + lid.x % cols;
     var s = 0.0;
-    for (var z = 0u; z < p.splits; z++) { s += parts[z * p.n + i]; }
-    out[i] = s;
+    if (i < p.n) {
+        for (var z = lane; z < p.splits; z += p.lanes) { s += parts[z * p.n + i]; }
+    }
+    if (p.lanes == 1u) {
+        if (i < p.n) { out[i] = s; }
+        return;
+    }
+    acc[lid.x] = s;
+    workgroupBarrier();
+    for (var half = p.lanes / 2u; half > 0u; half /= 2u) {
+        if (lane < half) { acc[lid.x] += acc[lid.x + half * cols]; }
+        workgroupBarrier();
+    }
+    if (lane == 0u && i < p.n) { out[i] = acc[lid.x]; }
 }
 
 //#section broadcast

@@ -135,6 +135,35 @@ fn conv2d_grad_weight_split_k_matches_reference() {
     conv_case(&mut Rng::new(6), geom(9, 3, 24, 23, 4, 3, 3, 1, 1), false);
 }
 
+#[test]
+fn split_k_sums_match_reference_with_every_lane_count() {
+    // The second pass of a split-K product with 1 ... 256 threads per output (GPUs take
+    // reduce::split_lanes(splits), software drivers 1), on odd output counts and part counts
+    // that are not multiples of the lanes; run twice, the sums must be bit-identical.
+    let mut rng = Rng::new(31);
+    for (n, splits) in [(1, 1), (37, 3), (300, 17), (777, 256), (2305, 65)] {
+        let parts = f32_exact(&rng.vec(n * splits));
+        let expected: Vec<f64> = (0..n).map(|i| (0..splits).map(|z| parts[z * n + i]).sum()).collect();
+        let pt = tensor(&parts, &[parts.len()]);
+        for lanes in (0..=8).map(|b| 1usize << b) {
+            let out = tensor(&vec![f64::NAN; n], &[n]);
+            reduce::sum_splits_with_lanes(&pt, splits, lanes, &out).unwrap();
+            let first = values(&out);
+            assert_close(&format!("{n} outputs of {splits} parts, {lanes} lanes"), &first, &expected, LONG_SUM);
+            reduce::sum_splits_with_lanes(&pt, splits, lanes, &out).unwrap();
+            assert_eq!(values(&out), first, "{n} outputs of {splits} parts, {lanes} lanes: not deterministic");
+        }
+        let gpu_lanes = reduce::split_lanes(splits, false);
+        assert!(gpu_lanes.is_power_of_two() && gpu_lanes <= 64, "{splits} parts: {gpu_lanes} lanes");
+        assert!(gpu_lanes == 1 || splits / gpu_lanes >= 8, "{splits} parts: {gpu_lanes} lanes leave too few each");
+    }
+    assert_eq!(reduce::split_lanes(256, false), 32); // 16-channel weight gradients on the H200
+    assert_eq!(reduce::split_lanes(256, true), 1);
+    let t = tensor(&[1.0; 8], &[8]);
+    assert!(reduce::sum_splits_with_lanes(&t, 2, 3, &tensor(&[0.0; 4], &[4])).is_err(), "3 lanes accepted");
+    assert!(reduce::sum_splits_with_lanes(&t, 3, 1, &tensor(&[0.0; 4], &[4])).is_err(), "too few parts accepted");
+}
+
 fn gemm_case(rng: &mut Rng, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     let a = f32_exact(&rng.vec(m * k));
     let b = f32_exact(&rng.vec(k * n));

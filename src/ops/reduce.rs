@@ -124,11 +124,36 @@ pub fn channel_sum(x: &Tensor, outer: usize, c: usize, inner: usize) -> Result<T
     Ok(out)
 }
 
-/// `parts` holding `splits` consecutive arrays of `out`'s size, summed into `out`.
+/// `parts` holding `splits` consecutive arrays of `out`'s size, summed into `out` (the second
+/// pass of a split-K product) with [`split_lanes`] threads per output.
 pub(crate) fn sum_splits(parts: &Tensor, splits: usize, out: &Tensor) -> Result<()> {
+    let cpu = crate::gpu::get()?.adapter.device_type == "Cpu";
+    sum_splits_with_lanes(parts, splits, split_lanes(splits, cpu), out)
+}
+
+/// Threads per output when summing `splits` parts: about 8 parts each on a GPU, so that every
+/// load of the pass is in flight at once (a power of two, at most 64); one on software drivers,
+/// where the loop is cheaper than shared-memory barriers.
+pub fn split_lanes(splits: usize, cpu: bool) -> usize {
+    if cpu || splits < 16 {
+        return 1;
+    }
+    let lanes = 1usize << (splits / 8).ilog2();
+    lanes.min(64)
+}
+
+/// [`sum_splits`] with a given number of threads per output (a power of two, at most 256).
+pub fn sum_splits_with_lanes(parts: &Tensor, splits: usize, lanes: usize, out: &Tensor) -> Result<()> {
     let n = out.numel();
-    let p = Dims4 { a: n as u32, b: splits as u32, c: 0, d: 0 };
-    launch(&SUM_SPLITS, &p, &[parts, out], groups_1d(n))
+    if !lanes.is_power_of_two() || lanes > super::WG || parts.numel() < n * splits {
+        return Err(Error::shape(
+            "sum_splits",
+            format!("{lanes} lanes over {splits} parts of {n} in {} values", parts.numel()),
+        ));
+    }
+    let p = Dims4 { a: n as u32, b: splits as u32, c: lanes as u32, d: 0 };
+    let outputs_per_group = super::WG / lanes;
+    launch(&SUM_SPLITS, &p, &[parts, out], crate::gpu::grid(n.div_ceil(outputs_per_group) as u32))
 }
 
 /// Runs `reduce.subgroup_check` over 64 workgroups: true when every thread found its subgroup
