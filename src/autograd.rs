@@ -16,6 +16,15 @@ use std::collections::{HashMap, HashSet};
 /// each input (`None` where an input needs none).
 pub trait Backward: Send + Sync {
     fn backward(&self, grad_output: &Tensor) -> Result<Vec<Option<Tensor>>>;
+
+    /// `backward` for ops that can write a parameter's gradient where the optimizer reads it:
+    /// `places[i]`, when given, is input i's gradient place in its store's arena, holding zeros;
+    /// the op may write input i's gradient there and return that place as the gradient (which
+    /// saves adding a new tensor into the place: a launch per parameter and step).
+    fn backward_into(&self, grad_output: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        let _ = places;
+        self.backward(grad_output)
+    }
 }
 
 pub struct Node {
@@ -86,11 +95,15 @@ pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
             }
             None => t.accumulate_grad(grad)?,
             Some(node) => {
-                let input_grads = node.backward.backward(&grad)?;
+                // an input that appears twice gets no place: its two gradients add
+                let places: Vec<Option<Tensor>> = (node.inputs.iter().enumerate())
+                    .map(|(i, e)| e.empty_grad_place().filter(|_| !node.inputs[..i].iter().any(|o| o.id() == e.id())))
+                    .collect();
+                let input_grads = node.backward.backward_into(&grad, &places)?;
                 drop(grad);
                 for (input, g) in node.inputs.iter().zip(input_grads) {
                     let Some(g) = g else { continue };
-                    if !input.requires_grad() {
+                    if !input.requires_grad() || input.took_grad_in_place(&g) {
                         continue;
                     }
                     let merged = match grads.remove(&input.id()) {

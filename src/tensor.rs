@@ -36,7 +36,38 @@ struct Meta {
     grad: Mutex<Option<Tensor>>,
     /// For parameters that live in an arena: their gradient's fixed place in the gradient
     /// arena, which backward adds into (so the optimizer is one launch over the arena).
-    grad_slot: Option<Tensor>,
+    grad_slot: Option<GradSlot>,
+}
+
+/// A parameter's gradient place in its store's gradient arena, and whether it still holds the
+/// zeros the store put there: then an op may write the gradient into it outright instead of
+/// making a tensor that is then added to it (one launch per parameter and step saved).
+pub(crate) struct GradSlot {
+    place: Tensor,
+    /// Counts the store's zeroings of the whole arena.
+    zeroings: Arc<AtomicU64>,
+    /// The count when a gradient last went into `place`; any other value: `place` holds zeros.
+    filled_at: AtomicU64,
+}
+
+impl GradSlot {
+    /// A place that holds zeros now; `zeroings` counts the owner's zeroings of it from here on.
+    pub(crate) fn new(place: Tensor, zeroings: Arc<AtomicU64>) -> GradSlot {
+        let now = zeroings.load(Ordering::Relaxed);
+        GradSlot { place, zeroings, filled_at: AtomicU64::new(now.wrapping_sub(1)) }
+    }
+
+    fn holds_zeros(&self) -> bool {
+        self.filled_at.load(Ordering::Relaxed) != self.zeroings.load(Ordering::Relaxed)
+    }
+
+    fn mark_filled(&self) {
+        self.filled_at.store(self.zeroings.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    fn mark_zeroed(&self) {
+        self.filled_at.store(self.zeroings.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -60,7 +91,7 @@ impl Tensor {
         shape: Vec<usize>,
         requires_grad: bool,
         node: Option<Node>,
-        grad_slot: Option<Tensor>,
+        grad_slot: Option<GradSlot>,
     ) -> Tensor {
         let meta = Edge(Arc::new(Meta {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -183,16 +214,24 @@ impl Tensor {
         Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, None)
     }
 
-    /// The same data as a leaf whose gradient accumulates into `slot` (same shape), which the
-    /// owner zeroes between steps.
-    pub fn with_grad_slot(&self, slot: Tensor) -> Result<Tensor> {
+    /// The same data as a leaf whose gradient accumulates into `slot` (same shape, holding
+    /// zeros now), which the owner zeroes between steps, counting each zeroing in `zeroings`.
+    pub(crate) fn with_grad_slot(&self, slot: Tensor, zeroings: Arc<AtomicU64>) -> Result<Tensor> {
         if slot.shape() != self.shape() {
             return Err(Error::shape(
                 "with_grad_slot",
                 format!("slot {:?} for tensor {:?}", slot.shape(), self.shape()),
             ));
         }
+        let slot = GradSlot::new(slot, zeroings);
         Ok(Tensor::wrap_slot(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, None, Some(slot)))
+    }
+
+    /// Whether `other` is this tensor's data (same buffer, offset and shape).
+    pub fn same_data(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+            && self.0.offset == other.0.offset
+            && self.shape() == other.shape()
     }
 
     /// The same data, cut off from the graph.
@@ -223,7 +262,7 @@ impl Tensor {
     pub fn grad(&self) -> Option<Tensor> {
         let meta = &self.0.meta.0;
         match &meta.grad_slot {
-            Some(slot) => Some(slot.clone()),
+            Some(slot) => Some(slot.place.clone()),
             None => lock(&meta.grad).clone(),
         }
     }
@@ -231,7 +270,11 @@ impl Tensor {
     pub fn zero_grad(&self) -> Result<()> {
         let meta = &self.0.meta.0;
         match &meta.grad_slot {
-            Some(slot) => crate::ops::elementwise::fill(slot, 0.0),
+            Some(slot) => {
+                crate::ops::elementwise::fill(&slot.place, 0.0)?;
+                slot.mark_zeroed();
+                Ok(())
+            }
             None => {
                 *lock(&meta.grad) = None;
                 Ok(())
@@ -289,9 +332,29 @@ impl Edge {
         self.0.from_op
     }
 
+    /// Where an op may write this leaf's gradient outright: its gradient place, while that
+    /// still holds zeros (no gradient went there since the owner zeroed it).
+    pub(crate) fn empty_grad_place(&self) -> Option<Tensor> {
+        self.0.grad_slot.as_ref().filter(|s| s.holds_zeros()).map(|s| s.place.clone())
+    }
+
+    /// True (and the place counted as filled) when an op wrote this leaf's gradient `g` into
+    /// its gradient place.
+    pub(crate) fn took_grad_in_place(&self, g: &Tensor) -> bool {
+        match &self.0.grad_slot {
+            Some(slot) if slot.place.same_data(g) => {
+                slot.mark_filled();
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
         if let Some(slot) = &self.0.grad_slot {
-            return crate::ops::elementwise::axpy(1.0, &g, slot);
+            crate::ops::elementwise::axpy(1.0, &g, &slot.place)?;
+            slot.mark_filled();
+            return Ok(());
         }
         let mut slot = lock(&self.0.grad);
         *slot = Some(match slot.take() {

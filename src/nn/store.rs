@@ -57,6 +57,9 @@ pub struct ParamStore {
     prunable_len: usize,
     /// Training-mode forward passes so far (PyTorch's batch-norm `num_batches_tracked`).
     pub batches_tracked: u64,
+    /// How often the gradient arena was zeroed (the gradient places compare it with when they
+    /// were last filled, to know whether they still hold zeros).
+    zeroings: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ParamStore {
@@ -108,7 +111,7 @@ impl ParamStore {
                 Tensor::view_into(arenas.buffers.clone(), byte, &e.shape)?
             } else {
                 let slot = Tensor::view_into(arenas.grads.clone(), byte, &e.shape)?;
-                Tensor::view_into(arenas.params.clone(), byte, &e.shape)?.with_grad_slot(slot)?
+                Tensor::view_into(arenas.params.clone(), byte, &e.shape)?.with_grad_slot(slot, self.zeroings.clone())?
             };
             t.write(&init)?;
             e.tensor = Some(t);
@@ -170,7 +173,10 @@ impl ParamStore {
 
     /// Zeroes every gradient (one launch).
     pub fn zero_grad(&self) -> Result<()> {
-        fill_chunked(&self.arenas().grads, self.arenas().params_len, 0.0)
+        fill_chunked(&self.arenas().grads, self.arenas().params_len, 0.0)?;
+        // every gradient place holds zeros again: backward may write gradients into them
+        self.zeroings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Zeroes every momentum buffer (one launch).

@@ -184,9 +184,17 @@ struct BatchNormBackward {
 }
 impl Backward for BatchNormBackward {
     fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        self.backward_into(dy, &[])
+    }
+
+    /// dgamma and dbeta go straight into their places when given.
+    fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
         let c = self.p.c as usize;
-        let dgamma = Tensor::uninit(&[c])?;
-        let dbeta = Tensor::uninit(&[c])?;
+        let place_or_new = |i: usize| match places.get(i).and_then(Option::as_ref) {
+            Some(p) => Ok(p.clone()),
+            None => Tensor::uninit(&[c]),
+        };
+        let (dgamma, dbeta) = (place_or_new(1)?, place_or_new(2)?);
         let partial = Tensor::uninit(&[c, self.p.chunks as usize, 2])?;
         let bufs = [dy, &self.x, &self.stats, &self.mask, &partial];
         launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;

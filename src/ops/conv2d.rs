@@ -158,7 +158,15 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
 
 /// dL/dw given dL/dy (a long reduction over the batch: split-K).
 pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-    let dw = Tensor::uninit(&[g.c_out, g.c_in, g.kh, g.kw])?;
+    conv2d_grad_weight_into(dy, x, g, None)
+}
+
+/// [`conv2d_grad_weight`] written into `place` ([c_out, c_in, kh, kw]) when given.
+fn conv2d_grad_weight_into(dy: &Tensor, x: &Tensor, g: &ConvGeom, place: Option<&Tensor>) -> Result<Tensor> {
+    let dw = match place {
+        Some(p) => p.clone(),
+        None => Tensor::uninit(&[g.c_out, g.c_in, g.kh, g.kw])?,
+    };
     let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * g.out_h() * g.out_w());
     run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 }, None)?;
     Ok(dw)
@@ -192,12 +200,18 @@ struct Conv2dBackward {
 }
 impl Backward for Conv2dBackward {
     fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        self.backward_into(dy, &[])
+    }
+
+    /// The weight's and the bias's gradients go straight into their places when given.
+    fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
         let g = &self.g;
+        let place = |i: usize| places.get(i).and_then(Option::as_ref);
         let dx = if self.need[0] { Some(conv2d_grad_input(dy, &self.w, g)?) } else { None };
-        let dw = if self.need[1] { Some(conv2d_grad_weight(dy, &self.x, g)?) } else { None };
+        let dw = if self.need[1] { Some(conv2d_grad_weight_into(dy, &self.x, g, place(1))?) } else { None };
         let mut grads = vec![dx, dw];
         if self.has_bias {
-            grads.push(Some(reduce::channel_sum(dy, g.n, g.c_out, g.out_h() * g.out_w())?));
+            grads.push(Some(reduce::channel_sum_into(dy, g.n, g.c_out, g.out_h() * g.out_w(), place(2))?));
         }
         Ok(grads)
     }

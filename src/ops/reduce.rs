@@ -115,10 +115,24 @@ pub fn broadcast_scalar(scalar: &Tensor, shape: &[usize], scale: f32) -> Result<
 
 /// `x` viewed as `[outer, c, inner]` summed to `[c]` (bias gradients). Not differentiated.
 pub fn channel_sum(x: &Tensor, outer: usize, c: usize, inner: usize) -> Result<Tensor> {
-    if outer * c * inner != x.numel() {
+    channel_sum_into(x, outer, c, inner, None)
+}
+
+/// [`channel_sum`] written into `place` ([c]) when given.
+pub(crate) fn channel_sum_into(
+    x: &Tensor,
+    outer: usize,
+    c: usize,
+    inner: usize,
+    place: Option<&Tensor>,
+) -> Result<Tensor> {
+    if outer * c * inner != x.numel() || place.is_some_and(|p| p.numel() != c) {
         return Err(Error::shape("channel_sum", format!("{:?} is not [{outer}, {c}, {inner}]", x.shape())));
     }
-    let out = Tensor::uninit(&[c])?;
+    let out = match place {
+        Some(p) => p.clone(),
+        None => Tensor::uninit(&[c])?,
+    };
     let p = Dims4 { a: outer as u32, b: c as u32, c: inner as u32, d: 0 };
     launch(summing(&CHANNEL_SUM)?, &p, &[x, &out], [c as u32, 1, 1])?;
     Ok(out)
