@@ -72,14 +72,16 @@ fn second_backward_accumulates_until_grads_are_zeroed() {
 }
 
 /// A small graph over parameters of a store: a conv weight used by two convolutions, a conv
-/// bias, a batch norm's scale and shift. `params` are (w, bias, gamma, beta).
-fn store_graph_backward(params: [&Tensor; 4], x: &Tensor, r: &Tensor) {
-    let [w, bias, gamma, beta] = params;
+/// bias, a batch norm's scale and shift, a linear layer's weight and bias. `params` are (w,
+/// bias, gamma, beta, fc weight, fc bias).
+fn store_graph_backward(params: &[Tensor], x: &Tensor, r: &Tensor) {
+    let [w, bias, gamma, beta, fc_w, fc_b] = params else { panic!("six parameters") };
     let y1 = conv2d::conv2d(x, w, Some(bias), 1, 1).unwrap();
     let y2 = conv2d::conv2d(&y1, w, None, 1, 1).unwrap();
     let (mean, var) = (tensor(&[0.0; 3], &[3]), tensor(&[1.0; 3], &[3]));
     let y3 = batchnorm::batch_norm(&y2, gamma, beta, &mean, &var, batchnorm::BatchNormConfig::default()).unwrap();
-    y3.backward_with(r.clone()).unwrap();
+    let y4 = matmul::linear(&y3.reshape(&[2, 75]).unwrap(), fc_w, Some(fc_b)).unwrap();
+    y4.backward_with(r.clone()).unwrap();
 }
 
 #[test]
@@ -87,18 +89,18 @@ fn gradients_written_into_a_stores_places_equal_added_ones() {
     use sasprune::nn::{ParamStore, Role};
     let mut rng = Rng::new(32);
     let values_of = |n: usize, rng: &mut Rng| f32_exact(&rng.vec(n));
-    let shapes: [&[usize]; 4] = [&[3, 3, 3, 3], &[3], &[3], &[3]];
+    let shapes: [&[usize]; 6] = [&[3, 3, 3, 3], &[3], &[3], &[3], &[4, 75], &[4]];
     let init: Vec<Vec<f64>> = shapes.iter().map(|s| values_of(s.iter().product(), &mut rng)).collect();
     let x = tensor(&values_of(2 * 3 * 5 * 5, &mut rng), &[2, 3, 5, 5]);
-    let r = tensor(&values_of(2 * 3 * 5 * 5, &mut rng), &[2, 3, 5, 5]);
+    let r = tensor(&values_of(2 * 4, &mut rng), &[2, 4]);
     // plain leaves: every gradient is a new tensor, added up by autograd
     let plain: Vec<Tensor> = init.iter().zip(shapes).map(|(v, s)| param(v, s)).collect();
-    store_graph_backward([&plain[0], &plain[1], &plain[2], &plain[3]], &x, &r);
+    store_graph_backward(&plain, &x, &r);
     let expected: Vec<Vec<f64>> = plain.iter().map(grad).collect();
     // the same parameters in a store: gradients go into their places in the gradient arena
     let mut store = ParamStore::new();
-    let roles = [Role::PrunableWeight, Role::Param, Role::Param, Role::Param];
-    let ids: Vec<_> = (0..4)
+    let roles = [Role::PrunableWeight, Role::Param, Role::Param, Role::Param, Role::PrunableWeight, Role::Param];
+    let ids: Vec<_> = (0..6)
         .map(|i| store.add(format!("p{i}"), shapes[i], roles[i], init[i].iter().map(|&v| v as f32).collect()))
         .collect();
     store.materialize().unwrap();
@@ -107,7 +109,7 @@ fn gradients_written_into_a_stores_places_equal_added_ones() {
     let run = |what: &str, times: f64, adds: u32| {
         let gpu = sasprune::gpu::get().unwrap();
         let timed = gpu.start_device_timer(true).unwrap();
-        store_graph_backward([&p[0], &p[1], &p[2], &p[3]], &x, &r);
+        store_graph_backward(&p, &x, &r);
         let launched = gpu
             .stop_device_timer()
             .unwrap()
@@ -126,8 +128,8 @@ fn gradients_written_into_a_stores_places_equal_added_ones() {
     };
     // into zeros, each gradient is written in place; only the shared weight's second is added
     run("first backward after materialize", 1.0, 1);
-    // without zeroing, all four add (the shared weight's two gradients summed first)
-    run("second backward without zeroing", 2.0, 4);
+    // without zeroing, all six add (the shared weight's two gradients summed first)
+    run("second backward without zeroing", 2.0, 6);
     store.zero_grad().unwrap();
     run("after the store zeroed its gradients", 1.0, 1);
     for t in &p {

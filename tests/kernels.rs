@@ -608,22 +608,38 @@ fn device_timer_times_compute_passes_and_work_in_order() {
 #[test]
 fn linear_in_row_blocks_matches_reference() {
     // What linear does with a weight beyond the binding limit (AlexNet's fc6 on 128 MiB
-    // drivers), at a size where the blocks are small: four blocks, the last one short, bias.
+    // drivers), at a size where the blocks are small: four blocks, the last one short, bias;
+    // with plain parameters, and with a store's (whose gradients are written into their places).
     let unit = matmul::row_block_granularity().unwrap();
     let mut rng = Rng::new(17);
     let (n, i, o) = (6, 1100, 3 * unit + 5);
     let (x, w, b, r) =
         (f32_exact(&rng.vec(n * i)), f32_exact(&rng.vec(o * i)), f32_exact(&rng.vec(o)), f32_exact(&rng.vec(n * o)));
-    let (xt, wt, bt) = (param(&x, &[n, i]), param(&w, &[o, i]), param(&b, &[o]));
-    let y = matmul::linear_in_row_blocks(&xt, &wt, Some(&bt), unit).unwrap();
-    assert_close("blocked linear forward", &values(&y), &cpu::linear(&x, &w, Some(&b), n, i, o), LONG_SUM);
-    y.backward_with(tensor(&r, &[n, o])).unwrap();
-    assert_close("blocked linear grad input", &grad(&xt), &cpu::matmul(&r, &w, n, o, i, false, false), LONG_SUM);
-    assert_close("blocked linear grad weight", &grad(&wt), &cpu::matmul(&r, &x, o, n, i, true, false), LONG_SUM);
-    let db: Vec<f64> = (0..o).map(|j| (0..n).map(|s| r[s * o + j]).sum()).collect();
-    assert_close("blocked linear grad bias", &grad(&bt), &db, LONG_SUM);
-    let bad = matmul::linear_in_row_blocks(&xt, &wt, None, unit + 1).unwrap_err().to_string();
-    assert!(bad.contains(&format!("multiple of {unit}")), "{bad}");
+    let mut store = sasprune::nn::ParamStore::new();
+    let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let w_id = store.add("w", &[o, i], sasprune::nn::Role::PrunableWeight, f32s(&w));
+    let b_id = store.add("b", &[o], sasprune::nn::Role::Param, f32s(&b));
+    store.materialize().unwrap();
+    let stored = (store.get(w_id).clone(), store.get(b_id).clone());
+    for (what, wt, bt) in [("plain", param(&w, &[o, i]), param(&b, &[o])), ("store", stored.0, stored.1)] {
+        let xt = param(&x, &[n, i]);
+        let y = matmul::linear_in_row_blocks(&xt, &wt, Some(&bt), unit).unwrap();
+        assert_close(
+            &format!("blocked linear forward ({what})"),
+            &values(&y),
+            &cpu::linear(&x, &w, Some(&b), n, i, o),
+            LONG_SUM,
+        );
+        y.backward_with(tensor(&r, &[n, o])).unwrap();
+        let dx = cpu::matmul(&r, &w, n, o, i, false, false);
+        assert_close(&format!("blocked linear grad input ({what})"), &grad(&xt), &dx, LONG_SUM);
+        let dw = cpu::matmul(&r, &x, o, n, i, true, false);
+        assert_close(&format!("blocked linear grad weight ({what})"), &grad(&wt), &dw, LONG_SUM);
+        let db: Vec<f64> = (0..o).map(|j| (0..n).map(|s| r[s * o + j]).sum()).collect();
+        assert_close(&format!("blocked linear grad bias ({what})"), &grad(&bt), &db, LONG_SUM);
+        let bad = matmul::linear_in_row_blocks(&xt, &wt, None, unit + 1).unwrap_err().to_string();
+        assert!(bad.contains(&format!("multiple of {unit}")), "{bad}");
+    }
 }
 
 /// Production shapes: ResNet stage 2 and 3 grad-weight at batch 128 (K = 32,768 and 8,192),

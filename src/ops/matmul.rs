@@ -524,16 +524,35 @@ struct LinearBackward {
 }
 impl Backward for LinearBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        self.backward_into(g, &[])
+    }
+
+    /// The weight's and the bias's gradients go straight into their places when given.
+    fn backward_into(&self, g: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
         let (n, in_f, out_f) = (self.x.shape()[0], self.x.shape()[1], self.weight.shape()[0]);
-        let (dx, dw) = match self.rows {
-            None => (
-                gemm(g, &self.weight, None, n, out_f, in_f, false, false)?, // dy W
-                gemm(g, &self.x, None, out_f, n, in_f, true, false)?,       // dy^T x
-            ),
+        let place = |i: usize| places.get(i).and_then(Option::as_ref);
+        let dw = match place(1) {
+            Some(p) => p.clone(),
+            None => Tensor::uninit(&[out_f, in_f])?,
+        };
+        let dx = match self.rows {
+            None => {
+                // dW = dy^T x
+                let o = Operands {
+                    a: g,
+                    a_strides: [1, out_f],
+                    b: &self.x,
+                    b_strides: [in_f, 1],
+                    bias: None,
+                    c: &dw,
+                    c_ld: in_f,
+                };
+                gemm_strided(o, out_f, n, in_f)?;
+                gemm(g, &self.weight, None, n, out_f, in_f, false, false)? // dy W
+            }
             Some(rows) => {
                 // dx = sum over blocks of dy[:, blk] W[blk]; dW[blk] = dy[:, blk]^T x
                 let dx = Tensor::uninit(&[n, in_f])?;
-                let dw = Tensor::uninit(&[out_f, in_f])?;
                 let part = Tensor::uninit(&[n, in_f])?; // each later block's share of dx
                 for (r0, r) in blocks(out_f, rows) {
                     let dy_blk = flat_view(g, r0, n * out_f - r0)?;
@@ -564,12 +583,12 @@ impl Backward for LinearBackward {
                     };
                     gemm_strided(o, r, n, in_f)?;
                 }
-                (dx, dw)
+                dx
             }
         };
         let mut grads = vec![Some(dx), Some(dw)];
         if self.has_bias {
-            grads.push(Some(super::reduce::channel_sum(g, n, out_f, 1)?));
+            grads.push(Some(super::reduce::channel_sum_into(g, n, out_f, 1, place(2))?));
         }
         Ok(grads)
     }
