@@ -337,14 +337,12 @@ impl Bench<'_> {
                     continue;
                 }
             };
-            let images = (steps * b) as f64;
-            emit(Measurement {
-                name: names[0].clone(),
-                seconds: images / r.train_images_per_second,
-                work: images,
-                unit: "images/s",
-                timing: STEP_TIMING,
-                extra: vec![
+            let images = steps * b;
+            emit(images_measurement(
+                &names[0],
+                images,
+                r.train_images_per_second,
+                vec![
                     ("peak_step_bytes", r.peak_step_bytes.into()),
                     ("after_forward_bytes", r.after_forward_bytes.into()),
                     ("device_bytes", r.device_bytes.into()),
@@ -355,15 +353,8 @@ impl Bench<'_> {
                     ("kernel_profile", profile_json(r.profile.as_ref())),
                     ("gemm_plans", plans_json()),
                 ],
-            })?;
-            emit(Measurement {
-                name: names[1].clone(),
-                seconds: images / r.eval_images_per_second,
-                work: images,
-                unit: "images/s",
-                timing: STEP_TIMING,
-                extra: vec![],
-            })?;
+            ))?;
+            emit(images_measurement(&names[1], images, r.eval_images_per_second, vec![]))?;
             print_step_details(model, b, &r);
         }
         Ok(())
@@ -376,10 +367,19 @@ impl Bench<'_> {
         if !self.cfg.wants(&name) {
             return Ok(());
         }
-        let images = (steps * b) as f64;
-        let seconds = images / eval_rate("resnet32", b, steps)?;
-        emit(Measurement { name, seconds, work: images, unit: "images/s", timing: STEP_TIMING, extra: vec![] })
+        emit(images_measurement(&name, steps * b, eval_rate("resnet32", b, steps)?, vec![]))
     }
+}
+
+/// A whole-step measurement: `images` at `rate` images/s, timed on the host.
+fn images_measurement(
+    name: &str,
+    images: usize,
+    rate: f64,
+    extra: Vec<(&'static str, serde_json::Value)>,
+) -> Measurement {
+    let work = images as f64;
+    Measurement { name: name.to_string(), seconds: work / rate, work, unit: "images/s", timing: STEP_TIMING, extra }
 }
 
 /// A whole step's memory, host time and kernel profile, below the table's row.
