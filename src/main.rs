@@ -157,6 +157,7 @@ struct PruneArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// List every GPU adapter on every backend
     Devices,

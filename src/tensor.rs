@@ -142,7 +142,7 @@ impl Tensor {
     pub fn view_into(storage: Arc<Buffer>, offset: u64, shape: &[usize]) -> Result<Tensor> {
         let gpu = gpu::get()?;
         let end = offset + 4 * numel(shape) as u64;
-        if offset % gpu.storage_alignment() != 0 || end > storage.size() {
+        if !offset.is_multiple_of(gpu.storage_alignment()) || end > storage.size() {
             return Err(Error::shape(
                 "Tensor::view_into",
                 format!(

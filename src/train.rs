@@ -415,7 +415,7 @@ pub fn train(
             epoch_images += idx.len();
             trained_images += idx.len();
             bar.inc(1);
-            if step % 10 == 0 || step == stop_at || step % steps_per_epoch == 0 {
+            if step.is_multiple_of(10) || step == stop_at || step.is_multiple_of(steps_per_epoch) {
                 let last_loss = l.item()?;
                 check_loss(last_loss, step, epoch, dir, &cfg.divergence_hint)?;
                 let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
@@ -433,7 +433,7 @@ pub fn train(
                     ),
                 );
             }
-            if step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
+            if step.is_multiple_of(cfg.save_every) && !step.is_multiple_of(steps_per_epoch) {
                 let t = Instant::now();
                 // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
                 check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, &cfg.divergence_hint)?;
@@ -447,7 +447,7 @@ pub fn train(
         bar.finish_and_clear();
         let mean_loss = reduce::sum(&loss_sum)?.item()? as f64 / loss_count.max(1) as f64;
         check_loss(mean_loss as f32, step, epoch, dir, &cfg.divergence_hint)?;
-        let epoch_done = step % steps_per_epoch == 0;
+        let epoch_done = step.is_multiple_of(steps_per_epoch);
         let eval = if cfg.eval_each_epoch && (epoch_done || step == stop_at) {
             Some(evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?)
         } else {

@@ -203,7 +203,7 @@ fn fuzz(
     format: Format,
     read: &mut dyn FnMut() -> Result<(), String>,
 ) {
-    let mut rng = Rng::new(0x5eed ^ kind.len() as u64 * 7919);
+    let mut rng = Rng::new(0x5eed ^ (kind.len() as u64 * 7919));
     let mut tally = Tally::default();
     // the unmodified file is accepted: the suite tests the reader, not a broken fixture
     std::fs::write(path, good).unwrap();

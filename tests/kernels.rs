@@ -59,6 +59,7 @@ fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn geom(
     n: usize,
     c_in: usize,

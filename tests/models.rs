@@ -98,7 +98,8 @@ fn a_checkpoint_that_does_not_fit_names_the_tensor() {
     let dir = temp_dir("misfit");
     let m = Model::build("resnet20", 10, 1).unwrap();
     let good = m.store.state_dict().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut sasprune::nn::StateDict)>)> = vec![
+    type Edit = Box<dyn Fn(&mut sasprune::nn::StateDict)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "missing tensor 'linear.bias'",
             Box::new(|d| {

@@ -85,9 +85,7 @@ fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
     let n = 50_000;
     let mut x = f32_exact(&rng.vec(n));
     // ties: a run of exact zeros (as soft-thresholding leaves) and repeated values
-    for i in 1000..3000 {
-        x[i] = 0.0;
-    }
+    x[1000..3000].fill(0.0);
     for i in (20_000..20_100).step_by(2) {
         x[i] = 0.5;
     }

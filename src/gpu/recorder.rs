@@ -181,14 +181,14 @@ impl Recorder {
     pub fn stop_timer(&mut self, gpu: &Gpu) -> Result<Option<DeviceTime>> {
         self.flush(gpu)?;
         let kernels = gpu.kernels.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(self.timer.as_mut().filter(|t| t.on).and_then(|t| {
+        Ok(self.timer.as_mut().filter(|t| t.on).map(|t| {
             t.on = false;
             let mut by_kernel: Vec<_> = (t.by_kernel.iter().enumerate())
                 .filter(|(_, &(_, n))| n > 0)
                 .map(|(slot, &(ns, n))| (kernels.compiled[slot].label, ns * 1e-9, n))
                 .collect();
             by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
-            Some(DeviceTime { seconds: t.elapsed_ns * 1e-9, by_kernel })
+            DeviceTime { seconds: t.elapsed_ns * 1e-9, by_kernel }
         }))
     }
 
@@ -375,7 +375,7 @@ impl Gpu {
         if bytes.is_empty() {
             return Ok(());
         }
-        debug_assert!(bytes.len() % 4 == 0 && offset % 4 == 0);
+        debug_assert!(bytes.len().is_multiple_of(4) && offset.is_multiple_of(4));
         let mut rec = self.lock_recorder();
         if rec.uploads.len() + bytes.len() > MAX_UPLOAD_BYTES {
             // Submit what is recorded first, so the data lands after it; a very large upload

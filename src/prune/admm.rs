@@ -81,6 +81,8 @@ impl SasConfig {
         (1..=self.outer).map(|k| self.inner_schedule(k).0).sum()
     }
 
+    // negated comparisons on purpose: `!(v > 0.0)` also refuses NaN
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn validate(&self) -> Result<()> {
         let positive = [("--beta", self.beta), ("--rho", self.rho), ("--r", self.r), ("--s", self.s)];
         if let Some((flag, v)) = positive.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
@@ -118,6 +120,8 @@ pub struct AdmmNnConfig {
 }
 
 impl AdmmNnConfig {
+    // negated comparisons on purpose: `!(v > 0.0)` also refuses NaN
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn validate(&self) -> Result<()> {
         if !(self.rho >= 0.0 && self.rho.is_finite()) || !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::invalid(format!(

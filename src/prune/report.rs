@@ -180,7 +180,9 @@ pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
         2.0 * W,
         H + 30.0
     );
-    let panels: [(&str, fn(&IterationMetrics) -> f64, bool); 2] = [
+    // (title, the plotted value, log scale)
+    type Panel = (&'static str, fn(&IterationMetrics) -> f64, bool);
+    let panels: [Panel; 2] = [
         ("objective (SAS-ADMM: CE + λ‖W_avg‖₁; ADMM-NN: CE)", |m| m.objective, false),
         ("residual ‖W − Z‖² (log)", |m| m.res2, true),
     ];

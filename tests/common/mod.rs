@@ -60,6 +60,7 @@ pub const ELEMENTWISE: (f64, f64) = (1e-5, 1e-4);
 pub const LONG_SUM: (f64, f64) = (1e-4, 1e-3);
 
 #[track_caller]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(d <= tol)` also catches NaN
 pub fn assert_close(what: &str, gpu: &[f64], reference: &[f64], (atol, rtol): (f64, f64)) {
     assert_eq!(gpu.len(), reference.len(), "{what}: lengths differ");
     assert!(reference.iter().any(|&r| r != 0.0), "{what}: the reference is all zeros; the test would prove nothing");
