@@ -42,6 +42,8 @@ struct Meta {
 /// A parameter's gradient place in its store's gradient arena, and whether it still holds the
 /// zeros the store put there: then an op may write the gradient into it outright instead of
 /// making a tensor that is then added to it (one launch per parameter and step saved).
+/// One backward at a time per store (as everywhere in this crate): two threads running backward
+/// over the same parameters at once could both find a place empty and both write it.
 pub(crate) struct GradSlot {
     place: Tensor,
     /// Counts the store's zeroings of the whole arena.

@@ -434,9 +434,10 @@ pub fn train(
                 );
             }
             if step.is_multiple_of(cfg.save_every) && !step.is_multiple_of(steps_per_epoch) {
-                let t = Instant::now();
                 // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
+                // (Reading it waits for the steps in flight: step time, not saving.)
                 check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, &cfg.divergence_hint)?;
+                let t = Instant::now();
                 save_state(model, dir, norm, Progress { step }, cfg)?;
                 saving += t.elapsed();
             }

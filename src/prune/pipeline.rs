@@ -155,6 +155,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     let mut run = Run {
         cfg,
         dir,
+        started: total_start,
         log: RunLog::load(dir)?,
         train: First { inner: train_set, n: cfg.subset.unwrap_or(usize::MAX) },
         test: First { inner: test_set, n: cfg.eval_limit.unwrap_or(usize::MAX) },
@@ -171,7 +172,6 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     }
     let mask = run.hard_prune(&mut model, &plan, norm)?;
     run.masked_retraining(&mut model, &plan, &mask, norm)?;
-    run.seconds.push(("total (this session)".into(), total_start.elapsed().as_secs_f64()));
     run.report(&model, &plan, &mask)
 }
 
@@ -179,6 +179,8 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
 struct Run<'a> {
     cfg: &'a PipelineConfig,
     dir: &'a Path,
+    /// When this session started (the report's "total (this session)").
+    started: Instant,
     /// Which phases are done, and their scores and times.
     log: RunLog,
     /// The training images every phase uses (`--subset`) and the test images it scores on
@@ -467,6 +469,8 @@ impl Run<'_> {
             })
             .collect();
         checkpoint::save(&dir.join("masks.safetensors"), &mask_dict, &[], Default::default())?;
+        let mut seconds = self.seconds;
+        seconds.push(("total (this session)".into(), self.started.elapsed().as_secs_f64()));
         let kept: usize = layers.iter().map(|l| l.kept).sum();
         let scores = |suffix: &str| PhaseScores {
             dense: log.f64(&format!("dense.{suffix}")),
@@ -493,7 +497,7 @@ impl Run<'_> {
                 ..scores("top1")
             },
             top5: PhaseScores { retrain_final: log.f64("retrain.final5"), ..scores("top5") },
-            seconds: self.seconds,
+            seconds,
             eval_images: self.test.len(),
             schedule: cfg.schedule.clone(),
         };
