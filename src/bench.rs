@@ -164,7 +164,7 @@ fn gflop(macs: usize) -> f64 {
 
 impl Bench<'_> {
     fn new(cfg: &BenchConfig) -> Result<Bench<'_>> {
-        let gpu_adapter = gpu::get()?.adapter.device_type != "Cpu";
+        let gpu_adapter = !gpu::get()?.adapter.is_cpu();
         let (gemm, batch, runs, step_batch, steps) = match (cfg.quick, gpu_adapter) {
             (true, _) => (256, 16, 3, 16, 2),
             (false, false) => (1024, 128, 5, 128, 5),

@@ -188,7 +188,7 @@ fn open_tuner() -> Result<Tuner> {
     let enabled = match mode {
         Mode::On => true,
         Mode::Off => false,
-        Mode::Auto => gpu.adapter.device_type != "Cpu",
+        Mode::Auto => !gpu.adapter.is_cpu(),
     };
     let file = match given.cache.or_else(|| env("SASPRUNE_TUNE_CACHE").map(PathBuf::from)) {
         Some(p) if p.as_os_str() == "none" => None,

@@ -49,6 +49,14 @@ pub struct AdapterSummary {
     pub max_storage_binding: u64,
 }
 
+impl AdapterSummary {
+    /// A software driver running on the CPU (llvmpipe, WARP, SwiftShader): kernel plans,
+    /// summing variants and the bench's sizes are chosen for it, and memory is host memory.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
@@ -312,7 +320,7 @@ impl Gpu {
     /// memory), and under a simulated memory size (`simulate_memory_limit`). A software driver
     /// allocates host memory, which the OS overcommits, and runs a large model's step for minutes.
     pub fn memory_can_be_checked(&self) -> bool {
-        self.adapter.device_type != "Cpu" || buffer::fault_memory_limit().is_some()
+        !self.adapter.is_cpu() || buffer::fault_memory_limit().is_some()
     }
 
     /// Forgets the peak of `memory_stats` so a bench can measure one step's peak.

@@ -253,8 +253,7 @@ pub(crate) fn run_gemm(
     direct: Option<&dyn Fn() -> Result<()>>,
 ) -> Result<()> {
     let gpu = crate::gpu::get()?;
-    let default =
-        if gpu.adapter.device_type == "Cpu" { shape.cpu_default() } else { shape.gpu_default(direct.is_some()) };
+    let default = if gpu.adapter.is_cpu() { shape.cpu_default() } else { shape.gpu_default(direct.is_some()) };
     let record = |plan: Plan| match (plan.tile, direct) {
         (DIRECT, Some(run_direct)) => run_direct(),
         // (a direct plan for a product without a direct kernel: the default, never DIRECT then)

@@ -160,7 +160,7 @@ pub fn subgroups_usable() -> Result<bool> {
 /// on software drivers, where llvmpipe ran batch-norm backward ~1.5x slower with them (its
 /// barriers are cheap and its subgroup adds are not).
 pub fn subgroups_in_use() -> Result<bool> {
-    let default = gpu::get()?.adapter.device_type != "Cpu";
+    let default = !gpu::get()?.adapter.is_cpu();
     Ok(FORCED_SUBGROUPS.with(|c| c.get()).unwrap_or(default) && subgroups_usable()?)
 }
 

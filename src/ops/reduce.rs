@@ -141,7 +141,7 @@ pub(crate) fn channel_sum_into(
 /// `parts` holding `splits` consecutive arrays of `out`'s size, summed into `out` (the second
 /// pass of a split-K product) with [`split_lanes`] threads per output.
 pub(crate) fn sum_splits(parts: &Tensor, splits: usize, out: &Tensor) -> Result<()> {
-    let cpu = crate::gpu::get()?.adapter.device_type == "Cpu";
+    let cpu = crate::gpu::get()?.adapter.is_cpu();
     sum_splits_with_lanes(parts, splits, split_lanes(splits, cpu), out)
 }
 
