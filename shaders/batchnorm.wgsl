@@ -9,9 +9,9 @@
 //   both keeps the backward kernel within 8 storage bindings, WebGPU's default limit)
 // Per-channel reductions run in two levels so that a large GPU has work for all its cores: a
 // (chunk, channel) grid of workgroups, each over `ipc` consecutive images of one channel, writes
-// partial [c, chunks, 2]; a finalize kernel (one thread per channel) combines the chunks. The
-// partial kernels add within a workgroup with workgroup_sum / workgroup_sum2, from the prelude
-// (sum_tree.wgsl, or sum_subgroup.wgsl where the adapter has subgroups).
+// partial [c, chunks, 2]; a finalize kernel (one workgroup per channel) combines the chunks. The
+// partial and finalize kernels add within a workgroup with workgroup_sum / workgroup_sum2, from
+// the prelude (sum_tree.wgsl, or sum_subgroup.wgsl where the adapter has subgroups).
 
 struct Params {
     n: u32, c: u32, hw: u32, update_running: u32,
@@ -65,36 +65,40 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 }
 
 //#section stats_finalize
-// One thread per channel: the chunks' (mean, M2) combined exactly as in a single pass (Chan et
-// al.'s pairwise update), then mean and 1/sqrt(var + eps) of the batch and the running-statistics
-// update.
+// Workgroup ch: the chunks' (mean, M2) combined as in a single pass over the channel: the batch
+// mean is the chunk means weighted by their sizes, and M2 = sum over chunks of M2_q +
+// n_q (mean_q - mean)^2 (Chan et al.'s update, in parallel). Then mean and 1/sqrt(var + eps) of
+// the batch, and the running-statistics update. The chunks are spread over the workgroup's
+// threads: one thread looping over up to hundreds of chunks was a chain of dependent loads that
+// cost more than the whole normalize pass on a large GPU.
 @group(0) @binding(1) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(2) var<storage, read_write> stat: array<f32>;
 @group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(4) var<storage, read_write> running_var: array<f32>;
-@compute @workgroup_size(64)
-fn stats_finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let ch = gid.x;
-    if (ch >= p.c) { return; }
-    var count = 0.0;
-    var mu = 0.0;
-    var m2 = 0.0;
-    for (var q = 0u; q < p.chunks; q++) {
-        let o = 2u * (ch * p.chunks + q);
-        let nq = f32(chunk_len(q));
-        let total = count + nq;
-        let d = partial_in[o] - mu;
-        mu += d * nq / total;
-        m2 += partial_in[o + 1u] + d * d * count * nq / total;
-        count = total;
+@compute @workgroup_size(256)
+fn stats_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ch = wid.x;
+    let count = f32(p.n * p.hw);
+    var s = 0.0;
+    for (var q = lid.x; q < p.chunks; q += WG) {
+        s += f32(chunk_len(q)) * partial_in[2u * (ch * p.chunks + q)];
     }
-    let var_biased = m2 / count;
-    stat[ch] = mu;
-    stat[p.c + ch] = inverseSqrt(var_biased + p.eps);
-    if (p.update_running != 0u) {
-        let unbiased = m2 / max(count - 1.0, 1.0);
-        running_mean[ch] = (1.0 - p.momentum) * running_mean[ch] + p.momentum * mu;
-        running_var[ch] = (1.0 - p.momentum) * running_var[ch] + p.momentum * unbiased;
+    let mu = workgroup_sum(s, lid.x) / count;
+    var m2 = 0.0;
+    for (var q = lid.x; q < p.chunks; q += WG) {
+        let o = 2u * (ch * p.chunks + q);
+        let d = partial_in[o] - mu;
+        m2 += partial_in[o + 1u] + f32(chunk_len(q)) * d * d;
+    }
+    let total_m2 = workgroup_sum(m2, lid.x);
+    if (lid.x == 0u) {
+        stat[ch] = mu;
+        stat[p.c + ch] = inverseSqrt(total_m2 / count + p.eps);
+        if (p.update_running != 0u) {
+            let unbiased = total_m2 / max(count - 1.0, 1.0);
+            running_mean[ch] = (1.0 - p.momentum) * running_mean[ch] + p.momentum * mu;
+            running_var[ch] = (1.0 - p.momentum) * running_var[ch] + p.momentum * unbiased;
+        }
     }
 }
 
@@ -184,23 +188,23 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 }
 
 //#section backward_finalize
-// One thread per channel: dbeta = sum g, dgamma = sum g * xhat over the chunks.
+// Workgroup ch: dbeta = sum g, dgamma = sum g * xhat over the chunks, spread over the threads.
 @group(0) @binding(1) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dbeta: array<f32>;
-@compute @workgroup_size(64)
-fn backward_finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let ch = gid.x;
-    if (ch >= p.c) { return; }
-    var sd = 0.0;
-    var sdx = 0.0;
-    for (var q = 0u; q < p.chunks; q++) {
+@compute @workgroup_size(256)
+fn backward_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ch = wid.x;
+    var s = vec2<f32>(0.0);
+    for (var q = lid.x; q < p.chunks; q += WG) {
         let o = 2u * (ch * p.chunks + q);
-        sd += partial_in[o];
-        sdx += partial_in[o + 1u];
+        s += vec2<f32>(partial_in[o], partial_in[o + 1u]);
     }
-    dbeta[ch] = sd;
-    dgamma[ch] = sdx;
+    let total = workgroup_sum2(s, lid.x);
+    if (lid.x == 0u) {
+        dbeta[ch] = total.x;
+        dgamma[ch] = total.y;
+    }
 }
 
 //#section backward_input

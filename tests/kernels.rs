@@ -224,8 +224,11 @@ fn linear_forward_and_backward_match_reference() {
 #[test]
 fn batchnorm_train_forward_backward_and_running_stats_match_reference() {
     each_summing_variant(|variant| {
-        // (3, 5, 7, 9): one chunk per channel; (37, 3, 11, 13): 5,291 values per channel in 3 chunks
-        for (relu, (n, c, h, w)) in [(false, (3, 5, 7, 9)), (true, (3, 5, 7, 9)), (false, (37, 3, 11, 13))] {
+        // (3, 5, 7, 9): one chunk per channel; (37, 3, 11, 13): 5,291 values per channel in 3
+        // chunks; (261, 2, 43, 49): one image per chunk, 261 chunks, more than the finalize
+        // kernels' 256 threads, so some threads combine two
+        let shapes = [(false, (3, 5, 7, 9)), (true, (3, 5, 7, 9)), (false, (37, 3, 11, 13)), (true, (261, 2, 43, 49))];
+        for (relu, (n, c, h, w)) in shapes {
             let mut rng = Rng::new(12);
             let hw = h * w;
             let x: Vec<f64> = f32_exact(&rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>());
@@ -473,7 +476,10 @@ fn adaptive_and_global_avgpool_match_reference() {
 #[test]
 fn softmax_cross_entropy_forward_backward_and_rank_match_reference() {
     let mut rng = Rng::new(20);
-    for (n, classes, spread) in [(37, 10, 3.0), (5, 1000, 1.0), (300, 7, 50.0)] {
+    // Rows get segments of threads (the class count rounded up to a power of two, at most 256):
+    // 1000 and 300 classes loop over a whole workgroup, 7 and 2 put many rows in one workgroup
+    // and leave the last one partly empty.
+    for (n, classes, spread) in [(37, 10, 3.0), (5, 1000, 1.0), (300, 7, 50.0), (3, 300, 2.0), (600, 2, 1.0)] {
         let logits = f32_exact(&rng.vec(n * classes).iter().map(|v| v * spread).collect::<Vec<_>>());
         let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
         let label_t = tensor(&labels.iter().map(|&l| l as f64).collect::<Vec<_>>(), &[n]);

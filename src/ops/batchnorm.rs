@@ -7,13 +7,15 @@ use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
 static STATS_PARTIAL: [Kernel; 2] = summing_kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");
-static STATS_FINALIZE: Kernel = kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
+static STATS_FINALIZE: [Kernel; 2] =
+    summing_kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
 static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
 static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");
 static BACKWARD_PARTIAL: [Kernel; 2] =
     summing_kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
-static BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.backward_finalize", "batchnorm.wgsl", "backward_finalize");
+static BACKWARD_FINALIZE: [Kernel; 2] =
+    summing_kernel!("batchnorm.backward_finalize", "batchnorm.wgsl", "backward_finalize");
 static BACKWARD_INPUT: Kernel = kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
 
 #[repr(C)]
@@ -111,7 +113,7 @@ pub fn batch_norm(
     if cfg.training {
         let partial = Tensor::uninit(&[c, p.chunks as usize, 2])?;
         launch(summing(&STATS_PARTIAL)?, &p, &[x, &partial], [p.chunks, c as u32, 1])?;
-        launch(&STATS_FINALIZE, &p, &[&partial, &stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
+        launch(summing(&STATS_FINALIZE)?, &p, &[&partial, &stats, running_mean, running_var], [c as u32, 1, 1])?;
     } else {
         launch(&EVAL_STATS, &p, &[&stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
     }
@@ -198,7 +200,7 @@ impl Backward for BatchNormBackward {
         let partial = Tensor::uninit(&[c, self.p.chunks as usize, 2])?;
         let bufs = [dy, &self.x, &self.stats, &self.mask, &partial];
         launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;
-        launch(&BACKWARD_FINALIZE, &self.p, &[&partial, &dgamma, &dbeta], [(c as u32).div_ceil(64), 1, 1])?;
+        launch(summing(&BACKWARD_FINALIZE)?, &self.p, &[&partial, &dgamma, &dbeta], [c as u32, 1, 1])?;
         let dx = Tensor::uninit(self.x.shape())?;
         let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.mask, &dx];
         launch(&BACKWARD_INPUT, &self.p, &bufs, groups_4x(dx.numel()))?;

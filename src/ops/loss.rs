@@ -1,12 +1,13 @@
 //! Softmax cross-entropy (fused, mean over the batch) and the rank of the true class for
 //! top-k accuracy (shaders/loss.wgsl).
 
-use super::{expect_rank, kernel, launch};
+use super::{expect_rank, groups_1d, kernel, launch, WG};
 use crate::autograd::{needs_node, Backward, Node};
-use crate::gpu::Kernel;
+use crate::gpu::{self, Kernel};
 use crate::{Error, Result, Tensor};
 
-static FORWARD: Kernel = kernel!("loss.forward", "loss.wgsl", "forward");
+static ROW_LOSSES: Kernel = kernel!("loss.row_losses", "loss.wgsl", "row_losses");
+static MEAN: Kernel = kernel!("loss.mean", "loss.wgsl", "mean");
 static BACKWARD: Kernel = kernel!("loss.backward", "loss.wgsl", "backward");
 static RANK: Kernel = kernel!("loss.rank", "loss.wgsl", "rank");
 
@@ -15,7 +16,17 @@ static RANK: Kernel = kernel!("loss.rank", "loss.wgsl", "rank");
 struct Params {
     n: u32,
     classes: u32,
-    _pad: [u32; 2],
+    /// Threads per row in the per-row kernels: the class count rounded up to a power of two,
+    /// at most a workgroup.
+    seg: u32,
+    _pad: u32,
+}
+
+impl Params {
+    /// Workgroups of the per-row kernels: 256 / seg rows each.
+    fn row_groups(&self) -> [u32; 3] {
+        gpu::grid(self.n.div_ceil(WG as u32 / self.seg))
+    }
 }
 
 fn check(logits: &Tensor, labels: &Tensor) -> Result<Params> {
@@ -27,17 +38,21 @@ fn check(logits: &Tensor, labels: &Tensor) -> Result<Params> {
             format!("logits {:?} need labels of shape [{n}], got {:?}", logits.shape(), labels.shape()),
         ));
     }
-    Ok(Params { n: n as u32, classes: classes as u32, _pad: [0; 2] })
+    let seg = classes.next_power_of_two().min(WG) as u32;
+    Ok(Params { n: n as u32, classes: classes as u32, seg, _pad: 0 })
 }
 
 /// Mean softmax cross-entropy of `logits` [n, classes] against class indices `labels` [n]
 /// (stored as f32; the caller validates their range). Differentiable in the logits.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let p = check(logits, labels)?;
+    // [3, n]: per-row loss, maximum logit and reciprocal sum of exponentials
+    let rows = Tensor::uninit(&[3, p.n as usize])?;
+    launch(&ROW_LOSSES, &p, &[logits, labels, &rows], p.row_groups())?;
     let loss = Tensor::uninit(&[1])?;
-    launch(&FORWARD, &p, &[logits, labels, &loss], [1, 1, 1])?;
+    launch(&MEAN, &Params { seg: WG as u32, ..p }, &[&rows, &loss], [1, 1, 1])?;
     let node = needs_node(&[logits]).then(|| Node {
-        backward: Box::new(CrossEntropyBackward { logits: logits.detach(), labels: labels.detach(), p }),
+        backward: Box::new(CrossEntropyBackward { logits: logits.detach(), labels: labels.detach(), rows, p }),
         inputs: vec![logits.edge()],
     });
     Ok(loss.with_node(node))
@@ -46,12 +61,14 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 struct CrossEntropyBackward {
     logits: Tensor,
     labels: Tensor,
+    /// The forward's per-row statistics [3, n].
+    rows: Tensor,
     p: Params,
 }
 impl Backward for CrossEntropyBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let d = Tensor::uninit(self.logits.shape())?;
-        launch(&BACKWARD, &self.p, &[&self.logits, &self.labels, g, &d], [self.p.n.div_ceil(256), 1, 1])?;
+        launch(&BACKWARD, &self.p, &[&self.logits, &self.labels, &self.rows, g, &d], groups_1d(d.numel()))?;
         Ok(vec![Some(d)])
     }
 }
@@ -61,6 +78,6 @@ impl Backward for CrossEntropyBackward {
 pub fn label_rank(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let p = check(logits, labels)?;
     let rank = Tensor::uninit(&[p.n as usize])?;
-    launch(&RANK, &p, &[logits, labels, &rank], [p.n.div_ceil(256), 1, 1])?;
+    launch(&RANK, &p, &[logits, labels, &rank], p.row_groups())?;
     Ok(rank)
 }
