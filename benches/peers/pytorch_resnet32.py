@@ -175,6 +175,12 @@ def main():
     if wants(name):
         big = torch.rand(1 << 26, device=dev)
         emit(name, time_median(dev, runs, lambda: big * 0.5), 2 * 4 * (1 << 26) / 1e9, "GB/s")
+    name = f"softmax cross-entropy b{batch} x1000"
+    if wants(name):
+        logits = torch.randn(batch, 1000, device=dev, requires_grad=True)
+        labels = torch.arange(batch, device=dev) * 7 % 1000
+        emit(name, time_median(dev, runs, lambda: F.cross_entropy(logits, labels).backward()),
+             4 * 4 * batch * 1000 / 1e9, "GB/s", includes="forward and backward")
     step_batches = [16] if quick else [128, 256]
     for b in step_batches:
         if not (wants(f"resnet32 train step b{b}") or wants(f"resnet32 eval b{b}")):
