@@ -8,11 +8,15 @@
 //! training and test sets: image count, image size, classes and a checksum of the first and last
 //! records. Runs started before this file existed saved `command.txt` (one token per line);
 //! it is still read.
+//!
+//! `run_state.txt` (rewritten atomically whenever a pipeline phase finishes): one
+//! `phase.field=number` per line, e.g. `admm.top1=88.93` and `admm.done=1`.
 
 use crate::checkpoint;
 use crate::data::Dataset;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const RECORD_FILE: &str = "command.json";
@@ -282,5 +286,77 @@ fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")) {
         Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+/// The pipeline's finished phases and their results (`run_state.txt`), so that a resumed run
+/// reloads a finished phase instead of running it again.
+#[derive(Default, Debug, PartialEq)]
+pub struct RunState(BTreeMap<String, f64>);
+
+impl RunState {
+    pub const FILE: &'static str = "run_state.txt";
+    /// The phases, in the order they run, and the fields recorded for them.
+    pub const PHASES: [&'static str; 5] = ["dense", "baseline", "admm", "prune", "retrain"];
+    pub const FIELDS: [&'static str; 7] = ["top1", "top5", "seconds", "done", "final", "final5", "best"];
+
+    /// `dir`'s record, empty where there is none. A line that this version did not write (a
+    /// damaged or hand-edited file) is an error naming the file and the line: guessing would
+    /// skip a phase or report a wrong accuracy.
+    pub fn load(dir: &Path) -> Result<RunState> {
+        let path = dir.join(Self::FILE);
+        if !path.exists() {
+            return Ok(RunState::default());
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let damaged = |line: usize, why: String| {
+            Error::invalid(format!(
+                "{} is damaged at line {line}: {why}; each line is `phase.field=number` (e.g. admm.top1=88.9). \
+                 Delete the file to run its phases again, or start a new run in another directory",
+                path.display()
+            ))
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            damaged(1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(), "not UTF-8 text".into())
+        })?;
+        let mut state = RunState::default();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let shown: String = line.chars().take(60).flat_map(char::escape_default).collect();
+            let (key, value) = line.split_once('=').ok_or_else(|| damaged(i + 1, format!("'{shown}' has no '='")))?;
+            if !Self::known_key(key) {
+                return Err(damaged(i + 1, format!("'{shown}' names no phase result")));
+            }
+            let v: f64 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| damaged(i + 1, format!("'{shown}' has no finite number")))?;
+            if state.0.insert(key.to_string(), v).is_some() {
+                return Err(damaged(i + 1, format!("'{key}' is recorded twice")));
+            }
+        }
+        Ok(state)
+    }
+
+    fn known_key(key: &str) -> bool {
+        key.split_once('.').is_some_and(|(phase, field)| Self::PHASES.contains(&phase) && Self::FIELDS.contains(&field))
+    }
+
+    /// Records `key` (`phase.field`) and rewrites the file atomically.
+    pub fn set(&mut self, dir: &Path, key: &str, value: f64) -> Result<()> {
+        debug_assert!(Self::known_key(key) && value.is_finite(), "run state {key}={value}");
+        self.0.insert(key.to_string(), value);
+        // f64's Display is the shortest text that parses back to the same number
+        let text: String = self.0.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        checkpoint::write_atomic(&dir.join(Self::FILE), text.as_bytes())
+    }
+
+    pub fn f64(&self, key: &str) -> Option<f64> {
+        self.0.get(key).copied()
+    }
+
+    pub fn done(&self, phase: &str) -> bool {
+        self.0.contains_key(&format!("{phase}.done"))
     }
 }

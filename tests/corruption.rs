@@ -17,7 +17,7 @@ use sasprune::data::packed::{write_packed, PackedSplit};
 use sasprune::models::Model;
 use sasprune::prune::admm::AdmmState;
 use sasprune::prune::rate;
-use sasprune::run_dir::{DataRecord, RunRecord};
+use sasprune::run_dir::{DataRecord, RunRecord, RunState};
 use sasprune::train::{self, Progress, TrainConfig};
 use sasprune::tune::Cache;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -358,6 +358,19 @@ fn run_records_layer_rates_and_the_tuner_cache() {
     fuzz("layer-rates file", &path, "rates.txt", &good, Format::Text, &mut || {
         rate::plan_from_file(rate::prunable_layers(&model.store), &p).map(drop).map_err(text)
     });
+    // a pipeline run's run_state.txt: what a resumed run skips and reports
+    let run_state = tmp.path().join("state");
+    std::fs::create_dir_all(&run_state).unwrap();
+    let mut state = RunState::default();
+    for (key, value) in [("dense.top1", 91.25), ("dense.done", 1.0), ("admm.seconds", 123.456789), ("admm.done", 1.0)] {
+        state.set(&run_state, key, value).unwrap();
+    }
+    let path = run_state.join(RunState::FILE);
+    let good = std::fs::read(&path).unwrap();
+    let dir = run_state.clone();
+    // a line changed into another valid one (a digit, a dropped line) cannot be told apart
+    fuzz("run state", &path, RunState::FILE, &good, Format::Text, &mut || RunState::load(&dir).map(drop).map_err(text));
+    assert_eq!(RunState::load(&dir).unwrap(), state, "run_state.txt round-trips exactly");
     // the tuner's cache: never fatal; a bad one is an empty cache and a note naming it
     let path = tmp.path().join("tune.json");
     let mut cache = Cache::default();

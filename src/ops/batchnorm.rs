@@ -7,8 +7,7 @@ use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
 static STATS_PARTIAL: [Kernel; 2] = summing_kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");
-static STATS_FINALIZE: [Kernel; 2] =
-    summing_kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
+static STATS_FINALIZE: [Kernel; 2] = summing_kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
 static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
 static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");

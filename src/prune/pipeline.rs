@@ -10,9 +10,9 @@ use crate::data::{Dataset, First};
 use crate::models::Model;
 use crate::ops::{admm as admm_ops, select};
 use crate::preflight::{self, Probe, Work};
+use crate::run_dir::RunState;
 use crate::train::{self, progress_bar, Progress, TrainConfig};
 use crate::{gpu, Error, Result, Tensor};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -74,35 +74,6 @@ pub struct PipelineConfig {
     pub show_progress: bool,
 }
 
-/// The phases' results, kept in `run_state.txt` so a resumed run knows what is done.
-#[derive(Default)]
-struct RunLog(BTreeMap<String, String>);
-
-impl RunLog {
-    const FILE: &'static str = "run_state.txt";
-    fn load(dir: &Path) -> Result<RunLog> {
-        let path = dir.join(Self::FILE);
-        if !path.exists() {
-            return Ok(RunLog::default());
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(RunLog(
-            text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ))
-    }
-    fn set(&mut self, dir: &Path, key: &str, value: impl ToString) -> Result<()> {
-        self.0.insert(key.to_string(), value.to_string());
-        let text: String = self.0.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        checkpoint::write_atomic(&dir.join(Self::FILE), text.as_bytes())
-    }
-    fn f64(&self, key: &str) -> Option<f64> {
-        self.0.get(key)?.parse().ok()
-    }
-    fn done(&self, phase: &str) -> bool {
-        self.0.contains_key(&format!("{phase}.done"))
-    }
-}
-
 fn append_line(path: &Path, header: &str, line: &str) -> Result<()> {
     let new = !path.exists();
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
@@ -156,7 +127,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         cfg,
         dir,
         started: total_start,
-        log: RunLog::load(dir)?,
+        log: RunState::load(dir)?,
         train: First { inner: train_set, n: cfg.subset.unwrap_or(usize::MAX) },
         test: First { inner: test_set, n: cfg.eval_limit.unwrap_or(usize::MAX) },
         seconds: Vec::new(),
@@ -182,7 +153,7 @@ struct Run<'a> {
     /// When this session started (the report's "total (this session)").
     started: Instant,
     /// Which phases are done, and their scores and times.
-    log: RunLog,
+    log: RunState,
     /// The training images every phase uses (`--subset`) and the test images it scores on
     /// (`--eval-limit`).
     train: First<'a>,
@@ -220,7 +191,7 @@ impl Run<'_> {
         self.log.set(self.dir, &format!("{phase}.top1"), e.top1)?;
         self.log.set(self.dir, &format!("{phase}.top5"), e.top5)?;
         self.log.set(self.dir, &format!("{phase}.seconds"), seconds)?;
-        self.log.set(self.dir, &format!("{phase}.done"), 1)
+        self.log.set(self.dir, &format!("{phase}.done"), 1.0)
     }
 
     /// Puts a phase's time (over every session) into the report's table.
@@ -437,7 +408,7 @@ impl Run<'_> {
         log.set(dir, "retrain.final", last.top1)?;
         log.set(dir, "retrain.best", best)?;
         log.set(dir, "retrain.seconds", secs)?;
-        log.set(dir, "retrain.done", 1)?;
+        log.set(dir, "retrain.done", 1.0)?;
         self.count_time("retrain", "retrain");
         let eval_rate = s.eval_images_per_second.map_or(String::new(), |r| format!(", evaluation {r:.0} images/s"));
         println!(
@@ -553,7 +524,7 @@ pub fn check_memory(
     train_set: &dyn Dataset,
     test_set: &dyn Dataset,
 ) -> Result<PipelineConfig> {
-    let log = RunLog::load(&cfg.out)?;
+    let log = RunState::load(&cfg.out)?;
     if log.done("retrain") || !gpu::get()?.memory_can_be_checked() {
         return Ok(cfg.clone()); // only the report is left, or a software driver
     }
