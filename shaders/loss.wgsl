@@ -3,7 +3,7 @@
 // The per-row kernels give each row a segment of p.seg threads (the class count rounded up to
 // a power of two, at most 256) and each workgroup 256 / p.seg rows: 1000 classes are read by 256
 // threads side by side (coalesced, hundreds of workgroups on a large GPU) instead of by one
-// thread in a loop, and 10 classes still keep every thread of a workgroup busy.
+// thread in a loop, and 10 classes put 16 rows in a workgroup instead of leaving it idle.
 //   rows [3, n]: per row its loss, its maximum logit and 1 / sum(exp(logit - max)); backward
 //   reuses the last two instead of reading the row twice more.
 
@@ -48,7 +48,7 @@ fn row_losses(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let i = segment_row(wid, nwg, lid.x);
     let lane = lid.x % p.seg;
     let valid = i < p.n;
-    var m = -3.40282347e38; // the lowest f32: the identity of max for finite logits
+    var m = bitcast<f32>(0xff7fffffu); // the lowest finite f32: the identity of max for finite logits
     if (valid) {
         for (var j = lane; j < p.classes; j += p.seg) { m = max(m, logits[i * p.classes + j]); }
     }

@@ -343,9 +343,15 @@ impl RunState {
         key.split_once('.').is_some_and(|(phase, field)| Self::PHASES.contains(&phase) && Self::FIELDS.contains(&field))
     }
 
-    /// Records `key` (`phase.field`) and rewrites the file atomically.
+    /// Records `key` (`phase.field`) and rewrites the file atomically. A value `load` would
+    /// refuse is refused here, so that a run never leaves a record it cannot resume from.
     pub fn set(&mut self, dir: &Path, key: &str, value: f64) -> Result<()> {
-        debug_assert!(Self::known_key(key) && value.is_finite(), "run state {key}={value}");
+        if !Self::known_key(key) || !value.is_finite() {
+            return Err(Error::invalid(format!(
+                "cannot record {key}={value} in {}: results must be finite numbers of a known phase",
+                dir.join(Self::FILE).display()
+            )));
+        }
         self.0.insert(key.to_string(), value);
         // f64's Display is the shortest text that parses back to the same number
         let text: String = self.0.iter().map(|(k, v)| format!("{k}={v}\n")).collect();

@@ -371,6 +371,12 @@ fn run_records_layer_rates_and_the_tuner_cache() {
     // a line changed into another valid one (a digit, a dropped line) cannot be told apart
     fuzz("run state", &path, RunState::FILE, &good, Format::Text, &mut || RunState::load(&dir).map(drop).map_err(text));
     assert_eq!(RunState::load(&dir).unwrap(), state, "run_state.txt round-trips exactly");
+    // and a run never writes what it could not read back
+    for (key, value) in [("admm.top1", f64::NAN), ("admm.top1", f64::INFINITY), ("admm.speed", 1.0)] {
+        let e = RunState::default().set(&dir, key, value).unwrap_err().to_string();
+        assert!(e.contains(RunState::FILE) && e.contains(key), "{e}");
+    }
+    assert_eq!(RunState::load(&dir).unwrap(), state, "a refused value leaves the file as it was");
     // the tuner's cache: never fatal; a bad one is an empty cache and a note naming it
     let path = tmp.path().join("tune.json");
     let mut cache = Cache::default();
