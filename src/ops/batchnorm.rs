@@ -1,7 +1,7 @@
 //! Batch normalization 2-D, training and eval mode, forward and backward, optionally fused with
 //! the ReLU that follows it (shaders/batchnorm.wgsl).
 
-use super::{groups_4x, kernel, launch, summing, summing_kernel};
+use super::{grad_place, groups_4x, kernel, launch, place_or_new, summing, summing_kernel};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
@@ -191,11 +191,8 @@ impl Backward for BatchNormBackward {
     /// dgamma and dbeta go straight into their places when given.
     fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
         let c = self.p.c as usize;
-        let place_or_new = |i: usize| match places.get(i).and_then(Option::as_ref) {
-            Some(p) => Ok(p.clone()),
-            None => Tensor::uninit(&[c]),
-        };
-        let (dgamma, dbeta) = (place_or_new(1)?, place_or_new(2)?);
+        let dgamma = place_or_new(grad_place(places, 1), &[c])?;
+        let dbeta = place_or_new(grad_place(places, 2), &[c])?;
         let partial = Tensor::uninit(&[c, self.p.chunks as usize, 2])?;
         let bufs = [dy, &self.x, &self.stats, &self.mask, &partial];
         launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;

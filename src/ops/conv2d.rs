@@ -2,7 +2,7 @@
 //! grad-bias as a channel sum (shaders/conv2d.wgsl).
 
 use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape};
-use super::{expect_rank, reduce};
+use super::{expect_rank, grad_place, place_or_new, reduce};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
@@ -163,10 +163,7 @@ pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
 
 /// [`conv2d_grad_weight`] written into `place` ([c_out, c_in, kh, kw]) when given.
 fn conv2d_grad_weight_into(dy: &Tensor, x: &Tensor, g: &ConvGeom, place: Option<&Tensor>) -> Result<Tensor> {
-    let dw = match place {
-        Some(p) => p.clone(),
-        None => Tensor::uninit(&[g.c_out, g.c_in, g.kh, g.kw])?,
-    };
+    let dw = place_or_new(place, &[g.c_out, g.c_in, g.kh, g.kw])?;
     let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * g.out_h() * g.out_w());
     run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 }, None)?;
     Ok(dw)
@@ -206,7 +203,7 @@ impl Backward for Conv2dBackward {
     /// The weight's and the bias's gradients go straight into their places when given.
     fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
         let g = &self.g;
-        let place = |i: usize| places.get(i).and_then(Option::as_ref);
+        let place = |i: usize| grad_place(places, i);
         let dx = if self.need[0] { Some(conv2d_grad_input(dy, &self.w, g)?) } else { None };
         let dw = if self.need[1] { Some(conv2d_grad_weight_into(dy, &self.x, g, place(1))?) } else { None };
         let mut grads = vec![dx, dw];

@@ -1,7 +1,7 @@
 //! Matrix products on the tiled GEMM engine: `gemm` (strided operands, optional bias, split-K),
 //! `matmul` and the `linear` layer with their backward rules (shaders/matmul.wgsl).
 
-use super::{expect_rank, flat_view};
+use super::{expect_rank, flat_view, grad_place, place_or_new};
 use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
@@ -529,24 +529,23 @@ impl Backward for LinearBackward {
     /// The weight's and the bias's gradients go straight into their places when given.
     fn backward_into(&self, g: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
         let (n, in_f, out_f) = (self.x.shape()[0], self.x.shape()[1], self.weight.shape()[0]);
-        let place = |i: usize| places.get(i).and_then(Option::as_ref);
-        let dw = match place(1) {
-            Some(p) => p.clone(),
-            None => Tensor::uninit(&[out_f, in_f])?,
+        let dw = place_or_new(grad_place(places, 1), &[out_f, in_f])?;
+        // dW[rows] = dy[:, rows]^T x, for `rows` output features from dy's first column on
+        let grad_weight_rows = |dy: &Tensor, dw_rows: &Tensor, rows: usize| {
+            let o = Operands {
+                a: dy,
+                a_strides: [1, out_f],
+                b: &self.x,
+                b_strides: [in_f, 1],
+                bias: None,
+                c: dw_rows,
+                c_ld: in_f,
+            };
+            gemm_strided(o, rows, n, in_f)
         };
         let dx = match self.rows {
             None => {
-                // dW = dy^T x
-                let o = Operands {
-                    a: g,
-                    a_strides: [1, out_f],
-                    b: &self.x,
-                    b_strides: [in_f, 1],
-                    bias: None,
-                    c: &dw,
-                    c_ld: in_f,
-                };
-                gemm_strided(o, out_f, n, in_f)?;
+                grad_weight_rows(g, &dw, out_f)?;
                 gemm(g, &self.weight, None, n, out_f, in_f, false, false)? // dy W
             }
             Some(rows) => {
@@ -570,24 +569,14 @@ impl Backward for LinearBackward {
                     if r0 > 0 {
                         super::elementwise::axpy(1.0, part, &dx)?;
                     }
-                    let dw_blk = flat_view(&dw, r0 * in_f, r * in_f)?;
-                    let o = Operands {
-                        a: &dy_blk,
-                        a_strides: [1, out_f],
-                        b: &self.x,
-                        b_strides: [in_f, 1],
-                        bias: None,
-                        c: &dw_blk,
-                        c_ld: in_f,
-                    };
-                    gemm_strided(o, r, n, in_f)?;
+                    grad_weight_rows(&dy_blk, &flat_view(&dw, r0 * in_f, r * in_f)?, r)?;
                 }
                 dx
             }
         };
         let mut grads = vec![Some(dx), Some(dw)];
         if self.has_bias {
-            grads.push(Some(super::reduce::channel_sum_into(g, n, out_f, 1, place(2))?));
+            grads.push(Some(super::reduce::channel_sum_into(g, n, out_f, 1, grad_place(places, 2))?));
         }
         Ok(grads)
     }

@@ -19,6 +19,19 @@ use crate::{Error, Result, Tensor};
 /// Threads per workgroup of the 1-D kernels.
 pub(crate) const WG: usize = 256;
 
+/// Input i's gradient place among a backward's `places` (see `Backward::backward_into`).
+pub(crate) fn grad_place(places: &[Option<Tensor>], i: usize) -> Option<&Tensor> {
+    places.get(i).and_then(Option::as_ref)
+}
+
+/// The tensor an op writes its result into: `place` when given (of `shape`), else a new one.
+pub(crate) fn place_or_new(place: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
+    match place {
+        Some(p) => Ok(p.clone()),
+        None => Tensor::uninit(shape),
+    }
+}
+
 /// Records `kernel` with `params` and the tensors bound at bindings 1.. in order.
 pub(crate) fn launch<P: bytemuck::Pod>(
     kernel: &Kernel,

@@ -129,10 +129,7 @@ pub(crate) fn channel_sum_into(
     if outer * c * inner != x.numel() || place.is_some_and(|p| p.numel() != c) {
         return Err(Error::shape("channel_sum", format!("{:?} is not [{outer}, {c}, {inner}]", x.shape())));
     }
-    let out = match place {
-        Some(p) => p.clone(),
-        None => Tensor::uninit(&[c])?,
-    };
+    let out = super::place_or_new(place, &[c])?;
     let p = Dims4 { a: outer as u32, b: c as u32, c: inner as u32, d: 0 };
     launch(summing(&CHANNEL_SUM)?, &p, &[x, &out], [c as u32, 1, 1])?;
     Ok(out)

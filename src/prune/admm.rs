@@ -349,11 +349,10 @@ fn check_finite(m: &IterationMetrics, dir: &Path) -> Result<()> {
 }
 
 /// When the ADMM phase saves its state: after the first iteration a session runs, after the last
-/// one, and otherwise once the
-/// time since the last save is at least 20 times what that save took, so saving costs at most
-/// ~5% of the phase. On a software driver that is every iteration; on a fast GPU a small
-/// model's iteration takes less time than reading back and writing its state, and AlexNet's
-/// state is 1.4 GB. A resumed run repeats at most the iterations since the last save (with the
+/// one, and otherwise once the time since the last save is at least 20 times what that save
+/// took, so saving costs at most ~5% of the phase. On a software driver that is every
+/// iteration; on a fast GPU a small model's iteration takes less time than reading back and
+/// writing its state, and AlexNet's state is 1.4 GB. A resumed run repeats at most the iterations since the last save (with the
 /// same minibatches, so with the same result).
 struct SavePolicy {
     last: Option<Instant>,
