@@ -26,6 +26,9 @@ impl Normalize {
     /// ImageNet's statistics, as torchvision's models (and many CIFAR repositories) use them.
     pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 
+    /// The largest normalized input `--normalize` may produce from a pixel in [0, 1].
+    pub const LARGEST_INPUT: f64 = 1e6;
+
     /// What a model is trained with when nothing else is said: ImageNet statistics for AlexNet,
     /// CIFAR-10 statistics for the ResNets.
     pub fn default_for(model: &str) -> Normalize {
@@ -61,6 +64,16 @@ impl Normalize {
         if n.mean.iter().any(|m| !m.is_finite()) || n.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(Error::invalid(format!(
                 "--normalize '{text}': means must be finite and standard deviations positive"
+            )));
+        }
+        // a pixel in [0, 1] becomes (p − mean) / std: keep that within ±1e6, far inside f32's
+        // range, so no input (and no logit) becomes infinite
+        let largest =
+            (0..3).map(|c| (n.mean[c].abs().max((1.0 - n.mean[c]).abs()) / n.std[c]) as f64).fold(0.0, f64::max);
+        if !(largest <= Self::LARGEST_INPUT) {
+            return Err(Error::invalid(format!(
+                "--normalize '{text}' turns pixels in [0, 1] into values up to {largest:.1e}: give standard deviations \
+                 of pixels scaled to [0, 1] (about 0.2-0.3 for natural images) and means in [0, 1]"
             )));
         }
         Ok(n)
@@ -224,7 +237,38 @@ pub fn save(
     }
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::invalid(format!("serializing {}: {e}", path.display())))?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &canonical_header(bytes).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?)
+}
+
+/// The same safetensors file with its JSON header's keys (tensor names, and the metadata's keys
+/// within `__metadata__`) in sorted order: the library writes the metadata map in hash order,
+/// which differs from process to process, so two identical runs would write different bytes
+/// (checksums, caches and `cmp` would see a change). Tensor offsets are relative to the header's
+/// end and do not move.
+fn canonical_header(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    use std::collections::BTreeMap;
+    let len = u64::from_le_bytes(bytes.get(..8).ok_or("no header")?.try_into().map_err(|_| "no header")?) as usize;
+    let header = bytes.get(8..8 + len).ok_or("header beyond the file")?;
+    let parsed: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
+    let sorted: BTreeMap<String, serde_json::Value> = parsed
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Object(m) => {
+                let inner: BTreeMap<String, serde_json::Value> = m.into_iter().collect();
+                (k, serde_json::to_value(inner).unwrap_or_default())
+            }
+            v => (k, v),
+        })
+        .collect();
+    let mut text = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
+    // the format pads the header with spaces so the data starts 8-byte aligned
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, flushed to disk
@@ -346,4 +390,40 @@ pub fn load_bundle(path: &Path, model: &mut Model) -> Result<(Checkpoint, Normal
     model.store.batches_tracked = ck.metadata.get("batches_tracked").and_then(|v| v.parse().ok()).unwrap_or(0);
     let norm = ck.normalize().ok_or_else(|| Error::invalid(format!("{shown} lacks normalization metadata")))?;
     Ok((ck, norm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_content_gives_identical_bytes_whatever_the_metadata_order() {
+        let dir = std::env::temp_dir().join(format!("sasprune-canonical-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut dict = StateDict::new();
+        dict.insert("b.weight".into(), (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        dict.insert("a.bias".into(), (vec![3], vec![0.5, -0.5, 0.25]));
+        let keys: Vec<String> = (0..40).map(|i| format!("key{i}")).collect();
+        let forward: HashMap<String, String> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
+        let mut backward = HashMap::new();
+        for k in keys.iter().rev() {
+            backward.insert(k.clone(), format!("v-{k}"));
+        }
+        let (p1, p2) = (dir.join("one.safetensors"), dir.join("two.safetensors"));
+        save(&p1, &dict, &[("steps".into(), 7)], forward).unwrap();
+        save(&p2, &dict, &[("steps".into(), 7)], backward).unwrap();
+        let (b1, b2) = (std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
+        assert!(b1 == b2, "the same tensors and metadata gave different bytes");
+        // the header's metadata keys are sorted, and the file reads back whole
+        let len = u64::from_le_bytes(b1[..8].try_into().unwrap()) as usize;
+        assert_eq!(len % 8, 0, "the data starts 8-byte aligned");
+        let header = std::str::from_utf8(&b1[8..8 + len]).unwrap();
+        let (k1, k10, k2) =
+            (header.find("\"key1\"").unwrap(), header.find("\"key10\"").unwrap(), header.find("\"key2\"").unwrap());
+        assert!(k1 < k10 && k10 < k2, "{header}");
+        let ck = Checkpoint::load(&p1).unwrap();
+        assert_eq!(ck.tensors["b.weight"], (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        assert_eq!(ck.metadata["key39"], "v-key39");
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

@@ -20,6 +20,9 @@ pub enum Error {
     /// The loss became NaN or infinite; the text says what was kept and how to go on (a plain
     /// resume would diverge again).
     Diverged(String),
+    /// `--time-limit` stopped the run after it saved its state; the text says where it stopped.
+    /// Not a failure: the command line exits with `time_limit::EXIT_CODE` and how to continue.
+    TimeLimit(String),
     /// An I/O failure, with the path it concerned.
     Io { path: String, source: std::io::Error },
 }
@@ -58,10 +61,20 @@ impl fmt::Display for Error {
                 *in_use as f64 / 1048576.0
             ),
             Error::Shape { op, detail } => write!(f, "shape mismatch in {op}: {detail}"),
-            Error::Invalid(msg) | Error::Diverged(msg) => write!(f, "{msg}"),
+            Error::Invalid(msg) | Error::Diverged(msg) | Error::TimeLimit(msg) => write!(f, "{msg}"),
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+/// A number as a user would type it in a message: `0.04`, `190`, and `1e30` or `1e-7` outside
+/// [1e-4, 1e6) (Display would print 1e308 with all of its 309 digits).
+pub fn number_text(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || (1e-4..1e6).contains(&v.abs()) {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}

@@ -19,6 +19,7 @@ pub mod prune;
 pub mod reference;
 pub mod run_dir;
 pub mod tensor;
+pub mod time_limit;
 pub mod train;
 pub mod tune;
 

@@ -12,6 +12,7 @@ use sasprune::prune::{
 use sasprune::run_dir::{self, DataRecord, RunLock, RunRecord};
 use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
 use sasprune::{gpu, Error, Result};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -39,6 +40,12 @@ struct Cli {
     /// keeps choices in memory); env SASPRUNE_TUNE_CACHE
     #[arg(long, global = true, value_name = "FILE")]
     tune_cache: Option<std::path::PathBuf>,
+    /// Wall-clock limit for the pipeline, `train` and `compare`, e.g. 9m, 2h, 1h30m (1s to 366d):
+    /// the run saves its state and stops before it (counting its own save time), prints the
+    /// command that continues it, and exits with code 75 (not 1, a failure); give it again on
+    /// every resume
+    #[arg(long, global = true, value_name = "DURATION")]
+    time_limit: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -88,61 +95,86 @@ struct PruneArgs {
     /// Evaluate on the first N test images only
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// SAS-ADMM β (penalty)
+    /// SAS-ADMM β (penalty), in (0, 1e4]
     #[arg(long)]
     beta: Option<f32>,
-    /// SAS-ADMM ρ (proximal weight)
+    /// SAS-ADMM ρ (proximal weight), in (0, 1e4]
     #[arg(long)]
     rho: Option<f32>,
-    /// SAS-ADMM λ (L1 weight)
+    /// SAS-ADMM λ (L1 weight), in [0, 1e3]
     #[arg(long)]
     lambda: Option<f32>,
-    /// M: inner iterations before k0
+    /// M: inner iterations before k0, at least 1 (inner loops are capped at 1e7 steps)
     #[arg(long)]
     inner: Option<usize>,
-    /// K: outer iterations
+    /// K: outer iterations, 1 to 1,000,000
     #[arg(long)]
     outer: Option<usize>,
-    /// K_avg: ergodic averaging starts after this outer iteration
+    /// K_avg: ergodic averaging starts after this outer iteration (0 or more)
     #[arg(long)]
     k_avg: Option<usize>,
-    /// k0: inner length grows from this outer iteration on
+    /// k0: inner length grows from this outer iteration on, at least 1
     #[arg(long)]
     k0: Option<usize>,
-    /// v: step-size constant (η = 1/v before k0)
+    /// v: step-size constant (η = 1/v before k0), in (0, 1e6]
     #[arg(long)]
     v: Option<f64>,
-    /// q: growth exponent of the inner length
+    /// q: growth exponent of the inner length, in (0, 3]
     #[arg(long)]
     q: Option<f64>,
-    /// r: first dual step factor
+    /// r: first dual step factor; (r, s) must lie in symmetric ADMM's convergence region: r in
+    /// (−1, 1), s in (0, 1.618), r + s > 0, |r| < 1 + s − s²
     #[arg(long)]
     r: Option<f32>,
-    /// s: second dual step factor
+    /// s: second dual step factor (see --r)
     #[arg(long)]
     s: Option<f32>,
-    /// Minibatch of the ADMM phase
+    /// Minibatch of the ADMM phase, at least 1 (and what the adapter can hold)
     #[arg(long)]
     batch: Option<usize>,
-    /// Epochs of masked retraining
+    /// Epochs of masked retraining, 1 to 1,000,000
     #[arg(long)]
     retrain_epochs: Option<usize>,
-    /// Learning rate of masked retraining
+    /// Learning rate of masked retraining, in (0, 1000]
     #[arg(long)]
     lr: Option<f32>,
-    /// Minibatch of masked retraining
+    /// Minibatch of masked retraining, at least 1 (and what the adapter can hold)
     #[arg(long)]
     retrain_batch: Option<usize>,
-    /// ADMM-NN ρ
+    /// ADMM-NN ρ0, the penalty of the first iteration (> 0). Default: its authors' 1e-3 scaled to
+    /// the W-subproblems' length, so that each pulls W toward Z as far as theirs of 7,820 steps do
+    /// (about 3.7e-3 for --schedule paper); 1e-3 gives their value literally
     #[arg(long)]
     admm_rho: Option<f32>,
-    /// ADMM-NN learning rate of the W-step
+    /// ADMM-NN: ρ is multiplied by this at every iteration, in [1, 10] (default 1.3; 1 keeps it
+    /// constant)
+    #[arg(long)]
+    admm_rho_growth: Option<f32>,
+    /// ADMM-NN: ρ never grows past this (> 0; default 1)
+    #[arg(long)]
+    admm_rho_max: Option<f32>,
+    /// ADMM-NN learning rate of the W-step at the start of every iteration (> 0; default 0.01)
     #[arg(long)]
     admm_lr: Option<f32>,
-    /// ADMM-NN iterations
+    /// ADMM-NN learning rate within an iteration: thirds (divided by 10 at 1/3 and 2/3 of it, as
+    /// its authors do; default) or constant
+    #[arg(long, value_parser = ["thirds", "constant"])]
+    admm_lr_schedule: Option<String>,
+    /// ADMM-NN weight decay in the W-step, in [0, 1) (default 1e-4)
+    #[arg(long)]
+    admm_weight_decay: Option<f32>,
+    /// ADMM-NN: which parameters the W-step trains: all (default, as its authors do) or weights
+    /// (the prunable weights only; batch norm and biases frozen)
+    #[arg(long, value_parser = ["all", "weights"])]
+    admm_train: Option<String>,
+    /// ADMM-NN: clear the SGD momentum at the start of every iteration (default: it carries over)
+    #[arg(long)]
+    admm_reset_momentum: bool,
+    /// ADMM-NN iterations, at least 1 (default: 10 for --schedule paper, 4 for quick)
     #[arg(long)]
     admm_iterations: Option<usize>,
-    /// ADMM-NN SGD steps per iteration
+    /// ADMM-NN SGD steps per iteration, at least 1 (default: SAS-ADMM's gradient budget shared
+    /// among the iterations)
     #[arg(long)]
     admm_steps: Option<usize>,
     /// Before pruning, fine-tune the dense start for N epochs with the retraining recipe (no mask)
@@ -176,10 +208,12 @@ enum Command {
     },
     /// Run every method (--methods) through the whole pipeline from the same dense start with the
     /// same budget, once per seed (--seeds), and write compare.md (mean ± std of top-1 after
-    /// pruning and after retraining, gradients, time), compare.csv (every run), compare.svg
-    /// (top-1 against gradients) and convergence.svg (the ADMM phases) to --out. Magnitude
-    /// pruning retrains for as many more epochs as the ADMM phase's gradients amount to. Run the
-    /// same command again to continue an interrupted comparison
+    /// pruning and after retraining, gradients, time; per run the gradients to a common relative
+    /// residual), compare.csv (every run), compare.svg (relative residual against gradients),
+    /// compare_accuracy.svg (top-1 against gradients) and convergence.svg (the ADMM phases) to
+    /// --out. Magnitude pruning retrains for as many more epochs as the ADMM phase's gradients
+    /// amount to. Run the same command again to continue an interrupted comparison.
+    /// --paper-table runs the paper's rows and writes paper_table.md
     Compare(CompareArgs),
     /// Evaluate a model on the test set
     Eval(EvalArgs),
@@ -197,6 +231,19 @@ struct CompareArgs {
     /// Runs per method, with seeds --seed, --seed + 1, ...
     #[arg(long, default_value_t = 1)]
     seeds: usize,
+    /// The paper's CIFAR-10 table: compare every row of --rows at the paper's rate (ResNet-32 at
+    /// 85% per conv layer = 6.61x, ResNet-56 at 90% = 9.93x) into --out/<model>, then write
+    /// paper_table.md / .csv with the paper's claims beside the results. Not with --model, --rate,
+    /// --layer-rates or --weights (see --weights-dir)
+    #[arg(long)]
+    paper_table: bool,
+    /// The paper table's rows, comma-separated: resnet32, resnet56
+    #[arg(long, default_value = "resnet32,resnet56", requires = "paper_table")]
+    rows: String,
+    /// The paper table's dense starts: DIR/<model>.safetensors for each row (e.g.
+    /// ../shared/pretrained); without it each row trains its dense model first
+    #[arg(long, value_name = "DIR", requires = "paper_table")]
+    weights_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -257,14 +304,19 @@ struct TrainArgs {
     /// --steps and --save-every may be given again)
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Epochs, 1 to 1,000,000
     #[arg(long, default_value_t = 200)]
     epochs: usize,
+    /// Images per step, at least 1 (and what the adapter can hold)
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Learning rate, in (0, 1000]
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
+    /// SGD momentum, in [0, 1)
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
+    /// Weight decay, 0 or more
     #[arg(long, default_value_t = 1e-4)]
     weight_decay: f32,
     #[arg(long)]
@@ -275,6 +327,7 @@ struct TrainArgs {
     /// Epochs at which multistep divides the learning rate (comma-separated)
     #[arg(long, default_value = "100,150")]
     milestones: String,
+    /// What multistep multiplies the learning rate by at each milestone, in (0, 1]
     #[arg(long, default_value_t = 0.1)]
     gamma: f32,
     #[arg(long, default_value_t = 0)]
@@ -383,16 +436,31 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     set!(retrain.lr, a.lr);
     set!(retrain.batch, a.retrain_batch);
     sas.validate()?;
-    let mut admm = AdmmNnConfig::matching(&sas);
-    set!(admm.rho, a.admm_rho);
+    let iterations = match a.schedule.as_str() {
+        "quick" => AdmmNnConfig::QUICK_ITERATIONS,
+        _ => AdmmNnConfig::PAPER_ITERATIONS,
+    };
+    let mut admm = AdmmNnConfig::authors(&sas, a.admm_iterations.unwrap_or(iterations));
+    if a.admm_iterations.is_some() && a.admm_steps.is_none() {
+        // the given iterations share the budget (authors() never makes more than the gradients)
+        admm.iterations = a.admm_iterations.unwrap_or(admm.iterations);
+        admm.steps = sas.total_gradients().div_ceil(admm.iterations.max(1));
+    }
+    set!(admm.rho_growth, a.admm_rho_growth);
+    set!(admm.rho_max, a.admm_rho_max);
     set!(admm.lr, a.admm_lr);
-    set!(admm.iterations, a.admm_iterations);
+    set!(admm.weight_decay, a.admm_weight_decay);
     set!(admm.steps, a.admm_steps);
+    admm.lr_drops = a.admm_lr_schedule.as_deref() != Some("constant");
+    admm.train_all = a.admm_train.as_deref() != Some("weights");
+    admm.reset_momentum = a.admm_reset_momentum;
+    // ρ0 matched to the W-subproblems as they now are, unless given
+    admm.rho = a.admm_rho.unwrap_or_else(|| admm.matched_rho());
     retrain.seed = a.seed;
     if a.subset == Some(0) || a.eval_limit == Some(0) {
         return Err(Error::invalid("--subset and --eval-limit must be at least 1"));
     }
-    retrain.validate()?;
+    retrain.validate_as("--retrain-epochs", "--retrain-batch")?;
     sasprune::models::check_batch(&model, sas.batch, "--batch")?;
     sasprune::models::check_batch(&model, retrain.batch, "--retrain-batch")?;
     dense.validate()?;
@@ -435,11 +503,12 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
 
 /// Flags a run directory does not record: the global ones (they choose the machine, not the
 /// result) and the run directory itself. All take a value.
-const NOT_RECORDED: [&str; 6] = ["--backend", "--adapter", "--tune", "--tune-cache", "--out", "--resume"];
+const NOT_RECORDED: [&str; 7] =
+    ["--backend", "--adapter", "--tune", "--tune-cache", "--time-limit", "--out", "--resume"];
 
 /// The command line's tokens that describe the run: without the program name, the subcommand
 /// `sub` and the flags in NOT_RECORDED (with their values).
-fn recorded_args(args: &[String], sub: Option<&str>) -> Vec<String> {
+fn recorded_args(args: &[OsString], sub: Option<&str>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut sub = sub;
     let mut skip_value = false;
@@ -447,7 +516,16 @@ fn recorded_args(args: &[String], sub: Option<&str>) -> Vec<String> {
         if std::mem::take(&mut skip_value) {
             continue;
         }
-        if sub == Some(t.as_str()) {
+        // the run record is JSON text: a token it keeps must be UTF-8 (paths travel as OsString
+        // everywhere else, and --out, which is not recorded, may be any name)
+        let Some(t) = t.to_str() else {
+            return Err(Error::invalid(format!(
+                "'{}' is not UTF-8 text, and a run records its flags as text so that --resume can replay them: \
+                 rename that file or directory (only --out may have such a name)",
+                t.to_string_lossy()
+            )));
+        };
+        if sub == Some(t) {
             sub = None;
             continue;
         }
@@ -455,9 +533,9 @@ fn recorded_args(args: &[String], sub: Option<&str>) -> Vec<String> {
             skip_value = !t.contains('=');
             continue;
         }
-        out.push(t.clone());
+        out.push(t.to_string());
     }
-    out
+    Ok(out)
 }
 
 /// For `--resume DIR`: the command line to parse in place of this one, made of the flags the
@@ -468,11 +546,11 @@ fn recorded_args(args: &[String], sub: Option<&str>) -> Vec<String> {
 fn resume_command_line(
     dir: &Path,
     command: &str,
-    args: &[String],
+    args: &[OsString],
     overridable: &[&str],
-) -> Result<(Vec<String>, RunRecord)> {
+) -> Result<(Vec<OsString>, RunRecord)> {
     let sub = (command != "pipeline").then_some(command);
-    let given = recorded_args(args, sub);
+    let given = recorded_args(args, sub)?;
     let mut overrides = Vec::new();
     let mut extra = Vec::new();
     let mut tokens = given.iter();
@@ -499,21 +577,21 @@ fn resume_command_line(
     }
     let mut record = RunRecord::load(dir, command)?;
     record.args = run_dir::replay(&record.args, &overrides);
-    let mut line: Vec<String> = vec!["sasprune".into()];
-    line.extend(sub.map(String::from));
-    line.extend(record.args.iter().cloned());
-    line.extend([if command == "pipeline" { "--out" } else { "--resume" }.to_string(), dir.display().to_string()]);
+    let mut line: Vec<OsString> = vec!["sasprune".into()];
+    line.extend(sub.map(OsString::from));
+    line.extend(record.args.iter().map(OsString::from));
+    line.extend([if command == "pipeline" { "--out" } else { "--resume" }.into(), dir.as_os_str().to_owned()]);
     Ok((line, record))
 }
 
 /// Writes the record of a new run into `dir`, refusing a directory that already holds one.
-fn start_run_record(dir: &Path, command: &str, args: &[String], data: DataRecord) -> Result<()> {
+fn start_run_record(dir: &Path, command: &str, args: &[OsString], data: DataRecord) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let sub = (command != "pipeline").then_some(command);
-    RunRecord::new(command, recorded_args(args, sub), data).save(dir)
+    RunRecord::new(command, recorded_args(args, sub)?, data).save(dir)
 }
 
-fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
+fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
     // `--resume DIR` replays the flags the run was started with.
     let (a, record) = match &a.resume {
         Some(dir) => {
@@ -536,8 +614,10 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
     say_adapter()?;
     let mut model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
     prune::pipeline::make_plan(&model, &cfg)?;
-    if let Some(w) = &cfg.weights {
-        // names, shapes (the class count included) and values, before any work
+    let dense_done = sasprune::run_dir::RunState::load(&cfg.out)?.done("dense");
+    if let Some(w) = cfg.weights.as_ref().filter(|_| !dense_done) {
+        // names, shapes (the class count included) and values, before any work; a run past its
+        // dense start has its own copy (dense.safetensors), so a moved run needs no --weights file
         checkpoint::load_model(&mut model, w)?;
     }
     let cfg = prune::pipeline::check_memory(&mut model, &cfg, train_set.as_ref(), test_set.as_ref())?;
@@ -558,19 +638,56 @@ fn run_pipeline(args: &[String], a: &PruneArgs) -> Result<()> {
             start_run_record(&cfg.out, "pipeline", args, data)?;
         }
     }
-    prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref())
-        .map_err(|e| with_resume_hint(e, &format!("sasprune --resume {}", cfg.out.display())))?;
+    prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref()).map_err(|e| {
+        with_resume_hint(e, &format!("sasprune --resume {}", cfg.out.display()), &saved_pipeline(&cfg.out))
+    })?;
     Ok(())
 }
 
 /// A run that failed after it started (a full disk, a lost device, a diverged loss) keeps what it
-/// completed: the error says how to continue, unless it already does.
-fn with_resume_hint(e: Error, command: &str) -> Error {
+/// saved: the error says what that is (`saved`, from [`saved_pipeline`] or [`saved_training`])
+/// and how to continue, unless it already does.
+fn with_resume_hint(e: Error, command: &str, saved: &str) -> Error {
     // a divergence message says what to change and how to go on; a resume alone would diverge again
     if matches!(e, Error::Diverged(_)) {
         return e;
     }
-    Error::invalid(format!("{e}; the work completed so far is saved: continue with `{command}`"))
+    if let Error::TimeLimit(msg) = e {
+        return Error::TimeLimit(format!(
+            "{msg}; saved: {saved}; continue with `{command}` (with --time-limit again for a limited session)"
+        ));
+    }
+    Error::invalid(format!("{e}; saved: {saved}; continue with `{command}`"))
+}
+
+/// What a pipeline run directory holds for a resume, in words.
+fn saved_pipeline(dir: &Path) -> String {
+    let log = sasprune::run_dir::RunState::load(dir).unwrap_or_default();
+    let mut parts: Vec<String> =
+        sasprune::run_dir::RunState::PHASES.iter().filter(|p| log.done(p)).map(|p| format!("the {p} phase")).collect();
+    if let Ok(ck) = checkpoint::Checkpoint::load(&dir.join("admm_state.safetensors")) {
+        if let Some(k) = ck.metadata.get("k").filter(|_| !log.done("admm")) {
+            parts.push(format!("the ADMM phase through outer iteration {k}"));
+        }
+    }
+    for phase in ["dense", "baseline", "retrain"] {
+        if let Some(step) = train::saved_step(&dir.join(phase)).filter(|_| !log.done(phase)) {
+            parts.push(format!("{phase} training through step {step}"));
+        }
+    }
+    if parts.is_empty() {
+        "nothing yet (the run starts over from its beginning)".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What a training run directory holds for a resume, in words.
+fn saved_training(dir: &Path) -> String {
+    match train::saved_step(dir) {
+        Some(step) => format!("the checkpoint of step {step}"),
+        None => "no checkpoint yet (the run starts over from step 0)".into(),
+    }
 }
 
 /// Parses `train`'s schedule flags.
@@ -594,7 +711,7 @@ fn train_schedule(a: &TrainArgs) -> Result<LrSchedule> {
 }
 
 /// `sasprune train`: a new run, or `--resume DIR` alone continuing one with its saved flags.
-fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result<()> {
+fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptions) -> Result<()> {
     // A run directory that holds a record is resumed from its saved flags; one from a version
     // that kept none is resumed with the flags given now (seed and batch checked).
     let (a, record) = match &a.resume {
@@ -662,7 +779,21 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
         record.check_data(&dir, &data, a.data.data.as_deref())?;
         record.save(&dir)?;
     }
-    // A run that stopped before its first checkpoint (diverged at once, say) resumes from the start.
+    // A run that stopped before its first checkpoint (diverged at once, say) resumes from the start;
+    // one that saved progress but lost its checkpoint would start over and overwrite that: refused.
+    if a.resume.is_some() && record.is_some() && !dir.join(train::STATE_FILE).exists() {
+        // metrics.csv has a row per finished epoch (a failed first save leaves none to lose)
+        if let Some(f) = [train::METRICS_FILE].iter().find(|f| dir.join(f).exists()) {
+            return Err(Error::invalid(format!(
+                "{} holds a training run that saved progress ({f}) but its {} is missing, so it cannot continue \
+                 where it stopped; resuming would start over at step 0 and overwrite it. Restore that file, or start \
+                 a new run elsewhere with --out (--weights {} continues from the saved weights)",
+                dir.display(),
+                train::STATE_FILE,
+                dir.join(train::MODEL_FILE).display()
+            )));
+        }
+    }
     let (progress, norm) = if a.resume.is_some() && (record.is_none() || dir.join(train::STATE_FILE).exists()) {
         let (p, norm) = train::load_state(&mut model, &dir, &cfg)?;
         eprintln!("resuming {} at step {}", dir.display(), p.step);
@@ -681,8 +812,9 @@ fn run_train(a: TrainArgs, args: &[String], options: &gpu::GpuOptions) -> Result
     if record.is_none() && a.resume.is_none() {
         start_run_record(&dir, "train", args, data)?;
     }
-    let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None)
-        .map_err(|e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display())))?;
+    let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None).map_err(
+        |e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display()), &saved_training(&dir)),
+    )?;
     println!(
         "trained {} steps ({} epochs) in {:.1} s, {:.1} img/s in the steps; test top-1 {} (best {}); run directory {}",
         s.steps,
@@ -719,7 +851,17 @@ fn check_training_memory(
     Ok(TrainConfig { eval_batch, ..cfg })
 }
 
-fn run(cli: Cli, args: &[String]) -> Result<()> {
+fn run(cli: Cli, args: &[OsString]) -> Result<()> {
+    if let Some(text) = &cli.time_limit {
+        // counted from the command's start, as a job scheduler counts it
+        let limit = sasprune::time_limit::parse(text)?;
+        if matches!(cli.command, Some(Command::Devices | Command::Bench { .. } | Command::Eval(_))) {
+            return Err(Error::invalid(
+                "--time-limit applies to the pipeline, `train` and `compare`, which save and resume; drop it here",
+            ));
+        }
+        sasprune::time_limit::start(limit);
+    }
     let mode = cli.tune.as_deref().map(str::parse).transpose()?;
     sasprune::tune::configure(sasprune::tune::Settings { mode, cache: cli.tune_cache.clone() });
     let options = gpu::GpuOptions { backend: cli.backend.clone(), adapter: cli.adapter.clone() };
@@ -745,23 +887,10 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             gpu::init(&options)?;
             sasprune::bench::run_and_record(&sasprune::bench::BenchConfig { quick, filter }, &out).map(drop)
         }
-        Command::Compare(c) => {
-            let a = &c.prune;
-            let methods = c.methods.split(',').map(|m| Method::parse(m.trim())).collect::<Result<Vec<_>>>()?;
-            if c.seeds == 0 || c.seeds > 100 {
-                return Err(Error::invalid(format!("--seeds must be in 1..=100, got {}", c.seeds)));
-            }
-            let cfg = pipeline_config(a)?;
-            let cfg = PipelineConfig {
-                out: a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-compare", cfg.model))),
-                ..cfg
-            };
-            let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
-            gpu::init(&options)?;
-            say_adapter()?;
-            let _lock = RunLock::acquire(&cfg.out)?;
-            prune::compare::compare(&cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref()).map(drop)
-        }
+        Command::Compare(c) => run_compare(&c, args, &options).map_err(|e| match e {
+            Error::TimeLimit(_) => with_resume_hint(e, "the same command again", "every finished run and phase"),
+            e => e,
+        }),
         Command::Eval(a) => {
             let flag_norm = a.data.normalize()?;
             gpu::init(&options)?;
@@ -802,6 +931,76 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
     }
 }
 
+/// `sasprune compare`: every method on one model and rate, or with `--paper-table` on each of
+/// the paper's rows.
+fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::GpuOptions) -> Result<()> {
+    let methods = c.methods.split(',').map(|m| Method::parse(m.trim())).collect::<Result<Vec<_>>>()?;
+    if c.seeds == 0 || c.seeds > 100 {
+        return Err(Error::invalid(format!("--seeds must be in 1..=100, got {}", c.seeds)));
+    }
+    if !c.paper_table {
+        let a = &c.prune;
+        let cfg = pipeline_config(a)?;
+        let cfg = PipelineConfig {
+            out: a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-compare", cfg.model))),
+            ..cfg
+        };
+        let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
+        gpu::init(options)?;
+        say_adapter()?;
+        let _lock = RunLock::acquire(&cfg.out)?;
+        return prune::compare::compare(&cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref()).map(drop);
+    }
+    let given = [("--model", c.prune.model.is_some()), ("--rate", c.prune.rate.is_some())]
+        .into_iter()
+        .chain([("--layer-rates", c.prune.layer_rates.is_some()), ("--weights", c.prune.weights.is_some())]);
+    if let Some((flag, _)) = given.into_iter().find(|(_, set)| *set) {
+        return Err(Error::invalid(format!(
+            "--paper-table sets each row's model, rate and dense start itself: drop {flag} (choose rows with --rows, \
+             dense starts with --weights-dir)"
+        )));
+    }
+    let rows = c
+        .rows
+        .split(',')
+        .map(|m| {
+            prune::paper_table::paper_row(m.trim()).ok_or_else(|| {
+                Error::invalid(format!(
+                    "--rows: the paper has no CIFAR row for '{}': choose resnet32, resnet56",
+                    m.trim()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = c.prune.out.clone().unwrap_or_else(|| PathBuf::from("runs/paper-table"));
+    // every row's flags checked (and its weights found) before any work
+    let mut configs = Vec::new();
+    for row in &rows {
+        let weights = c.weights_dir.as_ref().map(|d| d.join(format!("{}.safetensors", row.model)));
+        if let Some(w) = weights.as_ref().filter(|w| !w.is_file()) {
+            return Err(Error::invalid(format!(
+                "--weights-dir: {} is not there; the paper table needs <model>.safetensors for each row",
+                w.display()
+            )));
+        }
+        let a = PruneArgs { model: Some(row.model.into()), rate: Some(row.rate.into()), weights, ..c.prune.clone() };
+        configs.push(PipelineConfig { out: out.join(row.model), ..pipeline_config(&a)? });
+    }
+    let (train_set, test_set) = open_data("resnet32", c.prune.data.data.as_deref())?;
+    gpu::init(options)?;
+    say_adapter()?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let _lock = RunLock::acquire(&out)?;
+    let mut results = Vec::new();
+    for (row, cfg) in rows.iter().zip(&configs) {
+        results.push(prune::paper_table::run_row(*row, cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref())?);
+    }
+    let command: Vec<String> = std::iter::once("sasprune".into())
+        .chain(args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    prune::paper_table::write(&out, &results, &command.join(" "), &gpu::get()?.adapter.to_string()).map(drop)
+}
+
 /// Parses the command line. The pipeline's flags belong to the command without a subcommand;
 /// the global ones (--backend, --adapter, --tune, --tune-cache) may stand before or after a
 /// subcommand.
@@ -826,7 +1025,8 @@ fn parse_cli() -> Result<Cli> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    // as OsString: a path argument may be any bytes on Linux (std::env::args would panic on one)
+    let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => {
@@ -834,8 +1034,15 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(cli, &args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    match run(cli, &args) {
+        Ok(()) => {}
+        Err(e @ Error::TimeLimit(_)) => {
+            eprintln!("{e}");
+            std::process::exit(sasprune::time_limit::EXIT_CODE);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     }
 }

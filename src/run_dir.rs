@@ -366,3 +366,52 @@ impl RunState {
         self.0.contains_key(&format!("{phase}.done"))
     }
 }
+
+/// Which adapter, and which kind of kernel plans, ran each pipeline phase, over every session
+/// (`adapters.json`: `{"admm": ["NVIDIA H100 ... | tuned kernel plans", ...], ...}`). A run
+/// directory may move to another machine and be resumed there; results stay valid, but a phase
+/// that ran on two adapters (or with tuned plans on one machine and another's) is not
+/// bit-reproducible by one of them, and the report says so.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseAdapters(pub BTreeMap<String, Vec<String>>);
+
+impl PhaseAdapters {
+    pub const FILE: &'static str = "adapters.json";
+
+    /// `dir`'s record, empty where there is none; a damaged file is an error naming it.
+    pub fn load(dir: &Path) -> Result<PhaseAdapters> {
+        let path = dir.join(Self::FILE);
+        if !path.exists() {
+            return Ok(PhaseAdapters::default());
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::invalid(format!(
+                "{} is damaged ({e}); it records which adapter ran each phase: delete it to continue without that \
+                 record",
+                path.display()
+            ))
+        })
+    }
+
+    /// Records that `adapter` works on `phase` in this session (once per adapter) and rewrites
+    /// the file atomically.
+    pub fn record(&mut self, dir: &Path, phase: &str, adapter: &str) -> Result<()> {
+        let list = self.0.entry(phase.to_string()).or_default();
+        if list.iter().any(|a| a == adapter) {
+            return Ok(());
+        }
+        list.push(adapter.to_string());
+        let text = serde_json::to_string_pretty(&self.0).map_err(|e| Error::invalid(e.to_string()))?;
+        checkpoint::write_atomic(&dir.join(Self::FILE), format!("{text}\n").as_bytes())
+    }
+
+    /// One line per phase that ran on more than one adapter or plan kind.
+    pub fn mixed(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(_, list)| list.len() > 1)
+            .map(|(phase, list)| format!("{phase} ran on {}", list.join(" and then ")))
+            .collect()
+    }
+}

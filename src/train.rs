@@ -131,10 +131,18 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
         tally(gpu.finish_read(&mut staging[slot])?, images);
     }
     bar.finish_and_clear();
+    let mean_loss = loss_sum / n as f64;
+    if !mean_loss.is_finite() {
+        // accuracies from non-finite logits would be an artefact of how NaN sorts
+        return Err(Error::invalid(format!(
+            "evaluation: the network's outputs are not finite (mean loss {mean_loss}): the weights hold values too \
+             large or not numbers, or the input normalization is wrong; no accuracy is reported"
+        )));
+    }
     Ok(EvalResult {
         top1: 100.0 * top1 as f64 / n as f64,
         top5: 100.0 * top5 as f64 / n as f64,
-        loss: loss_sum / n as f64,
+        loss: mean_loss,
         images: n,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -246,15 +254,26 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.validate_as("--epochs", "--batch")
+    }
+
+    /// [`validate`](Self::validate) naming the flags the user gave for the epochs and the batch
+    /// (the pipeline's retraining: `--retrain-epochs`, `--retrain-batch`).
+    pub fn validate_as(&self, epochs_flag: &str, batch_flag: &str) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         if self.batch == 0 {
-            return bad("--batch must be at least 1".into());
+            return bad(format!("{batch_flag} must be at least 1"));
         }
-        if self.epochs == 0 {
-            return bad("--epochs must be at least 1".into());
+        if self.epochs == 0 || self.epochs > 1_000_000 {
+            return bad(format!("{epochs_flag} must be in 1..=1000000, got {}", self.epochs));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!("--lr must be a positive number, got {}", self.lr));
+        if !(self.lr > 0.0 && self.lr <= 1e3) {
+            return bad(format!("--lr must be a positive number up to 1000, got {}", lr_text(self.lr)));
+        }
+        if let LrSchedule::MultiStep { gamma, .. } = &self.schedule {
+            if !(*gamma > 0.0 && *gamma <= 1.0) {
+                return bad(format!("--gamma must be in (0, 1] (it multiplies the learning rate), got {gamma}"));
+            }
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
@@ -299,13 +318,16 @@ pub const METRICS_FILE: &str = "metrics.csv";
 /// Saves weights, momentum and progress into `dir`: `train_state.safetensors` (everything a
 /// resume needs, one atomic file) and `model.safetensors` (the weights alone, for users).
 pub fn save_state(model: &Model, dir: &Path, norm: Normalize, progress: Progress, cfg: &TrainConfig) -> Result<()> {
+    let started = Instant::now();
     checkpoint::save_model(model, &dir.join(MODEL_FILE), norm, &[])?;
     let meta = HashMap::from([
         ("step".to_string(), progress.step.to_string()),
         ("seed".to_string(), cfg.seed.to_string()),
         ("batch".to_string(), cfg.batch.to_string()),
     ]);
-    checkpoint::save_bundle(&dir.join(STATE_FILE), model, norm, &[("momentum.", model.store.momentum_dict()?)], meta)
+    checkpoint::save_bundle(&dir.join(STATE_FILE), model, norm, &[("momentum.", model.store.momentum_dict()?)], meta)?;
+    crate::time_limit::note_save(started.elapsed());
+    Ok(())
 }
 
 /// Loads what `save_state` wrote; returns the progress and the normalization.
@@ -377,6 +399,9 @@ pub fn train(
     // A resumed run remembers the best top-1 it already reached (and saved).
     let (mut final_eval, mut best_top1) = (None, read_best(dir)?);
     let stop_at = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    // what `--time-limit` needs to know: step and evaluation times of this session
+    let mut limit = StepClock::default();
+    let mut saved_step = start.step;
     while step < stop_at {
         let epoch = step / steps_per_epoch;
         let mut order: Vec<usize> = (0..n).collect();
@@ -396,6 +421,16 @@ pub fn train(
         let mut loss_count = 0usize;
         let mut saving = std::time::Duration::ZERO;
         while step < stop_at && step / steps_per_epoch == epoch {
+            let ends_epoch = (step + 1).is_multiple_of(steps_per_epoch) || step + 1 == stop_at;
+            if !limit.fits(step - start.step, ends_epoch && cfg.eval_each_epoch) {
+                if step > saved_step {
+                    check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, &cfg.divergence_hint)?;
+                    save_state(model, dir, norm, Progress { step }, cfg)?;
+                }
+                bar.finish_and_clear();
+                return Err(crate::time_limit::reached(&format!("training step {} of {stop_at}", step + 1)));
+            }
+            let step_start = Instant::now();
             let i = step - epoch * steps_per_epoch;
             let idx = &order[i * cfg.batch..((i + 1) * cfg.batch).min(n)];
             fill_batch(train, idx, &spec, &mut rng_for(cfg.seed, 2, step as u64), &mut images, &mut labels);
@@ -433,6 +468,7 @@ pub fn train(
                     ),
                 );
             }
+            limit.steps += step_start.elapsed(); // with the loss read-back that waits for the device
             if step.is_multiple_of(cfg.save_every) && !step.is_multiple_of(steps_per_epoch) {
                 // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
                 // (Reading it waits for the steps in flight: step time, not saving.)
@@ -440,6 +476,7 @@ pub fn train(
                 let t = Instant::now();
                 save_state(model, dir, norm, Progress { step }, cfg)?;
                 saving += t.elapsed();
+                saved_step = step;
             }
         }
         // the epoch's last step read its loss, so its device work is done
@@ -450,7 +487,9 @@ pub fn train(
         check_loss(mean_loss as f32, step, epoch, dir, &cfg.divergence_hint)?;
         let epoch_done = step.is_multiple_of(steps_per_epoch);
         let eval = if cfg.eval_each_epoch && (epoch_done || step == stop_at) {
-            Some(evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?)
+            let e = evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?;
+            limit.evaluation = limit.evaluation.max(std::time::Duration::from_secs_f64(e.seconds));
+            Some(e)
         } else {
             None
         };
@@ -480,6 +519,7 @@ pub fn train(
             );
         }
         save_state(model, dir, norm, Progress { step }, cfg)?;
+        saved_step = step;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(TrainSummary {
@@ -491,6 +531,29 @@ pub fn train(
         images_per_second: trained_images as f64 / step_seconds.max(1e-9),
         eval_images_per_second: (evaluated.0 > 0).then(|| evaluated.0 as f64 / evaluated.1.max(1e-9)),
     })
+}
+
+/// This session's step and evaluation times, for `--time-limit`'s estimate of the next step.
+#[derive(Default)]
+struct StepClock {
+    /// Wall time of the steps so far (batch assembly to the submit; the device catches up at the
+    /// loss read-backs every 10 steps, so this averages right over a few of them).
+    steps: std::time::Duration,
+    /// The longest evaluation pass so far.
+    evaluation: std::time::Duration,
+}
+
+impl StepClock {
+    /// Whether the next step (and the epoch's evaluation when `evaluates`) fits before the time
+    /// limit, from `done` steps of this session. The first step of a session always runs.
+    fn fits(&self, done: usize, evaluates: bool) -> bool {
+        if done == 0 {
+            return true;
+        }
+        // twice the mean step: the device may still be working through the last few
+        let next = self.steps.mul_f64(2.0 / done as f64) + if evaluates { self.evaluation } else { Default::default() };
+        crate::time_limit::fits(next)
+    }
 }
 
 /// The best test top-1 recorded in a run directory's metrics, if any.
@@ -532,6 +595,10 @@ pub fn lr_text(lr: f32) -> String {
 }
 
 /// The step of the checkpoint in `dir`, if there is a readable one.
+pub fn saved_step(dir: &Path) -> Option<usize> {
+    read_state_step(dir)
+}
+
 fn read_state_step(dir: &Path) -> Option<usize> {
     let ck = checkpoint::Checkpoint::load(&dir.join(STATE_FILE)).ok()?;
     ck.metadata.get("step")?.parse().ok()

@@ -319,3 +319,14 @@ pub fn measured() -> usize {
 pub fn enabled() -> bool {
     TUNER.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|t| t.enabled)
 }
+
+/// How this process picks kernel plans, for run records: measured per adapter ("tuned kernel
+/// plans") or the fixed defaults per device type ("fixed kernel plans", `--tune off`, software
+/// drivers), which compute the same numbers on any machine of that type.
+pub fn plan_source() -> Result<&'static str> {
+    let mut guard = TUNER.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_none() {
+        *guard = Some(open_tuner()?);
+    }
+    Ok(if guard.as_ref().is_some_and(|t| t.enabled) { "tuned kernel plans" } else { "fixed kernel plans" })
+}

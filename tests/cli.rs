@@ -407,3 +407,85 @@ fn a_run_too_big_for_the_device_is_refused_at_its_start_with_the_flag_to_lower()
     assert_eq!(code, Some(0), "{stderr}");
     assert!(PathBuf::from(&t.run).join("report.json").exists());
 }
+
+/// What a check of bad input as a new user would try found (issue 21), each refused before any
+/// work with a message naming the flag or file, never a panic and never a wrong number.
+#[test]
+fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = TinyRun::new("cli-bad-input");
+    let weights = t.weights(10);
+    let pipeline = |extra: &[&str]| {
+        let mut args = vec!["--model", "resnet20", "--rate", "3x", "--data", &t.data, "--weights", &weights];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // ranges of numeric flags, checked before any work
+        (t.train_args(&["--gamma=-1"]).iter().map(|s| s.to_string()).collect(), "--gamma must be in (0, 1]"),
+        (t.train_args(&["--gamma", "nan"]).iter().map(|s| s.to_string()).collect(), "--gamma must be in (0, 1]"),
+        (pipeline(&["--retrain-epochs", "0"]), "--retrain-epochs must be in 1..=1000000"),
+        (pipeline(&["--retrain-batch", "0"]), "--retrain-batch must be at least 1"),
+        (pipeline(&["--v", "inf"]), "--v must be in (0, 1e6], got inf"),
+        (pipeline(&["--r", "1e30", "--s", "1e30"]), "--r 1e30 and --s 1e30 lie outside"),
+        (pipeline(&["--q", "1e308"]), "--q must be in (0, 3], got 1e308"),
+        (pipeline(&["--beta", "1e30"]), "--beta must be in (0, 1e4], got 1e30"),
+        (pipeline(&["--admm-rho-growth", "0.5"]), "--admm-rho-growth must be in [1, 10]"),
+        (pipeline(&["--admm-weight-decay", "2"]), "--admm-weight-decay must be in [0, 1)"),
+        (pipeline(&["--time-limit", "10"]), "--time-limit '10' is not a duration"),
+        // a normalization that makes inputs infinite is refused, not reported as a top-1
+        (
+            ["eval", "--model", "resnet20", "--weights", &weights, "--data", &t.data, "--normalize", "0,1e-45"]
+                .map(String::from)
+                .to_vec(),
+            "turns pixels in [0, 1] into values up to",
+        ),
+    ];
+    for (args, expected) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stdout, stderr) = sasprune(&refs);
+        assert!(!ok, "{args:?} should fail:\n{stdout}");
+        assert!(stderr.contains(expected), "{args:?}: expected '{expected}' in:\n{stderr}");
+        assert!(!stderr.contains("panicked") && !stdout.contains("top-1"), "{args:?}:\n{stderr}{stdout}");
+        assert!(!PathBuf::from(&t.run).exists(), "{args:?} started work before refusing");
+    }
+    // paths that are not UTF-8 (legal on Linux): a clear error, never a panic
+    let bad_name = std::ffi::OsStr::from_bytes(b"w\xff.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(["eval", "--model", "resnet20", "--data", &t.data, "--weights"])
+        .arg(bad_name)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("No such file") && !stderr.contains("panicked"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(["--model", "resnet20", "--rate", "3x", "--data", &t.data, "--out", &t.run, "--weights"])
+        .arg(t.tmp.path().join(bad_name))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !stderr.contains("panicked"), "{stderr}");
+    // a finished training run whose state file is gone is not silently retrained from step 0
+    let (ok, stdout, stderr) = sasprune(&t.train_args(&["--steps", "2", "--lr", "0.01"]));
+    assert!(ok, "{stdout}{stderr}");
+    let run = PathBuf::from(&t.run);
+    std::fs::remove_file(run.join("train_state.safetensors")).unwrap();
+    let metrics = std::fs::read(run.join("metrics.csv")).unwrap();
+    let (ok, _, stderr) = sasprune(&["train", "--resume", &t.run, "--steps", "4"]);
+    assert!(!ok && stderr.contains("train_state.safetensors is missing") && stderr.contains("--out"), "{stderr}");
+    assert_eq!(std::fs::read(run.join("metrics.csv")).unwrap(), metrics, "metrics.csv was touched");
+}
+
+/// A failure at the first checkpoint says nothing was saved (and the resume starts over), instead
+/// of claiming the work was kept.
+#[test]
+fn a_failure_before_any_checkpoint_says_nothing_was_saved() {
+    let t = TinyRun::new("cli-first-save");
+    let args = t.train_args(&["--steps", "2", "--save-every", "1", "--lr", "0.01"]);
+    let (code, stderr) = sasprune_with(&args, "SASPRUNE_FAULT_WRITE", "train_state@1");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no checkpoint yet (the run starts over from step 0)"), "{stderr}");
+    // and so it does
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", &t.run]);
+    assert!(ok && stdout.contains("trained 2 steps") && !stderr.contains("resuming"), "{stdout}{stderr}");
+}

@@ -128,19 +128,29 @@ fn layer_rate_files_give_per_layer_plans_and_name_bad_lines() {
         ("conv1 fifty\n", "'fifty' is not a percentage"),
         ("conv1 100%\n", "below 100%"),
         ("conv1\n", "expected 'layer-name percentage'"),
+        ("conv1 50\nlinear 20\nconv1 60\n", "line 3: layer 'conv1' is already given on line 1"),
+        ("", "prunes no weight"),
+        ("# nothing\nconv1 0\nlinear 0%\n", "prunes no weight"),
+        ("conv1 1e-300\n", "prunes no weight"),
     ];
     for (text, expected) in cases {
         let path = dir.join("rates.txt");
         std::fs::write(&path, text).unwrap();
         let err = rate::plan_from_file(rate::prunable_layers(&r20.store), &path).unwrap_err().to_string();
-        assert!(err.contains(expected) && err.contains("rates.txt line"), "expected '{expected}' in: {err}");
+        assert!(err.contains(expected) && err.contains("rates.txt"), "expected '{expected}' in: {err}");
     }
+    // one unit, percent: `1` is 1% (not 100%); a byte-order mark before the first name is ignored
     let path = dir.join("ok.txt");
-    std::fs::write(&path, "# comment\nconv1.weight: 0.5\nlinear 20%\n").unwrap();
+    std::fs::write(&path, "\u{feff}conv1 1\n# comment\nlayer1.0.conv1.weight: 50\nlinear 20%\n").unwrap();
     let plan = rate::plan_from_file(rate::prunable_layers(&r20.store), &path).unwrap();
-    assert_eq!(plan.pruned[0], pruned_count(432, 0.5));
+    assert_eq!(plan.pruned[0], pruned_count(432, 0.01));
+    assert_eq!(plan.pruned[1], pruned_count(2304, 0.5));
+
     assert_eq!(*plan.pruned.last().unwrap(), pruned_count(640, 0.2));
-    assert_eq!(plan.pruned[1..plan.pruned.len() - 1].iter().sum::<usize>(), 0, "unnamed layers stay dense");
+    assert_eq!(plan.pruned[2..plan.pruned.len() - 1].iter().sum::<usize>(), 0, "unnamed layers stay dense");
+    // the same rule for --rate: a percentage too small to remove one weight prunes nothing
+    let err = rate::plan_uniform(rate::prunable_layers(&r20.store), Rate::Percent(1e-300), true).unwrap_err();
+    assert!(err.to_string().contains("prunes no weight"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admm;
 pub mod compare;
+pub mod paper_table;
 pub mod pipeline;
 pub mod rate;
 pub mod report;

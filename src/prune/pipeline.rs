@@ -10,7 +10,7 @@ use crate::data::{Dataset, First};
 use crate::models::Model;
 use crate::ops::{admm as admm_ops, select};
 use crate::preflight::{self, Probe, Work};
-use crate::run_dir::RunState;
+use crate::run_dir::{PhaseAdapters, RunState};
 use crate::train::{self, progress_bar, Progress, TrainConfig};
 use crate::{gpu, Error, Result, Tensor};
 use std::io::Write;
@@ -131,6 +131,8 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
         train: First { inner: train_set, n: cfg.subset.unwrap_or(usize::MAX) },
         test: First { inner: test_set, n: cfg.eval_limit.unwrap_or(usize::MAX) },
         seconds: Vec::new(),
+        evaluation: Default::default(),
+        adapters: PhaseAdapters::load(dir)?,
     };
     train::check_dataset(&model, &run.train, "the training set")?;
     run.announce(&plan);
@@ -160,6 +162,10 @@ struct Run<'a> {
     test: First<'a>,
     /// Each phase's time for the report, over every session of a resumed run.
     seconds: Vec<(String, f64)>,
+    /// The longest evaluation of this session, seconds (`--time-limit`'s estimate of the next).
+    evaluation: std::cell::Cell<f64>,
+    /// Which adapter ran each phase, over every session (`adapters.json`).
+    adapters: PhaseAdapters,
 }
 
 impl Run<'_> {
@@ -182,7 +188,26 @@ impl Run<'_> {
     }
 
     fn evaluate(&self, model: &mut Model, norm: Normalize) -> Result<train::EvalResult> {
-        train::evaluate(model, &self.test, norm, self.cfg.retrain.eval_batch, self.cfg.show_progress)
+        let e = train::evaluate(model, &self.test, norm, self.cfg.retrain.eval_batch, self.cfg.show_progress)?;
+        self.evaluation.set(self.evaluation.get().max(e.seconds));
+        Ok(e)
+    }
+
+    /// `--time-limit`: stops before `what` (an evaluation with the work around it) when it would
+    /// not end before the limit. Callers have saved what precedes it.
+    fn time_for_evaluation(&self, what: &str) -> Result<()> {
+        let estimate = std::time::Duration::from_secs_f64(1.25 * self.evaluation.get());
+        match crate::time_limit::fits(estimate) {
+            true => Ok(()),
+            false => Err(crate::time_limit::reached(what)),
+        }
+    }
+
+    /// Records that this session's adapter works on `phase` (a run directory may move between
+    /// machines; the report names phases that ran on more than one adapter).
+    fn working_on(&mut self, phase: &str) -> Result<()> {
+        let adapter = format!("{} | {}", gpu::get()?.adapter, crate::tune::plan_source()?);
+        self.adapters.record(self.dir, phase, &adapter)
     }
 
     /// Records a completed phase: its top-1 / top-5 and time, then `{phase}.done` last (a run
@@ -210,6 +235,7 @@ impl Run<'_> {
             // the run's own file: it always names the normalization the run chose at its start
             return Ok(checkpoint::load_model(model, &dense_path)?.unwrap_or(Normalize::default_for(&cfg.model)));
         }
+        self.working_on("dense")?;
         let t = Instant::now();
         let norm = match &cfg.weights {
             Some(w) => {
@@ -218,6 +244,7 @@ impl Run<'_> {
             }
             None => self.train_dense(model)?,
         };
+        self.time_for_evaluation("the dense start's evaluation")?;
         let e = self.evaluate(model, norm)?;
         checkpoint::save_model(model, &dense_path, norm, &[])?;
         let secs = match cfg.weights {
@@ -257,11 +284,13 @@ impl Run<'_> {
         if self.log.done("baseline") {
             checkpoint::load_model(model, &path)?;
         } else {
+            self.working_on("baseline")?;
             let run_dir = dir.join("baseline");
             let bcfg = TrainConfig { epochs: cfg.baseline_epochs, best_path: None, ..cfg.retrain.clone() };
             let progress = resume_progress(model, &run_dir, &bcfg, true)?;
             train::train(model, &self.train, &self.test, norm, &bcfg, &run_dir, progress, None)
                 .map_err(|e| in_phase("baseline fine-tuning", e))?;
+            self.time_for_evaluation("the baseline's evaluation (its training is saved)")?;
             let e = self.evaluate(model, norm)?;
             checkpoint::save_model(model, &path, norm, &[])?;
             self.complete("baseline", &e, sum_column(&run_dir.join(train::METRICS_FILE), 7)?)?;
@@ -286,6 +315,7 @@ impl Run<'_> {
             self.count_time(method, "admm");
             return Ok(());
         }
+        self.working_on("admm")?;
         let mut state = match AdmmState::load(model, dir, method)? {
             Some(s) => {
                 println!("resuming the {method} phase after outer iteration {}", s.k);
@@ -336,6 +366,7 @@ impl Run<'_> {
             )?,
         }
         bar.finish_and_clear();
+        self.time_for_evaluation("the evaluation after the ADMM phase (its last iteration is saved)")?;
         let eval_start = Instant::now();
         let e = self.evaluate(model, norm)?;
         checkpoint::save_model(model, &admm_path, norm, &[])?;
@@ -366,6 +397,8 @@ impl Run<'_> {
             checkpoint::load_model(model, &pruned_path)?;
             select::magnitude_mask(&admm::arena_prefix(model)?, &admm::selection(plan), &mask_prefix)?;
         } else {
+            self.time_for_evaluation("hard pruning and its evaluation")?;
+            self.working_on("prune")?;
             let t = Instant::now();
             let w_net = admm::arena_prefix(model)?;
             select::magnitude_mask(&w_net, &admm::selection(plan), &mask_prefix)?;
@@ -388,6 +421,7 @@ impl Run<'_> {
             self.count_time("retrain", "retrain");
             return Ok(());
         }
+        self.working_on("retrain")?;
         let retrain_dir = dir.join("retrain");
         let rcfg = TrainConfig { best_path: Some(dir.join("retrain_best.safetensors")), ..cfg.retrain.clone() };
         let progress = resume_progress(model, &retrain_dir, &rcfg, true)?;
@@ -471,6 +505,7 @@ impl Run<'_> {
             seconds,
             eval_images: self.test.len(),
             schedule: cfg.schedule.clone(),
+            phase_adapters: self.adapters.0.clone(),
         };
         checkpoint::write_atomic(&dir.join("report.json"), report.json().as_bytes())?;
         checkpoint::write_atomic(&dir.join("report.txt"), report.table().as_bytes())?;
@@ -590,6 +625,7 @@ fn sum_column(path: &Path, col: usize) -> Result<f64> {
 fn in_phase(phase: &str, e: Error) -> Error {
     match e {
         Error::Diverged(msg) => Error::Diverged(format!("{phase}: {msg}")),
+        Error::TimeLimit(msg) => Error::TimeLimit(format!("{phase}: {msg}")),
         e => Error::invalid(format!("{phase}: {e}")),
     }
 }

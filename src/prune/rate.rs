@@ -119,6 +119,18 @@ impl Plan {
     pub fn rate(&self) -> f64 {
         self.total() as f64 / self.kept().max(1) as f64
     }
+
+    /// One rule for every way of giving a target: a plan that prunes no weight at all (an empty
+    /// or all-zero rates file, a percentage too small to remove one weight) is refused.
+    pub fn check_prunes_something(&self, target: &str) -> Result<()> {
+        if self.kept() < self.total() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "{target} prunes no weight (every layer keeps all of its weights): give a target that removes some, \
+             e.g. --rate 6.6x or a percentage above 0 for some layer"
+        )))
+    }
 }
 
 /// The plan for a uniform percentage reaching `rate`: of every conv layer with the fc layers
@@ -129,7 +141,11 @@ pub fn plan_uniform(layers: Vec<Layer>, rate: Rate, fc_dense: bool) -> Result<Pl
     let with =
         |p: f64| Plan::new(layers.clone(), layers.iter().map(|l| if l.is_fc && fc_dense { 0.0 } else { p }).collect());
     match rate {
-        Rate::Percent(p) => Ok(with(p / 100.0)),
+        Rate::Percent(p) => {
+            let plan = with(p / 100.0);
+            plan.check_prunes_something(&format!("--rate {p}%"))?;
+            Ok(plan)
+        }
         Rate::Times(r) => {
             let most = with(1.0 - 1e-12);
             if most.rate() < r {
@@ -154,11 +170,22 @@ pub fn plan_uniform(layers: Vec<Layer>, rate: Rate, fc_dense: bool) -> Result<Pl
     }
 }
 
-/// A plan from a file of `layer-name percentage` lines (`#` comments; `85`, `85%` or `0.85`
-/// all mean 85%). Layers the file does not name stay dense.
+/// A plan from a file of `layer-name percentage` lines (`#` comments; `85` and `85%` both mean
+/// 85%: one unit, percent, so `1` is 1%). A UTF-8 byte-order mark at the start is ignored.
+/// Layers the file does not name stay dense; a layer named twice is refused (naming both lines),
+/// and so is a file that prunes nothing.
 pub fn plan_from_file(layers: Vec<Layer>, path: &Path) -> Result<Plan> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::invalid(format!(
+            "--layer-rates {} is a directory: give the file of `layer-name percentage` lines",
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut fractions = vec![0.0; layers.len()];
+    let mut named_on: Vec<Option<usize>> = vec![None; layers.len()];
     for (no, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -177,17 +204,25 @@ pub fn plan_from_file(layers: Vec<Layer>, path: &Path) -> Result<Plan> {
                 known.join(", ")
             )));
         };
+        if let Some(first) = named_on[i] {
+            return Err(Error::invalid(format!(
+                "{where_}: layer '{name}' is already given on line {first}: keep one line per layer"
+            )));
+        }
+        named_on[i] = Some(no + 1);
         let v: f64 = value
-            .trim_end_matches('%')
+            .strip_suffix('%')
+            .unwrap_or(value)
             .parse()
             .map_err(|_| Error::invalid(format!("{where_}: '{value}' is not a percentage")))?;
-        let p = if value.ends_with('%') || v > 1.0 { v / 100.0 } else { v };
-        if !(0.0..1.0).contains(&p) {
+        if !(0.0..100.0).contains(&v) {
             return Err(Error::invalid(format!(
                 "{where_}: a pruned share must be at least 0% and below 100%, got {value}"
             )));
         }
-        fractions[i] = p;
+        fractions[i] = v / 100.0;
     }
-    Ok(Plan::new(layers, fractions))
+    let plan = Plan::new(layers, fractions);
+    plan.check_prunes_something(&format!("--layer-rates {}", path.display()))?;
+    Ok(plan)
 }

@@ -51,6 +51,8 @@ pub struct Report {
     /// Test images behind each top-1 figure.
     pub eval_images: usize,
     pub schedule: String,
+    /// Which adapter and kernel-plan kind ran each phase (`adapters.json`), by phase.
+    pub phase_adapters: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Report {
@@ -116,6 +118,15 @@ impl Report {
         }
         let times: Vec<String> = self.seconds.iter().map(|(p, x)| format!("{p} {x:.1} s")).collect();
         let _ = writeln!(s, "time: {}", times.join(" | "));
+        let mixed = crate::run_dir::PhaseAdapters(self.phase_adapters.clone()).mixed();
+        if !mixed.is_empty() {
+            let _ = writeln!(
+                s,
+                "note: the run moved between adapters or kernel plans ({}): its numbers are valid, but rerunning it on \
+                 one adapter gives different f32 roundings",
+                mixed.join("; ")
+            );
+        }
         s
     }
 
@@ -155,6 +166,7 @@ impl Report {
             "top1": phases(&self.top1),
             "top5": phases(&self.top5),
             "seconds": seconds,
+            "phase_adapters": self.phase_adapters,
             "layers": layers,
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
@@ -249,7 +261,7 @@ pub fn line_plot_svg(title: &str, x_label: &str, series: &[(String, Vec<(f64, f6
     const W: f64 = 560.0;
     const H: f64 = 340.0;
     const M: f64 = 60.0;
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
     let points = series.iter().flat_map(|(_, s)| s.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
     let (max_x, lo, hi) = points
         .fold((0.0f64, f64::INFINITY, f64::NEG_INFINITY), |(mx, lo, hi), &(x, y)| (mx.max(x), lo.min(y), hi.max(y)));
