@@ -342,10 +342,39 @@ pub fn save_model(model: &Model, path: &Path, normalize: Normalize, extra: &[(&s
 /// Loads weights and batch-norm statistics into `model` (every name and shape checked first);
 /// returns the checkpoint's normalization metadata, if any.
 pub fn load_model(model: &mut Model, path: &Path) -> Result<Option<Normalize>> {
-    let ck = Checkpoint::load(path)?;
+    load_model_from(model, &Checkpoint::load(path)?, path)
+}
+
+/// [`load_model`] from a checkpoint already read (from `path`, named in errors): a file read
+/// once, such as a pipe, loads into several models.
+pub fn load_model_from(model: &mut Model, ck: &Checkpoint, path: &Path) -> Result<Option<Normalize>> {
     model.store.load_state_dict(&ck.tensors, &path.display().to_string())?;
     model.store.batches_tracked = ck.batches_tracked;
     Ok(ck.normalize())
+}
+
+/// Dense weights read once before a run starts (checked against the model there), handed to the
+/// run's dense phase, which takes them: `--weights <(cat file)` is a pipe that can be read only
+/// once.
+#[derive(Clone, Default)]
+pub struct Preloaded(std::sync::Arc<std::sync::Mutex<Option<Checkpoint>>>);
+
+impl Preloaded {
+    pub fn new(ck: Checkpoint) -> Preloaded {
+        Preloaded(std::sync::Arc::new(std::sync::Mutex::new(Some(ck))))
+    }
+
+    /// The checkpoint, once (later calls get `None`, and its memory is freed with the last use).
+    pub fn take(&self) -> Option<Checkpoint> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for Preloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.lock().map(|g| g.is_some()).unwrap_or(false);
+        write!(f, "Preloaded({})", if held { "held" } else { "taken" })
+    }
 }
 
 /// Writes everything a resumable phase needs in ONE file (so a crash can never pair weights of
@@ -410,8 +439,8 @@ mod tests {
             backward.insert(k.clone(), format!("v-{k}"));
         }
         let (p1, p2) = (dir.join("one.safetensors"), dir.join("two.safetensors"));
-        save(&p1, &dict, &[("steps".into(), 7)], forward).unwrap();
-        save(&p2, &dict, &[("steps".into(), 7)], backward).unwrap();
+        save(&p1, &dict, &[], forward).unwrap();
+        save(&p2, &dict, &[], backward).unwrap();
         let (b1, b2) = (std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
         assert!(b1 == b2, "the same tensors and metadata gave different bytes");
         // the header's metadata keys are sorted, and the file reads back whole

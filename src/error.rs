@@ -70,9 +70,11 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// A number as a user would type it in a message: `0.04`, `190`, and `1e30` or `1e-7` outside
-/// [1e-4, 1e6) (Display would print 1e308 with all of its 309 digits).
-pub fn number_text(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() || (1e-4..1e6).contains(&v.abs()) {
+/// [1e-4, 1e6) (Display would print 1e308 with all of its 309 digits). An f32 prints as the f32
+/// the user typed (`1e30`, not the f64 it widens to).
+pub fn number_text<T: Into<f64> + fmt::Display + fmt::LowerExp + Copy>(v: T) -> String {
+    let x: f64 = v.into();
+    if x == 0.0 || !x.is_finite() || (1e-4..1e6).contains(&x.abs()) {
         format!("{v}")
     } else {
         format!("{v:e}")

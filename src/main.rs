@@ -135,7 +135,7 @@ struct PruneArgs {
     /// Epochs of masked retraining, 1 to 1,000,000
     #[arg(long)]
     retrain_epochs: Option<usize>,
-    /// Learning rate of masked retraining, in (0, 1000]
+    /// Learning rate of masked retraining, > 0
     #[arg(long)]
     lr: Option<f32>,
     /// Minibatch of masked retraining, at least 1 (and what the adapter can hold)
@@ -310,7 +310,7 @@ struct TrainArgs {
     /// Images per step, at least 1 (and what the adapter can hold)
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Learning rate, in (0, 1000]
+    /// Learning rate, > 0
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
     /// SGD momentum, in [0, 1)
@@ -490,6 +490,7 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
             ..dense
         },
         weights: a.weights.clone(),
+        preloaded: Default::default(),
         normalize: a.data.normalize()?,
         out,
         seed: a.seed,
@@ -615,10 +616,14 @@ fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
     let mut model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
     prune::pipeline::make_plan(&model, &cfg)?;
     let dense_done = sasprune::run_dir::RunState::load(&cfg.out)?.done("dense");
-    if let Some(w) = cfg.weights.as_ref().filter(|_| !dense_done) {
-        // names, shapes (the class count included) and values, before any work; a run past its
-        // dense start has its own copy (dense.safetensors), so a moved run needs no --weights file
-        checkpoint::load_model(&mut model, w)?;
+    let mut cfg = cfg;
+    if let Some(w) = cfg.weights.clone().filter(|_| !dense_done) {
+        // names, shapes (the class count included) and values, before any work, read once (a
+        // pipe cannot be read twice) and handed to the dense phase; a run past its dense start
+        // has its own copy (dense.safetensors), so a moved run needs no --weights file
+        let ck = checkpoint::Checkpoint::load(&w)?;
+        checkpoint::load_model_from(&mut model, &ck, &w)?;
+        cfg.preloaded = checkpoint::Preloaded::new(ck);
     }
     let cfg = prune::pipeline::check_memory(&mut model, &cfg, train_set.as_ref(), test_set.as_ref())?;
     drop(model);

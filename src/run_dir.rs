@@ -215,7 +215,12 @@ impl RunLock {
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
                     use std::io::Write;
-                    f.write_all(me.as_bytes()).map_err(|e| Error::io(&path, e))?;
+                    if let Err(e) = f.write_all(me.as_bytes()) {
+                        // a full disk: leave no empty lock behind for the next run to puzzle over
+                        drop(f);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(Error::io(&path, e));
+                    }
                     return Ok(RunLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -267,19 +267,22 @@ impl TrainConfig {
         if self.epochs == 0 || self.epochs > 1_000_000 {
             return bad(format!("{epochs_flag} must be in 1..=1000000, got {}", self.epochs));
         }
-        if !(self.lr > 0.0 && self.lr <= 1e3) {
-            return bad(format!("--lr must be a positive number up to 1000, got {}", lr_text(self.lr)));
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("--lr must be a positive number, got {}", lr_text(self.lr)));
         }
         if let LrSchedule::MultiStep { gamma, .. } = &self.schedule {
             if !(*gamma > 0.0 && *gamma <= 1.0) {
-                return bad(format!("--gamma must be in (0, 1] (it multiplies the learning rate), got {gamma}"));
+                return bad(format!(
+                    "--gamma must be in (0, 1] (it multiplies the learning rate), got {}",
+                    crate::error::number_text(*gamma)
+                ));
             }
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
+            return bad(format!("--momentum must be in [0, 1), got {}", crate::error::number_text(self.momentum)));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+            return bad(format!("--weight-decay must be >= 0, got {}", crate::error::number_text(self.weight_decay)));
         }
         if self.subset == Some(0) {
             return bad("--subset must be at least 1".into());

@@ -433,6 +433,19 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
         (pipeline(&["--admm-rho-growth", "0.5"]), "--admm-rho-growth must be in [1, 10]"),
         (pipeline(&["--admm-weight-decay", "2"]), "--admm-weight-decay must be in [0, 1)"),
         (pipeline(&["--time-limit", "10"]), "--time-limit '10' is not a duration"),
+        // the paper table sets each row's model, rate and weights itself
+        (
+            ["compare", "--paper-table", "--model", "resnet32", "--data", &t.data].map(String::from).to_vec(),
+            "--paper-table sets each row's model, rate and dense start itself: drop --model",
+        ),
+        (
+            ["compare", "--paper-table", "--rows", "resnet20", "--data", &t.data].map(String::from).to_vec(),
+            "the paper has no CIFAR row for 'resnet20'",
+        ),
+        (
+            ["compare", "--paper-table", "--weights-dir", "/nonexistent", "--data", &t.data].map(String::from).to_vec(),
+            "/nonexistent/resnet32.safetensors is not there",
+        ),
         // a normalization that makes inputs infinite is refused, not reported as a top-1
         (
             ["eval", "--model", "resnet20", "--weights", &weights, "--data", &t.data, "--normalize", "0,1e-45"]
@@ -449,6 +462,17 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
         assert!(!stderr.contains("panicked") && !stdout.contains("top-1"), "{args:?}:\n{stderr}{stdout}");
         assert!(!PathBuf::from(&t.run).exists(), "{args:?} started work before refusing");
     }
+    // data paths that are not what they should be say what they are
+    let (ok, _, stderr) = sasprune(&["eval", "--model", "resnet20", "--weights", &weights, "--data", &weights]);
+    assert!(!ok && stderr.contains("is a file, not a directory"), "{stderr}");
+    let odd = t.tmp.path().join("odd");
+    common::write_fake_cifar(&odd, 8, 0);
+    let test_batch = odd.join("cifar-10-batches-bin/test_batch.bin");
+    std::fs::remove_file(&test_batch).unwrap();
+    std::fs::create_dir(&test_batch).unwrap();
+    let (ok, _, stderr) =
+        sasprune(&["eval", "--model", "resnet20", "--weights", &weights, "--data", odd.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("test_batch.bin is a directory, not a batch file"), "{stderr}");
     // paths that are not UTF-8 (legal on Linux): a clear error, never a panic
     let bad_name = std::ffi::OsStr::from_bytes(b"w\xff.safetensors");
     let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
@@ -488,4 +512,64 @@ fn a_failure_before_any_checkpoint_says_nothing_was_saved() {
     // and so it does
     let (ok, stdout, stderr) = sasprune(&["train", "--resume", &t.run]);
     assert!(ok && stdout.contains("trained 2 steps") && !stderr.contains("resuming"), "{stdout}{stderr}");
+}
+
+/// `--weights <(cat file)`: a pipe can be read once, and the pipeline reads its weights once
+/// (checked, then handed to the dense phase) instead of failing on a second read.
+#[test]
+fn pipeline_weights_from_a_pipe_are_read_once() {
+    let t = TinyRun::new("cli-pipe");
+    let weights = t.weights(10);
+    let fifo = t.tmp.path().join("weights.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (fifo_w, bytes) = (fifo.clone(), std::fs::read(&weights).unwrap());
+    // one writer, once: a second read would wait for a writer that never comes (the test's
+    // deadline below turns that into a failure instead of a hang)
+    let writer = std::thread::spawn(move || std::fs::write(&fifo_w, bytes));
+    let fifo_s = fifo.display().to_string();
+    let quick = [
+        "--schedule",
+        "quick",
+        "--outer",
+        "1",
+        "--inner",
+        "1",
+        "--k0",
+        "1",
+        "--k-avg",
+        "1",
+        "--batch",
+        "8",
+        "--retrain-epochs",
+        "1",
+        "--retrain-batch",
+        "8",
+        "--subset",
+        "16",
+        "--eval-limit",
+        "8",
+    ];
+    let args = t.pipeline_args(&fifo_s, &quick);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the pipeline waited for a second read of its --weights pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    writer.join().unwrap().unwrap();
+    assert!(PathBuf::from(&t.run).join("report.json").exists());
 }

@@ -53,6 +53,7 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         retrain: small.clone(),
         dense: small,
         weights: pretrained(),
+        preloaded: Default::default(),
         normalize: None,
         out,
         seed: 0,
@@ -236,8 +237,23 @@ fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     }
     let csv = std::fs::read_to_string(cfg.out.join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7, "a header and one line per run:\n{csv}");
-    let svg = std::fs::read_to_string(cfg.out.join("compare.svg")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with("final_rel_res2,gradients_to_common_rel_res2"), "{csv}");
+    let svg = std::fs::read_to_string(cfg.out.join("compare_accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 3, "one accuracy curve per method");
+    // convergence measured the same way for every ADMM method: the gradients each run took to
+    // reach the largest final relative residual among them (so every ADMM run reaches it)
+    let svg = std::fs::read_to_string(cfg.out.join("compare.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 4, "one residual curve per ADMM run (2 methods x 2 seeds)");
+    assert!(md.contains("## Convergence: gradients to a common relative residual"), "{md}");
+    let admm_rows: Vec<&compare::CompareRow> = rows.iter().filter(|r| r.method != "magnitude").collect();
+    let target = admm_rows.iter().map(|r| r.final_rel_res2).fold(f64::NAN, f64::max);
+    assert!(target.is_finite() && target > 0.0, "{rows:?}");
+    for r in &admm_rows {
+        let g = r.gradients_to_common.unwrap_or_else(|| panic!("{} seed {} never reached {target}", r.method, r.seed));
+        assert!(g >= 1 && g <= r.admm_gradients, "{r:?}");
+        assert!(md.contains(&format!("| {} | {} | {} | {g} |", r.method, r.seed, r.admm_gradients)), "{md}");
+    }
+    assert!(rows.iter().filter(|r| r.method == "magnitude").all(|r| r.gradients_to_common.is_none()));
     let curves = std::fs::read_to_string(cfg.out.join("convergence.svg")).unwrap();
     assert_eq!(curves.matches("<polyline").count(), 4, "two ADMM methods in each of two panels");
     // the same command again finds every run done and reports the same numbers

@@ -93,6 +93,7 @@ fn a_run_cut_by_its_time_limit_and_moved_between_sessions_ends_bit_identical() {
             break;
         }
         assert_eq!(out.status.code(), Some(75), "session {session} under --time-limit {limit}: {stderr}");
+        eprintln!("session {session} (--time-limit {limit}): {}", stderr.lines().last().unwrap_or(""));
         assert!(stderr.contains("stopped before the time limit") && stderr.contains("--resume"), "{stderr}");
         assert!(!dir.join("lock").exists(), "a run stopped by its limit released its lock");
         cuts += 1;

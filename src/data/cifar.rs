@@ -103,6 +103,13 @@ fn batches_dir(dir: &Path) -> Result<PathBuf> {
             how_to_get(parent)
         )));
     }
+    if !dir.is_dir() {
+        return Err(Error::invalid(format!(
+            "--data {} is a file, not a directory: give the directory that holds {BATCHES_DIR}/ (or that \
+             directory itself)",
+            dir.display()
+        )));
+    }
     if dir.join("cifar-10-batches-py").is_dir() {
         return Err(Error::invalid(format!(
             "{} holds cifar-10-batches-py/, the Python (pickle) release of CIFAR-10; this program \
@@ -123,6 +130,13 @@ impl CifarSplit {
         let mut split = CifarSplit { paths: Vec::new(), maps: Vec::new(), starts: vec![0] };
         for name in names {
             let path = batches.join(name);
+            if path.is_dir() {
+                return Err(Error::invalid(format!(
+                    "CIFAR-10 file {} is a directory, not a batch file of 3,073-byte records; {}",
+                    path.display(),
+                    how_to_get(batches.parent().unwrap_or(Path::new(".")))
+                )));
+            }
             let map = map_file(
                 &path,
                 || {

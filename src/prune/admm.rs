@@ -87,17 +87,18 @@ impl SasConfig {
     // negated comparisons on purpose: `!(v > 0.0)` also refuses NaN
     #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
     pub fn validate(&self) -> Result<()> {
-        // (flag, value, whether 0 is allowed, upper bound, the range as written)
-        let ranges: [(&str, f64, bool, f64, &str); 5] = [
-            ("--beta", self.beta as f64, false, 1e4, "(0, 1e4]"),
-            ("--rho", self.rho as f64, false, 1e4, "(0, 1e4]"),
-            ("--v", self.v, false, 1e6, "(0, 1e6]"),
-            ("--q", self.q, false, 3.0, "(0, 3]"),
-            ("--lambda", self.lambda as f64, true, 1e3, "[0, 1e3]"),
+        use crate::error::number_text as text;
+        // (flag, value, as given, whether 0 is allowed, upper bound, the range as written)
+        let ranges: [(&str, f64, String, bool, f64, &str); 5] = [
+            ("--beta", self.beta as f64, text(self.beta), false, 1e4, "(0, 1e4]"),
+            ("--rho", self.rho as f64, text(self.rho), false, 1e4, "(0, 1e4]"),
+            ("--v", self.v, text(self.v), false, 1e6, "(0, 1e6]"),
+            ("--q", self.q, text(self.q), false, 3.0, "(0, 3]"),
+            ("--lambda", self.lambda as f64, text(self.lambda), true, 1e3, "[0, 1e3]"),
         ];
-        for (flag, v, zero_ok, hi, range) in ranges {
+        for (flag, v, given, zero_ok, hi, range) in ranges {
             if !((v > 0.0 || (zero_ok && v == 0.0)) && v <= hi) {
-                return Err(Error::invalid(format!("{flag} must be in {range}, got {}", crate::error::number_text(v))));
+                return Err(Error::invalid(format!("{flag} must be in {range}, got {given}")));
             }
         }
         // He, Liu, Wang, Yuan's region for symmetric ADMM: r in (−1, 1), s in (0, (1+√5)/2),
@@ -113,8 +114,8 @@ impl SasConfig {
             return Err(Error::invalid(format!(
                 "--r {} and --s {} lie outside symmetric ADMM's convergence region (r in (−1, 1), s in (0, 1.618), \
                  r + s > 0, |r| < 1 + s − s²); the paper uses r = 0.9, s = 1.09",
-                crate::error::number_text(r),
-                crate::error::number_text(s)
+                crate::error::number_text(self.r),
+                crate::error::number_text(self.s)
             )));
         }
         if self.inner == 0 || self.outer == 0 || self.k0 == 0 || self.batch == 0 {
@@ -178,16 +179,22 @@ impl AdmmNnConfig {
     pub fn validate(&self) -> Result<()> {
         let positive = [("--admm-rho", self.rho), ("--admm-lr", self.lr), ("--admm-rho-max", self.rho_max)];
         if let Some((flag, v)) = positive.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
-            return Err(Error::invalid(format!("{flag} must be a positive number, got {v}")));
+            return Err(Error::invalid(format!(
+                "{flag} must be a positive number, got {}",
+                crate::error::number_text(*v)
+            )));
         }
         if !(self.rho_growth >= 1.0 && self.rho_growth <= 10.0) {
             return Err(Error::invalid(format!(
                 "--admm-rho-growth must be in [1, 10] (1 keeps ρ constant), got {}",
-                self.rho_growth
+                crate::error::number_text(self.rho_growth)
             )));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay < 1.0) {
-            return Err(Error::invalid(format!("--admm-weight-decay must be in [0, 1), got {}", self.weight_decay)));
+            return Err(Error::invalid(format!(
+                "--admm-weight-decay must be in [0, 1), got {}",
+                crate::error::number_text(self.weight_decay)
+            )));
         }
         if self.iterations == 0 || self.steps == 0 || self.batch == 0 {
             return Err(Error::invalid("--admm-iterations, --admm-steps and --batch must be at least 1"));
@@ -813,7 +820,7 @@ mod tests {
         assert_eq!(lrs.iter().filter(|&&l| (l - 0.001).abs() < 1e-9).count(), 7, "{lrs:?}");
         assert_eq!(lrs.iter().filter(|&&l| (l - 0.0001).abs() < 1e-9).count(), 6, "{lrs:?}");
         // ρ0 gives the authors' pull per subproblem: theirs at their length, more for shorter ones
-        let theirs = AdmmNnConfig { steps: AdmmNnConfig::AUTHORS_STEPS, ..cfg.clone() };
+        let theirs = AdmmNnConfig { steps: AdmmNnConfig::AUTHORS_STEPS, rho: 1e-3, ..cfg.clone() };
         assert!((theirs.matched_rho() - 1e-3).abs() < 1e-9);
         assert!(cfg.rho > 3.3e-3 && cfg.rho < 4.1e-3, "ρ0 {} for 2,111-step subproblems", cfg.rho);
         let product = |c: &AdmmNnConfig| c.rho as f64 * c.pull_per_unit_gradient();

@@ -138,3 +138,56 @@ pub fn write(dir: &Path, results: &[RowResult], command: &str, adapter: &str) ->
     println!("\n{md}\nwrote paper_table.md and paper_table.csv in {}", dir.display());
     Ok(md)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(method: &str, seed: u64, baseline: f64, retrain_final: f64) -> CompareRow {
+        CompareRow {
+            method: method.into(),
+            seed,
+            admm_gradients: if method == "magnitude" { 0 } else { 268 },
+            retrain_epochs: 3,
+            dense: 82.56,
+            baseline,
+            after_prune: 40.0,
+            retrain_final,
+            retrain_best: retrain_final,
+            seconds: 25.0,
+            retrain_gradients: 1173,
+            final_rel_res2: if method == "magnitude" { f64::NAN } else { 1e-3 },
+            gradients_to_common: (method != "magnitude").then_some(200 + seed as usize),
+        }
+    }
+
+    #[test]
+    fn the_table_puts_each_method_beside_the_papers_claim_with_the_drop_against_the_baseline() {
+        let dir = std::env::temp_dir().join(format!("sasprune-paper-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let results = [RowResult {
+            row: PAPER_ROWS[0],
+            rate_achieved: 6.6149,
+            runs: vec![
+                run("sas-admm", 0, 88.0, 87.0),
+                run("sas-admm", 1, 88.0, 86.0),
+                run("magnitude", 0, 88.0, 85.0),
+                run("magnitude", 1, 88.0, 84.0),
+            ],
+        }];
+        let md = write(&dir, &results, "sasprune compare --paper-table", "test adapter").unwrap();
+        // mean ± sample std over the two seeds; the drop is final minus the same-data baseline
+        let sas = md.lines().find(|l| l.starts_with("| resnet32 |") && l.contains("| sas-admm |")).expect(&md);
+        assert!(sas.contains("6.61x while maintaining accuracy") && sas.contains("| 6.61x |"), "{sas}");
+        assert!(sas.contains("| 86.50 ± 0.71 |") && sas.contains("| -1.50 ± 0.71 |"), "{sas}");
+        assert!(sas.contains("| 268 | 200 / 201 |"), "{sas}");
+        let mag = md.lines().find(|l| l.contains("| magnitude |")).expect(&md);
+        assert!(mag.contains("| -3.50 ± 0.71 |") && mag.contains("| 0 | - / - |"), "{mag}");
+        let csv = std::fs::read_to_string(dir.join("paper_table.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 5, "{csv}");
+        assert!(csv.contains("resnet32,6.61x while maintaining accuracy,sas-admm,1,6.6149,82.56,88.00,40.00,86.00,-2.00,268,201,25.0"), "{csv}");
+        assert_eq!(paper_row("resnet56").map(|r| r.rate), Some("90%"));
+        assert!(paper_row("resnet20").is_none());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

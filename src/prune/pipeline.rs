@@ -56,6 +56,9 @@ pub struct PipelineConfig {
     pub retrain: TrainConfig,
     pub dense: TrainConfig,
     pub weights: Option<PathBuf>,
+    /// `weights` already read (and checked) by the caller; the dense phase uses these instead of
+    /// reading the file again (a pipe can be read once).
+    pub preloaded: checkpoint::Preloaded,
     /// `--normalize`: overrides the dense weights' normalization metadata (and the model's
     /// default when a dense model is trained first).
     pub normalize: Option<Normalize>,
@@ -239,7 +242,10 @@ impl Run<'_> {
         let t = Instant::now();
         let norm = match &cfg.weights {
             Some(w) => {
-                let stored = checkpoint::load_model(model, w)?;
+                let stored = match cfg.preloaded.take() {
+                    Some(ck) => checkpoint::load_model_from(model, &ck, w)?,
+                    None => checkpoint::load_model(model, w)?,
+                };
                 checkpoint::choose_normalize(cfg.normalize, stored, &cfg.model, &w.display().to_string())
             }
             None => self.train_dense(model)?,
