@@ -1,5 +1,5 @@
 // Element-wise ADMM updates over the vector W of all prunable weights (one launch each over
-// the whole vector; see ALGORITHM.md). All vectors have length n.
+// the whole vector; see src/prune/ALGORITHM.md). All vectors have length n.
 //   w      the outer iterate W            w_breve  W̆ of the accelerated inner loop
 //   w_hat  Ŵ, where gradients are taken (the network's weights during the inner loop)
 //   z, u   splitting variable and dual    h        ρ·W + U − β·(W − Z), fixed per outer iteration

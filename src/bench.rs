@@ -72,24 +72,7 @@ const CLOCK_WARM_UP: std::time::Duration = std::time::Duration::from_millis(250)
 
 /// Runs `f` back to back for [`CLOCK_WARM_UP`] (waiting every 8 runs, so the queue stays short).
 fn keep_busy(f: &mut impl FnMut() -> Result<()>) -> Result<()> {
-    keep_busy_for(CLOCK_WARM_UP, f)
-}
-
-/// Runs `f` back to back for `time` (at least once), waiting every 8 runs.
-pub(crate) fn keep_busy_for(time: std::time::Duration, f: &mut impl FnMut() -> Result<()>) -> Result<()> {
-    let gpu = gpu::get()?;
-    let start = Instant::now();
-    let mut n = 0;
-    while n == 0 || start.elapsed() < time {
-        f()?;
-        n += 1;
-        if n % 8 == 0 {
-            gpu.synchronize()?;
-        } else {
-            gpu.flush()?;
-        }
-    }
-    gpu.synchronize()
+    crate::tune::keep_busy_for(CLOCK_WARM_UP, f)
 }
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -441,7 +424,7 @@ fn plans_json() -> serde_json::Value {
 /// at `batch` on random input, after one warm-up pass.
 pub fn eval_rate(model_name: &str, batch: usize, passes: usize) -> Result<f64> {
     let gpu = gpu::get()?;
-    let mut model = Model::build(model_name, if model_name == "alexnet" { 1000 } else { 10 }, 0)?;
+    let mut model = Model::build(model_name, crate::models::spec(model_name)?.classes, 0)?;
     let (c, h, w) = model.input;
     let x = random(&[batch, c, h, w], 12)?;
     let mut eval = || -> Result<()> {
@@ -552,7 +535,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     use crate::data::{fill_batch, BatchSpec, Dataset, CIFAR_MEAN, CIFAR_STD};
     use crate::ops::sgd::SgdConfig;
     let gpu = gpu::get()?;
-    let classes = if model_name == "alexnet" { 1000 } else { 10 };
+    let classes = crate::models::spec(model_name)?.classes;
     let mut model = Model::build(model_name, classes, 0)?;
     let (c, h, w) = model.input;
     let data = RandomImages::new(2 * batch, (c, h, w), classes);
@@ -570,9 +553,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         x.write(&images)?;
         y.write(&labels)?;
         let data_seconds = data_start.elapsed().as_secs_f64();
-        model.store.zero_grad()?;
-        let l = loss::cross_entropy(&model.forward(&x, Pass::Train { noise: 0 })?, &y)?;
-        l.backward()?;
+        model.gradient(&x, &y, 0)?;
         model.store.sgd_step(&sgd, None)?;
         let submit_start = Instant::now();
         gpu.flush()?;

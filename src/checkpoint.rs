@@ -24,18 +24,19 @@ impl Normalize {
     /// CIFAR-10's statistics (what this crate's training uses by default for the ResNets).
     pub const CIFAR: Normalize = Normalize { mean: crate::data::CIFAR_MEAN, std: crate::data::CIFAR_STD };
     /// ImageNet's statistics, as torchvision's models (and many CIFAR repositories) use them.
-    pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    pub const IMAGENET: Normalize = Normalize { mean: crate::data::IMAGENET_MEAN, std: crate::data::IMAGENET_STD };
 
     /// The largest normalized input `--normalize` may produce from a pixel in [0, 1].
     pub const LARGEST_INPUT: f64 = 1e6;
 
-    /// What a model is trained with when nothing else is said: ImageNet statistics for AlexNet,
-    /// CIFAR-10 statistics for the ResNets.
+    /// What a model is trained with when nothing else is said (its [`ModelSpec`]'s statistics:
+    /// ImageNet's for AlexNet, CIFAR-10's for the ResNets).
+    ///
+    /// [`ModelSpec`]: crate::models::ModelSpec
     pub fn default_for(model: &str) -> Normalize {
-        if model == "alexnet" {
-            Normalize::IMAGENET
-        } else {
-            Normalize::CIFAR
+        match crate::models::spec(model) {
+            Ok(s) => Normalize { mean: s.mean, std: s.std },
+            Err(_) => Normalize::CIFAR,
         }
     }
 
@@ -70,6 +71,7 @@ impl Normalize {
         // range, so no input (and no logit) becomes infinite
         let largest =
             (0..3).map(|c| (n.mean[c].abs().max((1.0 - n.mean[c]).abs()) / n.std[c]) as f64).fold(0.0, f64::max);
+        #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x <= max)` also refuses NaN
         if !(largest <= Self::LARGEST_INPUT) {
             return Err(Error::invalid(format!(
                 "--normalize '{text}' turns pixels in [0, 1] into values up to {largest:.1e}: give standard deviations \

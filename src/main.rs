@@ -3,7 +3,7 @@
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sasprune::checkpoint::{self, Normalize};
 use sasprune::data::{cifar::Cifar10, packed::PackedSplit, Dataset};
-use sasprune::models::Model;
+use sasprune::models::{DataKind, Model};
 use sasprune::prune::{
     self,
     admm::{AdmmNnConfig, SasConfig},
@@ -304,32 +304,36 @@ struct TrainArgs {
     /// --steps and --save-every may be given again)
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Epochs, 1 to 1,000,000
-    #[arg(long, default_value_t = 200)]
-    epochs: usize,
-    /// Images per step, at least 1 (and what the adapter can hold)
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Learning rate, > 0
-    #[arg(long, default_value_t = 0.1)]
-    lr: f32,
-    /// SGD momentum, in [0, 1)
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    /// Weight decay, 0 or more
-    #[arg(long, default_value_t = 1e-4)]
-    weight_decay: f32,
+    /// Epochs, 1 to 1,000,000 (default: the model's recipe: 200 for the ResNets, 90 for alexnet)
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step, at least 1 and what the adapter can hold (default: the model's recipe:
+    /// 128 for the ResNets, 256 for alexnet)
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Learning rate, > 0 (default: the model's recipe: 0.1 for the ResNets, 0.01 for alexnet)
+    #[arg(long)]
+    lr: Option<f32>,
+    /// SGD momentum, in [0, 1) (default: the model's recipe, 0.9)
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Weight decay, 0 or more (default: the model's recipe: 1e-4 for the ResNets, 5e-4 for
+    /// alexnet)
+    #[arg(long)]
+    weight_decay: Option<f32>,
     #[arg(long)]
     nesterov: bool,
     /// multistep or cosine
     #[arg(long, default_value = "multistep")]
     schedule: String,
-    /// Epochs at which multistep divides the learning rate (comma-separated)
-    #[arg(long, default_value = "100,150")]
-    milestones: String,
-    /// What multistep multiplies the learning rate by at each milestone, in (0, 1]
-    #[arg(long, default_value_t = 0.1)]
-    gamma: f32,
+    /// Epochs at which multistep multiplies the learning rate by --gamma (comma-separated;
+    /// default: the model's recipe: 100,150 for the ResNets, 30,60 for alexnet)
+    #[arg(long)]
+    milestones: Option<String>,
+    /// What multistep multiplies the learning rate by at each milestone, in (0, 1] (default: the
+    /// model's recipe, 0.1)
+    #[arg(long)]
+    gamma: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop after this many steps in all (resume to continue)
@@ -359,13 +363,17 @@ fn classes_for(given: Option<usize>, data: &dyn Dataset) -> Result<usize> {
 
 /// (train, test) datasets for `model`.
 fn open_data(model: &str, dir: Option<&Path>) -> Result<(Box<dyn Dataset>, Box<dyn Dataset>)> {
-    if model == "alexnet" {
-        let dir = dir.unwrap_or(Path::new("data"));
-        let open = |f: &str| PackedSplit::open(&dir.join(f)).map(|s| Box::new(s) as Box<dyn Dataset>);
-        return Ok((open("train.pack")?, open("val.pack")?));
+    match sasprune::models::spec(model)?.data {
+        DataKind::Packed => {
+            let dir = dir.unwrap_or(Path::new("data"));
+            let open = |f: &str| PackedSplit::open(&dir.join(f)).map(|s| Box::new(s) as Box<dyn Dataset>);
+            Ok((open("train.pack")?, open("val.pack")?))
+        }
+        DataKind::Cifar10 => {
+            let c = Cifar10::locate(dir)?;
+            Ok((Box::new(c.train), Box::new(c.test)))
+        }
     }
-    let c = Cifar10::locate(dir)?;
-    Ok((Box::new(c.train), Box::new(c.test)))
 }
 
 fn say_adapter() -> Result<()> {
@@ -380,12 +388,7 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
             "say which model to prune, e.g. `sasprune --model resnet32 --rate 6.6x` (or run a subcommand; see --help)",
         ));
     };
-    if !sasprune::models::MODEL_NAMES.contains(&model.as_str()) {
-        return Err(Error::invalid(format!(
-            "unknown model '{model}': choose one of {}",
-            sasprune::models::MODEL_NAMES.join(", ")
-        )));
-    }
+    let spec = sasprune::models::spec(&model)?;
     let rate = match (&a.rate, &a.layer_rates) {
         (Some(r), Some(f)) => {
             return Err(Error::invalid(format!(
@@ -401,12 +404,15 @@ fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         }
     };
     let method = Method::parse(&a.method)?;
+    // dense training and masked retraining follow the model's recipe (for the ResNets the CIFAR
+    // one, which is also the paper's retraining); quick shortens both to cosine schedules
+    let recipe = TrainConfig::from_recipe(&spec.recipe);
     let (mut sas, mut retrain, dense) = match a.schedule.as_str() {
-        "paper" => (SasConfig::paper(), TrainConfig::cifar_default(), TrainConfig::cifar_default()),
+        "paper" => (SasConfig::paper(), recipe.clone(), recipe),
         "quick" => {
             let retrain =
-                TrainConfig { epochs: 15, lr: 0.05, schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
-            let dense = TrainConfig { epochs: 30, schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
+                TrainConfig { epochs: 15, lr: recipe.lr / 2.0, schedule: LrSchedule::Cosine, ..recipe.clone() };
+            let dense = TrainConfig { epochs: 30, schedule: LrSchedule::Cosine, ..recipe };
             (SasConfig::quick(), retrain, dense)
         }
         other => return Err(Error::invalid(format!("unknown --schedule '{other}': choose paper or quick"))),
@@ -695,21 +701,21 @@ fn saved_training(dir: &Path) -> String {
     }
 }
 
-/// Parses `train`'s schedule flags.
-fn train_schedule(a: &TrainArgs) -> Result<LrSchedule> {
+/// Parses `train`'s schedule flags (milestones and gamma default to the model's recipe).
+fn train_schedule(a: &TrainArgs, recipe: &sasprune::models::Recipe) -> Result<LrSchedule> {
     match a.schedule.as_str() {
         "cosine" => Ok(LrSchedule::Cosine),
         "multistep" => {
-            let milestones = a
-                .milestones
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| s.trim().parse::<usize>())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| {
-                    Error::invalid(format!("--milestones must be epochs like 100,150, got '{}'", a.milestones))
-                })?;
-            Ok(LrSchedule::MultiStep { milestones, gamma: a.gamma })
+            let milestones = match &a.milestones {
+                None => recipe.milestones.to_vec(),
+                Some(text) => text
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| Error::invalid(format!("--milestones must be epochs like 100,150, got '{text}'")))?,
+            };
+            Ok(LrSchedule::MultiStep { milestones, gamma: a.gamma.unwrap_or(recipe.gamma) })
         }
         other => Err(Error::invalid(format!("unknown --schedule '{other}': choose multistep or cosine"))),
     }
@@ -747,14 +753,18 @@ fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptions) -> Resu
             dir.display()
         )));
     }
+    // flags not given take the model's recipe (AlexNet's is ImageNet's, not the CIFAR one)
+    let recipe = sasprune::models::spec(&model_name)?.recipe;
+    let lr = a.lr.unwrap_or(recipe.lr);
+    let batch = a.batch.unwrap_or(recipe.batch);
     let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
+        epochs: a.epochs.unwrap_or(recipe.epochs),
+        batch,
+        lr,
+        momentum: a.momentum.unwrap_or(recipe.momentum),
+        weight_decay: a.weight_decay.unwrap_or(recipe.weight_decay),
         nesterov: a.nesterov,
-        schedule: train_schedule(&a)?,
+        schedule: train_schedule(&a, &recipe)?,
         seed: a.seed,
         max_steps: a.steps,
         subset: a.subset,
@@ -763,12 +773,12 @@ fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptions) -> Resu
         divergence_hint: format!(
             "continue with a lower learning rate: `sasprune train --resume {} --lr {}`",
             dir.display(),
-            train::lr_text(a.lr / 10.0)
+            train::lr_text(lr / 10.0)
         ),
         ..TrainConfig::cifar_default()
     };
     cfg.validate()?;
-    sasprune::models::check_batch(&model_name, a.batch, "--batch")?;
+    sasprune::models::check_batch(&model_name, batch, "--batch")?;
     if let Some(c) = a.classes {
         sasprune::models::check_classes(c)?;
     }
@@ -1030,6 +1040,7 @@ fn parse_cli() -> Result<Cli> {
 }
 
 fn main() {
+    sasprune::logging::init();
     // as OsString: a path argument may be any bytes on Linux (std::env::args would panic on one)
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match parse_cli() {

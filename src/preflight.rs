@@ -7,7 +7,6 @@
 
 use crate::autograd::no_grad;
 use crate::models::{Model, Pass};
-use crate::ops::loss;
 use crate::{gpu, Error, Result, Tensor};
 
 /// What a phase does at its largest moment.
@@ -76,8 +75,7 @@ fn try_probe(model: &mut Model, p: &Probe) -> Result<()> {
     match p.work {
         Work::Train => {
             let y = Tensor::zeros(&[p.batch])?;
-            let l = loss::cross_entropy(&model.forward(&x, Pass::Train { noise: 0 })?, &y)?;
-            l.backward()?;
+            model.gradient(&x, &y, 0)?;
         }
         Work::Eval => no_grad(|| model.forward(&x, Pass::Eval).map(drop))?,
     }

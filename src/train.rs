@@ -8,7 +8,7 @@
 use crate::autograd::no_grad;
 use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
-use crate::models::{key_for, Model, Pass};
+use crate::models::{key_for, stream, Model, Pass};
 use crate::ops::{loss, reduce, sgd::SgdConfig};
 use crate::{Error, Result, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,7 +65,8 @@ pub(crate) fn log_line(bar: &ProgressBar, line: String) {
 }
 
 pub(crate) fn progress_bar(len: u64, prefix: String) -> ProgressBar {
-    let bar = ProgressBar::new(len);
+    // drawn through the logger's MultiProgress, so log lines print above it
+    let bar = crate::logging::bars().add(ProgressBar::new(len));
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} | {elapsed_precise} ETA {eta_precise}")
             .expect("valid template")
@@ -241,6 +242,20 @@ impl TrainConfig {
         }
     }
 
+    /// A model's training recipe ([`crate::models::Recipe`]) with the other settings at their
+    /// defaults.
+    pub fn from_recipe(r: &crate::models::Recipe) -> TrainConfig {
+        TrainConfig {
+            epochs: r.epochs,
+            batch: r.batch,
+            lr: r.lr,
+            momentum: r.momentum,
+            weight_decay: r.weight_decay,
+            schedule: LrSchedule::MultiStep { milestones: r.milestones.to_vec(), gamma: r.gamma },
+            ..TrainConfig::cifar_default()
+        }
+    }
+
     pub fn lr_at(&self, epoch: usize, step: usize, total_steps: usize) -> f32 {
         match &self.schedule {
             LrSchedule::MultiStep { milestones, gamma } => {
@@ -409,7 +424,7 @@ pub fn train(
         let epoch = step / steps_per_epoch;
         let mut order: Vec<usize> = (0..n).collect();
         if !cfg.deterministic {
-            order.shuffle(&mut rng_for(cfg.seed, 1, epoch as u64));
+            order.shuffle(&mut rng_for(cfg.seed, stream::EPOCH_SHUFFLE, epoch as u64));
         }
         let lr_epoch = cfg.lr_at(epoch, step, total_steps);
         let bar = if cfg.show_progress {
@@ -436,15 +451,13 @@ pub fn train(
             let step_start = Instant::now();
             let i = step - epoch * steps_per_epoch;
             let idx = &order[i * cfg.batch..((i + 1) * cfg.batch).min(n)];
-            fill_batch(train, idx, &spec, &mut rng_for(cfg.seed, 2, step as u64), &mut images, &mut labels);
+            let mut rng = rng_for(cfg.seed, stream::TRAIN_AUGMENT, step as u64);
+            fill_batch(train, idx, &spec, &mut rng, &mut images, &mut labels);
             let x = Tensor::from_slice(&images, &[idx.len(), 3, h, w])?;
             let y = Tensor::from_slice(&labels, &[idx.len()])?;
             let lr = cfg.lr_at(epoch, step, total_steps);
-            model.store.zero_grad()?;
-            let logits = model.forward(&x, Pass::Train { noise: key_for(cfg.seed, 4, step as u64) })?;
-            let l = loss::cross_entropy(&logits, &y)?;
-            l.backward()?;
-            crate::ops::elementwise::axpy(1.0, &l.detach(), &loss_sum)?;
+            let l = model.gradient(&x, &y, key_for(cfg.seed, stream::TRAIN_DROPOUT, step as u64))?;
+            crate::ops::elementwise::axpy(1.0, &l, &loss_sum)?;
             let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay, nesterov: cfg.nesterov };
             model.store.sgd_step(&sgd, mask)?;
             crate::gpu::get()?.flush()?;

@@ -191,17 +191,35 @@ fn a_resumed_sas_admm_phase_continues_exactly() {
     let (d1, d2) = (dir("straight"), dir("split"));
     let mut m = Model::build("resnet20", 10, 5).unwrap();
     let mut s = AdmmState::start(&m).unwrap();
-    admm::run_sas_admm(&mut m, &data, &spec, norm, &sas, 0, &mut s, &d1, &hidden, |_| Ok(())).unwrap();
+    admm::run_sas_admm(
+        admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d1, bar: &hidden },
+        &sas,
+        &mut s,
+        |_| Ok(()),
+    )
+    .unwrap();
     let straight = (s.w.to_vec().unwrap(), s.z.to_vec().unwrap(), s.u.to_vec().unwrap(), s.gradients);
     // one iteration, then a fresh process-like restart from the saved state
     let mut m = Model::build("resnet20", 10, 5).unwrap();
     let mut s = AdmmState::start(&m).unwrap();
     let one = SasConfig { outer: 1, ..sas.clone() };
-    admm::run_sas_admm(&mut m, &data, &spec, norm, &one, 0, &mut s, &d2, &hidden, |_| Ok(())).unwrap();
+    admm::run_sas_admm(
+        admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d2, bar: &hidden },
+        &one,
+        &mut s,
+        |_| Ok(()),
+    )
+    .unwrap();
     let mut m = Model::build("resnet20", 10, 99).unwrap();
     let mut s = AdmmState::load(&mut m, &d2, "sas-admm").unwrap().expect("state was saved");
     assert_eq!((s.k, s.gradients), (1, 2));
-    admm::run_sas_admm(&mut m, &data, &spec, norm, &sas, 0, &mut s, &d2, &hidden, |_| Ok(())).unwrap();
+    admm::run_sas_admm(
+        admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d2, bar: &hidden },
+        &sas,
+        &mut s,
+        |_| Ok(()),
+    )
+    .unwrap();
     assert_eq!(s.gradients, straight.3);
     assert_eq!(s.w.to_vec().unwrap(), straight.0, "W after resuming differs");
     assert_eq!(s.z.to_vec().unwrap(), straight.1, "Z after resuming differs");
@@ -282,7 +300,13 @@ fn a_deterministic_admm_phase_does_not_depend_on_the_seed() {
         let mut s = AdmmState::start(&m).unwrap();
         let dir = tmp.path().join(format!("run-{file_order}-{seed}"));
         std::fs::create_dir_all(&dir).unwrap();
-        admm::run_sas_admm(&mut m, &cifar.train, &spec, norm, &sas, seed, &mut s, &dir, &hidden, |_| Ok(())).unwrap();
+        admm::run_sas_admm(
+            admm::PhaseContext { model: &mut m, data: &cifar.train, spec: &spec, norm, seed, dir: &dir, bar: &hidden },
+            &sas,
+            &mut s,
+            |_| Ok(()),
+        )
+        .unwrap();
         assert_eq!(s.gradients, 7);
         [s.w.to_vec().unwrap(), s.z.to_vec().unwrap(), s.u.to_vec().unwrap()]
     };
@@ -334,11 +358,17 @@ fn admm_nn_at_its_authors_settings_pulls_w_to_its_projection() {
         let dir = tmp.path().join(tag);
         std::fs::create_dir_all(&dir).unwrap();
         let mut rel = Vec::new();
-        admm::run_admm_nn(&mut m, &train, &spec, norm, cfg, &plan, 0, &mut s, &dir, &hidden, |it| {
-            assert!(it.rho > 0.0 && it.rel_res2.is_finite(), "{it:?}");
-            rel.push(it.rel_res2);
-            Ok(())
-        })
+        admm::run_admm_nn(
+            admm::PhaseContext { model: &mut m, data: &train, spec: &spec, norm, seed: 0, dir: &dir, bar: &hidden },
+            cfg,
+            &plan,
+            &mut s,
+            |it| {
+                assert!(it.rho > 0.0 && it.rel_res2.is_finite(), "{it:?}");
+                rel.push(it.rel_res2);
+                Ok(())
+            },
+        )
         .unwrap();
         rel
     };
@@ -377,17 +407,38 @@ fn a_resumed_admm_nn_phase_continues_exactly() {
     std::fs::create_dir_all(&d2).unwrap();
     let (mut m, plan) = build();
     let mut s = AdmmState::start(&m).unwrap();
-    admm::run_admm_nn(&mut m, &data, &spec, norm, &cfg, &plan, 0, &mut s, &d1, &hidden, |_| Ok(())).unwrap();
+    admm::run_admm_nn(
+        admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d1, bar: &hidden },
+        &cfg,
+        &plan,
+        &mut s,
+        |_| Ok(()),
+    )
+    .unwrap();
     let straight = (s.w.to_vec().unwrap(), s.z.to_vec().unwrap(), s.u.to_vec().unwrap(), m.store.state_dict().unwrap());
     let (mut m, plan) = build();
     let mut s = AdmmState::start(&m).unwrap();
     let one = AdmmNnConfig { iterations: 1, ..cfg.clone() };
-    admm::run_admm_nn(&mut m, &data, &spec, norm, &one, &plan, 0, &mut s, &d2, &hidden, |_| Ok(())).unwrap();
+    admm::run_admm_nn(
+        admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d2, bar: &hidden },
+        &one,
+        &plan,
+        &mut s,
+        |_| Ok(()),
+    )
+    .unwrap();
     let (mut m, plan) = build();
     m.store.reset_momentum().unwrap();
     let mut s = AdmmState::load(&mut m, &d2, "admm").unwrap().expect("state was saved");
     assert_eq!(s.k, 1);
-    admm::run_admm_nn(&mut m, &data, &spec, norm, &cfg, &plan, 0, &mut s, &d2, &hidden, |_| Ok(())).unwrap();
+    admm::run_admm_nn(
+        admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d2, bar: &hidden },
+        &cfg,
+        &plan,
+        &mut s,
+        |_| Ok(()),
+    )
+    .unwrap();
     assert!(s.w.to_vec().unwrap() == straight.0, "W after resuming differs");
     assert!(s.z.to_vec().unwrap() == straight.1, "Z after resuming differs");
     assert!(s.u.to_vec().unwrap() == straight.2, "U after resuming differs");

@@ -157,7 +157,7 @@ fn layer_rate_files_give_per_layer_plans_and_name_bad_lines() {
 #[test]
 fn sas_admm_paper_schedule_costs_21107_minibatch_gradients() {
     let cfg = SasConfig::paper();
-    // Independent numbers, from ALGORITHM.md's formulas evaluated by hand (Python, f64):
+    // Independent numbers, from src/prune/ALGORITHM.md's formulas evaluated by hand (Python, f64):
     // M_k = 50 and η_k = 1/25 for k < k0 = 50; from k0 on M_k = ⌈c·k^1.1⌉, c = 50/50^1.1,
     // η_k = 50·51 / (25·M_k(M_k+1)). E.g. k = 51: 50·1.02^1.1 = 51.10 → 52, η = 2550/68900.
     let by_hand: [(usize, usize, f64); 8] = [

@@ -1,4 +1,4 @@
-//! SAS-ADMM end to end against an independent f64 CPU implementation of ALGORITHM.md: a real
+//! SAS-ADMM end to end against an independent f64 CPU implementation of src/prune/ALGORITHM.md: a real
 //! ResNet-20 (forward and backward written out here from the reference ops, batch norm in
 //! training mode), the deterministic phase's minibatches (file order, no augmentation), and three
 //! outer iterations of everything — h, the inner accelerated steps with their b_t, γ_t and η_k,
@@ -184,15 +184,28 @@ fn three_sas_admm_outer_iterations_match_an_f64_implementation_of_the_algorithm(
     // the GPU phase
     let mut state = AdmmState::start(&model).unwrap();
     let hidden = indicatif::ProgressBar::hidden();
-    admm::run_sas_admm(&mut model, &cifar.train, &spec, norm, &cfg, 0, &mut state, tmp.path(), &hidden, |_| Ok(()))
-        .unwrap();
+    admm::run_sas_admm(
+        admm::PhaseContext {
+            model: &mut model,
+            data: &cifar.train,
+            spec: &spec,
+            norm,
+            seed: 0,
+            dir: tmp.path(),
+            bar: &hidden,
+        },
+        &cfg,
+        &mut state,
+        |_| Ok(()),
+    )
+    .unwrap();
     assert_eq!(
         state.gradients,
         2 + 2 + 4,
         "M_1 = M_2 = 2 (k0 = 2: M_2 = ⌈2·(2/2)^1.1⌉), M_3 = ⌈2·1.5^1.1⌉ = ⌈3.12⌉ = 4"
     );
 
-    // the same in f64 on the CPU, written from ALGORITHM.md
+    // the same in f64 on the CPU, written from src/prune/ALGORITHM.md
     let p = layers.iter().map(|l| l.len).sum::<usize>();
     let flatten = |m: &Params| -> Vec<f64> { layers.iter().flat_map(|l| m[&l.name].iter().copied()).collect() };
     let mut w = flatten(&params);
@@ -244,7 +257,7 @@ fn three_sas_admm_outer_iterations_match_an_f64_implementation_of_the_algorithm(
     }
 
     // Against the largest magnitude of each vector. Measured on lavapipe: W, Z, W_avg 2e-7, U 3e-6
-    // relative; the bounds leave room for other drivers' summation orders (ALGORITHM.md quotes
+    // relative; the bounds leave room for other drivers' summation orders (src/prune/ALGORITHM.md quotes
     // ~2e-4 for W and Z, ~2e-3 for U over many more gradients).
     let close = |what: &str, gpu: &[f32], reference: &[f64], rel: f64| {
         let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));

@@ -18,6 +18,10 @@ use rand::Rng;
 pub const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 /// CIFAR-10's per-channel standard deviation of the training images in [0, 1].
 pub const CIFAR_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+/// ImageNet's per-channel pixel mean and standard deviation (pixels in [0, 1]), as torchvision's
+/// models use them.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// A labelled image collection whose images all have the same size.
 pub trait Dataset: Send + Sync {

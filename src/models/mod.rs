@@ -13,10 +13,25 @@ enum Net {
     AlexNet(alexnet::AlexNet),
 }
 
+/// The random streams of a run, each keyed by (seed, stream, index) with [`key_for`], so that
+/// any step's randomness can be recomputed on resume. The numbers are part of what a seed means:
+/// changing one changes every run's results.
+pub mod stream {
+    /// The order of epoch e's images (index: epoch).
+    pub const EPOCH_SHUFFLE: u64 = 1;
+    /// Training step s's crops and flips (index: step).
+    pub const TRAIN_AUGMENT: u64 = 2;
+    /// ADMM minibatch g's images and their crops and flips (index: gradient number).
+    pub const ADMM_MINIBATCH: u64 = 3;
+    /// Training step s's dropout masks (index: step).
+    pub const TRAIN_DROPOUT: u64 = 4;
+    /// ADMM minibatch g's dropout masks (index: gradient number).
+    pub const ADMM_DROPOUT: u64 = 5;
+}
+
 /// A 64-bit key for (seed, stream, index): SplitMix64-style mixing so neighbouring indices give
-/// unrelated values. Streams: 1 epoch shuffles, 2 training augmentation, 3 ADMM minibatches,
-/// 4 training dropout, 5 ADMM dropout; AlexNet derives each dropout layer's seed from a pass key
-/// the same way (stream = layer).
+/// unrelated values. The streams are named in [`stream`]; AlexNet derives each dropout layer's
+/// seed from a pass key the same way (stream = layer).
 pub(crate) fn key_for(seed: u64, stream: u64, index: u64) -> u64 {
     let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -37,6 +52,8 @@ pub enum Pass {
 pub struct Model {
     /// e.g. "resnet32"
     pub name: String,
+    /// What sasprune knows about it.
+    pub spec: &'static ModelSpec,
     pub store: ParamStore,
     net: Net,
     /// Input image size (channels, height, width).
@@ -44,8 +61,116 @@ pub struct Model {
     pub classes: usize,
 }
 
-/// The model names the command line accepts.
-pub const MODEL_NAMES: &[&str] = &["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "alexnet"];
+/// Where a model's images come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// CIFAR-10's binary release: `--data DIR` holds `cifar-10-batches-bin/`.
+    Cifar10,
+    /// Packed image folders (`data/pack_imagefolder.py`): `--data DIR` holds `train.pack` and
+    /// `val.pack`; the class count comes from the data.
+    Packed,
+}
+
+/// How a model is trained from scratch: SGD with momentum and a multistep schedule (lr times
+/// `gamma` at each milestone epoch). The pipeline's dense phase and `sasprune train` start from
+/// it, and masked retraining uses its optimizer settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recipe {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub milestones: &'static [usize],
+    pub gamma: f32,
+}
+
+/// He et al.'s CIFAR recipe (also the paper's retraining): 200 epochs of batch 128, lr 0.1 / 10
+/// at epochs 100 and 150, momentum 0.9, weight decay 1e-4.
+const CIFAR_RECIPE: Recipe =
+    Recipe { epochs: 200, batch: 128, lr: 0.1, momentum: 0.9, weight_decay: 1e-4, milestones: &[100, 150], gamma: 0.1 };
+
+/// The standard ImageNet AlexNet recipe (PyTorch's ImageNet example): 90 epochs of batch 256,
+/// lr 0.01 / 10 every 30 epochs, momentum 0.9, weight decay 5e-4. (The CIFAR recipe's lr 0.1
+/// diverges on AlexNet within a few steps.)
+const IMAGENET_RECIPE: Recipe =
+    Recipe { epochs: 90, batch: 256, lr: 0.01, momentum: 0.9, weight_decay: 5e-4, milestones: &[30, 60], gamma: 0.1 };
+
+/// Everything sasprune knows about one model; the only place a model is named. To add a model:
+/// its file under `src/models/`, a `build` function and one entry in [`MODELS`].
+pub struct ModelSpec {
+    /// The name `--model` takes, e.g. "resnet32".
+    pub name: &'static str,
+    /// Input image size (channels, height, width).
+    pub input: (usize, usize, usize),
+    /// The class count it is usually built with (what `bench` builds).
+    pub classes: usize,
+    /// Default input normalization (pixels in [0, 1]): per-channel mean and standard deviation.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub data: DataKind,
+    /// Bytes of its largest activation per image (ResNets: 16 channels at 32x32; AlexNet: 64 at
+    /// 55x55): what one storage binding must hold, times the batch.
+    pub largest_activation_per_image: u64,
+    /// Whether a uniform `--rate` keeps the fc layers dense: yes for the CIFAR ResNets (the
+    /// paper counts their rates so), no for AlexNet (its fc layers hold 96% of the weights).
+    pub fc_dense: bool,
+    pub recipe: Recipe,
+    build: fn(&mut ParamStore, usize, &mut rand::rngs::StdRng) -> Net,
+}
+
+/// A CIFAR ResNet-(6n+2) entry (`build` makes its n blocks per stage).
+const fn cifar_resnet(
+    name: &'static str,
+    build: fn(&mut ParamStore, usize, &mut rand::rngs::StdRng) -> Net,
+) -> ModelSpec {
+    ModelSpec {
+        name,
+        input: (3, 32, 32),
+        classes: 10,
+        mean: crate::data::CIFAR_MEAN,
+        std: crate::data::CIFAR_STD,
+        data: DataKind::Cifar10,
+        largest_activation_per_image: 16 * 32 * 32 * 4,
+        fc_dense: true,
+        recipe: CIFAR_RECIPE,
+        build,
+    }
+}
+
+/// Every model sasprune runs.
+pub const MODELS: [ModelSpec; 6] = [
+    cifar_resnet("resnet20", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 3, c, r))),
+    cifar_resnet("resnet32", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 5, c, r))),
+    cifar_resnet("resnet44", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 7, c, r))),
+    cifar_resnet("resnet56", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 9, c, r))),
+    cifar_resnet("resnet110", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 18, c, r))),
+    ModelSpec {
+        name: "alexnet",
+        input: (3, 224, 224),
+        classes: 1000,
+        mean: crate::data::IMAGENET_MEAN,
+        std: crate::data::IMAGENET_STD,
+        data: DataKind::Packed,
+        largest_activation_per_image: 64 * 55 * 55 * 4,
+        fc_dense: false,
+        recipe: IMAGENET_RECIPE,
+        build: |s, c, r| Net::AlexNet(alexnet::AlexNet::new(s, c, r)),
+    },
+];
+
+/// The model names the command line accepts, comma-separated.
+pub fn model_names() -> String {
+    MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The spec of the model `--model` names, or an error listing the ones there are.
+pub fn spec(name: &str) -> Result<&'static ModelSpec> {
+    MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::invalid(format!("unknown model '{name}': choose one of {}", model_names())))
+}
 
 /// The most classes a model may have (ImageNet-21k has 21,841); bounds `--classes` before anything
 /// is allocated from it.
@@ -61,20 +186,14 @@ pub fn check_classes(classes: usize) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of `model`'s largest activation per image (ResNets: 16 channels at 32x32; AlexNet: 64 at
-/// 55x55): what one storage binding must hold, times the batch.
-fn largest_activation_bytes(model: &str) -> u64 {
-    if model == "alexnet" {
-        64 * 55 * 55 * 4
-    } else {
-        16 * 32 * 32 * 4
-    }
+fn largest_activation_bytes(model: &str) -> Result<u64> {
+    Ok(spec(model)?.largest_activation_per_image)
 }
 
 /// The largest batch whose largest activation fits one storage binding of the adapter.
 pub fn largest_batch(model: &str) -> Result<usize> {
     let limit = crate::gpu::get()?.adapter.max_storage_binding;
-    Ok((limit / largest_activation_bytes(model)).max(1) as usize)
+    Ok((limit / largest_activation_bytes(model)?).max(1) as usize)
 }
 
 /// Checks a batch size given with `flag` before anything is allocated from it: at least 1, and
@@ -90,7 +209,7 @@ pub fn check_batch(model: &str, batch: usize, flag: &str) -> Result<()> {
             "{flag} {batch} is more than {} can run {model} with: its largest activation would need {:.0} MiB in one \
              storage binding, and the adapter allows {:.0} MiB; use {flag} {most} or less",
             gpu.adapter.name,
-            (batch as u64 * largest_activation_bytes(model)) as f64 / 1048576.0,
+            (batch as u64 * largest_activation_bytes(model)?) as f64 / 1048576.0,
             gpu.adapter.max_storage_binding as f64 / 1048576.0
         )));
     }
@@ -100,28 +219,24 @@ pub fn check_batch(model: &str, batch: usize, flag: &str) -> Result<()> {
 impl Model {
     /// Builds `name` with freshly initialized weights (seeded) on the GPU.
     pub fn build(name: &str, classes: usize, seed: u64) -> Result<Model> {
+        let spec = spec(name)?;
         check_classes(classes)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut store = ParamStore::new();
-        let (net, input) = match name {
-            "alexnet" => (Net::AlexNet(alexnet::AlexNet::new(&mut store, classes, &mut rng)), (3, 224, 224)),
-            _ => {
-                let depth = name.strip_prefix("resnet").and_then(|d| d.parse::<usize>().ok());
-                match depth {
-                    Some(d) if d >= 8 && (d - 2) % 6 == 0 && MODEL_NAMES.contains(&name) => {
-                        (Net::ResNet(resnet::ResNet::new(&mut store, (d - 2) / 6, classes, &mut rng)), (3, 32, 32))
-                    }
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "unknown model '{name}': choose one of {}",
-                            MODEL_NAMES.join(", ")
-                        )))
-                    }
-                }
-            }
-        };
+        let net = (spec.build)(&mut store, classes, &mut rng);
         store.materialize()?;
-        Ok(Model { name: name.to_string(), store, net, input, classes })
+        Ok(Model { name: name.to_string(), spec, store, net, input: spec.input, classes })
+    }
+
+    /// One minibatch gradient, the core of every training step (training, the ADMM phases, the
+    /// bench, the memory check): zero the gradients, forward in training mode (dropout masks
+    /// from `noise`), mean cross-entropy against `labels`, backward. The gradients land in the
+    /// store's gradient arena; returns the loss, still on the device.
+    pub fn gradient(&mut self, x: &Tensor, labels: &Tensor, noise: u64) -> Result<Tensor> {
+        self.store.zero_grad()?;
+        let l = crate::ops::loss::cross_entropy(&self.forward(x, Pass::Train { noise })?, labels)?;
+        l.backward()?;
+        Ok(l.detach())
     }
 
     /// Logits [batch, classes]. A training pass uses batch statistics (and updates the running

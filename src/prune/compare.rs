@@ -49,7 +49,7 @@ pub struct CompareRow {
 
 /// One run's ADMM metrics (empty for magnitude pruning).
 fn run_metrics(dir: &std::path::Path, seed: u64, method: Method) -> Vec<IterationMetrics> {
-    if method == Method::Magnitude {
+    if !method.has_admm_phase() {
         return Vec::new();
     }
     report::read_metrics(&dir.join(format!("seed{seed}")).join(method.name()).join("admm_metrics.csv"))
@@ -94,7 +94,7 @@ pub fn compare(
             let mut run = PipelineConfig { method, seed: cfg.seed + s, out, weights: weights.clone(), ..cfg.clone() };
             run.retrain.seed = run.seed;
             run.dense.seed = run.seed;
-            if method == Method::Magnitude {
+            if !method.has_admm_phase() {
                 // the ADMM phase's gradients, as retraining epochs
                 run.retrain.epochs += (admm_gradients * cfg.sas.batch).div_ceil(images);
             }
@@ -106,11 +106,7 @@ pub fn compare(
             rows.push(CompareRow {
                 method: method.name().into(),
                 seed: run.seed,
-                admm_gradients: match method {
-                    Method::SasAdmm => admm_gradients,
-                    Method::Admm => run.admm.iterations * run.admm.steps,
-                    Method::Magnitude => 0,
-                },
+                admm_gradients: method.admm_budget(&run.sas, &run.admm).0,
                 retrain_epochs: run.retrain.epochs,
                 retrain_gradients: run.retrain.epochs * images.div_ceil(run.retrain.batch),
                 dense: top(r.top1.dense),
@@ -270,7 +266,7 @@ fn write_outputs(
     let residuals: Vec<(String, Vec<(f64, f64)>)> = rows
         .iter()
         .filter_map(|r| {
-            let method = *methods.iter().find(|m| m.name() == r.method && **m != Method::Magnitude)?;
+            let method = *methods.iter().find(|m| m.name() == r.method && m.has_admm_phase())?;
             let curve = run_metrics(dir, r.seed - cfg.seed, method);
             let points = curve.iter().map(|m| (m.gradients as f64, m.rel_res2.log10())).collect();
             Some((format!("{} seed {}", r.method, r.seed), points))
@@ -285,7 +281,7 @@ fn write_outputs(
     // the ADMM phases' objective and residual, first seed
     let curves: Vec<(String, Vec<IterationMetrics>)> = methods
         .iter()
-        .filter(|&&m| m != Method::Magnitude)
+        .filter(|m| m.has_admm_phase())
         .filter_map(|m| {
             let path: PathBuf = dir.join("seed0").join(m.name()).join("admm_metrics.csv");
             report::read_metrics(&path).ok().map(|c| (m.name().to_string(), c))

@@ -2,8 +2,11 @@
 //! pruning to per-layer percentages, masked retraining, and the run's report.
 
 pub mod admm;
+pub mod admm_nn;
 pub mod compare;
+pub mod method;
 pub mod paper_table;
 pub mod pipeline;
 pub mod rate;
 pub mod report;
+pub mod sas_admm;

@@ -2,7 +2,7 @@
 //! retraining → report. Each phase records its completion in the run directory, so
 //! `--resume RUN_DIR` continues from the last completed outer iteration or epoch.
 
-use super::admm::{self, AdmmNnConfig, AdmmState, IterationMetrics, SasConfig};
+use super::admm::{self, AdmmNnConfig, AdmmState, IterationMetrics, PhaseContext, SasConfig};
 use super::rate::{self, Plan, Rate};
 use super::report::{self, LayerRow, PhaseScores, Report};
 use crate::checkpoint::{self, Normalize};
@@ -17,30 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    SasAdmm,
-    Admm,
-    Magnitude,
-}
-
-impl Method {
-    pub fn parse(s: &str) -> Result<Method> {
-        match s {
-            "sas-admm" => Ok(Method::SasAdmm),
-            "admm" | "admm-nn" => Ok(Method::Admm),
-            "magnitude" => Ok(Method::Magnitude),
-            _ => Err(Error::invalid(format!("unknown --method '{s}': choose sas-admm, admm or magnitude"))),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::SasAdmm => "sas-admm",
-            Method::Admm => "admm",
-            Method::Magnitude => "magnitude",
-        }
-    }
-}
+pub use super::method::Method;
 
 /// Everything a pruning run needs.
 #[derive(Clone, Debug)]
@@ -103,18 +80,12 @@ fn keep_metrics_through(path: &Path, k: usize) -> Result<()> {
     checkpoint::write_atomic(path, body.as_bytes())
 }
 
-/// Whether a uniform `--rate` keeps the fc layers dense: yes for the CIFAR ResNets (the paper
-/// counts their rates so), no for AlexNet (its fc layers hold 96% of the weights).
-pub fn fc_dense(model: &str) -> bool {
-    model != "alexnet"
-}
-
 /// The pruning plan a configuration asks for (checked before any work starts).
 pub fn make_plan(model: &Model, cfg: &PipelineConfig) -> Result<Plan> {
     let layers = rate::prunable_layers(&model.store);
     match &cfg.layer_rates {
         Some(path) => rate::plan_from_file(layers, path),
-        None => rate::plan_uniform(layers, cfg.rate, fc_dense(&cfg.model)),
+        None => rate::plan_uniform(layers, cfg.rate, model.spec.fc_dense),
     }
 }
 
@@ -143,7 +114,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     if cfg.baseline_epochs > 0 {
         run.baseline(&mut model, norm)?;
     }
-    if cfg.method != Method::Magnitude {
+    if cfg.method.has_admm_phase() {
         run.admm_phase(&mut model, &plan, norm)?;
     }
     let mask = run.hard_prune(&mut model, &plan, norm)?;
@@ -331,10 +302,7 @@ impl Run<'_> {
             }
             None => AdmmState::start(model)?,
         };
-        let (total, batch) = match cfg.method {
-            Method::SasAdmm => (cfg.sas.total_gradients(), cfg.sas.batch),
-            _ => (cfg.admm.iterations * cfg.admm.steps, cfg.admm.batch),
-        };
+        let (total, batch) = cfg.method.admm_budget(&cfg.sas, &cfg.admm);
         let bar = if cfg.show_progress {
             progress_bar(total as u64, method.to_string())
         } else {
@@ -353,24 +321,9 @@ impl Run<'_> {
             Ok(())
         };
         let spec = train::train_spec(model, &self.train, norm, cfg.deterministic);
-        match cfg.method {
-            Method::SasAdmm => {
-                admm::run_sas_admm(model, &self.train, &spec, norm, &cfg.sas, cfg.seed, &mut state, dir, &bar, after)?
-            }
-            _ => admm::run_admm_nn(
-                model,
-                &self.train,
-                &spec,
-                norm,
-                &cfg.admm,
-                plan,
-                cfg.seed,
-                &mut state,
-                dir,
-                &bar,
-                after,
-            )?,
-        }
+        let ctx =
+            PhaseContext { model: &mut *model, data: &self.train, spec: &spec, norm, seed: cfg.seed, dir, bar: &bar };
+        cfg.method.run_admm_phase(ctx, (&cfg.sas, &cfg.admm), plan, &mut state, after)?;
         bar.finish_and_clear();
         self.time_for_evaluation("the evaluation after the ADMM phase (its last iteration is saved)")?;
         let eval_start = Instant::now();
@@ -589,9 +542,9 @@ pub fn check_memory(
     if cfg.baseline_epochs > 0 && !log.done("baseline") {
         probes.push(train_probe("baseline fine-tuning", "--retrain-batch", cfg.retrain.batch, 0, 0));
     }
-    let admm_left = cfg.method != Method::Magnitude && !log.done("admm");
+    let admm_left = cfg.method.has_admm_phase() && !log.done("admm");
     if admm_left {
-        let batch = if cfg.method == Method::SasAdmm { cfg.sas.batch } else { cfg.admm.batch };
+        let (_, batch) = cfg.method.admm_budget(&cfg.sas, &cfg.admm);
         // minibatches cycle through the data, so the batch is never cut to the data's size
         probes.push(Probe { batch, ..train_probe("the ADMM phase", "--batch", 0, ADMM_VECTORS, prunable) });
     }

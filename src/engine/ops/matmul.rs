@@ -19,9 +19,9 @@ pub struct Tile {
     pub engine: &'static str,
 }
 
-const CPU_ENGINE: &str = include_str!("../../shaders/tiled_gemm.wgsl");
-const WIDE_ENGINE: &str = include_str!("../../shaders/tiled_gemm_wide.wgsl");
-const GPU_ENGINE: &str = include_str!("../../shaders/tiled_gemm_gpu.wgsl");
+const CPU_ENGINE: &str = include_str!("../../../shaders/tiled_gemm.wgsl");
+const WIDE_ENGINE: &str = include_str!("../../../shaders/tiled_gemm_wide.wgsl");
+const GPU_ENGINE: &str = include_str!("../../../shaders/tiled_gemm_gpu.wgsl");
 
 /// A register-tiled shape of tiled_gemm_gpu.wgsl: tx x ty threads, rm x rn outputs each, bc B
 /// columns loaded side by side (min(threads, tile columns)), k chunks of 16.
@@ -94,7 +94,7 @@ macro_rules! gemm_kernels {
         [$($crate::gpu::Kernel {
             label: concat!($label, ".", $name),
             prelude: &[$crate::ops::matmul::TILES[$i].prelude, $crate::ops::matmul::TILES[$i].engine],
-            source: include_str!(concat!("../../shaders/", $file)),
+            source: include_str!(concat!("../../../shaders/", $file)),
             section: $section,
             entry: "main",
         }),*]

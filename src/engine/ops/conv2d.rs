@@ -14,7 +14,7 @@ static GRAD_INPUT_STRIDED: GemmKernels =
 static DIRECT_3X3: Kernel = Kernel {
     label: "conv2d.direct3x3",
     prelude: &[],
-    source: include_str!("../../shaders/conv2d.wgsl"),
+    source: include_str!("../../../shaders/conv2d.wgsl"),
     section: Some("direct3x3"),
     entry: "direct3x3",
 };

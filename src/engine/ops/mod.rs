@@ -123,8 +123,8 @@ macro_rules! kernel {
     ($label:expr, $file:literal, $section:literal, [$($prelude:literal),*]) => {
         $crate::gpu::Kernel {
             label: $label,
-            prelude: &[$(include_str!(concat!("../../shaders/", $prelude))),*],
-            source: include_str!(concat!("../../shaders/", $file)),
+            prelude: &[$(include_str!(concat!("../../../shaders/", $prelude))),*],
+            source: include_str!(concat!("../../../shaders/", $file)),
             section: Some($section),
             entry: $section,
         }

@@ -7,7 +7,7 @@ use crate::{Result, Tensor};
 static SGD: Kernel = Kernel {
     label: "sgd.step",
     prelude: &[],
-    source: include_str!("../../shaders/sgd.wgsl"),
+    source: include_str!("../../../shaders/sgd.wgsl"),
     section: None,
     entry: "main",
 };

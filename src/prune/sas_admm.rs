@@ -1,0 +1,211 @@
+//! SAS-ADMM, the paper's method (src/prune/ALGORITHM.md, "SAS-ADMM"): its hyperparameters and
+//! its phase over the vector W of prunable weights.
+
+use super::admm::{
+    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState, IterationMetrics,
+    Pace, PhaseContext, SavePolicy, Scratch,
+};
+use crate::ops::{admm, elementwise, reduce};
+use crate::{gpu, Error, Result, Tensor};
+use std::time::Instant;
+
+/// SAS-ADMM hyperparameters (Yuan et al. 2024, Algorithm 1; defaults are the authors' ResNet-32
+/// values, listed in README under `--schedule paper`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SasConfig {
+    pub beta: f32,
+    pub rho: f32,
+    pub lambda: f32,
+    /// M: inner length before k0
+    pub inner: usize,
+    /// K: outer iterations
+    pub outer: usize,
+    pub k_avg: usize,
+    pub k0: usize,
+    pub v: f64,
+    pub q: f64,
+    pub r: f32,
+    pub s: f32,
+    pub batch: usize,
+    /// Minibatch g is images g·batch … g·batch + batch − 1 in file order (cycling), instead of
+    /// drawn at random with replacement (`--deterministic`, with unaugmented batches).
+    pub file_order: bool,
+}
+
+impl SasConfig {
+    pub fn paper() -> SasConfig {
+        SasConfig {
+            beta: 0.04,
+            rho: 0.04,
+            lambda: 1e-4,
+            inner: 50,
+            outer: 190,
+            k_avg: 170,
+            k0: 50,
+            v: 25.0,
+            q: 1.1,
+            r: 0.9,
+            s: 1.09,
+            batch: 256,
+            file_order: false,
+        }
+    }
+
+    /// The same algorithm scaled down about 80x (our choice): K = 20, M = 10, k0 = 10, K_avg = 16.
+    pub fn quick() -> SasConfig {
+        SasConfig { inner: 10, outer: 20, k_avg: 16, k0: 10, ..SasConfig::paper() }
+    }
+
+    /// (M_k, η_k) of outer iteration k (1-based).
+    pub fn inner_schedule(&self, k: usize) -> (usize, f64) {
+        let m = self.inner as f64;
+        if k < self.k0 {
+            return (self.inner, 1.0 / self.v);
+        }
+        let c = m / (self.k0 as f64).powf(self.q);
+        let mk = (c * (k as f64).powf(self.q)).ceil().max(1.0);
+        (mk as usize, m * (m + 1.0) / (self.v * mk * (mk + 1.0)))
+    }
+
+    /// Minibatch gradients the whole phase takes.
+    pub fn total_gradients(&self) -> usize {
+        (1..=self.outer).map(|k| self.inner_schedule(k).0).sum()
+    }
+
+    /// Every flag in its range before any work (README and `--help` state them): β and ρ in
+    /// (0, 1e4], λ in [0, 1e3], v in (0, 1e6], q in (0, 3], the symmetric step factors (r, s)
+    /// inside symmetric ADMM's convergence region, and inner loops of at most 1e7 steps.
+    // negated comparisons on purpose: `!(v > 0.0)` also refuses NaN
+    #[allow(clippy::neg_cmp_op_on_partial_ord, clippy::nonminimal_bool)]
+    pub fn validate(&self) -> Result<()> {
+        use crate::error::number_text as text;
+        // (flag, value, as given, whether 0 is allowed, upper bound, the range as written)
+        let ranges: [(&str, f64, String, bool, f64, &str); 5] = [
+            ("--beta", self.beta as f64, text(self.beta), false, 1e4, "(0, 1e4]"),
+            ("--rho", self.rho as f64, text(self.rho), false, 1e4, "(0, 1e4]"),
+            ("--v", self.v, text(self.v), false, 1e6, "(0, 1e6]"),
+            ("--q", self.q, text(self.q), false, 3.0, "(0, 3]"),
+            ("--lambda", self.lambda as f64, text(self.lambda), true, 1e3, "[0, 1e3]"),
+        ];
+        for (flag, v, given, zero_ok, hi, range) in ranges {
+            if !((v > 0.0 || (zero_ok && v == 0.0)) && v <= hi) {
+                return Err(Error::invalid(format!("{flag} must be in {range}, got {given}")));
+            }
+        }
+        // He, Liu, Wang, Yuan's region for symmetric ADMM: r in (−1, 1), s in (0, (1+√5)/2),
+        // r + s > 0 and |r| < 1 + s − s² (r = 0.9, s = 1.09, the paper's, lies just inside)
+        let (r, s) = (self.r as f64, self.s as f64);
+        if !(r > -1.0
+            && r < 1.0
+            && s > 0.0
+            && s < (1.0 + 5f64.sqrt()) / 2.0
+            && r + s > 0.0
+            && r.abs() < 1.0 + s - s * s)
+        {
+            return Err(Error::invalid(format!(
+                "--r {} and --s {} lie outside symmetric ADMM's convergence region (r in (−1, 1), s in (0, 1.618), \
+                 r + s > 0, |r| < 1 + s − s²); the paper uses r = 0.9, s = 1.09",
+                crate::error::number_text(self.r),
+                crate::error::number_text(self.s)
+            )));
+        }
+        if self.inner == 0 || self.outer == 0 || self.k0 == 0 || self.batch == 0 {
+            return Err(Error::invalid("--inner, --outer, --k0 and --batch must be at least 1"));
+        }
+        let m = self.inner as f64;
+        let longest = m / (self.k0 as f64).powf(self.q) * (self.outer as f64).powf(self.q);
+        if !(longest < 1e7) || self.outer > 1_000_000 || self.inner > 1_000_000 {
+            return Err(Error::invalid(format!(
+                "--inner {}, --outer {}, --k0 {}, --q {} make inner loops of up to {} steps: choose smaller values",
+                self.inner,
+                self.outer,
+                self.k0,
+                self.q,
+                crate::error::number_text(longest.ceil())
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Runs SAS-ADMM outer iterations `state.k + 1 ..= cfg.outer`, calling `after` with each
+/// iteration's metrics (after the state is saved). Leaves W_avg in the network's weights.
+pub fn run_sas_admm(
+    ctx: PhaseContext<'_>,
+    cfg: &SasConfig,
+    state: &mut AdmmState,
+    mut after: impl FnMut(&IterationMetrics) -> Result<()>,
+) -> Result<()> {
+    let PhaseContext { model, data, spec, norm, seed, dir, bar } = ctx;
+    cfg.validate()?;
+    let p = model.store.prunable_len();
+    let (w_hat, d) = (arena_prefix(model)?, grads_prefix(model)?);
+    let h = Tensor::zeros(&[p])?;
+    let s = Scratch::new(p)?;
+    let mut buf = (Vec::new(), Vec::new());
+    let mut saves = SavePolicy::new();
+    let mut pace = Pace::new(state.k);
+    while state.k < cfg.outer {
+        let k = state.k + 1;
+        let (mk, eta) = cfg.inner_schedule(k);
+        if !pace.next_fits(mk) {
+            return Err(pace.stop(state, || state.save(model, dir, norm, "sas-admm")));
+        }
+        let started = Instant::now();
+        copy(&state.w, &s.w_prev)?;
+        admm::sas_h(&state.w, &state.z, &state.u, &h, cfg.rho, cfg.beta)?;
+        admm::mix(&state.w_breve, &state.w, &w_hat, 1.0)?; // Ŵ at t = 1 (b_1 = 1)
+        let ce_sum = Tensor::zeros(&[1])?;
+        for t in 1..=mk {
+            let b = 2.0 / (t as f64 + 1.0);
+            let b_next = 2.0 / (t as f64 + 2.0);
+            let gamma = 2.0 / (eta * t as f64);
+            let l = minibatch_gradient(model, data, spec, cfg.batch, cfg.file_order, seed, state.gradients, &mut buf)?;
+            elementwise::axpy(1.0, &l, &ce_sum)?;
+            admm::sas_inner(&d, &h, &state.w_breve, &state.w, &w_hat, gamma as f32, cfg.rho, b as f32, b_next as f32)?;
+            state.gradients += 1;
+            gpu::get()?.flush()?;
+            bar.set_position(state.gradients as u64);
+        }
+        admm::sas_dual(&state.w, &state.z, &state.u, &s.dz, &s.res, cfg.beta, cfg.lambda, cfg.r, cfg.s)?;
+        if k > cfg.k_avg {
+            // running mean of the W iterates K_avg … k, K_avg included (W_avg held W_{K_avg})
+            admm::mix(&state.w, &state.w_avg, &s.tmp, 1.0 / (k - cfg.k_avg + 1) as f32)?;
+            copy(&s.tmp, &state.w_avg)?;
+        } else {
+            copy(&state.w, &state.w_avg)?;
+        }
+        elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
+        state.k = k;
+        let l1 = reduce::sum_abs(&state.w_avg)?;
+        let v = read_scalars(&[
+            &ce_sum,
+            &l1,
+            &reduce::sum_squares(&s.w_prev)?,
+            &reduce::sum_squares(&s.dz)?,
+            &reduce::sum_squares(&s.res)?,
+            &reduce::sum_squares(&state.w)?,
+        ])?;
+        let ce = v[0] / mk as f64;
+        let m = IterationMetrics {
+            k,
+            gradients: state.gradients,
+            ce,
+            objective: ce + cfg.lambda as f64 * v[1],
+            dw2: v[2],
+            dz2: v[3],
+            res2: v[4],
+            seconds: started.elapsed().as_secs_f64(),
+            rho: cfg.rho as f64,
+            rel_res2: v[4] / v[5].max(f64::MIN_POSITIVE),
+        };
+        check_finite(&m, dir)?;
+        // logged first: a run killed in between repeats the iteration and drops its row
+        after(&m)?;
+        pace.record(&m, mk);
+        if saves.save_if_due(k == cfg.outer, || state.save(model, dir, norm, "sas-admm"))? {
+            pace.saved_k = k;
+        }
+    }
+    copy(&state.w_avg, &w_hat)
+}
