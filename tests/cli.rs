@@ -98,8 +98,14 @@ fn bad_flags_end_in_clear_errors() {
         (&["--model", "resnet32", "--rate", "1x"], "above 1x"),
         (&["--model", "resnet32", "--rate", "100%"], "below 100%"),
         (&["--model", "resnet32"], "give a target with --rate"),
-        (&["--model", "resnet32", "--rate", "6x", "--method", "lottery"], "unknown --method 'lottery'"),
-        (&["--model", "resnet32", "--rate", "6x", "--schedule", "slow"], "unknown --schedule 'slow'"),
+        (
+            &["--model", "resnet32", "--rate", "6x", "--method", "lottery"],
+            "invalid value 'lottery' for '--method <METHOD>'",
+        ),
+        (
+            &["--model", "resnet32", "--rate", "6x", "--schedule", "slow"],
+            "invalid value 'slow' for '--schedule <SCHEDULE>'",
+        ),
         (&["--model", "resnet32", "--rate", "6x", "--subset", "0"], "--subset and --eval-limit must be at least 1"),
         (&["train", "--model", "resnet20", "--data", "/nonexistent-dir"], "/nonexistent-dir"),
         // two targets at once: refused, not one of them silently ignored

@@ -18,12 +18,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Whether plans are measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether plans are measured (`--tune`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Tune on GPUs, fixed defaults on software (CPU) drivers.
+    /// measure plans on GPUs, fixed defaults on software (CPU) drivers
     Auto,
+    /// measure plans on every adapter
     On,
+    /// fixed defaults per device type (reproducible across machines)
     Off,
 }
 

@@ -7,10 +7,17 @@ use super::admm::{AdmmNnConfig, AdmmState, IterationMetrics, PhaseContext, SasCo
 use super::rate::Plan;
 use crate::{Error, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `--method` (and `compare --methods`): the names are the command line's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
+    /// SAS-ADMM, the paper's method
+    #[value(name = "sas-admm")]
     SasAdmm,
+    /// ADMM-NN as its authors run it
+    #[value(name = "admm", alias = "admm-nn")]
     Admm,
+    /// one-shot magnitude pruning (no ADMM phase)
+    #[value(name = "magnitude")]
     Magnitude,
 }
 

@@ -19,6 +19,24 @@ use std::time::Instant;
 
 pub use super::method::Method;
 
+/// `--schedule` of the pipeline and `compare`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schedule {
+    /// the paper's and its authors' code's defaults (K = 190, 200 retraining epochs)
+    Paper,
+    /// the same algorithm scaled down (K = 20, 15 retraining epochs)
+    Quick,
+}
+
+impl Schedule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Paper => "paper",
+            Schedule::Quick => "quick",
+        }
+    }
+}
+
 /// Everything a pruning run needs.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {

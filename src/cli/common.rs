@@ -1,0 +1,173 @@
+//! What the subcommands share: opening the data a model reads, the run record that `--resume`
+//! replays, and what a failed or stopped run says it saved.
+
+use sasprune::data::{cifar::Cifar10, packed::PackedSplit, Dataset};
+use sasprune::models::DataKind;
+use sasprune::run_dir::{self, DataRecord, RunRecord};
+use sasprune::{checkpoint, gpu, train, Error, Result};
+use std::ffi::OsString;
+use std::path::Path;
+
+/// `--classes`, or as many classes as the data holds (CIFAR-10: 10; a pack: its header's count),
+/// checked before anything is allocated from it.
+pub(crate) fn classes_for(given: Option<usize>, data: &dyn Dataset) -> Result<usize> {
+    let classes = given.unwrap_or(data.classes());
+    sasprune::models::check_classes(classes)?;
+    Ok(classes)
+}
+
+/// (train, test) datasets for `model`.
+pub(crate) fn open_data(model: &str, dir: Option<&Path>) -> Result<(Box<dyn Dataset>, Box<dyn Dataset>)> {
+    match sasprune::models::spec(model)?.data {
+        DataKind::Packed => {
+            let dir = dir.unwrap_or(Path::new("data"));
+            let open = |f: &str| PackedSplit::open(&dir.join(f)).map(|s| Box::new(s) as Box<dyn Dataset>);
+            Ok((open("train.pack")?, open("val.pack")?))
+        }
+        DataKind::Cifar10 => {
+            let c = Cifar10::locate(dir)?;
+            Ok((Box::new(c.train), Box::new(c.test)))
+        }
+    }
+}
+
+pub(crate) fn say_adapter() -> Result<()> {
+    eprintln!("adapter: {}", gpu::get()?.adapter);
+    Ok(())
+}
+
+/// Flags a run directory does not record: the global ones (they choose the machine, not the
+/// result) and the run directory itself. All take a value.
+pub(crate) const NOT_RECORDED: [&str; 7] =
+    ["--backend", "--adapter", "--tune", "--tune-cache", "--time-limit", "--out", "--resume"];
+
+/// The command line's tokens that describe the run: without the program name, the subcommand
+/// `sub` and the flags in NOT_RECORDED (with their values).
+pub(crate) fn recorded_args(args: &[OsString], sub: Option<&str>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut sub = sub;
+    let mut skip_value = false;
+    for t in args.iter().skip(1) {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        // the run record is JSON text: a token it keeps must be UTF-8 (paths travel as OsString
+        // everywhere else, and --out, which is not recorded, may be any name)
+        let Some(t) = t.to_str() else {
+            return Err(Error::invalid(format!(
+                "'{}' is not UTF-8 text, and a run records its flags as text so that --resume can replay them: \
+                 rename that file or directory (only --out may have such a name)",
+                t.to_string_lossy()
+            )));
+        };
+        if sub == Some(t) {
+            sub = None;
+            continue;
+        }
+        if NOT_RECORDED.contains(&t.split('=').next().unwrap_or("")) {
+            skip_value = !t.contains('=');
+            continue;
+        }
+        out.push(t.to_string());
+    }
+    Ok(out)
+}
+
+/// For `--resume DIR`: the command line to parse in place of this one, made of the flags the
+/// run was started with (read from DIR) and the ones given now, which must be among
+/// `overridable` (where the data lies, how far to go, a lower learning rate after divergence).
+/// The returned record holds the updated flags: callers save it once the resumed run is
+/// validated, so the next resume continues with them.
+pub(crate) fn resume_command_line(
+    dir: &Path,
+    command: &str,
+    args: &[OsString],
+    overridable: &[&str],
+) -> Result<(Vec<OsString>, RunRecord)> {
+    let sub = (command != "pipeline").then_some(command);
+    let given = recorded_args(args, sub)?;
+    let mut overrides = Vec::new();
+    let mut extra = Vec::new();
+    let mut tokens = given.iter();
+    while let Some(t) = tokens.next() {
+        let (name, inline) = match t.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (t.as_str(), None),
+        };
+        if overridable.contains(&name) {
+            let value = inline.or_else(|| tokens.next().cloned()).unwrap_or_default();
+            overrides.push((name.to_string(), value));
+        } else {
+            extra.push(t.as_str());
+        }
+    }
+    if !extra.is_empty() {
+        return Err(Error::invalid(format!(
+            "--resume continues a run with the flags it started with (see {}); besides {} it takes no others \
+             (got {}). To change settings, start a new run with --out",
+            dir.join(run_dir::RECORD_FILE).display(),
+            overridable.join(", "),
+            extra.join(" ")
+        )));
+    }
+    let mut record = RunRecord::load(dir, command)?;
+    record.args = run_dir::replay(&record.args, &overrides);
+    let mut line: Vec<OsString> = vec!["sasprune".into()];
+    line.extend(sub.map(OsString::from));
+    line.extend(record.args.iter().map(OsString::from));
+    line.extend([if command == "pipeline" { "--out" } else { "--resume" }.into(), dir.as_os_str().to_owned()]);
+    Ok((line, record))
+}
+
+/// Writes the record of a new run into `dir`, refusing a directory that already holds one.
+pub(crate) fn start_run_record(dir: &Path, command: &str, args: &[OsString], data: DataRecord) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let sub = (command != "pipeline").then_some(command);
+    RunRecord::new(command, recorded_args(args, sub)?, data).save(dir)
+}
+
+/// A run that failed after it started (a full disk, a lost device, a diverged loss) keeps what it
+/// saved: the error says what that is (`saved`, from [`saved_pipeline`] or [`saved_training`])
+/// and how to continue, unless it already does.
+pub(crate) fn with_resume_hint(e: Error, command: &str, saved: &str) -> Error {
+    // a divergence message says what to change and how to go on; a resume alone would diverge again
+    if matches!(e, Error::Diverged(_)) {
+        return e;
+    }
+    if let Error::TimeLimit(msg) = e {
+        return Error::TimeLimit(format!(
+            "{msg}; saved: {saved}; continue with `{command}` (with --time-limit again for a limited session)"
+        ));
+    }
+    Error::invalid(format!("{e}; saved: {saved}; continue with `{command}`"))
+}
+
+/// What a pipeline run directory holds for a resume, in words.
+pub(crate) fn saved_pipeline(dir: &Path) -> String {
+    let log = sasprune::run_dir::RunState::load(dir).unwrap_or_default();
+    let mut parts: Vec<String> =
+        sasprune::run_dir::RunState::PHASES.iter().filter(|p| log.done(p)).map(|p| format!("the {p} phase")).collect();
+    if let Ok(ck) = checkpoint::Checkpoint::load(&dir.join("admm_state.safetensors")) {
+        if let Some(k) = ck.metadata.get("k").filter(|_| !log.done("admm")) {
+            parts.push(format!("the ADMM phase through outer iteration {k}"));
+        }
+    }
+    for phase in ["dense", "baseline", "retrain"] {
+        if let Some(step) = train::saved_step(&dir.join(phase)).filter(|_| !log.done(phase)) {
+            parts.push(format!("{phase} training through step {step}"));
+        }
+    }
+    if parts.is_empty() {
+        "nothing yet (the run starts over from its beginning)".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What a training run directory holds for a resume, in words.
+pub(crate) fn saved_training(dir: &Path) -> String {
+    match train::saved_step(dir) {
+        Some(step) => format!("the checkpoint of step {step}"),
+        None => "no checkpoint yet (the run starts over from step 0)".into(),
+    }
+}

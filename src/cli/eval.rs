@@ -1,0 +1,44 @@
+//! `sasprune eval`: top-1, top-5 and loss of a model's weights on the test set.
+
+use super::args::EvalArgs;
+use super::common::{classes_for, open_data, say_adapter};
+use sasprune::models::Model;
+use sasprune::{checkpoint, gpu, train, Result};
+
+/// Evaluates `a.weights` on the test set, as text or (`--json`) one JSON object.
+pub(crate) fn run_eval(a: &EvalArgs, options: &gpu::GpuOptions) -> Result<()> {
+    let flag_norm = a.data.normalize()?;
+    gpu::init(options)?;
+    if !a.json {
+        say_adapter()?;
+    }
+    let batch = match a.batch {
+        Some(b) => sasprune::models::check_batch(&a.model, b, "--batch").map(|_| b)?,
+        None => sasprune::models::largest_batch(&a.model)?.min(500),
+    };
+    let (_, test) = open_data(&a.model, a.data.data.as_deref())?;
+    let classes = classes_for(a.classes, test.as_ref())?;
+    let mut model = Model::build(&a.model, classes, 0)?;
+    let stored = checkpoint::load_model(&mut model, &a.weights)?;
+    let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &a.weights.display().to_string());
+    let r = train::evaluate(&mut model, test.as_ref(), norm, batch, !a.json)?;
+    if a.json {
+        let doc = serde_json::json!({
+            "model": a.model, "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images,
+            "seconds": r.seconds, "adapter": gpu::get()?.adapter.name,
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "{}: top-1 {:.2}% | top-5 {:.2}% | loss {:.4} | {} images in {:.1} s ({:.0} img/s)",
+            a.model,
+            r.top1,
+            r.top5,
+            r.loss,
+            r.images,
+            r.seconds,
+            r.images as f64 / r.seconds
+        );
+    }
+    Ok(())
+}

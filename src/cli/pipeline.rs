@@ -1,0 +1,199 @@
+//! The pruning pipeline (no subcommand): its configuration from the flags, and the run.
+
+use super::args::{AdmmLrSchedule, AdmmTrain, Cli, PruneArgs};
+use super::common::{open_data, resume_command_line, saved_pipeline, say_adapter, start_run_record, with_resume_hint};
+use clap::Parser;
+use sasprune::models::Model;
+use sasprune::prune::{
+    self,
+    admm::{AdmmNnConfig, SasConfig},
+    pipeline::{PipelineConfig, Schedule},
+};
+use sasprune::run_dir::{self, DataRecord, RunLock, RunRecord};
+use sasprune::train::{self, LrSchedule, TrainConfig};
+use sasprune::{checkpoint, Error, Result};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// The pipeline configuration the flags describe (validated before any work starts).
+pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
+    let Some(model) = a.model.clone() else {
+        return Err(Error::invalid(
+            "say which model to prune, e.g. `sasprune --model resnet32 --rate 6.6x` (or run a subcommand; see --help)",
+        ));
+    };
+    let spec = sasprune::models::spec(&model)?;
+    let rate = match (&a.rate, &a.layer_rates) {
+        (Some(r), Some(f)) => {
+            return Err(Error::invalid(format!(
+                "--rate {r} and --layer-rates {} both set the pruning target: the file gives every layer its \
+                 percentage, so drop --rate (or the file)",
+                f.display()
+            )))
+        }
+        (Some(r), _) => prune::rate::parse_rate(r)?,
+        (None, Some(_)) => prune::rate::Rate::Percent(50.0), // unused: the file decides
+        (None, None) => {
+            return Err(Error::invalid("give a target with --rate (e.g. 6.6x or 85%) or --layer-rates FILE"))
+        }
+    };
+    let method = a.method;
+    // dense training and masked retraining follow the model's recipe (for the ResNets the CIFAR
+    // one, which is also the paper's retraining); quick shortens both to cosine schedules
+    let recipe = TrainConfig::from_recipe(&spec.recipe);
+    let (mut sas, mut retrain, dense) = match a.schedule {
+        Schedule::Paper => (SasConfig::paper(), recipe.clone(), recipe),
+        Schedule::Quick => {
+            let retrain =
+                TrainConfig { epochs: 15, lr: recipe.lr / 2.0, schedule: LrSchedule::Cosine, ..recipe.clone() };
+            let dense = TrainConfig { epochs: 30, schedule: LrSchedule::Cosine, ..recipe };
+            (SasConfig::quick(), retrain, dense)
+        }
+    };
+    macro_rules! set {
+        ($target:expr, $flag:expr) => {
+            if let Some(v) = $flag {
+                $target = v;
+            }
+        };
+    }
+    set!(sas.beta, a.beta);
+    set!(sas.rho, a.rho);
+    set!(sas.lambda, a.lambda);
+    set!(sas.inner, a.inner);
+    set!(sas.outer, a.outer);
+    set!(sas.k_avg, a.k_avg);
+    set!(sas.k0, a.k0);
+    set!(sas.v, a.v);
+    set!(sas.q, a.q);
+    set!(sas.r, a.r);
+    set!(sas.s, a.s);
+    set!(sas.batch, a.batch);
+    sas.file_order = a.deterministic;
+    retrain.deterministic = a.deterministic;
+    set!(retrain.epochs, a.retrain_epochs);
+    set!(retrain.lr, a.lr);
+    set!(retrain.batch, a.retrain_batch);
+    sas.validate()?;
+    let iterations = match a.schedule {
+        Schedule::Quick => AdmmNnConfig::QUICK_ITERATIONS,
+        Schedule::Paper => AdmmNnConfig::PAPER_ITERATIONS,
+    };
+    let mut admm = AdmmNnConfig::authors(&sas, a.admm_iterations.unwrap_or(iterations));
+    if a.admm_iterations.is_some() && a.admm_steps.is_none() {
+        // the given iterations share the budget (authors() never makes more than the gradients)
+        admm.iterations = a.admm_iterations.unwrap_or(admm.iterations);
+        admm.steps = sas.total_gradients().div_ceil(admm.iterations.max(1));
+    }
+    set!(admm.rho_growth, a.admm_rho_growth);
+    set!(admm.rho_max, a.admm_rho_max);
+    set!(admm.lr, a.admm_lr);
+    set!(admm.weight_decay, a.admm_weight_decay);
+    set!(admm.steps, a.admm_steps);
+    admm.lr_drops = a.admm_lr_schedule != Some(AdmmLrSchedule::Constant);
+    admm.train_all = a.admm_train != Some(AdmmTrain::Weights);
+    admm.reset_momentum = a.admm_reset_momentum;
+    // ρ0 matched to the W-subproblems as they now are, unless given
+    admm.rho = a.admm_rho.unwrap_or_else(|| admm.matched_rho());
+    retrain.seed = a.seed;
+    if a.subset == Some(0) || a.eval_limit == Some(0) {
+        return Err(Error::invalid("--subset and --eval-limit must be at least 1"));
+    }
+    retrain.validate_as("--retrain-epochs", "--retrain-batch")?;
+    sasprune::models::check_batch(&model, sas.batch, "--batch")?;
+    sasprune::models::check_batch(&model, retrain.batch, "--retrain-batch")?;
+    dense.validate()?;
+    admm.validate()?;
+    let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}-{rate_tag}-{}", method.name())));
+    retrain.divergence_hint = format!(
+        "continue from it with a lower learning rate: `sasprune --resume {} --lr {}`",
+        out.display(),
+        train::lr_text(retrain.lr / 10.0)
+    );
+    Ok(PipelineConfig {
+        model,
+        rate,
+        layer_rates: a.layer_rates.clone(),
+        method,
+        schedule: a.schedule.name().to_string(),
+        sas,
+        admm,
+        retrain,
+        dense: TrainConfig {
+            seed: a.seed,
+            deterministic: a.deterministic,
+            announce_eta_after: Some(20),
+            // the dense phase's lr comes from --schedule, not --lr (that one is the retraining's)
+            divergence_hint: "train the dense model with `sasprune train --lr ...` and pass it as --weights".into(),
+            ..dense
+        },
+        weights: a.weights.clone(),
+        preloaded: Default::default(),
+        normalize: a.data.normalize()?,
+        out,
+        seed: a.seed,
+        subset: a.subset,
+        eval_limit: a.eval_limit,
+        deterministic: a.deterministic,
+        baseline_epochs: a.baseline_epochs,
+        show_progress: true,
+    })
+}
+
+pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
+    // `--resume DIR` replays the flags the run was started with.
+    let (a, record) = match &a.resume {
+        Some(dir) => {
+            let (line, record) = resume_command_line(dir, "pipeline", args, &["--data", "--lr"])?;
+            let cli = Cli::try_parse_from(&line)
+                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
+            let mut prune = cli.prune;
+            // Runs started before a rate needed its unit saved `--rate 6.6`, which meant 6.6x then.
+            if let Some(r) = prune.rate.as_mut().filter(|r| r.trim().parse::<f64>().is_ok()) {
+                r.push('x');
+            }
+            (prune, Some(record))
+        }
+        None => (a.clone(), None),
+    };
+    let cfg = pipeline_config(&a)?;
+    // Validate the plan and the data before any work starts.
+    let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
+    let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
+    say_adapter()?;
+    let mut model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
+    prune::pipeline::make_plan(&model, &cfg)?;
+    let dense_done = sasprune::run_dir::RunState::load(&cfg.out)?.done("dense");
+    let mut cfg = cfg;
+    if let Some(w) = cfg.weights.clone().filter(|_| !dense_done) {
+        // names, shapes (the class count included) and values, before any work, read once (a
+        // pipe cannot be read twice) and handed to the dense phase; a run past its dense start
+        // has its own copy (dense.safetensors), so a moved run needs no --weights file
+        let ck = checkpoint::Checkpoint::load(&w)?;
+        checkpoint::load_model_from(&mut model, &ck, &w)?;
+        cfg.preloaded = checkpoint::Preloaded::new(ck);
+    }
+    let cfg = prune::pipeline::check_memory(&mut model, &cfg, train_set.as_ref(), test_set.as_ref())?;
+    drop(model);
+    let _lock = RunLock::acquire(&cfg.out)?;
+    match record {
+        Some(record) => {
+            record.check_data(&cfg.out, &data, a.data.data.as_deref())?;
+            record.save(&cfg.out)?;
+        }
+        None => {
+            if RunRecord::exists(&cfg.out) {
+                return Err(Error::invalid(format!(
+                    "{} already holds a run: continue it with --resume {0} or choose another --out",
+                    cfg.out.display()
+                )));
+            }
+            start_run_record(&cfg.out, "pipeline", args, data)?;
+        }
+    }
+    prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref()).map_err(|e| {
+        with_resume_hint(e, &format!("sasprune --resume {}", cfg.out.display()), &saved_pipeline(&cfg.out))
+    })?;
+    Ok(())
+}

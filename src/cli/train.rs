@@ -1,0 +1,177 @@
+//! `sasprune train`: dense training, new or resumed.
+
+use super::args::{Cli, Command, TrainArgs, TrainSchedule};
+use super::common::{
+    classes_for, open_data, resume_command_line, saved_training, say_adapter, start_run_record, with_resume_hint,
+};
+use clap::Parser;
+use sasprune::models::Model;
+use sasprune::run_dir::{self, DataRecord, RunLock, RunRecord};
+use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
+use sasprune::{checkpoint, gpu, Error, Result};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Parses `train`'s schedule flags (milestones and gamma default to the model's recipe).
+fn train_schedule(a: &TrainArgs, recipe: &sasprune::models::Recipe) -> Result<LrSchedule> {
+    match a.schedule {
+        TrainSchedule::Cosine => Ok(LrSchedule::Cosine),
+        TrainSchedule::Multistep => {
+            let milestones = match &a.milestones {
+                None => recipe.milestones.to_vec(),
+                Some(text) => text
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| Error::invalid(format!("--milestones must be epochs like 100,150, got '{text}'")))?,
+            };
+            Ok(LrSchedule::MultiStep { milestones, gamma: a.gamma.unwrap_or(recipe.gamma) })
+        }
+    }
+}
+
+/// `sasprune train`: a new run, or `--resume DIR` alone continuing one with its saved flags.
+pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptions) -> Result<()> {
+    // A run directory that holds a record is resumed from its saved flags; one from a version
+    // that kept none is resumed with the flags given now (seed and batch checked).
+    let (a, record) = match &a.resume {
+        Some(dir) if RunRecord::exists(dir) || !dir.join(train::STATE_FILE).exists() => {
+            let overridable = ["--data", "--steps", "--save-every", "--lr"];
+            let (line, record) = resume_command_line(dir, "train", args, &overridable)?;
+            let cli = Cli::try_parse_from(&line)
+                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
+            let Some(Command::Train(saved)) = cli.command else {
+                return Err(Error::invalid(format!("{} does not record a training run", dir.display())));
+            };
+            (saved, Some(record))
+        }
+        _ => (a, None),
+    };
+    let Some(model_name) = a.model.clone() else {
+        return Err(Error::invalid("say which model to train with --model (e.g. resnet20), or --resume DIR"));
+    };
+    let dir = match (&a.resume, &a.out) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => PathBuf::from(format!("runs/{model_name}-train-seed{}", a.seed)),
+    };
+    if a.resume.is_none() && [train::METRICS_FILE, train::STATE_FILE].iter().any(|f| dir.join(f).exists()) {
+        // A new run must not append to another run's metrics or inherit its best top-1.
+        return Err(Error::invalid(format!(
+            "{} already holds a training run: continue it with --resume {0}, or choose another --out",
+            dir.display()
+        )));
+    }
+    // flags not given take the model's recipe (AlexNet's is ImageNet's, not the CIFAR one)
+    let recipe = sasprune::models::spec(&model_name)?.recipe;
+    let lr = a.lr.unwrap_or(recipe.lr);
+    let batch = a.batch.unwrap_or(recipe.batch);
+    let cfg = TrainConfig {
+        epochs: a.epochs.unwrap_or(recipe.epochs),
+        batch,
+        lr,
+        momentum: a.momentum.unwrap_or(recipe.momentum),
+        weight_decay: a.weight_decay.unwrap_or(recipe.weight_decay),
+        nesterov: a.nesterov,
+        schedule: train_schedule(&a, &recipe)?,
+        seed: a.seed,
+        max_steps: a.steps,
+        subset: a.subset,
+        deterministic: a.deterministic,
+        save_every: a.save_every.max(1),
+        divergence_hint: format!(
+            "continue with a lower learning rate: `sasprune train --resume {} --lr {}`",
+            dir.display(),
+            train::lr_text(lr / 10.0)
+        ),
+        ..TrainConfig::cifar_default()
+    };
+    cfg.validate()?;
+    sasprune::models::check_batch(&model_name, batch, "--batch")?;
+    if let Some(c) = a.classes {
+        sasprune::models::check_classes(c)?;
+    }
+    let flag_norm = a.data.normalize()?;
+    gpu::init(options)?;
+    say_adapter()?;
+    let (train_set, test_set) = open_data(&model_name, a.data.data.as_deref())?;
+    let classes = classes_for(a.classes, train_set.as_ref())?;
+    let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
+    let _lock = RunLock::acquire(&dir)?;
+    let mut model = Model::build(&model_name, classes, a.seed)?;
+    if let Some(record) = &record {
+        record.check_data(&dir, &data, a.data.data.as_deref())?;
+        record.save(&dir)?;
+    }
+    // A run that stopped before its first checkpoint (diverged at once, say) resumes from the start;
+    // one that saved progress but lost its checkpoint would start over and overwrite that: refused.
+    if a.resume.is_some() && record.is_some() && !dir.join(train::STATE_FILE).exists() {
+        // metrics.csv has a row per finished epoch (a failed first save leaves none to lose)
+        if let Some(f) = [train::METRICS_FILE].iter().find(|f| dir.join(f).exists()) {
+            return Err(Error::invalid(format!(
+                "{} holds a training run that saved progress ({f}) but its {} is missing, so it cannot continue \
+                 where it stopped; resuming would start over at step 0 and overwrite it. Restore that file, or start \
+                 a new run elsewhere with --out (--weights {} continues from the saved weights)",
+                dir.display(),
+                train::STATE_FILE,
+                dir.join(train::MODEL_FILE).display()
+            )));
+        }
+    }
+    let (progress, norm) = if a.resume.is_some() && (record.is_none() || dir.join(train::STATE_FILE).exists()) {
+        let (p, norm) = train::load_state(&mut model, &dir, &cfg)?;
+        eprintln!("resuming {} at step {}", dir.display(), p.step);
+        (p, norm)
+    } else {
+        let norm = match &a.weights {
+            Some(w) => {
+                let stored = checkpoint::load_model(&mut model, w)?;
+                checkpoint::choose_normalize(flag_norm, stored, &model_name, &w.display().to_string())
+            }
+            None => checkpoint::normalize_for_training(flag_norm, &model_name),
+        };
+        (Progress::default(), norm)
+    };
+    let cfg = check_training_memory(&mut model, cfg, train_set.len(), test_set.len())?;
+    if record.is_none() && a.resume.is_none() {
+        start_run_record(&dir, "train", args, data)?;
+    }
+    let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None).map_err(
+        |e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display()), &saved_training(&dir)),
+    )?;
+    println!(
+        "trained {} steps ({} epochs) in {:.1} s, {:.1} img/s in the steps; test top-1 {} (best {}); run directory {}",
+        s.steps,
+        s.epochs_completed,
+        s.seconds,
+        s.images_per_second,
+        s.final_eval.map_or("-".into(), |e| format!("{:.2}%", e.top1)),
+        s.best_top1.map_or("-".into(), |b| format!("{b:.2}%")),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `train`'s memory check before the first step (see `sasprune::preflight`): a training step at
+/// --batch and an evaluation pass; returns `cfg` with the evaluation batch that fits.
+fn check_training_memory(
+    model: &mut Model,
+    cfg: TrainConfig,
+    train_len: usize,
+    test_len: usize,
+) -> Result<TrainConfig> {
+    use sasprune::preflight::{check_memory, Probe, Work};
+    if !gpu::get()?.memory_can_be_checked() {
+        return Ok(cfg);
+    }
+    let train_len = cfg.subset.unwrap_or(train_len).min(train_len);
+    let probe =
+        |phase, flag, batch: usize, work| Probe { phase, flag, batch: batch.max(1), work, vectors: 0, vector_len: 0 };
+    let probes = [
+        probe("training", "--batch", cfg.batch.min(train_len), Work::Train),
+        probe("evaluation", "the evaluation batch", cfg.eval_batch.min(test_len), Work::Eval),
+    ];
+    let eval_batch = check_memory(model, &probes, cfg.eval_batch)?;
+    Ok(TrainConfig { eval_batch, ..cfg })
+}
