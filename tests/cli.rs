@@ -533,28 +533,10 @@ fn pipeline_weights_from_a_pipe_are_read_once() {
     // deadline below turns that into a failure instead of a hang)
     let writer = std::thread::spawn(move || std::fs::write(&fifo_w, bytes));
     let fifo_s = fifo.display().to_string();
-    let quick = [
-        "--schedule",
-        "quick",
-        "--outer",
-        "1",
-        "--inner",
-        "1",
-        "--k0",
-        "1",
-        "--k-avg",
-        "1",
-        "--batch",
-        "8",
-        "--retrain-epochs",
-        "1",
-        "--retrain-batch",
-        "8",
-        "--subset",
-        "16",
-        "--eval-limit",
-        "8",
-    ];
+    let quick: Vec<&str> = "--schedule quick --outer 1 --inner 1 --k0 1 --k-avg 1 --batch 8 --retrain-epochs 1 \
+                            --retrain-batch 8 --subset 16 --eval-limit 8"
+        .split_whitespace()
+        .collect();
     let args = t.pipeline_args(&fifo_s, &quick);
     let mut child = Command::new(env!("CARGO_BIN_EXE_sasprune"))
         .args(&args)

@@ -13,45 +13,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn pipeline_args(out: &Path, data: &Path, weights: &Path) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--model",
-        "resnet20",
-        "--rate",
-        "3x",
-        "--schedule",
-        "quick",
-        "--inner",
-        "2",
-        "--outer",
-        "3",
-        "--k0",
-        "1",
-        "--k-avg",
-        "1",
-        "--batch",
-        "8",
-        "--retrain-epochs",
-        "2",
-        "--retrain-batch",
-        "8",
-        "--lr",
-        "0.01",
-        "--subset",
-        "32",
-        "--eval-limit",
-        "8",
-        "--tune",
-        "off",
-    ]
-    .map(String::from)
-    .to_vec();
-    for (flag, path) in [("--data", data), ("--weights", weights), ("--out", out)] {
-        args.extend([flag.to_string(), path.display().to_string()]);
-    }
-    args
-}
-
 fn run_to_end(args: &[String]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sasprune")).args(args).output().expect("the binary runs")
 }
@@ -85,7 +46,7 @@ fn a_pipeline_killed_at_random_moments_resumes_to_identical_weights() {
     // the uninterrupted run
     let straight = tmp.path().join("straight");
     let started = Instant::now();
-    let out = run_to_end(&pipeline_args(&straight, &data, &weights));
+    let out = run_to_end(&common::small_pipeline_args(&straight, &data, &weights));
     let whole = started.elapsed();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let expected = pruned(&straight);
@@ -94,7 +55,7 @@ fn a_pipeline_killed_at_random_moments_resumes_to_identical_weights() {
     let kills = std::env::var("SASPRUNE_KILL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     for case in 0..kills {
         let dir = tmp.path().join(format!("killed{case}"));
-        let args = pipeline_args(&dir, &data, &weights);
+        let args = common::small_pipeline_args(&dir, &data, &weights);
         // two kills per run at seeded moments of the run's length, then a run to the end
         for attempt in 0..3 {
             let resume = dir.join("command.json").exists();

@@ -347,12 +347,7 @@ fn admm_nn_at_its_authors_settings_pulls_w_to_its_projection() {
         if let Some(w) = pretrained() {
             checkpoint::load_model(&mut m, &w).unwrap();
         }
-        let plan = sasprune::prune::rate::plan_uniform(
-            sasprune::prune::rate::prunable_layers(&m.store),
-            Rate::Times(3.0),
-            true,
-        )
-        .unwrap();
+        let plan = plan_3x(&m);
         let spec = sasprune::train::train_spec(&m, &train, norm, true);
         let mut s = AdmmState::start(&m).unwrap();
         let dir = tmp.path().join(tag);
@@ -394,12 +389,7 @@ fn a_resumed_admm_nn_phase_continues_exactly() {
     let tmp = common::TempDir::new("admm-nn-resume");
     let build = || {
         let m = Model::build("resnet20", 10, 5).unwrap();
-        let plan = sasprune::prune::rate::plan_uniform(
-            sasprune::prune::rate::prunable_layers(&m.store),
-            Rate::Times(3.0),
-            true,
-        )
-        .unwrap();
+        let plan = plan_3x(&m);
         (m, plan)
     };
     let (d1, d2) = (tmp.path().join("straight"), tmp.path().join("split"));
@@ -444,4 +434,10 @@ fn a_resumed_admm_nn_phase_continues_exactly() {
     assert!(s.u.to_vec().unwrap() == straight.2, "U after resuming differs");
     // every parameter is trained in the W-step: batch norm's too, identical after the resume
     assert!(m.store.state_dict().unwrap() == straight.3, "the network's parameters after resuming differ");
+}
+
+/// Every conv layer pruned uniformly to 3x, the fc layer dense.
+fn plan_3x(m: &Model) -> sasprune::prune::rate::Plan {
+    sasprune::prune::rate::plan_uniform(sasprune::prune::rate::prunable_layers(&m.store), Rate::Times(3.0), true)
+        .unwrap()
 }

@@ -13,45 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn pipeline_args(out: &Path, data: &Path, weights: &Path) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--model",
-        "resnet20",
-        "--rate",
-        "3x",
-        "--schedule",
-        "quick",
-        "--inner",
-        "2",
-        "--outer",
-        "4",
-        "--k0",
-        "1",
-        "--k-avg",
-        "2",
-        "--batch",
-        "8",
-        "--retrain-epochs",
-        "3",
-        "--retrain-batch",
-        "8",
-        "--lr",
-        "0.01",
-        "--subset",
-        "32",
-        "--eval-limit",
-        "8",
-        "--tune",
-        "off",
-    ]
-    .map(String::from)
-    .to_vec();
-    for (flag, path) in [("--data", data), ("--weights", weights), ("--out", out)] {
-        args.extend([flag.to_string(), path.display().to_string()]);
-    }
-    args
-}
-
 fn sasprune(args: &[String]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sasprune")).args(args).output().expect("the binary runs")
 }
@@ -75,18 +36,18 @@ fn a_run_cut_by_its_time_limit_and_moved_between_sessions_ends_bit_identical() {
 
     let straight = tmp.path().join("straight");
     let started = Instant::now();
-    let out = sasprune(&pipeline_args(&straight, &data, &weights));
+    let out = sasprune(&common::small_pipeline_args(&straight, &data, &weights));
     let whole = started.elapsed().as_secs_f64();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // a limit of about 40% of the run (the process start and shader compilation count too)
-    let limit = format!("{}s", (whole * 0.4).ceil().max(3.0) as u64);
+    // a limit of half the run (the process start and shader compilation count too)
+    let limit = format!("{}s", (whole * 0.5).ceil().max(3.0) as u64);
     let mut dir = tmp.path().join("limited-0");
     let mut data_now = data.clone();
-    let mut line = pipeline_args(&dir, &data, &weights);
+    let mut line = common::small_pipeline_args(&dir, &data, &weights);
     line.extend(["--time-limit".into(), limit.clone()]);
     let mut cuts = 0;
-    for session in 1..=12 {
+    for session in 1..=20 {
         let out = sasprune(&line);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
@@ -112,7 +73,7 @@ fn a_run_cut_by_its_time_limit_and_moved_between_sessions_ends_bit_identical() {
             .map(String::from)
             .to_vec();
         line.extend(["--tune".into(), "off".into(), "--time-limit".into(), limit.clone()]);
-        assert!(session < 12, "the run made no progress under --time-limit {limit}: {stderr}");
+        assert!(session < 20, "the run made no progress under --time-limit {limit}: {stderr}");
     }
     assert!(cuts >= 2, "--time-limit {limit} cut a {whole:.1} s run only {cuts} times: the test proves little");
     assert!(!weights.exists(), "the dense weights were deleted after the first session");

@@ -143,3 +143,17 @@ pub fn write_fake_cifar(dir: &std::path::Path, per_file: usize, salt: u8) -> std
     }
     batches
 }
+
+/// A small pruning pipeline through the binary: ResNet-20 at 3x on a fake CIFAR set (`data`, from
+/// [`write_fake_cifar`] with 8 images per file), quick schedule cut down to 3 outer iterations of
+/// 8 images and 2 retraining epochs, fixed kernel plans; every phase runs in seconds on a
+/// software driver. Used by the tests that stop and resume runs.
+pub fn small_pipeline_args(out: &std::path::Path, data: &std::path::Path, weights: &std::path::Path) -> Vec<String> {
+    let flags = "--model resnet20 --rate 3x --schedule quick --inner 2 --outer 3 --k0 1 --k-avg 1 --batch 8 \
+                 --retrain-epochs 2 --retrain-batch 8 --lr 0.01 --subset 32 --eval-limit 8 --tune off";
+    let mut args: Vec<String> = flags.split_whitespace().map(String::from).collect();
+    for (flag, path) in [("--data", data), ("--weights", weights), ("--out", out)] {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    args
+}
