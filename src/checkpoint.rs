@@ -212,6 +212,26 @@ impl Checkpoint {
     }
 }
 
+/// The `__metadata__` of a safetensors file, read from its header alone (a training or ADMM state
+/// file can be gigabytes; a message about where a run stands needs only its step).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let bad = |why: &str| Error::invalid(format!("{} is not a valid safetensors file: {why}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad("its header claims more than 100 MB"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let parsed: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(&format!("header: {e}")))?;
+    let meta = parsed.get("__metadata__").and_then(|m| m.as_object()).cloned().unwrap_or_default();
+    Ok(meta.into_iter().filter_map(|(k, v)| Some((k, v.as_str()?.to_string()))).collect())
+}
+
 /// Writes `tensors` (F32) and `counters` (int64 scalars) with `metadata` to `path` atomically.
 pub fn save(
     path: &Path,

@@ -47,7 +47,8 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
         }
         Command::Compare(c) => compare::run_compare(&c, args, &options).map_err(|e| match e {
             Error::TimeLimit(_) => {
-                common::with_resume_hint(e, "the same command again", "every finished run and phase")
+                // every run of the comparison resumes like the pipeline: the same command continues
+                common::with_resume_hint(e, &common::command_text(args), "every finished run and phase")
             }
             e => e,
         }),

@@ -591,7 +591,7 @@ fn check_loss(loss: f32, step: usize, epoch: usize, dir: &Path, hint: &str) -> R
     if loss.is_finite() {
         return Ok(());
     }
-    let saved = match read_state_step(dir) {
+    let saved = match saved_step(dir) {
         Some(at) => format!("the last checkpoint in {} (step {at}) predates it", dir.display()),
         None => format!("no checkpoint was saved in {} yet (a resume starts from the beginning)", dir.display()),
     };
@@ -610,12 +610,7 @@ pub fn lr_text(lr: f32) -> String {
     }
 }
 
-/// The step of the checkpoint in `dir`, if there is a readable one.
+/// The step of the checkpoint in `dir`, if there is a readable one (its header alone is read).
 pub fn saved_step(dir: &Path) -> Option<usize> {
-    read_state_step(dir)
-}
-
-fn read_state_step(dir: &Path) -> Option<usize> {
-    let ck = checkpoint::Checkpoint::load(&dir.join(STATE_FILE)).ok()?;
-    ck.metadata.get("step")?.parse().ok()
+    checkpoint::read_metadata(&dir.join(STATE_FILE)).ok()?.get("step")?.parse().ok()
 }

@@ -147,8 +147,8 @@ pub(crate) fn saved_pipeline(dir: &Path) -> String {
     let log = sasprune::run_dir::RunState::load(dir).unwrap_or_default();
     let mut parts: Vec<String> =
         sasprune::run_dir::RunState::PHASES.iter().filter(|p| log.done(p)).map(|p| format!("the {p} phase")).collect();
-    if let Ok(ck) = checkpoint::Checkpoint::load(&dir.join("admm_state.safetensors")) {
-        if let Some(k) = ck.metadata.get("k").filter(|_| !log.done("admm")) {
+    if let Ok(meta) = checkpoint::read_metadata(&dir.join("admm_state.safetensors")) {
+        if let Some(k) = meta.get("k").filter(|_| !log.done("admm")) {
             parts.push(format!("the ADMM phase through outer iteration {k}"));
         }
     }
@@ -170,4 +170,12 @@ pub(crate) fn saved_training(dir: &Path) -> String {
         Some(step) => format!("the checkpoint of step {step}"),
         None => "no checkpoint yet (the run starts over from step 0)".into(),
     }
+}
+
+/// The command line as a user would retype it (`sasprune` and the arguments, lossily as text).
+pub(crate) fn command_text(args: &[OsString]) -> String {
+    std::iter::once("sasprune".into())
+        .chain(args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<String>>()
+        .join(" ")
 }

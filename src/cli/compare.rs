@@ -1,7 +1,7 @@
 //! `sasprune compare`: every method on one budget, or the paper's table.
 
 use super::args::{CompareArgs, PruneArgs};
-use super::common::{open_data, say_adapter};
+use super::common::{command_text, open_data, say_adapter};
 use super::pipeline::pipeline_config;
 use sasprune::prune::{self, pipeline::PipelineConfig};
 use sasprune::run_dir::RunLock;
@@ -73,8 +73,5 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     for (row, cfg) in rows.iter().zip(&configs) {
         results.push(prune::paper_table::run_row(*row, cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref())?);
     }
-    let command: Vec<String> = std::iter::once("sasprune".into())
-        .chain(args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()))
-        .collect();
-    prune::paper_table::write(&out, &results, &command.join(" "), &gpu::get()?.adapter.to_string()).map(drop)
+    prune::paper_table::write(&out, &results, &command_text(args), &gpu::get()?.adapter.to_string()).map(drop)
 }

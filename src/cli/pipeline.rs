@@ -79,11 +79,11 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         Schedule::Quick => AdmmNnConfig::QUICK_ITERATIONS,
         Schedule::Paper => AdmmNnConfig::PAPER_ITERATIONS,
     };
-    let mut admm = AdmmNnConfig::authors(&sas, a.admm_iterations.unwrap_or(iterations));
-    if a.admm_iterations.is_some() && a.admm_steps.is_none() {
-        // the given iterations share the budget (authors() never makes more than the gradients)
-        admm.iterations = a.admm_iterations.unwrap_or(admm.iterations);
-        admm.steps = sas.total_gradients().div_ceil(admm.iterations.max(1));
+    let mut admm = AdmmNnConfig::authors(&sas, iterations);
+    if let Some(n) = a.admm_iterations {
+        // as given (validated below), sharing the same budget unless --admm-steps says otherwise
+        admm.iterations = n;
+        admm.steps = sas.total_gradients().div_ceil(n.max(1));
     }
     set!(admm.rho_growth, a.admm_rho_growth);
     set!(admm.rho_max, a.admm_rho_max);

@@ -266,76 +266,78 @@ pub(super) fn check_finite(m: &IterationMetrics, dir: &Path) -> Result<()> {
     )))
 }
 
-/// When the ADMM phase saves its state: after the first iteration a session runs, after the last
-/// one, and otherwise once the time since the last save is at least 20 times what that save
-/// took, so saving costs at most ~5% of the phase. On a software driver that is every
-/// iteration; on a fast GPU a small model's iteration takes less time than reading back and
-/// writing its state, and AlexNet's state is 1.4 GB. A resumed run repeats at most the iterations since the last save (with the
-/// same minibatches, so with the same result).
-pub(super) struct SavePolicy {
-    last: Option<Instant>,
-    cost: std::time::Duration,
+/// One session of an ADMM phase (a process's share of it): when it saves its state, and whether
+/// its next outer iteration still fits a `--time-limit`.
+///
+/// Saves: after the first iteration the session runs, after the last one, and otherwise once the
+/// time since the last save is at least 20 times what that save took, so saving costs at most
+/// ~5% of the phase. On a software driver that is every iteration; on a fast GPU a small model's
+/// iteration takes less time than reading back and writing its state, and AlexNet's state is
+/// 1.4 GB. A resumed run repeats at most the iterations since the last save (with the same
+/// minibatches, so with the same result).
+///
+/// Time limit: an iteration starts only when it (at this session's pace per gradient, a quarter
+/// to spare) and a save fit before the limit; the first iteration of a session always runs.
+pub(super) struct Session {
+    last_save: Option<Instant>,
+    save_cost: std::time::Duration,
+    /// The last outer iteration whose state is on disk.
+    saved_k: usize,
+    /// Gradients and seconds of this session's iterations.
+    gradients: usize,
+    seconds: f64,
 }
 
-impl SavePolicy {
-    pub(super) fn new() -> SavePolicy {
-        SavePolicy { last: None, cost: std::time::Duration::ZERO }
+impl Session {
+    /// A session continuing from `state` (fresh, or as loaded from disk).
+    pub(super) fn new(state: &AdmmState) -> Session {
+        Session { last_save: None, save_cost: std::time::Duration::ZERO, saved_k: state.k, gradients: 0, seconds: 0.0 }
     }
 
-    /// Saves when due; says whether it did.
-    pub(super) fn save_if_due(&mut self, last_iteration: bool, save: impl FnOnce() -> Result<()>) -> Result<bool> {
-        let due = match self.last {
+    /// Before an iteration of `gradients` minibatch gradients: when it would not end before the
+    /// time limit, saves what is not on disk yet and returns the error that stops the phase.
+    pub(super) fn check_time(
+        &self,
+        state: &AdmmState,
+        gradients: usize,
+        save: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        if self.gradients == 0 {
+            return Ok(());
+        }
+        let per_gradient = self.seconds / self.gradients as f64;
+        if crate::time_limit::fits(std::time::Duration::from_secs_f64(1.25 * per_gradient * gradients as f64)) {
+            return Ok(());
+        }
+        if state.k > self.saved_k {
+            save()?;
+        }
+        Err(crate::time_limit::reached(&format!("ADMM outer iteration {}", state.k + 1)))
+    }
+
+    /// After outer iteration `m` of `gradients` gradients (`last`: the phase's last): counts its
+    /// pace and saves the state when due.
+    pub(super) fn iteration_done(
+        &mut self,
+        m: &IterationMetrics,
+        gradients: usize,
+        last: bool,
+        save: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        self.gradients += gradients;
+        self.seconds += m.seconds;
+        let due = match self.last_save {
             None => true,
-            Some(at) => last_iteration || at.elapsed() >= 20 * self.cost,
+            Some(at) => last || at.elapsed() >= 20 * self.save_cost,
         };
         if due {
             let start = Instant::now();
             save()?;
-            self.cost = start.elapsed();
-            self.last = Some(Instant::now());
+            self.save_cost = start.elapsed();
+            self.last_save = Some(Instant::now());
+            self.saved_k = m.k;
         }
-        Ok(due)
-    }
-}
-
-/// This session's pace in the ADMM phase, for `--time-limit`: an outer iteration starts only when
-/// it and a save fit before the limit. The first iteration of a session always runs.
-#[derive(Default)]
-pub(super) struct Pace {
-    gradients: usize,
-    seconds: f64,
-    /// The last outer iteration whose state is on disk.
-    pub(super) saved_k: usize,
-}
-
-impl Pace {
-    pub(super) fn new(saved_k: usize) -> Pace {
-        Pace { saved_k, ..Pace::default() }
-    }
-
-    pub(super) fn record(&mut self, m: &IterationMetrics, gradients: usize) {
-        self.gradients += gradients;
-        self.seconds += m.seconds;
-    }
-
-    /// Whether an iteration of `gradients` minibatch gradients fits (a quarter to spare).
-    pub(super) fn next_fits(&self, gradients: usize) -> bool {
-        if self.gradients == 0 {
-            return true;
-        }
-        let per_gradient = self.seconds / self.gradients as f64;
-        crate::time_limit::fits(std::time::Duration::from_secs_f64(1.25 * per_gradient * gradients as f64))
-    }
-
-    /// Saves the state unless the last completed iteration is on disk already, then says why the
-    /// phase stops.
-    pub(super) fn stop(&self, state: &AdmmState, save: impl FnOnce() -> Result<()>) -> Error {
-        if state.k > self.saved_k {
-            if let Err(e) = save() {
-                return e;
-            }
-        }
-        crate::time_limit::reached(&format!("ADMM outer iteration {}", state.k + 1))
+        Ok(())
     }
 }
 

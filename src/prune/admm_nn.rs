@@ -3,7 +3,7 @@
 
 use super::admm::{
     arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, selection, AdmmState,
-    IterationMetrics, Pace, PhaseContext, SavePolicy, Scratch,
+    IterationMetrics, PhaseContext, Scratch, Session,
 };
 use super::rate::Plan;
 use super::sas_admm::SasConfig;
@@ -177,12 +177,9 @@ pub fn run_admm_nn(
     }
     let prunable_momentum = Tensor::view_into(model.store.momentum_flat()?.storage().clone(), 0, &[p])?;
     let mut buf = (Vec::new(), Vec::new());
-    let mut saves = SavePolicy::new();
-    let mut pace = Pace::new(state.k);
+    let mut session = Session::new(state);
     while state.k < cfg.iterations {
-        if !pace.next_fits(cfg.steps) {
-            return Err(pace.stop(state, || state.save(model, dir, norm, "admm")));
-        }
+        session.check_time(state, cfg.steps, || state.save(model, dir, norm, "admm"))?;
         let started = Instant::now();
         let k = state.k + 1;
         let rho = cfg.rho_at(k);
@@ -236,10 +233,7 @@ pub fn run_admm_nn(
         check_finite(&m, dir)?;
         // logged first: a run killed in between repeats the iteration and drops its row
         after(&m)?;
-        pace.record(&m, cfg.steps);
-        if saves.save_if_due(state.k == cfg.iterations, || state.save(model, dir, norm, "admm"))? {
-            pace.saved_k = k;
-        }
+        session.iteration_done(&m, cfg.steps, state.k == cfg.iterations, || state.save(model, dir, norm, "admm"))?;
     }
     copy(&state.w, &w_net)
 }

@@ -45,6 +45,9 @@ pub struct CompareRow {
     /// residual (the largest final one among the ADMM runs), so every ADMM run reaches it; `None`
     /// for magnitude pruning. Filled in once every run is done.
     pub gradients_to_common: Option<usize>,
+    /// (gradients, relative residual) after each outer iteration of the ADMM phase (empty for
+    /// magnitude pruning).
+    pub residuals: Vec<(usize, f64)>,
 }
 
 /// One run's ADMM metrics (empty for magnitude pruning).
@@ -58,12 +61,10 @@ fn run_metrics(dir: &std::path::Path, seed: u64, method: Method) -> Vec<Iteratio
 
 /// The common relative residual (the largest final one among the ADMM runs), and each ADMM run's
 /// gradients to reach it: the paper's convergence claim measured the same way for every method.
-fn gradients_to_common(dir: &std::path::Path, cfg_seed: u64, methods: &[Method], rows: &mut [CompareRow]) -> f64 {
+fn gradients_to_common(rows: &mut [CompareRow]) -> f64 {
     let target = rows.iter().map(|r| r.final_rel_res2).filter(|v| v.is_finite()).fold(f64::NAN, f64::max);
     for r in rows.iter_mut() {
-        let Some(&method) = methods.iter().find(|m| m.name() == r.method) else { continue };
-        let curve = run_metrics(dir, r.seed - cfg_seed, method);
-        r.gradients_to_common = curve.iter().find(|m| m.rel_res2 <= target).map(|m| m.gradients);
+        r.gradients_to_common = r.residuals.iter().find(|&&(_, v)| v <= target).map(|&(g, _)| g);
     }
     target
 }
@@ -103,6 +104,8 @@ pub fn compare(
             // every later run starts from the dense model the first one trained
             weights.get_or_insert_with(|| run.out.join("dense.safetensors"));
             let top = |v: Option<f64>| v.unwrap_or(f64::NAN);
+            let residuals: Vec<(usize, f64)> =
+                run_metrics(&dir, s, method).iter().map(|m| (m.gradients, m.rel_res2)).collect();
             rows.push(CompareRow {
                 method: method.name().into(),
                 seed: run.seed,
@@ -115,12 +118,13 @@ pub fn compare(
                 retrain_final: top(r.top1.retrain_final),
                 retrain_best: top(r.top1.retrain_best),
                 seconds: r.seconds.iter().filter(|(p, _)| !p.starts_with("total")).map(|(_, x)| x).sum(),
-                final_rel_res2: run_metrics(&dir, s, method).last().map_or(f64::NAN, |m| m.rel_res2),
+                final_rel_res2: residuals.last().map_or(f64::NAN, |&(_, v)| v),
                 gradients_to_common: None,
+                residuals,
             });
         }
     }
-    let target = gradients_to_common(&dir, cfg.seed, methods, &mut rows);
+    let target = gradients_to_common(&mut rows);
     write_outputs(&dir, cfg, methods, &rows, target)?;
     Ok(rows)
 }
@@ -265,11 +269,10 @@ fn write_outputs(
     // the relative residual against gradients, every ADMM run (log10: it spans decades)
     let residuals: Vec<(String, Vec<(f64, f64)>)> = rows
         .iter()
-        .filter_map(|r| {
-            let method = *methods.iter().find(|m| m.name() == r.method && m.has_admm_phase())?;
-            let curve = run_metrics(dir, r.seed - cfg.seed, method);
-            let points = curve.iter().map(|m| (m.gradients as f64, m.rel_res2.log10())).collect();
-            Some((format!("{} seed {}", r.method, r.seed), points))
+        .filter(|r| !r.residuals.is_empty())
+        .map(|r| {
+            let points = r.residuals.iter().map(|&(g, v)| (g as f64, v.log10())).collect();
+            (format!("{} seed {}", r.method, r.seed), points)
         })
         .collect();
     let svg = report::line_plot_svg(

@@ -158,6 +158,7 @@ mod tests {
             retrain_gradients: 1173,
             final_rel_res2: if method == "magnitude" { f64::NAN } else { 1e-3 },
             gradients_to_common: (method != "magnitude").then_some(200 + seed as usize),
+            residuals: Vec::new(),
         }
     }
 

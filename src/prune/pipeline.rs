@@ -189,10 +189,10 @@ impl Run<'_> {
     /// not end before the limit. Callers have saved what precedes it.
     fn time_for_evaluation(&self, what: &str) -> Result<()> {
         let estimate = std::time::Duration::from_secs_f64(1.25 * self.evaluation.get());
-        match crate::time_limit::fits(estimate) {
-            true => Ok(()),
-            false => Err(crate::time_limit::reached(what)),
+        if crate::time_limit::fits(estimate) {
+            return Ok(());
         }
+        Err(crate::time_limit::reached(what))
     }
 
     /// Records that this session's adapter works on `phase` (a run directory may move between

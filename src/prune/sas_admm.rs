@@ -3,7 +3,7 @@
 
 use super::admm::{
     arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState, IterationMetrics,
-    Pace, PhaseContext, SavePolicy, Scratch,
+    PhaseContext, Scratch, Session,
 };
 use crate::ops::{admm, elementwise, reduce};
 use crate::{gpu, Error, Result, Tensor};
@@ -143,14 +143,11 @@ pub fn run_sas_admm(
     let h = Tensor::zeros(&[p])?;
     let s = Scratch::new(p)?;
     let mut buf = (Vec::new(), Vec::new());
-    let mut saves = SavePolicy::new();
-    let mut pace = Pace::new(state.k);
+    let mut session = Session::new(state);
     while state.k < cfg.outer {
         let k = state.k + 1;
         let (mk, eta) = cfg.inner_schedule(k);
-        if !pace.next_fits(mk) {
-            return Err(pace.stop(state, || state.save(model, dir, norm, "sas-admm")));
-        }
+        session.check_time(state, mk, || state.save(model, dir, norm, "sas-admm"))?;
         let started = Instant::now();
         copy(&state.w, &s.w_prev)?;
         admm::sas_h(&state.w, &state.z, &state.u, &h, cfg.rho, cfg.beta)?;
@@ -202,10 +199,7 @@ pub fn run_sas_admm(
         check_finite(&m, dir)?;
         // logged first: a run killed in between repeats the iteration and drops its row
         after(&m)?;
-        pace.record(&m, mk);
-        if saves.save_if_due(k == cfg.outer, || state.save(model, dir, norm, "sas-admm"))? {
-            pace.saved_k = k;
-        }
+        session.iteration_done(&m, mk, k == cfg.outer, || state.save(model, dir, norm, "sas-admm"))?;
     }
     copy(&state.w_avg, &w_hat)
 }
