@@ -17,6 +17,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod logging;
 pub mod models;
 pub mod nn;

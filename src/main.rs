@@ -5,7 +5,7 @@
 mod cli;
 
 use cli::args::{parse_cli, Cli, Command};
-use cli::{common, compare, eval, pipeline, train};
+use cli::{common, compare, eval, export, pipeline, train};
 use sasprune::{gpu, Error, Result};
 use std::ffi::OsString;
 
@@ -13,7 +13,7 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
     if let Some(text) = &cli.time_limit {
         // counted from the command's start, as a job scheduler counts it
         let limit = sasprune::time_limit::parse(text)?;
-        if matches!(cli.command, Some(Command::Devices | Command::Bench { .. } | Command::Eval(_))) {
+        if matches!(cli.command, Some(Command::Devices | Command::Bench { .. } | Command::Eval(_) | Command::Export(_))) {
             return Err(Error::invalid(
                 "--time-limit applies to the pipeline, `train` and `compare`, which save and resume; drop it here",
             ));
@@ -53,6 +53,7 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
             e => e,
         }),
         Command::Eval(a) => eval::run_eval(&a, &options),
+        Command::Export(a) => export::run_export(&a, &options),
         Command::Train(a) => train::run_train(a, args, &options),
     }
 }

@@ -396,157 +396,286 @@ pub fn train(
     start: Progress,
     mask: Option<&Tensor>,
 ) -> Result<TrainSummary> {
-    cfg.validate()?;
-    check_dataset(model, train, "the training set")?;
-    check_dataset(model, test, "the test set")?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let n = cfg.subset.unwrap_or(train.len()).min(train.len());
-    if n == 0 {
-        return Err(Error::invalid("the training set is empty"));
+    let mut run = TrainingRun::start(model, train, test, norm, cfg, dir, start, mask)?;
+    while run.step < run.stop_at {
+        run.epoch()?;
     }
-    let steps_per_epoch = n.div_ceil(cfg.batch);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let (_, h, w) = model.input;
-    let spec = train_spec(model, train, norm, cfg.deterministic);
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    let mut step = start.step;
-    let started = Instant::now();
-    let mut trained_images = 0usize;
-    // step time (without evaluation and saves) and evaluation time, for the rates
-    let (mut step_seconds, mut evaluated) = (0.0f64, (0usize, 0.0f64));
-    // A resumed run remembers the best top-1 it already reached (and saved).
-    let (mut final_eval, mut best_top1) = (None, read_best(dir)?);
-    let stop_at = cfg.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    // what `--time-limit` needs to know: step and evaluation times of this session
-    let mut limit = StepClock::default();
-    let mut saved_step = start.step;
-    while step < stop_at {
-        let epoch = step / steps_per_epoch;
-        let mut order: Vec<usize> = (0..n).collect();
-        if !cfg.deterministic {
-            order.shuffle(&mut rng_for(cfg.seed, stream::EPOCH_SHUFFLE, epoch as u64));
+    Ok(run.summary())
+}
+
+/// A training run in progress: what [`train`] plans at its start and counts as it goes.
+struct TrainingRun<'a> {
+    model: &'a mut Model,
+    train: &'a dyn Dataset,
+    test: &'a dyn Dataset,
+    norm: Normalize,
+    cfg: &'a TrainConfig,
+    dir: &'a Path,
+    mask: Option<&'a Tensor>,
+    /// Training images used (the subset), steps per epoch, steps of the whole schedule, and
+    /// where this session stops (`--steps` may stop it early).
+    n: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    stop_at: usize,
+    /// The step this session started at.
+    first_step: usize,
+    spec: BatchSpec,
+    /// Host staging of one batch, reused every step.
+    images: Vec<f32>,
+    labels: Vec<f32>,
+    step: usize,
+    started: Instant,
+    trained_images: usize,
+    /// Step time (without evaluation and saves) and (images, seconds) evaluated, for the rates.
+    step_seconds: f64,
+    evaluated: (usize, f64),
+    final_eval: Option<EvalResult>,
+    /// A resumed run remembers the best top-1 it already reached (and saved).
+    best_top1: Option<f64>,
+    /// What `--time-limit` needs to know: step and evaluation times of this session.
+    limit: StepClock,
+    saved_step: usize,
+}
+
+/// One epoch in progress.
+struct Epoch {
+    index: usize,
+    /// The epoch's image order (a shuffle derived from the seed and the epoch).
+    order: Vec<usize>,
+    /// The learning rate at its start (what the metrics file records).
+    lr: f32,
+    bar: ProgressBar,
+    started: Instant,
+    images: usize,
+    /// Sum of the step losses, on the device (read back at saves and the epoch's end).
+    loss_sum: Tensor,
+    losses: usize,
+    /// Time spent saving inside the epoch (not step time).
+    saving: std::time::Duration,
+}
+
+impl<'a> TrainingRun<'a> {
+    /// Checks the configuration and the data against the model, and plans the steps.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        model: &'a mut Model,
+        train: &'a dyn Dataset,
+        test: &'a dyn Dataset,
+        norm: Normalize,
+        cfg: &'a TrainConfig,
+        dir: &'a Path,
+        start: Progress,
+        mask: Option<&'a Tensor>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        check_dataset(model, train, "the training set")?;
+        check_dataset(model, test, "the test set")?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let n = cfg.subset.unwrap_or(train.len()).min(train.len());
+        if n == 0 {
+            return Err(Error::invalid("the training set is empty"));
         }
-        let lr_epoch = cfg.lr_at(epoch, step, total_steps);
+        let steps_per_epoch = n.div_ceil(cfg.batch);
+        let total_steps = steps_per_epoch * cfg.epochs;
+        let spec = train_spec(model, train, norm, cfg.deterministic);
+        Ok(TrainingRun {
+            spec,
+            n,
+            steps_per_epoch,
+            total_steps,
+            stop_at: cfg.max_steps.map_or(total_steps, |m| m.min(total_steps)),
+            first_step: start.step,
+            images: Vec::new(),
+            labels: Vec::new(),
+            step: start.step,
+            started: Instant::now(),
+            trained_images: 0,
+            step_seconds: 0.0,
+            evaluated: (0, 0.0),
+            final_eval: None,
+            best_top1: read_best(dir)?,
+            limit: StepClock::default(),
+            saved_step: start.step,
+            model,
+            train,
+            test,
+            norm,
+            cfg,
+            dir,
+            mask,
+        })
+    }
+
+    /// Runs the steps of the epoch the run stands in, then closes it.
+    fn epoch(&mut self) -> Result<()> {
+        let mut e = self.open_epoch()?;
+        while self.step < self.stop_at && self.step / self.steps_per_epoch == e.index {
+            self.stop_if_out_of_time(&e)?;
+            self.train_step(&mut e)?;
+        }
+        self.close_epoch(e)
+    }
+
+    fn open_epoch(&self) -> Result<Epoch> {
+        let (cfg, index) = (self.cfg, self.step / self.steps_per_epoch);
+        let mut order: Vec<usize> = (0..self.n).collect();
+        if !cfg.deterministic {
+            order.shuffle(&mut rng_for(cfg.seed, stream::EPOCH_SHUFFLE, index as u64));
+        }
         let bar = if cfg.show_progress {
-            progress_bar(steps_per_epoch as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs))
+            progress_bar(self.steps_per_epoch as u64, format!("epoch {}/{}", index + 1, cfg.epochs))
         } else {
             ProgressBar::hidden()
         };
-        bar.set_position((step - epoch * steps_per_epoch) as u64);
-        let epoch_start = Instant::now();
-        let mut epoch_images = 0usize;
-        let loss_sum = Tensor::zeros(&[1])?;
-        let mut loss_count = 0usize;
-        let mut saving = std::time::Duration::ZERO;
-        while step < stop_at && step / steps_per_epoch == epoch {
-            let ends_epoch = (step + 1).is_multiple_of(steps_per_epoch) || step + 1 == stop_at;
-            if !limit.fits(step - start.step, ends_epoch && cfg.eval_each_epoch) {
-                if step > saved_step {
-                    check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, &cfg.divergence_hint)?;
-                    save_state(model, dir, norm, Progress { step }, cfg)?;
-                }
-                bar.finish_and_clear();
-                return Err(crate::time_limit::reached(&format!("training step {} of {stop_at}", step + 1)));
-            }
-            let step_start = Instant::now();
-            let i = step - epoch * steps_per_epoch;
-            let idx = &order[i * cfg.batch..((i + 1) * cfg.batch).min(n)];
-            let mut rng = rng_for(cfg.seed, stream::TRAIN_AUGMENT, step as u64);
-            fill_batch(train, idx, &spec, &mut rng, &mut images, &mut labels);
-            let x = Tensor::from_slice(&images, &[idx.len(), 3, h, w])?;
-            let y = Tensor::from_slice(&labels, &[idx.len()])?;
-            let lr = cfg.lr_at(epoch, step, total_steps);
-            let l = model.gradient(&x, &y, key_for(cfg.seed, stream::TRAIN_DROPOUT, step as u64))?;
-            crate::ops::elementwise::axpy(1.0, &l, &loss_sum)?;
-            let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay, nesterov: cfg.nesterov };
-            model.store.sgd_step(&sgd, mask)?;
-            crate::gpu::get()?.flush()?;
-            step += 1;
-            loss_count += 1;
-            epoch_images += idx.len();
-            trained_images += idx.len();
-            bar.inc(1);
-            if step.is_multiple_of(10) || step == stop_at || step.is_multiple_of(steps_per_epoch) {
-                let last_loss = l.item()?;
-                check_loss(last_loss, step, epoch, dir, &cfg.divergence_hint)?;
-                let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
-                bar.set_message(format!("loss {last_loss:.4} | lr {lr:.4} | {rate:.1} img/s"));
-            }
-            if cfg.announce_eta_after == Some(step - start.step) {
-                let per_step = started.elapsed().as_secs_f64() / (step - start.step) as f64;
-                let hours = per_step * (stop_at - step) as f64 / 3600.0;
-                log_line(
-                    &bar,
-                    format!(
-                        "at {:.2} s per step the remaining {} steps take about {hours:.1} h",
-                        per_step,
-                        stop_at - step
-                    ),
-                );
-            }
-            limit.steps += step_start.elapsed(); // with the loss read-back that waits for the device
-            if step.is_multiple_of(cfg.save_every) && !step.is_multiple_of(steps_per_epoch) {
-                // Never save weights a diverged step produced: the epoch's loss sum is NaN then.
-                // (Reading it waits for the steps in flight: step time, not saving.)
-                check_loss(reduce::sum(&loss_sum)?.item()?, step, epoch, dir, &cfg.divergence_hint)?;
-                let t = Instant::now();
-                save_state(model, dir, norm, Progress { step }, cfg)?;
-                saving += t.elapsed();
-                saved_step = step;
-            }
+        bar.set_position((self.step - index * self.steps_per_epoch) as u64);
+        Ok(Epoch {
+            index,
+            order,
+            lr: cfg.lr_at(index, self.step, self.total_steps),
+            bar,
+            started: Instant::now(),
+            images: 0,
+            loss_sum: Tensor::zeros(&[1])?,
+            losses: 0,
+            saving: std::time::Duration::ZERO,
+        })
+    }
+
+    /// Under `--time-limit`: when the next step (and the epoch's evaluation, if it ends the
+    /// epoch) would not fit, saves what is not saved yet and stops with the time-limit error.
+    fn stop_if_out_of_time(&mut self, e: &Epoch) -> Result<()> {
+        let ends_epoch = (self.step + 1).is_multiple_of(self.steps_per_epoch) || self.step + 1 == self.stop_at;
+        if self.limit.fits(self.step - self.first_step, ends_epoch && self.cfg.eval_each_epoch) {
+            return Ok(());
         }
+        if self.step > self.saved_step {
+            self.check_loss_sum(e)?;
+            save_state(self.model, self.dir, self.norm, Progress { step: self.step }, self.cfg)?;
+        }
+        e.bar.finish_and_clear();
+        Err(crate::time_limit::reached(&format!("training step {} of {}", self.step + 1, self.stop_at)))
+    }
+
+    /// The epoch's loss so far is finite (a diverged step makes it NaN): checked before saving,
+    /// so weights a diverged step produced are never saved.
+    fn check_loss_sum(&self, e: &Epoch) -> Result<()> {
+        check_loss(reduce::sum(&e.loss_sum)?.item()?, self.step, e.index, self.dir, &self.cfg.divergence_hint)
+    }
+
+    /// One SGD step on the next batch of the epoch's order, with its progress display and the
+    /// periodic save.
+    fn train_step(&mut self, e: &mut Epoch) -> Result<()> {
+        let (cfg, step) = (self.cfg, self.step);
+        let step_start = Instant::now();
+        let i = step - e.index * self.steps_per_epoch;
+        let idx = &e.order[i * cfg.batch..((i + 1) * cfg.batch).min(self.n)];
+        let mut rng = rng_for(cfg.seed, stream::TRAIN_AUGMENT, step as u64);
+        fill_batch(self.train, idx, &self.spec, &mut rng, &mut self.images, &mut self.labels);
+        let (_, h, w) = self.model.input;
+        let x = Tensor::from_slice(&self.images, &[idx.len(), 3, h, w])?;
+        let y = Tensor::from_slice(&self.labels, &[idx.len()])?;
+        let lr = cfg.lr_at(e.index, step, self.total_steps);
+        let l = self.model.gradient(&x, &y, key_for(cfg.seed, stream::TRAIN_DROPOUT, step as u64))?;
+        crate::ops::elementwise::axpy(1.0, &l, &e.loss_sum)?;
+        let sgd = SgdConfig { lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay, nesterov: cfg.nesterov };
+        self.model.store.sgd_step(&sgd, self.mask)?;
+        crate::gpu::get()?.flush()?;
+        self.step += 1;
+        e.losses += 1;
+        e.images += idx.len();
+        self.trained_images += idx.len();
+        e.bar.inc(1);
+        self.show_progress(e, &l, lr)?;
+        self.limit.steps += step_start.elapsed(); // with the loss read-back that waits for the device
+        if self.step.is_multiple_of(cfg.save_every) && !self.step.is_multiple_of(self.steps_per_epoch) {
+            // (reading the loss sum waits for the steps in flight: step time, not saving)
+            self.check_loss_sum(e)?;
+            let t = Instant::now();
+            save_state(self.model, self.dir, self.norm, Progress { step: self.step }, cfg)?;
+            e.saving += t.elapsed();
+            self.saved_step = self.step;
+        }
+        Ok(())
+    }
+
+    /// Every 10 steps (and at the end): the loss `l` checked and shown with the rate; once, after
+    /// `announce_eta_after` steps, the expected duration of the rest.
+    fn show_progress(&self, e: &Epoch, l: &Tensor, lr: f32) -> Result<()> {
+        let step = self.step;
+        if step.is_multiple_of(10) || step == self.stop_at || step.is_multiple_of(self.steps_per_epoch) {
+            let last_loss = l.item()?;
+            check_loss(last_loss, step, e.index, self.dir, &self.cfg.divergence_hint)?;
+            let rate = e.images as f64 / e.started.elapsed().as_secs_f64();
+            e.bar.set_message(format!("loss {last_loss:.4} | lr {lr:.4} | {rate:.1} img/s"));
+        }
+        if self.cfg.announce_eta_after == Some(step - self.first_step) {
+            let per_step = self.started.elapsed().as_secs_f64() / (step - self.first_step) as f64;
+            let hours = per_step * (self.stop_at - step) as f64 / 3600.0;
+            let left = self.stop_at - step;
+            log_line(&e.bar, format!("at {per_step:.2} s per step the remaining {left} steps take about {hours:.1} h"));
+        }
+        Ok(())
+    }
+
+    /// The epoch's end (or the session's): mean loss checked, evaluation, metrics line, the
+    /// epoch's summary line, and a save.
+    fn close_epoch(&mut self, e: Epoch) -> Result<()> {
         // the epoch's last step read its loss, so its device work is done
-        let epoch_step_seconds = (epoch_start.elapsed() - saving).as_secs_f64();
-        step_seconds += epoch_step_seconds;
-        bar.finish_and_clear();
-        let mean_loss = reduce::sum(&loss_sum)?.item()? as f64 / loss_count.max(1) as f64;
-        check_loss(mean_loss as f32, step, epoch, dir, &cfg.divergence_hint)?;
-        let epoch_done = step.is_multiple_of(steps_per_epoch);
-        let eval = if cfg.eval_each_epoch && (epoch_done || step == stop_at) {
-            let e = evaluate(model, test, norm, cfg.eval_batch, cfg.show_progress)?;
-            limit.evaluation = limit.evaluation.max(std::time::Duration::from_secs_f64(e.seconds));
-            Some(e)
-        } else {
-            None
-        };
-        if let Some(e) = eval {
-            evaluated = (evaluated.0 + e.images, evaluated.1 + e.seconds);
-            if best_top1.is_none_or(|b| e.top1 > b) {
-                if let Some(path) = &cfg.best_path {
-                    checkpoint::save_model(model, path, norm, &[("top1", format!("{:.4}", e.top1))])?;
-                }
-            }
-            best_top1 = Some(best_top1.map_or(e.top1, |b| b.max(e.top1)));
-            final_eval = Some(e);
-        }
-        let secs = epoch_start.elapsed().as_secs_f64();
+        let epoch_step_seconds = (e.started.elapsed() - e.saving).as_secs_f64();
+        self.step_seconds += epoch_step_seconds;
+        e.bar.finish_and_clear();
+        let mean_loss = reduce::sum(&e.loss_sum)?.item()? as f64 / e.losses.max(1) as f64;
+        check_loss(mean_loss as f32, self.step, e.index, self.dir, &self.cfg.divergence_hint)?;
+        let eval = self.evaluate_epoch()?;
+        let (step, epoch, lr) = (self.step, e.index + 1, e.lr);
+        let secs = e.started.elapsed().as_secs_f64();
         let (t1, t5, tl) = eval.map_or((f64::NAN, f64::NAN, f64::NAN), |e| (e.top1, e.top5, e.loss));
-        append_metrics(
-            dir,
-            &format!("{},{step},{lr_epoch},{mean_loss:.6},{t1:.4},{t5:.4},{tl:.6},{secs:.2}", epoch + 1),
-        )?;
-        if cfg.show_progress {
+        append_metrics(self.dir, &format!("{epoch},{step},{lr},{mean_loss:.6},{t1:.4},{t5:.4},{tl:.6},{secs:.2}"))?;
+        if self.cfg.show_progress {
             let eval_rate = eval.map_or(String::new(), |e| format!(" ({:.0} img/s)", e.images as f64 / e.seconds));
             println!(
-                "epoch {:>3}/{} | step {step} | lr {lr_epoch:.4} | train loss {mean_loss:.4} | {:.1} img/s | test top-1 {t1:.2}%{eval_rate} | {secs:.1} s",
-                epoch + 1,
-                cfg.epochs,
-                epoch_images as f64 / epoch_step_seconds
+                "epoch {epoch:>3}/{} | step {step} | lr {lr:.4} | train loss {mean_loss:.4} | {:.1} img/s | test top-1 {t1:.2}%{eval_rate} | {secs:.1} s",
+                self.cfg.epochs,
+                e.images as f64 / epoch_step_seconds
             );
         }
-        save_state(model, dir, norm, Progress { step }, cfg)?;
-        saved_step = step;
+        save_state(self.model, self.dir, self.norm, Progress { step }, self.cfg)?;
+        self.saved_step = step;
+        Ok(())
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(TrainSummary {
-        steps: step,
-        epochs_completed: step / steps_per_epoch,
-        final_eval,
-        best_top1,
-        seconds,
-        images_per_second: trained_images as f64 / step_seconds.max(1e-9),
-        eval_images_per_second: (evaluated.0 > 0).then(|| evaluated.0 as f64 / evaluated.1.max(1e-9)),
-    })
+
+    /// At an epoch's end (or where the session stops) when evaluating each epoch: the test
+    /// accuracy, and the best weights saved when it is a new best.
+    fn evaluate_epoch(&mut self) -> Result<Option<EvalResult>> {
+        let epoch_done = self.step.is_multiple_of(self.steps_per_epoch);
+        if !(self.cfg.eval_each_epoch && (epoch_done || self.step == self.stop_at)) {
+            return Ok(None);
+        }
+        let e = evaluate(self.model, self.test, self.norm, self.cfg.eval_batch, self.cfg.show_progress)?;
+        self.limit.evaluation = self.limit.evaluation.max(std::time::Duration::from_secs_f64(e.seconds));
+        self.evaluated = (self.evaluated.0 + e.images, self.evaluated.1 + e.seconds);
+        if self.best_top1.is_none_or(|b| e.top1 > b) {
+            if let Some(path) = &self.cfg.best_path {
+                checkpoint::save_model(self.model, path, self.norm, &[("top1", format!("{:.4}", e.top1))])?;
+            }
+        }
+        self.best_top1 = Some(self.best_top1.map_or(e.top1, |b| b.max(e.top1)));
+        self.final_eval = Some(e);
+        Ok(Some(e))
+    }
+
+    fn summary(&self) -> TrainSummary {
+        TrainSummary {
+            steps: self.step,
+            epochs_completed: self.step / self.steps_per_epoch,
+            final_eval: self.final_eval,
+            best_top1: self.best_top1,
+            seconds: self.started.elapsed().as_secs_f64(),
+            images_per_second: self.trained_images as f64 / self.step_seconds.max(1e-9),
+            eval_images_per_second: (self.evaluated.0 > 0).then(|| self.evaluated.0 as f64 / self.evaluated.1.max(1e-9)),
+        }
+    }
 }
 
 /// This session's step and evaluation times, for `--time-limit`'s estimate of the next step.

@@ -235,6 +235,9 @@ pub(crate) enum Command {
     Compare(CompareArgs),
     /// Evaluate a model on the test set
     Eval(EvalArgs),
+    /// Write a model's inference graph and weights as ONNX (opset 13, free batch dimension) for
+    /// deployment runtimes: ONNX Runtime, TensorRT, OpenVINO, tract, ...
+    Export(ExportArgs),
     /// Train a model (dense, or resume an interrupted run)
     Train(TrainArgs),
 }
@@ -303,6 +306,42 @@ pub(crate) struct EvalArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// resnet20, resnet32, resnet44, resnet56, resnet110 or alexnet
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Weights to export (safetensors with PyTorch names, e.g. a run's pruned.safetensors)
+    #[arg(long)]
+    pub(crate) weights: PathBuf,
+    /// The ONNX file to write
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Fold each batch norm into the convolution before it (fewer nodes; pruned weights stay
+    /// exact zeros)
+    #[arg(long)]
+    pub(crate) fold_bn: bool,
+    /// Put the input normalization in the graph, so it takes pixels in [0, 1]; without it the
+    /// caller normalizes, with the mean and std the file's metadata gives
+    #[arg(long)]
+    pub(crate) normalize_in_graph: bool,
+    /// Store each pruned weight as its non-zero values plus a bitmask (about the pruning rate
+    /// smaller), rebuilt by standard operators when the file is loaded
+    #[arg(long)]
+    pub(crate) sparse: bool,
+    /// Input normalization: cifar, imagenet, MEAN,STD, or six numbers. Default: what the weights'
+    /// metadata names, else the model's default
+    #[arg(long, value_name = "STATS")]
+    pub(crate) normalize: Option<String>,
+    /// Number of classes (default: the rows of the weights' classifier)
+    #[arg(long)]
+    pub(crate) classes: Option<usize>,
+    /// A text file with one class name per line, in label order, recorded in the metadata
+    /// (default: CIFAR-10's names for a CIFAR model with 10 classes)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) class_names: Option<PathBuf>,
 }
 
 #[derive(Args)]

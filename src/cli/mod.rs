@@ -5,5 +5,6 @@ pub(crate) mod args;
 pub(crate) mod common;
 pub(crate) mod compare;
 pub(crate) mod eval;
+pub(crate) mod export;
 pub(crate) mod pipeline;
 pub(crate) mod train;

@@ -1,6 +1,7 @@
 //! AlexNet in torchvision's layout and names (features.{0,3,6,8,10}, classifier.{1,4,6}),
 //! for 224x224 RGB input and any number of classes.
 
+use crate::export::onnx::Graph;
 use crate::nn::{Conv2d, Linear, LinearInit, ParamStore};
 use crate::ops::{elementwise, pool};
 use crate::{Result, Tensor};
@@ -59,6 +60,28 @@ impl AlexNet {
             out = fc.forward(s, &out)?;
             if i < 2 {
                 out = elementwise::relu(&out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`forward`](Self::forward) in inference (no dropout), as ONNX nodes reading `x`; returns
+    /// the logits. The adaptive average pool to 6x6 is left out: at the 224x224 input the model
+    /// takes, the features are 6x6 already and the pool is the identity.
+    pub fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+        let mut out = x.to_string();
+        for (i, conv) in self.convs.iter().enumerate() {
+            let c = conv.onnx(s, g, &out)?;
+            out = g.relu(&c);
+            if matches!(i, 0 | 1 | 4) {
+                out = g.max_pool(&out, 3, 2, 0);
+            }
+        }
+        let mut out = g.flatten(&out);
+        for (i, fc) in self.fc.iter().enumerate() {
+            out = fc.onnx(s, g, &out)?;
+            if i < 2 {
+                out = g.relu(&out);
             }
         }
         Ok(out)

@@ -116,6 +116,8 @@ pub struct ModelSpec {
     /// paper counts their rates so), no for AlexNet (its fc layers hold 96% of the weights).
     pub fc_dense: bool,
     pub recipe: Recipe,
+    /// The final layer's weight [classes, features]: its rows say a checkpoint's class count.
+    pub classifier: &'static str,
     build: fn(&mut ParamStore, usize, &mut rand::rngs::StdRng) -> Net,
 }
 
@@ -134,6 +136,7 @@ const fn cifar_resnet(
         largest_activation_per_image: 16 * 32 * 32 * 4,
         fc_dense: true,
         recipe: CIFAR_RECIPE,
+        classifier: "linear.weight",
         build,
     }
 }
@@ -155,6 +158,7 @@ pub const MODELS: [ModelSpec; 6] = [
         largest_activation_per_image: 64 * 55 * 55 * 4,
         fc_dense: false,
         recipe: IMAGENET_RECIPE,
+        classifier: "classifier.6.weight",
         build: |s, c, r| Net::AlexNet(alexnet::AlexNet::new(s, c, r)),
     },
 ];
@@ -237,6 +241,15 @@ impl Model {
         let l = crate::ops::loss::cross_entropy(&self.forward(x, Pass::Train { noise })?, labels)?;
         l.backward()?;
         Ok(l.detach())
+    }
+
+    /// The inference pass as ONNX nodes in `g`, reading the (normalized) images `x`; returns the
+    /// logits' name. Each model's graph sits next to its forward pass.
+    pub fn onnx(&self, g: &mut crate::export::onnx::Graph, x: &str) -> Result<String> {
+        match &self.net {
+            Net::ResNet(n) => n.onnx(&self.store, g, x),
+            Net::AlexNet(n) => n.onnx(&self.store, g, x),
+        }
     }
 
     /// Logits [batch, classes]. A training pass uses batch statistics (and updates the running

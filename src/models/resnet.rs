@@ -2,6 +2,7 @@
 //! names of the widely used PyTorch implementation (conv1, bn1, layer1..3.i.{conv,bn}{1,2},
 //! linear), so its checkpoints load unchanged.
 
+use crate::export::onnx::Graph;
 use crate::nn::{BatchNorm2d, Conv2d, Linear, LinearInit, ParamStore};
 use crate::ops::{pool, shortcut};
 use crate::{Result, Tensor};
@@ -26,6 +27,21 @@ impl BasicBlock {
             None => x.clone(),
         };
         self.bn2.forward_add_relu(s, &self.conv2.forward(s, &out)?, &short, training)
+    }
+
+    /// [`forward`](Self::forward) in inference, as ONNX nodes.
+    fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+        let out = self.conv1.onnx(s, g, x)?;
+        let out = self.bn1.onnx(s, g, &out)?;
+        let out = g.relu(&out);
+        let out = self.conv2.onnx(s, g, &out)?;
+        let out = self.bn2.onnx(s, g, &out)?;
+        let short = match self.shortcut_pad {
+            Some(pad) => g.shortcut_a(x, pad),
+            None => x.to_string(),
+        };
+        let sum = g.add(&out, &short);
+        Ok(g.relu(&sum))
     }
 }
 
@@ -68,5 +84,18 @@ impl ResNet {
             out = block.forward(s, &out, training)?;
         }
         self.linear.forward(s, &pool::global_avg_pool(&out)?)
+    }
+
+    /// [`forward`](Self::forward) in inference, as ONNX nodes reading `x`; returns the logits.
+    pub fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+        let out = self.conv1.onnx(s, g, x)?;
+        let out = self.bn1.onnx(s, g, &out)?;
+        let mut out = g.relu(&out);
+        for block in &self.blocks {
+            out = block.onnx(s, g, &out)?;
+        }
+        let pooled = g.global_avg_pool(&out);
+        let flat = g.flatten(&pooled);
+        self.linear.onnx(s, g, &flat)
     }
 }

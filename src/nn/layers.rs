@@ -1,6 +1,7 @@
 //! Layers: each registers its tensors in the store under PyTorch's names and applies the ops.
 
 use super::{ParamId, ParamStore, Role};
+use crate::export::onnx::Graph;
 use crate::ops::{batchnorm, conv2d, matmul};
 use crate::{Result, Tensor};
 use rand::Rng;
@@ -45,6 +46,12 @@ impl Conv2d {
         Conv2d { weight, bias, stride, pad }
     }
 
+    /// This layer as an ONNX `Conv` reading `x`; returns its output's name.
+    pub fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+        let bias = self.bias.map(|b| s.entry(b).name.clone());
+        g.conv(x, &s.entry(self.weight).name, bias.as_deref(), self.stride, self.pad)
+    }
+
     pub fn forward(&self, s: &ParamStore, x: &Tensor) -> Result<Tensor> {
         conv2d::conv2d(x, s.get(self.weight), self.bias.map(|b| s.get(b)), self.stride, self.pad)
     }
@@ -66,6 +73,12 @@ impl BatchNorm2d {
             running_mean: store.add(format!("{name}.running_mean"), &[c], Role::Buffer, vec![0.0; c]),
             running_var: store.add(format!("{name}.running_var"), &[c], Role::Buffer, vec![1.0; c]),
         }
+    }
+
+    /// This layer in inference (running statistics) as ONNX, reading `x`; returns its output.
+    pub fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+        let prefix = s.entry(self.weight).name.trim_end_matches(".weight").to_string();
+        g.batch_norm(x, &prefix, batchnorm::BatchNormConfig::default().eps)
     }
 
     pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
@@ -135,6 +148,11 @@ impl Linear {
             weight: store.add(format!("{name}.weight"), &[out_f, in_f], Role::PrunableWeight, w),
             bias: store.add(format!("{name}.bias"), &[out_f], Role::Param, b),
         }
+    }
+
+    /// This layer as an ONNX `Gemm` reading `x` [batch, in]; returns its output's name.
+    pub fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+        g.linear(x, &s.entry(self.weight).name, &s.entry(self.bias).name)
     }
 
     pub fn forward(&self, s: &ParamStore, x: &Tensor) -> Result<Tensor> {

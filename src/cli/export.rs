@@ -1,0 +1,96 @@
+//! `sasprune export`: a model's weights as an ONNX file for deployment runtimes.
+
+use super::args::ExportArgs;
+use super::common::say_adapter;
+use sasprune::checkpoint::{self, Checkpoint, Normalize};
+use sasprune::export::onnx::{self, ExportOptions};
+use sasprune::models::{self, DataKind, Model};
+use sasprune::{gpu, Error, Result};
+use std::path::Path;
+
+/// Exports `a.weights` to `a.out` and says what the file holds and how large it is.
+pub(crate) fn run_export(a: &ExportArgs, options: &gpu::GpuOptions) -> Result<()> {
+    let spec = models::spec(&a.model)?;
+    let flag_norm = a.normalize.as_deref().map(Normalize::from_flag).transpose()?;
+    let names = a.class_names.as_deref().map(read_class_names).transpose()?;
+    gpu::init(options)?;
+    say_adapter()?;
+    let ck = Checkpoint::load(&a.weights)?;
+    let classes = a
+        .classes
+        .or(names.as_ref().map(Vec::len))
+        .or_else(|| ck.tensors.get(spec.classifier).and_then(|(shape, _)| shape.first().copied()))
+        .unwrap_or(spec.classes);
+    if let Some(names) = &names {
+        if names.len() != classes {
+            return Err(Error::invalid(format!(
+                "{} names {} classes, but the model has {classes}; give one name per line for every class",
+                a.class_names.as_deref().unwrap_or(Path::new("")).display(),
+                names.len()
+            )));
+        }
+    }
+    let mut model = Model::build(&a.model, classes, 0)?;
+    let shown = a.weights.display().to_string();
+    let stored = checkpoint::load_model_from(&mut model, &ck, &a.weights)?;
+    let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &shown);
+    let names = names.or_else(|| {
+        (spec.data == DataKind::Cifar10 && classes == 10)
+            .then(|| sasprune::data::cifar::CLASS_NAMES.iter().map(|s| s.to_string()).collect())
+    });
+    let export_options =
+        ExportOptions { fold_bn: a.fold_bn, normalize_in_graph: a.normalize_in_graph, sparse: a.sparse };
+    let source = a.weights.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or(shown);
+    let exported = onnx::export(&model, export_options, norm, names.as_deref(), &[("weights", source)])?;
+    checkpoint::write_atomic(&a.out, &exported.bytes)?;
+    report(a, &exported, &model);
+    Ok(())
+}
+
+/// One name per line (blank lines and surrounding spaces dropped).
+fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if names.is_empty() {
+        return Err(Error::invalid(format!("{}: no class names in it; give one per line", path.display())));
+    }
+    Ok(names)
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / 1e6)
+}
+
+/// What was written: the file, its size against an all-dense export, and the pruned layers.
+fn report(a: &ExportArgs, e: &onnx::Exported, model: &Model) {
+    let (n, nz) = e.layers.iter().fold((0, 0), |(n, nz), l| (n + l.numel, nz + l.nonzero));
+    let (dense, stored): (u64, u64) =
+        e.layers.iter().fold((0, 0), |(d, s), l| (d + l.dense_bytes, s + l.stored_bytes));
+    println!(
+        "wrote {} ({}, opset {}): {} of {} prunable weights non-zero ({:.2}x compression)",
+        a.out.display(),
+        megabytes(e.bytes.len() as u64),
+        onnx::OPSET,
+        nz,
+        n,
+        n as f64 / nz.max(1) as f64
+    );
+    if a.sparse {
+        println!(
+            "--sparse: the prunable layers take {} instead of {} ({:.2}x smaller); the file {} instead of about {}",
+            megabytes(stored),
+            megabytes(dense),
+            dense as f64 / stored.max(1) as f64,
+            megabytes(e.bytes.len() as u64),
+            megabytes(e.dense_file_bytes())
+        );
+    }
+    let (c, h, w) = model.input;
+    println!(
+        "input '{}': float32 [batch, {c}, {h}, {w}], {}; output '{}': float32 [batch, {}] logits",
+        onnx::INPUT,
+        if a.normalize_in_graph { "pixels in [0, 1]" } else { "normalized as the metadata's normalize_mean and normalize_std say" },
+        onnx::OUTPUT,
+        model.classes
+    );
+}

@@ -1,0 +1,3 @@
+//! Writing models for other tools: ONNX for deployment runtimes.
+
+pub mod onnx;
