@@ -41,9 +41,12 @@ impl AlexNet {
         AlexNet { convs, fc }
     }
 
+}
+
+impl super::Network for AlexNet {
     /// Logits [batch, classes] for images [batch, 3, 224, 224]. `noise` is `Some(key)` in
     /// training: dropout is on, each dropout layer's mask seeded from (key, layer).
-    pub fn forward(&self, s: &ParamStore, x: &Tensor, noise: Option<u64>) -> Result<Tensor> {
+    fn forward(&self, s: &ParamStore, x: &Tensor, noise: Option<u64>) -> Result<Tensor> {
         let mut out = x.clone();
         for (i, conv) in self.convs.iter().enumerate() {
             out = elementwise::relu(&conv.forward(s, &out)?)?;
@@ -65,10 +68,10 @@ impl AlexNet {
         Ok(out)
     }
 
-    /// [`forward`](Self::forward) in inference (no dropout), as ONNX nodes reading `x`; returns
-    /// the logits. The adaptive average pool to 6x6 is left out: at the 224x224 input the model
-    /// takes, the features are 6x6 already and the pool is the identity.
-    pub fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+    /// `forward` in inference (no dropout), as ONNX nodes reading `x`; returns the logits. The
+    /// adaptive average pool to 6x6 is left out: at the 224x224 input the model takes, the
+    /// features are 6x6 already and the pool is the identity.
+    fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
         let mut out = x.to_string();
         for (i, conv) in self.convs.iter().enumerate() {
             let c = conv.onnx(s, g, &out)?;

@@ -8,10 +8,22 @@ use crate::nn::ParamStore;
 use crate::{Error, Result, Tensor};
 use rand::SeedableRng;
 
-enum Net {
-    ResNet(resnet::ResNet),
-    AlexNet(alexnet::AlexNet),
+/// A network's layers: what a model's file implements. The parameters live in the model's
+/// [`ParamStore`] (registered by its `build` function under PyTorch's names); the network holds
+/// their handles and applies the ops.
+pub trait Network: Send + Sync {
+    /// Logits [batch, classes] for images [batch, c, h, w] already checked against the spec's
+    /// input size. `noise` is `Some(key)` in a training pass (batch statistics in batch norm,
+    /// dropout masks drawn from the key), `None` in inference.
+    fn forward(&self, store: &ParamStore, x: &Tensor, noise: Option<u64>) -> Result<Tensor>;
+
+    /// The inference pass as ONNX nodes in `g` reading `x`; returns the logits' name.
+    fn onnx(&self, store: &ParamStore, g: &mut crate::export::onnx::Graph, x: &str) -> Result<String>;
 }
+
+/// How a spec builds its network: registers the parameters in the store (for `classes`
+/// classes, initialized from the rng) and returns the layers.
+pub type BuildFn = fn(&mut ParamStore, usize, &mut rand::rngs::StdRng) -> Box<dyn Network>;
 
 /// The random streams of a run, each keyed by (seed, stream, index) with [`key_for`], so that
 /// any step's randomness can be recomputed on resume. The numbers are part of what a seed means:
@@ -55,7 +67,7 @@ pub struct Model {
     /// What sasprune knows about it.
     pub spec: &'static ModelSpec,
     pub store: ParamStore,
-    net: Net,
+    net: Box<dyn Network>,
     /// Input image size (channels, height, width).
     pub input: (usize, usize, usize),
     pub classes: usize,
@@ -97,7 +109,8 @@ const IMAGENET_RECIPE: Recipe =
     Recipe { epochs: 90, batch: 256, lr: 0.01, momentum: 0.9, weight_decay: 5e-4, milestones: &[30, 60], gamma: 0.1 };
 
 /// Everything sasprune knows about one model; the only place a model is named. To add a model:
-/// its file under `src/models/`, a `build` function and one entry in [`MODELS`].
+/// its file under `src/models/` (a [`Network`] and a [`BuildFn`]) and one entry in [`MODELS`]
+/// (`tests/models.rs` adds a toy one that way).
 pub struct ModelSpec {
     /// The name `--model` takes, e.g. "resnet32".
     pub name: &'static str,
@@ -118,14 +131,11 @@ pub struct ModelSpec {
     pub recipe: Recipe,
     /// The final layer's weight [classes, features]: its rows say a checkpoint's class count.
     pub classifier: &'static str,
-    build: fn(&mut ParamStore, usize, &mut rand::rngs::StdRng) -> Net,
+    pub build: BuildFn,
 }
 
 /// A CIFAR ResNet-(6n+2) entry (`build` makes its n blocks per stage).
-const fn cifar_resnet(
-    name: &'static str,
-    build: fn(&mut ParamStore, usize, &mut rand::rngs::StdRng) -> Net,
-) -> ModelSpec {
+const fn cifar_resnet(name: &'static str, build: BuildFn) -> ModelSpec {
     ModelSpec {
         name,
         input: (3, 32, 32),
@@ -143,11 +153,11 @@ const fn cifar_resnet(
 
 /// Every model sasprune runs.
 pub const MODELS: [ModelSpec; 6] = [
-    cifar_resnet("resnet20", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 3, c, r))),
-    cifar_resnet("resnet32", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 5, c, r))),
-    cifar_resnet("resnet44", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 7, c, r))),
-    cifar_resnet("resnet56", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 9, c, r))),
-    cifar_resnet("resnet110", |s, c, r| Net::ResNet(resnet::ResNet::new(s, 18, c, r))),
+    cifar_resnet("resnet20", |s, c, r| Box::new(resnet::ResNet::new(s, 3, c, r))),
+    cifar_resnet("resnet32", |s, c, r| Box::new(resnet::ResNet::new(s, 5, c, r))),
+    cifar_resnet("resnet44", |s, c, r| Box::new(resnet::ResNet::new(s, 7, c, r))),
+    cifar_resnet("resnet56", |s, c, r| Box::new(resnet::ResNet::new(s, 9, c, r))),
+    cifar_resnet("resnet110", |s, c, r| Box::new(resnet::ResNet::new(s, 18, c, r))),
     ModelSpec {
         name: "alexnet",
         input: (3, 224, 224),
@@ -159,7 +169,7 @@ pub const MODELS: [ModelSpec; 6] = [
         fc_dense: false,
         recipe: IMAGENET_RECIPE,
         classifier: "classifier.6.weight",
-        build: |s, c, r| Net::AlexNet(alexnet::AlexNet::new(s, c, r)),
+        build: |s, c, r| Box::new(alexnet::AlexNet::new(s, c, r)),
     },
 ];
 
@@ -223,13 +233,17 @@ pub fn check_batch(model: &str, batch: usize, flag: &str) -> Result<()> {
 impl Model {
     /// Builds `name` with freshly initialized weights (seeded) on the GPU.
     pub fn build(name: &str, classes: usize, seed: u64) -> Result<Model> {
-        let spec = spec(name)?;
+        Model::from_spec(spec(name)?, classes, seed)
+    }
+
+    /// Builds the model `spec` describes (one of [`MODELS`], or a spec of the caller's own).
+    pub fn from_spec(spec: &'static ModelSpec, classes: usize, seed: u64) -> Result<Model> {
         check_classes(classes)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut store = ParamStore::new();
         let net = (spec.build)(&mut store, classes, &mut rng);
         store.materialize()?;
-        Ok(Model { name: name.to_string(), spec, store, net, input: spec.input, classes })
+        Ok(Model { name: spec.name.to_string(), spec, store, net, input: spec.input, classes })
     }
 
     /// One minibatch gradient, the core of every training step (training, the ADMM phases, the
@@ -246,10 +260,7 @@ impl Model {
     /// The inference pass as ONNX nodes in `g`, reading the (normalized) images `x`; returns the
     /// logits' name. Each model's graph sits next to its forward pass.
     pub fn onnx(&self, g: &mut crate::export::onnx::Graph, x: &str) -> Result<String> {
-        match &self.net {
-            Net::ResNet(n) => n.onnx(&self.store, g, x),
-            Net::AlexNet(n) => n.onnx(&self.store, g, x),
-        }
+        self.net.onnx(&self.store, g, x)
     }
 
     /// Logits [batch, classes]. A training pass uses batch statistics (and updates the running
@@ -269,9 +280,6 @@ impl Model {
                 Some(noise)
             }
         };
-        match &self.net {
-            Net::ResNet(n) => n.forward(&self.store, x, noise.is_some()),
-            Net::AlexNet(n) => n.forward(&self.store, x, noise),
-        }
+        self.net.forward(&self.store, x, noise)
     }
 }

@@ -77,8 +77,12 @@ impl ResNet {
         ResNet { conv1, bn1, blocks, linear }
     }
 
+}
+
+impl super::Network for ResNet {
     /// Logits [batch, classes] for images [batch, 3, 32, 32].
-    pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
+    fn forward(&self, s: &ParamStore, x: &Tensor, noise: Option<u64>) -> Result<Tensor> {
+        let training = noise.is_some();
         let mut out = self.bn1.forward_relu(s, &self.conv1.forward(s, x)?, training)?;
         for block in &self.blocks {
             out = block.forward(s, &out, training)?;
@@ -86,8 +90,8 @@ impl ResNet {
         self.linear.forward(s, &pool::global_avg_pool(&out)?)
     }
 
-    /// [`forward`](Self::forward) in inference, as ONNX nodes reading `x`; returns the logits.
-    pub fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
+    /// `forward` in inference, as ONNX nodes reading `x`; returns the logits.
+    fn onnx(&self, s: &ParamStore, g: &mut Graph, x: &str) -> Result<String> {
         let out = self.conv1.onnx(s, g, x)?;
         let out = self.bn1.onnx(s, g, &out)?;
         let mut out = g.relu(&out);

@@ -210,31 +210,7 @@ impl Recorder {
         if self.commands.is_empty() {
             return Ok(None);
         }
-        let old_params = self.params_device.clone();
-        let params_buf = ensure(
-            gpu,
-            &mut self.params_device,
-            self.params.len() as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        );
-        if old_params.as_ref() != Some(&params_buf) || self.groups.len() > MAX_CACHED_GROUPS {
-            self.groups.clear(); // cached groups bind the old uniform arena
-        }
-        if !self.params.is_empty() {
-            gpu.queue.write_buffer(&params_buf, 0, &self.params);
-        }
-        let uploads_buf = if self.uploads.is_empty() {
-            None
-        } else {
-            let buf = ensure(
-                gpu,
-                &mut self.uploads_device,
-                self.uploads.len() as u64,
-                wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            );
-            gpu.queue.write_buffer(&buf, 0, &self.uploads);
-            Some(buf)
-        };
+        let (params_buf, uploads_buf) = self.stage(gpu);
         let kernels = gpu.kernels.lock().unwrap_or_else(|p| p.into_inner());
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut commands = std::mem::take(&mut self.commands).into_iter().peekable();
@@ -256,41 +232,21 @@ impl Recorder {
                     });
                     let mut pass =
                         encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+                    // consecutive dispatches share the pass (one each when timed per kernel)
                     let mut next = Some(command);
                     while let Some(Command::Dispatch { kernel, params_offset, params_size, bindings, groups }) = next {
                         let compiled = &kernels.compiled[kernel];
                         let key = GroupKey { kernel, params_offset, params_size, bindings };
-                        let group = self.groups.entry(key).or_insert_with_key(|key| {
-                            let mut entries = vec![wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &params_buf,
-                                    offset: key.params_offset,
-                                    size: std::num::NonZeroU64::new(key.params_size),
-                                }),
-                            }];
-                            for (i, b) in key.bindings.iter().enumerate() {
-                                entries.push(wgpu::BindGroupEntry {
-                                    binding: i as u32 + 1,
-                                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                        buffer: &b.buffer,
-                                        offset: b.offset,
-                                        size: std::num::NonZeroU64::new(b.size),
-                                    }),
-                                });
-                            }
-                            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                                label: None,
-                                layout: &compiled.layout,
-                                entries: &entries,
-                            })
-                        });
+                        let group = self
+                            .groups
+                            .entry(key)
+                            .or_insert_with_key(|key| bind_group(gpu, &compiled.layout, &params_buf, key));
                         pass.set_pipeline(&compiled.pipeline);
                         pass.set_bind_group(0, &*group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                         if per_kernel {
                             pass_kernels.push(kernel);
-                            break; // one dispatch per pass
+                            break;
                         }
                         next = if matches!(commands.peek(), Some(Command::Dispatch { .. })) {
                             commands.next()
@@ -317,23 +273,71 @@ impl Recorder {
         let submission = gpu.queue.submit([encoder.finish()]);
         self.params.clear();
         self.uploads.clear();
-        if let Some(t) = timer {
-            if timed_passes > 0 {
-                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&t.readback, timed_bytes)?);
-                let period = gpu.queue.get_timestamp_period() as f64;
-                // A pass whose end is not after its start (a driver quirk) counts as zero.
-                let passes: Vec<f64> = ticks.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period).collect();
-                t.elapsed_ns += passes.iter().sum::<f64>();
-                for (&kernel, ns) in pass_kernels.iter().zip(&passes) {
-                    if t.by_kernel.len() <= kernel {
-                        t.by_kernel.resize(kernel + 1, (0.0, 0));
-                    }
-                    t.by_kernel[kernel].0 += ns;
-                    t.by_kernel[kernel].1 += 1;
-                }
-            }
+        if let (Some(t), true) = (timer, timed_passes > 0) {
+            t.add_times(gpu, timed_bytes, &pass_kernels)?;
         }
         Ok(Some(submission))
+    }
+
+    /// Writes the recorded uniforms and uploads into their device arenas (grown when needed;
+    /// a new uniform arena drops the cached bind groups, which bind the old one); returns them.
+    fn stage(&mut self, gpu: &Gpu) -> (wgpu::Buffer, Option<wgpu::Buffer>) {
+        let old_params = self.params_device.clone();
+        let params_buf = ensure(
+            gpu,
+            &mut self.params_device,
+            self.params.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        if old_params.as_ref() != Some(&params_buf) || self.groups.len() > MAX_CACHED_GROUPS {
+            self.groups.clear();
+        }
+        if !self.params.is_empty() {
+            gpu.queue.write_buffer(&params_buf, 0, &self.params);
+        }
+        let uploads_buf = (!self.uploads.is_empty()).then(|| {
+            let buf = ensure(
+                gpu,
+                &mut self.uploads_device,
+                self.uploads.len() as u64,
+                wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            );
+            gpu.queue.write_buffer(&buf, 0, &self.uploads);
+            buf
+        });
+        (params_buf, uploads_buf)
+    }
+}
+
+/// The bind group of one dispatch: its uniform slice of `params` at binding 0, then its buffers.
+fn bind_group(gpu: &Gpu, layout: &wgpu::BindGroupLayout, params: &wgpu::Buffer, key: &GroupKey) -> wgpu::BindGroup {
+    let slice = |buffer, offset, size| {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size: std::num::NonZeroU64::new(size) })
+    };
+    let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: slice(params, key.params_offset, key.params_size) }];
+    for (i, b) in key.bindings.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: slice(&b.buffer, b.offset, b.size) });
+    }
+    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+}
+
+impl PassTimer {
+    /// Reads back a submit's pass timestamps (`bytes` of them) and adds the passes' times, per
+    /// kernel when each pass held one (`pass_kernels`).
+    fn add_times(&mut self, gpu: &Gpu, bytes: u64, pass_kernels: &[usize]) -> Result<()> {
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.map_and_read(&self.readback, bytes)?);
+        let period = gpu.queue.get_timestamp_period() as f64;
+        // A pass whose end is not after its start (a driver quirk) counts as zero.
+        let passes: Vec<f64> = ticks.chunks(2).map(|p| p[1].saturating_sub(p[0]) as f64 * period).collect();
+        self.elapsed_ns += passes.iter().sum::<f64>();
+        for (&kernel, ns) in pass_kernels.iter().zip(&passes) {
+            if self.by_kernel.len() <= kernel {
+                self.by_kernel.resize(kernel + 1, (0.0, 0));
+            }
+            self.by_kernel[kernel].0 += ns;
+            self.by_kernel[kernel].1 += 1;
+        }
+        Ok(())
     }
 }
 
