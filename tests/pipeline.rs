@@ -8,7 +8,9 @@ use sasprune::checkpoint::{self, Checkpoint, Normalize};
 use sasprune::data::cifar::Cifar10;
 use sasprune::data::{BatchSpec, CIFAR_MEAN, CIFAR_STD};
 use sasprune::models::Model;
-use sasprune::prune::admm::{self, AdmmNnConfig, AdmmState, SasConfig};
+use sasprune::prune::admm::{self, AdmmNnConfig, AdmmState, IterationMetrics, SasConfig};
+use sasprune::prune::method::{PruningMethod, Settings};
+use sasprune::prune::rate::Plan;
 use sasprune::prune::compare;
 use sasprune::prune::pipeline::{self, Method, PipelineConfig};
 use sasprune::prune::rate::Rate;
@@ -118,7 +120,7 @@ fn sas_admm_pipeline_converges_reaches_the_rate_with_exact_zeros_and_reports() {
     let Some(cifar) = data() else { return };
     // Five outer iterations (M = 2 from k0 = 1: 2, 5, 7, 10, 12 gradients of 16 images), 8x,
     // then 2 epochs of masked retraining on 256 images: enough for every phase to show its effect.
-    let mut cfg = tiny_config(Method::SasAdmm, Rate::Times(8.0), "sas");
+    let mut cfg = tiny_config(Method::SAS_ADMM, Rate::Times(8.0), "sas");
     // from a dense model that is actually trained, or the accuracy claims below mean nothing
     let missing = "needs ../shared/pretrained/resnet20.safetensors as the dense start";
     if !common::inputs_present("sas_admm_pipeline", cfg.weights.is_some(), missing) {
@@ -156,12 +158,12 @@ fn sas_admm_pipeline_converges_reaches_the_rate_with_exact_zeros_and_reports() {
 fn admm_nn_and_magnitude_baselines_run_the_same_pipeline() {
     let Some(cifar) = data() else { return };
     // 70% of every conv layer with the fc layer dense: 268,336 / (0.3 · 267,696 + 640) ≈ 3.31x
-    let cfg = tiny_config(Method::Admm, Rate::Percent(70.0), "admm");
+    let cfg = tiny_config(Method::ADMM, Rate::Percent(70.0), "admm");
     let json = run_and_check(&cfg, &cifar, (3.30, 3.32));
     assert!(json["top1"]["after_admm"].as_f64().is_some());
     std::fs::remove_dir_all(&cfg.out).ok();
     // with a baseline phase: the dense start fine-tuned on this data, in the report
-    let cfg = PipelineConfig { baseline_epochs: 1, ..tiny_config(Method::Magnitude, Rate::Times(2.5), "mag") };
+    let cfg = PipelineConfig { baseline_epochs: 1, ..tiny_config(Method::MAGNITUDE, Rate::Times(2.5), "mag") };
     let json = run_and_check(&cfg, &cifar, (2.5, 2.51));
     assert!(json["top1"]["after_admm"].is_null(), "magnitude pruning has no ADMM phase");
     let baseline = json["top1"]["baseline"].as_f64().expect("a baseline top-1");
@@ -171,6 +173,68 @@ fn admm_nn_and_magnitude_baselines_run_the_same_pipeline() {
     assert!(table.contains(&format!("baseline (dense fine-tuned on this data) {baseline:.2}%")), "{table}");
     let metrics = std::fs::read_to_string(cfg.out.join("baseline/metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 2, "one baseline epoch:\n{metrics}");
+    std::fs::remove_dir_all(&cfg.out).ok();
+}
+
+/// A pruning method of the test's own, added the way README's Layout says: a type implementing
+/// `PruningMethod` in its own file (here, this test) and, for the command line, one entry in
+/// `Method::ALL`. Its "ADMM phase" is two SGD steps on one batch, each reported as an iteration.
+struct TwoSteps;
+
+impl PruningMethod for TwoSteps {
+    fn name(&self) -> &'static str {
+        "two-steps"
+    }
+
+    fn about(&self) -> &'static str {
+        "toy: two SGD steps on one batch"
+    }
+
+    fn has_admm_phase(&self) -> bool {
+        true
+    }
+
+    fn admm_budget(&self, _: Settings) -> (usize, usize) {
+        (2, 8)
+    }
+
+    fn run_admm_phase(
+        &self,
+        ctx: admm::PhaseContext<'_>,
+        _: Settings,
+        _: &Plan,
+        state: &mut AdmmState,
+        after: &mut dyn FnMut(&IterationMetrics) -> sasprune::Result<()>,
+    ) -> sasprune::Result<()> {
+        use rand::SeedableRng;
+        let admm::PhaseContext { model, data, spec, .. } = ctx;
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let rng = &mut rand::rngs::StdRng::seed_from_u64(0);
+        sasprune::data::fill_batch(data, &(0..8).collect::<Vec<_>>(), spec, rng, &mut images, &mut labels);
+        let x = sasprune::Tensor::from_slice(&images, &[8, 3, 32, 32])?;
+        let y = sasprune::Tensor::from_slice(&labels, &[8])?;
+        let sgd = sasprune::ops::sgd::SgdConfig { lr: 0.01, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        while state.k < 2 {
+            let ce = model.gradient(&x, &y, 0)?.item()? as f64;
+            model.store.sgd_step(&sgd, None)?;
+            state.k += 1;
+            state.gradients += 1;
+            after(&IterationMetrics { k: state.k, gradients: state.gradients, ce, objective: ce, ..Default::default() })?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_toy_method_of_its_own_runs_through_the_pipeline() {
+    let Some(cifar) = data() else { return };
+    static TOY: TwoSteps = TwoSteps;
+    let cfg = tiny_config(Method::new(&TOY), Rate::Percent(70.0), "toy-method");
+    let json = run_and_check(&cfg, &cifar, (3.30, 3.32));
+    assert_eq!(json["method"], "two-steps");
+    assert!(json["top1"]["after_admm"].as_f64().is_some(), "its phase is evaluated like any ADMM phase");
+    let metrics = std::fs::read_to_string(cfg.out.join("admm_metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "a header and its two iterations:\n{metrics}");
     std::fs::remove_dir_all(&cfg.out).ok();
 }
 
@@ -232,8 +296,8 @@ fn a_resumed_sas_admm_phase_continues_exactly() {
 #[test]
 fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     let Some(cifar) = data() else { return };
-    let cfg = tiny_config(Method::SasAdmm, Rate::Times(3.0), "compare");
-    let methods = [Method::SasAdmm, Method::Admm, Method::Magnitude];
+    let cfg = tiny_config(Method::SAS_ADMM, Rate::Times(3.0), "compare");
+    let methods = [Method::SAS_ADMM, Method::ADMM, Method::MAGNITUDE];
     let rows = compare::compare(&cfg, &methods, 2, &cifar.train, &cifar.test).unwrap();
     assert_eq!(rows.len(), 6, "3 methods x 2 seeds");
     for m in methods {

@@ -270,3 +270,39 @@ mod tests {
         assert_eq!(AdmmNnConfig::authors(&tiny, 10).iterations, 2);
     }
 }
+
+/// ADMM-NN as a [`PruningMethod`](super::method::PruningMethod).
+pub struct AdmmNn;
+
+impl super::method::PruningMethod for AdmmNn {
+    fn name(&self) -> &'static str {
+        "admm"
+    }
+
+    fn about(&self) -> &'static str {
+        "ADMM-NN as its authors run it"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["admm-nn"]
+    }
+
+    fn has_admm_phase(&self) -> bool {
+        true
+    }
+
+    fn admm_budget(&self, settings: super::method::Settings) -> (usize, usize) {
+        (settings.admm.iterations * settings.admm.steps, settings.admm.batch)
+    }
+
+    fn run_admm_phase(
+        &self,
+        ctx: PhaseContext<'_>,
+        settings: super::method::Settings,
+        plan: &Plan,
+        state: &mut AdmmState,
+        after: &mut dyn FnMut(&IterationMetrics) -> Result<()>,
+    ) -> Result<()> {
+        run_admm_nn(ctx, settings.admm, plan, state, after)
+    }
+}

@@ -203,3 +203,35 @@ pub fn run_sas_admm(
     }
     copy(&state.w_avg, &w_hat)
 }
+
+/// SAS-ADMM as a [`PruningMethod`](super::method::PruningMethod).
+pub struct SasAdmm;
+
+impl super::method::PruningMethod for SasAdmm {
+    fn name(&self) -> &'static str {
+        "sas-admm"
+    }
+
+    fn about(&self) -> &'static str {
+        "SAS-ADMM, the paper's method"
+    }
+
+    fn has_admm_phase(&self) -> bool {
+        true
+    }
+
+    fn admm_budget(&self, settings: super::method::Settings) -> (usize, usize) {
+        (settings.sas.total_gradients(), settings.sas.batch)
+    }
+
+    fn run_admm_phase(
+        &self,
+        ctx: PhaseContext<'_>,
+        settings: super::method::Settings,
+        _: &super::rate::Plan,
+        state: &mut AdmmState,
+        after: &mut dyn FnMut(&IterationMetrics) -> Result<()>,
+    ) -> Result<()> {
+        run_sas_admm(ctx, settings.sas, state, after)
+    }
+}
