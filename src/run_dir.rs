@@ -86,11 +86,16 @@ pub struct RunRecord {
     pub args: Vec<String>,
     /// Absent in records of runs started before fingerprints were kept.
     pub data: Option<DataRecord>,
+    /// The run's flags as the parser typed them (the command line's own structure, as JSON):
+    /// what `--resume` reads. Absent in records of older versions, which `--resume` replays from
+    /// `args` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<serde_json::Value>,
 }
 
 impl RunRecord {
     pub fn new(command: &str, args: Vec<String>, data: DataRecord) -> RunRecord {
-        RunRecord { format: FORMAT.into(), command: command.into(), args, data: Some(data) }
+        RunRecord { format: FORMAT.into(), command: command.into(), args, data: Some(data), flags: None }
     }
 
     /// True when `dir` holds a record (of either format).
@@ -117,6 +122,7 @@ impl RunRecord {
                 command: command.into(),
                 args: text.lines().map(String::from).collect(),
                 data: None,
+                flags: None,
             });
         }
         if !dir.is_dir() {

@@ -201,6 +201,11 @@ fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
     assert_eq!(record["command"], "train");
     assert_eq!(record["data"]["train"]["images"], 40);
     assert!(!record["args"].as_array().unwrap().iter().any(|a| a == "--out"), "{record}");
+    // the typed flags, which --resume reads back (not where the run lives)
+    let flags = &record["flags"];
+    assert!((flags["lr"].as_f64().unwrap() - 0.05).abs() < 1e-7 && flags["steps"] == 2, "{record}");
+    assert!(flags["model"] == "resnet20" && flags["schedule"] == "multistep" && flags["save_every"] == 500, "{record}");
+    assert!(flags.get("out").is_none() && flags.get("resume").is_none(), "{record}");
 
     // alone, with more steps allowed
     let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s, "--steps", "4"]);
@@ -236,6 +241,41 @@ fn train_resume_alone_continues_with_the_saved_flags_and_checks_the_data() {
     // the pipeline does not resume a training run
     let (ok, _, stderr) = sasprune(&["--resume", run_s]);
     assert!(!ok && stderr.contains("holds a `train` run") && stderr.contains("sasprune train --resume"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A run record of an older version (its argv, no typed flags) still resumes, by parsing its argv
+/// again, and is saved back with its flags; a record whose flags name an unknown method is refused
+/// naming the file.
+#[test]
+fn an_old_run_record_without_typed_flags_still_resumes() {
+    let t = TinyRun::new("cli-old-record");
+    let run = PathBuf::from(&t.run);
+    let (ok, stdout, stderr) = sasprune(&t.train_args(&["--steps", "2", "--lr", "0.05"]));
+    assert!(ok, "{stdout}{stderr}");
+    let path = run.join("command.json");
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("flags");
+    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", &t.run, "--steps", "3"]);
+    assert!(ok && stderr.contains("at step 2") && stdout.contains("trained 3 steps"), "{stdout}{stderr}");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(record["flags"]["steps"] == 3 && (record["flags"]["lr"].as_f64().unwrap() - 0.05).abs() < 1e-7, "{record}");
+    // a field an old record lacks takes the parser's default
+    let mut record = record;
+    record["flags"].as_object_mut().unwrap().remove("save_every");
+    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", &t.run, "--steps", "4"]);
+    assert!(ok && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
+
+    // a pipeline record whose flags cannot be read back is refused, naming the file
+    let pipe = t.tmp.path().join("pipe");
+    std::fs::create_dir_all(&pipe).unwrap();
+    let bad = serde_json::json!({"format": record["format"], "command": "pipeline", "args": [], "data": null,
+        "flags": {"model": "resnet20", "method": "no-such-method"}});
+    std::fs::write(pipe.join("command.json"), bad.to_string()).unwrap();
+    let (ok, _, stderr) = sasprune(&["--resume", pipe.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("command.json") && stderr.contains("unknown method 'no-such-method'"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

@@ -2,6 +2,7 @@
 //! `ValueEnum`s, so a value outside them is refused by the parser with the list of choices.
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 use sasprune::checkpoint::Normalize;
 use sasprune::prune::pipeline::{Method, Schedule};
 use sasprune::{Error, Result};
@@ -45,7 +46,8 @@ pub(crate) struct Cli {
 }
 
 /// `train --schedule`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum TrainSchedule {
     /// lr times --gamma at each of --milestones
     Multistep,
@@ -54,7 +56,8 @@ pub(crate) enum TrainSchedule {
 }
 
 /// `--admm-lr-schedule`: ADMM-NN's learning rate within an iteration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum AdmmLrSchedule {
     /// divided by 10 at 1/3 and 2/3 of each iteration, as ADMM-NN's authors do
     Thirds,
@@ -63,7 +66,8 @@ pub(crate) enum AdmmLrSchedule {
 }
 
 /// `--admm-train`: which parameters ADMM-NN's W-step trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum AdmmTrain {
     /// every parameter, as ADMM-NN's authors do
     All,
@@ -72,7 +76,10 @@ pub(crate) enum AdmmTrain {
 }
 
 /// The pruning pipeline's flags (the default command).
-#[derive(Args, Clone)]
+/// Recorded in a run's `command.json` (serde) and read back by `--resume`; a field a record lacks
+/// takes the parser's default.
+#[derive(Args, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct PruneArgs {
     /// resnet20, resnet32, resnet44, resnet56, resnet110 or alexnet (ImageNet-style data:
     /// --data holds train.pack and val.pack; the class count comes from the data)
@@ -101,9 +108,11 @@ pub(crate) struct PruneArgs {
     pub(crate) data: DataArgs,
     /// Run directory (default: runs/<model>-<rate>-<method>)
     #[arg(long)]
+    #[serde(skip)]
     pub(crate) out: Option<PathBuf>,
     /// Continue the run in this directory (with the flags it was started with)
     #[arg(long)]
+    #[serde(skip)]
     pub(crate) resume: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -267,7 +276,7 @@ pub(crate) struct CompareArgs {
     pub(crate) weights_dir: Option<PathBuf>,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct DataArgs {
     /// Directory holding cifar-10-batches-bin/ (or that directory itself); for alexnet, a
     /// directory holding train.pack and val.pack. Default: data/
@@ -344,7 +353,9 @@ pub(crate) struct ExportArgs {
     pub(crate) class_names: Option<PathBuf>,
 }
 
-#[derive(Args)]
+/// Recorded like [`PruneArgs`].
+#[derive(Args, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct TrainArgs {
     /// resnet20, resnet32, resnet44, resnet56, resnet110 or alexnet
     #[arg(long)]
@@ -356,10 +367,12 @@ pub(crate) struct TrainArgs {
     pub(crate) weights: Option<PathBuf>,
     /// Run directory (default: runs/<model>-train-<seed>)
     #[arg(long)]
+    #[serde(skip)]
     pub(crate) out: Option<PathBuf>,
     /// Continue the run saved in this directory with the flags it was started with (--data,
     /// --steps and --save-every may be given again)
     #[arg(long)]
+    #[serde(skip)]
     pub(crate) resume: Option<PathBuf>,
     /// Epochs, 1 to 1,000,000 (default: the model's recipe: 200 for the ResNets, 90 for alexnet)
     #[arg(long)]
@@ -408,6 +421,26 @@ pub(crate) struct TrainArgs {
     /// Number of classes (default: as many as the data holds)
     #[arg(long)]
     pub(crate) classes: Option<usize>,
+}
+
+/// What the parser gives a set of flags when none is given: the value a field missing from a
+/// saved record takes.
+fn parser_defaults<T: Args + FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults").no_binary_name(true));
+    let matches = cmd.try_get_matches_from(Vec::<String>::new()).expect("no flag is required");
+    T::from_arg_matches(&matches).expect("the defaults parse")
+}
+
+impl Default for PruneArgs {
+    fn default() -> Self {
+        parser_defaults()
+    }
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        parser_defaults()
+    }
 }
 
 /// Parses the command line. The pipeline's flags belong to the command without a subcommand;

@@ -73,17 +73,18 @@ pub(crate) fn recorded_args(args: &[OsString], sub: Option<&str>) -> Result<Vec<
     Ok(out)
 }
 
-/// For `--resume DIR`: the command line to parse in place of this one, made of the flags the
-/// run was started with (read from DIR) and the ones given now, which must be among
-/// `overridable` (where the data lies, how far to go, a lower learning rate after divergence).
-/// The returned record holds the updated flags: callers save it once the resumed run is
-/// validated, so the next resume continues with them.
-pub(crate) fn resume_command_line(
+/// For `--resume DIR`: the run's record, with its `args` updated by the flags given now, which
+/// must be among `overridable` (where the data lies, how far to go, a lower learning rate after
+/// divergence); and the names of those flags. Callers take the saved flags ([`saved_flags`], or
+/// for an older record [`legacy_command_line`]), apply the ones given now, store the result in
+/// the record's `flags` and save it once the resumed run is validated, so the next resume
+/// continues with them.
+pub(crate) fn resume_record(
     dir: &Path,
     command: &str,
     args: &[OsString],
     overridable: &[&str],
-) -> Result<(Vec<OsString>, RunRecord)> {
+) -> Result<(RunRecord, Vec<String>)> {
     let sub = (command != "pipeline").then_some(command);
     let given = recorded_args(args, sub)?;
     let mut overrides = Vec::new();
@@ -112,18 +113,41 @@ pub(crate) fn resume_command_line(
     }
     let mut record = RunRecord::load(dir, command)?;
     record.args = run_dir::replay(&record.args, &overrides);
-    let mut line: Vec<OsString> = vec!["sasprune".into()];
-    line.extend(sub.map(OsString::from));
-    line.extend(record.args.iter().map(OsString::from));
-    line.extend([if command == "pipeline" { "--out" } else { "--resume" }.into(), dir.as_os_str().to_owned()]);
-    Ok((line, record))
+    Ok((record, overrides.into_iter().map(|(name, _)| name).collect()))
 }
 
-/// Writes the record of a new run into `dir`, refusing a directory that already holds one.
-pub(crate) fn start_run_record(dir: &Path, command: &str, args: &[OsString], data: DataRecord) -> Result<()> {
+/// The typed flags a record saved (None for a record of an older version, which saved argv only).
+pub(crate) fn saved_flags<T: serde::de::DeserializeOwned>(dir: &Path, record: &RunRecord) -> Result<Option<T>> {
+    let Some(flags) = &record.flags else { return Ok(None) };
+    serde_json::from_value(flags.clone()).map(Some).map_err(|e| {
+        Error::invalid(format!("{}: its flags do not read back ({e}); the file is damaged", dir.join(run_dir::RECORD_FILE).display()))
+    })
+}
+
+/// For a record without typed flags (older versions): the command line to parse in its place,
+/// its saved arguments replayed after the subcommand, with the run directory.
+pub(crate) fn legacy_command_line(dir: &Path, command: &str, record: &RunRecord) -> Vec<OsString> {
+    let mut line: Vec<OsString> = vec!["sasprune".into()];
+    line.extend((command != "pipeline").then(|| OsString::from(command)));
+    line.extend(record.args.iter().map(OsString::from));
+    line.extend([if command == "pipeline" { "--out" } else { "--resume" }.into(), dir.as_os_str().to_owned()]);
+    line
+}
+
+/// Writes the record of a new run into `dir` (its argv and its typed `flags`), refusing a
+/// directory that already holds one.
+pub(crate) fn start_run_record(
+    dir: &Path,
+    command: &str,
+    args: &[OsString],
+    data: DataRecord,
+    flags: &impl serde::Serialize,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let sub = (command != "pipeline").then_some(command);
-    RunRecord::new(command, recorded_args(args, sub)?, data).save(dir)
+    let mut record = RunRecord::new(command, recorded_args(args, sub)?, data);
+    record.flags = Some(serde_json::to_value(flags).expect("flags serialize"));
+    record.save(dir)
 }
 
 /// A run that failed after it started (a full disk, a lost device, a diverged loss) keeps what it

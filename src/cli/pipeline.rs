@@ -1,7 +1,10 @@
 //! The pruning pipeline (no subcommand): its configuration from the flags, and the run.
 
 use super::args::{AdmmLrSchedule, AdmmTrain, Cli, PruneArgs};
-use super::common::{open_data, resume_command_line, saved_pipeline, say_adapter, start_run_record, with_resume_hint};
+use super::common::{
+    legacy_command_line, open_data, resume_record, saved_flags, saved_pipeline, say_adapter, start_run_record,
+    with_resume_hint,
+};
 use clap::Parser;
 use sasprune::models::Model;
 use sasprune::prune::{
@@ -13,7 +16,7 @@ use sasprune::run_dir::{self, DataRecord, RunLock, RunRecord};
 use sasprune::train::{self, LrSchedule, TrainConfig};
 use sasprune::{checkpoint, Error, Result};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The pipeline configuration the flags describe (validated before any work starts).
 pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
@@ -141,18 +144,39 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     })
 }
 
+/// For `--resume DIR`: the flags the run saved (or, from an older version's record, its argv
+/// parsed again) with `--data` and `--lr` taken from `now` where given; the record holds them.
+fn resumed_flags(dir: &Path, args: &[OsString], now: &PruneArgs) -> Result<(RunRecord, PruneArgs)> {
+    let (mut record, given) = resume_record(dir, "pipeline", args, &["--data", "--lr"])?;
+    let mut prune = match saved_flags::<PruneArgs>(dir, &record)? {
+        Some(saved) => saved,
+        None => {
+            let line = legacy_command_line(dir, "pipeline", &record);
+            Cli::try_parse_from(&line)
+                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?
+                .prune
+        }
+    };
+    if given.iter().any(|f| f == "--data") {
+        prune.data.data = now.data.data.clone();
+    }
+    if given.iter().any(|f| f == "--lr") {
+        prune.lr = now.lr;
+    }
+    // Runs started before a rate needed its unit saved `--rate 6.6`, which meant 6.6x then.
+    if let Some(r) = prune.rate.as_mut().filter(|r| r.trim().parse::<f64>().is_ok()) {
+        r.push('x');
+    }
+    record.flags = Some(serde_json::to_value(&prune).expect("flags serialize"));
+    prune.out = Some(dir.to_path_buf());
+    Ok((record, prune))
+}
+
 pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
-    // `--resume DIR` replays the flags the run was started with.
+    // `--resume DIR` continues with the flags the run was started with.
     let (a, record) = match &a.resume {
         Some(dir) => {
-            let (line, record) = resume_command_line(dir, "pipeline", args, &["--data", "--lr"])?;
-            let cli = Cli::try_parse_from(&line)
-                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
-            let mut prune = cli.prune;
-            // Runs started before a rate needed its unit saved `--rate 6.6`, which meant 6.6x then.
-            if let Some(r) = prune.rate.as_mut().filter(|r| r.trim().parse::<f64>().is_ok()) {
-                r.push('x');
-            }
+            let (record, prune) = resumed_flags(dir, args, a)?;
             (prune, Some(record))
         }
         None => (a.clone(), None),
@@ -189,7 +213,7 @@ pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
                     cfg.out.display()
                 )));
             }
-            start_run_record(&cfg.out, "pipeline", args, data)?;
+            start_run_record(&cfg.out, "pipeline", args, data, &a)?;
         }
     }
     prune::pipeline::run(&cfg, train_set.as_ref(), test_set.as_ref()).map_err(|e| {

@@ -2,7 +2,8 @@
 
 use super::args::{Cli, Command, TrainArgs, TrainSchedule};
 use super::common::{
-    classes_for, open_data, resume_command_line, saved_training, say_adapter, start_run_record, with_resume_hint,
+    classes_for, legacy_command_line, open_data, resume_record, saved_flags, saved_training, say_adapter,
+    start_run_record, with_resume_hint,
 };
 use clap::Parser;
 use sasprune::models::Model;
@@ -10,7 +11,7 @@ use sasprune::run_dir::{self, DataRecord, RunLock, RunRecord};
 use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
 use sasprune::{checkpoint, gpu, Error, Result};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Parses `train`'s schedule flags (milestones and gamma default to the model's recipe).
 fn train_schedule(a: &TrainArgs, recipe: &sasprune::models::Recipe) -> Result<LrSchedule> {
@@ -31,19 +32,45 @@ fn train_schedule(a: &TrainArgs, recipe: &sasprune::models::Recipe) -> Result<Lr
     }
 }
 
+/// For `train --resume DIR`: the flags the run saved (or, from an older version's record, its
+/// argv parsed again) with `--data`, `--steps`, `--save-every` and `--lr` taken from `now` where
+/// given; the record holds them.
+fn resumed_flags(dir: &Path, args: &[OsString], now: &TrainArgs) -> Result<(RunRecord, TrainArgs)> {
+    let overridable = ["--data", "--steps", "--save-every", "--lr"];
+    let (mut record, given) = resume_record(dir, "train", args, &overridable)?;
+    let mut saved = match saved_flags::<TrainArgs>(dir, &record)? {
+        Some(saved) => saved,
+        None => {
+            let line = legacy_command_line(dir, "train", &record);
+            let cli = Cli::try_parse_from(&line)
+                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
+            let Some(Command::Train(saved)) = cli.command else {
+                return Err(Error::invalid(format!("{} does not record a training run", dir.display())));
+            };
+            saved
+        }
+    };
+    for flag in &given {
+        match flag.as_str() {
+            "--data" => saved.data.data = now.data.data.clone(),
+            "--steps" => saved.steps = now.steps,
+            "--save-every" => saved.save_every = now.save_every,
+            "--lr" => saved.lr = now.lr,
+            _ => unreachable!("resume_record passes only the overridable flags"),
+        }
+    }
+    record.flags = Some(serde_json::to_value(&saved).expect("flags serialize"));
+    saved.resume = Some(dir.to_path_buf());
+    Ok((record, saved))
+}
+
 /// `sasprune train`: a new run, or `--resume DIR` alone continuing one with its saved flags.
 pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptions) -> Result<()> {
     // A run directory that holds a record is resumed from its saved flags; one from a version
     // that kept none is resumed with the flags given now (seed and batch checked).
     let (a, record) = match &a.resume {
         Some(dir) if RunRecord::exists(dir) || !dir.join(train::STATE_FILE).exists() => {
-            let overridable = ["--data", "--steps", "--save-every", "--lr"];
-            let (line, record) = resume_command_line(dir, "train", args, &overridable)?;
-            let cli = Cli::try_parse_from(&line)
-                .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(run_dir::RECORD_FILE).display())))?;
-            let Some(Command::Train(saved)) = cli.command else {
-                return Err(Error::invalid(format!("{} does not record a training run", dir.display())));
-            };
+            let (record, saved) = resumed_flags(dir, args, &a)?;
             (saved, Some(record))
         }
         _ => (a, None),
@@ -135,7 +162,7 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
     };
     let cfg = check_training_memory(&mut model, cfg, train_set.len(), test_set.len())?;
     if record.is_none() && a.resume.is_none() {
-        start_run_record(&dir, "train", args, data)?;
+        start_run_record(&dir, "train", args, data, &a)?;
     }
     let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None).map_err(
         |e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display()), &saved_training(&dir)),

@@ -7,55 +7,69 @@
 //! for tensors used more than once. Each node is taken out of the graph as it runs, so the
 //! buffers it saved are released as soon as they are no longer needed.
 
+use crate::ops::elementwise;
 use crate::tensor::{Edge, Tensor};
-use crate::Result;
-use std::cell::Cell;
+use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
 
-/// The backward rule of one op application: given the gradient of its output, the gradient of
-/// each input (`None` where an input needs none).
-pub trait Backward: Send + Sync {
-    fn backward(&self, grad_output: &Tensor) -> Result<Vec<Option<Tensor>>>;
+// The graph's vocabulary is the tensor's (ops record nodes without depending on this module).
+pub use crate::tensor::{grad_enabled, needs_node, no_grad, Backward, Node};
 
-    /// `backward` for ops that can write a parameter's gradient where the optimizer reads it:
-    /// `places[i]`, when given, is input i's gradient place in its store's arena, holding zeros;
-    /// the op may write input i's gradient there and return that place as the gradient (which
-    /// saves adding a new tensor into the place: a launch per parameter and step).
-    fn backward_into(&self, grad_output: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
-        let _ = places;
-        self.backward(grad_output)
-    }
-}
-
-pub struct Node {
-    pub backward: Box<dyn Backward>,
-    pub inputs: Vec<Edge>,
-}
-
-thread_local! {
-    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
-}
-
-/// Whether ops on this thread currently record the graph.
-pub fn grad_enabled() -> bool {
-    GRAD_ENABLED.with(|g| g.get())
-}
-
-/// Runs `f` without recording the graph (evaluation, optimizer updates).
-pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
+impl Tensor {
+    /// Backpropagates from this one-element tensor (a loss).
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::shape("backward", format!("needs a single-value loss, got shape {:?}", self.shape())));
         }
+        if !self.requires_grad() {
+            return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
+        }
+        let seed = Tensor::full(self.shape(), 1.0)?;
+        run_backward(self.edge(), seed)
     }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
-    f()
+
+    /// Backpropagates from this tensor given the gradient of some scalar with respect to it
+    /// (PyTorch's `y.backward(gradient)`).
+    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        if grad.shape() != self.shape() {
+            return Err(Error::shape(
+                "backward_with",
+                format!("gradient {:?} for tensor {:?}", grad.shape(), self.shape()),
+            ));
+        }
+        if !self.requires_grad() {
+            return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
+        }
+        run_backward(self.edge(), grad)
+    }
+
+    /// Clears a leaf's gradient (zeros in its gradient place, when it has one).
+    pub fn zero_grad(&self) -> Result<()> {
+        let edge = self.edge();
+        match edge.grad_place() {
+            Some(place) => {
+                elementwise::fill(&place, 0.0)?;
+                edge.mark_grad_place(false);
+            }
+            None => edge.set_grad(None),
+        }
+        Ok(())
+    }
 }
 
-/// Whether an op applied to `inputs` must record a node.
-pub fn needs_node(inputs: &[&Tensor]) -> bool {
-    grad_enabled() && inputs.iter().any(|t| t.requires_grad())
+/// Adds `g` to a leaf's gradient: into its gradient place, or to the gradient it holds.
+fn accumulate_grad(edge: &Edge, g: Tensor) -> Result<()> {
+    if let Some(place) = edge.grad_place() {
+        elementwise::axpy(1.0, &g, &place)?;
+        edge.mark_grad_place(true);
+        return Ok(());
+    }
+    let merged = match edge.take_grad() {
+        Some(prev) => elementwise::add(&prev, &g)?,
+        None => g.detach(),
+    };
+    edge.set_grad(Some(merged));
+    Ok(())
 }
 
 /// Runs backward from `root` with `seed` as the gradient of root.
@@ -88,12 +102,12 @@ pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
         let Some(grad) = grads.remove(&t.id()) else { continue };
         match t.take_node() {
             None if t.made_by_op() => {
-                return Err(crate::Error::invalid(
+                return Err(Error::invalid(
                     "backward ran through this graph already (its saved buffers are released); \
                      run the forward pass again",
                 ))
             }
-            None => t.accumulate_grad(grad)?,
+            None => accumulate_grad(&t, grad)?,
             Some(node) => {
                 // an input that appears twice gets no place: its two gradients add
                 let places: Vec<Option<Tensor>> = (node.inputs.iter().enumerate())
@@ -107,7 +121,7 @@ pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
                         continue;
                     }
                     let merged = match grads.remove(&input.id()) {
-                        Some(prev) => crate::ops::elementwise::add(&prev, &g)?,
+                        Some(prev) => elementwise::add(&prev, &g)?,
                         None => g,
                     };
                     grads.insert(input.id(), merged);

@@ -1,8 +1,13 @@
 //! `Tensor`: an f32 array on the GPU with a shape (row-major; NCHW for images) and, when it
 //! takes part in differentiation, its place in the autograd graph. Cloning is cheap (an `Arc`).
 //! A tensor may be a view into a larger shared buffer (a parameter arena) at an aligned offset.
+//!
+//! The graph's vocabulary lives here too ([`Node`], [`Backward`], [`needs_node`], [`no_grad`]):
+//! ops record nodes with it, and `autograd` runs them backward. The layers are gpu ← tensor ←
+//! ops ← autograd, each importing only the ones to its left (constructors that run a kernel,
+//! `Tensor::zeros` and `Tensor::full`, are defined in `ops::elementwise`; `backward` and
+//! `zero_grad` in `autograd`).
 
-use crate::autograd::{self, Node};
 use crate::gpu::{self, Buffer, BufferView};
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,15 +134,7 @@ impl Tensor {
         Ok(t)
     }
 
-    pub fn zeros(shape: &[usize]) -> Result<Tensor> {
-        Tensor::full(shape, 0.0)
-    }
 
-    pub fn full(shape: &[usize], value: f32) -> Result<Tensor> {
-        let t = Tensor::uninit(shape)?;
-        crate::ops::elementwise::fill(&t, value)?;
-        Ok(t)
-    }
 
     /// A view of `shape` into `storage` at byte `offset` (aligned to the device's storage offset
     /// alignment): how parameters and gradients live inside one arena buffer.
@@ -255,7 +252,7 @@ impl Tensor {
             return Err(Error::shape("reshape", format!("{:?} cannot become {shape:?}", self.shape())));
         }
         let out = Tensor::wrap(self.0.storage.clone(), self.0.offset, shape.to_vec(), false, None);
-        let node = autograd::needs_node(&[self])
+        let node = needs_node(&[self])
             .then(|| Node { backward: Box::new(ReshapeBackward(self.shape().to_vec())), inputs: vec![self.edge()] });
         Ok(out.with_node(node))
     }
@@ -267,48 +264,6 @@ impl Tensor {
             Some(slot) => Some(slot.place.clone()),
             None => lock(&meta.grad).clone(),
         }
-    }
-
-    pub fn zero_grad(&self) -> Result<()> {
-        let meta = &self.0.meta.0;
-        match &meta.grad_slot {
-            Some(slot) => {
-                crate::ops::elementwise::fill(&slot.place, 0.0)?;
-                slot.mark_zeroed();
-                Ok(())
-            }
-            None => {
-                *lock(&meta.grad) = None;
-                Ok(())
-            }
-        }
-    }
-
-    /// Backpropagates from this one-element tensor (a loss).
-    pub fn backward(&self) -> Result<()> {
-        if self.numel() != 1 {
-            return Err(Error::shape("backward", format!("needs a single-value loss, got shape {:?}", self.shape())));
-        }
-        if !self.requires_grad() {
-            return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
-        }
-        let seed = Tensor::full(self.shape(), 1.0)?;
-        autograd::run_backward(self.edge(), seed)
-    }
-
-    /// Backpropagates from this tensor given the gradient of some scalar with respect to it
-    /// (PyTorch's `y.backward(gradient)`).
-    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
-        if grad.shape() != self.shape() {
-            return Err(Error::shape(
-                "backward_with",
-                format!("gradient {:?} for tensor {:?}", grad.shape(), self.shape()),
-            ));
-        }
-        if !self.requires_grad() {
-            return Err(Error::invalid("backward: this tensor does not depend on anything that requires a gradient"));
-        }
-        autograd::run_backward(self.edge(), grad)
     }
 }
 
@@ -352,18 +307,29 @@ impl Edge {
         }
     }
 
-    pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
+    /// A parameter's gradient place in its store's arena, when it has one.
+    pub(crate) fn grad_place(&self) -> Option<Tensor> {
+        self.0.grad_slot.as_ref().map(|s| s.place.clone())
+    }
+
+    /// Counts the gradient place as holding a gradient (`filled`) or zeros.
+    pub(crate) fn mark_grad_place(&self, filled: bool) {
         if let Some(slot) = &self.0.grad_slot {
-            crate::ops::elementwise::axpy(1.0, &g, &slot.place)?;
-            slot.mark_filled();
-            return Ok(());
+            if filled {
+                slot.mark_filled()
+            } else {
+                slot.mark_zeroed()
+            }
         }
-        let mut slot = lock(&self.0.grad);
-        *slot = Some(match slot.take() {
-            Some(prev) => crate::ops::elementwise::add(&prev, &g)?,
-            None => g.detach(),
-        });
-        Ok(())
+    }
+
+    /// Takes a leaf's accumulated gradient (one without a gradient place).
+    pub(crate) fn take_grad(&self) -> Option<Tensor> {
+        lock(&self.0.grad).take()
+    }
+
+    pub(crate) fn set_grad(&self, g: Option<Tensor>) {
+        *lock(&self.0.grad) = g;
     }
 }
 
@@ -375,8 +341,55 @@ impl std::fmt::Debug for Tensor {
 
 struct ReshapeBackward(Vec<usize>);
 
-impl autograd::Backward for ReshapeBackward {
+impl Backward for ReshapeBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.detach().reshape(&self.0)?)])
     }
+}
+
+/// The backward rule of one op application: given the gradient of its output, the gradient of
+/// each input (`None` where an input needs none).
+pub trait Backward: Send + Sync {
+    fn backward(&self, grad_output: &Tensor) -> Result<Vec<Option<Tensor>>>;
+
+    /// `backward` for ops that can write a parameter's gradient where the optimizer reads it:
+    /// `places[i]`, when given, is input i's gradient place in its store's arena, holding zeros;
+    /// the op may write input i's gradient there and return that place as the gradient (which
+    /// saves adding a new tensor into the place: a launch per parameter and step).
+    fn backward_into(&self, grad_output: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        let _ = places;
+        self.backward(grad_output)
+    }
+}
+
+/// What an op records for its output: its backward rule and edges to its inputs.
+pub struct Node {
+    pub backward: Box<dyn Backward>,
+    pub inputs: Vec<Edge>,
+}
+
+thread_local! {
+    static GRAD_ENABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether ops on this thread currently record the graph.
+pub fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` without recording the graph (evaluation, optimizer updates).
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    f()
+}
+
+/// Whether an op applied to `inputs` must record a node.
+pub fn needs_node(inputs: &[&Tensor]) -> bool {
+    grad_enabled() && inputs.iter().any(|t| t.requires_grad())
 }

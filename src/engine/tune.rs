@@ -12,7 +12,7 @@
 //! A cache that cannot be read or parsed, or holds entries this build does not know, is ignored
 //! with a one-line note; it is never fatal. Writes are atomic (temporary file + rename).
 
-use crate::ops::matmul::{tile_index, tile_name, Plan};
+use crate::ops::gemm_plan::{tile_index, tile_name, Plan};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

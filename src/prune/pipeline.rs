@@ -15,12 +15,14 @@ use crate::train::{self, progress_bar, Progress, TrainConfig};
 use crate::{gpu, Error, Result, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 pub use super::method::Method;
 
 /// `--schedule` of the pipeline and `compare`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// the paper's and its authors' code's defaults (K = 190, 200 retraining epochs)
     Paper,

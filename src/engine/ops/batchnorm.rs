@@ -2,7 +2,7 @@
 //! the ReLU that follows it (shaders/batchnorm.wgsl).
 
 use super::{grad_place, groups_4x, kernel, launch, place_or_new, summing, summing_kernel};
-use crate::autograd::{needs_node, Backward, Node};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 

@@ -3,7 +3,7 @@
 
 use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape};
 use super::{expect_rank, grad_place, place_or_new, reduce};
-use crate::autograd::{needs_node, Backward, Node};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 

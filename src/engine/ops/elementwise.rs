@@ -1,9 +1,22 @@
 //! Element-wise ops: fill, add, add + ReLU, scale, axpy, ReLU, dropout (shaders/elementwise.wgsl).
 
 use super::{flat_view, for_each_chunk, groups_4x, kernel, launch, same_shape};
-use crate::autograd::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Result, Tensor};
+
+/// Constructors that run a kernel (the tensor module itself launches none).
+impl Tensor {
+    pub fn zeros(shape: &[usize]) -> Result<Tensor> {
+        Tensor::full(shape, 0.0)
+    }
+
+    pub fn full(shape: &[usize], value: f32) -> Result<Tensor> {
+        let t = Tensor::uninit(shape)?;
+        fill(&t, value)?;
+        Ok(t)
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

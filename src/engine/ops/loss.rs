@@ -2,7 +2,7 @@
 //! top-k accuracy (shaders/loss.wgsl).
 
 use super::{expect_rank, groups_1d, kernel, launch, WG};
-use crate::autograd::{needs_node, Backward, Node};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::{self, Kernel};
 use crate::{Error, Result, Tensor};
 

@@ -2,132 +2,15 @@
 //! `matmul` and the `linear` layer with their backward rules (shaders/matmul.wgsl).
 
 use super::{expect_rank, flat_view, grad_place, place_or_new};
-use crate::autograd::{needs_node, Backward, Node};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
-/// One tile shape of the GEMM engines: `rows` x `cols` outputs per workgroup of `threads`.
-pub struct Tile {
-    pub name: &'static str,
-    pub rows: usize,
-    pub cols: usize,
-    pub threads: usize,
-    /// Whether it is one of the register-tiled shapes for GPUs with many cores.
-    pub gpu: bool,
-    /// The WGSL constants of this shape, then the engine (prepended to the op family's file).
-    pub prelude: &'static str,
-    pub engine: &'static str,
-}
-
-const CPU_ENGINE: &str = include_str!("../../../shaders/tiled_gemm.wgsl");
-const WIDE_ENGINE: &str = include_str!("../../../shaders/tiled_gemm_wide.wgsl");
-const GPU_ENGINE: &str = include_str!("../../../shaders/tiled_gemm_gpu.wgsl");
-
-/// A register-tiled shape of tiled_gemm_gpu.wgsl: tx x ty threads, rm x rn outputs each, bc B
-/// columns loaded side by side (min(threads, tile columns)), k chunks of 16.
-macro_rules! gpu_tile {
-    ($name:literal, $tx:literal, $ty:literal, $rm:literal, $rn:literal, $bc:literal) => {
-        Tile {
-            name: $name,
-            rows: $ty * $rm,
-            cols: $tx * $rn,
-            threads: $tx * $ty,
-            gpu: true,
-            prelude: concat!(
-                "const TX: u32 = ",
-                stringify!($tx),
-                "u; const TY: u32 = ",
-                stringify!($ty),
-                "u; const RM: u32 = ",
-                stringify!($rm),
-                "u; const RN: u32 = ",
-                stringify!($rn),
-                "u; const TK: u32 = 16u; const BC: u32 = ",
-                stringify!($bc),
-                "u;"
-            ),
-            engine: GPU_ENGINE,
-        }
-    };
-}
-
-/// Every tile shape a GEMM-based kernel is declared in (`gemm_kernels!`, same order). The first
-/// three (64 threads, scalar shared reads) suit CPU drivers such as lavapipe; the `g*` shapes
-/// (128-256 threads, 4x4 register blocks read as vec4) suit GPUs. Which one runs is a [`Plan`]:
-/// fixed defaults per device type, or the autotuner's measured choice (src/tune.rs).
-pub const TILES: [Tile; 10] = [
-    Tile { name: "wide16", rows: 16, cols: 256, threads: 64, gpu: false, prelude: "", engine: WIDE_ENGINE },
-    Tile {
-        name: "rm4",
-        rows: 32,
-        cols: 64,
-        threads: 64,
-        gpu: false,
-        prelude: "const RM: u32 = 4u;",
-        engine: CPU_ENGINE,
-    },
-    Tile {
-        name: "rm8",
-        rows: 64,
-        cols: 64,
-        threads: 64,
-        gpu: false,
-        prelude: "const RM: u32 = 8u;",
-        engine: CPU_ENGINE,
-    },
-    gpu_tile!("g16", 32, 4, 4, 8, 128),
-    gpu_tile!("g16s", 64, 4, 4, 4, 256),
-    gpu_tile!("g32", 16, 8, 4, 8, 128),
-    gpu_tile!("g32s", 32, 8, 4, 4, 128),
-    gpu_tile!("g64", 16, 16, 4, 4, 64),
-    gpu_tile!("g64w", 16, 8, 8, 8, 128),
-    gpu_tile!("g128", 16, 16, 8, 8, 128),
-];
-
-/// Declares a GEMM-based kernel once per tile shape of [`TILES`] (same order).
-macro_rules! gemm_kernels {
-    ($label:literal, $file:literal, $section:expr) => {
-        $crate::ops::matmul::gemm_kernels!(@each $label, $file, $section,
-            [0 "wide16", 1 "rm4", 2 "rm8", 3 "g16", 4 "g16s", 5 "g32", 6 "g32s", 7 "g64", 8 "g64w", 9 "g128"])
-    };
-    (@each $label:literal, $file:literal, $section:expr, [$($i:literal $name:literal),*]) => {
-        [$($crate::gpu::Kernel {
-            label: concat!($label, ".", $name),
-            prelude: &[$crate::ops::matmul::TILES[$i].prelude, $crate::ops::matmul::TILES[$i].engine],
-            source: include_str!(concat!("../../../shaders/", $file)),
-            section: $section,
-            entry: "main",
-        }),*]
-    };
-}
-pub(crate) use gemm_kernels;
-
-/// The plan "tile" that stands for a family's direct (non-GEMM) kernel, where it has one (the
-/// 3x3 stride-1 convolution): one past the GEMM tiles.
-pub const DIRECT: usize = TILES.len();
-/// Its name in plans and in the tuner's cache.
-pub const DIRECT_NAME: &str = "direct3x3";
-
-/// The name of a plan's tile (a GEMM tile or [`DIRECT_NAME`]).
-pub fn tile_name(tile: usize) -> &'static str {
-    TILES.get(tile).map_or(DIRECT_NAME, |t| t.name)
-}
-
-/// The plan tile of a name (a GEMM tile or [`DIRECT_NAME`]).
-pub fn tile_index(name: &str) -> Option<usize> {
-    TILES.iter().position(|t| t.name == name).or((name == DIRECT_NAME).then_some(DIRECT))
-}
+pub use super::gemm_plan::{tile_index, tile_name, Plan, Tile, DIRECT, DIRECT_NAME, TILES};
+pub(crate) use super::gemm_plan::gemm_kernels;
 
 /// A GEMM-based kernel declared for every tile shape.
 pub(crate) type GemmKernels = [Kernel; TILES.len()];
-
-/// How a GEMM runs: which tile shape, and into how many K-splits (partial products summed by a
-/// second kernel; 1 = none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Plan {
-    pub tile: usize,
-    pub splits: usize,
-}
 
 /// The product a plan is for. `z` > 0 fixes the workgroup layers (e.g. the parity classes of
 /// the strided grad-input), 0 lets the planner split K over them.

@@ -5,6 +5,7 @@ pub mod admm;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod elementwise;
+pub mod gemm_plan;
 pub mod loss;
 pub mod matmul;
 pub mod pool;

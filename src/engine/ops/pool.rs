@@ -2,7 +2,7 @@
 //! (shaders/pool.wgsl).
 
 use super::{expect_rank, groups_1d, kernel, launch};
-use crate::autograd::{needs_node, Backward, Node};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 

@@ -2,7 +2,7 @@
 //! (shaders/reduce.wgsl).
 
 use super::{groups_1d, kernel, launch, summing, summing_kernel};
-use crate::autograd::{needs_node, Backward, Node};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 

@@ -1,7 +1,7 @@
 //! The CIFAR ResNet option-A shortcut (shaders/shortcut.wgsl).
 
 use super::{expect_rank, groups_1d, kernel, launch};
-use crate::autograd::{needs_node, Backward, Node};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
 use crate::{Result, Tensor};
 
