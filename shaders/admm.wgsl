@@ -12,7 +12,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 fn element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
+    return gid.x + gid.y * nwg.x * WG;
 }
 
 //#section sas_h
@@ -21,7 +21,7 @@ fn element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 @group(0) @binding(2) var<storage, read> z: array<f32>;
 @group(0) @binding(3) var<storage, read> u: array<f32>;
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sas_h(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i < p.n) { h[i] = p.a * w[i] + u[i] - p.b * (w[i] - z[i]); }
@@ -36,7 +36,7 @@ fn sas_h(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(3) var<storage, read_write> w_breve: array<f32>;
 @group(0) @binding(4) var<storage, read_write> w: array<f32>;
 @group(0) @binding(5) var<storage, read_write> w_hat: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sas_inner(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i >= p.n) { return; }
@@ -52,7 +52,7 @@ fn sas_inner(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn mix(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i < p.n) { out[i] = p.a * x[i] + (1.0 - p.a) * y[i]; }
@@ -68,7 +68,7 @@ fn mix(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 @group(0) @binding(3) var<storage, read_write> u: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dz: array<f32>;
 @group(0) @binding(5) var<storage, read_write> res: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sas_dual(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i >= p.n) { return; }
@@ -90,7 +90,7 @@ fn sas_dual(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 @group(0) @binding(2) var<storage, read> z: array<f32>;
 @group(0) @binding(3) var<storage, read> u: array<f32>;
 @group(0) @binding(4) var<storage, read_write> g: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn admm_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i < p.n) { g[i] += p.a * (w[i] - z[i] + u[i]); }
@@ -105,7 +105,7 @@ fn admm_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 @group(0) @binding(4) var<storage, read_write> u: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dz: array<f32>;
 @group(0) @binding(6) var<storage, read_write> res: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn admm_dual(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i >= p.n) { return; }
@@ -120,7 +120,7 @@ fn admm_dual(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // x *= y element-wise, in place (hard pruning: W *= mask).
 @group(0) @binding(1) var<storage, read> y: array<f32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn multiply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i < p.n) { x[i] = x[i] * y[i]; }

@@ -20,7 +20,6 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 
 // Element r (< 4) of thread lid in workgroup wid: a workgroup covers 4*WG consecutive elements,
 // each thread 4 of them WG apart (coalesced loads, 4 in flight per thread; see elementwise.wgsl).
@@ -43,7 +42,7 @@ fn at_chunk(ch: u32, q: u32, j: u32) -> u32 {
 // passes over the chunk (the second reads it from cache) for accuracy.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> partial_out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = wid.x;
     let ch = wid.y;
@@ -75,7 +74,7 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 @group(0) @binding(2) var<storage, read_write> stat: array<f32>;
 @group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(4) var<storage, read_write> running_var: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn stats_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ch = wid.x;
     let count = f32(p.n * p.hw);
@@ -122,7 +121,7 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -144,7 +143,7 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 @group(0) @binding(5) var<storage, read> running_var: array<f32>;
 @group(0) @binding(6) var<storage, read> res: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -164,7 +163,7 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 @group(0) @binding(3) var<storage, read> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partial_out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = wid.x;
     let ch = wid.y;
@@ -192,7 +191,7 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 @group(0) @binding(1) var<storage, read> partial_in: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dbeta: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ch = wid.x;
     var s = vec2<f32>(0.0);
@@ -218,7 +217,7 @@ fn backward_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 @group(0) @binding(6) var<storage, read> dbeta: array<f32>;
 @group(0) @binding(7) var<storage, read> y: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dx: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let count = f32(p.n * p.hw);
     for (var r = 0u; r < 4u; r++) {

@@ -14,7 +14,7 @@ struct Params {
 
 // Element r (< 4) of thread lid in workgroup wid.
 fn element(wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, r: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 1024u + r * 256u + lid.x;
+    return (wid.x + wid.y * nwg.x) * 4u * WG + r * WG + lid.x;
 }
 
 // A counter-based hash (PCG output function) so dropout needs no stored mask: the backward pass
@@ -31,7 +31,7 @@ fn keep(i: u32) -> bool {
 
 //#section fill
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -44,7 +44,7 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -57,7 +57,7 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid:
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn add_relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -69,7 +69,7 @@ fn add_relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
 // out = alpha * x
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -81,7 +81,7 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
 // y += alpha * x, in place
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -92,7 +92,7 @@ fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 //#section relu
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -105,7 +105,7 @@ fn relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -117,7 +117,7 @@ fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // out = x * keep / (1 - p): used for both directions (the backward applies the same mask to dy)
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
@@ -128,7 +128,7 @@ fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 //#section dropout_mask
 // out = the 0/1 keep mask, so tests can check the kernel against the reference
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn dropout_mask(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);

@@ -10,9 +10,8 @@
 struct Params { n: u32, classes: u32, seg: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 256u;
 
-var<workgroup> slots: array<f32, 256>;
+var<workgroup> slots: array<f32, WG>;
 
 // The row of thread lid in workgroup wid (may be >= n in the last workgroup).
 fn segment_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -43,7 +42,7 @@ fn segment_reduce(v: f32, lid: u32, take_max: bool) -> f32 {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read_write> rows: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn row_losses(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = segment_row(wid, nwg, lid.x);
     let lane = lid.x % p.seg;
@@ -70,7 +69,7 @@ fn row_losses(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // segment is the whole workgroup).
 @group(0) @binding(1) var<storage, read> rows: array<f32>;
 @group(0) @binding(2) var<storage, read_write> loss: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn mean(@builtin(local_invocation_id) lid: vec3<u32>) {
     var s = 0.0;
     for (var i = lid.x; i < p.n; i += WG) { s += rows[i]; }
@@ -85,7 +84,7 @@ fn mean(@builtin(local_invocation_id) lid: vec3<u32>) {
 @group(0) @binding(3) var<storage, read> rows: array<f32>;
 @group(0) @binding(4) var<storage, read> grad_loss: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dlogits: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let k = gid.x + gid.y * nwg.x * WG;
     if (k >= p.n * p.classes) { return; }
@@ -100,7 +99,7 @@ fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ranks: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rank(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = segment_row(wid, nwg, lid.x);
     let lane = lid.x % p.seg;

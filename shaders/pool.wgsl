@@ -10,7 +10,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 fn element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
+    return gid.x + gid.y * nwg.x * WG;
 }
 
 // PyTorch's adaptive pooling windows along one axis: [floor(o*len/out), ceil((o+1)*len/out)).
@@ -22,7 +22,7 @@ fn window(o: u32, len: u32, out: u32) -> vec2<u32> {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> idx: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let o = element(gid, nwg);
     if (o >= p.planes * p.oh * p.ow) { return; }
@@ -51,7 +51,7 @@ fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> idx: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i >= p.planes * p.h * p.w) { return; }
@@ -75,7 +75,7 @@ fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 //#section avg_forward
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let o = element(gid, nwg);
     if (o >= p.planes * p.oh * p.ow) { return; }
@@ -92,7 +92,7 @@ fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 //#section avg_backward
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dx: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn avg_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
     if (i >= p.planes * p.h * p.w) { return; }

@@ -1,7 +1,6 @@
 // Reductions. Workgroups of 256 threads add with workgroup_sum from the prelude (sum_tree.wgsl,
 // or sum_subgroup.wgsl where the adapter has subgroups).
 
-const WG: u32 = 256u;
 
 //#section sum_stage
 // Stage of a full sum: workgroup g sums x[g*chunk .. (g+1)*chunk) (of x when mode = 0, x² when
@@ -11,7 +10,7 @@ struct Params { n: u32, chunk: u32, mode: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sum_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let begin = wid.x * p.chunk;
     let end = min(begin + p.chunk, p.n);
@@ -30,7 +29,7 @@ struct Params { outer: u32, c: u32, inner: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ch = wid.x;
     let count = p.outer * p.inner;
@@ -55,8 +54,8 @@ struct Params { n: u32, splits: u32, lanes: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> parts: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-var<workgroup> acc: array<f32, 256>;
-@compute @workgroup_size(256)
+var<workgroup> acc: array<f32, WG>;
+@compute @workgroup_size(WG)
 fn sum_splits(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -88,7 +87,7 @@ struct Params { n: u32, _pad0: u32, _pad1: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> scalar: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn broadcast(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
     if (i < p.n) { out[i] = scalar[0] * p.scale; }
@@ -101,7 +100,7 @@ fn broadcast(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 struct Params { n: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> ok: array<f32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn subgroup_check(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let size = subgroupAdd(1u);
     let low = subgroupMin(lid.x);

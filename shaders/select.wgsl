@@ -38,7 +38,7 @@ fn init(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 var<workgroup> local_count: atomic<u32>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let l = wid.y;
     if (l >= p.layers) { return; }   // (uniform per workgroup, so before the barriers is fine)
@@ -48,7 +48,7 @@ fn count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     if (lid.x == 0u) { atomicStore(&local_count, 0u); }
     workgroupBarrier();
     var c = 0u;
-    for (var i = wid.x * 256u + lid.x; i < layer.len; i += nwg.x * 256u) {
+    for (var i = wid.x * WG + lid.x; i < layer.len; i += nwg.x * WG) {
         let kv = key(x[layer.offset + i]);
         c += select(0u, 1u, select(kv <= mid, kv < r.lo, p.mode == 1u));
     }

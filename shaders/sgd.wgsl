@@ -14,9 +14,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> buf: array<f32>;
 @group(0) @binding(4) var<storage, read> mask: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = gid.x + gid.y * nwg.x * WG;
     if (i >= p.n) { return; }
     var g = grad[i] + p.weight_decay * w[i];
     if (p.has_mask != 0u) { g *= mask[i]; }

@@ -6,7 +6,7 @@
 // threads i*size ..); ops check that once per device (reduce.subgroup_check) first.
 // Every thread of the workgroup must call these (they contain barriers); all get the total.
 
-var<workgroup> sum_slots: array<vec2<f32>, 256>;
+var<workgroup> sum_slots: array<vec2<f32>, WG>;
 
 fn workgroup_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
     let size = subgroupAdd(1u);
@@ -14,7 +14,7 @@ fn workgroup_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
     if (lid % size == 0u) { sum_slots[lid / size] = s; }
     workgroupBarrier();
     var total = vec2<f32>(0.0);
-    let subgroups = 256u / size;
+    let subgroups = WG / size;
     for (var i = 0u; i < subgroups; i++) { total += sum_slots[i]; }
     workgroupBarrier(); // the slots may be written again right after
     return total;

@@ -2,11 +2,11 @@
 // in shared memory, 8 barriers. The subgroup variant (sum_subgroup.wgsl) has the same functions.
 // Every thread of the workgroup must call them (they contain barriers); all get the total.
 
-var<workgroup> sum_slots: array<vec2<f32>, 256>;
+var<workgroup> sum_slots: array<vec2<f32>, WG>;
 
 fn workgroup_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
     sum_slots[lid] = v;
-    for (var s = 128u; s > 0u; s >>= 1u) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
         workgroupBarrier();
         if (lid < s) { sum_slots[lid] += sum_slots[lid + s]; }
     }

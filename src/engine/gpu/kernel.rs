@@ -20,10 +20,16 @@ pub struct Kernel {
     pub entry: &'static str,
 }
 
+/// Threads per workgroup of the 1-D kernels (element-wise, reductions, batch norm, the ADMM
+/// updates, ...): defined here once, and given to every shader as `WG` (see [`Kernel::wgsl`]);
+/// the ops size their launches with the same value.
+pub const WG: usize = 256;
+
 impl Kernel {
-    /// The WGSL text this kernel compiles.
+    /// The WGSL text this kernel compiles: the settings every shader shares (`WG`), the preludes,
+    /// then its source (or its section of the source).
     pub fn wgsl(&self) -> String {
-        let mut text = String::new();
+        let mut text = format!("const WG: u32 = {WG}u;\n");
         for part in self.prelude {
             text.push_str(part);
             text.push('\n');

@@ -10,7 +10,7 @@ mod kernel;
 mod recorder;
 
 pub use buffer::{simulate_memory_limit, Buffer, BufferView};
-pub use kernel::{Kernel, ShaderChecks};
+pub use kernel::{Kernel, ShaderChecks, WG};
 pub use recorder::{DeviceTime, ReadBack};
 
 use crate::{Error, Result};

@@ -17,8 +17,8 @@ pub mod shortcut;
 use crate::gpu::{self, Kernel};
 use crate::{Error, Result, Tensor};
 
-/// Threads per workgroup of the 1-D kernels.
-pub(crate) const WG: usize = 256;
+/// Threads per workgroup of the 1-D kernels (the shaders' `WG`).
+pub(crate) use crate::gpu::WG;
 
 /// Input i's gradient place among a backward's `places` (see `Backward::backward_into`).
 pub(crate) fn grad_place(places: &[Option<Tensor>], i: usize) -> Option<&Tensor> {
