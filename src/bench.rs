@@ -587,16 +587,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     gpu.synchronize()?;
     let train_seconds = start.elapsed().as_secs_f64();
     let peak_step_bytes = gpu.memory_stats().peak_in_use;
-    // One more step, paused after the forward pass to see what backward needs held.
-    model.store.zero_grad()?;
-    let l = loss::cross_entropy(&model.forward(&x, Pass::Train { noise: 0 })?, &y)?;
-    gpu.flush()?;
-    let after_forward_bytes = gpu.memory_stats().in_use;
-    l.backward()?;
-    model.store.sgd_step(&sgd, None)?;
-    gpu.synchronize()?;
-    let stats = gpu.memory_stats();
-    let device_bytes = stats.in_use + stats.pooled;
+    let (after_forward_bytes, device_bytes) = memory_probe(&mut model, &x, &y, &sgd)?;
     phase("memory probe done");
     // One more step with every dispatch timed on the device: where the step's time goes.
     let profile = if gpu.start_device_timer(true)? {
@@ -606,24 +597,7 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         None
     };
     phase("kernel profile done");
-    let eval = |model: &mut Model| -> Result<()> {
-        crate::autograd::no_grad(|| model.forward(&x, Pass::Eval).map(drop))?;
-        gpu.flush()
-    };
-    let warm = Instant::now();
-    eval(&mut model)?;
-    gpu.synchronize()?;
-    if warm.elapsed() < CLOCK_WARM_UP {
-        keep_busy(&mut || eval(&mut model))?;
-    }
-    phase("evaluation warm-up done");
-    let start = Instant::now();
-    for i in 1..=steps {
-        eval(&mut model)?;
-        phase(&format!("evaluation pass {i}/{steps}"));
-    }
-    gpu.synchronize()?;
-    let eval_seconds = start.elapsed().as_secs_f64();
+    let eval_seconds = eval_seconds(&mut model, &x, steps, &phase)?;
     bar.finish_and_clear();
     Ok(StepRate {
         model: model_name.to_string(),
@@ -639,6 +613,45 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
         host_seconds_per_step: host[2],
         profile,
     })
+}
+
+/// One more training step, paused after the forward pass: (bytes in use then, what backward
+/// needs held; bytes the device holds after the step, pool included).
+fn memory_probe(model: &mut Model, x: &Tensor, y: &Tensor, sgd: &crate::ops::sgd::SgdConfig) -> Result<(u64, u64)> {
+    let gpu = gpu::get()?;
+    model.store.zero_grad()?;
+    let l = loss::cross_entropy(&model.forward(x, Pass::Train { noise: 0 })?, y)?;
+    gpu.flush()?;
+    let after_forward = gpu.memory_stats().in_use;
+    l.backward()?;
+    model.store.sgd_step(sgd, None)?;
+    gpu.synchronize()?;
+    let stats = gpu.memory_stats();
+    Ok((after_forward, stats.in_use + stats.pooled))
+}
+
+/// Seconds `passes` evaluation passes over `x` take, after a warm-up at a sustained clock;
+/// `phase` is told of each.
+fn eval_seconds(model: &mut Model, x: &Tensor, passes: usize, phase: &impl Fn(&str)) -> Result<f64> {
+    let gpu = gpu::get()?;
+    let eval = |model: &mut Model| -> Result<()> {
+        crate::autograd::no_grad(|| model.forward(x, Pass::Eval).map(drop))?;
+        gpu.flush()
+    };
+    let warm = Instant::now();
+    eval(model)?;
+    gpu.synchronize()?;
+    if warm.elapsed() < CLOCK_WARM_UP {
+        keep_busy(&mut || eval(model))?;
+    }
+    phase("evaluation warm-up done");
+    let start = Instant::now();
+    for i in 1..=passes {
+        eval(model)?;
+        phase(&format!("evaluation pass {i}/{passes}"));
+    }
+    gpu.synchronize()?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// A step's per-kernel device times as a JSON array (null when not timed).

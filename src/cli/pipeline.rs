@@ -26,79 +26,10 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         ));
     };
     let spec = sasprune::models::spec(&model)?;
-    let rate = match (&a.rate, &a.layer_rates) {
-        (Some(r), Some(f)) => {
-            return Err(Error::invalid(format!(
-                "--rate {r} and --layer-rates {} both set the pruning target: the file gives every layer its \
-                 percentage, so drop --rate (or the file)",
-                f.display()
-            )))
-        }
-        (Some(r), _) => prune::rate::parse_rate(r)?,
-        (None, Some(_)) => prune::rate::Rate::Percent(50.0), // unused: the file decides
-        (None, None) => {
-            return Err(Error::invalid("give a target with --rate (e.g. 6.6x or 85%) or --layer-rates FILE"))
-        }
-    };
+    let rate = target_rate(a)?;
     let method = a.method;
-    // dense training and masked retraining follow the model's recipe (for the ResNets the CIFAR
-    // one, which is also the paper's retraining); quick shortens both to cosine schedules
-    let recipe = TrainConfig::from_recipe(&spec.recipe);
-    let (mut sas, mut retrain, dense) = match a.schedule {
-        Schedule::Paper => (SasConfig::paper(), recipe.clone(), recipe),
-        Schedule::Quick => {
-            let retrain =
-                TrainConfig { epochs: 15, lr: recipe.lr / 2.0, schedule: LrSchedule::Cosine, ..recipe.clone() };
-            let dense = TrainConfig { epochs: 30, schedule: LrSchedule::Cosine, ..recipe };
-            (SasConfig::quick(), retrain, dense)
-        }
-    };
-    macro_rules! set {
-        ($target:expr, $flag:expr) => {
-            if let Some(v) = $flag {
-                $target = v;
-            }
-        };
-    }
-    set!(sas.beta, a.beta);
-    set!(sas.rho, a.rho);
-    set!(sas.lambda, a.lambda);
-    set!(sas.inner, a.inner);
-    set!(sas.outer, a.outer);
-    set!(sas.k_avg, a.k_avg);
-    set!(sas.k0, a.k0);
-    set!(sas.v, a.v);
-    set!(sas.q, a.q);
-    set!(sas.r, a.r);
-    set!(sas.s, a.s);
-    set!(sas.batch, a.batch);
-    sas.file_order = a.deterministic;
-    retrain.deterministic = a.deterministic;
-    set!(retrain.epochs, a.retrain_epochs);
-    set!(retrain.lr, a.lr);
-    set!(retrain.batch, a.retrain_batch);
-    sas.validate()?;
-    let iterations = match a.schedule {
-        Schedule::Quick => AdmmNnConfig::QUICK_ITERATIONS,
-        Schedule::Paper => AdmmNnConfig::PAPER_ITERATIONS,
-    };
-    let mut admm = AdmmNnConfig::authors(&sas, iterations);
-    if let Some(n) = a.admm_iterations {
-        // as given (validated below), sharing the same budget unless --admm-steps says otherwise
-        admm.iterations = n;
-        admm.steps = sas.total_gradients().div_ceil(n.max(1));
-    }
-    set!(admm.rho_growth, a.admm_rho_growth);
-    set!(admm.rho_max, a.admm_rho_max);
-    set!(admm.lr, a.admm_lr);
-    set!(admm.weight_decay, a.admm_weight_decay);
-    set!(admm.steps, a.admm_steps);
-    admm.lr_drops = a.admm_lr_schedule != Some(AdmmLrSchedule::Constant);
-    admm.train_all = a.admm_train != Some(AdmmTrain::Weights);
-    admm.reset_momentum = a.admm_reset_momentum;
-    // ρ0 matched to the W-subproblems as they now are, unless given
-    admm.rho = a.admm_rho.unwrap_or_else(|| admm.matched_rho());
-    retrain.seed = a.seed;
+    let (sas, mut retrain, dense) = schedules(a, spec)?;
+    let admm = admm_nn_config(a, &sas)?;
     if a.subset == Some(0) || a.eval_limit == Some(0) {
         return Err(Error::invalid("--subset and --eval-limit must be at least 1"));
     }
@@ -106,7 +37,6 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     sasprune::models::check_batch(&model, sas.batch, "--batch")?;
     sasprune::models::check_batch(&model, retrain.batch, "--retrain-batch")?;
     dense.validate()?;
-    admm.validate()?;
     let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}-{rate_tag}-{}", method.name())));
     retrain.divergence_hint = format!(
@@ -142,6 +72,93 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         baseline_epochs: a.baseline_epochs,
         show_progress: true,
     })
+}
+
+/// `--rate`, or a placeholder when `--layer-rates` gives every layer its share (one of the two).
+fn target_rate(a: &PruneArgs) -> Result<prune::rate::Rate> {
+    match (&a.rate, &a.layer_rates) {
+        (Some(r), Some(f)) => Err(Error::invalid(format!(
+            "--rate {r} and --layer-rates {} both set the pruning target: the file gives every layer its \
+             percentage, so drop --rate (or the file)",
+            f.display()
+        ))),
+        (Some(r), _) => prune::rate::parse_rate(r),
+        (None, Some(_)) => Ok(prune::rate::Rate::Percent(50.0)), // unused: the file decides
+        (None, None) => Err(Error::invalid("give a target with --rate (e.g. 6.6x or 85%) or --layer-rates FILE")),
+    }
+}
+
+/// Sets `$target` to the flag's value when the flag was given.
+macro_rules! set {
+    ($target:expr, $flag:expr) => {
+        if let Some(v) = $flag {
+            $target = v;
+        }
+    };
+}
+
+/// SAS-ADMM's settings and the retraining and dense-training configurations: `--schedule`'s,
+/// with the flags given on top. Dense training and masked retraining follow the model's recipe
+/// (for the ResNets the CIFAR one, which is also the paper's retraining); quick shortens both to
+/// cosine schedules.
+fn schedules(a: &PruneArgs, spec: &sasprune::models::ModelSpec) -> Result<(SasConfig, TrainConfig, TrainConfig)> {
+    let recipe = TrainConfig::from_recipe(&spec.recipe);
+    let (mut sas, mut retrain, dense) = match a.schedule {
+        Schedule::Paper => (SasConfig::paper(), recipe.clone(), recipe),
+        Schedule::Quick => {
+            let retrain =
+                TrainConfig { epochs: 15, lr: recipe.lr / 2.0, schedule: LrSchedule::Cosine, ..recipe.clone() };
+            let dense = TrainConfig { epochs: 30, schedule: LrSchedule::Cosine, ..recipe };
+            (SasConfig::quick(), retrain, dense)
+        }
+    };
+    set!(sas.beta, a.beta);
+    set!(sas.rho, a.rho);
+    set!(sas.lambda, a.lambda);
+    set!(sas.inner, a.inner);
+    set!(sas.outer, a.outer);
+    set!(sas.k_avg, a.k_avg);
+    set!(sas.k0, a.k0);
+    set!(sas.v, a.v);
+    set!(sas.q, a.q);
+    set!(sas.r, a.r);
+    set!(sas.s, a.s);
+    set!(sas.batch, a.batch);
+    sas.file_order = a.deterministic;
+    retrain.deterministic = a.deterministic;
+    set!(retrain.epochs, a.retrain_epochs);
+    set!(retrain.lr, a.lr);
+    set!(retrain.batch, a.retrain_batch);
+    retrain.seed = a.seed;
+    sas.validate()?;
+    Ok((sas, retrain, dense))
+}
+
+/// ADMM-NN's settings: its authors' (within SAS-ADMM's gradient budget `sas`), with the flags
+/// given on top.
+fn admm_nn_config(a: &PruneArgs, sas: &SasConfig) -> Result<AdmmNnConfig> {
+    let iterations = match a.schedule {
+        Schedule::Quick => AdmmNnConfig::QUICK_ITERATIONS,
+        Schedule::Paper => AdmmNnConfig::PAPER_ITERATIONS,
+    };
+    let mut admm = AdmmNnConfig::authors(sas, iterations);
+    if let Some(n) = a.admm_iterations {
+        // as given (validated below), sharing the same budget unless --admm-steps says otherwise
+        admm.iterations = n;
+        admm.steps = sas.total_gradients().div_ceil(n.max(1));
+    }
+    set!(admm.rho_growth, a.admm_rho_growth);
+    set!(admm.rho_max, a.admm_rho_max);
+    set!(admm.lr, a.admm_lr);
+    set!(admm.weight_decay, a.admm_weight_decay);
+    set!(admm.steps, a.admm_steps);
+    admm.lr_drops = a.admm_lr_schedule != Some(AdmmLrSchedule::Constant);
+    admm.train_all = a.admm_train != Some(AdmmTrain::Weights);
+    admm.reset_momentum = a.admm_reset_momentum;
+    // ρ0 matched to the W-subproblems as they now are, unless given
+    admm.rho = a.admm_rho.unwrap_or_else(|| admm.matched_rho());
+    admm.validate()?;
+    Ok(admm)
 }
 
 /// For `--resume DIR`: the flags the run saved (or, from an older version's record, its argv

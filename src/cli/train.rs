@@ -90,32 +90,9 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
             dir.display()
         )));
     }
-    // flags not given take the model's recipe (AlexNet's is ImageNet's, not the CIFAR one)
-    let recipe = sasprune::models::spec(&model_name)?.recipe;
-    let lr = a.lr.unwrap_or(recipe.lr);
-    let batch = a.batch.unwrap_or(recipe.batch);
-    let cfg = TrainConfig {
-        epochs: a.epochs.unwrap_or(recipe.epochs),
-        batch,
-        lr,
-        momentum: a.momentum.unwrap_or(recipe.momentum),
-        weight_decay: a.weight_decay.unwrap_or(recipe.weight_decay),
-        nesterov: a.nesterov,
-        schedule: train_schedule(&a, &recipe)?,
-        seed: a.seed,
-        max_steps: a.steps,
-        subset: a.subset,
-        deterministic: a.deterministic,
-        save_every: a.save_every.max(1),
-        divergence_hint: format!(
-            "continue with a lower learning rate: `sasprune train --resume {} --lr {}`",
-            dir.display(),
-            train::lr_text(lr / 10.0)
-        ),
-        ..TrainConfig::cifar_default()
-    };
+    let cfg = train_config(&a, &model_name, &dir)?;
     cfg.validate()?;
-    sasprune::models::check_batch(&model_name, batch, "--batch")?;
+    sasprune::models::check_batch(&model_name, cfg.batch, "--batch")?;
     if let Some(c) = a.classes {
         sasprune::models::check_classes(c)?;
     }
@@ -131,35 +108,7 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
         record.check_data(&dir, &data, a.data.data.as_deref())?;
         record.save(&dir)?;
     }
-    // A run that stopped before its first checkpoint (diverged at once, say) resumes from the start;
-    // one that saved progress but lost its checkpoint would start over and overwrite that: refused.
-    if a.resume.is_some() && record.is_some() && !dir.join(train::STATE_FILE).exists() {
-        // metrics.csv has a row per finished epoch (a failed first save leaves none to lose)
-        if let Some(f) = [train::METRICS_FILE].iter().find(|f| dir.join(f).exists()) {
-            return Err(Error::invalid(format!(
-                "{} holds a training run that saved progress ({f}) but its {} is missing, so it cannot continue \
-                 where it stopped; resuming would start over at step 0 and overwrite it. Restore that file, or start \
-                 a new run elsewhere with --out (--weights {} continues from the saved weights)",
-                dir.display(),
-                train::STATE_FILE,
-                dir.join(train::MODEL_FILE).display()
-            )));
-        }
-    }
-    let (progress, norm) = if a.resume.is_some() && (record.is_none() || dir.join(train::STATE_FILE).exists()) {
-        let (p, norm) = train::load_state(&mut model, &dir, &cfg)?;
-        eprintln!("resuming {} at step {}", dir.display(), p.step);
-        (p, norm)
-    } else {
-        let norm = match &a.weights {
-            Some(w) => {
-                let stored = checkpoint::load_model(&mut model, w)?;
-                checkpoint::choose_normalize(flag_norm, stored, &model_name, &w.display().to_string())
-            }
-            None => checkpoint::normalize_for_training(flag_norm, &model_name),
-        };
-        (Progress::default(), norm)
-    };
+    let (progress, norm) = starting_point(&a, record.is_some(), &dir, &mut model, &cfg, flag_norm)?;
     let cfg = check_training_memory(&mut model, cfg, train_set.len(), test_set.len())?;
     if record.is_none() && a.resume.is_none() {
         start_run_record(&dir, "train", args, data, &a)?;
@@ -178,6 +127,76 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
         dir.display()
     );
     Ok(())
+}
+
+/// The training configuration the flags describe; flags not given take the model's recipe
+/// (AlexNet's is ImageNet's, not the CIFAR one).
+fn train_config(a: &TrainArgs, model_name: &str, dir: &Path) -> Result<TrainConfig> {
+    let recipe = sasprune::models::spec(model_name)?.recipe;
+    let lr = a.lr.unwrap_or(recipe.lr);
+    Ok(TrainConfig {
+        epochs: a.epochs.unwrap_or(recipe.epochs),
+        batch: a.batch.unwrap_or(recipe.batch),
+        lr,
+        momentum: a.momentum.unwrap_or(recipe.momentum),
+        weight_decay: a.weight_decay.unwrap_or(recipe.weight_decay),
+        nesterov: a.nesterov,
+        schedule: train_schedule(a, &recipe)?,
+        seed: a.seed,
+        max_steps: a.steps,
+        subset: a.subset,
+        deterministic: a.deterministic,
+        save_every: a.save_every.max(1),
+        divergence_hint: format!(
+            "continue with a lower learning rate: `sasprune train --resume {} --lr {}`",
+            dir.display(),
+            train::lr_text(lr / 10.0)
+        ),
+        ..TrainConfig::cifar_default()
+    })
+}
+
+/// Where training starts: a resumed run's saved step and weights, or step 0 from `--weights` or
+/// a fresh initialization; with the input normalization that goes with it. `recorded`: the run
+/// directory holds a record (a resume of a record-less directory is an older version's run).
+fn starting_point(
+    a: &TrainArgs,
+    recorded: bool,
+    dir: &Path,
+    model: &mut Model,
+    cfg: &TrainConfig,
+    flag_norm: Option<checkpoint::Normalize>,
+) -> Result<(Progress, checkpoint::Normalize)> {
+    let model_name = model.name.clone();
+    // A run that stopped before its first checkpoint (diverged at once, say) resumes from the start;
+    // one that saved progress but lost its checkpoint would start over and overwrite that: refused.
+    if a.resume.is_some() && recorded && !dir.join(train::STATE_FILE).exists() {
+        // metrics.csv has a row per finished epoch (a failed first save leaves none to lose)
+        if let Some(f) = [train::METRICS_FILE].iter().find(|f| dir.join(f).exists()) {
+            return Err(Error::invalid(format!(
+                "{} holds a training run that saved progress ({f}) but its {} is missing, so it cannot continue \
+                 where it stopped; resuming would start over at step 0 and overwrite it. Restore that file, or start \
+                 a new run elsewhere with --out (--weights {} continues from the saved weights)",
+                dir.display(),
+                train::STATE_FILE,
+                dir.join(train::MODEL_FILE).display()
+            )));
+        }
+    }
+    Ok(if a.resume.is_some() && (!recorded || dir.join(train::STATE_FILE).exists()) {
+        let (p, norm) = train::load_state(model, dir, cfg)?;
+        eprintln!("resuming {} at step {}", dir.display(), p.step);
+        (p, norm)
+    } else {
+        let norm = match &a.weights {
+            Some(w) => {
+                let stored = checkpoint::load_model(model, w)?;
+                checkpoint::choose_normalize(flag_norm, stored, &model_name, &w.display().to_string())
+            }
+            None => checkpoint::normalize_for_training(flag_norm, &model_name),
+        };
+        (Progress::default(), norm)
+    })
 }
 
 /// `train`'s memory check before the first step (see `sasprune::preflight`): a training step at

@@ -106,32 +106,7 @@ impl PackedSplit {
             }
         })?;
 
-        if map[0..8] != MAGIC {
-            return Err(bad(format!(
-                "starts with \"{}\", expected the magic \"SASPACK1\"; not a packed dataset (see \
-                 data/README.md)",
-                map[0..8].escape_ascii()
-            )));
-        }
-        let header = Header {
-            height: u32_at(&map, 8),
-            width: u32_at(&map, 12),
-            classes: u32_at(&map, 16),
-            count: u64::from_le_bytes(map[24..32].try_into().expect("8-byte slice")),
-        };
-        let reserved = u32_at(&map, 20);
-        if reserved != 0 {
-            return Err(bad(format!("reserved header field is {reserved}, expected 0 (written by a newer version?)")));
-        }
-        if header.height == 0 || header.width == 0 || header.classes == 0 {
-            return Err(bad(format!(
-                "header gives height {}, width {}, classes {}; all must be nonzero",
-                header.height, header.width, header.classes
-            )));
-        }
-        if header.count == 0 {
-            return Err(bad("holds no records (count 0)".into()));
-        }
+        let header = read_header(&map, &bad)?;
         let record = record_bytes(header.height, header.width);
         let expected = record.and_then(|r| r.checked_mul(header.count)).and_then(|r| r.checked_add(HEADER_BYTES));
         if expected != Some(map.len() as u64) {
@@ -149,27 +124,7 @@ impl PackedSplit {
         let record = record.expect("checked above") as usize;
         let count = header.count as usize;
 
-        // Every record's label must be checked once here so that `sample` can hand out labels
-        // unchecked. With large records each label sits on its own page: tell the kernel not to
-        // read ahead, or this scan would read the whole (possibly huge) file.
-        #[cfg(unix)]
-        let random_scan = record >= 64 * 1024 && map.advise(memmap2::Advice::Random).is_ok();
-        for i in 0..count {
-            let offset = HEADER_BYTES as usize + i * record;
-            let label = u32_at(&map, offset);
-            if label >= header.classes {
-                return Err(bad(format!(
-                    "record {i} (byte offset {offset}) has label {label}, expected below the \
-                     {} classes in the header",
-                    header.classes
-                )));
-            }
-        }
-        #[cfg(unix)]
-        if random_scan {
-            // Only a hint: reading still works if restoring it fails.
-            let _ = map.advise(memmap2::Advice::Normal);
-        }
+        check_labels(&map, &header, record, &bad)?;
 
         Ok(PackedSplit {
             path: path.to_path_buf(),
@@ -293,4 +248,62 @@ fn write_records(
     file.write_all(&header.to_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(header.count)
+}
+
+/// The header of a mapped pack, checked: the magic, a zero reserved field, nonzero sizes and
+/// at least one record. `bad` words an error about this file.
+fn read_header(map: &Mmap, bad: &impl Fn(String) -> Error) -> Result<Header> {
+    if map[0..8] != MAGIC {
+        return Err(bad(format!(
+            "starts with \"{}\", expected the magic \"SASPACK1\"; not a packed dataset (see \
+             data/README.md)",
+            map[0..8].escape_ascii()
+        )));
+    }
+    let header = Header {
+        height: u32_at(map, 8),
+        width: u32_at(map, 12),
+        classes: u32_at(map, 16),
+        count: u64::from_le_bytes(map[24..32].try_into().expect("8-byte slice")),
+    };
+    let reserved = u32_at(map, 20);
+    if reserved != 0 {
+        return Err(bad(format!("reserved header field is {reserved}, expected 0 (written by a newer version?)")));
+    }
+    if header.height == 0 || header.width == 0 || header.classes == 0 {
+        return Err(bad(format!(
+            "header gives height {}, width {}, classes {}; all must be nonzero",
+            header.height, header.width, header.classes
+        )));
+    }
+    if header.count == 0 {
+        return Err(bad("holds no records (count 0)".into()));
+    }
+    Ok(header)
+}
+
+/// Checks every record's label once, so that `sample` can hand them out unchecked.
+fn check_labels(map: &Mmap, header: &Header, record: usize, bad: &impl Fn(String) -> Error) -> Result<()> {
+    // Every record's label must be checked once here so that `sample` can hand out labels
+    // unchecked. With large records each label sits on its own page: tell the kernel not to
+    // read ahead, or this scan would read the whole (possibly huge) file.
+    #[cfg(unix)]
+    let random_scan = record >= 64 * 1024 && map.advise(memmap2::Advice::Random).is_ok();
+    for i in 0..header.count as usize {
+        let offset = HEADER_BYTES as usize + i * record;
+        let label = u32_at(map, offset);
+        if label >= header.classes {
+            return Err(bad(format!(
+                "record {i} (byte offset {offset}) has label {label}, expected below the \
+                 {} classes in the header",
+                header.classes
+            )));
+        }
+    }
+    #[cfg(unix)]
+    if random_scan {
+        // Only a hint: reading still works if restoring it fails.
+        let _ = map.advise(memmap2::Advice::Normal);
+    }
+    Ok(())
 }

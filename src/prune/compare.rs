@@ -168,11 +168,28 @@ fn write_outputs(
     rows: &[CompareRow],
     target: f64,
 ) -> Result<()> {
+    checkpoint::write_atomic(&dir.join("compare.csv"), compare_csv(rows).as_bytes())?;
+    let md = compare_md(cfg, methods, rows, target);
+    checkpoint::write_atomic(&dir.join("compare.md"), md.as_bytes())?;
+    write_plots(dir, methods, rows)?;
+    println!(
+        "\n{md}\nwrote compare.md, compare.csv, compare.svg (residuals), compare_accuracy.svg and convergence.svg in {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The gradients a run took to reach the common relative residual ("" when it did not).
+fn to_common_text(r: &CompareRow) -> String {
+    r.gradients_to_common.map_or(String::new(), |g| g.to_string())
+}
+
+/// compare.csv: every run, one line each.
+fn compare_csv(rows: &[CompareRow]) -> String {
     let mut csv = String::from(
         "method,seed,admm_gradients,retrain_epochs,retrain_gradients,dense_top1,after_prune_top1,retrain_final_top1,\
          retrain_best_top1,seconds,final_rel_res2,gradients_to_common_rel_res2\n",
     );
-    let to_common = |r: &CompareRow| r.gradients_to_common.map_or(String::new(), |g| g.to_string());
     for r in rows {
         let _ = writeln!(
             csv,
@@ -188,10 +205,15 @@ fn write_outputs(
             r.retrain_best,
             r.seconds,
             r.final_rel_res2,
-            to_common(r)
+            to_common_text(r)
         );
     }
-    checkpoint::write_atomic(&dir.join("compare.csv"), csv.as_bytes())?;
+    csv
+}
+
+/// compare.md: per method the mean ± std over seeds, then (when the ADMM runs share a residual
+/// `target`) the convergence table.
+fn compare_md(cfg: &PipelineConfig, methods: &[Method], rows: &[CompareRow], target: f64) -> String {
     let seeds = rows.iter().filter(|r| r.method == methods[0].name()).count();
     let rate =
         cfg.layer_rates.as_ref().map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display()));
@@ -238,13 +260,17 @@ fn write_outputs(
                 r.method,
                 r.seed,
                 r.admm_gradients,
-                to_common(r),
+                to_common_text(r),
                 r.final_rel_res2,
                 r.after_prune
             );
         }
     }
-    checkpoint::write_atomic(&dir.join("compare.md"), md.as_bytes())?;
+    md
+}
+
+/// compare_accuracy.svg, compare.svg (residuals) and convergence.svg.
+fn write_plots(dir: &std::path::Path, methods: &[Method], rows: &[CompareRow]) -> Result<()> {
     // top-1 against the gradients spent, mean over seeds: dense (0), after hard pruning (the ADMM
     // phase's gradients), after retraining (plus retraining's)
     let series: Vec<(String, Vec<(f64, f64)>)> = methods
@@ -294,9 +320,5 @@ fn write_outputs(
         let series: Vec<(&str, &[IterationMetrics])> = curves.iter().map(|(n, c)| (n.as_str(), c.as_slice())).collect();
         checkpoint::write_atomic(&dir.join("convergence.svg"), report::convergence_svg(&series).as_bytes())?;
     }
-    println!(
-        "\n{md}\nwrote compare.md, compare.csv, compare.svg (residuals), compare_accuracy.svg and convergence.svg in {}",
-        dir.display()
-    );
     Ok(())
 }
