@@ -282,9 +282,9 @@ fn export_refuses_bad_weights_with_one_line() {
     assert!(!out.exists(), "nothing is written for bad weights");
 
     // resnet20's tensors are not resnet32's
-    let mut model = Model::build("resnet20", 10, 0).unwrap();
+    let model = Model::build("resnet20", 10, 0).unwrap();
     let small = tmp.path().join("resnet20.safetensors");
-    checkpoint::save_model(&mut model, &small, Normalize::CIFAR, &[]).unwrap();
+    checkpoint::save_model(&model, &small, Normalize::CIFAR, &[]).unwrap();
     let (code, _, stderr) =
         sasprune(&["export", "--model", "resnet32", "--weights", small.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, Some(1));

@@ -238,39 +238,6 @@ pub fn run_admm_nn(
     copy(&state.w, &w_net)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admm_nn_follows_its_authors_schedules() {
-        let sas = SasConfig::paper();
-        let cfg = AdmmNnConfig::authors(&sas, AdmmNnConfig::PAPER_ITERATIONS);
-        // 21,107 gradients in 10 W-subproblems of 2,111 steps
-        assert_eq!((cfg.iterations, cfg.steps), (10, 2_111));
-        // ρ_k = ρ0 · 1.3^(k−1), capped
-        assert!((cfg.rho_at(3) / cfg.rho_at(1) - 1.69).abs() < 1e-5);
-        assert_eq!(AdmmNnConfig { rho_max: 0.002, ..cfg.clone() }.rho_at(40), 0.002);
-        // lr 0.01 restarted every iteration, / 10 at 1/3 and / 100 at 2/3 of it (the authors'
-        // admm_adjust_learning_rate: offsets 0-6, 7-13, 14-19 of 20 epochs)
-        let twenty = AdmmNnConfig { steps: 20, ..cfg.clone() };
-        let lrs: Vec<f32> = (0..20).map(|t| twenty.lr_at(t)).collect();
-        assert_eq!(lrs.iter().filter(|&&l| l == 0.01).count(), 7, "{lrs:?}");
-        assert_eq!(lrs.iter().filter(|&&l| (l - 0.001).abs() < 1e-9).count(), 7, "{lrs:?}");
-        assert_eq!(lrs.iter().filter(|&&l| (l - 0.0001).abs() < 1e-9).count(), 6, "{lrs:?}");
-        // ρ0 gives the authors' pull per subproblem: theirs at their length, more for shorter ones
-        let theirs = AdmmNnConfig { steps: AdmmNnConfig::AUTHORS_STEPS, rho: 1e-3, ..cfg.clone() };
-        assert!((theirs.matched_rho() - 1e-3).abs() < 1e-9);
-        assert!(cfg.rho > 3.3e-3 && cfg.rho < 4.1e-3, "ρ0 {} for 2,111-step subproblems", cfg.rho);
-        let product = |c: &AdmmNnConfig| c.rho as f64 * c.pull_per_unit_gradient();
-        assert!((product(&cfg) / product(&theirs) - 1.0).abs() < 1e-5);
-        assert!(cfg.weight_decay == 1e-4 && cfg.train_all && !cfg.reset_momentum && cfg.lr_drops);
-        // never more iterations than gradients
-        let tiny = SasConfig { inner: 2, outer: 1, k0: 1, k_avg: 1, ..SasConfig::paper() };
-        assert_eq!(AdmmNnConfig::authors(&tiny, 10).iterations, 2);
-    }
-}
-
 /// ADMM-NN as a [`PruningMethod`](super::method::PruningMethod).
 pub struct AdmmNn;
 
@@ -304,5 +271,38 @@ impl super::method::PruningMethod for AdmmNn {
         after: &mut dyn FnMut(&IterationMetrics) -> Result<()>,
     ) -> Result<()> {
         run_admm_nn(ctx, settings.admm, plan, state, after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admm_nn_follows_its_authors_schedules() {
+        let sas = SasConfig::paper();
+        let cfg = AdmmNnConfig::authors(&sas, AdmmNnConfig::PAPER_ITERATIONS);
+        // 21,107 gradients in 10 W-subproblems of 2,111 steps
+        assert_eq!((cfg.iterations, cfg.steps), (10, 2_111));
+        // ρ_k = ρ0 · 1.3^(k−1), capped
+        assert!((cfg.rho_at(3) / cfg.rho_at(1) - 1.69).abs() < 1e-5);
+        assert_eq!(AdmmNnConfig { rho_max: 0.002, ..cfg.clone() }.rho_at(40), 0.002);
+        // lr 0.01 restarted every iteration, / 10 at 1/3 and / 100 at 2/3 of it (the authors'
+        // admm_adjust_learning_rate: offsets 0-6, 7-13, 14-19 of 20 epochs)
+        let twenty = AdmmNnConfig { steps: 20, ..cfg.clone() };
+        let lrs: Vec<f32> = (0..20).map(|t| twenty.lr_at(t)).collect();
+        assert_eq!(lrs.iter().filter(|&&l| l == 0.01).count(), 7, "{lrs:?}");
+        assert_eq!(lrs.iter().filter(|&&l| (l - 0.001).abs() < 1e-9).count(), 7, "{lrs:?}");
+        assert_eq!(lrs.iter().filter(|&&l| (l - 0.0001).abs() < 1e-9).count(), 6, "{lrs:?}");
+        // ρ0 gives the authors' pull per subproblem: theirs at their length, more for shorter ones
+        let theirs = AdmmNnConfig { steps: AdmmNnConfig::AUTHORS_STEPS, rho: 1e-3, ..cfg.clone() };
+        assert!((theirs.matched_rho() - 1e-3).abs() < 1e-9);
+        assert!(cfg.rho > 3.3e-3 && cfg.rho < 4.1e-3, "ρ0 {} for 2,111-step subproblems", cfg.rho);
+        let product = |c: &AdmmNnConfig| c.rho as f64 * c.pull_per_unit_gradient();
+        assert!((product(&cfg) / product(&theirs) - 1.0).abs() < 1e-5);
+        assert!(cfg.weight_decay == 1e-4 && cfg.train_all && !cfg.reset_momentum && cfg.lr_drops);
+        // never more iterations than gradients
+        let tiny = SasConfig { inner: 2, outer: 1, k0: 1, k_avg: 1, ..SasConfig::paper() };
+        assert_eq!(AdmmNnConfig::authors(&tiny, 10).iterations, 2);
     }
 }
