@@ -83,3 +83,40 @@ fn a_resumed_training_run_continues_exactly() {
         std::fs::remove_dir_all(tmp(t)).ok();
     }
 }
+
+/// `eval_every`: the test set is evaluated after every N-th epoch and after the last one (the
+/// other epochs' metrics rows hold no accuracy), and 0 is refused.
+#[test]
+fn evaluation_every_n_epochs_and_after_the_last() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+    if !common::inputs_present("evaluation_every_n_epochs", dir.join("cifar-10-batches-bin/test_batch.bin").exists(), &missing) {
+        return;
+    }
+    let cifar = Cifar10::open(&dir).unwrap();
+    let test = sasprune::data::First { inner: &cifar.test, n: 20 };
+    let norm = Normalize { mean: CIFAR_MEAN, std: CIFAR_STD };
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch: 8,
+        subset: Some(8),
+        lr: 0.01,
+        schedule: LrSchedule::Cosine,
+        eval_batch: 20,
+        eval_every: 2,
+        show_progress: false,
+        ..TrainConfig::cifar_default()
+    };
+    let out = std::env::temp_dir().join(format!("sasprune-eval-every-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let mut m = Model::build("resnet20", 10, 1).unwrap();
+    let s = train::train(&mut m, &cifar.train, &test, norm, &cfg, &out, Progress::default(), None).unwrap();
+    assert_eq!((s.steps, s.final_eval.map(|e| e.images)), (3, Some(20)));
+    let metrics = std::fs::read_to_string(out.join(train::METRICS_FILE)).unwrap();
+    let top1: Vec<bool> = metrics.lines().skip(1).map(|l| l.split(',').nth(4).unwrap() != "NaN").collect();
+    assert_eq!(top1, [false, true, true], "evaluated after epochs 2 and 3 only:\n{metrics}");
+    let zero = TrainConfig { eval_every: 0, ..cfg };
+    let e = train::train(&mut m, &cifar.train, &test, norm, &zero, &out, Progress::default(), None).unwrap_err();
+    assert!(e.to_string().contains("--eval-every must be at least 1"), "{e}");
+    std::fs::remove_dir_all(&out).ok();
+}

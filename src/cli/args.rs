@@ -208,6 +208,10 @@ pub(crate) struct PruneArgs {
     /// on the same data: the report's baseline, against which the pruned accuracy is compared
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) baseline_epochs: usize,
+    /// Evaluate the dense training and the retraining every N epochs (and after the last one)
+    /// instead of after every epoch: less evaluation time, coarser best-checkpoint choice
+    #[arg(long, value_name = "N")]
+    pub(crate) eval_every: Option<usize>,
     /// Reproducible step by step: no augmentation, ADMM minibatches in file order (batch g is
     /// images g·B … g·B+B−1, cycling), training epochs in file order; dropout masks and batch
     /// norm as usual. Results then depend only on the data, the flags and the kernels' arithmetic
@@ -418,6 +422,9 @@ pub(crate) struct TrainArgs {
     /// Save a resumable checkpoint every N steps (and at the end of every epoch)
     #[arg(long, default_value_t = 500)]
     pub(crate) save_every: usize,
+    /// Evaluate every N epochs (and after the last one) instead of after every epoch
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) eval_every: usize,
     /// Number of classes (default: as many as the data holds)
     #[arg(long)]
     pub(crate) classes: Option<usize>,

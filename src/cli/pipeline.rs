@@ -37,6 +37,7 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     sasprune::models::check_batch(&model, sas.batch, "--batch")?;
     sasprune::models::check_batch(&model, retrain.batch, "--retrain-batch")?;
     dense.validate()?;
+    let eval_every = retrain.eval_every;
     let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}-{rate_tag}-{}", method.name())));
     retrain.divergence_hint = format!(
@@ -54,6 +55,7 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         admm,
         retrain,
         dense: TrainConfig {
+            eval_every,
             seed: a.seed,
             deterministic: a.deterministic,
             announce_eta_after: Some(20),
@@ -129,6 +131,7 @@ fn schedules(a: &PruneArgs, spec: &sasprune::models::ModelSpec) -> Result<(SasCo
     set!(retrain.epochs, a.retrain_epochs);
     set!(retrain.lr, a.lr);
     set!(retrain.batch, a.retrain_batch);
+    set!(retrain.eval_every, a.eval_every);
     retrain.seed = a.seed;
     sas.validate()?;
     Ok((sas, retrain, dense))

@@ -147,6 +147,7 @@ fn train_config(a: &TrainArgs, model_name: &str, dir: &Path) -> Result<TrainConf
         subset: a.subset,
         deterministic: a.deterministic,
         save_every: a.save_every.max(1),
+        eval_every: a.eval_every,
         divergence_hint: format!(
             "continue with a lower learning rate: `sasprune train --resume {} --lr {}`",
             dir.display(),
