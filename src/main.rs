@@ -13,7 +13,8 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
     if let Some(text) = &cli.time_limit {
         // counted from the command's start, as a job scheduler counts it
         let limit = sasprune::time_limit::parse(text)?;
-        if matches!(cli.command, Some(Command::Devices | Command::Bench { .. } | Command::Eval(_) | Command::Export(_))) {
+        if matches!(cli.command, Some(Command::Devices | Command::Bench { .. } | Command::Eval(_) | Command::Export(_)))
+        {
             return Err(Error::invalid(
                 "--time-limit applies to the pipeline, `train` and `compare`, which save and resume; drop it here",
             ));

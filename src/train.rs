@@ -404,7 +404,44 @@ pub fn train(
     start: Progress,
     mask: Option<&Tensor>,
 ) -> Result<TrainSummary> {
-    let mut run = TrainingRun::start(model, train, test, norm, cfg, dir, start, mask)?;
+    cfg.validate()?;
+    check_dataset(model, train, "the training set")?;
+    check_dataset(model, test, "the test set")?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let n = cfg.subset.unwrap_or(train.len()).min(train.len());
+    if n == 0 {
+        return Err(Error::invalid("the training set is empty"));
+    }
+    let steps_per_epoch = n.div_ceil(cfg.batch);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let spec = train_spec(model, train, norm, cfg.deterministic);
+    // the run's plan and counters, from where `start` stands
+    let mut run = TrainingRun {
+        spec,
+        n,
+        steps_per_epoch,
+        total_steps,
+        stop_at: cfg.max_steps.map_or(total_steps, |m| m.min(total_steps)),
+        first_step: start.step,
+        images: Vec::new(),
+        labels: Vec::new(),
+        step: start.step,
+        started: Instant::now(),
+        trained_images: 0,
+        step_seconds: 0.0,
+        evaluated: (0, 0.0),
+        final_eval: None,
+        best_top1: read_best(dir)?,
+        limit: StepClock::default(),
+        saved_step: start.step,
+        model,
+        train,
+        test,
+        norm,
+        cfg,
+        dir,
+        mask,
+    };
     while run.step < run.stop_at {
         run.epoch()?;
     }
@@ -464,57 +501,6 @@ struct Epoch {
 }
 
 impl<'a> TrainingRun<'a> {
-    /// Checks the configuration and the data against the model, and plans the steps.
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        model: &'a mut Model,
-        train: &'a dyn Dataset,
-        test: &'a dyn Dataset,
-        norm: Normalize,
-        cfg: &'a TrainConfig,
-        dir: &'a Path,
-        start: Progress,
-        mask: Option<&'a Tensor>,
-    ) -> Result<Self> {
-        cfg.validate()?;
-        check_dataset(model, train, "the training set")?;
-        check_dataset(model, test, "the test set")?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let n = cfg.subset.unwrap_or(train.len()).min(train.len());
-        if n == 0 {
-            return Err(Error::invalid("the training set is empty"));
-        }
-        let steps_per_epoch = n.div_ceil(cfg.batch);
-        let total_steps = steps_per_epoch * cfg.epochs;
-        let spec = train_spec(model, train, norm, cfg.deterministic);
-        Ok(TrainingRun {
-            spec,
-            n,
-            steps_per_epoch,
-            total_steps,
-            stop_at: cfg.max_steps.map_or(total_steps, |m| m.min(total_steps)),
-            first_step: start.step,
-            images: Vec::new(),
-            labels: Vec::new(),
-            step: start.step,
-            started: Instant::now(),
-            trained_images: 0,
-            step_seconds: 0.0,
-            evaluated: (0, 0.0),
-            final_eval: None,
-            best_top1: read_best(dir)?,
-            limit: StepClock::default(),
-            saved_step: start.step,
-            model,
-            train,
-            test,
-            norm,
-            cfg,
-            dir,
-            mask,
-        })
-    }
-
     /// Runs the steps of the epoch the run stands in, then closes it.
     fn epoch(&mut self) -> Result<()> {
         let mut e = self.open_epoch()?;
@@ -691,7 +677,8 @@ impl<'a> TrainingRun<'a> {
             best_top1: self.best_top1,
             seconds: self.started.elapsed().as_secs_f64(),
             images_per_second: self.trained_images as f64 / self.step_seconds.max(1e-9),
-            eval_images_per_second: (self.evaluated.0 > 0).then(|| self.evaluated.0 as f64 / self.evaluated.1.max(1e-9)),
+            eval_images_per_second: (self.evaluated.0 > 0)
+                .then(|| self.evaluated.0 as f64 / self.evaluated.1.max(1e-9)),
         }
     }
 }

@@ -241,8 +241,7 @@ fn a_toy_model_added_in_its_own_file_trains_saves_and_exports() {
     let a = model.forward(&x, Pass::Eval).unwrap().to_vec().unwrap();
     let b = again.forward(&x, Pass::Eval).unwrap().to_vec().unwrap();
     assert_eq!(a, b, "the reloaded toy model computes the same logits");
-    let exported =
-        sasprune::export::onnx::export(&model, Default::default(), Normalize::CIFAR, None, &[]).unwrap();
+    let exported = sasprune::export::onnx::export(&model, Default::default(), Normalize::CIFAR, None, &[]).unwrap();
     assert!(exported.bytes.len() > 4 * 147 && exported.layers.len() == 1, "the fc weight is the prunable layer");
     let _ = std::fs::remove_dir_all(&dir);
 }

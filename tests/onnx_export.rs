@@ -65,7 +65,9 @@ fn perturb_and_prune(model: &mut Model, pruned: f64, seed: u64) {
     let roles: Vec<(String, Role)> = model.store.entries().iter().map(|e| (e.name.clone(), e.role)).collect();
     for (name, role) in roles {
         let values = &mut dict.get_mut(&name).unwrap().1;
-        let range = if name.ends_with("running_var") || (role == Role::Param && name.contains("bn") && name.ends_with("weight")) {
+        let range = if name.ends_with("running_var")
+            || (role == Role::Param && name.contains("bn") && name.ends_with("weight"))
+        {
             Some((0.5, 2.0))
         } else if role != Role::PrunableWeight && name.contains("bn") {
             Some((-0.3, 0.3))
@@ -275,8 +277,15 @@ fn export_refuses_bad_weights_with_one_line() {
     let corrupt = tmp.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not a safetensors file at all").unwrap();
     let out = tmp.path().join("m.onnx");
-    let (code, _, stderr) =
-        sasprune(&["export", "--model", "resnet20", "--weights", corrupt.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, _, stderr) = sasprune(&[
+        "export",
+        "--model",
+        "resnet20",
+        "--weights",
+        corrupt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("is not a valid safetensors file") && !stderr.contains("panicked"), "{stderr}");
     assert!(!out.exists(), "nothing is written for bad weights");
@@ -285,17 +294,36 @@ fn export_refuses_bad_weights_with_one_line() {
     let model = Model::build("resnet20", 10, 0).unwrap();
     let small = tmp.path().join("resnet20.safetensors");
     checkpoint::save_model(&model, &small, Normalize::CIFAR, &[]).unwrap();
-    let (code, _, stderr) =
-        sasprune(&["export", "--model", "resnet32", "--weights", small.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, _, stderr) = sasprune(&[
+        "export",
+        "--model",
+        "resnet32",
+        "--weights",
+        small.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("does not fit this model") && stderr.contains("missing tensor 'layer1.3.conv1.weight'"), "{stderr}");
+    assert!(
+        stderr.contains("does not fit this model") && stderr.contains("missing tensor 'layer1.3.conv1.weight'"),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
 
     let names = tmp.path().join("names.txt");
     std::fs::write(&names, "cat\ndog\n").unwrap();
     let (code, _, stderr) = sasprune(&[
-        "export", "--model", "resnet20", "--weights", small.to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--class-names", names.to_str().unwrap(), "--classes", "10",
+        "export",
+        "--model",
+        "resnet20",
+        "--weights",
+        small.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--class-names",
+        names.to_str().unwrap(),
+        "--classes",
+        "10",
     ]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("names 2 classes, but the model has 10"), "{stderr}");

@@ -9,10 +9,10 @@ use sasprune::data::cifar::Cifar10;
 use sasprune::data::{BatchSpec, CIFAR_MEAN, CIFAR_STD};
 use sasprune::models::Model;
 use sasprune::prune::admm::{self, AdmmNnConfig, AdmmState, IterationMetrics, SasConfig};
-use sasprune::prune::method::{PruningMethod, Settings};
-use sasprune::prune::rate::Plan;
 use sasprune::prune::compare;
+use sasprune::prune::method::{PruningMethod, Settings};
 use sasprune::prune::pipeline::{self, Method, PipelineConfig};
+use sasprune::prune::rate::Plan;
 use sasprune::prune::rate::Rate;
 use sasprune::train::{LrSchedule, TrainConfig};
 use std::path::PathBuf;
@@ -219,7 +219,13 @@ impl PruningMethod for TwoSteps {
             model.store.sgd_step(&sgd, None)?;
             state.k += 1;
             state.gradients += 1;
-            after(&IterationMetrics { k: state.k, gradients: state.gradients, ce, objective: ce, ..Default::default() })?;
+            after(&IterationMetrics {
+                k: state.k,
+                gradients: state.gradients,
+                ce,
+                objective: ce,
+                ..Default::default()
+            })?;
         }
         Ok(())
     }

@@ -11,6 +11,14 @@ use sasprune::models::Model;
 use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
 use std::path::PathBuf;
 
+/// CIFAR-10 from data/, or None (the test then skips with a message naming `test`).
+fn cifar(test: &str) -> Option<Cifar10> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+    let present = dir.join("cifar-10-batches-bin/test_batch.bin").exists();
+    common::inputs_present(test, present, &missing).then(|| Cifar10::open(&dir).unwrap())
+}
+
 #[test]
 fn learning_rate_schedules() {
     let cfg = TrainConfig::cifar_default();
@@ -26,16 +34,7 @@ fn learning_rate_schedules() {
 
 #[test]
 fn a_resumed_training_run_continues_exactly() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
-    if !common::inputs_present(
-        "a_resumed_training_run",
-        dir.join("cifar-10-batches-bin/test_batch.bin").exists(),
-        &missing,
-    ) {
-        return;
-    }
-    let cifar = Cifar10::open(&dir).unwrap();
+    let Some(cifar) = cifar("a_resumed_training_run") else { return };
     let test = sasprune::data::First { inner: &cifar.test, n: 50 };
     let norm = Normalize { mean: CIFAR_MEAN, std: CIFAR_STD };
     let cfg = TrainConfig {
@@ -88,12 +87,7 @@ fn a_resumed_training_run_continues_exactly() {
 /// other epochs' metrics rows hold no accuracy), and 0 is refused.
 #[test]
 fn evaluation_every_n_epochs_and_after_the_last() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
-    if !common::inputs_present("evaluation_every_n_epochs", dir.join("cifar-10-batches-bin/test_batch.bin").exists(), &missing) {
-        return;
-    }
-    let cifar = Cifar10::open(&dir).unwrap();
+    let Some(cifar) = cifar("evaluation_every_n_epochs") else { return };
     let test = sasprune::data::First { inner: &cifar.test, n: 20 };
     let norm = Normalize { mean: CIFAR_MEAN, std: CIFAR_STD };
     let cfg = TrainConfig {

@@ -2,10 +2,10 @@
 //! `ValueEnum`s, so a value outside them is refused by the parser with the list of choices.
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use serde::{Deserialize, Serialize};
 use sasprune::checkpoint::Normalize;
 use sasprune::prune::pipeline::{Method, Schedule};
 use sasprune::{Error, Result};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Parser)]

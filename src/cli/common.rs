@@ -120,7 +120,10 @@ pub(crate) fn resume_record(
 pub(crate) fn saved_flags<T: serde::de::DeserializeOwned>(dir: &Path, record: &RunRecord) -> Result<Option<T>> {
     let Some(flags) = &record.flags else { return Ok(None) };
     serde_json::from_value(flags.clone()).map(Some).map_err(|e| {
-        Error::invalid(format!("{}: its flags do not read back ({e}); the file is damaged", dir.join(run_dir::RECORD_FILE).display()))
+        Error::invalid(format!(
+            "{}: its flags do not read back ({e}); the file is damaged",
+            dir.join(run_dir::RECORD_FILE).display()
+        ))
     })
 }
 

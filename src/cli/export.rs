@@ -64,8 +64,7 @@ fn megabytes(bytes: u64) -> String {
 /// What was written: the file, its size against an all-dense export, and the pruned layers.
 fn report(a: &ExportArgs, e: &onnx::Exported, model: &Model) {
     let (n, nz) = e.layers.iter().fold((0, 0), |(n, nz), l| (n + l.numel, nz + l.nonzero));
-    let (dense, stored): (u64, u64) =
-        e.layers.iter().fold((0, 0), |(d, s), l| (d + l.dense_bytes, s + l.stored_bytes));
+    let (dense, stored): (u64, u64) = e.layers.iter().fold((0, 0), |(d, s), l| (d + l.dense_bytes, s + l.stored_bytes));
     println!(
         "wrote {} ({}, opset {}): {} of {} prunable weights non-zero ({:.2}x compression)",
         a.out.display(),
@@ -89,7 +88,11 @@ fn report(a: &ExportArgs, e: &onnx::Exported, model: &Model) {
     println!(
         "input '{}': float32 [batch, {c}, {h}, {w}], {}; output '{}': float32 [batch, {}] logits",
         onnx::INPUT,
-        if a.normalize_in_graph { "pixels in [0, 1]" } else { "normalized as the metadata's normalize_mean and normalize_std say" },
+        if a.normalize_in_graph {
+            "pixels in [0, 1]"
+        } else {
+            "normalized as the metadata's normalize_mean and normalize_std say"
+        },
         onnx::OUTPUT,
         model.classes
     );

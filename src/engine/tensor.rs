@@ -134,8 +134,6 @@ impl Tensor {
         Ok(t)
     }
 
-
-
     /// A view of `shape` into `storage` at byte `offset` (aligned to the device's storage offset
     /// alignment): how parameters and gradients live inside one arena buffer.
     pub fn view_into(storage: Arc<Buffer>, offset: u64, shape: &[usize]) -> Result<Tensor> {

@@ -40,7 +40,6 @@ impl AlexNet {
             .collect();
         AlexNet { convs, fc }
     }
-
 }
 
 impl super::Network for AlexNet {

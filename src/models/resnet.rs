@@ -76,7 +76,6 @@ impl ResNet {
         let linear = Linear::new(store, "linear", 64, classes, LinearInit::KaimingNormal, rng);
         ResNet { conv1, bn1, blocks, linear }
     }
-
 }
 
 impl super::Network for ResNet {

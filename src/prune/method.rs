@@ -112,7 +112,11 @@ impl clap::ValueEnum for Method {
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.name()).help(self.0.about()).aliases(self.0.aliases().iter().copied()))
+        Some(
+            clap::builder::PossibleValue::new(self.name())
+                .help(self.0.about())
+                .aliases(self.0.aliases().iter().copied()),
+        )
     }
 }
 

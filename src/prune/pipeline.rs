@@ -13,9 +13,9 @@ use crate::preflight::{self, Probe, Work};
 use crate::run_dir::{PhaseAdapters, RunState};
 use crate::train::{self, progress_bar, Progress, TrainConfig};
 use crate::{gpu, Error, Result, Tensor};
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 pub use super::method::Method;

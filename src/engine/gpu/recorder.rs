@@ -314,7 +314,8 @@ fn bind_group(gpu: &Gpu, layout: &wgpu::BindGroupLayout, params: &wgpu::Buffer, 
     let slice = |buffer, offset, size| {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset, size: std::num::NonZeroU64::new(size) })
     };
-    let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: slice(params, key.params_offset, key.params_size) }];
+    let mut entries =
+        vec![wgpu::BindGroupEntry { binding: 0, resource: slice(params, key.params_offset, key.params_size) }];
     for (i, b) in key.bindings.iter().enumerate() {
         entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: slice(&b.buffer, b.offset, b.size) });
     }

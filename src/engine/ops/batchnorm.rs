@@ -2,8 +2,8 @@
 //! the ReLU that follows it (shaders/batchnorm.wgsl).
 
 use super::{grad_place, groups_4x, kernel, launch, place_or_new, summing, summing_kernel};
-use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
 
 static STATS_PARTIAL: [Kernel; 2] = summing_kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");

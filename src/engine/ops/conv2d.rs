@@ -3,8 +3,8 @@
 
 use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape};
 use super::{expect_rank, grad_place, place_or_new, reduce};
-use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
 
 static FORWARD: GemmKernels = gemm_kernels!("conv2d.forward", "conv2d.wgsl", Some("forward"));

@@ -122,4 +122,3 @@ pub struct Plan {
     pub tile: usize,
     pub splits: usize,
 }
-

@@ -2,8 +2,8 @@
 //! top-k accuracy (shaders/loss.wgsl).
 
 use super::{expect_rank, groups_1d, kernel, launch, WG};
-use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::{self, Kernel};
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
 
 static ROW_LOSSES: Kernel = kernel!("loss.row_losses", "loss.wgsl", "row_losses");

@@ -2,12 +2,12 @@
 //! `matmul` and the `linear` layer with their backward rules (shaders/matmul.wgsl).
 
 use super::{expect_rank, flat_view, grad_place, place_or_new};
-use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
 
-pub use super::gemm_plan::{tile_index, tile_name, Plan, Tile, DIRECT, DIRECT_NAME, TILES};
 pub(crate) use super::gemm_plan::gemm_kernels;
+pub use super::gemm_plan::{tile_index, tile_name, Plan, Tile, DIRECT, DIRECT_NAME, TILES};
 
 /// A GEMM-based kernel declared for every tile shape.
 pub(crate) type GemmKernels = [Kernel; TILES.len()];

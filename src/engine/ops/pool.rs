@@ -2,8 +2,8 @@
 //! (shaders/pool.wgsl).
 
 use super::{expect_rank, groups_1d, kernel, launch};
-use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
 
 static MAX_FORWARD: Kernel = kernel!("pool.max_forward", "pool.wgsl", "max_forward");

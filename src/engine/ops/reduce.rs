@@ -2,8 +2,8 @@
 //! (shaders/reduce.wgsl).
 
 use super::{groups_1d, kernel, launch, summing, summing_kernel};
-use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
 
 static SUM_STAGE: [Kernel; 2] = summing_kernel!("reduce.sum_stage", "reduce.wgsl", "sum_stage");

@@ -1,8 +1,8 @@
 //! The CIFAR ResNet option-A shortcut (shaders/shortcut.wgsl).
 
 use super::{expect_rank, groups_1d, kernel, launch};
-use crate::tensor::{needs_node, Backward, Node};
 use crate::gpu::Kernel;
+use crate::tensor::{needs_node, Backward, Node};
 use crate::{Result, Tensor};
 
 static FORWARD: Kernel = kernel!("shortcut.forward", "shortcut.wgsl", "forward");

@@ -157,7 +157,9 @@ impl<'a> Graph<'a> {
         let scale: Vec<f64> =
             gamma.iter().zip(&var).map(|(&g, &v)| g as f64 / (v as f64 + eps as f64).sqrt()).collect();
         let weight = self.nodes[conv].input[1].clone();
-        let Data::F32(w) = &mut self.constants[self.by_name[&weight]].data else { unreachable!("conv weights are f32") };
+        let Data::F32(w) = &mut self.constants[self.by_name[&weight]].data else {
+            unreachable!("conv weights are f32")
+        };
         let per_filter = w.len() / scale.len();
         for (o, filter) in w.chunks_mut(per_filter).enumerate() {
             for v in filter {
@@ -258,8 +260,14 @@ impl<'a> Graph<'a> {
 
     /// A 1-D int64 constant, shared by every node that reads the same values.
     pub(super) fn const_i64(&mut self, values: &[i64]) -> String {
-        let text: Vec<String> = values.iter().map(|v| if *v == i64::MAX { "max".into() } else { v.to_string() }).collect();
-        self.constant(&format!("const.i64[{}]", text.join(",")), vec![values.len() as i64], Data::I64(values.to_vec()), false)
+        let text: Vec<String> =
+            values.iter().map(|v| if *v == i64::MAX { "max".into() } else { v.to_string() }).collect();
+        self.constant(
+            &format!("const.i64[{}]", text.join(",")),
+            vec![values.len() as i64],
+            Data::I64(values.to_vec()),
+            false,
+        )
     }
 
     /// Adds a node reading `inputs`; returns its output's name.
@@ -313,7 +321,13 @@ impl<'a> Graph<'a> {
                 initializer.push(c.to_proto());
                 dense
             };
-            layers.push(LayerSize { name: c.name, numel: values.len(), nonzero, dense_bytes: dense, stored_bytes: stored });
+            layers.push(LayerSize {
+                name: c.name,
+                numel: values.len(),
+                nonzero,
+                dense_bytes: dense,
+                stored_bytes: stored,
+            });
         }
         // The decoders' nodes come first: ONNX wants nodes in topological order.
         initializer.extend(decode.constants.iter().map(Constant::to_proto));
@@ -343,6 +357,11 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> proto::ValueInfoProto {
             None => proto::Dimension { dim_value: None, dim_param: Some("batch".into()) },
         })
         .collect();
-    let tensor_type = proto::TensorTypeProto { elem_type: data_type::FLOAT, shape: Some(proto::TensorShapeProto { dim }) };
-    proto::ValueInfoProto { name: name.into(), r#type: Some(proto::TypeProto { tensor_type: Some(tensor_type) }), ..Default::default() }
+    let tensor_type =
+        proto::TensorTypeProto { elem_type: data_type::FLOAT, shape: Some(proto::TensorShapeProto { dim }) };
+    proto::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(proto::TypeProto { tensor_type: Some(tensor_type) }),
+        ..Default::default()
+    }
 }

@@ -71,15 +71,16 @@ pub fn export(
     let x = g.input();
     let out = model.onnx(&mut g, &x)?;
     let (graph, layers) = g.finish(&out, model.classes);
+    let mut stats = std::collections::HashMap::new();
+    normalize.to_metadata(&mut stats);
     let mut props = vec![
         ("model".to_string(), model.name.clone()),
         ("input".to_string(), input_text(model, options, normalize)),
-        ("normalize_mean".to_string(), numbers(&normalize.mean)),
-        ("normalize_std".to_string(), numbers(&normalize.std)),
         ("normalize_in_graph".to_string(), options.normalize_in_graph.to_string()),
         ("batch_norm_folded".to_string(), options.fold_bn.to_string()),
         ("prunable_weights".to_string(), prunable_text(&layers)),
     ];
+    props.extend(stats);
     if let Some(names) = class_names {
         props.push(("class_names".to_string(), serde_json::to_string(names).expect("strings serialize")));
     }
@@ -98,10 +99,6 @@ pub fn export(
     Ok(Exported { bytes: file.encode_to_vec(), layers })
 }
 
-fn numbers(v: &[f32]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
-}
-
 /// What the graph's input is, in words (the metadata's `input`).
 fn input_text(model: &Model, options: ExportOptions, n: Normalize) -> String {
     let (c, h, w) = model.input;
@@ -109,7 +106,7 @@ fn input_text(model: &Model, options: ExportOptions, n: Normalize) -> String {
     if options.normalize_in_graph {
         format!("{what}: pixels in [0, 1] (the graph subtracts normalize_mean and divides by normalize_std)")
     } else {
-        format!("{what}: (pixel in [0, 1] - mean) / std per channel, mean {} and std {}", numbers(&n.mean), numbers(&n.std))
+        format!("{what}: (pixel in [0, 1] - mean) / std per channel, {}", n.describe())
     }
 }
 
