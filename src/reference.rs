@@ -964,3 +964,58 @@ pub fn magnitude_mask(x: &[f64], layers: &[(usize, usize, usize)]) -> Vec<f64> {
     }
     mask
 }
+
+// ---------------------------------------------------------------------------
+// Structured pruning (src/prune/ALGORITHM.md, "Structured variants").
+// ---------------------------------------------------------------------------
+
+/// Σ x² over each contiguous group (offset, len).
+pub fn group_sum_squares(x: &[f64], groups: &[(usize, usize)]) -> Vec<f64> {
+    groups.iter().map(|&(o, l)| x[o..o + l].iter().map(|v| v * v).sum()).collect()
+}
+
+/// The group soft threshold, the prox of τ·Σ_g √|g|·‖x_g‖₂: each group scaled by
+/// max(0, 1 − τ√|g| / ‖x_g‖₂) (0 for a zero group); elements outside every group unchanged.
+pub fn group_soft_threshold(x: &[f64], groups: &[(usize, usize)], tau: f64) -> Vec<f64> {
+    let mut out = x.to_vec();
+    for (&(o, l), sumsq) in groups.iter().zip(group_sum_squares(x, groups)) {
+        let (norm, t) = (sumsq.sqrt(), tau * (l as f64).sqrt());
+        let factor = if norm > t { 1.0 - t / norm } else { 0.0 };
+        out[o..o + l].iter_mut().for_each(|v| *v *= factor);
+    }
+    out
+}
+
+/// Which elements of a quad the 2:4 selection keeps: the 2 largest |x|, a tie going to the
+/// lower position.
+pub fn two_four_keep(quad: &[f64]) -> [bool; 4] {
+    let mut order = [0usize, 1, 2, 3];
+    order.sort_by(|&a, &b| quad[b].abs().total_cmp(&quad[a].abs()).then(a.cmp(&b)));
+    let mut keep = [false; 4];
+    keep[order[0]] = true;
+    keep[order[1]] = true;
+    keep
+}
+
+/// Over each layer (offset, len) in whole quads: `Some(τ)` gives the kept values
+/// soft-thresholded (SAS-ADMM's Z-step under 2:4), `None` the 0/1 mask; the other two are 0.
+/// Elements outside the layers are those of `x` (Some) or 1 (None).
+pub fn two_four(x: &[f64], layers: &[(usize, usize)], tau: Option<f64>) -> Vec<f64> {
+    let mut out = match tau {
+        Some(_) => x.to_vec(),
+        None => vec![1.0; x.len()],
+    };
+    for &(o, l) in layers {
+        for q in (o..o + l).step_by(4) {
+            let keep = two_four_keep(&x[q..q + 4]);
+            for i in 0..4 {
+                out[q + i] = match (keep[i], tau) {
+                    (false, _) => 0.0,
+                    (true, Some(t)) => soft_threshold(x[q + i], t),
+                    (true, None) => 1.0,
+                };
+            }
+        }
+    }
+    out
+}

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use sasprune::ops::{admm, reduce, select, sgd, with_binding_limit};
+use sasprune::ops::{admm, group, reduce, select, sgd, with_binding_limit};
 use sasprune::reference as cpu;
 
 fn sas_h_inner_step_and_mix_match_reference() {
@@ -110,6 +110,69 @@ fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
     assert!(m[432..512].iter().all(|&v| v == 1.0), "gaps between layers stay untouched");
 }
 
+/// Groups of odd sizes over a vector with gaps: filters of 27, 144 and 1,500 weights (longer than
+/// a tiny piece, so they cross piece boundaries), one- and zero-weight groups, a zero group.
+fn odd_groups() -> (usize, Vec<(usize, usize)>) {
+    let mut groups = vec![(0, 27), (27, 27), (60, 0), (64, 1)];
+    groups.extend((0..7).map(|g| (100 + 144 * g, 144)));
+    groups.extend((0..5).map(|g| (2_000 + 1_500 * g, 1_500)));
+    groups.push((9_600, 3));
+    (10_007, groups)
+}
+
+fn group_norms_and_group_soft_threshold_match_reference() {
+    let mut rng = Rng::new(45);
+    let (n, groups) = odd_groups();
+    let mut x = f32_exact(&rng.vec(n));
+    x[100..244].fill(0.0); // a zero group: its factor is 0, not NaN
+    let g = group::Groups::new(n, &groups).unwrap();
+    assert_eq!(g.len(), groups.len());
+    let sumsq = tensor(&vec![7.0; groups.len()], &[groups.len()]);
+    let xt = tensor(&x, &[n]);
+    g.sum_squares(&xt, &sumsq).unwrap();
+    let reference = cpu::group_sum_squares(&x, &groups);
+    assert_close("group ‖x_g‖²", &values(&sumsq), &reference, LONG_SUM);
+    assert_eq!(values(&sumsq)[2], 0.0, "an empty group's sum is 0");
+    // τ such that some groups vanish and others shrink: |x| ~ U(−1, 1) gives ‖x_g‖ ≈ 0.58·√|g|
+    let tau = 0.5;
+    let factor = tensor(&vec![0.0; groups.len()], &[groups.len()]);
+    g.soft_threshold(&xt, tau as f32, &sumsq, &factor).unwrap();
+    let z = values(&xt);
+    assert_close("group soft threshold", &z, &cpu::group_soft_threshold(&x, &groups, tau), ELEMENTWISE);
+    let vanished = groups.iter().filter(|&&(o, l)| l > 0 && z[o..o + l].iter().all(|&v| v == 0.0)).count();
+    let shrunk = groups.iter().filter(|&&(o, l)| l > 0 && z[o..o + l].iter().any(|&v| v != 0.0)).count();
+    assert!(vanished >= 2 && shrunk >= 5, "τ = {tau}: {vanished} groups vanish exactly, {shrunk} shrink");
+    assert_eq!(&z[9_603..], &x[9_603..], "elements outside every group are left alone");
+    assert_eq!(&z[54..60], &x[54..60]);
+}
+
+fn two_four_selection_and_soft_threshold_match_reference() {
+    let mut rng = Rng::new(46);
+    let n = 9_000;
+    let mut x = f32_exact(&rng.vec(n));
+    // ties: all four equal, two equal largest, zeros (as a soft threshold leaves them)
+    x[0..4].fill(0.25);
+    x[4..8].copy_from_slice(&[0.1, -0.7, 0.7, 0.7]);
+    x[8..16].fill(0.0);
+    let layers = [(0, 1_200), (1_200, 4), (2_048, 6_000)];
+    let q = group::Quads::new(n, &layers).unwrap();
+    let xt = tensor(&x, &[n]);
+    let mask = tensor(&vec![1.0; n], &[n]);
+    q.mask(&xt, &mask).unwrap();
+    let m = values(&mask);
+    assert_eq!(m, cpu::two_four(&x, &layers, None), "2:4 mask differs from the reference");
+    assert_eq!(&m[0..8], &[1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0], "ties go to the lower positions");
+    for &(o, l) in &layers {
+        assert!(m[o..o + l].chunks(4).all(|c| c.iter().sum::<f64>() == 2.0), "exactly 2 of every 4 kept");
+    }
+    assert!(m[1_204..2_048].iter().all(|&v| v == 1.0), "outside the layers the mask is left as it was");
+    let z = tensor(&x, &[n]);
+    q.soft_threshold(&xt, &z, 0.3).unwrap();
+    assert_close("2:4 soft threshold", &values(&z), &cpu::two_four(&x, &layers, Some(0.3)), ELEMENTWISE);
+    assert!(group::Quads::new(n, &[(2, 8)]).is_err(), "a layer not in whole quads is refused");
+    assert!(group::Groups::new(n, &[(0, 10), (5, 10)]).is_err(), "overlapping groups are refused");
+}
+
 /// 4 KiB: 1,024 floats per piece, so every vector above is bound in 3 to 70 pieces.
 const TINY_BINDING: u64 = 4096;
 
@@ -132,6 +195,16 @@ fn sas_admm_duals_and_soft_threshold_whole_and_in_pieces() {
 #[test]
 fn admm_nn_kernels_and_hard_prune_whole_and_in_pieces() {
     whole_and_in_pieces(admm_nn_gradient_and_dual_match_reference);
+}
+
+#[test]
+fn group_soft_threshold_whole_and_in_pieces() {
+    whole_and_in_pieces(group_norms_and_group_soft_threshold_match_reference);
+}
+
+#[test]
+fn two_four_whole_and_in_pieces() {
+    whole_and_in_pieces(two_four_selection_and_soft_threshold_match_reference);
 }
 
 #[test]

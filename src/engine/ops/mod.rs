@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod conv2d;
 pub mod elementwise;
 pub mod gemm_plan;
+pub mod group;
 pub mod loss;
 pub mod matmul;
 pub mod pool;
@@ -92,6 +93,42 @@ pub(crate) fn for_each_chunk(total: usize, mut f: impl FnMut(usize, usize) -> Re
         start += len;
     }
     Ok(())
+}
+
+/// A tensor holding raw 32-bit words (kernels read them as u32: tables of offsets and counts).
+pub(crate) fn words(data: &[u32]) -> Result<Tensor> {
+    let as_f32: Vec<f32> = data.iter().map(|&w| f32::from_bits(w)).collect();
+    Tensor::from_slice(&as_f32, &[data.len()])
+}
+
+/// One piece of a vector as [`for_each_chunk`] binds it, with the table of the parts of some
+/// ranges that lie inside it: `count` rows of (offset − start, len, aux, id), id = the range's
+/// index. Kernels that work on ranges (layers, groups) take one launch per piece.
+pub(crate) struct PieceParts {
+    pub start: usize,
+    pub len: usize,
+    pub table: Tensor,
+    pub count: u32,
+}
+
+/// The pieces of a vector of `total` elements that hold some of `ranges` (offset, len, aux),
+/// each with its table of parts; a range may span several pieces, an empty one is in none.
+pub(crate) fn parts_by_piece(total: usize, ranges: &[(usize, usize, u32)]) -> Result<Vec<PieceParts>> {
+    let mut pieces = Vec::new();
+    for_each_chunk(total, |start, len| {
+        let rows: Vec<u32> = (ranges.iter().enumerate())
+            .filter_map(|(id, &(offset, n, aux))| {
+                let (from, to) = (offset.max(start), (offset + n).min(start + len));
+                (from < to).then(|| [(from - start) as u32, (to - from) as u32, aux, id as u32])
+            })
+            .flatten()
+            .collect();
+        if !rows.is_empty() {
+            pieces.push(PieceParts { start, len, table: words(&rows)?, count: (rows.len() / 4) as u32 });
+        }
+        Ok(())
+    })?;
+    Ok(pieces)
 }
 
 /// `len` elements of `t` from element `start` (an aligned place), for binding to a kernel:

@@ -1,7 +1,7 @@
 //! Per-layer magnitude masks by GPU selection (shaders/select.wgsl): for each layer, the k
 //! smallest |x| get 0 and the rest 1, exactly k zeros per layer, ties broken by position.
 
-use super::{flat_view, for_each_chunk, kernel, launch};
+use super::{flat_view, kernel, launch, parts_by_piece, words};
 use crate::gpu::Kernel;
 use crate::{Error, Result, Tensor};
 
@@ -28,12 +28,6 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// A tensor holding raw 32-bit words (the kernels read them as u32).
-fn words(data: &[u32]) -> Result<Tensor> {
-    let as_f32: Vec<f32> = data.iter().map(|&w| f32::from_bits(w)).collect();
-    Tensor::from_slice(&as_f32, &[data.len()])
-}
-
 /// Writes into `mask` (same length as `x`) 0 for the `k` smallest-magnitude elements of each
 /// layer's range and 1 elsewhere in that range; elements outside every range are left as they
 /// are. Ranges must not overlap. A vector beyond one storage binding is read in pieces (a layer
@@ -47,20 +41,8 @@ pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Resu
         return Err(Error::shape("magnitude_mask", format!("layer {l:?} does not fit a vector of {}", x.numel())));
     }
     // The pieces x is bound in, each with the table of the layer parts it holds.
-    let mut pieces: Vec<(usize, usize, Tensor, u32)> = Vec::new();
-    for_each_chunk(x.numel(), |start, len| {
-        let parts: Vec<u32> = (layers.iter().enumerate())
-            .filter_map(|(id, l)| {
-                let (from, to) = (l.offset.max(start), (l.offset + l.len).min(start + len));
-                (from < to).then(|| [(from - start) as u32, (to - from) as u32, l.k as u32, id as u32])
-            })
-            .flatten()
-            .collect();
-        if !parts.is_empty() {
-            pieces.push((start, len, words(&parts)?, (parts.len() / 4) as u32));
-        }
-        Ok(())
-    })?;
+    let ranges: Vec<(usize, usize, u32)> = layers.iter().map(|l| (l.offset, l.len, l.k as u32)).collect();
+    let pieces = parts_by_piece(x.numel(), &ranges)?;
     let table: Vec<u32> =
         layers.iter().enumerate().flat_map(|(id, l)| [l.offset as u32, l.len as u32, l.k as u32, id as u32]).collect();
     let table = words(&table)?;
@@ -74,9 +56,10 @@ pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Resu
     let chunks = longest.div_ceil(256 * 16).clamp(1, 1024) as u32;
     // Counts over every piece, then one update: 31 halvings take [0, 0x7f800000] to one key.
     let count_pieces = |mode: u32| -> Result<()> {
-        for (start, len, parts, count) in &pieces {
-            let piece = Params { layers: *count, mode, _pad: [0; 2] };
-            launch(&COUNT, &piece, &[parts, &state, &counts, &flat_view(x, *start, *len)?], [chunks, *count, 1])?;
+        for piece in &pieces {
+            let params = Params { layers: piece.count, mode, _pad: [0; 2] };
+            let bound = [&piece.table, &state, &counts, &flat_view(x, piece.start, piece.len)?];
+            launch(&COUNT, &params, &bound, [chunks, piece.count, 1])?;
         }
         Ok(())
     };
@@ -86,10 +69,10 @@ pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Resu
     }
     count_pieces(1)?;
     launch(&SET_QUOTA, &p, &[&table, &state, &counts], small)?;
-    for (start, len, parts, count) in &pieces {
-        let piece = Params { layers: *count, mode: 0, _pad: [0; 2] };
-        let bound = [parts, &state, &flat_view(x, *start, *len)?, &flat_view(mask, *start, *len)?];
-        launch(&MASK, &piece, &bound, [count.div_ceil(64), 1, 1])?;
+    for piece in &pieces {
+        let params = Params { layers: piece.count, mode: 0, _pad: [0; 2] };
+        let bound = [&piece.table, &state, &flat_view(x, piece.start, piece.len)?, &flat_view(mask, piece.start, piece.len)?];
+        launch(&MASK, &params, &bound, [piece.count.div_ceil(64), 1, 1])?;
     }
     Ok(())
 }
