@@ -84,6 +84,50 @@ fn sas_dual(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     res[i] = wi - z_new;
 }
 
+//#section sas_split
+// The structured Z-step's first half (the prox between runs on groups, shaders/group.wgsl):
+//   U½ = U − r·β·(W − Z) into u;  V = W − U½/β into v;  dz = −Z_old.     a = β, c = r
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> z: array<f32>;
+@group(0) @binding(3) var<storage, read_write> u: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dz: array<f32>;
+@compute @workgroup_size(WG)
+fn sas_split(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i >= p.n) { return; }
+    let u_half = u[i] - p.c * p.a * (w[i] - z[i]);
+    u[i] = u_half;
+    v[i] = w[i] - u_half / p.a;
+    dz[i] = -z[i];
+}
+
+//#section sas_close
+// The structured Z-step's second half, given the new Z:
+//   U = U½ − s·β·(W − Z);  dz += Z (so dz = Z_new − Z_old);  res = W − Z.     a = β, e = s
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> z: array<f32>;
+@group(0) @binding(3) var<storage, read_write> u: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dz: array<f32>;
+@group(0) @binding(5) var<storage, read_write> res: array<f32>;
+@compute @workgroup_size(WG)
+fn sas_close(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i >= p.n) { return; }
+    u[i] = u[i] - p.e * p.a * (w[i] - z[i]);
+    dz[i] += z[i];
+    res[i] = w[i] - z[i];
+}
+
+//#section soft_threshold
+// x = soft(x, a) = sign(x)·max(|x| − a, 0) in place (the element-wise prox of a·‖·‖₁).
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@compute @workgroup_size(WG)
+fn soft_threshold(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element(gid, nwg);
+    if (i < p.n) { x[i] = sign(x[i]) * max(abs(x[i]) - p.a, 0.0); }
+}
+
 //#section admm_grad
 // ADMM-NN's W-step gradient of f(W) + (ρ/2)‖W − Z + U‖²:  g += ρ·(W − Z + U).   a = ρ
 @group(0) @binding(1) var<storage, read> w: array<f32>;

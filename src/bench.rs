@@ -97,10 +97,14 @@ pub fn resnet32_conv_shapes(batch: usize) -> Vec<(&'static str, conv2d::ConvGeom
 
 /// What to run.
 #[derive(Clone, Debug)]
+#[derive(Default)]
 pub struct BenchConfig {
     pub quick: bool,
     /// Only measurements whose name contains this text.
     pub filter: Option<String>,
+    /// A compact (filter-pruned) model's weights (`compact.safetensors`): its training steps
+    /// and evaluation are measured beside those of the dense model it came from.
+    pub compact: Option<std::path::PathBuf>,
 }
 
 impl BenchConfig {
@@ -302,16 +306,46 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Whole training steps and evaluation passes of ResNet-32 and AlexNet, with the step's
-    /// memory, host time and (where the adapter has timestamps) per-kernel profile.
+    /// Whole training steps and evaluation passes of ResNet-32 and AlexNet (and of the compact
+    /// model `--compact` names, beside its dense one), with the step's memory, host time and
+    /// (where the adapter has timestamps) per-kernel profile.
     fn whole_steps(&self, emit: &mut Emit) -> Result<()> {
         let (cfg, steps) = (self.cfg, self.steps);
-        for (model, b) in [("resnet32", self.step_batch), ("alexnet", if cfg.quick { 2 } else { 16 })] {
+        let compact = match &cfg.compact {
+            Some(path) => {
+                let meta = crate::checkpoint::read_metadata(path)?;
+                let Some(name) = meta.get("model").cloned() else {
+                    return Err(crate::Error::invalid(format!(
+                        "{}: no 'model' in its metadata: give a compact.safetensors a filter-pruned run wrote",
+                        path.display()
+                    )));
+                };
+                let model = Model::for_weights(&name, crate::models::spec(&name)?.classes, path, 0)?;
+                if model.widths.is_none() {
+                    return Err(crate::Error::invalid(format!(
+                        "{} holds a standard {name}, not a compact one (no widths in its metadata)",
+                        path.display()
+                    )));
+                }
+                Some(model)
+            }
+            None => None,
+        };
+        let mut runs: Vec<(String, usize, Option<Model>)> =
+            vec![("resnet32".into(), self.step_batch, None), ("alexnet".into(), if cfg.quick { 2 } else { 16 }, None)];
+        if let Some(m) = compact {
+            let b = if m.name == "alexnet" { runs[1].1 } else { self.step_batch };
+            runs.retain(|(n, _, _)| *n != m.name);
+            runs.push((m.name.clone(), b, None));
+            runs.push((format!("{}-compact", m.name), b, Some(m)));
+        }
+        for (model, b, built) in runs {
+            let model = model.as_str();
             let names = [format!("{model} train step b{b}"), format!("{model} eval b{b}")];
             if !names.iter().any(|n| cfg.wants(n)) || (cfg.quick && model == "alexnet") {
                 continue;
             }
-            let r = match step_rate(model, b, steps) {
+            let r = match built.map_or_else(|| step_rate(model, b, steps), |m| step_rate_of(m, b, steps)) {
                 Ok(r) => r,
                 // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
                 // drivers' binding limit) is reported, not fatal.
@@ -532,11 +566,16 @@ impl crate::data::Dataset for RandomImages {
 /// forward, backward, SGD over the arena, one submit, no wait — so the host's work on the next
 /// batch overlaps the device's work on this one.
 pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRate> {
+    step_rate_of(Model::build(model_name, crate::models::spec(model_name)?.classes, 0)?, batch, steps)
+}
+
+/// [`step_rate`] of a model already built (a compact one, say).
+pub fn step_rate_of(mut model: Model, batch: usize, steps: usize) -> Result<StepRate> {
     use crate::data::{fill_batch, BatchSpec, Dataset, CIFAR_MEAN, CIFAR_STD};
     use crate::ops::sgd::SgdConfig;
     let gpu = gpu::get()?;
-    let classes = crate::models::spec(model_name)?.classes;
-    let mut model = Model::build(model_name, classes, 0)?;
+    let classes = model.classes;
+    let model_name = &(if model.widths.is_some() { format!("{}-compact", model.name) } else { model.name.clone() });
     let (c, h, w) = model.input;
     let data = RandomImages::new(2 * batch, (c, h, w), classes);
     let spec = BatchSpec { out_h: h, out_w: w, ..BatchSpec::cifar_train(CIFAR_MEAN, CIFAR_STD) };

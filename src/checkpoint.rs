@@ -353,8 +353,7 @@ pub fn save_model(model: &Model, path: &Path, normalize: Normalize, extra: &[(&s
         .map(|prefix| (format!("{prefix}{BATCHES_TRACKED}"), model.store.batches_tracked as i64))
         .collect();
     let mut meta = HashMap::new();
-    normalize.to_metadata(&mut meta);
-    meta.insert("model".into(), model.name.clone());
+    model_metadata(model, normalize, &mut meta);
     for (k, v) in extra {
         meta.insert(k.to_string(), v.clone());
     }
@@ -419,10 +418,20 @@ pub fn save_bundle(
             dict.insert(format!("{prefix}{k}"), v.clone());
         }
     }
-    norm.to_metadata(&mut metadata);
-    metadata.insert("model".into(), model.name.clone());
+    model_metadata(model, norm, &mut metadata);
     metadata.insert("batches_tracked".into(), model.store.batches_tracked.to_string());
     save(path, &dict, &[], metadata)
+}
+
+/// What every saved model says about itself: its normalization, its name and, for a compact
+/// (filter-pruned) network, its channel-set widths (what rebuilds it).
+fn model_metadata(model: &Model, normalize: Normalize, meta: &mut HashMap<String, String>) {
+    normalize.to_metadata(meta);
+    meta.insert("model".into(), model.name.clone());
+    if let Some(w) = &model.widths {
+        let text: Vec<String> = w.iter().map(|x| x.to_string()).collect();
+        meta.insert(crate::models::WIDTHS_KEY.into(), text.join(","));
+    }
 }
 
 /// Loads the model part of a `save_bundle` file into `model`; returns the checkpoint (for the

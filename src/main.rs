@@ -42,9 +42,9 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { quick, filter, out } => {
+        Command::Bench { quick, filter, compact, out } => {
             gpu::init(&options)?;
-            sasprune::bench::run_and_record(&sasprune::bench::BenchConfig { quick, filter }, &out).map(drop)
+            sasprune::bench::run_and_record(&sasprune::bench::BenchConfig { quick, filter, compact }, &out).map(drop)
         }
         Command::Compare(c) => compare::run_compare(&c, args, &options).map_err(|e| match e {
             Error::TimeLimit(_) => {

@@ -177,7 +177,7 @@ fn alexnet_dropout_masks_follow_the_noise_key() {
 mod toy {
     use rand::rngs::StdRng;
     use sasprune::export::onnx::Graph;
-    use sasprune::models::{DataKind, ModelSpec, Network, Recipe};
+    use sasprune::models::{Arch, DataKind, ModelSpec, Network, Recipe};
     use sasprune::nn::{Linear, LinearInit, ParamStore};
     use sasprune::{Result, Tensor};
 
@@ -197,8 +197,8 @@ mod toy {
         }
     }
 
-    fn build(store: &mut ParamStore, classes: usize, rng: &mut StdRng) -> Box<dyn Network> {
-        Box::new(Toy { fc: Linear::new(store, "fc", 48, classes, LinearInit::Normal(0.1), rng) })
+    fn build(store: &mut ParamStore, arch: &Arch, rng: &mut StdRng) -> Box<dyn Network> {
+        Box::new(Toy { fc: Linear::new(store, "fc", 48, arch.classes, LinearInit::Normal(0.1), rng) })
     }
 
     pub static SPEC: ModelSpec = ModelSpec {

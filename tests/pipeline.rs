@@ -14,6 +14,7 @@ use sasprune::prune::method::{PruningMethod, Settings};
 use sasprune::prune::pipeline::{self, Method, PipelineConfig};
 use sasprune::prune::rate::Plan;
 use sasprune::prune::rate::Rate;
+use sasprune::prune::structure::Structure;
 use sasprune::train::{LrSchedule, TrainConfig};
 use std::path::PathBuf;
 
@@ -48,6 +49,7 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         model: "resnet20".into(),
         rate,
         layer_rates: None,
+        structure: Structure::Weight,
         method,
         schedule: "tiny (test)".into(),
         admm: AdmmNnConfig::authors(&sas, 2),
@@ -55,6 +57,7 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         retrain: small.clone(),
         dense: small,
         weights: pretrained(),
+        widths: None,
         preloaded: Default::default(),
         normalize: None,
         out,
@@ -261,9 +264,11 @@ fn a_resumed_sas_admm_phase_continues_exactly() {
     let (d1, d2) = (dir("straight"), dir("split"));
     let mut m = Model::build("resnet20", 10, 5).unwrap();
     let mut s = AdmmState::start(&m).unwrap();
+    let plan = common::weight_plan(&m);
     admm::run_sas_admm(
         admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d1, bar: &hidden },
         &sas,
+        &plan,
         &mut s,
         |_| Ok(()),
     )
@@ -273,9 +278,11 @@ fn a_resumed_sas_admm_phase_continues_exactly() {
     let mut m = Model::build("resnet20", 10, 5).unwrap();
     let mut s = AdmmState::start(&m).unwrap();
     let one = SasConfig { outer: 1, ..sas.clone() };
+    let plan = common::weight_plan(&m);
     admm::run_sas_admm(
         admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d2, bar: &hidden },
         &one,
+        &plan,
         &mut s,
         |_| Ok(()),
     )
@@ -283,9 +290,11 @@ fn a_resumed_sas_admm_phase_continues_exactly() {
     let mut m = Model::build("resnet20", 10, 99).unwrap();
     let mut s = AdmmState::load(&mut m, &d2, "sas-admm").unwrap().expect("state was saved");
     assert_eq!((s.k, s.gradients), (1, 2));
+    let plan = common::weight_plan(&m);
     admm::run_sas_admm(
         admm::PhaseContext { model: &mut m, data: &data, spec: &spec, norm, seed: 0, dir: &d2, bar: &hidden },
         &sas,
+        &plan,
         &mut s,
         |_| Ok(()),
     )
@@ -304,7 +313,7 @@ fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     let Some(cifar) = data() else { return };
     let cfg = tiny_config(Method::SAS_ADMM, Rate::Times(3.0), "compare");
     let methods = [Method::SAS_ADMM, Method::ADMM, Method::MAGNITUDE];
-    let rows = compare::compare(&cfg, &methods, 2, &cifar.train, &cifar.test).unwrap();
+    let rows = compare::compare(&cfg, &compare::Variant::all(&methods, &[Structure::Weight]), 2, &cifar.train, &cifar.test).unwrap();
     assert_eq!(rows.len(), 6, "3 methods x 2 seeds");
     for m in methods {
         let seeds: Vec<u64> = rows.iter().filter(|r| r.method == m.name()).map(|r| r.seed).collect();
@@ -325,7 +334,7 @@ fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     }
     let csv = std::fs::read_to_string(cfg.out.join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7, "a header and one line per run:\n{csv}");
-    assert!(csv.lines().next().unwrap().ends_with("final_rel_res2,gradients_to_common_rel_res2"), "{csv}");
+    assert!(csv.lines().next().unwrap().ends_with("final_rel_res2,gradients_to_common_rel_res2,structure"), "{csv}");
     let svg = std::fs::read_to_string(cfg.out.join("compare_accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 3, "one accuracy curve per method");
     // convergence measured the same way for every ADMM method: the gradients each run took to
@@ -345,7 +354,7 @@ fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     let curves = std::fs::read_to_string(cfg.out.join("convergence.svg")).unwrap();
     assert_eq!(curves.matches("<polyline").count(), 4, "two ADMM methods in each of two panels");
     // the same command again finds every run done and reports the same numbers
-    let again = compare::compare(&cfg, &methods, 2, &cifar.train, &cifar.test).unwrap();
+    let again = compare::compare(&cfg, &compare::Variant::all(&methods, &[Structure::Weight]), 2, &cifar.train, &cifar.test).unwrap();
     let tops = |rs: &[compare::CompareRow]| {
         rs.iter().map(|r| (r.method.clone(), r.seed, r.after_prune, r.retrain_final)).collect::<Vec<_>>()
     };
@@ -370,9 +379,11 @@ fn a_deterministic_admm_phase_does_not_depend_on_the_seed() {
         let mut s = AdmmState::start(&m).unwrap();
         let dir = tmp.path().join(format!("run-{file_order}-{seed}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let plan = common::weight_plan(&m);
         admm::run_sas_admm(
             admm::PhaseContext { model: &mut m, data: &cifar.train, spec: &spec, norm, seed, dir: &dir, bar: &hidden },
             &sas,
+            &plan,
             &mut s,
             |_| Ok(()),
         )

@@ -184,6 +184,7 @@ fn three_sas_admm_outer_iterations_match_an_f64_implementation_of_the_algorithm(
     // the GPU phase
     let mut state = AdmmState::start(&model).unwrap();
     let hidden = indicatif::ProgressBar::hidden();
+    let plan = common::weight_plan(&model);
     admm::run_sas_admm(
         admm::PhaseContext {
             model: &mut model,
@@ -195,6 +196,7 @@ fn three_sas_admm_outer_iterations_match_an_f64_implementation_of_the_algorithm(
             bar: &hidden,
         },
         &cfg,
+        &plan,
         &mut state,
         |_| Ok(()),
     )

@@ -4,6 +4,7 @@
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sasprune::checkpoint::Normalize;
 use sasprune::prune::pipeline::{Method, Schedule};
+use sasprune::prune::structure::Structure;
 use sasprune::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -97,6 +98,11 @@ pub(crate) struct PruneArgs {
     /// The pruning method
     #[arg(long, value_enum, default_value = "sas-admm")]
     pub(crate) method: Method,
+    /// What is removed together. filter: --rate counts the conv + fc weights the removed channels
+    /// take with them (the report gives FLOPs too) and a compact model is saved; 2:4 halves every
+    /// layer whose rows are whole quads (no --rate)
+    #[arg(long, value_enum, default_value = "weight")]
+    pub(crate) structure: Structure,
     /// The schedule every default comes from (README lists them all)
     #[arg(long, value_enum, default_value = "paper")]
     pub(crate) schedule: Schedule,
@@ -233,6 +239,10 @@ pub(crate) enum Command {
         /// Only measurements whose name contains this text (e.g. gemm, conv, resnet32)
         #[arg(long)]
         filter: Option<String>,
+        /// A filter-pruned run's compact.safetensors: its training steps and evaluation are
+        /// measured beside those of the dense model (names end in -compact)
+        #[arg(long, value_name = "FILE")]
+        compact: Option<PathBuf>,
         /// File the JSON lines are appended to
         #[arg(long, default_value = "bench-results.jsonl")]
         out: PathBuf,
@@ -265,6 +275,9 @@ pub(crate) struct CompareArgs {
     /// Runs per method, with seeds --seed, --seed + 1, ...
     #[arg(long, default_value_t = 1)]
     pub(crate) seeds: usize,
+    /// Structures to compare, comma-separated (every method under each); default: --structure's
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) structures: Vec<Structure>,
     /// The paper's CIFAR-10 table: compare every row of --rows at the paper's rate (ResNet-32 at
     /// 85% per conv layer = 6.61x, ResNet-56 at 90% = 9.93x) into --out/<model>, then write
     /// paper_table.md / .csv with the paper's claims beside the results. Not with --model, --rate,

@@ -2,7 +2,7 @@
 
 use super::args::{CompareArgs, PruneArgs};
 use super::common::{command_text, open_data, say_adapter};
-use super::pipeline::pipeline_config;
+use super::pipeline::{pipeline_config, target_rate};
 use sasprune::prune::{self, pipeline::PipelineConfig};
 use sasprune::run_dir::RunLock;
 use sasprune::{gpu, Error, Result};
@@ -27,7 +27,20 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
         gpu::init(options)?;
         say_adapter()?;
         let _lock = RunLock::acquire(&cfg.out)?;
-        return prune::compare::compare(&cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref()).map(drop);
+        let structures = if c.structures.is_empty() { vec![cfg.structure] } else { c.structures.clone() };
+        // every structure's target checked before any run (2:4 sets its own, so it ignores --rate
+        // here, which the others need)
+        for &structure in structures.iter().filter(|&&s| s != prune::structure::Structure::TwoFour) {
+            target_rate(&PruneArgs { structure, ..a.clone() })
+                .map_err(|e| Error::invalid(format!("--structures {structure}: {e}")))?;
+        }
+        let variants = prune::compare::Variant::all(&methods, &structures);
+        return prune::compare::compare(&cfg, &variants, c.seeds, train_set.as_ref(), test_set.as_ref()).map(drop);
+    }
+    if !c.structures.is_empty() || c.prune.structure != prune::structure::Structure::Weight {
+        return Err(Error::invalid(
+            "--paper-table is the paper's unstructured pruning: drop --structure and --structures",
+        ));
     }
     let given = [("--model", c.prune.model.is_some()), ("--rate", c.prune.rate.is_some())]
         .into_iter()

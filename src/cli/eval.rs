@@ -18,8 +18,11 @@ pub(crate) fn run_eval(a: &EvalArgs, options: &gpu::GpuOptions) -> Result<()> {
     };
     let (_, test) = open_data(&a.model, a.data.data.as_deref())?;
     let classes = classes_for(a.classes, test.as_ref())?;
-    let mut model = Model::build(&a.model, classes, 0)?;
-    let stored = checkpoint::load_model(&mut model, &a.weights)?;
+    // read once (a pipe cannot be read twice); a compact model is rebuilt at its widths
+    let ck = checkpoint::Checkpoint::load(&a.weights)?;
+    let widths = sasprune::models::widths_in(&ck.metadata, &a.weights)?;
+    let mut model = Model::build_arch(&a.model, classes, widths.as_deref(), 0)?;
+    let stored = checkpoint::load_model_from(&mut model, &ck, &a.weights)?;
     let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &a.weights.display().to_string());
     let r = train::evaluate(&mut model, test.as_ref(), norm, batch, !a.json)?;
     if a.json {

@@ -30,7 +30,8 @@ pub(crate) fn run_export(a: &ExportArgs, options: &gpu::GpuOptions) -> Result<()
             )));
         }
     }
-    let mut model = Model::build(&a.model, classes, 0)?;
+    let widths = models::widths_in(&ck.metadata, &a.weights)?;
+    let mut model = Model::build_arch(&a.model, classes, widths.as_deref(), 0)?;
     let shown = a.weights.display().to_string();
     let stored = checkpoint::load_model_from(&mut model, &ck, &a.weights)?;
     let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &shown);

@@ -7,6 +7,7 @@ use super::common::{
 };
 use clap::Parser;
 use sasprune::models::Model;
+use sasprune::prune::structure::Structure;
 use sasprune::prune::{
     self,
     admm::{AdmmNnConfig, SasConfig},
@@ -38,7 +39,11 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     sasprune::models::check_batch(&model, retrain.batch, "--retrain-batch")?;
     dense.validate()?;
     let eval_every = retrain.eval_every;
-    let rate_tag = a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct");
+    let rate_tag = match a.structure {
+        Structure::Weight => a.rate.clone().unwrap_or_else(|| "layers".into()).replace('%', "pct"),
+        Structure::Filter => format!("{}-filter", a.rate.clone().unwrap_or_default().replace('%', "pct")),
+        Structure::TwoFour => "2of4".into(),
+    };
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}-{rate_tag}-{}", method.name())));
     retrain.divergence_hint = format!(
         "continue from it with a lower learning rate: `sasprune --resume {} --lr {}`",
@@ -49,6 +54,7 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         model,
         rate,
         layer_rates: a.layer_rates.clone(),
+        structure: a.structure,
         method,
         schedule: a.schedule.name().to_string(),
         sas,
@@ -64,6 +70,7 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
             ..dense
         },
         weights: a.weights.clone(),
+        widths: None,
         preloaded: Default::default(),
         normalize: a.data.normalize()?,
         out,
@@ -76,8 +83,25 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     })
 }
 
-/// `--rate`, or a placeholder when `--layer-rates` gives every layer its share (one of the two).
-fn target_rate(a: &PruneArgs) -> Result<prune::rate::Rate> {
+/// `--rate`, or a placeholder when `--layer-rates` gives every layer its share (one of the two)
+/// or under `--structure 2:4` (which has its own rate and takes neither).
+pub(crate) fn target_rate(a: &PruneArgs) -> Result<prune::rate::Rate> {
+    if a.structure == Structure::TwoFour {
+        return match (&a.rate, &a.layer_rates) {
+            (None, None) => Ok(prune::rate::Rate::Percent(50.0)), // unused: 2 of every 4
+            _ => Err(Error::invalid(
+                "--structure 2:4 sets the rate itself (2 of every 4 weights in each layer whose rows are whole quads): \
+                 drop --rate and --layer-rates",
+            )),
+        };
+    }
+    if let (Structure::Filter, Some(f)) = (a.structure, &a.layer_rates) {
+        return Err(Error::invalid(format!(
+            "--layer-rates {} gives shares of weights, which only --structure weight prunes: with --structure filter \
+             give --rate (e.g. 2x or 50%, the share of every channel set's channels)",
+            f.display()
+        )));
+    }
     match (&a.rate, &a.layer_rates) {
         (Some(r), Some(f)) => Err(Error::invalid(format!(
             "--rate {r} and --layer-rates {} both set the pruning target: the file gives every layer its \
@@ -206,15 +230,24 @@ pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
     let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
     say_adapter()?;
-    let mut model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
-    prune::pipeline::make_plan(&model, &cfg)?;
     let dense_done = sasprune::run_dir::RunState::load(&cfg.out)?.done("dense");
     let mut cfg = cfg;
-    if let Some(w) = cfg.weights.clone().filter(|_| !dense_done) {
-        // names, shapes (the class count included) and values, before any work, read once (a
-        // pipe cannot be read twice) and handed to the dense phase; a run past its dense start
-        // has its own copy (dense.safetensors), so a moved run needs no --weights file
+    // a compact (filter-pruned) start is rebuilt at its widths: from the run's own dense copy once
+    // it has one, else from the --weights file, read once (a pipe cannot be read twice) and
+    // handed to the dense phase; a run past its dense start needs no --weights file
+    let mut start = None;
+    if dense_done {
+        let path = cfg.out.join("dense.safetensors");
+        cfg.widths = sasprune::models::widths_in(&checkpoint::read_metadata(&path)?, &path)?;
+    } else if let Some(w) = cfg.weights.clone() {
         let ck = checkpoint::Checkpoint::load(&w)?;
+        cfg.widths = sasprune::models::widths_in(&ck.metadata, &w)?;
+        start = Some((ck, w));
+    }
+    let mut model = Model::build_arch(&cfg.model, train_set.classes(), cfg.widths.as_deref(), cfg.seed)?;
+    prune::pipeline::make_plan(&model, &cfg)?;
+    if let Some((ck, w)) = start {
+        // names, shapes (the class count included) and values, before any work
         checkpoint::load_model_from(&mut model, &ck, &w)?;
         cfg.preloaded = checkpoint::Preloaded::new(ck);
     }

@@ -103,7 +103,15 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
     let classes = classes_for(a.classes, train_set.as_ref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
     let _lock = RunLock::acquire(&dir)?;
-    let mut model = Model::build(&model_name, classes, a.seed)?;
+    // a compact (filter-pruned) model is rebuilt at its widths: those its saved state records,
+    // else those of --weights (a file; a pipe is read once, below, and holds a standard one)
+    let state = dir.join(train::STATE_FILE);
+    let widths_from = if state.exists() { Some(state) } else { a.weights.clone().filter(|w| w.is_file()) };
+    let widths = match widths_from {
+        Some(path) => sasprune::models::widths_in(&checkpoint::read_metadata(&path)?, &path)?,
+        None => None,
+    };
+    let mut model = Model::build_arch(&model_name, classes, widths.as_deref(), a.seed)?;
     if let Some(record) = &record {
         record.check_data(&dir, &data, a.data.data.as_deref())?;
         record.save(&dir)?;

@@ -19,11 +19,54 @@ pub trait Network: Send + Sync {
 
     /// The inference pass as ONNX nodes in `g` reading `x`; returns the logits' name.
     fn onnx(&self, store: &ParamStore, g: &mut crate::export::onnx::Graph, x: &str) -> Result<String>;
+
+    /// The channel sets filter pruning may remove, in the order [`Arch::widths`] lists them
+    /// (none: the network cannot be filter-pruned).
+    fn channel_sets(&self, _store: &ParamStore) -> Vec<ChannelSet> {
+        Vec::new()
+    }
+
+    /// Output positions per image of each prunable weight, by name (a conv's output height x
+    /// width, 1 for an fc layer): its multiply-adds per image are that times its weights (none:
+    /// FLOPs are not counted).
+    fn output_positions(&self, _store: &ParamStore) -> Vec<(String, usize)> {
+        Vec::new()
+    }
 }
 
-/// How a spec builds its network: registers the parameters in the store (for `classes`
-/// classes, initialized from the rng) and returns the layers.
-pub type BuildFn = fn(&mut ParamStore, usize, &mut rand::rngs::StdRng) -> Box<dyn Network>;
+/// What a network is built with: its class count and, for a compact (filter-pruned) network,
+/// the width of each of its channel sets (`None`: the standard widths).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Arch<'a> {
+    pub classes: usize,
+    pub widths: Option<&'a [usize]>,
+}
+
+impl Arch<'_> {
+    /// Channel set `i`'s width: the compact one, else `standard`.
+    pub fn width(&self, i: usize, standard: usize) -> usize {
+        self.widths.and_then(|w| w.get(i).copied()).unwrap_or(standard)
+    }
+}
+
+/// A set of channels filter pruning removes together (src/prune/ALGORITHM.md, "Structured
+/// variants"): output channel c of the `producer` weight (its row c), entry c of each tensor in
+/// `per_channel` (the producer's bias, or its batch norm's scale, shift and running statistics:
+/// without them a removed channel would be a non-zero constant), and input channel c of the
+/// `consumer` weight (in each of its rows, the `span` columns from c·span).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSet {
+    pub producer: String,
+    pub per_channel: Vec<String>,
+    pub consumer: String,
+    pub span: usize,
+    /// Channels it has.
+    pub width: usize,
+}
+
+/// How a spec builds its network: registers the parameters in the store (for `arch`'s classes
+/// and widths, initialized from the rng) and returns the layers.
+pub type BuildFn = fn(&mut ParamStore, &Arch, &mut rand::rngs::StdRng) -> Box<dyn Network>;
 
 /// The random streams of a run, each keyed by (seed, stream, index) with [`key_for`], so that
 /// any step's randomness can be recomputed on resume. The numbers are part of what a seed means:
@@ -71,6 +114,8 @@ pub struct Model {
     /// Input image size (channels, height, width).
     pub input: (usize, usize, usize),
     pub classes: usize,
+    /// A compact (filter-pruned) network's channel-set widths; `None` for the standard one.
+    pub widths: Option<Vec<usize>>,
 }
 
 /// Where a model's images come from.
@@ -153,11 +198,11 @@ const fn cifar_resnet(name: &'static str, build: BuildFn) -> ModelSpec {
 
 /// Every model sasprune runs.
 pub const MODELS: [ModelSpec; 6] = [
-    cifar_resnet("resnet20", |s, c, r| Box::new(resnet::ResNet::new(s, 3, c, r))),
-    cifar_resnet("resnet32", |s, c, r| Box::new(resnet::ResNet::new(s, 5, c, r))),
-    cifar_resnet("resnet44", |s, c, r| Box::new(resnet::ResNet::new(s, 7, c, r))),
-    cifar_resnet("resnet56", |s, c, r| Box::new(resnet::ResNet::new(s, 9, c, r))),
-    cifar_resnet("resnet110", |s, c, r| Box::new(resnet::ResNet::new(s, 18, c, r))),
+    cifar_resnet("resnet20", |s, a, r| Box::new(resnet::ResNet::new(s, 3, a, r))),
+    cifar_resnet("resnet32", |s, a, r| Box::new(resnet::ResNet::new(s, 5, a, r))),
+    cifar_resnet("resnet44", |s, a, r| Box::new(resnet::ResNet::new(s, 7, a, r))),
+    cifar_resnet("resnet56", |s, a, r| Box::new(resnet::ResNet::new(s, 9, a, r))),
+    cifar_resnet("resnet110", |s, a, r| Box::new(resnet::ResNet::new(s, 18, a, r))),
     ModelSpec {
         name: "alexnet",
         input: (3, 224, 224),
@@ -169,9 +214,26 @@ pub const MODELS: [ModelSpec; 6] = [
         fc_dense: false,
         recipe: IMAGENET_RECIPE,
         classifier: "classifier.6.weight",
-        build: |s, c, r| Box::new(alexnet::AlexNet::new(s, c, r)),
+        build: |s, a, r| Box::new(alexnet::AlexNet::new(s, a, r)),
     },
 ];
+
+/// The metadata key of a compact checkpoint's channel-set widths ("16,9,16,...").
+pub const WIDTHS_KEY: &str = "widths";
+
+/// The compact widths a checkpoint's metadata records (`None`: a standard network); `path` is
+/// named in errors.
+pub fn widths_in(
+    meta: &std::collections::HashMap<String, String>,
+    path: &std::path::Path,
+) -> Result<Option<Vec<usize>>> {
+    let Some(text) = meta.get(WIDTHS_KEY) else { return Ok(None) };
+    text.split(',')
+        .map(|w| w.trim().parse::<usize>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(|_| Error::invalid(format!("{}: metadata '{WIDTHS_KEY}' is not a list of widths: '{text}'", path.display())))
+}
 
 /// The model names the command line accepts, comma-separated.
 pub fn model_names() -> String {
@@ -238,12 +300,73 @@ impl Model {
 
     /// Builds the model `spec` describes (one of [`MODELS`], or a spec of the caller's own).
     pub fn from_spec(spec: &'static ModelSpec, classes: usize, seed: u64) -> Result<Model> {
+        Model::with_arch(spec, Arch { classes, widths: None }, seed)
+    }
+
+    /// Builds `name` as the compact network of a filter-pruned one: channel set i (in
+    /// [`Model::channel_sets`]' order) with `widths[i]` channels; each between 1 and the standard
+    /// width, one per set.
+    pub fn build_compact(name: &str, classes: usize, widths: &[usize], seed: u64) -> Result<Model> {
+        let spec = spec(name)?;
         check_classes(classes)?;
+        let mut scratch = ParamStore::new();
+        let standard = (spec.build)(&mut scratch, &Arch { classes, widths: None }, &mut rand::rngs::StdRng::seed_from_u64(0))
+            .channel_sets(&scratch);
+        if standard.len() != widths.len() {
+            return Err(Error::invalid(format!(
+                "{name} has {} prunable channel sets, and the compact widths name {}",
+                standard.len(),
+                widths.len()
+            )));
+        }
+        if let Some((set, &w)) = standard.iter().zip(widths).find(|(s, &w)| w == 0 || w > s.width) {
+            return Err(Error::invalid(format!(
+                "compact width {w} for {} (a {name} has {} channels there; a compact one keeps 1 to {})",
+                set.producer, set.width, set.width
+            )));
+        }
+        Model::with_arch(spec, Arch { classes, widths: Some(widths) }, seed)
+    }
+
+    fn with_arch(spec: &'static ModelSpec, arch: Arch, seed: u64) -> Result<Model> {
+        check_classes(arch.classes)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut store = ParamStore::new();
-        let net = (spec.build)(&mut store, classes, &mut rng);
+        let net = (spec.build)(&mut store, &arch, &mut rng);
         store.materialize()?;
-        Ok(Model { name: spec.name.to_string(), spec, store, net, input: spec.input, classes })
+        let widths = arch.widths.map(<[usize]>::to_vec);
+        Ok(Model { name: spec.name.to_string(), spec, store, net, input: spec.input, classes: arch.classes, widths })
+    }
+
+    /// Builds `name` standard (`widths` None) or compact ([`Model::build_compact`]).
+    pub fn build_arch(name: &str, classes: usize, widths: Option<&[usize]>, seed: u64) -> Result<Model> {
+        match widths {
+            Some(w) => Model::build_compact(name, classes, w, seed),
+            None => Model::build(name, classes, seed),
+        }
+    }
+
+    /// Builds `name` for the weights in the file `path`: the compact network its metadata's
+    /// `widths` describe (a filter-pruned model's `compact.safetensors`), else the standard one.
+    /// The weights are not loaded.
+    pub fn for_weights(name: &str, classes: usize, path: &std::path::Path, seed: u64) -> Result<Model> {
+        let widths = widths_in(&crate::checkpoint::read_metadata(path)?, path)?;
+        Model::build_arch(name, classes, widths.as_deref(), seed)
+    }
+
+    /// The channel sets filter pruning may remove, with their current widths.
+    pub fn channel_sets(&self) -> Vec<ChannelSet> {
+        self.net.channel_sets(&self.store)
+    }
+
+    /// The widths of its channel sets (what a compact checkpoint's metadata records).
+    pub fn widths(&self) -> Vec<usize> {
+        self.channel_sets().iter().map(|s| s.width).collect()
+    }
+
+    /// Output positions per image of each prunable weight (see [`Network::output_positions`]).
+    pub fn output_positions(&self) -> Vec<(String, usize)> {
+        self.net.output_positions(&self.store)
     }
 
     /// One minibatch gradient, the core of every training step (training, the ADMM phases, the

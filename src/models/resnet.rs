@@ -53,8 +53,9 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// ResNet-(6n+2) for `classes` classes on 32x32 RGB input.
-    pub fn new(store: &mut ParamStore, n: usize, classes: usize, rng: &mut impl Rng) -> ResNet {
+    /// ResNet-(6n+2) for `arch.classes` classes on 32x32 RGB input; block b's inner width (its
+    /// conv1's filters) is `arch.width(b, planes)` (fewer in a compact, filter-pruned network).
+    pub fn new(store: &mut ParamStore, n: usize, arch: &super::Arch, rng: &mut impl Rng) -> ResNet {
         let conv1 = Conv2d::new(store, "conv1", 3, 16, 3, 1, 1, false, rng);
         let bn1 = BatchNorm2d::new(store, "bn1", 16);
         let mut blocks = Vec::new();
@@ -63,17 +64,18 @@ impl ResNet {
             for i in 0..n {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{i}", stage + 1);
+                let inner = arch.width(blocks.len(), planes);
                 blocks.push(BasicBlock {
-                    conv1: Conv2d::new(store, &format!("{name}.conv1"), in_planes, planes, 3, stride, 1, false, rng),
-                    bn1: BatchNorm2d::new(store, &format!("{name}.bn1"), planes),
-                    conv2: Conv2d::new(store, &format!("{name}.conv2"), planes, planes, 3, 1, 1, false, rng),
+                    conv1: Conv2d::new(store, &format!("{name}.conv1"), in_planes, inner, 3, stride, 1, false, rng),
+                    bn1: BatchNorm2d::new(store, &format!("{name}.bn1"), inner),
+                    conv2: Conv2d::new(store, &format!("{name}.conv2"), inner, planes, 3, 1, 1, false, rng),
                     bn2: BatchNorm2d::new(store, &format!("{name}.bn2"), planes),
                     shortcut_pad: (stride != 1 || in_planes != planes).then_some(planes / 4),
                 });
                 in_planes = planes;
             }
         }
-        let linear = Linear::new(store, "linear", 64, classes, LinearInit::KaimingNormal, rng);
+        let linear = Linear::new(store, "linear", 64, arch.classes, LinearInit::KaimingNormal, rng);
         ResNet { conv1, bn1, blocks, linear }
     }
 }
@@ -100,5 +102,34 @@ impl super::Network for ResNet {
         let pooled = g.global_avg_pool(&out);
         let flat = g.flatten(&pooled);
         self.linear.onnx(s, g, &flat)
+    }
+
+    /// One set per basic block: conv1's filters, bn1's channels and conv2's input channels. The
+    /// residual stream's channels (stem, block outputs) stay.
+    fn channel_sets(&self, s: &ParamStore) -> Vec<super::ChannelSet> {
+        let name = |id| s.entry(id).name.clone();
+        (self.blocks.iter())
+            .map(|b| super::ChannelSet {
+                producer: name(b.conv1.weight),
+                per_channel: [b.bn1.weight, b.bn1.bias, b.bn1.running_mean, b.bn1.running_var].map(name).to_vec(),
+                consumer: name(b.conv2.weight),
+                span: 9,
+                width: s.entry(b.conv1.weight).shape[0],
+            })
+            .collect()
+    }
+
+    /// 32x32 through stage 1, 16x16 and 8x8 after the stride-2 blocks.
+    fn output_positions(&self, s: &ParamStore) -> Vec<(String, usize)> {
+        let name = |id| s.entry(id).name.clone();
+        let mut side = 32;
+        let mut out = vec![(name(self.conv1.weight), side * side)];
+        for b in &self.blocks {
+            side /= b.conv1.stride;
+            out.push((name(b.conv1.weight), side * side));
+            out.push((name(b.conv2.weight), side * side));
+        }
+        out.push((name(self.linear.weight), 1));
+        out
     }
 }

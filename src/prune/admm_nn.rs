@@ -2,12 +2,13 @@
 //! settings and its phase over the vector W of prunable weights.
 
 use super::admm::{
-    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, selection, AdmmState,
+    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState,
     IterationMetrics, PhaseContext, Scratch, Session,
 };
 use super::rate::Plan;
 use super::sas_admm::SasConfig;
-use crate::ops::{admm, elementwise, reduce, select, sgd::SgdConfig};
+use super::structure::Grouping;
+use crate::ops::{admm, elementwise, reduce, sgd::SgdConfig};
 use crate::{gpu, Error, Result, Tensor};
 use std::time::Instant;
 
@@ -167,10 +168,11 @@ pub fn run_admm_nn(
     let (w_net, d) = (arena_prefix(model)?, grads_prefix(model)?);
     let s = Scratch::new(p)?;
     let mask = Tensor::full(&[p], 1.0)?;
-    let layers = selection(plan);
+    // the projection Π onto the plan's counts, by weights, filters or 2:4 quads
+    let grouping = Grouping::new(plan, p)?;
     if state.k == 0 && state.gradients == 0 {
         // Z starts as the projection of the dense weights; the W-step's momentum starts at 0
-        select::magnitude_mask(&state.w, &layers, &mask)?;
+        grouping.projection_mask(&state.w, &mask)?;
         admm::mix(&state.w, &state.w, &state.z, 1.0)?;
         admm::multiply_in_place(&state.z, &mask)?;
         model.store.reset_momentum()?;
@@ -205,7 +207,7 @@ pub fn run_admm_nn(
         }
         copy(&w_net, &state.w)?;
         let wu = elementwise::add(&state.w, &state.u)?;
-        select::magnitude_mask(&wu, &layers, &mask)?;
+        grouping.projection_mask(&wu, &mask)?;
         admm::admm_dual(&state.w, &mask, &state.z, &state.u, &s.dz, &s.res)?;
         copy(&state.w, &state.w_avg)?;
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?;

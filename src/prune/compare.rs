@@ -14,6 +14,7 @@
 
 use super::admm::IterationMetrics;
 use super::pipeline::{self, Method, PipelineConfig};
+use super::structure::Structure;
 use super::report;
 use crate::checkpoint;
 use crate::data::Dataset;
@@ -21,10 +22,46 @@ use crate::{Error, Result};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+/// What one pipeline of the comparison runs: a method under a structure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Variant {
+    pub method: Method,
+    pub structure: Structure,
+}
+
+impl Variant {
+    /// Every method under each structure (structures outer).
+    pub fn all(methods: &[Method], structures: &[Structure]) -> Vec<Variant> {
+        (structures.iter()).flat_map(|&structure| methods.iter().map(move |&method| Variant { method, structure })).collect()
+    }
+
+    /// Its name in tables and plots: the method's, with the structure unless `weight`.
+    pub fn label(&self) -> String {
+        match self.structure {
+            Structure::Weight => self.method.name().to_string(),
+            s => format!("{} {s}", self.method.name()),
+        }
+    }
+
+    /// Its run directory under `seed<s>/`: the method's name, with the structure unless `weight`.
+    pub fn dir_name(&self) -> String {
+        match self.structure {
+            Structure::Weight => self.method.name().to_string(),
+            Structure::Filter => format!("{}-filter", self.method.name()),
+            Structure::TwoFour => format!("{}-2of4", self.method.name()),
+        }
+    }
+
+    fn rows<'a>(&self, rows: &'a [CompareRow]) -> Vec<&'a CompareRow> {
+        rows.iter().filter(|r| r.method == self.method.name() && r.structure == self.structure.name()).collect()
+    }
+}
+
 /// One run of the comparison.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompareRow {
     pub method: String,
+    pub structure: String,
     pub seed: u64,
     /// Minibatch gradients of the ADMM phase (0 for magnitude pruning).
     pub admm_gradients: usize,
@@ -51,11 +88,11 @@ pub struct CompareRow {
 }
 
 /// One run's ADMM metrics (empty for magnitude pruning).
-fn run_metrics(dir: &std::path::Path, seed: u64, method: Method) -> Vec<IterationMetrics> {
-    if !method.has_admm_phase() {
+fn run_metrics(dir: &std::path::Path, seed: u64, v: Variant) -> Vec<IterationMetrics> {
+    if !v.method.has_admm_phase() {
         return Vec::new();
     }
-    report::read_metrics(&dir.join(format!("seed{seed}")).join(method.name()).join("admm_metrics.csv"))
+    report::read_metrics(&dir.join(format!("seed{seed}")).join(v.dir_name()).join("admm_metrics.csv"))
         .unwrap_or_default()
 }
 
@@ -69,18 +106,18 @@ fn gradients_to_common(rows: &mut [CompareRow]) -> f64 {
     target
 }
 
-/// Runs `methods` × `seeds` pipelines (seeds `cfg.seed`, `cfg.seed + 1`, …) into `cfg.out`.
+/// Runs `variants` × `seeds` pipelines (seeds `cfg.seed`, `cfg.seed + 1`, …) into `cfg.out`.
 pub fn compare(
     cfg: &PipelineConfig,
-    methods: &[Method],
+    variants: &[Variant],
     seeds: usize,
     train_set: &dyn Dataset,
     test_set: &dyn Dataset,
 ) -> Result<Vec<CompareRow>> {
-    if methods.is_empty() || seeds == 0 {
+    if variants.is_empty() || seeds == 0 {
         return Err(Error::invalid("compare needs at least one method (--methods) and one seed (--seeds)"));
     }
-    let eval_batch = check_memory(cfg, methods, train_set, test_set)?;
+    let eval_batch = check_memory(cfg, variants, train_set, test_set)?;
     let cfg =
         &PipelineConfig { retrain: crate::train::TrainConfig { eval_batch, ..cfg.retrain.clone() }, ..cfg.clone() };
     let dir = cfg.out.clone();
@@ -90,24 +127,27 @@ pub fn compare(
     let mut weights = cfg.weights.clone();
     let mut rows = Vec::new();
     for s in 0..seeds as u64 {
-        for &method in methods {
-            let out = dir.join(format!("seed{s}")).join(method.name());
-            let mut run = PipelineConfig { method, seed: cfg.seed + s, out, weights: weights.clone(), ..cfg.clone() };
+        for &v in variants {
+            let (method, structure) = (v.method, v.structure);
+            let out = dir.join(format!("seed{s}")).join(v.dir_name());
+            let mut run =
+                PipelineConfig { method, structure, seed: cfg.seed + s, out, weights: weights.clone(), ..cfg.clone() };
             run.retrain.seed = run.seed;
             run.dense.seed = run.seed;
             if !method.has_admm_phase() {
                 // the ADMM phase's gradients, as retraining epochs
                 run.retrain.epochs += (admm_gradients * cfg.sas.batch).div_ceil(images);
             }
-            println!("\n=== compare: {} seed {} ({}) ===", method.name(), run.seed, run.out.display());
+            println!("\n=== compare: {} seed {} ({}) ===", v.label(), run.seed, run.out.display());
             let r = pipeline::run(&run, train_set, test_set)?;
             // every later run starts from the dense model the first one trained
             weights.get_or_insert_with(|| run.out.join("dense.safetensors"));
             let top = |v: Option<f64>| v.unwrap_or(f64::NAN);
             let residuals: Vec<(usize, f64)> =
-                run_metrics(&dir, s, method).iter().map(|m| (m.gradients, m.rel_res2)).collect();
+                run_metrics(&dir, s, v).iter().map(|m| (m.gradients, m.rel_res2)).collect();
             rows.push(CompareRow {
                 method: method.name().into(),
+                structure: structure.name().into(),
                 seed: run.seed,
                 admm_gradients: method.admm_budget(&run.sas, &run.admm).0,
                 retrain_epochs: run.retrain.epochs,
@@ -125,15 +165,15 @@ pub fn compare(
         }
     }
     let target = gradients_to_common(&mut rows);
-    write_outputs(&dir, cfg, methods, &rows, target)?;
+    write_outputs(&dir, cfg, variants, &rows, target)?;
     Ok(rows)
 }
 
-/// Every method's phases tried on the device before any run starts (`pipeline::check_memory`);
+/// Every variant's phases tried on the device before any run starts (`pipeline::check_memory`);
 /// returns the evaluation batch that fits them all.
 fn check_memory(
     cfg: &PipelineConfig,
-    methods: &[Method],
+    variants: &[Variant],
     train_set: &dyn Dataset,
     test_set: &dyn Dataset,
 ) -> Result<usize> {
@@ -145,9 +185,9 @@ fn check_memory(
         checkpoint::load_model(&mut model, w)?;
     }
     let mut eval_batch = cfg.retrain.eval_batch;
-    for &method in methods {
-        let out = cfg.out.join("seed0").join(method.name());
-        let run = PipelineConfig { method, out, ..cfg.clone() };
+    for &v in variants {
+        let out = cfg.out.join("seed0").join(v.dir_name());
+        let run = PipelineConfig { method: v.method, structure: v.structure, out, ..cfg.clone() };
         eval_batch = eval_batch.min(pipeline::check_memory(&mut model, &run, train_set, test_set)?.retrain.eval_batch);
     }
     Ok(eval_batch)
@@ -164,14 +204,14 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 fn write_outputs(
     dir: &std::path::Path,
     cfg: &PipelineConfig,
-    methods: &[Method],
+    variants: &[Variant],
     rows: &[CompareRow],
     target: f64,
 ) -> Result<()> {
     checkpoint::write_atomic(&dir.join("compare.csv"), compare_csv(rows).as_bytes())?;
-    let md = compare_md(cfg, methods, rows, target);
+    let md = compare_md(cfg, variants, rows, target);
     checkpoint::write_atomic(&dir.join("compare.md"), md.as_bytes())?;
-    write_plots(dir, methods, rows)?;
+    write_plots(dir, variants, rows)?;
     println!(
         "\n{md}\nwrote compare.md, compare.csv, compare.svg (residuals), compare_accuracy.svg and convergence.svg in {}",
         dir.display()
@@ -188,12 +228,12 @@ fn to_common_text(r: &CompareRow) -> String {
 fn compare_csv(rows: &[CompareRow]) -> String {
     let mut csv = String::from(
         "method,seed,admm_gradients,retrain_epochs,retrain_gradients,dense_top1,after_prune_top1,retrain_final_top1,\
-         retrain_best_top1,seconds,final_rel_res2,gradients_to_common_rel_res2\n",
+         retrain_best_top1,seconds,final_rel_res2,gradients_to_common_rel_res2,structure\n",
     );
     for r in rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.1},{:.6e},{}",
+            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.1},{:.6e},{},{}",
             r.method,
             r.seed,
             r.admm_gradients,
@@ -205,7 +245,8 @@ fn compare_csv(rows: &[CompareRow]) -> String {
             r.retrain_best,
             r.seconds,
             r.final_rel_res2,
-            to_common_text(r)
+            to_common_text(r),
+            r.structure
         );
     }
     csv
@@ -213,8 +254,8 @@ fn compare_csv(rows: &[CompareRow]) -> String {
 
 /// compare.md: per method the mean ± std over seeds, then (when the ADMM runs share a residual
 /// `target`) the convergence table.
-fn compare_md(cfg: &PipelineConfig, methods: &[Method], rows: &[CompareRow], target: f64) -> String {
-    let seeds = rows.iter().filter(|r| r.method == methods[0].name()).count();
+fn compare_md(cfg: &PipelineConfig, variants: &[Variant], rows: &[CompareRow], target: f64) -> String {
+    let seeds = variants[0].rows(rows).len();
     let rate =
         cfg.layer_rates.as_ref().map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display()));
     let mut md = format!(
@@ -226,8 +267,8 @@ fn compare_md(cfg: &PipelineConfig, methods: &[Method], rows: &[CompareRow], tar
         if seeds == 1 { "" } else { "s" },
         rows.first().map_or(f64::NAN, |r| r.dense)
     );
-    for m in methods {
-        let of: Vec<&CompareRow> = rows.iter().filter(|r| r.method == m.name()).collect();
+    for v in variants {
+        let of = v.rows(rows);
         let stat = |f: fn(&CompareRow) -> f64| {
             let (mean, std) = mean_std(&of.iter().map(|r| f(r)).collect::<Vec<_>>());
             format!("{mean:.2} ± {std:.2}")
@@ -235,7 +276,7 @@ fn compare_md(cfg: &PipelineConfig, methods: &[Method], rows: &[CompareRow], tar
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} s |",
-            m.name(),
+            v.label(),
             of.first().map_or(0, |r| r.admm_gradients),
             of.first().map_or(0, |r| r.retrain_epochs),
             stat(|r| r.after_prune),
@@ -257,7 +298,7 @@ fn compare_md(cfg: &PipelineConfig, methods: &[Method], rows: &[CompareRow], tar
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {:.3e} | {:.2}% |",
-                r.method,
+                row_label(r),
                 r.seed,
                 r.admm_gradients,
                 to_common_text(r),
@@ -269,21 +310,26 @@ fn compare_md(cfg: &PipelineConfig, methods: &[Method], rows: &[CompareRow], tar
     md
 }
 
+/// A row's name in tables and plots (see [`Variant::label`]).
+fn row_label(r: &CompareRow) -> String {
+    match r.structure.as_str() {
+        "weight" | "" => r.method.clone(),
+        s => format!("{} {s}", r.method),
+    }
+}
+
 /// compare_accuracy.svg, compare.svg (residuals) and convergence.svg.
-fn write_plots(dir: &std::path::Path, methods: &[Method], rows: &[CompareRow]) -> Result<()> {
+fn write_plots(dir: &std::path::Path, variants: &[Variant], rows: &[CompareRow]) -> Result<()> {
     // top-1 against the gradients spent, mean over seeds: dense (0), after hard pruning (the ADMM
     // phase's gradients), after retraining (plus retraining's)
-    let series: Vec<(String, Vec<(f64, f64)>)> = methods
+    let series: Vec<(String, Vec<(f64, f64)>)> = variants
         .iter()
-        .map(|m| {
-            let of: Vec<&CompareRow> = rows.iter().filter(|r| r.method == m.name()).collect();
+        .map(|v| {
+            let of = v.rows(rows);
             let mean = |f: fn(&CompareRow) -> f64| mean_std(&of.iter().map(|r| f(r)).collect::<Vec<_>>()).0;
             let g = of.first().map_or(0, |r| r.admm_gradients) as f64;
             let total = g + of.first().map_or(0, |r| r.retrain_gradients) as f64;
-            (
-                m.name().to_string(),
-                vec![(0.0, mean(|r| r.dense)), (g, mean(|r| r.after_prune)), (total, mean(|r| r.retrain_final))],
-            )
+            (v.label(), vec![(0.0, mean(|r| r.dense)), (g, mean(|r| r.after_prune)), (total, mean(|r| r.retrain_final))])
         })
         .collect();
     let svg = report::line_plot_svg(
@@ -298,7 +344,7 @@ fn write_plots(dir: &std::path::Path, methods: &[Method], rows: &[CompareRow]) -
         .filter(|r| !r.residuals.is_empty())
         .map(|r| {
             let points = r.residuals.iter().map(|&(g, v)| (g as f64, v.log10())).collect();
-            (format!("{} seed {}", r.method, r.seed), points)
+            (format!("{} seed {}", row_label(r), r.seed), points)
         })
         .collect();
     let svg = report::line_plot_svg(
@@ -308,12 +354,12 @@ fn write_plots(dir: &std::path::Path, methods: &[Method], rows: &[CompareRow]) -
     );
     checkpoint::write_atomic(&dir.join("compare.svg"), svg.as_bytes())?;
     // the ADMM phases' objective and residual, first seed
-    let curves: Vec<(String, Vec<IterationMetrics>)> = methods
+    let curves: Vec<(String, Vec<IterationMetrics>)> = variants
         .iter()
-        .filter(|m| m.has_admm_phase())
-        .filter_map(|m| {
-            let path: PathBuf = dir.join("seed0").join(m.name()).join("admm_metrics.csv");
-            report::read_metrics(&path).ok().map(|c| (m.name().to_string(), c))
+        .filter(|v| v.method.has_admm_phase())
+        .filter_map(|v| {
+            let path: PathBuf = dir.join("seed0").join(v.dir_name()).join("admm_metrics.csv");
+            report::read_metrics(&path).ok().map(|c| (v.label(), c))
         })
         .collect();
     if !curves.is_empty() {

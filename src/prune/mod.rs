@@ -10,3 +10,4 @@ pub mod pipeline;
 pub mod rate;
 pub mod report;
 pub mod sas_admm;
+pub mod structure;

@@ -51,7 +51,9 @@ pub fn run_row(
     test_set: &dyn Dataset,
 ) -> Result<RowResult> {
     println!("\n##### paper table: {} at {} ({}) #####", row.model, row.rate, row.claim);
-    let runs = compare::compare(cfg, methods, seeds, train_set, test_set)?;
+    // the paper's table is unstructured weight pruning
+    let variants = compare::Variant::all(methods, &[super::structure::Structure::Weight]);
+    let runs = compare::compare(cfg, &variants, seeds, train_set, test_set)?;
     let report = cfg.out.join("seed0").join(methods[0].name()).join("report.json");
     let text = std::fs::read_to_string(&report).map_err(|e| crate::Error::io(&report, e))?;
     let json: serde_json::Value =
@@ -146,6 +148,7 @@ mod tests {
     fn run(method: &str, seed: u64, baseline: f64, retrain_final: f64) -> CompareRow {
         CompareRow {
             method: method.into(),
+            structure: "weight".into(),
             seed,
             admm_gradients: if method == "magnitude" { 0 } else { 268 },
             retrain_epochs: 3,

@@ -4,11 +4,12 @@
 
 use super::admm::{self, AdmmNnConfig, AdmmState, IterationMetrics, PhaseContext, SasConfig};
 use super::rate::{self, Plan, Rate};
+use super::structure::{self, Grouping, Structure};
 use super::report::{self, LayerRow, PhaseScores, Report};
 use crate::checkpoint::{self, Normalize};
 use crate::data::{Dataset, First};
 use crate::models::Model;
-use crate::ops::{admm as admm_ops, select};
+use crate::ops::admm as admm_ops;
 use crate::preflight::{self, Probe, Work};
 use crate::run_dir::{PhaseAdapters, RunState};
 use crate::train::{self, progress_bar, Progress, TrainConfig};
@@ -45,6 +46,8 @@ pub struct PipelineConfig {
     pub model: String,
     pub rate: Rate,
     pub layer_rates: Option<PathBuf>,
+    /// What is removed together (`--structure`): weights, filters or 2:4 quads.
+    pub structure: Structure,
     pub method: Method,
     pub schedule: String,
     pub sas: SasConfig,
@@ -53,6 +56,9 @@ pub struct PipelineConfig {
     pub retrain: TrainConfig,
     pub dense: TrainConfig,
     pub weights: Option<PathBuf>,
+    /// The channel-set widths of a compact (filter-pruned) start: `weights`' metadata's
+    /// (`None`: the standard network).
+    pub widths: Option<Vec<usize>>,
     /// `weights` already read (and checked) by the caller; the dense phase uses these instead of
     /// reading the file again (a pipe can be read once).
     pub preloaded: checkpoint::Preloaded,
@@ -103,9 +109,16 @@ fn keep_metrics_through(path: &Path, k: usize) -> Result<()> {
 /// The pruning plan a configuration asks for (checked before any work starts).
 pub fn make_plan(model: &Model, cfg: &PipelineConfig) -> Result<Plan> {
     let layers = rate::prunable_layers(&model.store);
-    match &cfg.layer_rates {
-        Some(path) => rate::plan_from_file(layers, path),
-        None => rate::plan_uniform(layers, cfg.rate, model.spec.fc_dense),
+    match (cfg.structure, &cfg.layer_rates) {
+        (Structure::Weight, Some(path)) => rate::plan_from_file(layers, path),
+        (Structure::Weight, None) => rate::plan_uniform(layers, cfg.rate, model.spec.fc_dense),
+        (s, Some(path)) => Err(Error::invalid(format!(
+            "--layer-rates {} gives shares of weights, which only --structure weight prunes; with --structure {s} \
+             give --rate",
+            path.display()
+        ))),
+        (Structure::Filter, None) => structure::plan_filters(layers, &model.channel_sets(), cfg.rate, &cfg.model),
+        (Structure::TwoFour, None) => structure::plan_two_four(layers, model.spec.fc_dense),
     }
 }
 
@@ -115,7 +128,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     let total_start = Instant::now();
     let dir = cfg.out.as_path();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut model = Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
+    let mut model = Model::build_arch(&cfg.model, train_set.classes(), cfg.widths.as_deref(), cfg.seed)?;
     let plan = make_plan(&model, cfg)?;
     let mut run = Run {
         cfg,
@@ -137,9 +150,9 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     if cfg.method.has_admm_phase() {
         run.admm_phase(&mut model, &plan, norm)?;
     }
-    let mask = run.hard_prune(&mut model, &plan, norm)?;
+    let (mask, removed) = run.hard_prune(&mut model, &plan, norm)?;
     run.masked_retraining(&mut model, &plan, &mask, norm)?;
-    run.report(&model, &plan, &mask)
+    run.report(&model, &plan, (&mask, &removed), norm)
 }
 
 /// What the phases of one run share.
@@ -366,22 +379,24 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Phase 3, hard pruning: every prunable layer cut to its share by magnitude. Returns the 0/1 mask
-    /// over the whole parameter arena (1 beyond the prunable prefix).
-    fn hard_prune(&mut self, model: &mut Model, plan: &Plan, norm: Normalize) -> Result<Tensor> {
-        let mask = Tensor::full(&[model.store.params_flat()?.numel()], 1.0)?;
-        let mask_prefix = prunable_prefix(model, &mask)?;
+    /// Phase 3, hard pruning: every prunable layer cut to its share by magnitude (by weights, by
+    /// filter norms or 2 of every 4: the plan's structure). Returns the 0/1 mask over the whole
+    /// parameter arena (under `filter` also over the removed channels' batch-norm or bias entries)
+    /// and, under `filter`, each channel set's removed channels.
+    fn hard_prune(&mut self, model: &mut Model, plan: &Plan, norm: Normalize) -> Result<(Tensor, Vec<Vec<usize>>)> {
+        let grouping = Grouping::new(plan, model.store.prunable_len())?;
         let pruned_path = self.dir.join("after_prune.safetensors");
+        let mask;
         if self.log.done("prune") {
             checkpoint::load_model(model, &pruned_path)?;
-            select::magnitude_mask(&admm::arena_prefix(model)?, &admm::selection(plan), &mask_prefix)?;
+            // the pruned weights are the smallest (0) again, so the same selection finds them
+            mask = grouping.arena_mask(model, &admm::arena_prefix(model)?)?;
         } else {
             self.time_for_evaluation("hard pruning and its evaluation")?;
             self.working_on("prune")?;
             let t = Instant::now();
-            let w_net = admm::arena_prefix(model)?;
-            select::magnitude_mask(&w_net, &admm::selection(plan), &mask_prefix)?;
-            admm_ops::multiply_in_place(&w_net, &mask_prefix)?;
+            mask = grouping.arena_mask(model, &admm::arena_prefix(model)?)?;
+            admm_ops::multiply_in_place(&model.store.params_flat()?, &mask.0)?;
             let e = self.evaluate(model, norm)?;
             checkpoint::save_model(model, &pruned_path, norm, &[])?;
             self.complete("prune", &e, t.elapsed().as_secs_f64())?;
@@ -432,8 +447,8 @@ impl Run<'_> {
     }
 
     /// Phase 5, the report, counted from the final weights themselves: report.json / .txt, the masks,
-    /// the convergence plot.
-    fn report(self, model: &Model, plan: &Plan, mask: &Tensor) -> Result<Report> {
+    /// the convergence plot; under `filter` also the compact model.
+    fn report(self, model: &Model, plan: &Plan, (mask, removed): (&Tensor, &[Vec<usize>]), norm: Normalize) -> Result<Report> {
         let (cfg, dir, log) = (self.cfg, self.dir, &self.log);
         let weights = admm::arena_prefix(model)?.to_vec()?;
         let masks = prunable_prefix(model, mask)?.to_vec()?;
@@ -452,7 +467,13 @@ impl Run<'_> {
                 }
             })
             .collect();
-        checkpoint::save(&dir.join("masks.safetensors"), &mask_dict, &[], Default::default())?;
+        let structure_meta = std::collections::HashMap::from([("structure".to_string(), plan.structure.to_string())]);
+        checkpoint::save(&dir.join("masks.safetensors"), &mask_dict, &[], structure_meta)?;
+        let compact_widths = match plan.structure {
+            Structure::Filter => Some(save_compact(model, removed, &dir.join(COMPACT_FILE), norm)?),
+            _ => None,
+        };
+        let kept_per_layer: Vec<usize> = layers.iter().map(|l| l.kept).collect();
         let mut seconds = self.seconds;
         seconds.push(("total (this session)".into(), self.started.elapsed().as_secs_f64()));
         let kept: usize = layers.iter().map(|l| l.kept).sum();
@@ -473,7 +494,14 @@ impl Run<'_> {
                 .as_ref()
                 .map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display())),
             rate_achieved: plan.total() as f64 / kept.max(1) as f64,
-            conv_percentage: if cfg.layer_rates.is_none() { conv_percentage(plan) } else { None },
+            conv_percentage: if cfg.layer_rates.is_none() && plan.structure == Structure::Weight {
+                conv_percentage(plan)
+            } else {
+                None
+            },
+            structure: plan.structure.to_string(),
+            macs: structure::macs(model, &plan.layers, &kept_per_layer),
+            compact_widths,
             layers,
             top1: PhaseScores {
                 retrain_best: log.f64("retrain.best"),
@@ -497,6 +525,20 @@ impl Run<'_> {
         println!("\n{}", report.table());
         Ok(report)
     }
+}
+
+/// The compact model of a filter-pruned run, in its run directory.
+pub const COMPACT_FILE: &str = "compact.safetensors";
+
+/// Saves the compact network of `model` without the `removed` channels (see
+/// [`structure::compact_state`]) with its widths in the metadata; returns the widths.
+pub fn save_compact(model: &Model, removed: &[Vec<usize>], path: &Path, norm: Normalize) -> Result<Vec<usize>> {
+    let (dict, widths) = structure::compact_state(model, removed)?;
+    let mut compact = Model::build_compact(&model.name, model.classes, &widths, 0)?;
+    compact.store.load_state_dict(&dict, &path.display().to_string())?;
+    compact.store.batches_tracked = model.store.batches_tracked;
+    checkpoint::save_model(&compact, path, norm, &[])?;
+    Ok(widths)
 }
 
 /// The ADMM phase's per-iteration metrics in a run directory.

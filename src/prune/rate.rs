@@ -5,6 +5,7 @@
 //! of its |w| (NumPy's linearly interpolated percentile), i.e. exactly ceil(p·(n − 1)) weights
 //! for n distinct magnitudes.
 
+use super::structure::{ChannelCut, Structure};
 use crate::nn::{ParamStore, Role};
 use crate::{Error, Result};
 use std::path::Path;
@@ -103,12 +104,23 @@ pub struct Plan {
     pub fractions: Vec<f64>,
     /// Weights pruned per layer.
     pub pruned: Vec<usize>,
+    /// What is removed together (`--structure`).
+    pub structure: Structure,
+    /// Under `filter`: the channels each channel set loses.
+    pub cuts: Vec<ChannelCut>,
 }
 
 impl Plan {
+    /// An unstructured plan: each layer loses `fractions[i]` of its weights.
     pub fn new(layers: Vec<Layer>, fractions: Vec<f64>) -> Plan {
         let pruned = layers.iter().zip(&fractions).map(|(l, &p)| pruned_count(l.len, p)).collect();
-        Plan { layers, fractions, pruned }
+        Plan { layers, fractions, pruned, structure: Structure::Weight, cuts: Vec::new() }
+    }
+
+    /// A structured plan from its per-layer counts (see `structure.rs`).
+    pub fn structured(layers: Vec<Layer>, pruned: Vec<usize>, structure: Structure, cuts: Vec<ChannelCut>) -> Plan {
+        let fractions = layers.iter().zip(&pruned).map(|(l, &k)| k as f64 / l.len.max(1) as f64).collect();
+        Plan { layers, fractions, pruned, structure, cuts }
     }
     pub fn total(&self) -> usize {
         self.layers.iter().map(|l| l.len).sum()

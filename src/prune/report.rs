@@ -42,6 +42,13 @@ pub struct Report {
     pub rate_target: String,
     pub rate_achieved: f64,
     pub conv_percentage: Option<f64>,
+    /// What was removed together (`--structure`).
+    pub structure: String,
+    /// Multiply-adds per image of the conv and fc layers: (dense, of the kept weights), when the
+    /// model gives its layers' output sizes.
+    pub macs: Option<(u64, u64)>,
+    /// Under `filter`: the channel sets' widths in `compact.safetensors`.
+    pub compact_widths: Option<Vec<usize>>,
     pub layers: Vec<LayerRow>,
     pub top1: PhaseScores,
     /// Top-5 at each phase boundary (`retrain_best` stays `None`: "best" is by top-1).
@@ -85,6 +92,21 @@ impl Report {
             "compression {:.2}x (target {}) | method {} | model {} | {}",
             self.rate_achieved, self.rate_target, self.method, self.model, self.adapter
         );
+        if let Some((dense, kept)) = self.macs {
+            let _ = writeln!(
+                s,
+                "structure {} | multiply-adds per image: dense {:.2} M, kept {:.2} M ({:.2}x fewer{})",
+                self.structure,
+                dense as f64 / 1e6,
+                kept as f64 / 1e6,
+                dense as f64 / kept.max(1) as f64,
+                if self.structure == "filter" { ", all of them saved by the compact model" } else { " with sparse kernels" }
+            );
+        }
+        if let Some(w) = &self.compact_widths {
+            let widths: Vec<String> = w.iter().map(|x| x.to_string()).collect();
+            let _ = writeln!(s, "compact model: compact.safetensors, channel-set widths {}", widths.join(","));
+        }
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}%"));
         let t = &self.top1;
         let _ = writeln!(
@@ -160,6 +182,10 @@ impl Report {
             "rate_target": self.rate_target,
             "rate_achieved": self.rate_achieved,
             "conv_percentage": self.conv_percentage,
+            "structure": self.structure,
+            "macs_dense": self.macs.map(|m| m.0),
+            "macs_kept": self.macs.map(|m| m.1),
+            "compact_widths": self.compact_widths,
             "weights": self.total(),
             "kept": self.kept(),
             "eval_images": self.eval_images,

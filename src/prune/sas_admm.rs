@@ -5,6 +5,8 @@ use super::admm::{
     arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState, IterationMetrics,
     PhaseContext, Scratch, Session,
 };
+use super::rate::Plan;
+use super::structure::{Grouping, Structure};
 use crate::ops::{admm, elementwise, reduce};
 use crate::{gpu, Error, Result, Tensor};
 use std::time::Instant;
@@ -129,10 +131,13 @@ impl SasConfig {
 }
 
 /// Runs SAS-ADMM outer iterations `state.k + 1 ..= cfg.outer`, calling `after` with each
-/// iteration's metrics (after the state is saved). Leaves W_avg in the network's weights.
+/// iteration's metrics (after the state is saved). Leaves W_avg in the network's weights. The
+/// Z-step's prox follows the plan's structure (the soft threshold under `weight`; the group soft
+/// threshold or the 2:4 one otherwise: see `structure.rs`).
 pub fn run_sas_admm(
     ctx: PhaseContext<'_>,
     cfg: &SasConfig,
+    plan: &Plan,
     state: &mut AdmmState,
     mut after: impl FnMut(&IterationMetrics) -> Result<()>,
 ) -> Result<()> {
@@ -142,6 +147,7 @@ pub fn run_sas_admm(
     let (w_hat, d) = (arena_prefix(model)?, grads_prefix(model)?);
     let h = Tensor::zeros(&[p])?;
     let s = Scratch::new(p)?;
+    let grouping = Grouping::new(plan, p)?;
     let mut buf = (Vec::new(), Vec::new());
     let mut session = Session::new(state);
     while state.k < cfg.outer {
@@ -164,7 +170,7 @@ pub fn run_sas_admm(
             gpu::get()?.flush()?;
             bar.set_position(state.gradients as u64);
         }
-        admm::sas_dual(&state.w, &state.z, &state.u, &s.dz, &s.res, cfg.beta, cfg.lambda, cfg.r, cfg.s)?;
+        z_step(cfg, plan, &grouping, state, &s)?;
         if k > cfg.k_avg {
             // running mean of the W iterates K_avg … k, K_avg included (W_avg held W_{K_avg})
             admm::mix(&state.w, &state.w_avg, &s.tmp, 1.0 / (k - cfg.k_avg + 1) as f32)?;
@@ -204,6 +210,18 @@ pub fn run_sas_admm(
     copy(&state.w_avg, &w_hat)
 }
 
+/// Steps 4–6 of an outer iteration: U½, the Z-step's prox at V = W − U½/β with τ = λ/β, U.
+/// Under `weight` one fused kernel (the paper's); structured, the prox runs on groups between
+/// two element-wise halves (V in the scratch vector `tmp`).
+fn z_step(cfg: &SasConfig, plan: &Plan, grouping: &Grouping, state: &AdmmState, s: &Scratch) -> Result<()> {
+    if plan.structure == Structure::Weight {
+        return admm::sas_dual(&state.w, &state.z, &state.u, &s.dz, &s.res, cfg.beta, cfg.lambda, cfg.r, cfg.s);
+    }
+    admm::sas_split(&state.w, &state.z, &state.u, &s.tmp, &s.dz, cfg.beta, cfg.r)?;
+    grouping.prox(&s.tmp, &state.z, cfg.lambda / cfg.beta)?;
+    admm::sas_close(&state.w, &state.z, &state.u, &s.dz, &s.res, cfg.beta, cfg.s)
+}
+
 /// SAS-ADMM as a [`PruningMethod`](super::method::PruningMethod).
 pub struct SasAdmm;
 
@@ -228,10 +246,10 @@ impl super::method::PruningMethod for SasAdmm {
         &self,
         ctx: PhaseContext<'_>,
         settings: super::method::Settings,
-        _: &super::rate::Plan,
+        plan: &Plan,
         state: &mut AdmmState,
         after: &mut dyn FnMut(&IterationMetrics) -> Result<()>,
     ) -> Result<()> {
-        run_sas_admm(ctx, settings.sas, state, after)
+        run_sas_admm(ctx, settings.sas, plan, state, after)
     }
 }

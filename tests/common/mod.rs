@@ -157,3 +157,11 @@ pub fn small_pipeline_args(out: &std::path::Path, data: &std::path::Path, weight
     }
     args
 }
+
+/// An unstructured 6.6x plan of `model` (what SAS-ADMM's phase takes when the structure does
+/// not matter to a test).
+#[allow(dead_code)]
+pub fn weight_plan(model: &sasprune::models::Model) -> sasprune::prune::rate::Plan {
+    use sasprune::prune::rate;
+    rate::plan_uniform(rate::prunable_layers(&model.store), rate::Rate::Times(6.6), true).unwrap()
+}

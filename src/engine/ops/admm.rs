@@ -10,6 +10,9 @@ static SAS_H: Kernel = kernel!("admm.sas_h", "admm.wgsl", "sas_h");
 static SAS_INNER: Kernel = kernel!("admm.sas_inner", "admm.wgsl", "sas_inner");
 static MIX: Kernel = kernel!("admm.mix", "admm.wgsl", "mix");
 static SAS_DUAL: Kernel = kernel!("admm.sas_dual", "admm.wgsl", "sas_dual");
+static SAS_SPLIT: Kernel = kernel!("admm.sas_split", "admm.wgsl", "sas_split");
+static SAS_CLOSE: Kernel = kernel!("admm.sas_close", "admm.wgsl", "sas_close");
+static SOFT: Kernel = kernel!("admm.soft_threshold", "admm.wgsl", "soft_threshold");
 static ADMM_GRAD: Kernel = kernel!("admm.admm_grad", "admm.wgsl", "admm_grad");
 static ADMM_DUAL: Kernel = kernel!("admm.admm_dual", "admm.wgsl", "admm_dual");
 static MULTIPLY: Kernel = kernel!("admm.multiply", "admm.wgsl", "multiply");
@@ -83,6 +86,24 @@ pub fn sas_dual(
     s: f32,
 ) -> Result<()> {
     run(&SAS_DUAL, params(w.numel(), beta, lambda, r, s), &[w, z, u, dz, res])
+}
+
+/// The structured Z-step's first half: `U ← U½ = U − r·β·(W − Z)`, `v = W − U½/β` (the point
+/// the prox is taken at), `dz = −Z`.
+#[allow(clippy::too_many_arguments)]
+pub fn sas_split(w: &Tensor, z: &Tensor, u: &Tensor, v: &Tensor, dz: &Tensor, beta: f32, r: f32) -> Result<()> {
+    run(&SAS_SPLIT, params(w.numel(), beta, 0.0, r, 0.0), &[w, z, u, v, dz])
+}
+
+/// The structured Z-step's second half given the new `z`: `U ← U½ − s·β·(W − Z)`, `dz += Z`,
+/// `res = W − Z`.
+pub fn sas_close(w: &Tensor, z: &Tensor, u: &Tensor, dz: &Tensor, res: &Tensor, beta: f32, s: f32) -> Result<()> {
+    run(&SAS_CLOSE, params(w.numel(), beta, 0.0, 0.0, s), &[w, z, u, dz, res])
+}
+
+/// `x = soft(x, τ)` in place.
+pub fn soft_threshold_in_place(x: &Tensor, tau: f32) -> Result<()> {
+    run(&SOFT, params(x.numel(), tau, 0.0, 0.0, 0.0), &[x])
 }
 
 /// ADMM-NN: `g += ρ·(W − Z + U)`.
