@@ -96,8 +96,7 @@ pub fn resnet32_conv_shapes(batch: usize) -> Vec<(&'static str, conv2d::ConvGeom
 }
 
 /// What to run.
-#[derive(Clone, Debug)]
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct BenchConfig {
     pub quick: bool,
     /// Only measurements whose name contains this text.

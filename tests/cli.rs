@@ -479,6 +479,36 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
         (pipeline(&["--admm-rho-growth", "0.5"]), "--admm-rho-growth must be in [1, 10]"),
         (pipeline(&["--admm-weight-decay", "2"]), "--admm-weight-decay must be in [0, 1)"),
         (pipeline(&["--time-limit", "10"]), "--time-limit '10' is not a duration"),
+        // structures: 2:4 sets its own rate, filter pruning takes a rate it can reach
+        (pipeline(&["--structure", "2:4"]), "--structure 2:4 sets the rate itself"),
+        (
+            [
+                "--model",
+                "resnet20",
+                "--structure",
+                "filter",
+                "--rate",
+                "100x",
+                "--data",
+                &t.data,
+                "--weights",
+                &weights,
+            ]
+            .map(String::from)
+            .to_vec(),
+            "cannot be reached by filter pruning resnet20",
+        ),
+        (pipeline(&["--structure", "channels"]), "invalid value 'channels' for '--structure"),
+        (
+            ["--model", "resnet20", "--structure", "filter", "--layer-rates", &weights, "--data", &t.data]
+                .map(String::from)
+                .to_vec(),
+            "only --structure weight prunes",
+        ),
+        (
+            ["compare", "--paper-table", "--structure", "filter", "--data", &t.data].map(String::from).to_vec(),
+            "--paper-table is the paper's unstructured pruning",
+        ),
         // the paper table sets each row's model, rate and weights itself
         (
             ["compare", "--paper-table", "--model", "resnet32", "--data", &t.data].map(String::from).to_vec(),
@@ -600,4 +630,53 @@ fn pipeline_weights_from_a_pipe_are_read_once() {
     assert!(status.success(), "{stderr}");
     writer.join().unwrap().unwrap();
     assert!(PathBuf::from(&t.run).join("report.json").exists());
+}
+
+/// A user's whole filter-pruning path on the command line: the pipeline writes
+/// compact.safetensors, and eval, export and bench --compact take it as it is.
+#[test]
+fn filter_pruning_from_the_command_line_gives_a_compact_model_that_eval_export_and_bench_take() {
+    let t = TinyRun::new("cli-filter");
+    let weights = t.weights(10);
+    let quick: Vec<&str> = "--structure filter --rate 1.5x --schedule quick --outer 1 --inner 1 --k0 1 --k-avg 1 \
+                            --batch 8 --retrain-epochs 1 --retrain-batch 8 --subset 16 --eval-limit 8"
+        .split_whitespace()
+        .collect();
+    let args: Vec<&str> = ["--model", "resnet20", "--data", &t.data, "--out", &t.run, "--weights", &weights]
+        .into_iter()
+        .chain(quick)
+        .collect();
+    let (ok, stdout, stderr) = sasprune(&args);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("structure filter | multiply-adds per image: dense 40.55 M"), "{stdout}");
+    assert!(stdout.contains("compact model: compact.safetensors, channel-set widths"), "{stdout}");
+    let compact = PathBuf::from(&t.run).join("compact.safetensors").display().to_string();
+    let pruned = PathBuf::from(&t.run).join("pruned.safetensors").display().to_string();
+    let eval = |w: &str| {
+        let (ok, stdout, stderr) =
+            sasprune(&["eval", "--model", "resnet20", "--weights", w, "--data", &t.data, "--json"]);
+        assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        (v["top1"].as_f64().unwrap(), v["loss"].as_f64().unwrap())
+    };
+    let ((t1, l1), (t2, l2)) = (eval(&pruned), eval(&compact));
+    assert!(t1 == t2 && (l1 - l2).abs() <= 1e-5 * l1.abs().max(1.0), "masked {t1}% {l1}, compact {t2}% {l2}");
+    let onnx = t.tmp.path().join("compact.onnx").display().to_string();
+    let (ok, _, stderr) = sasprune(&["export", "--model", "resnet20", "--weights", &compact, "--out", &onnx]);
+    assert!(ok && std::fs::metadata(&onnx).unwrap().len() > 0, "{stderr}");
+    let jsonl = t.tmp.path().join("bench.jsonl");
+    let bench = ["bench", "--quick", "--filter", "resnet20", "--compact", &compact, "--out", jsonl.to_str().unwrap()];
+    let (ok, stdout, stderr) = sasprune(&bench);
+    assert!(ok, "{stdout}\n{stderr}");
+    let names: Vec<String> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].as_str().unwrap().to_string())
+        .collect();
+    for n in ["resnet20 train step", "resnet20 eval", "resnet20-compact train step", "resnet20-compact eval"] {
+        assert!(names.iter().any(|x| x.starts_with(n)), "{n} missing in {names:?}");
+    }
+    // a standard checkpoint is not a compact one
+    let (ok, _, stderr) = sasprune(&["bench", "--quick", "--compact", &pruned, "--out", jsonl.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("not a compact one"), "{stderr}");
 }

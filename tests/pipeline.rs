@@ -313,7 +313,9 @@ fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     let Some(cifar) = data() else { return };
     let cfg = tiny_config(Method::SAS_ADMM, Rate::Times(3.0), "compare");
     let methods = [Method::SAS_ADMM, Method::ADMM, Method::MAGNITUDE];
-    let rows = compare::compare(&cfg, &compare::Variant::all(&methods, &[Structure::Weight]), 2, &cifar.train, &cifar.test).unwrap();
+    let rows =
+        compare::compare(&cfg, &compare::Variant::all(&methods, &[Structure::Weight]), 2, &cifar.train, &cifar.test)
+            .unwrap();
     assert_eq!(rows.len(), 6, "3 methods x 2 seeds");
     for m in methods {
         let seeds: Vec<u64> = rows.iter().filter(|r| r.method == m.name()).map(|r| r.seed).collect();
@@ -354,7 +356,9 @@ fn seeded_comparison_runs_every_method_on_the_same_budget_and_resumes() {
     let curves = std::fs::read_to_string(cfg.out.join("convergence.svg")).unwrap();
     assert_eq!(curves.matches("<polyline").count(), 4, "two ADMM methods in each of two panels");
     // the same command again finds every run done and reports the same numbers
-    let again = compare::compare(&cfg, &compare::Variant::all(&methods, &[Structure::Weight]), 2, &cifar.train, &cifar.test).unwrap();
+    let again =
+        compare::compare(&cfg, &compare::Variant::all(&methods, &[Structure::Weight]), 2, &cifar.train, &cifar.test)
+            .unwrap();
     let tops = |rs: &[compare::CompareRow]| {
         rs.iter().map(|r| (r.method.clone(), r.seed, r.after_prune, r.retrain_final)).collect::<Vec<_>>()
     };
@@ -521,4 +525,115 @@ fn a_resumed_admm_nn_phase_continues_exactly() {
 fn plan_3x(m: &Model) -> sasprune::prune::rate::Plan {
     sasprune::prune::rate::plan_uniform(sasprune::prune::rate::prunable_layers(&m.store), Rate::Times(3.0), true)
         .unwrap()
+}
+
+/// `--structure filter` with SAS-ADMM: whole channels go (a block's conv1 rows, bn1 entries and
+/// conv2 input columns together), and compact.safetensors, the physically smaller network, scores
+/// what the masked one scores.
+#[test]
+fn filter_pruning_removes_whole_channels_and_its_compact_model_scores_the_same() {
+    let Some(cifar) = data() else { return };
+    let cfg =
+        PipelineConfig { structure: Structure::Filter, ..tiny_config(Method::SAS_ADMM, Rate::Times(1.6), "filter") };
+    let json = run_and_check(&cfg, &cifar, (1.6, 1.75));
+    assert_eq!(json["structure"], "filter");
+    let widths: Vec<usize> =
+        json["compact_widths"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap() as usize).collect();
+    assert_eq!(widths.len(), 9);
+    let (dense_macs, kept_macs) = (json["macs_dense"].as_u64().unwrap(), json["macs_kept"].as_u64().unwrap());
+    assert_eq!(dense_macs, 40_551_040, "ResNet-20's multiply-adds per image");
+    assert!(kept_macs < dense_macs * 2 / 3, "{kept_macs} of {dense_macs}");
+    // in the masked network every removed channel is zero throughout
+    let w = Checkpoint::load(&cfg.out.join("pruned.safetensors")).unwrap().tensors;
+    let full = [16, 16, 16, 32, 32, 32, 64, 64, 64];
+    for (b, block) in
+        ["layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1", "layer2.2", "layer3.0", "layer3.1", "layer3.2"]
+            .iter()
+            .enumerate()
+    {
+        let conv1 = &w[&format!("{block}.conv1.weight")];
+        let row = conv1.1.len() / full[b];
+        let gone: Vec<usize> =
+            (0..full[b]).filter(|&c| conv1.1[c * row..(c + 1) * row].iter().all(|&v| v == 0.0)).collect();
+        assert_eq!(full[b] - gone.len(), widths[b], "{block}: zero filters");
+        for bn in ["weight", "bias"] {
+            let v = &w[&format!("{block}.bn1.{bn}")].1;
+            assert!(gone.iter().all(|&c| v[c] == 0.0), "{block}.bn1.{bn} of a removed channel is not 0");
+        }
+        let conv2 = &w[&format!("{block}.conv2.weight")].1;
+        let per_out = full[b] * 9;
+        assert!(
+            (0..conv2.len() / per_out)
+                .all(|o| gone.iter().all(|&c| conv2[o * per_out + c * 9..][..9].iter().all(|&v| v == 0.0))),
+            "{block}.conv2 reads a removed channel"
+        );
+    }
+    // the compact model: narrower tensors, the same scores on the test images
+    let compact_path = cfg.out.join("compact.safetensors");
+    let mut compact = Model::for_weights("resnet20", 10, &compact_path, 0).unwrap();
+    assert_eq!(compact.widths.as_deref(), Some(&widths[..]));
+    let norm = checkpoint::load_model(&mut compact, &compact_path).unwrap().unwrap();
+    let mut masked = Model::build("resnet20", 10, 0).unwrap();
+    checkpoint::load_model(&mut masked, &cfg.out.join("pruned.safetensors")).unwrap();
+    let test = sasprune::data::First { inner: &cifar.test, n: 100 };
+    let a = sasprune::train::evaluate(&mut masked, &test, norm, 50, false).unwrap();
+    let b = sasprune::train::evaluate(&mut compact, &test, norm, 50, false).unwrap();
+    assert_eq!((a.top1, a.top5), (b.top1, b.top5), "compact and masked models score differently");
+    assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0), "loss {} vs {}", a.loss, b.loss);
+    assert!(compact.store.parameter_count() < masked.store.parameter_count());
+    std::fs::remove_dir_all(&cfg.out).ok();
+}
+
+/// `--structure 2:4` with ADMM-NN: every quad of the covered layers keeps at most 2 weights, and
+/// masks.safetensors, the file a deployment tool checks, says so.
+#[test]
+fn two_four_pruning_keeps_two_of_every_four_and_writes_a_checkable_mask_file() {
+    let Some(cifar) = data() else { return };
+    let cfg =
+        PipelineConfig { structure: Structure::TwoFour, ..tiny_config(Method::ADMM, Rate::Percent(50.0), "2of4") };
+    // 268,336 / (432 + 640 + 267,264 / 2): the stem (rows of 27) and the fc layer stay dense
+    let json = run_and_check(&cfg, &cifar, (1.99, 2.0));
+    assert_eq!(json["structure"], "2:4");
+    let masks = Checkpoint::load(&cfg.out.join("masks.safetensors")).unwrap();
+    assert_eq!(masks.metadata.get("structure").map(String::as_str), Some("2:4"));
+    let w = Checkpoint::load(&cfg.out.join("pruned.safetensors")).unwrap().tensors;
+    for (name, (shape, m)) in &masks.tensors {
+        let layer = name.trim_end_matches("_mask");
+        let row = m.len() / shape[0];
+        if layer == "conv1.weight" || layer == "linear.weight" {
+            assert!(m.iter().all(|&v| v == 1.0), "{layer} stays dense");
+            continue;
+        }
+        assert_eq!(row % 4, 0, "{layer}");
+        assert!(m.chunks(4).all(|q| q.iter().filter(|&&v| v != 0.0).count() == 2), "{layer}: mask not 2:4");
+        let weights = &w[layer].1;
+        assert!(weights.chunks(4).all(|q| q.iter().filter(|&&v| v != 0.0).count() <= 2), "{layer}: weights not 2:4");
+    }
+    std::fs::remove_dir_all(&cfg.out).ok();
+}
+
+/// `compare --structures weight,filter,2:4` on the tiny budget: every method under every
+/// structure from one dense start, each in its own run directory and row.
+#[test]
+fn comparison_across_structures_runs_each_method_under_each() {
+    let Some(cifar) = data() else { return };
+    let cfg = tiny_config(Method::MAGNITUDE, Rate::Times(1.6), "compare-structures");
+    let variants =
+        compare::Variant::all(&[Method::MAGNITUDE], &[Structure::Weight, Structure::Filter, Structure::TwoFour]);
+    let rows = compare::compare(&cfg, &variants, 1, &cifar.train, &cifar.test).unwrap();
+    let labels: Vec<(String, String)> = rows.iter().map(|r| (r.method.clone(), r.structure.clone())).collect();
+    let expected = [("magnitude", "weight"), ("magnitude", "filter"), ("magnitude", "2:4")];
+    assert_eq!(labels, expected.map(|(m, s)| (m.to_string(), s.to_string())));
+    assert!(rows.iter().all(|r| r.dense == rows[0].dense), "one dense start: {rows:?}");
+    for dir in ["magnitude", "magnitude-filter", "magnitude-2of4"] {
+        assert!(cfg.out.join("seed0").join(dir).join("report.json").exists(), "{dir}");
+    }
+    assert!(cfg.out.join("seed0/magnitude-filter/compact.safetensors").exists());
+    let md = std::fs::read_to_string(cfg.out.join("compare.md")).unwrap();
+    for label in ["| magnitude |", "| magnitude filter |", "| magnitude 2:4 |"] {
+        assert!(md.lines().any(|l| l.starts_with(label)), "{label} missing:\n{md}");
+    }
+    let csv = std::fs::read_to_string(cfg.out.join("compare.csv")).unwrap();
+    assert!(csv.lines().nth(2).unwrap().ends_with(",filter"), "{csv}");
+    std::fs::remove_dir_all(&cfg.out).ok();
 }

@@ -57,13 +57,12 @@ fn resnet20_filter_plan_counts_and_multiply_adds_by_hand() {
     // by hand: a block's conv1 keeps half its rows, its conv2 half its input channels; the stem
     // (3·16·9 = 432) and the fc layer (640) stay
     for (l, &pruned) in plan.layers.iter().zip(&plan.pruned) {
-        let expected = if l.name.ends_with("conv1.weight") && l.name.starts_with("layer")
-            || l.name.ends_with("conv2.weight")
-        {
-            l.len / 2
-        } else {
-            0
-        };
+        let expected =
+            if l.name.ends_with("conv1.weight") && l.name.starts_with("layer") || l.name.ends_with("conv2.weight") {
+                l.len / 2
+            } else {
+                0
+            };
         assert_eq!(pruned, expected, "{}", l.name);
     }
     assert_eq!(plan.total(), 268_336);
@@ -181,11 +180,13 @@ fn compact_resnet_computes_the_masked_networks_logits() {
     let w = Tensor::view_into(m.store.params_flat().unwrap().storage().clone(), 0, &[m.store.prunable_len()]).unwrap();
     let (mask, removed) = g.arena_mask(&m, &w).unwrap();
     sasprune::ops::admm::multiply_in_place(&m.store.params_flat().unwrap(), &mask).unwrap();
-    assert_eq!(removed.iter().map(Vec::len).collect::<Vec<_>>(), plan.cuts.iter().map(|c| c.removed).collect::<Vec<_>>());
+    assert_eq!(
+        removed.iter().map(Vec::len).collect::<Vec<_>>(),
+        plan.cuts.iter().map(|c| c.removed).collect::<Vec<_>>()
+    );
     // the masked network holds exactly the plan's non-zero weights, its removed bn entries are 0
     let dict = m.store.state_dict().unwrap();
-    let nonzero: usize =
-        plan.layers.iter().map(|l| dict[&l.name].1.iter().filter(|&&v| v != 0.0).count()).sum();
+    let nonzero: usize = plan.layers.iter().map(|l| dict[&l.name].1.iter().filter(|&&v| v != 0.0).count()).sum();
     assert_eq!(nonzero, plan.kept());
     let bn = &dict["layer2.1.bn1.weight"].1;
     assert!(removed[4].iter().all(|&c| bn[c] == 0.0) && bn.iter().filter(|&&v| v == 0.0).count() == removed[4].len());

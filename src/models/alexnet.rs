@@ -23,7 +23,8 @@ impl AlexNet {
     pub fn new(store: &mut ParamStore, arch: &super::Arch, rng: &mut impl Rng) -> AlexNet {
         let standard = [64, 192, 384, 256, 256, 4096, 4096];
         let w: Vec<usize> = (0..7).map(|i| arch.width(i, standard[i])).collect();
-        let spec = [(0, 3, w[0], 11, 4, 2), (3, w[0], w[1], 5, 1, 2), (6, w[1], w[2], 3, 1, 1), (8, w[2], w[3], 3, 1, 1)];
+        let spec =
+            [(0, 3, w[0], 11, 4, 2), (3, w[0], w[1], 5, 1, 2), (6, w[1], w[2], 3, 1, 1), (8, w[2], w[3], 3, 1, 1)];
         let last = (10, w[3], w[4], 3, 1, 1);
         let convs = (spec.iter().chain([&last]))
             .map(|&(i, c_in, c_out, k, s, p)| {

@@ -228,11 +228,9 @@ pub fn widths_in(
     path: &std::path::Path,
 ) -> Result<Option<Vec<usize>>> {
     let Some(text) = meta.get(WIDTHS_KEY) else { return Ok(None) };
-    text.split(',')
-        .map(|w| w.trim().parse::<usize>())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map(Some)
-        .map_err(|_| Error::invalid(format!("{}: metadata '{WIDTHS_KEY}' is not a list of widths: '{text}'", path.display())))
+    text.split(',').map(|w| w.trim().parse::<usize>()).collect::<std::result::Result<Vec<_>, _>>().map(Some).map_err(
+        |_| Error::invalid(format!("{}: metadata '{WIDTHS_KEY}' is not a list of widths: '{text}'", path.display())),
+    )
 }
 
 /// The model names the command line accepts, comma-separated.
@@ -310,8 +308,9 @@ impl Model {
         let spec = spec(name)?;
         check_classes(classes)?;
         let mut scratch = ParamStore::new();
-        let standard = (spec.build)(&mut scratch, &Arch { classes, widths: None }, &mut rand::rngs::StdRng::seed_from_u64(0))
-            .channel_sets(&scratch);
+        let standard =
+            (spec.build)(&mut scratch, &Arch { classes, widths: None }, &mut rand::rngs::StdRng::seed_from_u64(0))
+                .channel_sets(&scratch);
         if standard.len() != widths.len() {
             return Err(Error::invalid(format!(
                 "{name} has {} prunable channel sets, and the compact widths name {}",

@@ -2,8 +2,8 @@
 //! settings and its phase over the vector W of prunable weights.
 
 use super::admm::{
-    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState,
-    IterationMetrics, PhaseContext, Scratch, Session,
+    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState, IterationMetrics,
+    PhaseContext, Scratch, Session,
 };
 use super::rate::Plan;
 use super::sas_admm::SasConfig;

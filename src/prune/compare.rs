@@ -14,8 +14,8 @@
 
 use super::admm::IterationMetrics;
 use super::pipeline::{self, Method, PipelineConfig};
-use super::structure::Structure;
 use super::report;
+use super::structure::Structure;
 use crate::checkpoint;
 use crate::data::Dataset;
 use crate::{Error, Result};
@@ -32,7 +32,9 @@ pub struct Variant {
 impl Variant {
     /// Every method under each structure (structures outer).
     pub fn all(methods: &[Method], structures: &[Structure]) -> Vec<Variant> {
-        (structures.iter()).flat_map(|&structure| methods.iter().map(move |&method| Variant { method, structure })).collect()
+        (structures.iter())
+            .flat_map(|&structure| methods.iter().map(move |&method| Variant { method, structure }))
+            .collect()
     }
 
     /// Its name in tables and plots: the method's, with the structure unless `weight`.
@@ -329,7 +331,10 @@ fn write_plots(dir: &std::path::Path, variants: &[Variant], rows: &[CompareRow])
             let mean = |f: fn(&CompareRow) -> f64| mean_std(&of.iter().map(|r| f(r)).collect::<Vec<_>>()).0;
             let g = of.first().map_or(0, |r| r.admm_gradients) as f64;
             let total = g + of.first().map_or(0, |r| r.retrain_gradients) as f64;
-            (v.label(), vec![(0.0, mean(|r| r.dense)), (g, mean(|r| r.after_prune)), (total, mean(|r| r.retrain_final))])
+            (
+                v.label(),
+                vec![(0.0, mean(|r| r.dense)), (g, mean(|r| r.after_prune)), (total, mean(|r| r.retrain_final))],
+            )
         })
         .collect();
     let svg = report::line_plot_svg(

@@ -4,8 +4,8 @@
 
 use super::admm::{self, AdmmNnConfig, AdmmState, IterationMetrics, PhaseContext, SasConfig};
 use super::rate::{self, Plan, Rate};
-use super::structure::{self, Grouping, Structure};
 use super::report::{self, LayerRow, PhaseScores, Report};
+use super::structure::{self, Grouping, Structure};
 use crate::checkpoint::{self, Normalize};
 use crate::data::{Dataset, First};
 use crate::models::Model;
@@ -448,7 +448,13 @@ impl Run<'_> {
 
     /// Phase 5, the report, counted from the final weights themselves: report.json / .txt, the masks,
     /// the convergence plot; under `filter` also the compact model.
-    fn report(self, model: &Model, plan: &Plan, (mask, removed): (&Tensor, &[Vec<usize>]), norm: Normalize) -> Result<Report> {
+    fn report(
+        self,
+        model: &Model,
+        plan: &Plan,
+        (mask, removed): (&Tensor, &[Vec<usize>]),
+        norm: Normalize,
+    ) -> Result<Report> {
         let (cfg, dir, log) = (self.cfg, self.dir, &self.log);
         let weights = admm::arena_prefix(model)?.to_vec()?;
         let masks = prunable_prefix(model, mask)?.to_vec()?;

@@ -100,7 +100,11 @@ impl Report {
                 dense as f64 / 1e6,
                 kept as f64 / 1e6,
                 dense as f64 / kept.max(1) as f64,
-                if self.structure == "filter" { ", all of them saved by the compact model" } else { " with sparse kernels" }
+                if self.structure == "filter" {
+                    ", all of them saved by the compact model"
+                } else {
+                    " with sparse kernels"
+                }
             );
         }
         if let Some(w) = &self.compact_widths {

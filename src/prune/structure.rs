@@ -99,7 +99,12 @@ pub fn plan_filters(layers: Vec<Layer>, sets: &[ChannelSet], rate: Rate, model: 
     };
     let mut cuts = Vec::new();
     for set in sets {
-        cuts.push(ChannelCut { set: set.clone(), producer: place(&set.producer)?, consumer: place(&set.consumer)?, removed: 0 });
+        cuts.push(ChannelCut {
+            set: set.clone(),
+            producer: place(&set.producer)?,
+            consumer: place(&set.consumer)?,
+            removed: 0,
+        });
     }
     let with = |p: f64| {
         let cuts: Vec<ChannelCut> =
@@ -195,8 +200,10 @@ impl Grouping {
         let kind = match plan.structure {
             Structure::Weight => Kind::Weights(super::admm::selection(plan)),
             Structure::TwoFour => {
-                let layers: Vec<(usize, usize)> =
-                    (plan.layers.iter().zip(&plan.pruned)).filter(|(_, &k)| k > 0).map(|(l, _)| (l.offset, l.len)).collect();
+                let layers: Vec<(usize, usize)> = (plan.layers.iter().zip(&plan.pruned))
+                    .filter(|(_, &k)| k > 0)
+                    .map(|(l, _)| (l.offset, l.len))
+                    .collect();
                 Kind::TwoFour(Quads::new(prunable, &layers)?)
             }
             Structure::Filter => {
@@ -267,9 +274,8 @@ impl Grouping {
         groups.sum_squares(w, sumsq)?;
         select::magnitude_mask(sumsq, selects, factor)?;
         let keep = factor.to_vec()?;
-        let removed: Vec<Vec<usize>> = (selects.iter())
-            .map(|s| (0..s.len).filter(|&c| keep[s.offset + c] == 0.0).collect())
-            .collect();
+        let removed: Vec<Vec<usize>> =
+            (selects.iter()).map(|s| (0..s.len).filter(|&c| keep[s.offset + c] == 0.0).collect()).collect();
         let mut mask = vec![1.0f32; arena];
         for (cut, channels) in cuts.iter().zip(&removed) {
             let (p, c) = (&layers[cut.producer], &layers[cut.consumer]);
@@ -298,45 +304,50 @@ impl Grouping {
 pub fn compact_state(model: &Model, removed: &[Vec<usize>]) -> Result<(StateDict, Vec<usize>)> {
     let sets = model.channel_sets();
     if sets.len() != removed.len() {
-        return Err(Error::invalid(format!("{} channel sets, {} lists of removed channels", sets.len(), removed.len())));
+        return Err(Error::invalid(format!(
+            "{} channel sets, {} lists of removed channels",
+            sets.len(),
+            removed.len()
+        )));
     }
     let mut dict = model.store.state_dict()?;
     let mut widths = Vec::new();
     for (set, gone) in sets.iter().zip(removed) {
         let keep: Vec<usize> = (0..set.width).filter(|c| !gone.contains(c)).collect();
         widths.push(keep.len());
-        let take = |dict: &mut StateDict, name: &str, f: &dyn Fn(&[usize], &[f32]) -> (Vec<usize>, Vec<f32>)| {
-            let (shape, v) = dict.get(name).ok_or_else(|| Error::invalid(format!("no tensor '{name}'")))?;
-            let new = f(shape, v);
-            dict.insert(name.to_string(), new);
-            Ok::<(), Error>(())
-        };
-        let rows = |shape: &[usize], v: &[f32]| {
-            let row = v.len() / shape[0];
-            let data = keep.iter().flat_map(|&c| v[c * row..(c + 1) * row].iter().copied()).collect();
-            let mut s = shape.to_vec();
-            s[0] = keep.len();
-            (s, data)
-        };
-        take(&mut dict, &set.producer, &rows)?;
-        for name in &set.per_channel {
-            take(&mut dict, name, &rows)?;
+        for name in std::iter::once(&set.producer).chain(&set.per_channel) {
+            let (shape, v) = tensor_of(&mut dict, name)?;
+            (*shape, *v) = keep_rows(shape, v, &keep);
         }
-        let span = set.span;
-        take(&mut dict, &set.consumer, &|shape: &[usize], v: &[f32]| {
-            let row = v.len() / shape[0];
-            let data = (0..shape[0])
-                .flat_map(|o| keep.iter().flat_map(move |&c| v[o * row + c * span..o * row + (c + 1) * span].iter().copied()))
-                .collect();
-            let mut s = shape.to_vec();
-            // [out, in, kh, kw] loses input channels; [out, in·span] (an fc after a conv) columns
-            if s.len() == 4 {
-                s[1] = keep.len();
-            } else {
-                s[1] = keep.len() * span;
-            }
-            (s, data)
-        })?;
+        let (shape, v) = tensor_of(&mut dict, &set.consumer)?;
+        (*shape, *v) = keep_input_channels(shape, v, &keep, set.span);
     }
     Ok((dict, widths))
+}
+
+fn tensor_of<'a>(dict: &'a mut StateDict, name: &str) -> Result<(&'a mut Vec<usize>, &'a mut Vec<f32>)> {
+    let (shape, v) = dict.get_mut(name).ok_or_else(|| Error::invalid(format!("the model has no tensor '{name}'")))?;
+    Ok((shape, v))
+}
+
+/// Rows `keep` of a tensor [rows, ...] (a weight's filters, a per-channel vector's entries).
+fn keep_rows(shape: &[usize], v: &[f32], keep: &[usize]) -> (Vec<usize>, Vec<f32>) {
+    let row = v.len() / shape[0];
+    let data = keep.iter().flat_map(|&c| &v[c * row..(c + 1) * row]).copied().collect();
+    let mut s = shape.to_vec();
+    s[0] = keep.len();
+    (s, data)
+}
+
+/// Input channels `keep` of a weight [out, in, kh, kw] (span kh·kw), or [out, in·span] (an fc
+/// layer after a conv: span columns per channel).
+fn keep_input_channels(shape: &[usize], v: &[f32], keep: &[usize], span: usize) -> (Vec<usize>, Vec<f32>) {
+    let row = v.len() / shape[0];
+    let data = (0..shape[0])
+        .flat_map(|o| keep.iter().flat_map(move |&c| &v[o * row + c * span..o * row + (c + 1) * span]))
+        .copied()
+        .collect();
+    let mut s = shape.to_vec();
+    s[1] = if s.len() == 4 { keep.len() } else { keep.len() * span };
+    (s, data)
 }

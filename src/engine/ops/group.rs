@@ -162,7 +162,8 @@ impl Quads {
         }
         for piece in &self.pieces {
             let chunks = (piece.len / 4).div_ceil(WG * 4).clamp(1, 1024) as u32;
-            let bound = [&piece.table, &flat_view(x, piece.start, piece.len)?, &flat_view(out, piece.start, piece.len)?];
+            let bound =
+                [&piece.table, &flat_view(x, piece.start, piece.len)?, &flat_view(out, piece.start, piece.len)?];
             launch(&TWO_FOUR, &params(piece.count, mode, tau), &bound, [chunks, piece.count, 1])?;
         }
         Ok(())

@@ -71,7 +71,8 @@ pub fn magnitude_mask(x: &Tensor, layers: &[LayerSelect], mask: &Tensor) -> Resu
     launch(&SET_QUOTA, &p, &[&table, &state, &counts], small)?;
     for piece in &pieces {
         let params = Params { layers: piece.count, mode: 0, _pad: [0; 2] };
-        let bound = [&piece.table, &state, &flat_view(x, piece.start, piece.len)?, &flat_view(mask, piece.start, piece.len)?];
+        let bound =
+            [&piece.table, &state, &flat_view(x, piece.start, piece.len)?, &flat_view(mask, piece.start, piece.len)?];
         launch(&MASK, &params, &bound, [piece.count.div_ceil(64), 1, 1])?;
     }
     Ok(())
