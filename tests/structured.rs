@@ -210,3 +210,31 @@ fn compact_resnet_computes_the_masked_networks_logits() {
     let e = Model::build_compact("resnet20", 10, &[17, 16, 16, 32, 32, 32, 64, 64, 64], 0).err().unwrap().to_string();
     assert!(e.contains("17") && e.contains("layer1.0.conv1.weight"), "{e}");
 }
+
+/// AlexNet's chain of channel sets (conv → conv, the last conv → fc1 in 36 columns per channel,
+/// fc → fc): the compact network computes the masked one's logits.
+#[test]
+fn compact_alexnet_computes_the_masked_networks_logits() {
+    let mut m = Model::build("alexnet", 10, 4).unwrap();
+    // biases start at 0: give every channel one, so hard pruning must remove a channel's bias too
+    let mut dict = m.store.state_dict().unwrap();
+    let mut rng = Rng::new(62);
+    for (_, (_, v)) in dict.iter_mut().filter(|(n, _)| n.ends_with(".bias")) {
+        v.iter_mut().for_each(|b| *b = 0.05 * rng.uniform() as f32);
+    }
+    m.store.load_state_dict(&dict, "biased").unwrap();
+    let plan = filter_plan(&m, Rate::Percent(90.0));
+    let p = m.store.prunable_len();
+    let g = Grouping::new(&plan, p).unwrap();
+    let w = Tensor::view_into(m.store.params_flat().unwrap().storage().clone(), 0, &[p]).unwrap();
+    let (mask, removed) = g.arena_mask(&m, &w).unwrap();
+    sasprune::ops::admm::multiply_in_place(&m.store.params_flat().unwrap(), &mask).unwrap();
+    let x = tensor(&rng.vec(2 * 3 * 224 * 224), &[2, 3, 224, 224]);
+    let masked = logits(&mut m, &x);
+    let (state, widths) = structure::compact_state(&m, &removed).unwrap();
+    assert_eq!(widths, [6, 19, 38, 25, 25, 409, 409], "⌈90%⌉ of each set removed");
+    let mut compact = Model::build_compact("alexnet", 10, &widths, 0).unwrap();
+    compact.store.load_state_dict(&state, "compact").unwrap();
+    assert_eq!(compact.store.entry(compact.store.find("classifier.1.weight").unwrap()).shape, [409, 25 * 36]);
+    assert_close("compact AlexNet logits", &logits(&mut compact, &x), &masked, (1e-4, 1e-3));
+}
