@@ -178,8 +178,17 @@ struct Run<'a> {
 impl Run<'_> {
     fn announce(&self, plan: &Plan) {
         let cfg = self.cfg;
-        let conv = match (&cfg.layer_rates, conv_percentage(plan)) {
-            (None, Some(p)) => format!(", conv layers at {p:.2}%"),
+        let conv = match (plan.structure, &cfg.layer_rates, conv_percentage(plan)) {
+            (Structure::Weight, None, Some(p)) => format!(", conv layers at {p:.2}%"),
+            (Structure::Filter, ..) => {
+                let removed: usize = plan.cuts.iter().map(|c| c.removed).sum();
+                let channels: usize = plan.cuts.iter().map(|c| c.set.width).sum();
+                format!(", filters: {removed} of {channels} channels in {} channel sets removed", plan.cuts.len())
+            }
+            (Structure::TwoFour, ..) => {
+                let layers = plan.pruned.iter().filter(|&&k| k > 0).count();
+                format!(", 2:4: 2 of every 4 weights in {layers} of {} layers", plan.layers.len())
+            }
             _ => String::new(),
         };
         println!(

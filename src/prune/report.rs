@@ -109,7 +109,13 @@ impl Report {
         }
         if let Some(w) = &self.compact_widths {
             let widths: Vec<String> = w.iter().map(|x| x.to_string()).collect();
-            let _ = writeln!(s, "compact model: compact.safetensors, channel-set widths {}", widths.join(","));
+            let _ = writeln!(
+                s,
+                "compact model: compact.safetensors, channel-set widths {} (its speed beside the dense model's: \
+                 sasprune bench --compact <run>/compact.safetensors --filter {})",
+                widths.join(","),
+                self.model
+            );
         }
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}%"));
         let t = &self.top1;
