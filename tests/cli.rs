@@ -679,4 +679,38 @@ fn filter_pruning_from_the_command_line_gives_a_compact_model_that_eval_export_a
     // a standard checkpoint is not a compact one
     let (ok, _, stderr) = sasprune(&["bench", "--quick", "--compact", &pruned, "--out", jsonl.to_str().unwrap()]);
     assert!(!ok && stderr.contains("not a compact one"), "{stderr}");
+    // the compact model as a start: trained further, and pruned again (unstructured) by the pipeline
+    let trained = t.tmp.path().join("train-compact").display().to_string();
+    let (ok, _, stderr) = sasprune(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--weights",
+        &compact,
+        "--data",
+        &t.data,
+        "--out",
+        &trained,
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+    ]);
+    assert!(ok, "{stderr}");
+    let again = t.tmp.path().join("run-from-compact").display().to_string();
+    let quick: Vec<&str> = "--rate 1.5x --schedule quick --outer 1 --inner 1 --k0 1 --k-avg 1 --batch 8 \
+                            --retrain-epochs 1 --retrain-batch 8 --subset 16 --eval-limit 8"
+        .split_whitespace()
+        .collect();
+    let args: Vec<&str> = ["--model", "resnet20", "--data", &t.data, "--out", &again, "--weights", &compact]
+        .into_iter()
+        .chain(quick)
+        .collect();
+    let (ok, stdout, stderr) = sasprune(&args);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(PathBuf::from(&again).join("report.json")).unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(PathBuf::from(&t.run).join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["weights"], first["kept"], "the compact start's conv + fc weights are the first run's kept ones");
 }

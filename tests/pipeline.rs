@@ -581,6 +581,12 @@ fn filter_pruning_removes_whole_channels_and_its_compact_model_scores_the_same()
     assert_eq!((a.top1, a.top5), (b.top1, b.top5), "compact and masked models score differently");
     assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0), "loss {} vs {}", a.loss, b.loss);
     assert!(compact.store.parameter_count() < masked.store.parameter_count());
+    // the finished run, run again: every phase reloads (the mask found again from the saved
+    // weights' zero filters) and the same compact model is written
+    let before = std::fs::read(&compact_path).unwrap();
+    let again = pipeline::run(&cfg, &cifar.train, &cifar.test).unwrap();
+    assert_eq!(again.compact_widths.as_deref(), Some(&widths[..]));
+    assert_eq!(std::fs::read(&compact_path).unwrap(), before, "compact.safetensors changed");
     std::fs::remove_dir_all(&cfg.out).ok();
 }
 

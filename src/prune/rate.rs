@@ -168,18 +168,24 @@ pub fn plan_uniform(layers: Vec<Layer>, rate: Rate, fc_dense: bool) -> Result<Pl
                     most.rate()
                 )));
             }
-            let (mut lo, mut hi) = (0.0f64, 1.0 - 1e-12);
-            for _ in 0..60 {
-                let mid = 0.5 * (lo + hi);
-                if with(mid).rate() >= r {
-                    hi = mid;
-                } else {
-                    lo = mid;
-                }
-            }
-            Ok(with(hi))
+            Ok(with(smallest_share_reaching(r, 1.0 - 1e-12, |p| with(p).rate())))
         }
     }
+}
+
+/// The smallest share p in [0, `most`] whose plan reaches compression `r` (`rate_at(p)`, which
+/// grows with p, at least r; `rate_at(most)` must reach it), by bisection to f64 precision.
+pub fn smallest_share_reaching(r: f64, most: f64, rate_at: impl Fn(f64) -> f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, most);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if rate_at(mid) >= r {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
 }
 
 /// A plan from a file of `layer-name percentage` lines (`#` comments; `85` and `85%` both mean

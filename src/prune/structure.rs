@@ -123,16 +123,7 @@ pub fn plan_filters(layers: Vec<Layer>, sets: &[ChannelSet], rate: Rate, model: 
                     most.rate()
                 )));
             }
-            let (mut lo, mut hi) = (0.0f64, 1.0);
-            for _ in 0..60 {
-                let mid = 0.5 * (lo + hi);
-                if with(mid).rate() >= r {
-                    hi = mid;
-                } else {
-                    lo = mid;
-                }
-            }
-            with(hi)
+            with(super::rate::smallest_share_reaching(r, 1.0, |p| with(p).rate()))
         }
     };
     plan.check_prunes_something(&format!("--rate {rate} with --structure filter"))?;
