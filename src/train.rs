@@ -425,6 +425,7 @@ pub fn train(
         first_step: start.step,
         images: Vec::new(),
         labels: Vec::new(),
+        batch: None,
         step: start.step,
         started: Instant::now(),
         trained_images: 0,
@@ -469,6 +470,9 @@ struct TrainingRun<'a> {
     /// Host staging of one batch, reused every step.
     images: Vec<f32>,
     labels: Vec<f32>,
+    /// The device tensors the batch is uploaded into, reused while the batch size stays (an
+    /// epoch's shorter last batch gets its own).
+    batch: Option<(Tensor, Tensor)>,
     step: usize,
     started: Instant,
     trained_images: usize,
@@ -556,6 +560,19 @@ impl<'a> TrainingRun<'a> {
         check_loss(reduce::sum(&e.loss_sum)?.item()?, self.step, e.index, self.dir, &self.cfg.divergence_hint)
     }
 
+    /// The staged batch of `n` images on the device, in the tensors of the last step when it had
+    /// as many (the queue orders the upload after the kernels already recorded that read them).
+    fn upload_batch(&mut self, n: usize) -> Result<(Tensor, Tensor)> {
+        let (_, h, w) = self.model.input;
+        if self.batch.as_ref().is_none_or(|(_, y)| y.numel() != n) {
+            self.batch = Some((Tensor::zeros(&[n, 3, h, w])?, Tensor::zeros(&[n])?));
+        }
+        let (x, y) = self.batch.clone().expect("set above");
+        x.write(&self.images)?;
+        y.write(&self.labels)?;
+        Ok((x, y))
+    }
+
     /// One SGD step on the next batch of the epoch's order, with its progress display and the
     /// periodic save.
     fn train_step(&mut self, e: &mut Epoch) -> Result<()> {
@@ -565,9 +582,7 @@ impl<'a> TrainingRun<'a> {
         let idx = &e.order[i * cfg.batch..((i + 1) * cfg.batch).min(self.n)];
         let mut rng = rng_for(cfg.seed, stream::TRAIN_AUGMENT, step as u64);
         fill_batch(self.train, idx, &self.spec, &mut rng, &mut self.images, &mut self.labels);
-        let (_, h, w) = self.model.input;
-        let x = Tensor::from_slice(&self.images, &[idx.len(), 3, h, w])?;
-        let y = Tensor::from_slice(&self.labels, &[idx.len()])?;
+        let (x, y) = self.upload_batch(idx.len())?;
         let lr = cfg.lr_at(e.index, step, self.total_steps);
         let l = self.model.gradient(&x, &y, key_for(cfg.seed, stream::TRAIN_DROPOUT, step as u64))?;
         crate::ops::elementwise::axpy(1.0, &l, &e.loss_sum)?;
