@@ -110,6 +110,30 @@ fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
     assert!(m[432..512].iter().all(|&v| v == 1.0), "gaps between layers stay untouched");
 }
 
+/// The structured Z-step's two halves around an element-wise soft threshold are the fused
+/// `sas_dual`: the same reference, through sas_split → soft_threshold_in_place → sas_close.
+fn sas_split_and_close_around_the_soft_threshold_match_the_fused_reference() {
+    let mut rng = Rng::new(47);
+    let n = 5_003;
+    let w = f32_exact(&rng.vec(n));
+    let z = f32_exact(&rng.vec(n));
+    let u: Vec<f64> = f32_exact(&rng.vec(n).iter().map(|x| x * 0.01).collect::<Vec<_>>());
+    let (wt, zt, ut) = (tensor(&w, &[n]), tensor(&z, &[n]), tensor(&u, &[n]));
+    let (v, dz, res) = (tensor(&vec![0.0; n], &[n]), tensor(&vec![0.0; n], &[n]), tensor(&vec![0.0; n], &[n]));
+    admm::sas_split(&wt, &zt, &ut, &v, &dz, 0.04, 0.9).unwrap();
+    let u_half: Vec<f64> = (0..n).map(|i| u[i] - 0.9 * 0.04 * (w[i] - z[i])).collect();
+    assert_close("sas_split U½", &values(&ut), &u_half, (1e-5, 1e-3));
+    assert_close("sas_split −Z", &values(&dz), &z.iter().map(|x| -x).collect::<Vec<_>>(), (0.0, 0.0));
+    admm::soft_threshold_in_place(&v, 0.01 / 0.04).unwrap();
+    admm::mix(&v, &v, &zt, 1.0).unwrap();
+    admm::sas_close(&wt, &zt, &ut, &dz, &res, 0.04, 1.09).unwrap();
+    let (rz, ru, rdz, rres) = cpu::sas_dual(&w, &z, &u, 0.04, 0.01, 0.9, 1.09);
+    assert_close("split Z-step (soft threshold)", &values(&zt), &rz, ELEMENTWISE);
+    assert_close("split dual updates U", &values(&ut), &ru, (1e-5, 1e-3));
+    assert_close("split dz", &values(&dz), &rdz, ELEMENTWISE);
+    assert_close("split W − Z", &values(&res), &rres, ELEMENTWISE);
+}
+
 /// Groups of odd sizes over a vector with gaps: filters of 27, 144 and 1,500 weights (longer than
 /// a tiny piece, so they cross piece boundaries), one- and zero-weight groups, a zero group.
 fn odd_groups() -> (usize, Vec<(usize, usize)>) {
@@ -195,6 +219,11 @@ fn sas_admm_duals_and_soft_threshold_whole_and_in_pieces() {
 #[test]
 fn admm_nn_kernels_and_hard_prune_whole_and_in_pieces() {
     whole_and_in_pieces(admm_nn_gradient_and_dual_match_reference);
+}
+
+#[test]
+fn sas_split_and_close_whole_and_in_pieces() {
+    whole_and_in_pieces(sas_split_and_close_around_the_soft_threshold_match_the_fused_reference);
 }
 
 #[test]

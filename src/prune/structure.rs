@@ -224,7 +224,7 @@ impl Grouping {
     /// soft-thresholded, the others 0), `z = v` where the structure prunes nothing. Under
     /// `weight` the element-wise soft threshold everywhere (SAS-ADMM runs its fused kernel instead).
     pub fn prox(&self, v: &Tensor, z: &Tensor, tau: f32) -> Result<()> {
-        admm_ops::mix(v, v, z, 1.0)?;
+        super::admm::copy(v, z)?;
         match &self.kind {
             Kind::Weights(_) => admm_ops::soft_threshold_in_place(z, tau),
             Kind::Filters { groups, sumsq, factor, .. } => groups.soft_threshold(z, tau, sumsq, factor),
@@ -242,13 +242,22 @@ impl Grouping {
                 elementwise::fill(mask, 1.0)?;
                 quads.mask(x, mask)
             }
-            Kind::Filters { groups, selects, sumsq, factor, .. } => {
-                groups.sum_squares(x, sumsq)?;
-                select::magnitude_mask(sumsq, selects, factor)?;
+            Kind::Filters { groups, factor, .. } => {
+                self.keep_filters(x)?;
                 elementwise::fill(mask, 1.0)?;
                 groups.scale(mask, factor)
             }
         }
+    }
+
+    /// Under `filter`: 1 (kept) or 0 in `factor` for each filter row, by the rows' ‖x_g‖₂ per
+    /// channel set.
+    fn keep_filters(&self, x: &Tensor) -> Result<()> {
+        if let Kind::Filters { groups, selects, sumsq, factor, .. } = &self.kind {
+            groups.sum_squares(x, sumsq)?;
+            select::magnitude_mask(sumsq, selects, factor)?;
+        }
+        Ok(())
     }
 
     /// Hard pruning's mask over the whole parameter arena from the prunable weights `w`: the
@@ -257,13 +266,12 @@ impl Grouping {
     /// under `filter`, the removed channels of each cut.
     pub fn arena_mask(&self, model: &Model, w: &Tensor) -> Result<(Tensor, Vec<Vec<usize>>)> {
         let arena = model.store.params_flat()?.numel();
-        let Kind::Filters { groups, selects, sumsq, factor, cuts, layers } = &self.kind else {
+        let Kind::Filters { selects, factor, cuts, layers, .. } = &self.kind else {
             let mask = Tensor::full(&[arena], 1.0)?;
             self.projection_mask(w, &Tensor::view_into(mask.storage().clone(), 0, &[self.prunable])?)?;
             return Ok((mask, Vec::new()));
         };
-        groups.sum_squares(w, sumsq)?;
-        select::magnitude_mask(sumsq, selects, factor)?;
+        self.keep_filters(w)?;
         let keep = factor.to_vec()?;
         let removed: Vec<Vec<usize>> =
             (selects.iter()).map(|s| (0..s.len).filter(|&c| keep[s.offset + c] == 0.0).collect()).collect();
