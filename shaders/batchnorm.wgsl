@@ -5,6 +5,8 @@
 // PyTorch does (momentum m; the running variance takes the unbiased batch variance).
 // Eval mode uses the running statistics.
 //   x, y, dy, dx [n, c, hw]     gamma, beta, running_* [c]
+//   (x, y, dy, dx and the residual are bound as t<binding>: f32, or f16 under mixed precision;
+//   statistics, parameters and every sum are f32)
 //   stat [2c]: the mean in stat[0..c], 1/sqrt(var + eps) in stat[c..2c] (one binding for
 //   both keeps the backward kernel within 8 storage bindings, WebGPU's default limit)
 // Per-channel reductions run in two levels so that a large GPU has work for all its cores: a
@@ -40,7 +42,7 @@ fn at_chunk(ch: u32, q: u32, j: u32) -> u32 {
 //#section stats_partial
 // Workgroup (q, ch): the mean and sum of squared deviations (M2) of chunk q of channel ch, two
 // passes over the chunk (the second reads it from cache) for accuracy.
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
 @group(0) @binding(2) var<storage, read_write> partial_out: array<f32>;
 @compute @workgroup_size(WG)
 fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -48,11 +50,11 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let ch = wid.y;
     let len = chunk_len(q);
     var s = 0.0;
-    for (var j = lid.x; j < len; j += WG) { s += x[at_chunk(ch, q, j)]; }
+    for (var j = lid.x; j < len; j += WG) { s += f32(x[at_chunk(ch, q, j)]); }
     let mu = workgroup_sum(s, lid.x) / f32(len);
     var m2 = 0.0;
     for (var j = lid.x; j < len; j += WG) {
-        let d = x[at_chunk(ch, q, j)] - mu;
+        let d = f32(x[at_chunk(ch, q, j)]) - mu;
         m2 += d * d;
     }
     let total_m2 = workgroup_sum(m2, lid.x);
@@ -116,19 +118,19 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 //#section normalize
 // y = (x - mean) * invstd * gamma + beta, then max(y, 0) when fused with the ReLU.
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
 @group(0) @binding(2) var<storage, read> stat: array<f32>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<t5>;
 @compute @workgroup_size(WG)
 fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
         if (i >= p.n * p.c * p.hw) { return; }
         let ch = (i / p.hw) % p.c;
-        let v = (x[i] - stat[ch]) * stat[p.c + ch] * gamma[ch] + beta[ch];
-        y[i] = select(v, max(v, 0.0), p.relu != 0u);
+        let v = (f32(x[i]) - stat[ch]) * stat[p.c + ch] * gamma[ch] + beta[ch];
+        y[i] = t5(select(v, max(v, 0.0), p.relu != 0u));
     }
 }
 
@@ -136,32 +138,32 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 // Evaluation without a graph, in one pass: y = bn(x) with the running statistics (no stat
 // kernel before it), plus the residual r when p.residual != 0 (the second batch norm of a
 // ResNet block with its shortcut), then max(y, 0) when p.relu != 0.
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read> running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read> running_var: array<f32>;
-@group(0) @binding(6) var<storage, read> res: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> res: array<t6>;
+@group(0) @binding(7) var<storage, read_write> y: array<t7>;
 @compute @workgroup_size(WG)
 fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
         if (i >= p.n * p.c * p.hw) { return; }
         let ch = (i / p.hw) % p.c;
-        var v = (x[i] - running_mean[ch]) * inverseSqrt(running_var[ch] + p.eps) * gamma[ch] + beta[ch];
-        if (p.residual != 0u) { v += res[i]; }
-        y[i] = select(v, max(v, 0.0), p.relu != 0u);
+        var v = (f32(x[i]) - running_mean[ch]) * inverseSqrt(running_var[ch] + p.eps) * gamma[ch] + beta[ch];
+        if (p.residual != 0u) { v += f32(res[i]); }
+        y[i] = t7(select(v, max(v, 0.0), p.relu != 0u));
     }
 }
 
 //#section backward_partial
 // Workgroup (q, ch): over chunk q of channel ch, the sums of g and of g * xhat, where g is dy
 // (masked by y > 0 when fused with the ReLU).
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<t1>;
+@group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read> stat: array<f32>;
-@group(0) @binding(4) var<storage, read> y: array<f32>;
+@group(0) @binding(4) var<storage, read> y: array<t4>;
 @group(0) @binding(5) var<storage, read_write> partial_out: array<f32>;
 @compute @workgroup_size(WG)
 fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -174,9 +176,9 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var sdx = 0.0;
     for (var j = lid.x; j < len; j += WG) {
         let k = at_chunk(ch, q, j);
-        let g = select(dy[k], 0.0, p.relu != 0u && y[k] <= 0.0);
+        let g = select(f32(dy[k]), 0.0, p.relu != 0u && f32(y[k]) <= 0.0);
         sd += g;
-        sdx += g * (x[k] - mu) * inv;
+        sdx += g * (f32(x[k]) - mu) * inv;
     }
     let total = workgroup_sum2(vec2<f32>(sd, sdx), lid.x);
     if (lid.x == 0u) {
@@ -209,14 +211,14 @@ fn backward_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 //#section backward_input
 // Training: dx = gamma*invstd/count * (count*g - dbeta - xhat*dgamma)  (the batch statistics
 // depend on x). Eval: dx = g * gamma * invstd. g is dy, masked by y > 0 when fused.
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<t1>;
+@group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> dgamma: array<f32>;
 @group(0) @binding(6) var<storage, read> dbeta: array<f32>;
-@group(0) @binding(7) var<storage, read> y: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(7) var<storage, read> y: array<t7>;
+@group(0) @binding(8) var<storage, read_write> dx: array<t8>;
 @compute @workgroup_size(WG)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let count = f32(p.n * p.hw);
@@ -224,13 +226,13 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let i = element(wid, lid, nwg, r);
         if (i >= p.n * p.c * p.hw) { return; }
         let ch = (i / p.hw) % p.c;
-        let g = select(dy[i], 0.0, p.relu != 0u && y[i] <= 0.0);
+        let g = select(f32(dy[i]), 0.0, p.relu != 0u && f32(y[i]) <= 0.0);
         let inv = stat[p.c + ch];
         if (p.eval_mode != 0u) {
-            dx[i] = g * gamma[ch] * inv;
+            dx[i] = t8(g * gamma[ch] * inv);
         } else {
-            let xhat = (x[i] - stat[ch]) * inv;
-            dx[i] = gamma[ch] * inv / count * (count * g - dbeta[ch] - xhat * dgamma[ch]);
+            let xhat = (f32(x[i]) - stat[ch]) * inv;
+            dx[i] = t8(gamma[ch] * inv / count * (count * g - dbeta[ch] - xhat * dgamma[ch]));
         }
     }
 }

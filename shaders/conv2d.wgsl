@@ -6,6 +6,8 @@
 // grad_input   dx[ci, (b,iy,ix)]     = sum_{(co,ky,kx)} w[co, ci,ky,kx] * dy[b, co, (iy+pad-ky)/s, (ix+pad-kx)/s]
 // grad_weight  dw[co, (ci,ky,kx)]    = sum_{(b,oy,ox)}  dy[b, co, oy, ox] * x[b, ci, oy*s+ky-pad, ox*s+kx-pad]
 // (grad_weight reduces over the batch: it is split over workgroup z into partial sums.)
+// Activations (x, y, dy, dx) are bound as t<binding> (f32, or f16 under mixed precision, see
+// gpu::Kernel); weights, bias and dw are f32. Every product and sum is f32.
 
 struct Params {
     n: u32, c_in: u32, h: u32, w: u32,
@@ -76,9 +78,9 @@ fn odometer(r: BRow, step: i32, outer: u32) -> BRow {
 //#section forward
 fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<t4>;
 fn load_a(m: u32, k: u32, z: u32) -> f32 { return wt[m * p.gk + k]; }
 // column j = (b, oy, ox): image b, origin (oy*s - pad, ox*s - pad)
 fn b_col(j: u32, z: u32) -> BCol {
@@ -96,20 +98,20 @@ fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let iy = c.y + r.y;
     let ix = c.x + r.x;
     if (!inside(iy, ix, p.h, p.w)) { return 0.0; }
-    return x[c.off + r.off + u32(iy) * p.w + u32(ix)];
+    return f32(x[c.off + r.off + u32(iy) * p.w + u32(ix)]);
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) {
     var r = v;
     if (p.has_bias != 0u) { r += bias[co]; }
     let b = div(j, p.howo, p.r_howo);
-    y[(b * p.c_out + co) * p.howo + j - b * p.howo] = r;
+    y[(b * p.c_out + co) * p.howo + j - b * p.howo] = t4(r);
 }
 
 //#section grad_input
 fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<t2>;
+@group(0) @binding(3) var<storage, read_write> dx: array<t3>;
 fn load_a(ci: u32, k: u32, z: u32) -> f32 {
     // k = (co, ky, kx)
     let co = div(k, p.khw, p.r_khw);
@@ -132,22 +134,22 @@ fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let oy = c.y + r.y;
     let ox = c.x + r.x;
     if (!inside(oy, ox, p.ho, p.wo)) { return 0.0; }
-    return dy[c.off + r.off + u32(oy) * p.wo + u32(ox)];
+    return f32(dy[c.off + r.off + u32(oy) * p.wo + u32(ox)]);
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let b = div(j, p.hw, p.r_hw);
-    dx[(b * p.c_in + ci) * p.hw + j - b * p.hw] = v;
+    dx[(b * p.c_in + ci) * p.hw + j - b * p.hw] = t3(v);
 }
 
 //#section grad_weight
 fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<t1>;
+@group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
 fn load_a(co: u32, k: u32, z: u32) -> f32 {
     // k = (b, oy, ox)
     let b = div(k, p.howo, p.r_howo);
-    return dy[(b * p.c_out + co) * p.howo + k - b * p.howo];
+    return f32(dy[(b * p.c_out + co) * p.howo + k - b * p.howo]);
 }
 // column j = (ci, ky, kx): channel ci, tap (ky - pad, kx - pad)
 fn b_col(j: u32, z: u32) -> BCol {
@@ -165,7 +167,7 @@ fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let iy = c.y + r.y;
     let ix = c.x + r.x;
     if (!inside(iy, ix, p.h, p.w)) { return 0.0; }
-    return x[c.off + r.off + u32(iy) * p.w + u32(ix)];
+    return f32(x[c.off + r.off + u32(iy) * p.w + u32(ix)]);
 }
 fn store_c(co: u32, j: u32, z: u32, v: f32) { dw[(z * p.gm + co) * p.gn + j] = v; }
 
@@ -175,8 +177,8 @@ fn store_c(co: u32, j: u32, z: u32, v: f32) { dw[(z * p.gm + co) * p.gn + j] = v
 // ky ≡ (py + pad) mod s (and likewise kx) reach such a pixel, so each class is a dense GEMM with
 // K_z = c_out · ty · tx instead of c_out · kh · kw mostly multiplied by zeros.
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<t2>;
+@group(0) @binding(3) var<storage, read_write> dx: array<t3>;
 
 struct Class { py: u32, px: u32, ky0: u32, kx0: u32, ty: u32, tx: u32, hq: u32, wq: u32 }
 
@@ -240,7 +242,7 @@ fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
     let oy = c.y + r.y;
     let ox = c.x + r.x;
     if (!c.ok || !inside(oy, ox, p.ho, p.wo)) { return 0.0; }
-    return dy[c.off + r.off + u32(oy) * p.wo + u32(ox)];
+    return f32(dy[c.off + r.off + u32(oy) * p.wo + u32(ox)]);
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let c = class_of(z);
@@ -251,7 +253,7 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let qy = div(q, c.wq, 1.0 / f32(c.wq));
     let iy = c.py + p.stride * qy;
     let ix = c.px + p.stride * (q - qy * c.wq);
-    dx[((b * p.c_in + ci) * p.h + iy) * p.w + ix] = v;
+    dx[((b * p.c_in + ci) * p.h + iy) * p.w + ix] = t3(v);
 }
 
 //#section direct3x3
@@ -267,9 +269,9 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
 // output channels (workgroup y), so tiles may span images: the row above an image's first row
 // and below its last is taken as zero. Needs w % 4 == 0 and w <= 128.
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
-@group(0) @binding(2) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<t2>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<t4>;
 
 const DT: u32 = 128u;                              // threads
 const DC: u32 = 4u;                                // input channels per step
@@ -309,7 +311,7 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             if (c0 + ci < c_all && gr >= 0 && gr < i32(rows) && gx >= 0 && gx < i32(w)) {
                 let gb = u32(gr) / h;
                 let gy = u32(gr) - gb * h;
-                v = src[((gb * c_all + c0 + ci) * h + gy) * w + u32(gx)];
+                v = f32(src[((gb * c_all + c0 + ci) * h + gy) * w + u32(gx)]);
             }
             dtile[e] = v;
         }
@@ -361,7 +363,7 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             var bv = 0.0;
             if (p.has_bias != 0u) { bv = bias[m]; }
             let o = ((b * m_all + m) * h + y) * w + x0;
-            for (var px = 0u; px < 4u; px++) { dst[o + px] = acc[4u * px + j][e] + bv; }
+            for (var px = 0u; px < 4u; px++) { dst[o + px] = t4(acc[4u * px + j][e] + bv); }
         }
     }
 }

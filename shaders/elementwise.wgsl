@@ -1,4 +1,5 @@
-// Element-wise kernels over flat f32 arrays of length n. A workgroup of 256 threads covers 1024
+// Element-wise kernels over flat arrays of length n (each binding f32, or f16 under mixed
+// precision: t<binding>, see gpu::Kernel; the arithmetic is f32). A workgroup of 256 threads covers 1024
 // consecutive elements, each thread 4 of them 256 apart: every load is coalesced across the
 // workgroup and a thread has 4 independent loads in flight, which a large GPU needs to reach its
 // memory bandwidth (one element per thread left the H200 at a fifth of it). The grid may be
@@ -30,108 +31,108 @@ fn keep(i: u32) -> bool {
 }
 
 //#section fill
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<t1>;
 @compute @workgroup_size(WG)
 fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { out[i] = p.alpha; }
+        if (i < p.n) { out[i] = t1(p.alpha); }
     }
 }
 
 //#section add
 // out = a + b
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<t1>;
+@group(0) @binding(2) var<storage, read> b: array<t2>;
+@group(0) @binding(3) var<storage, read_write> out: array<t3>;
 @compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { out[i] = a[i] + b[i]; }
+        if (i < p.n) { out[i] = t3(f32(a[i]) + f32(b[i])); }
     }
 }
 
 //#section add_relu
 // out = max(a + b, 0)
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<t1>;
+@group(0) @binding(2) var<storage, read> b: array<t2>;
+@group(0) @binding(3) var<storage, read_write> out: array<t3>;
 @compute @workgroup_size(WG)
 fn add_relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { out[i] = max(a[i] + b[i], 0.0); }
+        if (i < p.n) { out[i] = t3(max(f32(a[i]) + f32(b[i]), 0.0)); }
     }
 }
 
 //#section scale
 // out = alpha * x
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
+@group(0) @binding(2) var<storage, read_write> out: array<t2>;
 @compute @workgroup_size(WG)
 fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { out[i] = p.alpha * x[i]; }
+        if (i < p.n) { out[i] = t2(p.alpha * f32(x[i])); }
     }
 }
 
 //#section axpy
 // y += alpha * x, in place
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
+@group(0) @binding(2) var<storage, read_write> y: array<t2>;
 @compute @workgroup_size(WG)
 fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { y[i] = y[i] + p.alpha * x[i]; }
+        if (i < p.n) { y[i] = t2(f32(y[i]) + p.alpha * f32(x[i])); }
     }
 }
 
 //#section relu
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
+@group(0) @binding(2) var<storage, read_write> out: array<t2>;
 @compute @workgroup_size(WG)
 fn relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { out[i] = max(x[i], 0.0); }
+        if (i < p.n) { out[i] = t2(max(f32(x[i]), 0.0)); }
     }
 }
 
 //#section relu_backward
 // dx = dy where the forward output y > 0 (equivalently x > 0), else 0
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
-@group(0) @binding(2) var<storage, read> y: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<t1>;
+@group(0) @binding(2) var<storage, read> y: array<t2>;
+@group(0) @binding(3) var<storage, read_write> dx: array<t3>;
 @compute @workgroup_size(WG)
 fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { dx[i] = select(0.0, dy[i], y[i] > 0.0); }
+        if (i < p.n) { dx[i] = t3(select(0.0, f32(dy[i]), f32(y[i]) > 0.0)); }
     }
 }
 
 //#section dropout
 // out = x * keep / (1 - p): used for both directions (the backward applies the same mask to dy)
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
+@group(0) @binding(2) var<storage, read_write> out: array<t2>;
 @compute @workgroup_size(WG)
 fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { out[i] = select(0.0, x[i] * p.beta, keep(i)); }
+        if (i < p.n) { out[i] = t2(select(0.0, f32(x[i]) * p.beta, keep(i))); }
     }
 }
 
 //#section dropout_mask
 // out = the 0/1 keep mask, so tests can check the kernel against the reference
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<t1>;
 @compute @workgroup_size(WG)
 fn dropout_mask(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
-        if (i < p.n) { out[i] = select(0.0, 1.0, keep(i)); }
+        if (i < p.n) { out[i] = t1(select(0.0, 1.0, keep(i))); }
     }
 }

@@ -2,6 +2,7 @@
 // per output, backward kernels a thread per input element that gathers from the outputs whose
 // window contains it (no atomics needed).
 //   x, dx [n*c, h, w]     y, dy [n*c, oh, ow]     idx [n*c, oh, ow] (argmax as iy*w+ix, stored as f32)
+// x, y, dy, dx are bound as t<binding> (f32, or f16 under mixed precision); sums are f32.
 
 struct Params {
     planes: u32, h: u32, w: u32, oh: u32,
@@ -19,8 +20,8 @@ fn window(o: u32, len: u32, out: u32) -> vec2<u32> {
 }
 
 //#section max_forward
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
+@group(0) @binding(2) var<storage, read_write> y: array<t2>;
 @group(0) @binding(3) var<storage, read_write> idx: array<f32>;
 @compute @workgroup_size(WG)
 fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -39,18 +40,18 @@ fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
             let ix = i32(ox * p.stride + kx) - i32(p.pad);
             if (ix < 0 || ix >= i32(p.w)) { continue; }
             let at = u32(iy) * p.w + u32(ix);
-            let v = x[plane * p.h * p.w + at];
+            let v = f32(x[plane * p.h * p.w + at]);
             if (!found || v > best) { best = v; best_i = at; found = true; }
         }
     }
-    y[o] = best;
+    y[o] = t2(best);
     idx[o] = f32(best_i);
 }
 
 //#section max_backward
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<t1>;
 @group(0) @binding(2) var<storage, read> idx: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<t3>;
 @compute @workgroup_size(WG)
 fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
@@ -66,15 +67,15 @@ fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     for (var oy = oy_lo; oy <= iy / p.stride && oy < p.oh; oy++) {
         for (var ox = ox_lo; ox <= ix / p.stride && ox < p.ow; ox++) {
             let o = (plane * p.oh + oy) * p.ow + ox;
-            if (u32(idx[o]) == at) { s += dy[o]; }
+            if (u32(idx[o]) == at) { s += f32(dy[o]); }
         }
     }
-    dx[i] = s;
+    dx[i] = t3(s);
 }
 
 //#section avg_forward
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
+@group(0) @binding(2) var<storage, read_write> y: array<t2>;
 @compute @workgroup_size(WG)
 fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let o = element(gid, nwg);
@@ -84,14 +85,14 @@ fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let wx = window(o % p.ow, p.w, p.ow);
     var s = 0.0;
     for (var iy = wy.x; iy < wy.y; iy++) {
-        for (var ix = wx.x; ix < wx.y; ix++) { s += x[(plane * p.h + iy) * p.w + ix]; }
+        for (var ix = wx.x; ix < wx.y; ix++) { s += f32(x[(plane * p.h + iy) * p.w + ix]); }
     }
-    y[o] = s / f32((wy.y - wy.x) * (wx.y - wx.x));
+    y[o] = t2(s / f32((wy.y - wy.x) * (wx.y - wx.x)));
 }
 
 //#section avg_backward
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<t1>;
+@group(0) @binding(2) var<storage, read_write> dx: array<t2>;
 @compute @workgroup_size(WG)
 fn avg_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
@@ -106,8 +107,8 @@ fn avg_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         for (var ox = 0u; ox < p.ow; ox++) {
             let wx = window(ox, p.w, p.ow);
             if (ix < wx.x || ix >= wx.y) { continue; }
-            s += dy[(plane * p.oh + oy) * p.ow + ox] / f32((wy.y - wy.x) * (wx.y - wx.x));
+            s += f32(dy[(plane * p.oh + oy) * p.ow + ox]) / f32((wy.y - wy.x) * (wx.y - wx.x));
         }
     }
-    dx[i] = s;
+    dx[i] = t2(s);
 }

@@ -8,7 +8,7 @@
 // once with one workgroup.
 struct Params { n: u32, chunk: u32, mode: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @compute @workgroup_size(WG)
 fn sum_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -16,7 +16,7 @@ fn sum_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let end = min(begin + p.chunk, p.n);
     var s = 0.0;
     for (var i = begin + lid.x; i < end; i += WG) {
-        let v = x[i];
+        let v = f32(x[i]);
         s += select(select(v, v * v, p.mode == 1u), abs(v), p.mode == 2u);
     }
     let total = workgroup_sum(s, lid.x);
@@ -27,7 +27,7 @@ fn sum_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 // x viewed as [outer, c, inner]: out[ch] = sum over outer and inner of x. One workgroup per channel.
 struct Params { outer: u32, c: u32, inner: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<t1>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @compute @workgroup_size(WG)
 fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -37,7 +37,7 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     for (var j = lid.x; j < count; j += WG) {
         let o = j / p.inner;
         let i = j % p.inner;
-        s += x[(o * p.c + ch) * p.inner + i];
+        s += f32(x[(o * p.c + ch) * p.inner + i]);
     }
     let total = workgroup_sum(s, lid.x);
     if (lid.x == 0u) { out[ch] = total; }
@@ -53,7 +53,7 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 struct Params { n: u32, splits: u32, lanes: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> parts: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<t2>;   // f32, or f16 activations
 var<workgroup> acc: array<f32, WG>;
 @compute @workgroup_size(WG)
 fn sum_splits(
@@ -69,7 +69,7 @@ fn sum_splits(
         for (var z = lane; z < p.splits; z += p.lanes) { s += parts[z * p.n + i]; }
     }
     if (p.lanes == 1u) {
-        if (i < p.n) { out[i] = s; }
+        if (i < p.n) { out[i] = t2(s); }
         return;
     }
     acc[lid.x] = s;
@@ -78,7 +78,7 @@ fn sum_splits(
         if (lane < half) { acc[lid.x] += acc[lid.x + half * cols]; }
         workgroupBarrier();
     }
-    if (lane == 0u && i < p.n) { out[i] = acc[lid.x]; }
+    if (lane == 0u && i < p.n) { out[i] = t2(acc[lid.x]); }
 }
 
 //#section broadcast

@@ -1,4 +1,4 @@
-//! `Tensor`: an f32 array on the GPU with a shape (row-major; NCHW for images) and, when it
+//! `Tensor`: an f32 (or, for mixed precision's activations, f16) array on the GPU with a shape (row-major; NCHW for images) and, when it
 //! takes part in differentiation, its place in the autograd graph. Cloning is cheap (an `Arc`).
 //! A tensor may be a view into a larger shared buffer (a parameter arena) at an aligned offset.
 //!
@@ -8,7 +8,7 @@
 //! `Tensor::zeros` and `Tensor::full`, are defined in `ops::elementwise`; `backward` and
 //! `zero_grad` in `autograd`).
 
-use crate::gpu::{self, Buffer, BufferView};
+use crate::gpu::{self, Buffer, BufferView, Dtype};
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,9 @@ pub struct Tensor(Arc<Inner>);
 struct Inner {
     shape: Vec<usize>,
     storage: Arc<Buffer>,
+    /// The element type in `storage`; ops compute in f32 and store their outputs in the type of
+    /// the activation they read (see `gpu::Kernel`).
+    dtype: Dtype,
     /// Byte offset of element 0 inside `storage`.
     offset: u64,
     /// The tensor's place in the autograd graph. Kept apart from the data so that graph edges
@@ -87,13 +90,27 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// The bytes `n` elements of `dtype` take in a buffer: whole 32-bit words, as bindings and
+/// uploads need.
+fn stored_bytes(dtype: Dtype, n: usize) -> u64 {
+    (dtype.bytes() * n as u64).next_multiple_of(4)
+}
+
 impl Tensor {
-    fn wrap(storage: Arc<Buffer>, offset: u64, shape: Vec<usize>, requires_grad: bool, node: Option<Node>) -> Tensor {
-        Tensor::wrap_slot(storage, offset, shape, requires_grad, node, None)
+    fn wrap(
+        storage: Arc<Buffer>,
+        dtype: Dtype,
+        offset: u64,
+        shape: Vec<usize>,
+        requires_grad: bool,
+        node: Option<Node>,
+    ) -> Tensor {
+        Tensor::wrap_slot(storage, dtype, offset, shape, requires_grad, node, None)
     }
 
     fn wrap_slot(
         storage: Arc<Buffer>,
+        dtype: Dtype,
         offset: u64,
         shape: Vec<usize>,
         requires_grad: bool,
@@ -108,37 +125,56 @@ impl Tensor {
             grad: Mutex::new(None),
             grad_slot,
         }));
-        Tensor(Arc::new(Inner { shape, storage, offset, meta }))
+        Tensor(Arc::new(Inner { shape, storage, dtype, offset, meta }))
     }
 
-    /// A tensor whose contents the caller (an op's kernel) will write in full.
+    /// An f32 tensor whose contents the caller (an op's kernel) will write in full.
     pub fn uninit(shape: &[usize]) -> Result<Tensor> {
+        Tensor::uninit_as(Dtype::F32, shape)
+    }
+
+    /// A tensor of `dtype` whose contents the caller (an op's kernel) will write in full.
+    pub fn uninit_as(dtype: Dtype, shape: &[usize]) -> Result<Tensor> {
         let n = numel(shape);
         if n == 0 {
             return Err(Error::shape("tensor", format!("shape {shape:?} has no elements")));
         }
         let gpu = gpu::get()?;
-        let buffer = Buffer::new(gpu, 4 * n as u64, &format!("a tensor of shape {shape:?}"))?;
-        Ok(Tensor::wrap(Arc::new(buffer), 0, shape.to_vec(), false, None))
+        let buffer = Buffer::new(gpu, stored_bytes(dtype, n), &format!("a tensor of shape {shape:?}"))?;
+        Ok(Tensor::wrap(Arc::new(buffer), dtype, 0, shape.to_vec(), false, None))
     }
 
-    pub fn from_slice(data: &[f32], shape: &[usize]) -> Result<Tensor> {
+    /// A tensor of `dtype` holding `data` (rounded to the nearest f16 for f16).
+    pub fn from_slice_as(dtype: Dtype, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         if data.len() != numel(shape) {
             return Err(Error::shape(
                 "Tensor::from_slice",
                 format!("{} values do not fill shape {shape:?} ({} elements)", data.len(), numel(shape)),
             ));
         }
-        let t = Tensor::uninit(shape)?;
+        let t = Tensor::uninit_as(dtype, shape)?;
         t.write(data)?;
         Ok(t)
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.0.dtype
+    }
+
+    pub fn from_slice(data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_slice_as(Dtype::F32, data, shape)
     }
 
     /// A view of `shape` into `storage` at byte `offset` (aligned to the device's storage offset
     /// alignment): how parameters and gradients live inside one arena buffer.
     pub fn view_into(storage: Arc<Buffer>, offset: u64, shape: &[usize]) -> Result<Tensor> {
+        Tensor::view_into_as(Dtype::F32, storage, offset, shape)
+    }
+
+    /// [`Tensor::view_into`] for elements of `dtype`.
+    pub fn view_into_as(dtype: Dtype, storage: Arc<Buffer>, offset: u64, shape: &[usize]) -> Result<Tensor> {
         let gpu = gpu::get()?;
-        let end = offset + 4 * numel(shape) as u64;
+        let end = offset + stored_bytes(dtype, numel(shape));
         if !offset.is_multiple_of(gpu.storage_alignment()) || end > storage.size() {
             return Err(Error::shape(
                 "Tensor::view_into",
@@ -148,20 +184,37 @@ impl Tensor {
                 ),
             ));
         }
-        Ok(Tensor::wrap(storage, offset, shape.to_vec(), false, None))
+        Ok(Tensor::wrap(storage, dtype, offset, shape.to_vec(), false, None))
     }
 
-    /// Overwrites the contents (in order with recorded GPU work).
+    /// Overwrites the contents (in order with recorded GPU work), rounded to the nearest f16 for
+    /// an f16 tensor.
     pub fn write(&self, data: &[f32]) -> Result<()> {
         if data.len() != self.numel() {
             return Err(Error::shape("Tensor::write", format!("{} values for shape {:?}", data.len(), self.shape())));
         }
-        gpu::get()?.upload(&self.0.storage, self.0.offset, bytemuck::cast_slice(data))
+        let gpu = gpu::get()?;
+        match self.0.dtype {
+            Dtype::F32 => gpu.upload(&self.0.storage, self.0.offset, bytemuck::cast_slice(data)),
+            Dtype::F16 => {
+                // uploads are whole 32-bit words: an odd count gets a zero half at the end
+                let mut halves: Vec<u16> = data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+                halves.resize(halves.len().next_multiple_of(2), 0);
+                gpu.upload(&self.0.storage, self.0.offset, bytemuck::cast_slice(&halves))
+            }
+        }
     }
 
+    /// The contents as f32 (f16 widened exactly).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         let bytes = gpu::get()?.read(self.view())?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        Ok(match self.0.dtype {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            Dtype::F16 => {
+                let halves: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
+                halves[..self.numel()].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect()
+            }
+        })
     }
 
     /// The value of a one-element tensor.
@@ -191,7 +244,7 @@ impl Tensor {
 
     /// The bytes of this tensor, for binding to a kernel.
     pub fn view(&self) -> BufferView<'_> {
-        self.0.storage.view(self.0.offset, 4 * self.numel() as u64)
+        self.0.storage.view(self.0.offset, stored_bytes(self.0.dtype, self.numel())).with_dtype(self.0.dtype)
     }
 
     pub fn storage(&self) -> &Arc<Buffer> {
@@ -208,7 +261,7 @@ impl Tensor {
 
     /// The same data as a leaf that accumulates a gradient (a parameter).
     pub fn with_grad(&self) -> Tensor {
-        Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, None)
+        Tensor::wrap(self.0.storage.clone(), self.0.dtype, self.0.offset, self.0.shape.clone(), true, None)
     }
 
     /// The same data as a leaf whose gradient accumulates into `slot` (same shape, holding
@@ -221,7 +274,15 @@ impl Tensor {
             ));
         }
         let slot = GradSlot::new(slot, zeroings);
-        Ok(Tensor::wrap_slot(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, None, Some(slot)))
+        Ok(Tensor::wrap_slot(
+            self.0.storage.clone(),
+            self.0.dtype,
+            self.0.offset,
+            self.0.shape.clone(),
+            true,
+            None,
+            Some(slot),
+        ))
     }
 
     /// Whether `other` is this tensor's data (same buffer, offset and shape).
@@ -233,14 +294,21 @@ impl Tensor {
 
     /// The same data, cut off from the graph.
     pub fn detach(&self) -> Tensor {
-        Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), false, None)
+        Tensor::wrap(self.0.storage.clone(), self.0.dtype, self.0.offset, self.0.shape.clone(), false, None)
     }
 
     /// An op's result: attaches `node` when the op must be differentiated.
     pub fn with_node(self, node: Option<Node>) -> Tensor {
         match node {
             None => self,
-            Some(node) => Tensor::wrap(self.0.storage.clone(), self.0.offset, self.0.shape.clone(), true, Some(node)),
+            Some(node) => Tensor::wrap(
+                self.0.storage.clone(),
+                self.0.dtype,
+                self.0.offset,
+                self.0.shape.clone(),
+                true,
+                Some(node),
+            ),
         }
     }
 
@@ -249,7 +317,7 @@ impl Tensor {
         if numel(shape) != self.numel() {
             return Err(Error::shape("reshape", format!("{:?} cannot become {shape:?}", self.shape())));
         }
-        let out = Tensor::wrap(self.0.storage.clone(), self.0.offset, shape.to_vec(), false, None);
+        let out = Tensor::wrap(self.0.storage.clone(), self.0.dtype, self.0.offset, shape.to_vec(), false, None);
         let node = needs_node(&[self])
             .then(|| Node { backward: Box::new(ReshapeBackward(self.shape().to_vec())), inputs: vec![self.edge()] });
         Ok(out.with_node(node))

@@ -14,12 +14,46 @@ pub struct Buffer {
     size: u64,
 }
 
-/// A byte range of a buffer, as bound to a kernel.
+/// The element type of a tensor's storage. Kernels compute in f32 either way; an f16 tensor
+/// (mixed precision's activations) only halves the bytes it takes and moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Dtype {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+
+    /// The WGSL scalar type.
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+        }
+    }
+}
+
+/// A byte range of a buffer, as bound to a kernel, and the type of its elements (which picks
+/// the kernel's variant: see `Kernel::wgsl`).
 #[derive(Clone, Copy)]
 pub struct BufferView<'a> {
     pub buffer: &'a Buffer,
     pub offset: u64,
     pub size: u64,
+    pub dtype: Dtype,
+}
+
+impl BufferView<'_> {
+    pub fn with_dtype(self, dtype: Dtype) -> Self {
+        BufferView { dtype, ..self }
+    }
 }
 
 impl Buffer {
@@ -77,7 +111,7 @@ impl Buffer {
 
     pub fn view(&self, offset: u64, size: u64) -> BufferView<'_> {
         debug_assert!(offset + size <= self.size);
-        BufferView { buffer: self, offset, size }
+        BufferView { buffer: self, offset, size, dtype: Dtype::F32 }
     }
 
     pub(super) fn raw(&self) -> &wgpu::Buffer {

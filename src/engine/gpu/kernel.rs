@@ -2,8 +2,14 @@
 //! a shared prelude such as the tiled GEMM engine) and an entry point. Each is compiled once, on
 //! first use, and cached for the life of the process. Shapes never enter the shader text: they
 //! travel in each dispatch's uniform parameters.
+//!
+//! Element types do, in one way: a binding that may hold either f32 or f16 data (activations,
+//! under mixed precision) is declared `array<tN>` for binding N, and the kernel is compiled once
+//! per combination of types it is launched with, `tN` set to the bound tensor's type. Its code
+//! reads through `f32(...)` and stores through `tN(...)`, so it computes in f32 either way, and
+//! the all-f32 variant is the same computation as a kernel written with `f32` throughout.
 
-use super::Gpu;
+use super::{Dtype, Gpu};
 use crate::{Error, Result};
 use std::collections::HashMap;
 
@@ -26,10 +32,19 @@ pub struct Kernel {
 pub const WG: usize = 256;
 
 impl Kernel {
-    /// The WGSL text this kernel compiles: the settings every shader shares (`WG`), the preludes,
-    /// then its source (or its section of the source).
-    pub fn wgsl(&self) -> String {
-        let mut text = format!("const WG: u32 = {WG}u;\n");
+    /// The WGSL text this kernel compiles for bindings whose types are `types` (binding N at
+    /// index N - 1): the f16 extension where one is f16, the binding types `t1`, `t2`, ...,
+    /// the settings every shader shares (`WG`), the preludes, then its source (or its section).
+    pub fn wgsl(&self, types: &[Dtype]) -> String {
+        let mut text = String::new();
+        if types.contains(&Dtype::F16) {
+            text.push_str("enable f16;\n");
+        }
+        for n in 1..=MAX_BINDINGS {
+            let dtype = types.get(n - 1).copied().unwrap_or_default();
+            text.push_str(&format!("alias t{n} = {};\n", dtype.wgsl()));
+        }
+        text.push_str(&format!("const WG: u32 = {WG}u;\n"));
         for part in self.prelude {
             text.push_str(part);
             text.push('\n');
@@ -48,6 +63,35 @@ impl Kernel {
         }
         text
     }
+
+    /// Checks that every f16 binding of `types` is declared with its binding type (`array<tN>`)
+    /// in this kernel's text: an f16 tensor bound where the kernel reads f32 is a bug, named here
+    /// instead of read wrongly.
+    fn check_types(&self, text: &str, types: &[Dtype]) -> Result<()> {
+        for (i, _) in types.iter().enumerate().filter(|(_, &t)| t == Dtype::F16) {
+            let declared = format!("@binding({}) var<storage, read> ", i + 1);
+            let declared_rw = format!("@binding({}) var<storage, read_write> ", i + 1);
+            let typed = format!(": array<t{}>;", i + 1);
+            let ok = text.lines().any(|l| (l.contains(&declared) || l.contains(&declared_rw)) && l.contains(&typed));
+            if !ok {
+                return Err(Error::Gpu(format!(
+                    "kernel {} was given f16 data at binding {}, which it reads as f32 only (mixed precision \
+                     does not cover this op)",
+                    self.label,
+                    i + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bindings a kernel may have besides its uniform (binding 0).
+const MAX_BINDINGS: usize = 12;
+
+/// The variant of a kernel for the types of its bindings: bit N - 1 set where binding N is f16.
+fn f16_mask(types: &[Dtype]) -> u32 {
+    types.iter().enumerate().filter(|(_, &t)| t == Dtype::F16).fold(0, |m, (i, _)| m | 1 << i)
 }
 
 /// Which of wgpu's runtime checks the compiled kernels keep (env `SASPRUNE_SHADER_CHECKS`):
@@ -89,6 +133,7 @@ impl ShaderChecks {
 }
 
 pub(super) struct Compiled {
+    /// The kernel's label, with `.f16` appended for variants that bind f16 data.
     pub label: &'static str,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
@@ -96,21 +141,33 @@ pub(super) struct Compiled {
 
 #[derive(Default)]
 pub(super) struct KernelCache {
-    index: HashMap<&'static str, usize>,
+    index: HashMap<(&'static str, u32), usize>,
     pub compiled: Vec<Compiled>,
 }
 
 impl KernelCache {
-    /// The cache slot of `kernel`, compiling it the first time.
-    pub fn slot(&mut self, gpu: &Gpu, kernel: &Kernel) -> Result<usize> {
-        if let Some(&i) = self.index.get(kernel.label) {
+    /// The cache slot of `kernel`'s variant for bindings of `types`, compiling it the first time.
+    pub fn slot(&mut self, gpu: &Gpu, kernel: &Kernel, types: &[Dtype]) -> Result<usize> {
+        let mask = f16_mask(types);
+        if let Some(&i) = self.index.get(&(kernel.label, mask)) {
             return Ok(i);
         }
+        if mask != 0 && !gpu.adapter.shader_f16 {
+            return Err(Error::Gpu(format!(
+                "{} has no f16 shader support (wgpu's SHADER_F16), which mixed precision needs; use --precision f32",
+                gpu.adapter.name
+            )));
+        }
+        if types.len() > MAX_BINDINGS {
+            return Err(Error::Gpu(format!("kernel {}: more than {MAX_BINDINGS} bindings", kernel.label)));
+        }
+        let source = kernel.wgsl(types);
+        kernel.check_types(&source, types)?;
+        // a variant's label names it in profiles; one leaked string per compiled variant
+        let label: &'static str =
+            if mask == 0 { kernel.label } else { Box::leak(format!("{}.f16", kernel.label).into_boxed_str()) };
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.label),
-            source: wgpu::ShaderSource::Wgsl(kernel.wgsl().into()),
-        };
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) };
         // SAFETY: every kernel is this crate's own, tested against the f64 reference on odd
         // shapes, and guards its loads and stores by the sizes it is given. What is dropped
         // (see `ShaderChecks`) are wgpu's injected loop counters and division guards, which cost
@@ -118,7 +175,7 @@ impl KernelCache {
         // stay on unless the user turns them off.
         let module = unsafe { gpu.device.create_shader_module_trusted(desc, gpu.shader_checks.runtime_checks()) };
         let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.label),
+            label: Some(label),
             layout: None,
             module: &module,
             entry_point: Some(kernel.entry),
@@ -126,11 +183,11 @@ impl KernelCache {
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!("kernel {} failed to compile: {e}", kernel.label)));
+            return Err(Error::Gpu(format!("kernel {label} failed to compile: {e}")));
         }
         let layout = pipeline.get_bind_group_layout(0);
-        self.compiled.push(Compiled { label: kernel.label, pipeline, layout });
-        self.index.insert(kernel.label, self.compiled.len() - 1);
+        self.compiled.push(Compiled { label, pipeline, layout });
+        self.index.insert((kernel.label, mask), self.compiled.len() - 1);
         Ok(self.compiled.len() - 1)
     }
 }

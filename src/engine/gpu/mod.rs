@@ -9,7 +9,7 @@ mod buffer;
 mod kernel;
 mod recorder;
 
-pub use buffer::{simulate_memory_limit, Buffer, BufferView};
+pub use buffer::{simulate_memory_limit, Buffer, BufferView, Dtype};
 pub use kernel::{Kernel, ShaderChecks, WG};
 pub use recorder::{DeviceTime, ReadBack};
 
@@ -181,10 +181,12 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features();
-        // subgroups: the summing kernels' faster variant (ops::subgroups_usable decides its use)
+        // subgroups: the summing kernels' faster variant (ops::subgroups_usable decides its use);
+        // f16: mixed precision's f16 storage
         let wanted = wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-            | wgpu::Features::SUBGROUP;
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("sasprune"),
             required_features: features & wanted,

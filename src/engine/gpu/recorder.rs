@@ -6,7 +6,7 @@
 //! (A single uniform buffer rewritten between dispatches would give them all the last value,
 //! because `write_buffer` lands before every command of the submit.)
 
-use super::{Buffer, BufferView, Gpu, Kernel};
+use super::{Buffer, BufferView, Dtype, Gpu, Kernel};
 use crate::{Error, Result};
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -363,7 +363,8 @@ impl Gpu {
                 max_binding as f64 / 1048576.0
             )));
         }
-        let slot = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).slot(self, kernel)?;
+        let types: Vec<Dtype> = buffers.iter().map(|v| v.dtype).collect();
+        let slot = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).slot(self, kernel, &types)?;
         let mut rec = self.lock_recorder();
         let align = rec.uniform_align;
         let params_offset = pad_to(&mut rec.params, align);

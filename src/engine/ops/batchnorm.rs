@@ -116,7 +116,7 @@ pub fn batch_norm(
     } else {
         launch(&EVAL_STATS, &p, &[&stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
     }
-    let y = Tensor::uninit(s)?;
+    let y = Tensor::uninit_as(x.dtype(), s)?;
     launch(&NORMALIZE, &p, &[x, &stats, gamma, beta, &y], groups_4x(x.numel()))?;
     // Unfused, the kernels never read the mask binding; x (same shape) fills it so that the
     // output is not kept alive for nothing.
@@ -151,7 +151,7 @@ pub fn batch_norm_add_relu(
 /// One-kernel evaluation-mode batch norm (+ residual, + ReLU per `cfg.relu`), no graph.
 fn normalize_eval(x: &Tensor, params: [&Tensor; 4], residual: Option<&Tensor>, cfg: BatchNormConfig) -> Result<Tensor> {
     let p = Params { residual: residual.is_some() as u32, ..Params::new(x, cfg) };
-    let y = Tensor::uninit(x.shape())?;
+    let y = Tensor::uninit_as(x.dtype(), x.shape())?;
     let [gamma, beta, mean, var] = params;
     launch(&NORMALIZE_EVAL, &p, &[x, gamma, beta, mean, var, residual.unwrap_or(x), &y], groups_4x(x.numel()))?;
     Ok(y)
@@ -197,7 +197,7 @@ impl Backward for BatchNormBackward {
         let bufs = [dy, &self.x, &self.stats, &self.mask, &partial];
         launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;
         launch(summing(&BACKWARD_FINALIZE)?, &self.p, &[&partial, &dgamma, &dbeta], [c as u32, 1, 1])?;
-        let dx = Tensor::uninit(self.x.shape())?;
+        let dx = Tensor::uninit_as(dy.dtype(), self.x.shape())?;
         let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.mask, &dx];
         launch(&BACKWARD_INPUT, &self.p, &bufs, groups_4x(dx.numel()))?;
         Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])

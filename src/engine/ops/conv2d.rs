@@ -125,7 +125,7 @@ fn record_direct(
 
 /// Raw forward pass (no autograd).
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
-    let y = Tensor::uninit(&[g.n, g.c_out, g.out_h(), g.out_w()])?;
+    let y = Tensor::uninit_as(x.dtype(), &[g.n, g.c_out, g.out_h(), g.out_w()])?;
     let (m, n, k) = (g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
     // One layer of workgroups (the forward writes y directly, bias included).
     let make = |chunk| g.params(m, n, k, chunk, bias.is_some());
@@ -138,7 +138,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeo
 /// dL/dx given dL/dy. With stride s > 1 the input pixels are split into s² parity classes
 /// (one workgroup layer each), so no multiply is spent on taps that cannot reach a pixel.
 pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
-    let dx = Tensor::uninit(&[g.n, g.c_in, g.h, g.w])?;
+    let dx = Tensor::uninit_as(dy.dtype(), &[g.n, g.c_in, g.h, g.w])?;
     let m = g.c_in;
     if g.stride > 1 {
         // N covers the largest class; smaller classes skip the columns past their end.

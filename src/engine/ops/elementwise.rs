@@ -1,6 +1,6 @@
 //! Element-wise ops: fill, add, add + ReLU, scale, axpy, ReLU, dropout (shaders/elementwise.wgsl).
 
-use super::{flat_view, for_each_chunk, groups_4x, kernel, launch, same_shape};
+use super::{flat_view, for_each_chunk, groups_4x, kernel, launch, same_dtype, same_shape};
 use crate::gpu::Kernel;
 use crate::tensor::{needs_node, Backward, Node};
 use crate::{Result, Tensor};
@@ -59,7 +59,8 @@ pub fn axpy(alpha: f32, x: &Tensor, y: &Tensor) -> Result<()> {
 /// `a + b` (same shapes; tensors beyond one storage binding go in pieces).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a, b)?;
-    let out = Tensor::uninit(a.shape())?;
+    same_dtype("add", a, b)?;
+    let out = Tensor::uninit_as(a.dtype(), a.shape())?;
     for_each_chunk(a.numel(), |start, n| {
         let bound = [&flat_view(a, start, n)?, &flat_view(b, start, n)?, &flat_view(&out, start, n)?];
         launch(&ADD, &params(n, 0.0), &bound, groups_4x(n))
@@ -79,7 +80,8 @@ impl Backward for AddBackward {
 /// the output, so the sum is never stored.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add_relu", a, b)?;
-    let out = Tensor::uninit(a.shape())?;
+    same_dtype("add_relu", a, b)?;
+    let out = Tensor::uninit_as(a.dtype(), a.shape())?;
     launch(&ADD_RELU, &params(a.numel(), 0.0), &[a, b, &out], groups_4x(a.numel()))?;
     let node = needs_node(&[a, b])
         .then(|| Node { backward: Box::new(AddReluBackward(out.detach())), inputs: vec![a.edge(), b.edge()] });
@@ -96,7 +98,7 @@ impl Backward for AddReluBackward {
 
 /// `alpha * x`.
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
-    let out = Tensor::uninit(x.shape())?;
+    let out = Tensor::uninit_as(x.dtype(), x.shape())?;
     launch(&SCALE, &params(x.numel(), alpha), &[x, &out], groups_4x(x.numel()))?;
     let node = needs_node(&[x]).then(|| Node { backward: Box::new(ScaleBackward(alpha)), inputs: vec![x.edge()] });
     Ok(out.with_node(node))
@@ -111,7 +113,7 @@ impl Backward for ScaleBackward {
 
 /// `max(x, 0)`.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    let out = Tensor::uninit(x.shape())?;
+    let out = Tensor::uninit_as(x.dtype(), x.shape())?;
     launch(&RELU, &params(x.numel(), 0.0), &[x, &out], groups_4x(x.numel()))?;
     let node =
         needs_node(&[x]).then(|| Node { backward: Box::new(ReluBackward(out.detach())), inputs: vec![x.edge()] });
@@ -121,7 +123,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// The gradient of ReLU given its output `y`: `dy` where `y > 0`.
 pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("relu_backward", dy, y)?;
-    let dx = Tensor::uninit(dy.shape())?;
+    let dx = Tensor::uninit_as(dy.dtype(), dy.shape())?;
     launch(&RELU_BACKWARD, &params(dy.numel(), 0.0), &[dy, y, &dx], groups_4x(dy.numel()))?;
     Ok(dx)
 }
@@ -144,7 +146,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         return Err(crate::Error::invalid(format!("dropout probability must be in [0, 1), got {p}")));
     }
-    let out = Tensor::uninit(x.shape())?;
+    let out = Tensor::uninit_as(x.dtype(), x.shape())?;
     launch(&DROPOUT, &dropout_params(x.numel(), p, seed), &[x, &out], groups_4x(x.numel()))?;
     let node =
         needs_node(&[x]).then(|| Node { backward: Box::new(DropoutBackward { p, seed }), inputs: vec![x.edge()] });

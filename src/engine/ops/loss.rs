@@ -67,7 +67,7 @@ struct CrossEntropyBackward {
 }
 impl Backward for CrossEntropyBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let d = Tensor::uninit(self.logits.shape())?;
+        let d = Tensor::uninit_as(self.logits.dtype(), self.logits.shape())?;
         launch(&BACKWARD, &self.p, &[&self.logits, &self.labels, &self.rows, g, &d], groups_1d(d.numel()))?;
         Ok(vec![Some(d)])
     }

@@ -152,7 +152,10 @@ pub(crate) fn run_gemm(
             // sizes, and whether a direct kernel is among them.
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
             let direct_mark = if direct.is_some() { " +direct" } else { "" };
-            let key = format!("{family} {}x{}x{}{layers}{direct_mark}", shape.m, shape.n, shape.k);
+            // f16 operands (mixed precision) are a product of their own: other loads, other speed
+            let f16 = bufs.iter().chain([&out]).any(|t| t.dtype() == crate::gpu::Dtype::F16);
+            let f16_mark = if f16 { " f16" } else { "" };
+            let key = format!("{family} {}x{}x{}{layers}{direct_mark}{f16_mark}", shape.m, shape.n, shape.k);
             crate::tune::choose(&key, default, || shape.candidates(direct.is_some()), record)?
         }
     };
@@ -231,7 +234,8 @@ pub fn gemm(
     }
     let a_strides = if trans_a { [1, m] } else { [k, 1] };
     let b_strides = if trans_b { [1, k] } else { [n, 1] };
-    let out = Tensor::uninit(&[m, n])?;
+    // an activation operand (f16 under mixed precision) makes an activation
+    let out = Tensor::uninit_as(product_dtype(a, b), &[m, n])?;
     gemm_strided(Operands { a, a_strides, b, b_strides, bias, c: &out, c_ld: n }, m, k, n)?;
     Ok(out)
 }
@@ -249,6 +253,17 @@ struct Operands<'a> {
 }
 
 /// C[m, n] = A[m, k] B[k, n] (+ bias) with explicit strides; split-K only when C is contiguous.
+/// The storage type of a product of `a` and `b`: f16 when either is (an activation under mixed
+/// precision), else f32.
+fn product_dtype(a: &Tensor, b: &Tensor) -> crate::gpu::Dtype {
+    use crate::gpu::Dtype;
+    if a.dtype() == Dtype::F16 || b.dtype() == Dtype::F16 {
+        Dtype::F16
+    } else {
+        Dtype::F32
+    }
+}
+
 fn gemm_strided(o: Operands, m: usize, k: usize, n: usize) -> Result<()> {
     let make = |chunk: usize| {
         let p = Params {
@@ -370,7 +385,7 @@ fn linear_impl(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, rows: Option<
         None => gemm(x, weight, bias, n, in_f, out_f, false, true)?,
         Some(rows) => {
             // y[:, r0..r0+r] = x W[r0..r0+r]^T + b[r0..r0+r]: a column block of y
-            let y = Tensor::uninit(&[n, out_f])?;
+            let y = Tensor::uninit_as(x.dtype(), &[n, out_f])?;
             for (r0, r) in blocks(out_f, rows) {
                 let w_blk = flat_view(weight, r0 * in_f, r * in_f)?;
                 let b_blk = bias.map(|b| flat_view(b, r0, r)).transpose()?;
@@ -433,8 +448,8 @@ impl Backward for LinearBackward {
             }
             Some(rows) => {
                 // dx = sum over blocks of dy[:, blk] W[blk]; dW[blk] = dy[:, blk]^T x
-                let dx = Tensor::uninit(&[n, in_f])?;
-                let part = Tensor::uninit(&[n, in_f])?; // each later block's share of dx
+                let dx = Tensor::uninit_as(g.dtype(), &[n, in_f])?;
+                let part = Tensor::uninit_as(g.dtype(), &[n, in_f])?; // each later block's share of dx
                 for (r0, r) in blocks(out_f, rows) {
                     let dy_blk = flat_view(g, r0, n * out_f - r0)?;
                     let w_blk = flat_view(&self.weight, r0 * in_f, r * in_f)?;

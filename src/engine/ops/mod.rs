@@ -138,7 +138,7 @@ pub(crate) fn flat_view(t: &Tensor, start: usize, len: usize) -> Result<Tensor> 
     if start == 0 && len == t.numel() {
         return Ok(t.clone());
     }
-    Tensor::view_into(t.storage().clone(), t.byte_offset() + 4 * start as u64, &[len])
+    Tensor::view_into_as(t.dtype(), t.storage().clone(), t.byte_offset() + t.dtype().bytes() * start as u64, &[len])
 }
 
 /// Workgroups for one thread per element over `n` elements (folded into 2-D when large).
@@ -223,6 +223,13 @@ pub(crate) fn summing(variants: &[Kernel; 2]) -> Result<&Kernel> {
 pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
         return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+    }
+    Ok(())
+}
+
+pub(crate) fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::shape(op, format!("{:?} and {:?} operands", a.dtype(), b.dtype())));
     }
     Ok(())
 }

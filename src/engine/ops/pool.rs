@@ -49,7 +49,7 @@ pub fn max_pool2d_with_indices(x: &Tensor, k: usize, stride: usize, pad: usize) 
         return Err(Error::shape("max_pool2d", format!("input {s:?} with kernel {k}, stride {stride}, padding {pad}")));
     }
     let (oh, ow) = ((s[2] + 2 * pad - k) / stride + 1, (s[3] + 2 * pad - k) / stride + 1);
-    let y = Tensor::uninit(&[s[0], s[1], oh, ow])?;
+    let y = Tensor::uninit_as(x.dtype(), &[s[0], s[1], oh, ow])?;
     let idx = Tensor::uninit(&[s[0], s[1], oh, ow])?;
     let p = Params::new(s, oh, ow, k, stride, pad);
     launch(&MAX_FORWARD, &p, &[x, &y, &idx], groups_1d(y.numel()))?;
@@ -74,7 +74,7 @@ struct MaxPoolBackward {
 }
 impl Backward for MaxPoolBackward {
     fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dx = Tensor::uninit(&self.x_shape)?;
+        let dx = Tensor::uninit_as(dy.dtype(), &self.x_shape)?;
         launch(&MAX_BACKWARD, &self.p, &[dy, &self.idx, &dx], groups_1d(dx.numel()))?;
         Ok(vec![Some(dx)])
     }
@@ -88,7 +88,7 @@ pub fn adaptive_avg_pool2d(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     if oh == 0 || ow == 0 {
         return Err(Error::shape("adaptive_avg_pool2d", format!("output size {oh}x{ow}")));
     }
-    let y = Tensor::uninit(&[s[0], s[1], oh, ow])?;
+    let y = Tensor::uninit_as(x.dtype(), &[s[0], s[1], oh, ow])?;
     let p = Params::new(s, oh, ow, 0, 1, 0);
     launch(&AVG_FORWARD, &p, &[x, &y], groups_1d(y.numel()))?;
     let node = needs_node(&[x])
@@ -108,7 +108,7 @@ struct AvgPoolBackward {
 }
 impl Backward for AvgPoolBackward {
     fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dx = Tensor::uninit(&self.x_shape)?;
+        let dx = Tensor::uninit_as(dy.dtype(), &self.x_shape)?;
         launch(&AVG_BACKWARD, &self.p, &[dy, &dx], groups_1d(dx.numel()))?;
         Ok(vec![Some(dx)])
     }

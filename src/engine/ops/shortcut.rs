@@ -37,7 +37,7 @@ pub fn shortcut_a(x: &Tensor, pad_c: usize) -> Result<Tensor> {
         ow: v(s[3].div_ceil(2)),
         _pad: 0,
     };
-    let y = Tensor::uninit(&[s[0], s[1] + 2 * pad_c, s[2].div_ceil(2), s[3].div_ceil(2)])?;
+    let y = Tensor::uninit_as(x.dtype(), &[s[0], s[1] + 2 * pad_c, s[2].div_ceil(2), s[3].div_ceil(2)])?;
     launch(&FORWARD, &p, &[x, &y], groups_1d(y.numel()))?;
     let node = needs_node(&[x])
         .then(|| Node { backward: Box::new(ShortcutBackward { p, x_shape: s.to_vec() }), inputs: vec![x.edge()] });
@@ -50,7 +50,7 @@ struct ShortcutBackward {
 }
 impl Backward for ShortcutBackward {
     fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dx = Tensor::uninit(&self.x_shape)?;
+        let dx = Tensor::uninit_as(dy.dtype(), &self.x_shape)?;
         launch(&BACKWARD, &self.p, &[dy, &dx], groups_1d(dx.numel()))?;
         Ok(vec![Some(dx)])
     }

@@ -1,0 +1,330 @@
+//! Mixed precision's f16 storage: every kernel that reads or writes activations, run with f16
+//! activations (and f32 weights, statistics and weight gradients, as mixed precision binds
+//! them) against the f64 reference on odd shapes.
+//!
+//! Inputs are rounded to f16 on the host first, so the reference sees exactly what the GPU
+//! sees. The kernels compute in f32 and round each f16 output once: a relative error of at most
+//! 2^-11 ≈ 4.9e-4 for normal values (absolute 6e-8 among subnormals) on top of the f32 error the
+//! f32 tests allow. Hence `F16_OUT` = (1e-4, 1e-3): `LONG_SUM`, whose relative 1e-3 already
+//! covers one f16 rounding. Outputs that stay f32 (weight gradients, batch-norm parameter
+//! gradients, the loss) keep the f32 tests' tolerances.
+
+mod common;
+use common::*;
+use sasprune::gpu::Dtype;
+use sasprune::ops::{batchnorm, conv2d, elementwise, loss, matmul, pool, reduce, sgd, shortcut};
+use sasprune::reference as cpu;
+use sasprune::Tensor;
+
+const F16_OUT: (f64, f64) = (1e-4, 1e-3);
+
+/// Rounds to f16 and back: the values an f16 tensor holds.
+fn f16_exact(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect()
+}
+
+fn half_tensor(v: &[f64], shape: &[usize]) -> Tensor {
+    let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::from_slice_as(Dtype::F16, &data, shape).expect("upload")
+}
+
+fn half_param(v: &[f64], shape: &[usize]) -> Tensor {
+    half_tensor(v, shape).with_grad()
+}
+
+#[track_caller]
+fn assert_f16(what: &str, t: &Tensor) {
+    assert_eq!(t.dtype(), Dtype::F16, "{what}: an activation computed from f16 activations is stored as f16");
+}
+
+/// Skips (with a visible line) on adapters without f16 shaders; llvmpipe has them, so CI runs
+/// every case.
+fn f16_available(test: &str) -> bool {
+    let adapter = &sasprune::gpu::get().unwrap().adapter;
+    if adapter.name.contains("llvmpipe") {
+        assert!(adapter.shader_f16, "llvmpipe offers SHADER_F16; without it mixed precision would go untested in CI");
+    }
+    if !adapter.shader_f16 {
+        eprintln!("SKIPPED {test}: {adapter} has no f16 shaders");
+    }
+    adapter.shader_f16
+}
+
+#[test]
+fn f16_tensors_round_trip_and_round_to_nearest() {
+    if !f16_available("f16_tensors_round_trip_and_round_to_nearest") {
+        return;
+    }
+    // odd lengths: the last 32-bit word holds one half
+    for n in [1, 3, 1025] {
+        let v: Vec<f64> = (0..n).map(|i| (i as f64 - 7.3) * 0.37).collect();
+        let t = half_tensor(&v, &[n]);
+        assert_eq!(values(&t), f16_exact(&v), "{n} values");
+    }
+    let t = half_tensor(&[1.0 + 1.0 / 4096.0, 65504.0, 1e-7, -0.0], &[4]);
+    assert_eq!(values(&t), [1.0, 65504.0, half::f16::from_f64(1e-7).to_f64(), 0.0]);
+}
+
+fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
+    let x = f16_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
+    let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
+    let b = f32_exact(&rng.vec(g.c_out));
+    let r = f16_exact(&rng.vec(g.n * g.c_out * g.out_h() * g.out_w()));
+    let xt = half_param(&x, &[g.n, g.c_in, g.h, g.w]);
+    let wt = param(&w, &[g.c_out, g.c_in, g.kh, g.kw]);
+    let bt = param(&b, &[g.c_out]);
+    let y = conv2d::conv2d(&xt, &wt, bias.then_some(&bt), g.stride, g.pad).unwrap();
+    let what = format!("f16 conv2d {g:?} bias={bias}");
+    assert_f16(&what, &y);
+    assert_close(&format!("{what} forward"), &values(&y), &cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g), F16_OUT);
+    y.backward_with(half_tensor(&r, y.shape())).unwrap();
+    assert_f16(&what, &xt.grad().unwrap());
+    assert_close(&format!("{what} grad_input"), &grad(&xt), &cpu::conv2d_grad_input(&r, &w, &g), F16_OUT);
+    assert_eq!(wt.grad().unwrap().dtype(), Dtype::F32, "weight gradients stay f32");
+    assert_close(&format!("{what} grad_weight"), &grad(&wt), &cpu::conv2d_grad_weight(&r, &x, &g), LONG_SUM);
+    if bias {
+        assert_close(&format!("{what} grad_bias"), &grad(&bt), &cpu::conv2d_grad_bias(&r, &g), LONG_SUM);
+    }
+}
+
+fn geom(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, k: usize, stride: usize) -> cpu::Conv2dGeom {
+    cpu::Conv2dGeom { n, c_in, h, w, c_out, kh: k, kw: k, stride, pad: k / 2 }
+}
+
+#[test]
+fn f16_convolutions_match_reference_with_every_plan() {
+    if !f16_available("f16_convolutions_match_reference_with_every_plan") {
+        return;
+    }
+    // every tile shape, unsplit and split (grad-weight's split-K partials are f32), and the
+    // direct 3x3 kernel (the last plan: 16 or 32 output channels, a width that is a multiple of 4)
+    for tile in 0..=matmul::DIRECT {
+        for splits in [1, 3] {
+            matmul::with_plan(tile, splits, || {
+                let mut rng = Rng::new(100 + tile as u64);
+                conv_case(&mut rng, geom(2, 20, 7, 9, 37, 3, 1), true);
+                conv_case(&mut rng, geom(3, 9, 9, 8, 70, 3, 2), false);
+                conv_case(&mut rng, geom(3, 32, 5, 12, 16, 3, 1), true);
+                conv_case(&mut rng, geom(2, 16, 7, 8, 32, 3, 1), false);
+            });
+        }
+    }
+    // the default plans, with AlexNet's 11x11 stride-4 stem
+    let mut rng = Rng::new(99);
+    conv_case(&mut rng, geom(2, 3, 31, 29, 5, 11, 4), true);
+}
+
+#[test]
+fn f16_linear_and_products_match_reference() {
+    if !f16_available("f16_linear_and_products_match_reference") {
+        return;
+    }
+    let mut rng = Rng::new(101);
+    for (n, in_f, out_f) in [(5, 37, 10), (3, 300, 67)] {
+        let x = f16_exact(&rng.vec(n * in_f));
+        let w = f32_exact(&rng.vec(out_f * in_f));
+        let b = f32_exact(&rng.vec(out_f));
+        let r = f16_exact(&rng.vec(n * out_f));
+        let (xt, wt, bt) = (half_param(&x, &[n, in_f]), param(&w, &[out_f, in_f]), param(&b, &[out_f]));
+        let y = matmul::linear(&xt, &wt, Some(&bt)).unwrap();
+        let what = format!("f16 linear {n}x{in_f} -> {out_f}");
+        assert_f16(&what, &y);
+        assert_close(&format!("{what} forward"), &values(&y), &cpu::linear(&x, &w, Some(&b), n, in_f, out_f), F16_OUT);
+        y.backward_with(half_tensor(&r, &[n, out_f])).unwrap();
+        // dx = r W, dW = r^T x, db = column sums of r
+        assert_close(
+            &format!("{what} grad input"),
+            &grad(&xt),
+            &cpu::matmul(&r, &w, n, out_f, in_f, false, false),
+            F16_OUT,
+        );
+        assert_close(
+            &format!("{what} grad weight"),
+            &grad(&wt),
+            &cpu::matmul(&r, &x, out_f, n, in_f, true, false),
+            LONG_SUM,
+        );
+        assert_close(
+            &format!("{what} grad bias"),
+            &grad(&bt),
+            &cpu::conv2d_grad_bias(
+                &r,
+                &cpu::Conv2dGeom { n, c_in: 1, h: 1, w: 1, c_out: out_f, kh: 1, kw: 1, stride: 1, pad: 0 },
+            ),
+            LONG_SUM,
+        );
+    }
+    // a split-K product into an f16 output: f32 partials, summed into f16
+    matmul::with_plan(0, 4, || {
+        let (m, k, n) = (9, 500, 13);
+        let (a, b) = (f16_exact(&rng.vec(m * k)), f32_exact(&rng.vec(k * n)));
+        let c = matmul::gemm(&half_tensor(&a, &[m, k]), &tensor(&b, &[k, n]), None, m, k, n, false, false).unwrap();
+        assert_f16("f16 gemm split-K", &c);
+        assert_close("f16 gemm split-K", &values(&c), &cpu::matmul(&a, &b, m, k, n, false, false), F16_OUT);
+    });
+}
+
+#[test]
+fn f16_batch_norm_matches_reference_in_training_and_evaluation() {
+    if !f16_available("f16_batch_norm_matches_reference_in_training_and_evaluation") {
+        return;
+    }
+    for subgroups in [false, true] {
+        sasprune::ops::with_subgroups(subgroups, || {
+            for (relu, (n, c, h, w)) in [(false, (3, 5, 7, 9)), (true, (37, 3, 11, 13))] {
+                let mut rng = Rng::new(102);
+                let hw = h * w;
+                let x = f16_exact(&rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.5).collect::<Vec<_>>());
+                let (gamma, beta) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec(c)));
+                let (mut rm, mut rv) = (f32_exact(&rng.vec(c)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+                let r = f16_exact(&rng.vec(n * c * hw));
+                let (xt, gt, bt) = (half_param(&x, &[n, c, h, w]), param(&gamma, &[c]), param(&beta, &[c]));
+                let (rmt, rvt) = (tensor(&rm, &[c]), tensor(&rv, &[c]));
+                let cfg = batchnorm::BatchNormConfig { relu, ..Default::default() };
+                let y = batchnorm::batch_norm(&xt, &gt, &bt, &rmt, &rvt, cfg).unwrap();
+                let what = format!("f16 batch norm relu={relu} subgroups={subgroups}");
+                assert_f16(&what, &y);
+                let out = cpu::batchnorm_train(&x, &gamma, &beta, n, c, hw, 1e-5);
+                let (want, dy) =
+                    if relu { (cpu::relu(&out.y), cpu::relu_backward(&r, &out.y)) } else { (out.y.clone(), r.clone()) };
+                assert_close(&format!("{what} forward"), &values(&y), &want, F16_OUT);
+                cpu::batchnorm_running_update(&mut rm, &mut rv, &out.mean, &out.var, n * hw, 0.1);
+                assert_close(&format!("{what} running mean"), &values(&rmt), &rm, ELEMENTWISE);
+                assert_close(&format!("{what} running var"), &values(&rvt), &rv, ELEMENTWISE);
+                y.backward_with(half_tensor(&r, y.shape())).unwrap();
+                let (dx, dg, db) = cpu::batchnorm_train_backward(&dy, &x, &gamma, &out.mean, &out.invstd, n, c, hw);
+                assert_f16(&what, &xt.grad().unwrap());
+                assert_close(&format!("{what} grad input"), &grad(&xt), &dx, F16_OUT);
+                assert_close(&format!("{what} grad gamma"), &grad(&gt), &dg, LONG_SUM);
+                assert_close(&format!("{what} grad beta"), &grad(&bt), &db, LONG_SUM);
+                // evaluation without a graph, with a residual and the ReLU (a block's end)
+                let res = f16_exact(&rng.vec(n * c * hw));
+                let eval = batchnorm::BatchNormConfig { training: false, ..Default::default() };
+                let y = sasprune::autograd::no_grad(|| {
+                    batchnorm::batch_norm_add_relu(&xt, &half_tensor(&res, &[n, c, h, w]), &gt, &bt, &rmt, &rvt, eval)
+                })
+                .unwrap();
+                assert_f16(&what, &y);
+                let pre = cpu::batchnorm_eval(&x, &gamma, &beta, &rm, &rv, n, c, hw, 1e-5);
+                let sum: Vec<f64> = pre.iter().zip(&res).map(|(a, b)| a + b).collect();
+                assert_close(&format!("{what} eval + residual + relu"), &values(&y), &cpu::relu(&sum), F16_OUT);
+            }
+        });
+    }
+}
+
+#[test]
+fn f16_elementwise_pooling_shortcut_and_loss_match_reference() {
+    if !f16_available("f16_elementwise_pooling_shortcut_and_loss_match_reference") {
+        return;
+    }
+    let mut rng = Rng::new(103);
+    // add + ReLU and its backward (both inputs get the masked gradient)
+    let n = 3 * 333;
+    let (a, b, r) = (f16_exact(&rng.vec(n)), f16_exact(&rng.vec(n)), f16_exact(&rng.vec(n)));
+    let (at, bt) = (half_param(&a, &[3, 333]), half_param(&b, &[3, 333]));
+    let y = elementwise::add_relu(&at, &bt).unwrap();
+    assert_f16("add_relu", &y);
+    let sum = cpu::add(&a, &b);
+    assert_close("f16 add_relu forward", &values(&y), &cpu::relu(&sum), F16_OUT);
+    y.backward_with(half_tensor(&r, &[3, 333])).unwrap();
+    assert_close("f16 add_relu grad", &grad(&at), &cpu::relu_backward(&r, &sum), (0.0, 0.0));
+    // add, relu, scale, dropout
+    assert_close("f16 add", &values(&elementwise::add(&at, &bt).unwrap()), &sum, F16_OUT);
+    assert_close("f16 relu", &values(&elementwise::relu(&at).unwrap()), &cpu::relu(&a), (0.0, 0.0));
+    assert_close("f16 scale", &values(&elementwise::scale(&at, 0.3).unwrap()), &cpu::scale(&a, 0.3), F16_OUT);
+    let keep = cpu::dropout_keep_mask(n, 0.4, 7);
+    let dropped = elementwise::dropout(&at, 0.4, 7).unwrap();
+    assert_f16("dropout", &dropped);
+    assert_close("f16 dropout", &values(&dropped), &cpu::dropout(&a, &keep, 0.4), F16_OUT);
+    let mixed = elementwise::add(&at, &tensor(&b, &[3, 333]));
+    assert!(mixed.is_err(), "adding f16 to f32 is refused, not read wrongly");
+
+    // max pooling (AlexNet) and global average pooling (ResNet)
+    let (nn, c, h, w) = (2, 3, 13, 11);
+    let x = f16_exact(&rng.vec(nn * c * h * w));
+    let xt = half_param(&x, &[nn, c, h, w]);
+    let y = pool::max_pool2d(&xt, 3, 2, 1).unwrap();
+    assert_f16("max pool", &y);
+    let (want, idx) = cpu::maxpool2d(&x, nn, c, h, w, 3, 2, 1);
+    assert_close("f16 max pool forward", &values(&y), &want, (0.0, 0.0));
+    let r = f16_exact(&rng.vec(y.numel()));
+    y.backward_with(half_tensor(&r, y.shape())).unwrap();
+    let (oh, ow) = (y.shape()[2], y.shape()[3]);
+    assert_close("f16 max pool backward", &grad(&xt), &cpu::maxpool2d_backward(&r, &idx, nn, c, h, w, oh, ow), F16_OUT);
+    let xt = half_param(&x, &[nn, c, h, w]);
+    let y = pool::global_avg_pool(&xt).unwrap();
+    assert_close("f16 global avg pool", &values(&y), &cpu::global_avgpool(&x, nn, c, h * w), F16_OUT);
+    let r = f16_exact(&rng.vec(nn * c));
+    y.backward_with(half_tensor(&r, &[nn, c])).unwrap();
+    assert_close("f16 global avg pool backward", &grad(&xt), &cpu::global_avgpool_backward(&r, nn, c, h * w), F16_OUT);
+
+    // the option-A shortcut
+    let (nn, c, h, w, pad_c) = (2, 3, 7, 6, 2);
+    let x = f16_exact(&rng.vec(nn * c * h * w));
+    let xt = half_param(&x, &[nn, c, h, w]);
+    let y = shortcut::shortcut_a(&xt, pad_c).unwrap();
+    assert_f16("shortcut", &y);
+    assert_close("f16 shortcut forward", &values(&y), &cpu::shortcut_a(&x, nn, c, h, w, pad_c), (0.0, 0.0));
+    let r = f16_exact(&rng.vec(y.numel()));
+    y.backward_with(half_tensor(&r, y.shape())).unwrap();
+    assert_close("f16 shortcut backward", &grad(&xt), &cpu::shortcut_a_backward(&r, nn, c, h, w, pad_c), (0.0, 0.0));
+
+    // softmax cross-entropy on f16 logits: the loss is f32, the logits' gradient f16
+    for (n, classes) in [(37, 10), (5, 1000)] {
+        let logits = f16_exact(&rng.vec(n * classes).iter().map(|v| 3.0 * v).collect::<Vec<_>>());
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+        let label_t = tensor(&labels.iter().map(|&l| l as f64).collect::<Vec<_>>(), &[n]);
+        let lt = half_param(&logits, &[n, classes]);
+        let loss_t = loss::cross_entropy(&lt, &label_t).unwrap();
+        assert_eq!(loss_t.dtype(), Dtype::F32);
+        let (ref_loss, ref_grad) = cpu::softmax_cross_entropy(&logits, &labels, n, classes);
+        assert_close("f16 cross entropy loss", &values(&loss_t), &[ref_loss], ELEMENTWISE);
+        loss_t.backward().unwrap();
+        assert_f16("cross entropy grad", &lt.grad().unwrap());
+        assert_close("f16 cross entropy grad", &grad(&lt), &ref_grad, F16_OUT);
+        let rank = values(&loss::label_rank(&lt, &label_t).unwrap());
+        for i in 0..n {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let expected = row.iter().filter(|&&v| v > row[labels[i] as usize]).count() as f64;
+            assert_eq!(rank[i], expected, "f16 rank of row {i}");
+        }
+    }
+
+    // the channel sum of an f16 gradient (a bias gradient) and the sum of f16 values
+    let (outer, c, inner) = (3, 67, 37);
+    let x = f16_exact(&rng.vec(outer * c * inner));
+    let cs = reduce::channel_sum(&half_tensor(&x, &[outer, c, inner]), outer, c, inner).unwrap();
+    assert_eq!(cs.dtype(), Dtype::F32);
+    let want: Vec<f64> = (0..c)
+        .map(|ch| {
+            (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).map(|(o, i)| x[(o * c + ch) * inner + i]).sum()
+        })
+        .collect();
+    assert_close("f16 channel sum", &values(&cs), &want, LONG_SUM);
+    let s = reduce::sum(&half_tensor(&x, &[x.len()])).unwrap();
+    assert_close("f16 sum", &values(&s), &[cpu::sum(&x)], LONG_SUM);
+}
+
+#[test]
+fn a_kernel_that_reads_f32_only_refuses_f16_data() {
+    if !f16_available("a_kernel_that_reads_f32_only_refuses_f16_data") {
+        return;
+    }
+    // SGD reads its gradient as f32 (mixed precision keeps weights, gradients and the optimizer
+    // f32): an f16 tensor there is a bug named, not a silent misread
+    let w = Tensor::from_slice(&[1.0; 8], &[8]).unwrap();
+    let buf = Tensor::zeros(&[8]).unwrap();
+    let g = Tensor::from_slice_as(Dtype::F16, &[1.0; 8], &[8]).unwrap();
+    let err = sgd::sgd_step(
+        &w,
+        &g,
+        &buf,
+        None,
+        &sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0, nesterov: false },
+    )
+    .err()
+    .map(|e| e.to_string());
+    let err = err.unwrap_or_default();
+    assert!(err.contains("f16 data at binding 2"), "expected a refusal, got '{err}'");
+}
