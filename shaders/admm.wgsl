@@ -30,16 +30,18 @@ fn sas_h(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 //#section sas_inner
 // One inner step given d = ∇f(Ŵ):  W̆ ← (γ·W̆ + h − d) / (γ + ρ);  W ← b_t·W̆ + (1 − b_t)·W;
 // then the next step's point Ŵ = b_next·W̆ + (1 − b_next)·W.
-// a = γ_t, b = ρ, c = b_t, e = b_{t+1}
+// a = γ_t, b = ρ, c = b_t, e = b_{t+1}. skip[0] != 0 (mixed precision: d overflowed) leaves W̆, W
+// and Ŵ as they are.
 @group(0) @binding(1) var<storage, read> d: array<f32>;
 @group(0) @binding(2) var<storage, read> h: array<f32>;
 @group(0) @binding(3) var<storage, read_write> w_breve: array<f32>;
 @group(0) @binding(4) var<storage, read_write> w: array<f32>;
 @group(0) @binding(5) var<storage, read_write> w_hat: array<f32>;
+@group(0) @binding(6) var<storage, read> skip: array<u32>;
 @compute @workgroup_size(WG)
 fn sas_inner(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
-    if (i >= p.n) { return; }
+    if (i >= p.n || skip[0] != 0u) { return; }
     let wb = (p.a * w_breve[i] + h[i] - d[i]) / (p.a + p.b);
     let wn = p.c * wb + (1.0 - p.c) * w[i];
     w_breve[i] = wb;

@@ -290,7 +290,7 @@ impl Bench<'_> {
             let (w, g, b, m) =
                 (random(&[len], 9)?, random(&[len], 10)?, Tensor::zeros(&[len])?, Tensor::full(&[len], 1.0)?);
             let s = sgd::SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
-            let (seconds, timing) = time_median(runs, || sgd::sgd_step(&w, &g, &b, Some(&m), &s))?;
+            let (seconds, timing) = time_median(runs, || sgd::sgd_step(&w, &g, &b, Some(&m), &s, None))?;
             // reads w, grad, buf, mask; writes w, buf
             emit(Measurement { name, seconds, work: gb(6.0, len), unit: "GB/s", timing, extra: vec![] })?;
         }
@@ -298,7 +298,7 @@ impl Bench<'_> {
         if cfg.wants(&name) {
             let t: Vec<Tensor> = (0..5).map(|i| random(&[len], 11 + i)).collect::<Result<_>>()?;
             let (seconds, timing) =
-                time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4))?;
+                time_median(runs, || admm::sas_inner(&t[0], &t[1], &t[2], &t[3], &t[4], 12.5, 0.04, 0.5, 0.4, None))?;
             // reads d, h, W̆, W; writes W̆, W, Ŵ
             emit(Measurement { name, seconds, work: gb(7.0, len), unit: "GB/s", timing, extra: vec![] })?;
         }

@@ -559,7 +559,7 @@ fn sgd_step_matches_reference_with_momentum_nesterov_weight_decay_and_mask() {
         let (wt, bt, mt) = (tensor(&w, &[n]), tensor(&buf, &[n]), tensor(&mask, &[n]));
         for step in 0..3 {
             let g = f32_exact(&rng.vec(n));
-            sgd::sgd_step(&wt, &tensor(&g, &[n]), &bt, masked.then_some(&mt), &gcfg).unwrap();
+            sgd::sgd_step(&wt, &tensor(&g, &[n]), &bt, masked.then_some(&mt), &gcfg, None).unwrap();
             cpu::sgd_step(&mut w, &g, &mut buf, masked.then_some(&mask[..]), &cfg);
             let what = format!("sgd nesterov={nesterov} mask={masked} step {step}");
             assert_close(&format!("{what} weights"), &values(&wt), &w, ELEMENTWISE);
@@ -701,6 +701,7 @@ fn one_thread_per_element_kernels_fold_beyond_65535_workgroups() {
         &bt,
         None,
         &sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: false },
+        None,
     )
     .unwrap();
     let mut w_ref = w.clone();

@@ -322,9 +322,165 @@ fn a_kernel_that_reads_f32_only_refuses_f16_data() {
         &buf,
         None,
         &sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0, nesterov: false },
+        None,
     )
     .err()
     .map(|e| e.to_string());
     let err = err.unwrap_or_default();
     assert!(err.contains("f16 data at binding 2"), "expected a refusal, got '{err}'");
+}
+
+/// The device-side loss scale alone, with an injected infinite gradient: the step is skipped
+/// (weights and momentum untouched), S halves and the skip is counted; finite gradients are
+/// divided by S exactly (S is a power of two) and the step applies; after `interval` good steps
+/// S doubles.
+#[test]
+fn loss_scale_skips_a_step_with_an_infinite_gradient_and_adapts() {
+    use sasprune::ops::loss_scale::{skip_flag, LossScale, LossScaleStatus};
+    let n = 1000;
+    let mut rng = Rng::new(104);
+    let w0 = f32_exact(&rng.vec(n));
+    let (w, buf) = (tensor(&w0, &[n]), Tensor::zeros(&[n]).unwrap());
+    let skip = skip_flag().unwrap();
+    let scale = LossScale::new(&skip, 1024.0, 2).unwrap();
+    let cfg = sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: false };
+    // a step whose (scaled) gradients hold one inf
+    let mut g = f32_exact(&rng.vec(n));
+    g[n / 3] = f64::INFINITY;
+    let gt = tensor(&g, &[n]);
+    scale.unscale(&gt, n).unwrap();
+    sgd::sgd_step(&w, &gt, &buf, None, &cfg, Some(&skip)).unwrap();
+    assert_eq!(values(&w), w0, "a skipped step leaves the weights as they were");
+    assert!(values(&buf).iter().all(|&b| b == 0.0), "and the momentum");
+    scale.update().unwrap();
+    assert_eq!(scale.status().unwrap(), LossScaleStatus { scale: 512.0, skipped: 1 });
+    scale.update().unwrap();
+    assert_eq!(scale.status().unwrap(), LossScaleStatus { scale: 512.0, skipped: 1 }, "a second update is a no-op");
+    // two good steps: applied with g / S, then S doubles
+    let (mut w_ref, mut buf_ref) = (w0.clone(), vec![0.0; n]);
+    let rcfg = cpu::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: false };
+    for step in 0..2 {
+        let g = f32_exact(&rng.vec(n));
+        let scaled: Vec<f64> = g.iter().map(|v| v * 512.0).collect();
+        let gt = tensor(&scaled, &[n]);
+        scale.unscale(&gt, n).unwrap();
+        assert_eq!(values(&gt), g, "dividing by a power of two is exact");
+        sgd::sgd_step(&w, &gt, &buf, None, &cfg, Some(&skip)).unwrap();
+        cpu::sgd_step(&mut w_ref, &g, &mut buf_ref, None, &rcfg);
+        scale.update().unwrap();
+        assert_close(&format!("good step {step}"), &values(&w), &w_ref, ELEMENTWISE);
+    }
+    assert_eq!(scale.status().unwrap(), LossScaleStatus { scale: 1024.0, skipped: 1 }, "doubled after 2 good steps");
+    // a NaN is caught as well, and the saved state round-trips
+    let gt = tensor(&[f64::NAN; 7], &[7]);
+    scale.unscale(&gt, 7).unwrap();
+    let saved = scale.to_vec().unwrap();
+    assert_eq!(saved, [512.0, 0.0, 2.0, 0.0]);
+    let other = LossScale::new(&skip_flag().unwrap(), 65536.0, 2).unwrap();
+    other.load(&saved).unwrap();
+    assert_eq!(other.status().unwrap(), LossScaleStatus { scale: 512.0, skipped: 2 });
+}
+
+fn random_batch(rng: &mut Rng, n: usize) -> (Tensor, Tensor) {
+    let x = f32_exact(&rng.vec(n * 3 * 32 * 32));
+    let labels: Vec<f64> = (0..n).map(|_| rng.below(10) as f64).collect();
+    (tensor(&x, &[n, 3, 32, 32]), tensor(&labels, &[n]))
+}
+
+/// A ResNet-20 in mixed precision: its gradient on a batch agrees with the f32 model's (the
+/// same weights) to what f16 activations allow, and a step whose scaled gradients overflow (S
+/// forced to 2^24: the loss gradient alone exceeds f16's 65,504) is skipped on the device,
+/// counted, and S comes down until steps apply again.
+#[test]
+fn mixed_precision_resnet_gradient_matches_f32_and_overflowing_steps_are_skipped() {
+    if !f16_available("mixed_precision_resnet_gradient_matches_f32_and_overflowing_steps_are_skipped") {
+        return;
+    }
+    use sasprune::models::{Model, Precision};
+    let mut rng = Rng::new(105);
+    let (x, y) = random_batch(&mut rng, 4);
+    let mut f32_model = Model::build("resnet20", 10, 7).unwrap();
+    let mut mixed = Model::build("resnet20", 10, 7).unwrap();
+    mixed.set_precision(Precision::Mixed).unwrap();
+    let l32 = f32_model.gradient(&x, &y, 0).unwrap().item().unwrap();
+    let g32 = values(&f32_model.store.grads_flat().unwrap());
+    let l16 = mixed.gradient(&x, &y, 0).unwrap().item().unwrap();
+    let g16 = values(&mixed.store.grads_flat().unwrap());
+    assert!((l32 - l16).abs() < 1e-3 * l32.abs().max(1.0), "loss {l16} (mixed) vs {l32} (f32)");
+    // A freshly initialized network's gradient is sensitive: rounding only the input images to
+    // f16 moves the f32 gradient by ~3e-2 (relative, L2). Mixed precision rounds every
+    // activation so; its deviation must stay within a few times that one rounding's.
+    let images = values(&x);
+    let rounded = tensor(&f16_exact(&images), x.shape());
+    f32_model.gradient(&rounded, &y, 0).unwrap();
+    let g32_rounded_input = values(&f32_model.store.grads_flat().unwrap());
+    let rel = |a: &[f64], b: &[f64]| {
+        let d: f64 = a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt();
+        d / a.iter().map(|p| p * p).sum::<f64>().sqrt()
+    };
+    let (mixed_err, input_err) = (rel(&g32, &g16), rel(&g32, &g32_rounded_input));
+    eprintln!("ResNet-20 gradient vs f32: mixed {mixed_err:.2e}, f32 with f16-rounded images {input_err:.2e}");
+    assert!(input_err > 0.0 && mixed_err < 3.0 * input_err, "mixed {mixed_err:.2e} vs one rounding {input_err:.2e}");
+
+    // overflow: S = 2^24
+    let scale = mixed.store.loss_scale().unwrap();
+    scale.load(&[16777216.0, 0.0, 0.0, 0.0]).unwrap();
+    let before = values(&mixed.store.params_flat().unwrap());
+    let cfg = sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: false };
+    mixed.gradient(&x, &y, 1).unwrap();
+    mixed.store.sgd_step(&cfg, None).unwrap();
+    assert_eq!(values(&mixed.store.params_flat().unwrap()), before, "the overflowing step is skipped");
+    assert!(values(&mixed.store.momentum_flat().unwrap()).iter().all(|&m| m == 0.0), "momentum untouched");
+    let mut steps: i32 = 1;
+    while values(&mixed.store.params_flat().unwrap()) == before {
+        assert!(steps < 16, "S should come down to where steps apply within a few halvings");
+        mixed.gradient(&x, &y, 1 + steps as u64).unwrap();
+        mixed.store.sgd_step(&cfg, None).unwrap();
+        steps += 1;
+    }
+    mixed.store.update_loss_scale().unwrap();
+    let status = mixed.store.loss_scale().unwrap().status().unwrap();
+    assert_eq!(status.skipped, steps as u64 - 1, "every step but the last was skipped");
+    assert_eq!(status.scale, 16777216.0 / 2f32.powi(steps - 1));
+    eprintln!("S = 2^24 came down to {} after {} skipped steps", status.scale, status.skipped);
+}
+
+/// PyTorch-trained ResNet-20 weights on real CIFAR-10 test images: mixed precision's top-1 and
+/// loss match the f32 evaluation's (f16 activations move a few logits' ranks, no more).
+#[test]
+fn mixed_precision_evaluation_of_pretrained_resnet20_matches_f32() {
+    use sasprune::models::{Model, Precision};
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let weights = root.join("../shared/pretrained/resnet20.safetensors");
+    let data = root.join("data");
+    let missing = format!("needs {} and {}/cifar-10-batches-bin", weights.display(), data.display());
+    let present = weights.exists() && data.join("cifar-10-batches-bin/test_batch.bin").exists();
+    if !inputs_present("mixed_precision_pretrained_resnet20", present, &missing)
+        || !f16_available("mixed_precision_evaluation_of_pretrained_resnet20_matches_f32")
+    {
+        return;
+    }
+    let cifar = sasprune::data::cifar::Cifar10::open(&data).unwrap();
+    let test = sasprune::data::First { inner: &cifar.test, n: 1000 };
+    let mut model = Model::build("resnet20", 10, 0).unwrap();
+    let norm = sasprune::checkpoint::load_model(&mut model, &weights).unwrap().expect("normalization");
+    let f32_result = sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap();
+    model.set_precision(Precision::Mixed).unwrap();
+    let mixed = sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap();
+    eprintln!(
+        "1,000 test images: top-1 {:.2}% f32, {:.2}% mixed; loss {:.5} / {:.5}; {:.1} / {:.1} img/s",
+        f32_result.top1,
+        mixed.top1,
+        f32_result.loss,
+        mixed.loss,
+        f32_result.images as f64 / f32_result.seconds,
+        mixed.images as f64 / mixed.seconds
+    );
+    assert!((mixed.top1 - f32_result.top1).abs() <= 0.25, "top-1 {} mixed vs {} f32", mixed.top1, f32_result.top1);
+    assert!(
+        (mixed.loss - f32_result.loss).abs() <= 2e-3 * f32_result.loss,
+        "loss {} vs {}",
+        mixed.loss,
+        f32_result.loss
+    );
 }

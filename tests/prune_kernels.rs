@@ -21,7 +21,7 @@ fn sas_h_inner_step_and_mix_match_reference() {
     let hat = tensor(&vec![0.0; n], &[n]);
     let h32 = f32_exact(&h);
     let h32t = tensor(&h32, &[n]);
-    admm::sas_inner(&dt, &h32t, &wbt, &wt, &hat, 12.5, 0.04, 2.0 / 3.0, 0.5).unwrap();
+    admm::sas_inner(&dt, &h32t, &wbt, &wt, &hat, 12.5, 0.04, 2.0 / 3.0, 0.5, None).unwrap();
     let (rwb, rw, rhat) = cpu::sas_inner(&d, &h32, &wb, &w, 12.5, 0.04, 2.0 / 3.0, 0.5);
     assert_close("sas_inner W̆", &values(&wbt), &rwb, ELEMENTWISE);
     assert_close("sas_inner W", &values(&wt), &rw, ELEMENTWISE);
@@ -253,7 +253,7 @@ fn masked_sgd_and_norms_in_pieces() {
         let mut buf = vec![0.0; n];
         let (wt, bt) = (tensor(&w, &[n]), tensor(&buf, &[n]));
         let cfg = sgd::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
-        sgd::sgd_step(&wt, &tensor(&g, &[n]), &bt, Some(&tensor(&mask, &[n])), &cfg).unwrap();
+        sgd::sgd_step(&wt, &tensor(&g, &[n]), &bt, Some(&tensor(&mask, &[n])), &cfg, None).unwrap();
         let rcfg = cpu::SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
         cpu::sgd_step(&mut w, &g, &mut buf, Some(&mask[..]), &rcfg);
         let got = values(&wt);

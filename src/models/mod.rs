@@ -116,6 +116,29 @@ pub struct Model {
     pub classes: usize,
     /// A compact (filter-pruned) network's channel-set widths; `None` for the standard one.
     pub widths: Option<Vec<usize>>,
+    /// How activations are stored (see [`Precision`]); set with [`Model::set_precision`].
+    precision: Precision,
+}
+
+/// How a model's activations are stored (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere: the paper's numerics
+    #[default]
+    F32,
+    /// f16 activations (and activation gradients), f32 weights, gradients, optimizer and ADMM
+    /// variables, f32 arithmetic in every kernel, dynamic loss scaling
+    Mixed,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Mixed => "mixed",
+        })
+    }
 }
 
 /// Where a model's images come from.
@@ -334,7 +357,8 @@ impl Model {
         let net = (spec.build)(&mut store, &arch, &mut rng);
         store.materialize()?;
         let widths = arch.widths.map(<[usize]>::to_vec);
-        Ok(Model { name: spec.name.to_string(), spec, store, net, input: spec.input, classes: arch.classes, widths })
+        let (name, input, classes) = (spec.name.to_string(), spec.input, arch.classes);
+        Ok(Model { name, spec, store, net, input, classes, widths, precision: Precision::F32 })
     }
 
     /// Builds `name` standard (`widths` None) or compact ([`Model::build_compact`]).
@@ -372,11 +396,46 @@ impl Model {
     /// bench, the memory check): zero the gradients, forward in training mode (dropout masks
     /// from `noise`), mean cross-entropy against `labels`, backward. The gradients land in the
     /// store's gradient arena; returns the loss, still on the device.
+    ///
+    /// In mixed precision backward starts from the loss scale S and the gradients are divided by
+    /// it before this returns; a step whose gradients overflowed has the store's skip flag set,
+    /// which the optimizers read on the device (the previous step's outcome is applied to S
+    /// first, its optimizer having been recorded by then).
     pub fn gradient(&mut self, x: &Tensor, labels: &Tensor, noise: u64) -> Result<Tensor> {
+        self.store.update_loss_scale()?;
         self.store.zero_grad()?;
         let l = crate::ops::loss::cross_entropy(&self.forward(x, Pass::Train { noise })?, labels)?;
-        l.backward()?;
+        match self.store.loss_seed()? {
+            Some(seed) => l.backward_with(seed)?,
+            None => l.backward()?,
+        }
+        self.store.unscale_gradients()?;
         Ok(l.detach())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Stores activations per `precision` from now on. Mixed precision needs an adapter with
+    /// f16 shaders; it turns on dynamic loss scaling.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Mixed {
+            let adapter = &crate::gpu::get()?.adapter;
+            if !adapter.shader_f16 {
+                return Err(Error::invalid(format!(
+                    "--precision mixed stores activations as f16, and {adapter} has no f16 shader support \
+                     (wgpu's SHADER_F16); use --precision f32"
+                )));
+            }
+            self.store.enable_loss_scaling()?;
+        } else if self.store.loss_scale().is_some() {
+            return Err(Error::invalid(
+                "a model trained with loss scaling cannot go back to --precision f32 in the same run",
+            ));
+        }
+        self.precision = precision;
+        Ok(())
     }
 
     /// The inference pass as ONNX nodes in `g`, reading the (normalized) images `x`; returns the
@@ -402,6 +461,11 @@ impl Model {
                 Some(noise)
             }
         };
+        if self.precision == Precision::Mixed && x.dtype() != crate::gpu::Dtype::F16 {
+            // the images as f16: every activation after them follows
+            let x = crate::ops::elementwise::cast(x, crate::gpu::Dtype::F16)?;
+            return self.net.forward(&self.store, &x, noise);
+        }
         self.net.forward(&self.store, x, noise)
     }
 }

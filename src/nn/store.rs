@@ -1,6 +1,7 @@
 //! The parameter store and its arenas.
 
 use crate::gpu::{self, Buffer};
+use crate::ops::loss_scale::{self, LossScale};
 use crate::ops::{elementwise, sgd};
 use crate::tensor::numel;
 use crate::{Error, Result, Tensor};
@@ -46,6 +47,9 @@ pub struct Arenas {
     buffers: Arc<Buffer>,
     params_len: usize,
     buffers_len: usize,
+    /// The optimizer's step-skip flag (one word; set on the device by loss scaling when a
+    /// step's gradients overflow, else always 0).
+    skip: Tensor,
 }
 
 #[derive(Default)]
@@ -60,6 +64,8 @@ pub struct ParamStore {
     /// How often the gradient arena was zeroed (the gradient places compare it with when they
     /// were last filled, to know whether they still hold zeros).
     zeroings: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Dynamic loss scaling (mixed precision), once enabled.
+    loss_scale: Option<LossScale>,
 }
 
 impl ParamStore {
@@ -104,6 +110,7 @@ impl ParamStore {
             buffers: arena(buffers_len, "the batch-norm statistics")?,
             params_len,
             buffers_len,
+            skip: loss_scale::skip_flag()?,
         };
         for (e, init) in self.entries.iter_mut().zip(self.initial.drain(..)) {
             let byte = 4 * e.offset as u64;
@@ -186,11 +193,52 @@ impl ParamStore {
 
     /// One SGD step over every parameter. `mask`, when given, has the arena's length (1 outside
     /// the pruned range). One launch, or a few when the arena exceeds the device's binding limit.
+    /// Skipped on the device when loss scaling found this step's gradients overflowed.
     pub fn sgd_step(&self, cfg: &sgd::SgdConfig, mask: Option<&Tensor>) -> Result<()> {
         let a = self.arenas();
         let view = |b: &Arc<Buffer>| Tensor::view_into(b.clone(), 0, &[a.params_len]);
         let m = mask.map(|m| Tensor::view_into(m.storage().clone(), m.byte_offset(), &[a.params_len])).transpose()?;
-        sgd::sgd_step(&view(&a.params)?, &view(&a.grads)?, &view(&a.momentum)?, m.as_ref(), cfg)
+        sgd::sgd_step(&view(&a.params)?, &view(&a.grads)?, &view(&a.momentum)?, m.as_ref(), cfg, Some(&a.skip))
+    }
+
+    /// The flag other optimizers (the ADMM inner steps) bind to skip a step whose gradients
+    /// overflowed.
+    pub fn skip_flag(&self) -> &Tensor {
+        &self.arenas().skip
+    }
+
+    /// Turns on dynamic loss scaling (mixed precision): from now on backward starts from
+    /// [`ParamStore::loss_seed`], and [`ParamStore::unscale_gradients`] must follow it.
+    pub fn enable_loss_scaling(&mut self) -> Result<()> {
+        if self.loss_scale.is_none() {
+            let skip = &self.arenas().skip;
+            self.loss_scale = Some(LossScale::new(skip, loss_scale::INITIAL_SCALE, loss_scale::GROWTH_INTERVAL)?);
+        }
+        Ok(())
+    }
+
+    pub fn loss_scale(&self) -> Option<&LossScale> {
+        self.loss_scale.as_ref()
+    }
+
+    /// The gradient backward starts from: the loss scale S, or None (1) without scaling.
+    pub fn loss_seed(&self) -> Result<Option<Tensor>> {
+        self.loss_scale.as_ref().map(|s| s.seed()).transpose()
+    }
+
+    /// With loss scaling: this step's gradients divided by S and checked for inf and NaN (the
+    /// skip flag set if any is). Call after backward, before the optimizer. Nothing without
+    /// scaling.
+    pub fn unscale_gradients(&self) -> Result<()> {
+        let Some(scale) = &self.loss_scale else { return Ok(()) };
+        let a = self.arenas();
+        scale.unscale(&Tensor::view_into(a.grads.clone(), 0, &[a.params_len.max(1)])?, a.params_len)
+    }
+
+    /// With loss scaling: the last step's outcome applied to S (the skip flag cleared), once its
+    /// optimizer has run. Nothing without scaling, or when it already ran.
+    pub fn update_loss_scale(&self) -> Result<()> {
+        self.loss_scale.as_ref().map_or(Ok(()), |s| s.update())
     }
 
     /// Every parameter and buffer, by name, copied to the host (two read-backs in all).

@@ -199,7 +199,7 @@ pub fn run_admm_nn(
             if cfg.train_all {
                 model.store.sgd_step(&sgd, None)?;
             } else {
-                crate::ops::sgd::sgd_step(&w_net, &d, &prunable_momentum, None, &sgd)?;
+                crate::ops::sgd::sgd_step(&w_net, &d, &prunable_momentum, None, &sgd, Some(model.store.skip_flag()))?;
             }
             state.gradients += 1;
             gpu::get()?.flush()?;

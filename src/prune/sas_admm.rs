@@ -165,7 +165,19 @@ pub fn run_sas_admm(
             let gamma = 2.0 / (eta * t as f64);
             let l = minibatch_gradient(model, data, spec, cfg.batch, cfg.file_order, seed, state.gradients, &mut buf)?;
             elementwise::axpy(1.0, &l, &ce_sum)?;
-            admm::sas_inner(&d, &h, &state.w_breve, &state.w, &w_hat, gamma as f32, cfg.rho, b as f32, b_next as f32)?;
+            let skip = Some(model.store.skip_flag());
+            admm::sas_inner(
+                &d,
+                &h,
+                &state.w_breve,
+                &state.w,
+                &w_hat,
+                gamma as f32,
+                cfg.rho,
+                b as f32,
+                b_next as f32,
+                skip,
+            )?;
             state.gradients += 1;
             gpu::get()?.flush()?;
             bar.set_position(state.gradients as u64);

@@ -33,13 +33,18 @@ fn params(n: usize, a: f32, b: f32, c: f32, e: f32) -> Params {
 }
 
 fn run(kernel: &Kernel, p: Params, tensors: &[&Tensor]) -> Result<()> {
+    run_with(kernel, p, tensors, &[])
+}
+
+/// [`run`] with `whole` bound after the pieces, as they are (flags, not vectors).
+fn run_with(kernel: &Kernel, p: Params, tensors: &[&Tensor], whole: &[&Tensor]) -> Result<()> {
     for t in &tensors[1..] {
         same_shape(kernel.label, tensors[0], t)?;
     }
     // one piece unless the vectors exceed a storage binding (AlexNet's on 128 MiB drivers)
     for_each_chunk(p.n as usize, |start, len| {
         let pieces = tensors.iter().map(|t| flat_view(t, start, len)).collect::<Result<Vec<_>>>()?;
-        let bound: Vec<&Tensor> = pieces.iter().collect();
+        let bound: Vec<&Tensor> = pieces.iter().chain(whole.iter().copied()).collect();
         launch(kernel, &Params { n: len as u32, ..p }, &bound, groups_1d(len))
     })
 }
@@ -50,7 +55,8 @@ pub fn sas_h(w: &Tensor, z: &Tensor, u: &Tensor, h: &Tensor, rho: f32, beta: f32
 }
 
 /// One accelerated inner step given `d = ∇f(Ŵ)`: updates W̆ and W, and writes the next
-/// step's Ŵ (with `b_next`) into `w_hat`.
+/// step's Ŵ (with `b_next`) into `w_hat`; nothing when `skip` (a flag word, see
+/// [`super::loss_scale`]) is set on the device.
 #[allow(clippy::too_many_arguments)]
 pub fn sas_inner(
     d: &Tensor,
@@ -62,8 +68,13 @@ pub fn sas_inner(
     rho: f32,
     b: f32,
     b_next: f32,
+    skip: Option<&Tensor>,
 ) -> Result<()> {
-    run(&SAS_INNER, params(w.numel(), gamma, rho, b, b_next), &[d, h, w_breve, w, w_hat])
+    let skip = match skip {
+        Some(s) => s,
+        None => super::never_skip()?,
+    };
+    run_with(&SAS_INNER, params(w.numel(), gamma, rho, b, b_next), &[d, h, w_breve, w, w_hat], &[skip])
 }
 
 /// `out = a·x + (1 − a)·y` (`out` may not alias `x` or `y`).

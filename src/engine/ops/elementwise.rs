@@ -111,6 +111,14 @@ impl Backward for ScaleBackward {
     }
 }
 
+/// `x` stored as `dtype` (rounded to the nearest f16 for f16). Not differentiated: it turns
+/// input images into mixed precision's f16 activations.
+pub fn cast(x: &Tensor, dtype: crate::gpu::Dtype) -> Result<Tensor> {
+    let out = Tensor::uninit_as(dtype, x.shape())?;
+    launch(&SCALE, &params(x.numel(), 1.0), &[x, &out], groups_4x(x.numel()))?;
+    Ok(out)
+}
+
 /// `max(x, 0)`.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     let out = Tensor::uninit_as(x.dtype(), x.shape())?;

@@ -8,6 +8,7 @@ pub mod elementwise;
 pub mod gemm_plan;
 pub mod group;
 pub mod loss;
+pub mod loss_scale;
 pub mod matmul;
 pub mod pool;
 pub mod reduce;
@@ -93,6 +94,17 @@ pub(crate) fn for_each_chunk(total: usize, mut f: impl FnMut(usize, usize) -> Re
         start += len;
     }
     Ok(())
+}
+
+/// A step-skip flag that is never set: what optimizers bind without loss scaling (one per
+/// process, so no step allocates it).
+pub(crate) fn never_skip() -> Result<&'static Tensor> {
+    static NEVER: std::sync::OnceLock<Tensor> = std::sync::OnceLock::new();
+    if let Some(t) = NEVER.get() {
+        return Ok(t);
+    }
+    let t = loss_scale::skip_flag()?;
+    Ok(NEVER.get_or_init(|| t))
 }
 
 /// A tensor holding raw 32-bit words (kernels read them as u32: tables of offsets and counts).

@@ -35,7 +35,19 @@ struct Params {
 
 /// One SGD step in place on `w` and its momentum buffer `buf`, given `grad`; with `mask` (0/1)
 /// the update of masked weights is zero. All four have the same shape (one launch for any size).
-pub fn sgd_step(w: &Tensor, grad: &Tensor, buf: &Tensor, mask: Option<&Tensor>, cfg: &SgdConfig) -> Result<()> {
+/// With `skip` (a flag word, see [`super::loss_scale`]) set on the device, nothing changes.
+pub fn sgd_step(
+    w: &Tensor,
+    grad: &Tensor,
+    buf: &Tensor,
+    mask: Option<&Tensor>,
+    cfg: &SgdConfig,
+    skip: Option<&Tensor>,
+) -> Result<()> {
+    let skip = match skip {
+        Some(s) => s,
+        None => super::never_skip()?,
+    };
     same_shape("sgd_step", w, grad)?;
     same_shape("sgd_step", w, buf)?;
     if let Some(m) = mask {
@@ -57,6 +69,7 @@ pub fn sgd_step(w: &Tensor, grad: &Tensor, buf: &Tensor, mask: Option<&Tensor>, 
         let piece = |t: &Tensor| super::flat_view(t, start, len);
         let (w, grad, buf) = (piece(w)?, piece(grad)?, piece(buf)?);
         let m = mask.map(piece).transpose()?;
-        launch(&SGD, &Params { n: len as u32, ..p }, &[&w, &grad, &buf, m.as_ref().unwrap_or(&grad)], groups_1d(len))
+        let bound = [&w, &grad, &buf, m.as_ref().unwrap_or(&grad), skip];
+        launch(&SGD, &Params { n: len as u32, ..p }, &bound, groups_1d(len))
     })
 }
