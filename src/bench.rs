@@ -373,17 +373,48 @@ impl Bench<'_> {
             emit(images_measurement(&names[1], images, r.eval_images_per_second, vec![]))?;
             print_step_details(model, b, &r);
         }
+        self.mixed_precision_steps(emit)
+    }
+
+    /// ResNet-32's training step and evaluation in mixed precision (f16 activations), beside
+    /// the f32 rows, where the adapter has f16 shaders.
+    fn mixed_precision_steps(&self, emit: &mut Emit) -> Result<()> {
+        let (b, steps) = (self.step_batch, self.steps);
+        let names = [format!("resnet32 train step b{b} mixed"), format!("resnet32 eval b{b} mixed")];
+        if !names.iter().any(|n| self.cfg.wants(n)) {
+            return Ok(());
+        }
+        if !gpu::get()?.adapter.shader_f16 {
+            eprintln!("resnet32 mixed precision: skipped (this adapter has no f16 shaders)");
+            return Ok(());
+        }
+        let mut model = Model::build("resnet32", crate::models::spec("resnet32")?.classes, 0)?;
+        model.set_precision(crate::models::Precision::Mixed)?;
+        let r = step_rate_of(model, b, steps)?;
+        let extra =
+            vec![("peak_step_bytes", r.peak_step_bytes.into()), ("kernel_profile", profile_json(r.profile.as_ref()))];
+        emit(images_measurement(&names[0], steps * b, r.train_images_per_second, extra))?;
+        emit(images_measurement(&names[1], steps * b, r.eval_images_per_second, vec![]))?;
+        print_step_details(&names[0], b, &r);
         Ok(())
     }
 
-    /// ResNet-32 evaluation at eval's default batch (500).
+    /// ResNet-32 evaluation at eval's default batch (500), in f32 and (where the adapter has f16
+    /// shaders) mixed precision.
     fn evaluation_at_eval_batch(&self, emit: &mut Emit) -> Result<()> {
+        use crate::models::Precision;
         let (b, steps) = (if self.cfg.quick { 32 } else { 500 }, self.steps);
-        let name = format!("resnet32 eval b{b}");
-        if !self.cfg.wants(&name) {
-            return Ok(());
+        for precision in [Precision::F32, Precision::Mixed] {
+            let name = match precision {
+                Precision::F32 => format!("resnet32 eval b{b}"),
+                Precision::Mixed => format!("resnet32 eval b{b} mixed"),
+            };
+            if !self.cfg.wants(&name) || (precision == Precision::Mixed && !gpu::get()?.adapter.shader_f16) {
+                continue;
+            }
+            emit(images_measurement(&name, steps * b, eval_rate("resnet32", b, steps, precision)?, vec![]))?;
         }
-        emit(images_measurement(&name, steps * b, eval_rate("resnet32", b, steps)?, vec![]))
+        Ok(())
     }
 }
 
@@ -455,9 +486,10 @@ fn plans_json() -> serde_json::Value {
 
 /// Evaluation throughput (forward passes in eval mode, one submit each, no read-back) of a model
 /// at `batch` on random input, after one warm-up pass.
-pub fn eval_rate(model_name: &str, batch: usize, passes: usize) -> Result<f64> {
+pub fn eval_rate(model_name: &str, batch: usize, passes: usize, precision: crate::models::Precision) -> Result<f64> {
     let gpu = gpu::get()?;
     let mut model = Model::build(model_name, crate::models::spec(model_name)?.classes, 0)?;
+    model.set_precision(precision)?;
     let (c, h, w) = model.input;
     let x = random(&[batch, c, h, w], 12)?;
     let mut eval = || -> Result<()> {
@@ -661,7 +693,7 @@ fn memory_probe(model: &mut Model, x: &Tensor, y: &Tensor, sgd: &crate::ops::sgd
     let l = loss::cross_entropy(&model.forward(x, Pass::Train { noise: 0 })?, y)?;
     gpu.flush()?;
     let after_forward = gpu.memory_stats().in_use;
-    l.backward()?;
+    model.backward(&l)?;
     model.store.sgd_step(sgd, None)?;
     gpu.synchronize()?;
     let stats = gpu.memory_stats();

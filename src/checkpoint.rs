@@ -400,8 +400,8 @@ impl std::fmt::Debug for Preloaded {
 
 /// Writes everything a resumable phase needs in ONE file (so a crash can never pair weights of
 /// one step with optimizer state of another): the model's tensors under `model.`, each of
-/// `extra`'s dictionaries under its prefix, and `metadata` plus the model's normalization and
-/// batch-norm counter.
+/// `extra`'s dictionaries under its prefix, mixed precision's loss-scale state (`loss_scale`),
+/// and `metadata` plus the model's normalization and batch-norm counter.
 pub fn save_bundle(
     path: &Path,
     model: &Model,
@@ -417,6 +417,9 @@ pub fn save_bundle(
         for (k, v) in d {
             dict.insert(format!("{prefix}{k}"), v.clone());
         }
+    }
+    if let Some(scale) = model.store.loss_scale() {
+        dict.insert(LOSS_SCALE_KEY.into(), (vec![4], scale.to_vec()?));
     }
     model_metadata(model, norm, &mut metadata);
     metadata.insert("batches_tracked".into(), model.store.batches_tracked.to_string());
@@ -434,6 +437,9 @@ fn model_metadata(model: &Model, normalize: Normalize, meta: &mut HashMap<String
     }
 }
 
+/// The loss-scale state's name in a bundle.
+const LOSS_SCALE_KEY: &str = "loss_scale";
+
 /// Loads the model part of a `save_bundle` file into `model`; returns the checkpoint (for the
 /// other parts and the metadata) and its normalization.
 pub fn load_bundle(path: &Path, model: &mut Model) -> Result<(Checkpoint, Normalize)> {
@@ -448,6 +454,11 @@ pub fn load_bundle(path: &Path, model: &mut Model) -> Result<(Checkpoint, Normal
     }
     model.store.load_state_dict(&ck.with_prefix("model."), &shown)?;
     model.store.batches_tracked = ck.metadata.get("batches_tracked").and_then(|v| v.parse().ok()).unwrap_or(0);
+    // a mixed-precision run goes on with its loss scale (an f32 run's bundle has none; a mixed run
+    // resumed from one starts at the initial scale)
+    if let (Some(scale), Some((_, saved))) = (model.store.loss_scale(), ck.tensors.get(LOSS_SCALE_KEY)) {
+        scale.load(saved).map_err(|e| Error::invalid(format!("{shown}: {e}")))?;
+    }
     let norm = ck.normalize().ok_or_else(|| Error::invalid(format!("{shown} lacks normalization metadata")))?;
     Ok((ck, norm))
 }

@@ -335,6 +335,8 @@ pub struct TrainSummary {
     pub images_per_second: f64,
     /// Evaluation images per second over this session's evaluations (None without any).
     pub eval_images_per_second: Option<f64>,
+    /// Mixed precision: the loss scale at the end and the steps it skipped (over the run).
+    pub loss_scale: Option<crate::ops::loss_scale::LossScaleStatus>,
 }
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -446,7 +448,7 @@ pub fn train(
     while run.step < run.stop_at {
         run.epoch()?;
     }
-    Ok(run.summary())
+    run.summary()
 }
 
 /// A training run in progress: what [`train`] plans at its start and counts as it goes.
@@ -642,8 +644,13 @@ impl<'a> TrainingRun<'a> {
         append_metrics(self.dir, &format!("{epoch},{step},{lr},{mean_loss:.6},{t1:.4},{t5:.4},{tl:.6},{secs:.2}"))?;
         if self.cfg.show_progress {
             let eval_rate = eval.map_or(String::new(), |e| format!(" ({:.0} img/s)", e.images as f64 / e.seconds));
+            // mixed precision: the loss scale and the steps it skipped (one read-back per epoch)
+            let scale = match self.model.store.loss_scale() {
+                Some(s) => s.status().map(|st| format!(" | loss scale {} ({} skipped)", st.scale, st.skipped))?,
+                None => String::new(),
+            };
             println!(
-                "epoch {epoch:>3}/{} | step {step} | lr {lr:.4} | train loss {mean_loss:.4} | {:.1} img/s | test top-1 {t1:.2}%{eval_rate} | {secs:.1} s",
+                "epoch {epoch:>3}/{} | step {step} | lr {lr:.4} | train loss {mean_loss:.4} | {:.1} img/s | test top-1 {t1:.2}%{eval_rate}{scale} | {secs:.1} s",
                 self.cfg.epochs,
                 e.images as f64 / epoch_step_seconds
             );
@@ -684,8 +691,8 @@ impl<'a> TrainingRun<'a> {
                 && (epochs.is_multiple_of(self.cfg.eval_every) || epochs == self.cfg.epochs))
     }
 
-    fn summary(&self) -> TrainSummary {
-        TrainSummary {
+    fn summary(&self) -> Result<TrainSummary> {
+        Ok(TrainSummary {
             steps: self.step,
             epochs_completed: self.step / self.steps_per_epoch,
             final_eval: self.final_eval,
@@ -694,7 +701,8 @@ impl<'a> TrainingRun<'a> {
             images_per_second: self.trained_images as f64 / self.step_seconds.max(1e-9),
             eval_images_per_second: (self.evaluated.0 > 0)
                 .then(|| self.evaluated.0 as f64 / self.evaluated.1.max(1e-9)),
-        }
+            loss_scale: self.model.store.loss_scale().map(|s| s.status()).transpose()?,
+        })
     }
 }
 

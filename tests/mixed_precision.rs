@@ -484,3 +484,54 @@ fn mixed_precision_evaluation_of_pretrained_resnet20_matches_f32() {
         f32_result.loss
     );
 }
+
+/// A mixed-precision training run stopped and resumed from its checkpoint ends with exactly the
+/// weights, momentum and loss scale of an uninterrupted run; S starts at 2^21, so the first
+/// steps are skipped and the resumed half depends on the saved scale.
+#[test]
+fn a_resumed_mixed_precision_run_continues_exactly_with_its_loss_scale() {
+    use sasprune::models::{Model, Precision};
+    use sasprune::train::{self, LrSchedule, Progress, TrainConfig};
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
+    let present = dir.join("cifar-10-batches-bin/test_batch.bin").exists();
+    if !inputs_present("a_resumed_mixed_precision_run", present, "no CIFAR-10 in data/")
+        || !f16_available("a_resumed_mixed_precision_run_continues_exactly_with_its_loss_scale")
+    {
+        return;
+    }
+    let cifar = sasprune::data::cifar::Cifar10::open(&dir).unwrap();
+    let test = sasprune::data::First { inner: &cifar.test, n: 20 };
+    let norm = sasprune::checkpoint::Normalize { mean: sasprune::data::CIFAR_MEAN, std: sasprune::data::CIFAR_STD };
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch: 8,
+        subset: Some(32),
+        schedule: LrSchedule::Cosine,
+        eval_batch: 20,
+        show_progress: false,
+        ..TrainConfig::cifar_default()
+    };
+    let tmp = |tag: &str| std::env::temp_dir().join(format!("sasprune-mixed-resume-{tag}-{}", std::process::id()));
+    let mixed = |seed| {
+        let mut m = Model::build("resnet20", 10, seed).unwrap();
+        m.set_precision(Precision::Mixed).unwrap();
+        m.store.loss_scale().unwrap().load(&[2097152.0, 0.0, 0.0, 0.0]).unwrap();
+        m
+    };
+    let (stop2, stop6) = (TrainConfig { max_steps: Some(2), ..cfg.clone() }, TrainConfig { max_steps: Some(6), ..cfg });
+    let mut a = mixed(3);
+    let s = train::train(&mut a, &cifar.train, &test, norm, &stop6, &tmp("a"), Progress::default(), None).unwrap();
+    let status = s.loss_scale.expect("a mixed run reports its loss scale");
+    assert!(status.skipped >= 2 && status.skipped < 6, "S = 2^21 skips the first steps, not all: {status:?}");
+    let mut b = mixed(3);
+    train::train(&mut b, &cifar.train, &test, norm, &stop2, &tmp("b"), Progress::default(), None).unwrap();
+    let mut c = mixed(77);
+    let (progress, _) = train::load_state(&mut c, &tmp("b"), &stop6).unwrap();
+    let s = train::train(&mut c, &cifar.train, &test, norm, &stop6, &tmp("b"), progress, None).unwrap();
+    assert_eq!(s.loss_scale, Some(status), "the resumed run's loss scale and skip count");
+    assert_eq!(c.store.state_dict().unwrap(), a.store.state_dict().unwrap(), "resumed weights differ");
+    assert_eq!(c.store.momentum_dict().unwrap(), a.store.momentum_dict().unwrap(), "resumed momentum differs");
+    for t in ["a", "b"] {
+        std::fs::remove_dir_all(tmp(t)).ok();
+    }
+}

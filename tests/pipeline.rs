@@ -50,6 +50,7 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         rate,
         layer_rates: None,
         structure: Structure::Weight,
+        precision: sasprune::models::Precision::F32,
         method,
         schedule: "tiny (test)".into(),
         admm: AdmmNnConfig::authors(&sas, 2),
@@ -154,6 +155,35 @@ fn sas_admm_pipeline_converges_reaches_the_rate_with_exact_zeros_and_reports() {
     assert!(rows[4][3] - rows[4][2] < rows[0][3] - rows[0][2], "λ‖W_avg‖₁ did not fall:\n{metrics}");
     let svg = std::fs::read_to_string(cfg.out.join("convergence.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    std::fs::remove_dir_all(&cfg.out).ok();
+}
+
+/// The same SAS-ADMM run in mixed precision (f16 activations, loss scaling): every phase runs,
+/// the rate and the exact zeros hold, and retraining wins the accuracy back as in f32.
+#[test]
+fn sas_admm_pipeline_in_mixed_precision_reaches_the_rate_and_reports_its_loss_scale() {
+    let Some(cifar) = data() else { return };
+    let mut cfg = tiny_config(Method::SAS_ADMM, Rate::Times(8.0), "sas-mixed");
+    let missing = "needs ../shared/pretrained/resnet20.safetensors as the dense start";
+    if !common::inputs_present("sas_admm_pipeline_mixed", cfg.weights.is_some(), missing) {
+        return;
+    }
+    if !sasprune::gpu::get().unwrap().adapter.shader_f16 {
+        eprintln!("SKIPPED sas_admm_pipeline_mixed: no f16 shaders on this adapter");
+        return;
+    }
+    cfg.precision = sasprune::models::Precision::Mixed;
+    cfg.sas = SasConfig { inner: 2, outer: 5, k0: 1, k_avg: 3, batch: 16, ..SasConfig::paper() };
+    cfg.subset = Some(256);
+    cfg.retrain = TrainConfig { epochs: 2, lr: 0.02, ..cfg.retrain.clone() };
+    let json = run_and_check(&cfg, &cifar, (8.0, 8.01));
+    let top1 = |phase: &str| json["top1"][phase].as_f64().unwrap();
+    assert!(top1("retrain_final") >= top1("after_prune") + 10.0, "{}", json["top1"]);
+    assert!(top1("after_admm") > top1("after_prune"), "{}", json["top1"]);
+    assert_eq!(json["precision"], "mixed");
+    assert!(json["loss_scale"].as_f64().is_some_and(|s| s >= 1.0), "{}", json["loss_scale"]);
+    let report = std::fs::read_to_string(cfg.out.join("report.txt")).unwrap();
+    assert!(report.contains("precision mixed"), "{report}");
     std::fs::remove_dir_all(&cfg.out).ok();
 }
 

@@ -3,6 +3,7 @@
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sasprune::checkpoint::Normalize;
+use sasprune::models::Precision;
 use sasprune::prune::pipeline::{Method, Schedule};
 use sasprune::prune::structure::Structure;
 use sasprune::{Error, Result};
@@ -103,6 +104,11 @@ pub(crate) struct PruneArgs {
     /// layer whose rows are whole quads (no --rate)
     #[arg(long, value_enum, default_value = "weight")]
     pub(crate) structure: Structure,
+    /// How activations are stored: f32 (the paper's numerics), or mixed: f16 activations and
+    /// activation gradients (half the memory traffic), f32 weights, optimizer and ADMM variables,
+    /// f32 arithmetic, dynamic loss scaling (needs an adapter with f16 shaders)
+    #[arg(long, value_enum, default_value = "f32")]
+    pub(crate) precision: Precision,
     /// The schedule every default comes from (README lists them all)
     #[arg(long, value_enum, default_value = "paper")]
     pub(crate) schedule: Schedule,
@@ -332,6 +338,11 @@ pub(crate) struct EvalArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub(crate) json: bool,
+    /// How activations are stored: f32 (the paper's numerics), or mixed: f16 activations and
+    /// activation gradients (half the memory traffic), f32 weights, optimizer and ADMM variables,
+    /// f32 arithmetic, dynamic loss scaling (needs an adapter with f16 shaders)
+    #[arg(long, value_enum, default_value = "f32")]
+    pub(crate) precision: Precision,
 }
 
 #[derive(Args)]
@@ -438,6 +449,11 @@ pub(crate) struct TrainArgs {
     /// Evaluate every N epochs (and after the last one) instead of after every epoch
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub(crate) eval_every: usize,
+    /// How activations are stored: f32 (the paper's numerics), or mixed: f16 activations and
+    /// activation gradients (half the memory traffic), f32 weights, optimizer and ADMM variables,
+    /// f32 arithmetic, dynamic loss scaling (needs an adapter with f16 shaders)
+    #[arg(long, value_enum, default_value = "f32")]
+    pub(crate) precision: Precision,
     /// Number of classes (default: as many as the data holds)
     #[arg(long)]
     pub(crate) classes: Option<usize>,

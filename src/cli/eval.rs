@@ -23,18 +23,20 @@ pub(crate) fn run_eval(a: &EvalArgs, options: &gpu::GpuOptions) -> Result<()> {
     let widths = sasprune::models::widths_in(&ck.metadata, &a.weights)?;
     let mut model = Model::build_arch(&a.model, classes, widths.as_deref(), 0)?;
     let stored = checkpoint::load_model_from(&mut model, &ck, &a.weights)?;
+    model.set_precision(a.precision)?;
     let norm = checkpoint::choose_normalize(flag_norm, stored, &a.model, &a.weights.display().to_string());
     let r = train::evaluate(&mut model, test.as_ref(), norm, batch, !a.json)?;
     if a.json {
         let doc = serde_json::json!({
             "model": a.model, "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images,
-            "seconds": r.seconds, "adapter": gpu::get()?.adapter.name,
+            "seconds": r.seconds, "adapter": gpu::get()?.adapter.name, "precision": a.precision,
         });
         println!("{doc}");
     } else {
         println!(
-            "{}: top-1 {:.2}% | top-5 {:.2}% | loss {:.4} | {} images in {:.1} s ({:.0} img/s)",
+            "{} ({}): top-1 {:.2}% | top-5 {:.2}% | loss {:.4} | {} images in {:.1} s ({:.0} img/s)",
             a.model,
+            a.precision,
             r.top1,
             r.top5,
             r.loss,

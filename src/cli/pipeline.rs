@@ -55,6 +55,7 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         rate,
         layer_rates: a.layer_rates.clone(),
         structure: a.structure,
+        precision: a.precision,
         method,
         schedule: a.schedule.name().to_string(),
         sas,
@@ -245,6 +246,7 @@ pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
         start = Some((ck, w));
     }
     let mut model = Model::build_arch(&cfg.model, train_set.classes(), cfg.widths.as_deref(), cfg.seed)?;
+    model.set_precision(cfg.precision)?;
     prune::pipeline::make_plan(&model, &cfg)?;
     if let Some((ck, w)) = start {
         // names, shapes (the class count included) and values, before any work

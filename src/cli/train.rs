@@ -112,6 +112,7 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
         None => None,
     };
     let mut model = Model::build_arch(&model_name, classes, widths.as_deref(), a.seed)?;
+    model.set_precision(a.precision)?;
     if let Some(record) = &record {
         record.check_data(&dir, &data, a.data.data.as_deref())?;
         record.save(&dir)?;
@@ -125,11 +126,15 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
         |e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display()), &saved_training(&dir)),
     )?;
     println!(
-        "trained {} steps ({} epochs) in {:.1} s, {:.1} img/s in the steps; test top-1 {} (best {}); run directory {}",
+        "trained {} steps ({} epochs) in {:.1} s, {:.1} img/s in the steps ({}); test top-1 {} (best {}); run directory {}",
         s.steps,
         s.epochs_completed,
         s.seconds,
         s.images_per_second,
+        match s.loss_scale {
+            Some(l) => format!("mixed precision, {} steps skipped for overflow, loss scale {}", l.skipped, l.scale),
+            None => "f32".into(),
+        },
         s.final_eval.map_or("-".into(), |e| format!("{:.2}%", e.top1)),
         s.best_top1.map_or("-".into(), |b| format!("{b:.2}%")),
         dir.display()

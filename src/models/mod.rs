@@ -405,12 +405,19 @@ impl Model {
         self.store.update_loss_scale()?;
         self.store.zero_grad()?;
         let l = crate::ops::loss::cross_entropy(&self.forward(x, Pass::Train { noise })?, labels)?;
+        self.backward(&l)?;
+        Ok(l.detach())
+    }
+
+    /// Backward from the loss `l` into the gradient arena: from 1, or in mixed precision from
+    /// the loss scale S with the gradients divided by S afterwards (the skip flag set when they
+    /// overflowed).
+    pub fn backward(&self, l: &Tensor) -> Result<()> {
         match self.store.loss_seed()? {
             Some(seed) => l.backward_with(seed)?,
             None => l.backward()?,
         }
-        self.store.unscale_gradients()?;
-        Ok(l.detach())
+        self.store.unscale_gradients()
     }
 
     pub fn precision(&self) -> Precision {

@@ -183,6 +183,7 @@ fn check_memory(
         return Ok(cfg.retrain.eval_batch); // a software driver: no model to build for nothing
     }
     let mut model = crate::models::Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
+    model.set_precision(cfg.precision)?;
     if let Some(w) = &cfg.weights {
         checkpoint::load_model(&mut model, w)?;
     }

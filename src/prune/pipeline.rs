@@ -48,6 +48,8 @@ pub struct PipelineConfig {
     pub layer_rates: Option<PathBuf>,
     /// What is removed together (`--structure`): weights, filters or 2:4 quads.
     pub structure: Structure,
+    /// How activations are stored in every phase (`--precision`).
+    pub precision: crate::models::Precision,
     pub method: Method,
     pub schedule: String,
     pub sas: SasConfig,
@@ -129,6 +131,7 @@ pub fn run(cfg: &PipelineConfig, train_set: &dyn Dataset, test_set: &dyn Dataset
     let dir = cfg.out.as_path();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut model = Model::build_arch(&cfg.model, train_set.classes(), cfg.widths.as_deref(), cfg.seed)?;
+    model.set_precision(cfg.precision)?;
     let plan = make_plan(&model, cfg)?;
     let mut run = Run {
         cfg,
@@ -515,6 +518,8 @@ impl Run<'_> {
                 None
             },
             structure: plan.structure.to_string(),
+            precision: cfg.precision.to_string(),
+            loss_scale: model.store.loss_scale().map(|s| s.status()).transpose()?,
             macs: structure::macs(model, &plan.layers, &kept_per_layer),
             compact_widths,
             layers,

@@ -44,6 +44,10 @@ pub struct Report {
     pub conv_percentage: Option<f64>,
     /// What was removed together (`--structure`).
     pub structure: String,
+    /// How activations were stored (`--precision`).
+    pub precision: String,
+    /// Mixed precision: the loss scale and the steps it skipped, in this session.
+    pub loss_scale: Option<crate::ops::loss_scale::LossScaleStatus>,
     /// Multiply-adds per image of the conv and fc layers: (dense, of the kept weights), when the
     /// model gives its layers' output sizes.
     pub macs: Option<(u64, u64)>,
@@ -92,6 +96,14 @@ impl Report {
             "compression {:.2}x (target {}) | method {} | model {} | {}",
             self.rate_achieved, self.rate_target, self.method, self.model, self.adapter
         );
+        if let Some(ls) = self.loss_scale {
+            let _ = writeln!(
+                s,
+                "precision {}: f16 activations, f32 weights and arithmetic; loss scale {} now, {} steps skipped for \
+                 overflow in this session",
+                self.precision, ls.scale, ls.skipped
+            );
+        }
         if let Some((dense, kept)) = self.macs {
             let _ = writeln!(
                 s,
@@ -193,6 +205,9 @@ impl Report {
             "rate_achieved": self.rate_achieved,
             "conv_percentage": self.conv_percentage,
             "structure": self.structure,
+            "precision": self.precision,
+            "loss_scale": self.loss_scale.map(|l| l.scale),
+            "loss_scale_skipped_steps": self.loss_scale.map(|l| l.skipped),
             "macs_dense": self.macs.map(|m| m.0),
             "macs_kept": self.macs.map(|m| m.1),
             "compact_widths": self.compact_widths,
