@@ -154,6 +154,21 @@ fn f16_linear_and_products_match_reference() {
             LONG_SUM,
         );
     }
+    // AlexNet's fc6 beyond a binding: the weight in row blocks, f16 output columns at aligned
+    // offsets
+    let unit = matmul::row_block_granularity().unwrap();
+    let (n, in_f, out_f) = (3, 70, 2 * unit + 3);
+    let (x, w, b) = (f16_exact(&rng.vec(n * in_f)), f32_exact(&rng.vec(out_f * in_f)), f32_exact(&rng.vec(out_f)));
+    let r = f16_exact(&rng.vec(n * out_f));
+    let (xt, wt, bt) = (half_param(&x, &[n, in_f]), param(&w, &[out_f, in_f]), param(&b, &[out_f]));
+    let y = matmul::linear_in_row_blocks(&xt, &wt, Some(&bt), unit).unwrap();
+    assert_f16("blocked linear", &y);
+    assert_close("f16 blocked linear", &values(&y), &cpu::linear(&x, &w, Some(&b), n, in_f, out_f), F16_OUT);
+    y.backward_with(half_tensor(&r, &[n, out_f])).unwrap();
+    let dx = cpu::matmul(&r, &w, n, out_f, in_f, false, false);
+    assert_close("f16 blocked linear grad input", &grad(&xt), &dx, F16_OUT);
+    let dw = cpu::matmul(&r, &x, out_f, n, in_f, true, false);
+    assert_close("f16 blocked linear grad weight", &grad(&wt), &dw, LONG_SUM);
     // a split-K product into an f16 output: f32 partials, summed into f16
     matmul::with_plan(0, 4, || {
         let (m, k, n) = (9, 500, 13);

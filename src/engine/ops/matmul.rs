@@ -327,7 +327,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 }
 
 /// [`linear`] with the weight used `rows_per_block` rows at a time (a multiple of the device's
-/// storage alignment in floats, [`row_block_granularity`]): what `linear` does for weights
+/// storage alignment in f16 elements, [`row_block_granularity`]): what `linear` does for weights
 /// beyond the binding limit, callable at any size so it can be tested.
 pub fn linear_in_row_blocks(
     x: &Tensor,
@@ -342,9 +342,10 @@ pub fn linear_in_row_blocks(
     linear_impl(x, weight, bias, Some(rows_per_block))
 }
 
-/// Row blocks must start at aligned offsets of the weight, bias and output columns.
+/// Row blocks must start at aligned offsets of the weight, bias and output columns: a multiple
+/// of the storage alignment in f16 elements, so that f16 outputs (mixed precision) align too.
 pub fn row_block_granularity() -> Result<usize> {
-    Ok((crate::gpu::get()?.storage_alignment() as usize / 4).max(1))
+    Ok((crate::gpu::get()?.storage_alignment() as usize / 2).max(1))
 }
 
 /// Rows per block when `weight` [out, in] exceeds one storage binding, else None.
@@ -447,9 +448,11 @@ impl Backward for LinearBackward {
                 gemm(g, &self.weight, None, n, out_f, in_f, false, false)? // dy W
             }
             Some(rows) => {
-                // dx = sum over blocks of dy[:, blk] W[blk]; dW[blk] = dy[:, blk]^T x
-                let dx = Tensor::uninit_as(g.dtype(), &[n, in_f])?;
-                let part = Tensor::uninit_as(g.dtype(), &[n, in_f])?; // each later block's share of dx
+                // dx = sum over blocks of dy[:, blk] W[blk]; dW[blk] = dy[:, blk]^T x. The sum is
+                // kept in f32 and stored in dy's type at the end (f16 partial sums would lose the
+                // low bits of what cancels between blocks).
+                let dx = Tensor::uninit(&[n, in_f])?;
+                let part = Tensor::uninit(&[n, in_f])?; // each later block's share of dx
                 for (r0, r) in blocks(out_f, rows) {
                     let dy_blk = flat_view(g, r0, n * out_f - r0)?;
                     let w_blk = flat_view(&self.weight, r0 * in_f, r * in_f)?;
@@ -469,7 +472,11 @@ impl Backward for LinearBackward {
                     }
                     grad_weight_rows(&dy_blk, &flat_view(&dw, r0 * in_f, r * in_f)?, r)?;
                 }
-                dx
+                if g.dtype() == dx.dtype() {
+                    dx
+                } else {
+                    super::elementwise::cast(&dx, g.dtype())?
+                }
             }
         };
         let mut grads = vec![Some(dx), Some(dw)];
