@@ -5,6 +5,9 @@
 // optimizer kernels read it (sgd.wgsl, admm.wgsl's sas_inner) and leave everything as it was.
 //   state [4] f32: S, steps since S last changed, steps skipped in all, pending (1 after an
 //   unscale whose step update has not run yet)
+// An f16 activation gradient that overflows becomes ±inf (WGSL: an f32 of magnitude 2^16 or more
+// converts to the infinity of its sign; between 65,504 and 2^16 it may round to 65,504), and the
+// weight gradients computed from it become inf or NaN: what `unscale` looks for.
 // The update after each step: overflow → S / 2 (at least 2^-24), the step counted as skipped;
 // else after `interval` good steps in a row → S · 2 (at most 2^24). PyTorch's GradScaler rule.
 

@@ -761,6 +761,7 @@ pub fn json_line(m: &Measurement) -> Result<String> {
         "timestamp_queries": a.timestamp_queries,
         "subgroups": a.subgroups,
         "shader_f16": a.shader_f16,
+        "cooperative_matrices": a.cooperative_matrices,
         "timing": m.timing,
         "version": env!("CARGO_PKG_VERSION"),
         "commit": git_commit(),
@@ -777,10 +778,12 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
     let a = gpu::get()?.adapter.clone();
     println!("adapter: {a}");
     println!(
-        "features: timestamp queries {}, subgroups {}, f16 {}; max buffer {} MiB, max storage binding {} MiB",
+        "features: timestamp queries {}, subgroups {}, f16 {}, cooperative matrices {}; max buffer {} MiB, max \
+         storage binding {} MiB",
         a.timestamp_queries,
         a.subgroups,
         a.shader_f16,
+        if a.cooperative_matrices.is_empty() { "none".to_string() } else { a.cooperative_matrices.join(", ") },
         a.max_buffer_size >> 20,
         a.max_storage_binding >> 20
     );

@@ -2,7 +2,9 @@
 """PyTorch peer of `sasprune bench`: the same measurements in PyTorch eager f32 (TF32 off) on
 whatever device PyTorch has (CUDA, ROCm, MPS, else CPU), printed as a table and appended as JSON
 lines in the bench's schema (name, value, unit, ms, adapter, backend, timing, ...) plus
-"peer": "pytorch", so both files merge and compare line by line.
+"peer": "pytorch", so both files merge and compare line by line. The ResNet-32 rows named
+"... mixed" are PyTorch's automatic mixed precision, the peer of `--precision mixed`: autocast
+to f16, GradScaler, channels-last memory format (CUDA/ROCm and MPS; skipped on the CPU).
 
     python3 benches/peers/pytorch_resnet32.py [--out bench.jsonl] [--quick] [--filter TEXT]
 
@@ -215,7 +217,49 @@ def main():
         with torch.no_grad():
             t = time_median(dev, 3, lambda: [model(x) for _ in range(steps)])
         emit(f"resnet32 eval b{b}", t, steps * b, "images/s", step_timing)
+    amp_rows(dev, wants, emit, steps, step_batches, [] if b in step_batches else [b], step_timing)
     print(f"results appended to {args.out}")
+
+
+def amp_rows(dev, wants, emit, steps, step_batches, eval_batches, step_timing):
+    """ResNet-32 training steps (at `step_batches`) and evaluation (at those and `eval_batches`)
+    with automatic mixed precision: autocast to f16, GradScaler, channels-last weights and
+    inputs; named like sasprune's mixed rows."""
+    if dev.type not in ("cuda", "mps"):
+        print("mixed precision rows: skipped (autocast to f16 needs CUDA, ROCm or MPS)")
+        return
+    for b in step_batches + eval_batches:
+        train_name, eval_name = f"resnet32 train step b{b} mixed", f"resnet32 eval b{b} mixed"
+        if not (wants(train_name) or wants(eval_name)):
+            continue
+        model = ResNet().to(dev).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        scaler = torch.amp.GradScaler(dev.type)
+        x = torch.randn(b, 3, 32, 32, device=dev).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (b,), device=dev)
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        def evaluate():
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16):
+                model(x)
+
+        def many(f):
+            return lambda: [f() for _ in range(steps)]
+
+        extra = dict(precision="amp f16, GradScaler, channels_last")
+        if b in step_batches and wants(train_name):
+            model.train()
+            emit(train_name, time_median(dev, 3, many(train_step)), steps * b, "images/s", step_timing, **extra)
+        if wants(eval_name):
+            model.eval()
+            emit(eval_name, time_median(dev, 3, many(evaluate)), steps * b, "images/s", step_timing, **extra)
 
 
 if __name__ == "__main__":

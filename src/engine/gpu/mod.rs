@@ -45,6 +45,9 @@ pub struct AdapterSummary {
     pub timestamp_queries: bool,
     pub subgroups: bool,
     pub shader_f16: bool,
+    /// The cooperative-matrix shapes the adapter offers (wgpu's experimental feature: tensor
+    /// cores and the like), e.g. "16x16x16 F16->F32"; none is used yet, they are reported.
+    pub cooperative_matrices: Vec<String>,
     pub max_buffer_size: u64,
     pub max_storage_binding: u64,
 }
@@ -101,6 +104,16 @@ pub fn get() -> Result<&'static Gpu> {
         Some(gpu) => Ok(gpu),
         None => init(&GpuOptions::from_env()),
     }
+}
+
+/// The adapter's cooperative-matrix configurations, as text (empty without the feature).
+fn cooperative_matrices(adapter: &wgpu::Adapter, features: wgpu::Features) -> Vec<String> {
+    if !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        return Vec::new();
+    }
+    (adapter.cooperative_matrix_properties().iter())
+        .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+        .collect()
 }
 
 fn parse_backends(text: Option<&str>) -> Result<wgpu::Backends> {
@@ -223,6 +236,7 @@ impl Gpu {
             timestamp_queries: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            cooperative_matrices: cooperative_matrices(&adapter, features),
             max_buffer_size: limits.max_buffer_size,
             max_storage_binding: limits.max_storage_buffer_binding_size,
         };
