@@ -499,6 +499,9 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
             "cannot be reached by filter pruning resnet20",
         ),
         (pipeline(&["--structure", "channels"]), "invalid value 'channels' for '--structure"),
+        // precision: f32 or mixed, for the pipeline, train and eval alike
+        (pipeline(&["--precision", "half"]), "invalid value 'half' for '--precision"),
+        (t.train_args(&["--precision", "bf16"]).iter().map(|s| s.to_string()).collect(), "invalid value 'bf16'"),
         (
             ["--model", "resnet20", "--structure", "filter", "--layer-rates", &weights, "--data", &t.data]
                 .map(String::from)
