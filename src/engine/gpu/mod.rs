@@ -158,7 +158,16 @@ pub fn list_adapters(backend: Option<&str>) -> Result<Vec<String>> {
         .iter()
         .map(|a| {
             let i = a.get_info();
-            format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+            // what decides the precisions it can run: f16 shaders for --precision mixed, and the
+            // cooperative-matrix (tensor-core) shapes wgpu offers
+            let features = a.features();
+            let f16 = if features.contains(wgpu::Features::SHADER_F16) { "f16 yes" } else { "f16 no" };
+            let coop = cooperative_matrices(a, features);
+            let coop = if coop.is_empty() { "none".to_string() } else { coop.join(", ") };
+            format!(
+                "{} ({:?}, {:?}, driver {} {}; {f16}, cooperative matrices {coop})",
+                i.name, i.backend, i.device_type, i.driver, i.driver_info
+            )
         })
         .collect())
 }
