@@ -32,13 +32,18 @@ pub struct Probe {
 
 /// Tries every probe on the device. Returns the evaluation batch that fits (`eval_batch`, or a
 /// half of it, …, when the device could not hold it). The model's weights, momentum and
-/// batch-norm statistics are unchanged afterwards; its gradients are zero.
+/// batch-norm statistics (and mixed precision's loss scale) are unchanged afterwards; its
+/// gradients are zero.
 pub fn check_memory(model: &mut Model, probes: &[Probe], eval_batch: usize) -> Result<usize> {
     let saved_statistics = model.store.buffers_flat()?.to_vec()?;
     let saved_tracked = model.store.batches_tracked;
+    let saved_scale = model.store.loss_scale().map(|s| s.to_vec()).transpose()?;
     let result = run_probes(model, probes, eval_batch);
     model.store.buffers_flat()?.write(&saved_statistics)?;
     model.store.batches_tracked = saved_tracked;
+    if let (Some(scale), Some(saved)) = (model.store.loss_scale(), saved_scale) {
+        scale.load(&saved)?; // the probes' steps count neither as good nor as skipped
+    }
     model.store.zero_grad()?;
     result
 }

@@ -63,6 +63,11 @@ fn f16_tensors_round_trip_and_round_to_nearest() {
     }
     let t = half_tensor(&[1.0 + 1.0 / 4096.0, 65504.0, 1e-7, -0.0], &[4]);
     assert_eq!(values(&t), [1.0, 65504.0, half::f16::from_f64(1e-7).to_f64(), 0.0]);
+    // writing an odd count into a view keeps the half after it (the view's neighbour)
+    let whole = half_tensor(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[6]);
+    let view = Tensor::view_into_as(Dtype::F16, whole.storage().clone(), 0, &[3]).unwrap();
+    view.write(&[7.0, 8.0, 9.0]).unwrap();
+    assert_eq!(values(&whole), [7.0, 8.0, 9.0, 4.0, 5.0, 6.0]);
 }
 
 fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
@@ -156,7 +161,7 @@ fn f16_linear_and_products_match_reference() {
     }
     // AlexNet's fc6 beyond a binding: the weight in row blocks, f16 output columns at aligned
     // offsets
-    let unit = matmul::row_block_granularity().unwrap();
+    let unit = matmul::row_block_granularity_for(Dtype::F16).unwrap();
     let (n, in_f, out_f) = (3, 70, 2 * unit + 3);
     let (x, w, b) = (f16_exact(&rng.vec(n * in_f)), f32_exact(&rng.vec(out_f * in_f)), f32_exact(&rng.vec(out_f)));
     let r = f16_exact(&rng.vec(n * out_f));
@@ -169,6 +174,17 @@ fn f16_linear_and_products_match_reference() {
     assert_close("f16 blocked linear grad input", &grad(&xt), &dx, F16_OUT);
     let dw = cpu::matmul(&r, &x, out_f, n, in_f, true, false);
     assert_close("f16 blocked linear grad weight", &grad(&wt), &dw, LONG_SUM);
+    // matmul of an f16 activation by an f32 weight: each gradient in its operand's type (the
+    // weight's f32, where a scaled gradient may exceed f16's range)
+    let (m, k, nn) = (5, 19, 7);
+    let (a_v, b_v, r) = (f16_exact(&rng.vec(m * k)), f32_exact(&rng.vec(k * nn)), f16_exact(&rng.vec(m * nn)));
+    let (at, bt) = (half_param(&a_v, &[m, k]), param(&b_v, &[k, nn]));
+    let c = matmul::matmul(&at, &bt).unwrap();
+    assert_f16("matmul", &c);
+    c.backward_with(half_tensor(&r, &[m, nn])).unwrap();
+    assert_eq!((at.grad().unwrap().dtype(), bt.grad().unwrap().dtype()), (Dtype::F16, Dtype::F32));
+    assert_close("f16 matmul grad A", &grad(&at), &cpu::matmul(&r, &b_v, m, nn, k, false, true), F16_OUT);
+    assert_close("f16 matmul grad B", &grad(&bt), &cpu::matmul(&a_v, &r, k, m, nn, true, false), LONG_SUM);
     // a split-K product into an f16 output: f32 partials, summed into f16
     matmul::with_plan(0, 4, || {
         let (m, k, n) = (9, 500, 13);
@@ -394,6 +410,9 @@ fn loss_scale_skips_a_step_with_an_infinite_gradient_and_adapts() {
     let other = LossScale::new(&skip_flag().unwrap(), 65536.0, 2).unwrap();
     other.load(&saved).unwrap();
     assert_eq!(other.status().unwrap(), LossScaleStatus { scale: 512.0, skipped: 2 });
+    // a phase starting afresh
+    other.reset().unwrap();
+    assert_eq!(other.status().unwrap(), LossScaleStatus { scale: 65536.0, skipped: 0 });
 }
 
 fn random_batch(rng: &mut Rng, n: usize) -> (Tensor, Tensor) {

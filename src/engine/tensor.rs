@@ -197,9 +197,14 @@ impl Tensor {
         match self.0.dtype {
             Dtype::F32 => gpu.upload(&self.0.storage, self.0.offset, bytemuck::cast_slice(data)),
             Dtype::F16 => {
-                // uploads are whole 32-bit words: an odd count gets a zero half at the end
+                // uploads are whole 32-bit words: an odd count keeps the half after its end (a
+                // view's neighbour) as the buffer holds it
                 let mut halves: Vec<u16> = data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
-                halves.resize(halves.len().next_multiple_of(2), 0);
+                if halves.len() % 2 == 1 {
+                    let last_word = self.0.offset + 2 * (halves.len() as u64 - 1);
+                    let word = gpu.read(self.0.storage.view(last_word, 4))?;
+                    halves.push(u16::from_ne_bytes([word[2], word[3]]));
+                }
                 gpu.upload(&self.0.storage, self.0.offset, bytemuck::cast_slice(&halves))
             }
         }

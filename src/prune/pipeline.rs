@@ -345,7 +345,10 @@ impl Run<'_> {
                 keep_metrics_through(&metrics_path, s.k)?;
                 s
             }
-            None => AdmmState::start(model)?,
+            None => {
+                fresh_loss_scale(model)?;
+                AdmmState::start(model)?
+            }
         };
         let (total, batch) = cfg.method.admm_budget(&cfg.sas, &cfg.admm);
         let bar = if cfg.show_progress {
@@ -575,7 +578,8 @@ fn prunable_prefix(model: &Model, arena_vector: &Tensor) -> Result<Tensor> {
 }
 
 /// Where a training phase stands: its checkpoint in `dir` if there is one, else the start
-/// (momentum cleared first when `fresh_momentum`: the phase follows another that used it).
+/// (momentum cleared first when `fresh_momentum`: the phase follows another that used it; the
+/// loss scale back at its start in mixed precision).
 fn resume_progress(model: &mut Model, dir: &Path, cfg: &TrainConfig, fresh_momentum: bool) -> Result<Progress> {
     if dir.join(train::STATE_FILE).exists() {
         return Ok(train::load_state(model, dir, cfg)?.0);
@@ -583,7 +587,14 @@ fn resume_progress(model: &mut Model, dir: &Path, cfg: &TrainConfig, fresh_momen
     if fresh_momentum {
         model.store.reset_momentum()?;
     }
+    fresh_loss_scale(model)?;
     Ok(Progress::default())
+}
+
+/// Mixed precision: each phase starts its loss scale afresh (its state files keep it from there
+/// on), so a run resumed at a phase boundary scales exactly as an uninterrupted one.
+fn fresh_loss_scale(model: &Model) -> Result<()> {
+    model.store.loss_scale().map_or(Ok(()), |s| s.reset())
 }
 
 /// Device vectors the ADMM phase holds beside the model: W, Z, U, W̆, W_avg, h (or ADMM-NN's

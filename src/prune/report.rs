@@ -46,7 +46,8 @@ pub struct Report {
     pub structure: String,
     /// How activations were stored (`--precision`).
     pub precision: String,
-    /// Mixed precision: the loss scale and the steps it skipped, in this session.
+    /// Mixed precision: the loss scale at the end and the steps the last phase (retraining)
+    /// skipped (each phase starts its scale afresh).
     pub loss_scale: Option<crate::ops::loss_scale::LossScaleStatus>,
     /// Multiply-adds per image of the conv and fc layers: (dense, of the kept weights), when the
     /// model gives its layers' output sizes.
@@ -99,8 +100,8 @@ impl Report {
         if let Some(ls) = self.loss_scale {
             let _ = writeln!(
                 s,
-                "precision {}: f16 activations, f32 weights and arithmetic; loss scale {} now, {} steps skipped for \
-                 overflow in this session",
+                "precision {}: f16 activations, f32 weights and arithmetic; loss scale {} at the end, {} steps of \
+                 the last phase skipped for overflow",
                 self.precision, ls.scale, ls.skipped
             );
         }

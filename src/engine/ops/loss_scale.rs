@@ -36,6 +36,7 @@ pub struct LossScale {
     /// The skip flag (shared with the optimizer that reads it).
     skip: Tensor,
     interval: u32,
+    initial: f32,
 }
 
 /// What the loss scale has done, read back from the device.
@@ -55,7 +56,7 @@ impl LossScale {
             )));
         }
         let state = Tensor::from_slice(&[initial, 0.0, 0.0, 0.0], &[4])?;
-        Ok(LossScale { state, skip: skip.clone(), interval })
+        Ok(LossScale { state, skip: skip.clone(), interval, initial })
     }
 
     /// The gradient to start backward from: S, as a one-element tensor on the device.
@@ -78,8 +79,10 @@ impl LossScale {
         launch(&UPDATE, &Params { n: 0, interval: self.interval, _pad: [0; 2] }, &[&self.state, &self.skip], [1, 1, 1])
     }
 
-    /// S and the steps skipped so far (a read-back: call at epoch ends and saves, not per step).
+    /// S and the steps skipped so far, the last step's outcome included (a read-back: call at
+    /// epoch ends and saves, not per step).
     pub fn status(&self) -> Result<LossScaleStatus> {
+        self.update()?;
         let v = self.state.to_vec()?;
         Ok(LossScaleStatus { scale: v[0], skipped: v[2] as u64 })
     }
@@ -89,6 +92,12 @@ impl LossScale {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         self.update()?;
         self.state.to_vec()
+    }
+
+    /// Back to the initial scale with no step counted: where a phase starts afresh, so that a
+    /// run resumed at a phase boundary scales as an uninterrupted one does.
+    pub fn reset(&self) -> Result<()> {
+        self.load(&[self.initial, 0.0, 0.0, 0.0])
     }
 
     /// Restores a state saved by [`LossScale::to_vec`].

@@ -311,9 +311,22 @@ struct MatmulBackward {
 impl Backward for MatmulBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (m, k, n) = (self.a.shape()[0], self.a.shape()[1], self.b.shape()[1]);
-        // dA = dC B^T, dB = A^T dC
-        let da = gemm(g, &self.b, None, m, n, k, false, true)?;
-        let db = gemm(&self.a, g, None, k, m, n, true, false)?;
+        // dA = dC B^T, dB = A^T dC, each in its operand's type (an f32 weight beside an f16
+        // activation gets an f32 gradient)
+        let da = Tensor::uninit_as(self.a.dtype(), &[m, k])?;
+        gemm_strided(
+            Operands { a: g, a_strides: [n, 1], b: &self.b, b_strides: [1, n], bias: None, c: &da, c_ld: k },
+            m,
+            n,
+            k,
+        )?;
+        let db = Tensor::uninit_as(self.b.dtype(), &[k, n])?;
+        gemm_strided(
+            Operands { a: &self.a, a_strides: [1, k], b: g, b_strides: [n, 1], bias: None, c: &db, c_ld: n },
+            k,
+            m,
+            n,
+        )?;
         Ok(vec![Some(da), Some(db)])
     }
 }
@@ -322,12 +335,12 @@ impl Backward for MatmulBackward {
 /// larger than one storage binding of the device (AlexNet's fc6 on drivers with a 128 MiB
 /// limit) is used in row blocks that each fit.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let rows = weight_block_rows(weight)?;
+    let rows = weight_block_rows(weight, x.dtype())?;
     linear_impl(x, weight, bias, rows)
 }
 
 /// [`linear`] with the weight used `rows_per_block` rows at a time (a multiple of the device's
-/// storage alignment in f16 elements, [`row_block_granularity`]): what `linear` does for weights
+/// storage alignment in elements of `x`'s type, [`row_block_granularity_for`]): what `linear` does for weights
 /// beyond the binding limit, callable at any size so it can be tested.
 pub fn linear_in_row_blocks(
     x: &Tensor,
@@ -335,7 +348,7 @@ pub fn linear_in_row_blocks(
     bias: Option<&Tensor>,
     rows_per_block: usize,
 ) -> Result<Tensor> {
-    let unit = row_block_granularity()?;
+    let unit = row_block_granularity_for(x.dtype())?;
     if rows_per_block == 0 || !rows_per_block.is_multiple_of(unit) {
         return Err(Error::invalid(format!("rows per weight block must be a positive multiple of {unit}")));
     }
@@ -343,18 +356,26 @@ pub fn linear_in_row_blocks(
 }
 
 /// Row blocks must start at aligned offsets of the weight, bias and output columns: a multiple
-/// of the storage alignment in f16 elements, so that f16 outputs (mixed precision) align too.
+/// of the storage alignment in f32 elements (see [`row_block_granularity_for`]).
 pub fn row_block_granularity() -> Result<usize> {
-    Ok((crate::gpu::get()?.storage_alignment() as usize / 2).max(1))
+    row_block_granularity_for(crate::gpu::Dtype::F32)
 }
 
-/// Rows per block when `weight` [out, in] exceeds one storage binding, else None.
-fn weight_block_rows(weight: &Tensor) -> Result<Option<usize>> {
+/// Rows per block granule when the activations (the output columns) are `dtype`: the storage
+/// alignment in its elements (twice as many rows for f16, which keeps the f32 weight blocks
+/// aligned as well).
+pub fn row_block_granularity_for(dtype: crate::gpu::Dtype) -> Result<usize> {
+    Ok((crate::gpu::get()?.storage_alignment() / dtype.bytes()).max(1) as usize)
+}
+
+/// Rows per block when `weight` [out, in] exceeds one storage binding, else None; the blocks
+/// start at rows aligned for activations of `dtype`.
+fn weight_block_rows(weight: &Tensor, dtype: crate::gpu::Dtype) -> Result<Option<usize>> {
     let limit = super::binding_limit()? as usize;
     if weight.numel() * 4 <= limit || weight.shape().len() != 2 {
         return Ok(None);
     }
-    let unit = row_block_granularity()?;
+    let unit = row_block_granularity_for(dtype)?;
     let rows = limit / (4 * weight.shape()[1]) / unit * unit;
     if rows == 0 {
         return Err(Error::invalid(format!(

@@ -76,9 +76,11 @@ pub(crate) fn binding_limit() -> Result<u64> {
 }
 
 /// Elements per piece for [`for_each_chunk`]: the binding limit, rounded down to the storage
-/// offset alignment.
+/// offset alignment counted in f16 elements (so that pieces of f16 tensors start aligned too;
+/// for f32 the pieces are those of the alignment in f32 elements whenever the limit is a
+/// multiple of twice the alignment, as the usual power-of-two limits are).
 fn chunk_elements() -> Result<usize> {
-    let align = (gpu::get()?.storage_alignment() as usize / 4).max(1);
+    let align = (gpu::get()?.storage_alignment() as usize / 2).max(1);
     Ok(((binding_limit()? as usize / 4) / align * align).max(align))
 }
 
