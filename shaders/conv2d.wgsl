@@ -367,3 +367,164 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         }
     }
 }
+
+//#section winograd_weights
+// Winograd F(2x2, 3x3), step 1: the weight transform U = G g Gᵀ (4x4) of every 3x3 kernel g,
+//   G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1],
+// stored as u[(c · 16 + ξ) · M + m], ξ = 4 · row + column, one thread per (c, m):
+//   p.k_chunk = 0 (forward): g = w[m, c] of w [M, C, 3, 3];
+//   p.k_chunk = 1 (grad-input): g = w[c, m] rotated by 180 degrees, w [C, M, 3, 3].
+// M = p.gm, C = p.gk. The weights and U are f32 in both precisions.
+@group(0) @binding(1) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read_write> u: array<f32>;
+
+@compute @workgroup_size(WG)
+fn winograd_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m_all = p.gm;
+    let c_all = p.gk;
+    let i = gid.x;
+    if (i >= m_all * c_all) { return; }
+    let c = i / m_all;
+    let m = i - c * m_all;
+    var g: array<f32, 9>;
+    for (var k = 0u; k < 9u; k++) {
+        if (p.k_chunk == 0u) {
+            g[k] = wt[(m * c_all + c) * 9u + k];
+        } else {
+            g[k] = wt[(c * m_all + m) * 9u + 8u - k];
+        }
+    }
+    // t = G g (4x3, by columns), then the rows of t Gᵀ
+    var t: array<f32, 12>;
+    for (var j = 0u; j < 3u; j++) {
+        let a = g[j];
+        let b = g[3u + j];
+        let e = g[6u + j];
+        t[j] = a;
+        t[3u + j] = 0.5 * (a + b + e);
+        t[6u + j] = 0.5 * (a - b + e);
+        t[9u + j] = e;
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let a = t[3u * r];
+        let b = t[3u * r + 1u];
+        let e = t[3u * r + 2u];
+        let o = (c * 16u + 4u * r) * m_all + m;
+        u[o] = a;
+        u[o + m_all] = 0.5 * (a + b + e);
+        u[o + 2u * m_all] = 0.5 * (a - b + e);
+        u[o + 3u * m_all] = e;
+    }
+}
+
+//#section winograd
+// Winograd F(2x2, 3x3), step 2: a stride-1 3x3 convolution whose every 2x2 output tile is
+//   Y = Aᵀ [ Σ_c U_c ⊙ (Bᵀ d_c B) ] A,   Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+//                                        Aᵀ = [1 1 1 0; 0 1 -1 -1],
+// d_c the tile's 4x4 input patch in channel c and U_c its transformed weights (step 1): 16
+// multiplies per tile and channel pair where the direct form spends 36. The transforms only add
+// (the ½ sits in U), so the result differs from the direct sum by a few f32 roundings.
+//   src [n, C, h, w] -> dst [n, M, ho, wo], ho = h + 2·pad - 2, C = p.gk, M = p.gm;
+//   tiles P = p.gn = n · ⌈ho/2⌉ · ⌈wo/2⌉; tile (b, ty, tx) reads the patch at (2ty - pad, 2tx - pad).
+// Workgroup: 32 tiles (x) by 16 output channels (y), 128 threads. Thread t transforms, for each
+// step of 4 input channels, channel t / 32 of tile t % 32 into shared memory, then accumulates
+// the 16 products of that tile for output channels 4 (t / 32) .. +3 (one vec4 per ξ).
+@group(0) @binding(1) var<storage, read> u: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<t2>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<t4>;
+
+const WT: u32 = 32u;                               // tiles per workgroup
+const WM: u32 = 16u;                               // output channels per workgroup
+const WC: u32 = 4u;                                // input channels per step
+var<workgroup> v_s: array<f32, 2048>;              // [WC][16 ξ][WT]   Bᵀ d B
+var<workgroup> u_s: array<vec4<f32>, 256>;         // [WC][16 ξ][WM / 4]
+
+@compute @workgroup_size(128)
+fn winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    let tiles_x = (p.wo + 1u) / 2u;
+    let plane = tiles_x * ((p.ho + 1u) / 2u);
+    let lt = t % WT;
+    let lc = t / WT;
+    let tile = wid.x * WT + lt;
+    let live = tile < p.gn;
+    let b = tile / plane;
+    let q = tile - b * plane;
+    let ty = q / tiles_x;
+    let tx = q - ty * tiles_x;
+    let y0 = i32(2u * ty) - i32(p.pad);
+    let x0 = i32(2u * tx) - i32(p.pad);
+    let m0 = wid.y * WM;
+    var acc: array<vec4<f32>, 16>;                 // acc[ξ]: output channels m0 + 4 lc .. + 3
+    for (var c0 = 0u; c0 < p.gk; c0 += WC) {
+        let c = c0 + lc;
+        var d: array<f32, 16>;
+        for (var r = 0u; r < 4u; r++) {
+            for (var s = 0u; s < 4u; s++) {
+                let iy = y0 + i32(r);
+                let ix = x0 + i32(s);
+                var v = 0.0;
+                if (live && c < p.gk && inside(iy, ix, p.h, p.w)) {
+                    v = f32(src[((b * p.gk + c) * p.h + u32(iy)) * p.w + u32(ix)]);
+                }
+                d[4u * r + s] = v;
+            }
+        }
+        // Bᵀ d (by columns), then (Bᵀ d) B (by rows)
+        var e: array<f32, 16>;
+        for (var s = 0u; s < 4u; s++) {
+            e[s] = d[s] - d[8u + s];
+            e[4u + s] = d[4u + s] + d[8u + s];
+            e[8u + s] = d[8u + s] - d[4u + s];
+            e[12u + s] = d[4u + s] - d[12u + s];
+        }
+        let o = lc * 16u * WT + lt;
+        for (var r = 0u; r < 4u; r++) {
+            v_s[o + (4u * r) * WT] = e[4u * r] - e[4u * r + 2u];
+            v_s[o + (4u * r + 1u) * WT] = e[4u * r + 1u] + e[4u * r + 2u];
+            v_s[o + (4u * r + 2u) * WT] = e[4u * r + 2u] - e[4u * r + 1u];
+            v_s[o + (4u * r + 3u) * WT] = e[4u * r + 1u] - e[4u * r + 3u];
+        }
+        for (var i = t; i < WC * 16u * WM; i += 128u) {
+            let mm = i % WM;
+            let cx = i / WM;                       // (ci, ξ)
+            let m = m0 + mm;
+            var v = 0.0;
+            if (c0 + cx / 16u < p.gk && m < p.gm) { v = u[(c0 * 16u + cx) * p.gm + m]; }
+            u_s[cx * 4u + mm / 4u][mm % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var ci = 0u; ci < WC; ci++) {
+            for (var k = 0u; k < 16u; k++) {
+                let cx = ci * 16u + k;
+                acc[k] = fma(vec4<f32>(v_s[cx * WT + lt]), u_s[cx * 4u + lc], acc[k]);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (!live) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        let m = m0 + 4u * lc + j;
+        if (m >= p.gm) { continue; }
+        // Aᵀ M (by columns), then the two outputs of each row
+        var r0: array<f32, 4>;
+        var r1: array<f32, 4>;
+        for (var s = 0u; s < 4u; s++) {
+            r0[s] = acc[s][j] + acc[4u + s][j] + acc[8u + s][j];
+            r1[s] = acc[4u + s][j] - acc[8u + s][j] - acc[12u + s][j];
+        }
+        var bv = 0.0;
+        if (p.has_bias != 0u) { bv = bias[m]; }
+        let oy = 2u * ty;
+        let ox = 2u * tx;
+        let base = ((b * p.gm + m) * p.ho + oy) * p.wo + ox;
+        let right = ox + 1u < p.wo;
+        dst[base] = t4(r0[0] + r0[1] + r0[2] + bv);
+        if (right) { dst[base + 1u] = t4(r0[1] - r0[2] - r0[3] + bv); }
+        if (oy + 1u < p.ho) {
+            dst[base + p.wo] = t4(r1[0] + r1[1] + r1[2] + bv);
+            if (right) { dst[base + p.wo + 1u] = t4(r1[1] - r1[2] - r1[3] + bv); }
+        }
+    }
+}

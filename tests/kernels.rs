@@ -110,11 +110,12 @@ fn every_gemm_plan_matches_reference() {
     // Every tile shape the planner or the tuner can choose (CPU and GPU engines), unsplit and
     // split three ways, on odd shapes: conv forward, grad-input (stride 1 and the strided
     // parity classes), grad-weight, and a plain GEMM with a bias-free split-K.
-    // The last plan is the direct 3x3 kernel (conv2d.direct3x3): 3x3 stride-1 products with 16
-    // or 32 output channels and a width that is a multiple of 4 take it (the last three cases:
-    // forward with a bias, grad-input into 32 and 16 channels, a 3-channel input, a width of
-    // 128, tiles that span images); the others fall back to the default plan.
-    for tile in 0..=matmul::DIRECT {
+    // Past the GEMM tiles come the direct 3x3 kernel (conv2d.direct3x3): 3x3 stride-1 products
+    // with 16 or 32 output channels and a width that is a multiple of 4 take it (the last three
+    // cases: forward with a bias, grad-input into 32 and 16 channels, a 3-channel input, a width
+    // of 128, tiles that span images); and Winograd F(2x2, 3x3), which every 3x3 stride-1
+    // product takes. The others fall back to the default plan.
+    for tile in 0..=matmul::WINOGRAD {
         for splits in [1, 3] {
             matmul::with_plan(tile, splits, || {
                 let mut rng = Rng::new(11 + tile as u64);
@@ -127,6 +128,60 @@ fn every_gemm_plan_matches_reference() {
             });
             eprintln!("plan {} split {splits}: ok", matmul::tile_name(tile));
         }
+    }
+}
+
+#[test]
+fn winograd_matches_reference_on_odd_shapes() {
+    // Winograd F(2x2, 3x3) (the tuner's "winograd2x2" plan), forward and stride-1 grad-input
+    // (a convolution of dy with padding 2 - pad): odd heights and widths (partial 2x2 tiles),
+    // paddings 0, 1 and 2, channel counts that fill neither a workgroup's 16 output channels nor
+    // a step's 4 inputs, more than 32 tiles per image, one-pixel images, a bias.
+    matmul::with_plan(matmul::WINOGRAD, 1, || {
+        let mut rng = Rng::new(77);
+        conv_case(&mut rng, geom(3, 5, 9, 7, 21, 3, 3, 1, 1), true);
+        conv_case(&mut rng, geom(2, 17, 6, 11, 3, 3, 3, 1, 0), false);
+        conv_case(&mut rng, geom(2, 6, 5, 5, 33, 3, 3, 1, 2), true);
+        conv_case(&mut rng, geom(1, 9, 13, 14, 16, 3, 3, 1, 1), false);
+        conv_case(&mut rng, geom(4, 3, 1, 1, 4, 3, 3, 1, 1), true);
+    });
+}
+
+/// Largest |gpu - reference| over the largest |reference|.
+fn max_error(gpu: &[f64], reference: &[f64]) -> f64 {
+    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    gpu.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+#[test]
+fn winograd_error_is_of_the_order_of_the_direct_sums() {
+    // Winograd's transforms add and subtract inputs before multiplying, so it rounds
+    // differently from the direct sum: its error against the f64 reference, measured here on
+    // ResNet-32's 64-channel geometry, must stay within 4x of the implicit GEMM's (the plan it
+    // would replace), and its result must differ from the GEMM's (another kernel ran).
+    let g = geom(2, 64, 8, 8, 64, 3, 3, 1, 1);
+    let mut rng = Rng::new(78);
+    let x = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
+    let w = f32_exact(&rng.vec(g.c_out * g.c_in * 9));
+    let dy = f32_exact(&rng.vec(g.n * g.c_out * g.h * g.w));
+    let cg = conv2d::ConvGeom { n: g.n, c_in: g.c_in, h: g.h, w: g.w, c_out: g.c_out, kh: 3, kw: 3, stride: 1, pad: 1 };
+    let (xt, wt, dyt) = (tensor(&x, &[2, 64, 8, 8]), tensor(&w, &[64, 64, 3, 3]), tensor(&dy, &[2, 64, 8, 8]));
+    let run = |tile: usize| {
+        matmul::with_plan(tile, 1, || {
+            let y = values(&conv2d::conv2d_forward(&xt, &wt, None, &cg).unwrap());
+            (y, values(&conv2d::conv2d_grad_input(&dyt, &wt, &cg).unwrap()))
+        })
+    };
+    let gemm_tile = matmul::tile_index("rm8").unwrap();
+    let references = [cpu::conv2d(&x, &w, None, &g), cpu::conv2d_grad_input(&dy, &w, &g)];
+    let ((wy, wdx), (gy, gdx)) = (run(matmul::WINOGRAD), run(gemm_tile));
+    for (what, wino, gemm, reference) in
+        [("forward", &wy, &gy, &references[0]), ("grad-input", &wdx, &gdx, &references[1])]
+    {
+        let (e_wino, e_gemm) = (max_error(wino, reference), max_error(gemm, reference));
+        eprintln!("{what}: max error / max |y|: winograd {e_wino:.2e}, implicit GEMM {e_gemm:.2e}");
+        assert!(wino != gemm, "{what}: the Winograd plan gave the GEMM's bits (did it run?)");
+        assert!(e_wino <= 4.0 * e_gemm.max(1e-7), "{what}: winograd {e_wino:.2e} vs GEMM {e_gemm:.2e}");
     }
 }
 

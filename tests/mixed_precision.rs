@@ -101,9 +101,10 @@ fn f16_convolutions_match_reference_with_every_plan() {
     if !f16_available("f16_convolutions_match_reference_with_every_plan") {
         return;
     }
-    // every tile shape, unsplit and split (grad-weight's split-K partials are f32), and the
-    // direct 3x3 kernel (the last plan: 16 or 32 output channels, a width that is a multiple of 4)
-    for tile in 0..=matmul::DIRECT {
+    // every tile shape, unsplit and split (grad-weight's split-K partials are f32), the direct
+    // 3x3 kernel (16 or 32 output channels, a width that is a multiple of 4) and Winograd (every
+    // 3x3 stride-1 product; its transformed weights stay f32)
+    for tile in 0..=matmul::WINOGRAD {
         for splits in [1, 3] {
             matmul::with_plan(tile, splits, || {
                 let mut rng = Rng::new(100 + tile as u64);

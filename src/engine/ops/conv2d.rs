@@ -1,7 +1,8 @@
 //! 2-D convolution: forward, grad-input and grad-weight as implicit GEMMs on the tiled engine,
-//! grad-bias as a channel sum (shaders/conv2d.wgsl).
+//! grad-bias as a channel sum (shaders/conv2d.wgsl). 3x3 stride-1 forward and grad-input also
+//! have a direct kernel and Winograd F(2x2, 3x3), which plans (the tuner) may choose instead.
 
-use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape};
+use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape, Special, DIRECT, WINOGRAD};
 use super::{expect_rank, grad_place, place_or_new, reduce};
 use crate::gpu::Kernel;
 use crate::tensor::{needs_node, Backward, Node};
@@ -17,6 +18,20 @@ static DIRECT_3X3: Kernel = Kernel {
     source: include_str!("../../../shaders/conv2d.wgsl"),
     section: Some("direct3x3"),
     entry: "direct3x3",
+};
+static WINOGRAD_WEIGHTS: Kernel = Kernel {
+    label: "conv2d.winograd_weights",
+    prelude: &[],
+    source: include_str!("../../../shaders/conv2d.wgsl"),
+    section: Some("winograd_weights"),
+    entry: "winograd_weights",
+};
+static WINOGRAD_TILES: Kernel = Kernel {
+    label: "conv2d.winograd",
+    prelude: &[],
+    source: include_str!("../../../shaders/conv2d.wgsl"),
+    section: Some("winograd"),
+    entry: "winograd",
 };
 static GRAD_WEIGHT: GemmKernels = gemm_kernels!("conv2d.grad_weight", "conv2d.wgsl", Some("grad_weight"));
 
@@ -123,6 +138,56 @@ fn record_direct(
     crate::gpu::get()?.dispatch(&DIRECT_3X3, &g.params(m, 0, c, grad_input as usize, bias.is_some()), &views, groups)
 }
 
+/// 2x2 output tiles per Winograd workgroup (`WT` in conv2d.wgsl) and output channels (`WM`).
+const WINOGRAD_GROUP: (usize, usize) = (32, 16);
+
+/// Whether Winograd F(2x2, 3x3) (conv2d.wgsl, `winograd`) can compute this convolution: 3x3,
+/// stride 1, padding up to 2 (so the grad-input's padding 2 - pad is one too), and tiles that fit
+/// one dispatch (65,535 workgroups, WebGPU's guaranteed limit).
+fn winograd_fits(g: &ConvGeom) -> bool {
+    let tiles = g.n * g.out_h().div_ceil(2) * g.out_w().div_ceil(2);
+    (g.kh, g.kw, g.stride) == (3, 3, 1) && g.pad <= 2 && tiles.div_ceil(WINOGRAD_GROUP.0) <= 65_535
+}
+
+/// The grad-input of a stride-1 convolution as the convolution it is: dy [n, c_out, ho, wo]
+/// with the weight transposed and rotated and padding kh - 1 - pad gives dx [n, c_in, h, w].
+fn grad_input_geometry(g: &ConvGeom) -> ConvGeom {
+    ConvGeom { n: g.n, c_in: g.c_out, h: g.out_h(), w: g.out_w(), c_out: g.c_in, pad: g.kh - 1 - g.pad, ..*g }
+}
+
+/// Records Winograd F(2x2, 3x3) for geometry `g`: `input` [n, c_in, h, w] -> `out`
+/// [n, c_out, ho, wo] through the transformed weights U [c_in, 16, c_out] (f32, a temporary);
+/// `grad_input` reads `w` as the forward weight of the convolution whose grad-input `g` is.
+fn record_winograd(g: &ConvGeom, w: &Tensor, input: &Tensor, bias: Option<&Tensor>, out: &Tensor, grad_input: bool) -> Result<()> {
+    let gpu = crate::gpu::get()?;
+    let (m, c) = (g.c_out, g.c_in);
+    let tiles = g.n * g.out_h().div_ceil(2) * g.out_w().div_ceil(2);
+    let u = Tensor::uninit(&[c, 16, m])?;
+    let params = g.params(m, tiles, c, grad_input as usize, bias.is_some());
+    let wg = crate::gpu::WG;
+    gpu.dispatch(&WINOGRAD_WEIGHTS, &params, &[w.view(), u.view()], [(m * c).div_ceil(wg) as u32, 1, 1])?;
+    let views = [u.view(), input.view(), bias.unwrap_or(&u).view(), out.view()];
+    let groups = [tiles.div_ceil(WINOGRAD_GROUP.0) as u32, m.div_ceil(WINOGRAD_GROUP.1) as u32, 1];
+    gpu.dispatch(&WINOGRAD_TILES, &params, &views, groups)
+}
+
+/// The non-GEMM kernels that can compute convolution `g` with `m` output channels (stride 1).
+fn specials_for<'a>(
+    g: &ConvGeom,
+    m: usize,
+    direct: &'a dyn Fn() -> Result<()>,
+    winograd: &'a dyn Fn() -> Result<()>,
+) -> Vec<Special<'a>> {
+    let mut specials = Vec::new();
+    if direct_fits(g, m) {
+        specials.push((DIRECT, direct));
+    }
+    if winograd_fits(g) {
+        specials.push((WINOGRAD, winograd));
+    }
+    specials
+}
+
 /// Raw forward pass (no autograd).
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
     let y = Tensor::uninit_as(x.dtype(), &[g.n, g.c_out, g.out_h(), g.out_w()])?;
@@ -130,8 +195,9 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeo
     // One layer of workgroups (the forward writes y directly, bias included).
     let make = |chunk| g.params(m, n, k, chunk, bias.is_some());
     let direct = || record_direct(g, w, x, bias, &y, (g.c_out, g.c_in), false);
-    let direct: Option<&dyn Fn() -> Result<()>> = if direct_fits(g, m) { Some(&direct) } else { None };
-    run_gemm(&FORWARD, make, &[w, x, bias.unwrap_or(w)], &y, GemmShape { m, n, k, z: 1 }, direct)?;
+    let winograd = || record_winograd(g, w, x, bias, &y, false);
+    let specials = specials_for(g, m, &direct, &winograd);
+    run_gemm(&FORWARD, make, &[w, x, bias.unwrap_or(w)], &y, GemmShape { m, n, k, z: 1 }, &specials)?;
     Ok(y)
 }
 
@@ -145,14 +211,16 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
         let n = g.n * g.h.div_ceil(g.stride) * g.w.div_ceil(g.stride);
         let k = g.c_out * g.kh.div_ceil(g.stride) * g.kw.div_ceil(g.stride);
         let shape = GemmShape { m, n, k, z: g.stride * g.stride };
-        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, None)?;
+        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, &[])?;
         return Ok(dx);
     }
     let (n, k) = (g.n * g.h * g.w, g.c_out * g.kh * g.kw);
     let direct = || record_direct(g, w, dy, None, &dx, (g.c_in, g.c_out), true);
-    let direct: Option<&dyn Fn() -> Result<()>> = if direct_fits(g, m) { Some(&direct) } else { None };
+    let as_conv = grad_input_geometry(g);
+    let winograd = || record_winograd(&as_conv, w, dy, None, &dx, true);
+    let specials = specials_for(&as_conv, m, &direct, &winograd);
     let shape = GemmShape { m, n, k, z: 1 };
-    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, direct)?;
+    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, &specials)?;
     Ok(dx)
 }
 
@@ -165,7 +233,7 @@ pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
 fn conv2d_grad_weight_into(dy: &Tensor, x: &Tensor, g: &ConvGeom, place: Option<&Tensor>) -> Result<Tensor> {
     let dw = place_or_new(place, &[g.c_out, g.c_in, g.kh, g.kw])?;
     let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * g.out_h() * g.out_w());
-    run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 }, None)?;
+    run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 }, &[])?;
     Ok(dw)
 }
 

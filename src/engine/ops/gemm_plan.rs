@@ -99,20 +99,29 @@ macro_rules! gemm_kernels {
 }
 pub(crate) use gemm_kernels;
 
-/// The plan "tile" that stands for a family's direct (non-GEMM) kernel, where it has one (the
-/// 3x3 stride-1 convolution): one past the GEMM tiles.
+/// The plan "tiles" that stand for a family's non-GEMM kernels, where it has them for a product
+/// (3x3 stride-1 convolutions), numbered past the GEMM tiles: the direct kernel ...
 pub const DIRECT: usize = TILES.len();
-/// Its name in plans and in the tuner's cache.
+/// ... and Winograd F(2x2, 3x3).
+pub const WINOGRAD: usize = TILES.len() + 1;
+/// Their names in plans and in the tuner's cache.
 pub const DIRECT_NAME: &str = "direct3x3";
+pub const WINOGRAD_NAME: &str = "winograd2x2";
 
-/// The name of a plan's tile (a GEMM tile or [`DIRECT_NAME`]).
+/// The name of a plan's tile (a GEMM tile, [`DIRECT_NAME`] or [`WINOGRAD_NAME`]).
 pub fn tile_name(tile: usize) -> &'static str {
-    TILES.get(tile).map_or(DIRECT_NAME, |t| t.name)
+    match tile {
+        DIRECT => DIRECT_NAME,
+        WINOGRAD => WINOGRAD_NAME,
+        _ => TILES[tile].name,
+    }
 }
 
-/// The plan tile of a name (a GEMM tile or [`DIRECT_NAME`]).
+/// The plan tile of a name (a GEMM tile, [`DIRECT_NAME`] or [`WINOGRAD_NAME`]).
 pub fn tile_index(name: &str) -> Option<usize> {
-    TILES.iter().position(|t| t.name == name).or((name == DIRECT_NAME).then_some(DIRECT))
+    (TILES.iter().position(|t| t.name == name))
+        .or((name == DIRECT_NAME).then_some(DIRECT))
+        .or((name == WINOGRAD_NAME).then_some(WINOGRAD))
 }
 
 /// How a GEMM runs: which tile shape, and into how many K-splits (partial products summed by a

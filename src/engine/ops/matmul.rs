@@ -7,10 +7,14 @@ use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
 
 pub(crate) use super::gemm_plan::gemm_kernels;
-pub use super::gemm_plan::{tile_index, tile_name, Plan, Tile, DIRECT, DIRECT_NAME, TILES};
+pub use super::gemm_plan::{tile_index, tile_name, Plan, Tile, DIRECT, DIRECT_NAME, TILES, WINOGRAD, WINOGRAD_NAME};
 
 /// A GEMM-based kernel declared for every tile shape.
 pub(crate) type GemmKernels = [Kernel; TILES.len()];
+
+/// A family's own (non-GEMM) kernel for one product, offered beside the GEMM plans: its plan
+/// tile ([`DIRECT`] or [`WINOGRAD`]) and what records it.
+pub(crate) type Special<'a> = (usize, &'a dyn Fn() -> Result<()>);
 
 /// The product a plan is for. `z` > 0 fixes the workgroup layers (e.g. the parity classes of
 /// the strided grad-input), 0 lets the planner split K over them.
@@ -77,8 +81,8 @@ impl GemmShape {
 
     /// The plans the tuner times on a GPU: register tiles no taller than M needs (at most the
     /// four tallest), each with its default split, a quarter of it and four times it; and the
-    /// family's direct kernel when it has one for this product.
-    fn candidates(&self, direct: bool) -> Vec<Plan> {
+    /// family's own kernels (`specials`: plan tiles past the GEMM ones) for this product.
+    fn candidates(&self, specials: &[usize]) -> Vec<Plan> {
         let tallest = self.m.next_power_of_two().max(16);
         let mut tiles: Vec<usize> = (0..TILES.len()).filter(|&i| TILES[i].gpu && TILES[i].rows <= tallest).collect();
         tiles.sort_by_key(|&i| std::cmp::Reverse(TILES[i].rows));
@@ -95,9 +99,7 @@ impl GemmShape {
                 }
             }
         }
-        if direct {
-            plans.push(Plan { tile: DIRECT, splits: 1 });
-        }
+        plans.extend(specials.iter().map(|&tile| Plan { tile, splits: 1 }));
         plans
     }
 }
@@ -111,11 +113,11 @@ thread_local! {
 }
 
 /// Runs `f` with every GEMM-based kernel this thread records using tile `tile` (an index into
-/// [`TILES`], or [`DIRECT`]: the direct kernel where the product has one, else the default
+/// [`TILES`], or [`DIRECT`] / [`WINOGRAD`]: that kernel where the product has it, else the default
 /// plan) and `splits` K-splits where the kernel allows splitting: how tests reach every
 /// configuration the planner or the tuner can choose.
 pub fn with_plan<R>(tile: usize, splits: usize, f: impl FnOnce() -> R) -> R {
-    assert!(tile <= DIRECT && splits > 0, "no tile {tile} or zero splits");
+    assert!(tile <= WINOGRAD && splits > 0, "no tile {tile} or zero splits");
     let old = FORCED_PLAN.with(|c| c.replace(Some(Plan { tile, splits })));
     let out = f();
     FORCED_PLAN.with(|c| c.set(old));
@@ -124,39 +126,45 @@ pub fn with_plan<R>(tile: usize, splits: usize, f: impl FnOnce() -> R) -> R {
 
 /// Records one product of a GEMM-based kernel family: chooses the plan (forced, tuned or the
 /// device type's default) and dispatches `kernels[plan.tile]` with `bufs` then `out` bound,
-/// through split-K partials and a reduction when the plan splits, or calls `direct` (the
-/// family's direct kernel for this product, when it has one). `make(chunk)` builds the uniform
-/// block for a K-chunk of `chunk` (K itself when unsplit).
+/// through split-K partials and a reduction when the plan splits, or runs one of `specials` (the
+/// family's own kernels that can compute this product). `make(chunk)` builds the uniform block
+/// for a K-chunk of `chunk` (K itself when unsplit).
 pub(crate) fn run_gemm(
     kernels: &GemmKernels,
     make: impl Fn(usize) -> Vec<u8>,
     bufs: &[&Tensor],
     out: &Tensor,
     shape: GemmShape,
-    direct: Option<&dyn Fn() -> Result<()>>,
+    specials: &[Special],
 ) -> Result<()> {
     let gpu = crate::gpu::get()?;
-    let default = if gpu.adapter.is_cpu() { shape.cpu_default() } else { shape.gpu_default(direct.is_some()) };
-    let record = |plan: Plan| match (plan.tile, direct) {
-        (DIRECT, Some(run_direct)) => run_direct(),
-        // (a direct plan for a product without a direct kernel: the default, never DIRECT then)
-        (DIRECT, None) => record_gemm(&kernels[default.tile], &make, bufs, out, shape, default),
-        _ => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
+    let special = |tile: usize| specials.iter().find(|(t, _)| *t == tile).map(|(_, run)| run);
+    let default =
+        if gpu.adapter.is_cpu() { shape.cpu_default() } else { shape.gpu_default(special(DIRECT).is_some()) };
+    let record = |plan: Plan| match special(plan.tile) {
+        Some(run) => run(),
+        // (a special plan for a product without that kernel: the default, never special then)
+        None if plan.tile >= TILES.len() => record_gemm(&kernels[default.tile], &make, bufs, out, shape, default),
+        None => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
     };
     let plan = match FORCED_PLAN.with(|c| c.get()) {
-        Some(plan) if plan.tile == DIRECT && direct.is_none() => default,
+        Some(plan) if plan.tile >= TILES.len() && special(plan.tile).is_none() => default,
         Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
         None => {
             let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
             // The key fixes the default and the candidates (as `choose` needs): same family and
-            // sizes, and whether a direct kernel is among them.
+            // sizes, and which of the family's own kernels are among them.
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
-            let direct_mark = if direct.is_some() { " +direct" } else { "" };
+            let marks: String = specials
+                .iter()
+                .map(|&(tile, _)| if tile == DIRECT { " +direct".to_string() } else { format!(" +{}", tile_name(tile)) })
+                .collect();
             // f16 operands (mixed precision) are a product of their own: other loads, other speed
             let f16 = bufs.iter().chain([&out]).any(|t| t.dtype() == crate::gpu::Dtype::F16);
             let f16_mark = if f16 { " f16" } else { "" };
-            let key = format!("{family} {}x{}x{}{layers}{direct_mark}{f16_mark}", shape.m, shape.n, shape.k);
-            crate::tune::choose(&key, default, || shape.candidates(direct.is_some()), record)?
+            let key = format!("{family} {}x{}x{}{layers}{marks}{f16_mark}", shape.m, shape.n, shape.k);
+            let tiles: Vec<usize> = specials.iter().map(|&(tile, _)| tile).collect();
+            crate::tune::choose(&key, default, || shape.candidates(&tiles), record)?
         }
     };
     record(plan)
@@ -285,7 +293,7 @@ fn gemm_strided(o: Operands, m: usize, k: usize, n: usize) -> Result<()> {
     let bufs = [o.a, o.b, o.bias.unwrap_or(o.a)];
     // Split-K partials are contiguous [m, n]: only a contiguous C can take them.
     let z = if o.c_ld == n { 0 } else { 1 };
-    run_gemm(&GEMM, make, &bufs, o.c, GemmShape { m, n, k, z }, None)
+    run_gemm(&GEMM, make, &bufs, o.c, GemmShape { m, n, k, z }, &[])
 }
 
 /// `a[m, k] @ b[k, n]` (differentiable).
@@ -526,10 +534,11 @@ mod tests {
         assert_eq!(name(shape(4096, 4096, 4096, 0).gpu_default(false)), "g128");
         assert_eq!(name(shape(192, 2704, 1600, 0).gpu_default(false)), "g64");
         for s in [shape(3, 500, 27, 1), shape(16, 9, 9000, 0), shape(33, 70, 130, 0), shape(100, 4096, 64, 1)] {
-            for direct in [false, true] {
-                let d = s.gpu_default(direct);
-                let c = s.candidates(direct);
-                assert!(c.contains(&d) || d.tile == DIRECT, "{s:?}: default {d:?} not among {c:?}");
+            for specials in [&[][..], &[DIRECT], &[DIRECT, WINOGRAD], &[WINOGRAD]] {
+                let d = s.gpu_default(specials.contains(&DIRECT));
+                let c = s.candidates(specials);
+                assert!(c.contains(&d), "{s:?}: default {d:?} not among {c:?}");
+                assert!(specials.iter().all(|&t| c.contains(&Plan { tile: t, splits: 1 })), "{c:?}");
                 assert!(c.iter().all(|p| p.splits >= 1 && (p.splits == 1 || s.can_split())), "{c:?}");
             }
         }
