@@ -426,9 +426,13 @@ fn winograd_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
 // (the ½ sits in U), so the result differs from the direct sum by a few f32 roundings.
 //   src [n, C, h, w] -> dst [n, M, ho, wo], ho = h + 2·pad - 2, C = p.gk, M = p.gm;
 //   tiles P = p.gn = n · ⌈ho/2⌉ · ⌈wo/2⌉; tile (b, ty, tx) reads the patch at (2ty - pad, 2tx - pad).
-// Workgroup: 32 tiles (x) by 16 output channels (y), 128 threads. Thread t transforms, for each
-// step of 4 input channels, channel t / 32 of tile t % 32 into shared memory, then accumulates
-// the 16 products of that tile for output channels 4 (t / 32) .. +3 (one vec4 per ξ).
+// Workgroup: 32 tiles (x) by 16 output channels (y), 128 threads, 4 input channels per step.
+//   Transform: thread t puts channel t / 32 of tile t % 32 (Bᵀ d B, 16 values) in shared memory.
+//   Products: thread t = (channel quad cq = t / 32, tile quad tq = (t / 4) % 8, ξ quarter
+//   xq = t % 4) accumulates 4 ξ x 4 tiles x 4 channels, one vec4 of tiles and one of channels
+//   read per 4 vec4 multiply-adds.
+//   Output: the accumulators go through shared memory, one channel of each quad per round, so
+//   that thread (cq, tile t % 32) has a tile's 16 sums for its Aᵀ M A.
 @group(0) @binding(1) var<storage, read> u: array<f32>;
 @group(0) @binding(2) var<storage, read> src: array<t2>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -437,7 +441,7 @@ fn winograd_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
 const WT: u32 = 32u;                               // tiles per workgroup
 const WM: u32 = 16u;                               // output channels per workgroup
 const WC: u32 = 4u;                                // input channels per step
-var<workgroup> v_s: array<f32, 2048>;              // [WC][16 ξ][WT]   Bᵀ d B
+var<workgroup> v_s: array<vec4<f32>, 512>;         // [WC][16 ξ][WT / 4]: Bᵀ d B; then [cq][16 ξ][WT / 4] sums
 var<workgroup> u_s: array<vec4<f32>, 256>;         // [WC][16 ξ][WM / 4]
 
 @compute @workgroup_size(128)
@@ -445,6 +449,7 @@ fn winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let t = lid.x;
     let tiles_x = (p.wo + 1u) / 2u;
     let plane = tiles_x * ((p.ho + 1u) / 2u);
+    // this thread's tile in the transforms (input and output) and its channel (quad)
     let lt = t % WT;
     let lc = t / WT;
     let tile = wid.x * WT + lt;
@@ -456,7 +461,10 @@ fn winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
     let y0 = i32(2u * ty) - i32(p.pad);
     let x0 = i32(2u * tx) - i32(p.pad);
     let m0 = wid.y * WM;
-    var acc: array<vec4<f32>, 16>;                 // acc[ξ]: output channels m0 + 4 lc .. + 3
+    // its place in the products
+    let xq = t % 4u;
+    let tq = (t / 4u) % 8u;
+    var acc: array<vec4<f32>, 16>;                 // acc[4i + j]: ξ = 4 xq + i, tile 4 tq + j, channels 4 lc ..
     for (var c0 = 0u; c0 < p.gk; c0 += WC) {
         let c = c0 + lc;
         var d: array<f32, 16>;
@@ -479,12 +487,13 @@ fn winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
             e[8u + s] = d[8u + s] - d[4u + s];
             e[12u + s] = d[4u + s] - d[12u + s];
         }
-        let o = lc * 16u * WT + lt;
+        let o = lc * 16u * 8u + lt / 4u;
+        let lane = lt % 4u;
         for (var r = 0u; r < 4u; r++) {
-            v_s[o + (4u * r) * WT] = e[4u * r] - e[4u * r + 2u];
-            v_s[o + (4u * r + 1u) * WT] = e[4u * r + 1u] + e[4u * r + 2u];
-            v_s[o + (4u * r + 2u) * WT] = e[4u * r + 2u] - e[4u * r + 1u];
-            v_s[o + (4u * r + 3u) * WT] = e[4u * r + 1u] - e[4u * r + 3u];
+            v_s[o + (4u * r) * 8u][lane] = e[4u * r] - e[4u * r + 2u];
+            v_s[o + (4u * r + 1u) * 8u][lane] = e[4u * r + 1u] + e[4u * r + 2u];
+            v_s[o + (4u * r + 2u) * 8u][lane] = e[4u * r + 2u] - e[4u * r + 1u];
+            v_s[o + (4u * r + 3u) * 8u][lane] = e[4u * r + 1u] - e[4u * r + 3u];
         }
         for (var i = t; i < WC * 16u * WM; i += 128u) {
             let mm = i % WM;
@@ -496,35 +505,46 @@ fn winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         }
         workgroupBarrier();
         for (var ci = 0u; ci < WC; ci++) {
-            for (var k = 0u; k < 16u; k++) {
-                let cx = ci * 16u + k;
-                acc[k] = fma(vec4<f32>(v_s[cx * WT + lt]), u_s[cx * 4u + lc], acc[k]);
+            for (var i = 0u; i < 4u; i++) {
+                let cx = ci * 16u + 4u * xq + i;
+                let v = v_s[cx * 8u + tq];
+                let w = u_s[cx * 4u + lc];
+                for (var j = 0u; j < 4u; j++) { acc[4u * i + j] = fma(vec4<f32>(v[j]), w, acc[4u * i + j]); }
             }
         }
         workgroupBarrier();
     }
-    if (!live) { return; }
-    for (var j = 0u; j < 4u; j++) {
-        let m = m0 + 4u * lc + j;
-        if (m >= p.gm) { continue; }
-        // Aᵀ M (by columns), then the two outputs of each row
-        var r0: array<f32, 4>;
-        var r1: array<f32, 4>;
-        for (var s = 0u; s < 4u; s++) {
-            r0[s] = acc[s][j] + acc[4u + s][j] + acc[8u + s][j];
-            r1[s] = acc[4u + s][j] - acc[8u + s][j] - acc[12u + s][j];
+    let oy = 2u * ty;
+    let ox = 2u * tx;
+    let right = ox + 1u < p.wo;
+    for (var k = 0u; k < 4u; k++) {
+        // round k: channel 4 lc + k's sums, as [lc][ξ][tile]
+        for (var i = 0u; i < 4u; i++) {
+            let a = 4u * i;
+            v_s[(lc * 16u + 4u * xq + i) * 8u + tq] = vec4<f32>(acc[a][k], acc[a + 1u][k], acc[a + 2u][k], acc[a + 3u][k]);
         }
-        var bv = 0.0;
-        if (p.has_bias != 0u) { bv = bias[m]; }
-        let oy = 2u * ty;
-        let ox = 2u * tx;
-        let base = ((b * p.gm + m) * p.ho + oy) * p.wo + ox;
-        let right = ox + 1u < p.wo;
-        dst[base] = t4(r0[0] + r0[1] + r0[2] + bv);
-        if (right) { dst[base + 1u] = t4(r0[1] - r0[2] - r0[3] + bv); }
-        if (oy + 1u < p.ho) {
-            dst[base + p.wo] = t4(r1[0] + r1[1] + r1[2] + bv);
-            if (right) { dst[base + p.wo + 1u] = t4(r1[1] - r1[2] - r1[3] + bv); }
+        workgroupBarrier();
+        let m = m0 + 4u * lc + k;
+        if (live && m < p.gm) {
+            var mx: array<f32, 16>;
+            for (var x = 0u; x < 16u; x++) { mx[x] = v_s[(lc * 16u + x) * 8u + lt / 4u][lt % 4u]; }
+            // Aᵀ M (by columns), then the two outputs of each row
+            var r0: array<f32, 4>;
+            var r1: array<f32, 4>;
+            for (var s = 0u; s < 4u; s++) {
+                r0[s] = mx[s] + mx[4u + s] + mx[8u + s];
+                r1[s] = mx[4u + s] - mx[8u + s] - mx[12u + s];
+            }
+            var bv = 0.0;
+            if (p.has_bias != 0u) { bv = bias[m]; }
+            let base = ((b * p.gm + m) * p.ho + oy) * p.wo + ox;
+            dst[base] = t4(r0[0] + r0[1] + r0[2] + bv);
+            if (right) { dst[base + 1u] = t4(r0[1] - r0[2] - r0[3] + bv); }
+            if (oy + 1u < p.ho) {
+                dst[base + p.wo] = t4(r1[0] + r1[1] + r1[2] + bv);
+                if (right) { dst[base + p.wo + 1u] = t4(r1[1] - r1[2] - r1[3] + bv); }
+            }
         }
+        workgroupBarrier();
     }
 }

@@ -178,7 +178,11 @@ impl Bench<'_> {
         let batch = self.batch;
         for (label, g) in resnet32_conv_shapes(batch) {
             let names = ["forward", "grad-input", "grad-weight"].map(|k| format!("{label} b{batch} {k}"));
-            if !names.iter().any(|n| self.cfg.wants(n)) {
+            // Winograd F(2x2, 3x3) forced on the forward and grad-input where it fits (stride 1),
+            // beside the plans chosen for the three (GFLOP/s count the direct form's
+            // multiply-adds, so the rows compare as times)
+            let winograd = conv2d::winograd_fits(&g).then(|| [0, 1].map(|i| format!("{} winograd", names[i])));
+            if !names.iter().chain(winograd.iter().flatten()).any(|n| self.cfg.wants(n)) {
                 continue;
             }
             let x = random(&[g.n, g.c_in, g.h, g.w], 3)?;
@@ -191,9 +195,13 @@ impl Bench<'_> {
                 &|| conv2d::conv2d_grad_input(&dy, &w, &g).map(drop),
                 &|| conv2d::conv2d_grad_weight(&dy, &x, &g).map(drop),
             ];
-            for (name, f) in names.into_iter().zip(kernels) {
+            let mut rows: Vec<(String, &dyn Fn() -> Result<()>, bool)> =
+                names.into_iter().zip(kernels).map(|(name, f)| (name, f, false)).collect();
+            rows.extend(winograd.into_iter().flatten().zip(kernels).map(|(name, f)| (name, f, true)));
+            for (name, f, winograd) in rows {
                 if self.cfg.wants(&name) {
-                    let (seconds, timing) = time_median(self.runs, f)?;
+                    let run = || if winograd { matmul::with_plan(matmul::WINOGRAD, 1, f) } else { f() };
+                    let (seconds, timing) = time_median(self.runs, run)?;
                     emit(Measurement {
                         name,
                         seconds,

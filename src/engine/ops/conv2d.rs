@@ -142,23 +142,36 @@ fn record_direct(
 const WINOGRAD_GROUP: (usize, usize) = (32, 16);
 
 /// Whether Winograd F(2x2, 3x3) (conv2d.wgsl, `winograd`) can compute this convolution: 3x3,
-/// stride 1, padding up to 2 (so the grad-input's padding 2 - pad is one too), and tiles that fit
-/// one dispatch (65,535 workgroups, WebGPU's guaranteed limit).
-fn winograd_fits(g: &ConvGeom) -> bool {
+/// stride 1, padding up to 2; tiles that fit one dispatch (65,535 workgroups, WebGPU's
+/// guaranteed limit) and transformed weights (16 c_in c_out floats) within WebGPU's guaranteed
+/// 128 MiB binding.
+pub fn winograd_fits(g: &ConvGeom) -> bool {
     let tiles = g.n * g.out_h().div_ceil(2) * g.out_w().div_ceil(2);
-    (g.kh, g.kw, g.stride) == (3, 3, 1) && g.pad <= 2 && tiles.div_ceil(WINOGRAD_GROUP.0) <= 65_535
+    (g.kh, g.kw, g.stride) == (3, 3, 1)
+        && g.pad <= 2
+        && tiles.div_ceil(WINOGRAD_GROUP.0) <= 65_535
+        && g.c_in * g.c_out <= 1 << 21
 }
 
-/// The grad-input of a stride-1 convolution as the convolution it is: dy [n, c_out, ho, wo]
-/// with the weight transposed and rotated and padding kh - 1 - pad gives dx [n, c_in, h, w].
-fn grad_input_geometry(g: &ConvGeom) -> ConvGeom {
-    ConvGeom { n: g.n, c_in: g.c_out, h: g.out_h(), w: g.out_w(), c_out: g.c_in, pad: g.kh - 1 - g.pad, ..*g }
+/// The grad-input of a stride-1 convolution as the convolution it is, where it is one: dy
+/// [n, c_out, ho, wo] with the weight transposed and rotated and padding kh - 1 - pad gives dx
+/// [n, c_in, h, w] (None when the padding exceeds kh - 1).
+fn grad_input_geometry(g: &ConvGeom) -> Option<ConvGeom> {
+    let pad = (g.kh - 1).checked_sub(g.pad)?;
+    Some(ConvGeom { n: g.n, c_in: g.c_out, h: g.out_h(), w: g.out_w(), c_out: g.c_in, pad, ..*g })
 }
 
 /// Records Winograd F(2x2, 3x3) for geometry `g`: `input` [n, c_in, h, w] -> `out`
 /// [n, c_out, ho, wo] through the transformed weights U [c_in, 16, c_out] (f32, a temporary);
 /// `grad_input` reads `w` as the forward weight of the convolution whose grad-input `g` is.
-fn record_winograd(g: &ConvGeom, w: &Tensor, input: &Tensor, bias: Option<&Tensor>, out: &Tensor, grad_input: bool) -> Result<()> {
+fn record_winograd(
+    g: &ConvGeom,
+    w: &Tensor,
+    input: &Tensor,
+    bias: Option<&Tensor>,
+    out: &Tensor,
+    grad_input: bool,
+) -> Result<()> {
     let gpu = crate::gpu::get()?;
     let (m, c) = (g.c_out, g.c_in);
     let tiles = g.n * g.out_h().div_ceil(2) * g.out_w().div_ceil(2);
@@ -171,21 +184,12 @@ fn record_winograd(g: &ConvGeom, w: &Tensor, input: &Tensor, bias: Option<&Tenso
     gpu.dispatch(&WINOGRAD_TILES, &params, &views, groups)
 }
 
-/// The non-GEMM kernels that can compute convolution `g` with `m` output channels (stride 1).
-fn specials_for<'a>(
-    g: &ConvGeom,
-    m: usize,
-    direct: &'a dyn Fn() -> Result<()>,
-    winograd: &'a dyn Fn() -> Result<()>,
+/// The non-GEMM kernels offered for a product: the direct kernel and Winograd where they fit.
+fn specials<'a>(
+    direct: Option<&'a dyn Fn() -> Result<()>>,
+    winograd: Option<&'a dyn Fn() -> Result<()>>,
 ) -> Vec<Special<'a>> {
-    let mut specials = Vec::new();
-    if direct_fits(g, m) {
-        specials.push((DIRECT, direct));
-    }
-    if winograd_fits(g) {
-        specials.push((WINOGRAD, winograd));
-    }
-    specials
+    [(DIRECT, direct), (WINOGRAD, winograd)].into_iter().filter_map(|(tile, run)| Some((tile, run?))).collect()
 }
 
 /// Raw forward pass (no autograd).
@@ -196,7 +200,10 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeo
     let make = |chunk| g.params(m, n, k, chunk, bias.is_some());
     let direct = || record_direct(g, w, x, bias, &y, (g.c_out, g.c_in), false);
     let winograd = || record_winograd(g, w, x, bias, &y, false);
-    let specials = specials_for(g, m, &direct, &winograd);
+    let specials = specials(
+        direct_fits(g, m).then_some(&direct as &dyn Fn() -> Result<()>),
+        winograd_fits(g).then_some(&winograd as &dyn Fn() -> Result<()>),
+    );
     run_gemm(&FORWARD, make, &[w, x, bias.unwrap_or(w)], &y, GemmShape { m, n, k, z: 1 }, &specials)?;
     Ok(y)
 }
@@ -216,9 +223,13 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
     }
     let (n, k) = (g.n * g.h * g.w, g.c_out * g.kh * g.kw);
     let direct = || record_direct(g, w, dy, None, &dx, (g.c_in, g.c_out), true);
-    let as_conv = grad_input_geometry(g);
-    let winograd = || record_winograd(&as_conv, w, dy, None, &dx, true);
-    let specials = specials_for(&as_conv, m, &direct, &winograd);
+    let as_conv = grad_input_geometry(g).filter(winograd_fits);
+    let out = &dx;
+    let winograd = as_conv.map(|a| move || record_winograd(&a, w, dy, None, out, true));
+    let specials = specials(
+        direct_fits(g, m).then_some(&direct as &dyn Fn() -> Result<()>),
+        winograd.as_ref().map(|f| f as &dyn Fn() -> Result<()>),
+    );
     let shape = GemmShape { m, n, k, z: 1 };
     run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, &specials)?;
     Ok(dx)

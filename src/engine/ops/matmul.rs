@@ -110,6 +110,18 @@ const GPU_TARGET_GROUPS: usize = 1024;
 
 thread_local! {
     static FORCED_PLAN: std::cell::Cell<Option<Plan>> = const { std::cell::Cell::new(None) };
+    /// The plans this thread's products ran with, while [`plans_used`] records them.
+    static PLAN_LOG: std::cell::RefCell<Option<Vec<(&'static str, Plan)>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns, beside its result, the plan every GEMM-based product it recorded on
+/// this thread ran with, by kernel family (e.g. `conv2d.forward`): how tests tell that a forced
+/// kernel ran rather than the default a product without it falls back to.
+pub fn plans_used<R>(f: impl FnOnce() -> R) -> (R, Vec<(&'static str, Plan)>) {
+    let old = PLAN_LOG.with(|l| l.replace(Some(Vec::new())));
+    let out = f();
+    let log = PLAN_LOG.with(|l| l.replace(old)).unwrap_or_default();
+    (out, log)
 }
 
 /// Runs `f` with every GEMM-based kernel this thread records using tile `tile` (an index into
@@ -139,25 +151,26 @@ pub(crate) fn run_gemm(
 ) -> Result<()> {
     let gpu = crate::gpu::get()?;
     let special = |tile: usize| specials.iter().find(|(t, _)| *t == tile).map(|(_, run)| run);
-    let default =
-        if gpu.adapter.is_cpu() { shape.cpu_default() } else { shape.gpu_default(special(DIRECT).is_some()) };
+    let default = if gpu.adapter.is_cpu() { shape.cpu_default() } else { shape.gpu_default(special(DIRECT).is_some()) };
     let record = |plan: Plan| match special(plan.tile) {
         Some(run) => run(),
         // (a special plan for a product without that kernel: the default, never special then)
         None if plan.tile >= TILES.len() => record_gemm(&kernels[default.tile], &make, bufs, out, shape, default),
         None => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
     };
+    let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
     let plan = match FORCED_PLAN.with(|c| c.get()) {
         Some(plan) if plan.tile >= TILES.len() && special(plan.tile).is_none() => default,
         Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
         None => {
-            let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
             // The key fixes the default and the candidates (as `choose` needs): same family and
             // sizes, and which of the family's own kernels are among them.
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
             let marks: String = specials
                 .iter()
-                .map(|&(tile, _)| if tile == DIRECT { " +direct".to_string() } else { format!(" +{}", tile_name(tile)) })
+                .map(
+                    |&(tile, _)| if tile == DIRECT { " +direct".to_string() } else { format!(" +{}", tile_name(tile)) },
+                )
                 .collect();
             // f16 operands (mixed precision) are a product of their own: other loads, other speed
             let f16 = bufs.iter().chain([&out]).any(|t| t.dtype() == crate::gpu::Dtype::F16);
@@ -167,6 +180,7 @@ pub(crate) fn run_gemm(
             crate::tune::choose(&key, default, || shape.candidates(&tiles), record)?
         }
     };
+    PLAN_LOG.with(|l| l.borrow_mut().as_mut().map(|log| log.push((family, plan))));
     record(plan)
 }
 
