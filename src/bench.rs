@@ -144,6 +144,9 @@ struct Bench<'a> {
     steps: usize,
 }
 
+/// Something the bench times: records one run of the work.
+type Run<'a> = &'a dyn Fn() -> Result<()>;
+
 fn gflop(macs: usize) -> f64 {
     2.0 * macs as f64 / 1e9
 }
@@ -190,12 +193,12 @@ impl Bench<'_> {
             let dy = random(&[g.n, g.c_out, g.out_h(), g.out_w()], 5)?;
             // The same GEMM as (M, N, K), so conv results compare with GEMM results.
             let gemm_shape = format!("{}x{}x{}", g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
-            let kernels: [&dyn Fn() -> Result<()>; 3] = [
+            let kernels: [Run; 3] = [
                 &|| conv2d::conv2d_forward(&x, &w, None, &g).map(drop),
                 &|| conv2d::conv2d_grad_input(&dy, &w, &g).map(drop),
                 &|| conv2d::conv2d_grad_weight(&dy, &x, &g).map(drop),
             ];
-            let mut rows: Vec<(String, &dyn Fn() -> Result<()>, bool)> =
+            let mut rows: Vec<(String, Run, bool)> =
                 names.into_iter().zip(kernels).map(|(name, f)| (name, f, false)).collect();
             rows.extend(winograd.into_iter().flatten().zip(kernels).map(|(name, f)| (name, f, true)));
             for (name, f, winograd) in rows {
