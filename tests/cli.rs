@@ -186,6 +186,29 @@ fn tuner_flags_tune_cache_and_reject_nonsense() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A kernel the driver rejects (simulated by SASPRUNE_FAULT_KERNEL) costs a note when it is one
+/// of the tuner's candidates, not the run: training goes on with the plans that run, and the
+/// cache keeps no choice of it. A kernel every plan needs fails the run with its name, never a
+/// panic.
+#[test]
+fn a_kernel_the_driver_rejects_is_left_out_by_the_tuner() {
+    let t = TinyRun::new("cli-kernel-fault");
+    let cache = t.tmp.path().join("tune.json");
+    let tuned = ["--steps", "2", "--tune", "on", "--tune-cache", cache.to_str().unwrap()];
+    let (code, stderr) = sasprune_with(&t.train_args(&tuned), "SASPRUNE_FAULT_KERNEL", "conv2d.winograd");
+    assert_eq!(code, Some(0), "{stderr}");
+    let note = "kernel plan winograd2x2 does not run here";
+    assert!(stderr.contains(note) && stderr.contains("SASPRUNE_FAULT_KERNEL=conv2d.winograd"), "{stderr}");
+    assert_eq!(stderr.matches(note).count(), 1, "noted once, then left out: {stderr}");
+    let stored = std::fs::read_to_string(&cache).unwrap();
+    assert!(stored.contains("+winograd2x2") && !stored.contains("\"tile\": \"winograd2x2\""), "{stored}");
+
+    let t = TinyRun::new("cli-kernel-fault-bn");
+    let (code, stderr) = sasprune_with(&t.train_args(&["--steps", "1"]), "SASPRUNE_FAULT_KERNEL", "batchnorm");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("SASPRUNE_FAULT_KERNEL=batchnorm rejects it") && !stderr.contains("panicked"), "{stderr}");
+}
+
 /// `train --resume DIR` alone continues a run with the flags it started with; a dataset that
 /// moved is accepted with `--data`, a different one is refused; flags that change the result
 /// are refused.

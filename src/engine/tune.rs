@@ -168,6 +168,8 @@ struct Tuner {
     used: BTreeMap<String, Choice>,
     /// Products measured (not read from the cache) in this process.
     measured: usize,
+    /// Plan tiles whose kernels failed on this adapter in this process (left out from then on).
+    failed: std::collections::BTreeSet<usize>,
 }
 
 static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
@@ -210,7 +212,7 @@ fn open_tuner() -> Result<Tuner> {
         }
         _ => Cache::default(),
     };
-    Ok(Tuner { enabled, file, adapter_key, cache, used: BTreeMap::new(), measured: 0 })
+    Ok(Tuner { enabled, file, adapter_key, cache, used: BTreeMap::new(), measured: 0, failed: Default::default() })
 }
 
 fn plan_of(choice: &Choice) -> Option<Plan> {
@@ -245,7 +247,8 @@ pub(crate) fn choose(
         return Ok(default);
     }
     let cached = tuner.cache.adapters.get(&tuner.adapter_key).and_then(|e| e.get(key));
-    if let Some(plan) = cached.and_then(plan_of).filter(|p| candidates.contains(p)) {
+    let usable = |p: &Plan| candidates.contains(p) && !tuner.failed.contains(&p.tile);
+    if let Some(plan) = cached.and_then(plan_of).filter(usable) {
         tuner.used.insert(key.to_string(), cached.expect("matched above").clone());
         return Ok(plan);
     }
@@ -259,12 +262,28 @@ pub(crate) fn choose(
     }
     let mut best: Option<(Plan, f64)> = None;
     for &plan in &candidates {
-        let seconds = measure(|| run(plan))?;
+        if tuner.failed.contains(&plan.tile) {
+            continue;
+        }
+        let seconds = match measure(|| run(plan)) {
+            Ok(seconds) => seconds,
+            // A candidate this adapter cannot run (a driver that rejects one kernel) is dropped
+            // for the rest of the process; the default ran above, so the run goes on.
+            Err(e) if plan != default => {
+                eprintln!(
+                    "note: kernel plan {} does not run here ({e}); the tuner leaves it out",
+                    tile_name(plan.tile)
+                );
+                tuner.failed.insert(plan.tile);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if best.is_none_or(|(_, s)| seconds < s) {
             best = Some((plan, seconds));
         }
     }
-    let (plan, seconds) = best.expect("at least two candidates");
+    let (plan, seconds) = best.unwrap_or((default, 0.0));
     tuner.measured += 1;
     let choice = choice_of(plan, seconds);
     tuner.used.insert(key.to_string(), choice.clone());

@@ -163,6 +163,15 @@ impl KernelCache {
         }
         let source = kernel.wgsl(types);
         kernel.check_types(&source, types)?;
+        if let Some(fault) = std::env::var("SASPRUNE_FAULT_KERNEL").ok().filter(|f| !f.is_empty()) {
+            // fault injection for tests: a driver that rejects this kernel
+            if kernel.label.contains(&fault) {
+                return Err(Error::Gpu(format!(
+                    "kernel {} failed to compile: SASPRUNE_FAULT_KERNEL={fault} rejects it",
+                    kernel.label
+                )));
+            }
+        }
         // a variant's label names it in profiles; one leaked string per compiled variant
         let label: &'static str =
             if mask == 0 { kernel.label } else { Box::leak(format!("{}.f16", kernel.label).into_boxed_str()) };
