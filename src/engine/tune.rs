@@ -267,9 +267,13 @@ pub(crate) fn choose(
         }
         let seconds = match measure(|| run(plan)) {
             Ok(seconds) => seconds,
-            // A candidate this adapter cannot run (a driver that rejects one kernel) is dropped
-            // for the rest of the process; the default ran above, so the run goes on.
+            // A candidate this adapter cannot run (a driver that rejects one kernel, temporaries
+            // that do not fit) is dropped for the rest of the process, provided the default still
+            // runs (it ran above; a lost device fails it too, and that error is the run's).
             Err(e) if plan != default => {
+                if run(default).and_then(|()| crate::gpu::get()?.synchronize()).is_err() {
+                    return Err(e);
+                }
                 eprintln!(
                     "note: kernel plan {} does not run here ({e}); the tuner leaves it out",
                     tile_name(plan.tile)
