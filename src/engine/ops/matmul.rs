@@ -166,18 +166,15 @@ pub(crate) fn run_gemm(
             // The key fixes the default and the candidates (as `choose` needs): same family and
             // sizes, and which of the family's own kernels are among them.
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
-            let marks: String = specials
-                .iter()
-                .map(
-                    |&(tile, _)| if tile == DIRECT { " +direct".to_string() } else { format!(" +{}", tile_name(tile)) },
-                )
-                .collect();
+            // (the direct kernel keeps the mark it had before there were others)
+            let mark = |tile: usize| if tile == DIRECT { "direct" } else { tile_name(tile) };
+            let marks: String = specials.iter().map(|&(tile, _)| format!(" +{}", mark(tile))).collect();
             // f16 operands (mixed precision) are a product of their own: other loads, other speed
             let f16 = bufs.iter().chain([&out]).any(|t| t.dtype() == crate::gpu::Dtype::F16);
             let f16_mark = if f16 { " f16" } else { "" };
             let key = format!("{family} {}x{}x{}{layers}{marks}{f16_mark}", shape.m, shape.n, shape.k);
-            let tiles: Vec<usize> = specials.iter().map(|&(tile, _)| tile).collect();
-            crate::tune::choose(&key, default, || shape.candidates(&tiles), record)?
+            let tiles = || specials.iter().map(|&(tile, _)| tile).collect::<Vec<_>>();
+            crate::tune::choose(&key, default, || shape.candidates(&tiles()), record)?
         }
     };
     PLAN_LOG.with(|l| l.borrow_mut().as_mut().map(|log| log.push((family, plan))));
