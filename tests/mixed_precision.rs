@@ -71,8 +71,14 @@ fn f16_tensors_round_trip_and_round_to_nearest() {
 }
 
 fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
+    conv_case_with(rng, g, bias, f32_exact)
+}
+
+/// A convolution, its three gradients and its bias gradient against the reference; `weights`
+/// rounds the f32 weights (to f16 for the cooperative-matrix tiles, which stage them as f16).
+fn conv_case_with(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool, weights: fn(&[f64]) -> Vec<f64>) {
     let x = f16_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
-    let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
+    let w = weights(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
     let b = f32_exact(&rng.vec(g.c_out));
     let r = f16_exact(&rng.vec(g.n * g.c_out * g.out_h() * g.out_w()));
     let xt = half_param(&x, &[g.n, g.c_in, g.h, g.w]);
@@ -103,8 +109,10 @@ fn f16_convolutions_match_reference_with_every_plan() {
     }
     // every tile shape, unsplit and split (grad-weight's split-K partials are f32), the direct
     // 3x3 kernel (16 or 32 output channels, a width that is a multiple of 4) and Winograd (every
-    // 3x3 stride-1 product; its transformed weights stay f32)
-    for tile in 0..=matmul::WINOGRAD {
+    // 3x3 stride-1 product; its transformed weights stay f32); the cooperative-matrix tiles,
+    // which round the weights to f16, have tests of their own (below)
+    let fma = |t: &usize| *t >= matmul::TILES.len() || matmul::TILES[*t].coop == 0;
+    for tile in (0..=matmul::WINOGRAD).filter(fma) {
         for splits in [1, 3] {
             matmul::with_plan(tile, splits, || {
                 let mut rng = Rng::new(100 + tile as u64);
@@ -118,6 +126,98 @@ fn f16_convolutions_match_reference_with_every_plan() {
     // the default plans, with AlexNet's 11x11 stride-4 stem
     let mut rng = Rng::new(99);
     conv_case(&mut rng, geom(2, 3, 31, 29, 5, 11, 4), true);
+}
+
+/// The cooperative-matrix GEMM tiles this adapter can run (f16 inputs, f32 sums: tensor cores
+/// and the like); none, with a line that says so, where it offers no matrices they fit.
+fn cooperative_tiles(test: &str) -> Vec<usize> {
+    let a = &sasprune::gpu::get().unwrap().adapter;
+    let fits = |t: &usize| {
+        matmul::TILES[*t].cooperative_fits(&a.cooperative_f16_sizes, a.subgroup_max_size, a.max_workgroup_storage)
+    };
+    let tiles: Vec<usize> = (0..matmul::TILES.len()).filter(fits).collect();
+    if tiles.is_empty() && a.shader_f16 {
+        eprintln!(
+            "SKIPPED {test}: {a} offers no f16 cooperative matrices of 8x8x8 or 16x16x16 with f32 sums \
+             (Mesa 26's lavapipe does: .ci/newer-lavapipe.sh runs these tests on it)"
+        );
+    }
+    tiles
+}
+
+#[test]
+fn cooperative_matrix_tiles_match_reference_on_odd_shapes() {
+    // With weights that are f16 values, every product the matrices form is exact in f32, so
+    // the only differences from the f64 reference are the f32 sums' and the f16 outputs'
+    // roundings: the f16 tolerances of every other kernel here.
+    for tile in cooperative_tiles("cooperative_matrix_tiles_match_reference_on_odd_shapes") {
+        for splits in [1, 3] {
+            let ((), plans) = matmul::plans_used(|| {
+                matmul::with_plan(tile, splits, || {
+                    let mut rng = Rng::new(110 + tile as u64);
+                    // partial tiles in M, N and K; stride 2 (grad-input by parity class);
+                    // 1x1; AlexNet's 11x11 stride-4 stem
+                    conv_case_with(&mut rng, geom(2, 20, 7, 9, 37, 3, 1), true, f16_exact);
+                    conv_case_with(&mut rng, geom(3, 9, 9, 8, 70, 3, 2), false, f16_exact);
+                    conv_case_with(&mut rng, geom(2, 33, 5, 6, 65, 1, 1), true, f16_exact);
+                    conv_case_with(&mut rng, geom(2, 3, 31, 29, 5, 11, 4), true, f16_exact);
+                    // a product with K far beyond one chunk and rows past one tile
+                    let (m, k, n) = (70, 300, 33);
+                    let (a, b) = (f16_exact(&rng.vec(m * k)), f16_exact(&rng.vec(k * n)));
+                    let c = matmul::gemm(&half_tensor(&a, &[m, k]), &tensor(&b, &[k, n]), None, m, k, n, false, false)
+                        .unwrap();
+                    assert_f16("cooperative gemm", &c);
+                    let want = cpu::matmul(&a, &b, m, k, n, false, false);
+                    assert_close(
+                        &format!("cooperative gemm {m}x{k}x{n} tile {tile} splits {splits}"),
+                        &values(&c),
+                        &want,
+                        F16_OUT,
+                    );
+                })
+            });
+            let name = matmul::tile_name(tile);
+            assert!(plans.len() >= 13, "{name}: {plans:?}");
+            assert!(plans.iter().all(|(_, p)| p.tile == tile), "not every product ran on {name}: {plans:?}");
+        }
+    }
+}
+
+#[test]
+fn cooperative_matrix_tiles_round_f32_weights_to_f16_within_the_bound() {
+    // f32 weights are rounded to f16 as they are staged (as PyTorch's autocast does): each
+    // product's relative error is at most u = 2^-11, so an output differs from the f64 sum by
+    // at most u * sum |x w| (its sums in f32 and its rounding to f16 come on top).
+    let u = 2f64.powi(-11);
+    for tile in cooperative_tiles("cooperative_matrix_tiles_round_f32_weights_to_f16_within_the_bound") {
+        let mut rng = Rng::new(120);
+        let g = geom(2, 64, 8, 8, 64, 3, 1);
+        let x = f16_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
+        let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
+        let y = matmul::with_plan(tile, 1, || {
+            sasprune::autograd::no_grad(|| {
+                conv2d::conv2d(
+                    &half_tensor(&x, &[g.n, g.c_in, g.h, g.w]),
+                    &tensor(&w, &[g.c_out, g.c_in, 3, 3]),
+                    None,
+                    1,
+                    1,
+                )
+            })
+        })
+        .unwrap();
+        let want = cpu::conv2d(&x, &w, None, &g);
+        let abs = |v: &[f64]| v.iter().map(|a| a.abs()).collect::<Vec<_>>();
+        let bound = cpu::conv2d(&abs(&x), &abs(&w), None, &g);
+        let got = values(&y);
+        let mut worst = 0f64;
+        for i in 0..got.len() {
+            let allowed = u * bound[i] + F16_OUT.0 + F16_OUT.1 * want[i].abs();
+            assert!((got[i] - want[i]).abs() <= allowed, "output {i}: {} vs {} (allowed {allowed})", got[i], want[i]);
+            worst = worst.max((got[i] - want[i]).abs() / bound[i]);
+        }
+        eprintln!("{}: worst |error| / sum |x w| = {worst:.2e} (u = {u:.2e})", matmul::tile_name(tile));
+    }
 }
 
 #[test]

@@ -33,12 +33,26 @@ pub const WG: usize = 256;
 
 impl Kernel {
     /// The WGSL text this kernel compiles for bindings whose types are `types` (binding N at
-    /// index N - 1): the f16 extension where one is f16, the binding types `t1`, `t2`, ...,
-    /// the settings every shader shares (`WG`), the preludes, then its source (or its section).
+    /// index N - 1): the global directives (the f16 extension where a binding is f16, and those
+    /// the preludes need, e.g. the cooperative-matrix engine's), the binding types `t1`, `t2`,
+    /// ..., the settings every shader shares (`WG`), the rest of the preludes, then its source
+    /// (or its section).
     pub fn wgsl(&self, types: &[Dtype]) -> String {
-        let mut text = String::new();
+        // WGSL wants its directives before any declaration, each once
+        let is_directive = |l: &&str| l.starts_with("enable ") || l.starts_with("diagnostic(");
+        let mut directives: Vec<&str> = Vec::new();
         if types.contains(&Dtype::F16) {
-            text.push_str("enable f16;\n");
+            directives.push("enable f16;");
+        }
+        for line in self.prelude.iter().flat_map(|p| p.lines()).filter(is_directive) {
+            if !directives.contains(&line) {
+                directives.push(line);
+            }
+        }
+        let mut text = String::new();
+        for d in directives {
+            text.push_str(d);
+            text.push('\n');
         }
         for n in 1..=MAX_BINDINGS {
             let dtype = types.get(n - 1).copied().unwrap_or_default();
@@ -46,8 +60,10 @@ impl Kernel {
         }
         text.push_str(&format!("const WG: u32 = {WG}u;\n"));
         for part in self.prelude {
-            text.push_str(part);
-            text.push('\n');
+            for line in part.lines().filter(|l| !is_directive(l)) {
+                text.push_str(line);
+                text.push('\n');
+            }
         }
         match self.section {
             None => text.push_str(self.source),

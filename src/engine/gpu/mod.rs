@@ -46,8 +46,16 @@ pub struct AdapterSummary {
     pub subgroups: bool,
     pub shader_f16: bool,
     /// The cooperative-matrix shapes the adapter offers (wgpu's experimental feature: tensor
-    /// cores and the like), e.g. "16x16x16 F16->F32"; none is used yet, they are reported.
+    /// cores and the like), e.g. "16x16x16 F16->F32", as reported.
     pub cooperative_matrices: Vec<String>,
+    /// The sizes S of the square S x S x S cooperative matrices with f16 inputs and f32 sums
+    /// it offers: what the cooperative-matrix GEMM tiles need (ops::gemm_plan).
+    pub cooperative_f16_sizes: Vec<u32>,
+    /// The largest subgroup the adapter may run (the cooperative-matrix tiles hand their blocks
+    /// out by subgroup, so their workgroups must hold enough subgroups).
+    pub subgroup_max_size: u32,
+    /// Bytes of workgroup memory a kernel may use.
+    pub max_workgroup_storage: u32,
     pub max_buffer_size: u64,
     pub max_storage_binding: u64,
 }
@@ -106,14 +114,31 @@ pub fn get() -> Result<&'static Gpu> {
     }
 }
 
-/// The adapter's cooperative-matrix configurations, as text (empty without the feature).
-fn cooperative_matrices(adapter: &wgpu::Adapter, features: wgpu::Features) -> Vec<String> {
+/// The adapter's cooperative-matrix configurations (empty without the feature).
+fn cooperative_properties(adapter: &wgpu::Adapter, features: wgpu::Features) -> Vec<wgpu::CooperativeMatrixProperties> {
     if !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
         return Vec::new();
     }
-    (adapter.cooperative_matrix_properties().iter())
+    adapter.cooperative_matrix_properties()
+}
+
+/// The adapter's cooperative-matrix configurations, as text.
+fn cooperative_matrices(adapter: &wgpu::Adapter, features: wgpu::Features) -> Vec<String> {
+    (cooperative_properties(adapter, features).iter())
         .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
         .collect()
+}
+
+/// The sizes S of the adapter's S x S x S cooperative matrices with f16 inputs and f32 sums.
+fn cooperative_f16_sizes(adapter: &wgpu::Adapter, features: wgpu::Features) -> Vec<u32> {
+    use wgpu::CooperativeScalarType as T;
+    let mut sizes: Vec<u32> = (cooperative_properties(adapter, features).iter())
+        .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size && p.ab_type == T::F16 && p.cr_type == T::F32)
+        .map(|p| p.m_size)
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
 }
 
 fn parse_backends(text: Option<&str>) -> Result<wgpu::Backends> {
@@ -205,17 +230,38 @@ impl Gpu {
         let features = adapter.features();
         // subgroups: the summing kernels' faster variant (ops::subgroups_usable decides its use);
         // f16: mixed precision's f16 storage
+        // cooperative matrices: mixed precision's tensor-core GEMM tiles (ops::gemm_plan)
         let wanted = wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
             | wgpu::Features::SUBGROUP
-            | wgpu::Features::SHADER_F16;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("sasprune"),
-            required_features: features & wanted,
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| Error::Gpu(format!("could not open {} ({:?}): {e}", info.name, info.backend)))?;
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        let request = |features: wgpu::Features| {
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("sasprune"),
+                required_features: features,
+                required_limits: limits.clone(),
+                // SAFETY: wgpu asks users of its experimental features (here only cooperative
+                // matrices) to accept that they may still have bugs. Only the cooperative-matrix
+                // GEMM tiles use them; they are checked against the f64 reference where the
+                // driver offers them (tests/mixed_precision.rs), and the tuner leaves a tile
+                // out when the driver rejects it.
+                experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+                ..Default::default()
+            }))
+        };
+        // a driver that offers cooperative matrices but fails to open a device with them still
+        // opens one without
+        let mut features = features & wanted;
+        let opened = match request(features) {
+            Err(_) if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) => {
+                features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+                request(features)
+            }
+            other => other,
+        };
+        let (device, queue) =
+            opened.map_err(|e| Error::Gpu(format!("could not open {} ({:?}): {e}", info.name, info.backend)))?;
         let device_error = Arc::new(Mutex::new(None::<String>));
         let slot = device_error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -246,6 +292,9 @@ impl Gpu {
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             cooperative_matrices: cooperative_matrices(&adapter, features),
+            cooperative_f16_sizes: cooperative_f16_sizes(&adapter, features),
+            subgroup_max_size: info.subgroup_max_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_buffer_size: limits.max_buffer_size,
             max_storage_binding: limits.max_storage_buffer_binding_size,
         };

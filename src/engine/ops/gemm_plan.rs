@@ -11,6 +11,9 @@ pub struct Tile {
     pub threads: usize,
     /// Whether it is one of the register-tiled shapes for GPUs with many cores.
     pub gpu: bool,
+    /// For the cooperative-matrix shapes, the size S of the S x S x S f16 matrices they need
+    /// (0 for the others): see [`Tile::cooperative_fits`].
+    pub coop: u32,
     /// The WGSL constants of this shape, then the engine (prepended to the op family's file).
     pub prelude: &'static str,
     pub engine: &'static str,
@@ -19,6 +22,7 @@ pub struct Tile {
 const CPU_ENGINE: &str = include_str!("../../../shaders/tiled_gemm.wgsl");
 const WIDE_ENGINE: &str = include_str!("../../../shaders/tiled_gemm_wide.wgsl");
 const GPU_ENGINE: &str = include_str!("../../../shaders/tiled_gemm_gpu.wgsl");
+const COOP_ENGINE: &str = include_str!("../../../shaders/tiled_gemm_coop.wgsl");
 
 /// A register-tiled shape of tiled_gemm_gpu.wgsl: tx x ty threads, rm x rn outputs each, bc B
 /// columns loaded side by side (min(threads, tile columns)), k chunks of 16.
@@ -30,6 +34,7 @@ macro_rules! gpu_tile {
             cols: $tx * $rn,
             threads: $tx * $ty,
             gpu: true,
+            coop: 0,
             prelude: concat!(
                 "const TX: u32 = ",
                 stringify!($tx),
@@ -48,18 +53,61 @@ macro_rules! gpu_tile {
     };
 }
 
+/// A shape of tiled_gemm_coop.wgsl: `$cs`-sized f16 cooperative matrices, a `$tm` x `$tn`
+/// tile of C per workgroup of 256 threads, K in chunks of 32, 4 blocks per subgroup.
+macro_rules! coop_tile {
+    ($name:literal, $cs:literal, $tm:literal, $tn:literal) => {
+        Tile {
+            name: $name,
+            rows: $tm,
+            cols: $tn,
+            threads: 256,
+            gpu: false,
+            coop: $cs,
+            prelude: concat!(
+                // (global directives: Kernel::wgsl moves them to the top of the text)
+                "enable f16;\nenable wgpu_cooperative_matrix;\ndiagnostic(off, derivative_uniformity);\n",
+                "const CS: u32 = ",
+                stringify!($cs),
+                "u; const TM: u32 = ",
+                stringify!($tm),
+                "u; const TN: u32 = ",
+                stringify!($tn),
+                "u; const TK: u32 = 32u; const THREADS: u32 = 256u;\n",
+                "alias CA = coop_mat",
+                stringify!($cs),
+                "x",
+                stringify!($cs),
+                "<f16, A>; alias CB = coop_mat",
+                stringify!($cs),
+                "x",
+                stringify!($cs),
+                "<f16, B>; alias CC = coop_mat",
+                stringify!($cs),
+                "x",
+                stringify!($cs),
+                "<f32, C>;"
+            ),
+            engine: COOP_ENGINE,
+        }
+    };
+}
+
 /// Every tile shape a GEMM-based kernel is declared in (`gemm_kernels!`, same order). The first
 /// three (64 threads, scalar shared reads) suit CPU drivers such as lavapipe; the `g*` shapes
-/// (128-256 threads, 4x4 register blocks read as vec4) suit GPUs. Which one runs is a [`Plan`]:
-/// fixed defaults per device type, or the autotuner's measured choice (src/tune.rs).
-pub const TILES: [Tile; 10] = [
-    Tile { name: "wide16", rows: 16, cols: 256, threads: 64, gpu: false, prelude: "", engine: WIDE_ENGINE },
+/// (128-256 threads, 4x4 register blocks read as vec4) suit GPUs; the `c*` shapes run mixed
+/// precision's f16 products on cooperative matrices where the adapter has them. Which one runs
+/// is a [`Plan`]: fixed defaults per device type, or the autotuner's measured choice
+/// (src/tune.rs).
+pub const TILES: [Tile; 12] = [
+    Tile { name: "wide16", rows: 16, cols: 256, threads: 64, gpu: false, coop: 0, prelude: "", engine: WIDE_ENGINE },
     Tile {
         name: "rm4",
         rows: 32,
         cols: 64,
         threads: 64,
         gpu: false,
+        coop: 0,
         prelude: "const RM: u32 = 4u;",
         engine: CPU_ENGINE,
     },
@@ -69,6 +117,7 @@ pub const TILES: [Tile; 10] = [
         cols: 64,
         threads: 64,
         gpu: false,
+        coop: 0,
         prelude: "const RM: u32 = 8u;",
         engine: CPU_ENGINE,
     },
@@ -79,13 +128,35 @@ pub const TILES: [Tile; 10] = [
     gpu_tile!("g64", 16, 16, 4, 4, 64),
     gpu_tile!("g64w", 16, 8, 8, 8, 128),
     gpu_tile!("g128", 16, 16, 8, 8, 128),
+    coop_tile!("c8h", 8, 32, 64),
+    coop_tile!("c16h", 16, 64, 64),
 ];
+
+/// Blocks of C each subgroup of a cooperative-matrix tile holds (tiled_gemm_coop.wgsl's acc0-3).
+const COOP_SLOTS: u32 = 4;
+/// K-depth of a cooperative-matrix tile's chunk (its prelude's TK).
+const COOP_TK: u32 = 32;
+
+impl Tile {
+    /// Whether this cooperative-matrix tile can run on an adapter that offers f16 matrices of
+    /// `sizes`, runs subgroups of up to `subgroup_max` threads and gives a workgroup
+    /// `storage_max` bytes: its matrix size is offered, its subgroups hold all its blocks (see
+    /// tiled_gemm_coop.wgsl) and its shared tiles fit. False for the other tiles.
+    pub fn cooperative_fits(&self, sizes: &[u32], subgroup_max: u32, storage_max: u32) -> bool {
+        let (rows, cols, threads) = (self.rows as u32, self.cols as u32, self.threads as u32);
+        let blocks = (rows / self.coop.max(1)) * (cols / self.coop.max(1));
+        let subgroups = threads / subgroup_max.max(1);
+        let storage = (rows * COOP_TK + COOP_TK * cols) * 2 + rows * cols * 4;
+        self.coop > 0 && sizes.contains(&self.coop) && blocks <= COOP_SLOTS * subgroups && storage <= storage_max
+    }
+}
 
 /// Declares a GEMM-based kernel once per tile shape of [`TILES`] (same order).
 macro_rules! gemm_kernels {
     ($label:literal, $file:literal, $section:expr) => {
         $crate::ops::gemm_plan::gemm_kernels!(@each $label, $file, $section,
-            [0 "wide16", 1 "rm4", 2 "rm8", 3 "g16", 4 "g16s", 5 "g32", 6 "g32s", 7 "g64", 8 "g64w", 9 "g128"])
+            [0 "wide16", 1 "rm4", 2 "rm8", 3 "g16", 4 "g16s", 5 "g32", 6 "g32s", 7 "g64", 8 "g64w", 9 "g128",
+             10 "c8h", 11 "c16h"])
     };
     (@each $label:literal, $file:literal, $section:expr, [$($i:literal $name:literal),*]) => {
         [$($crate::gpu::Kernel {

@@ -80,13 +80,15 @@ impl GemmShape {
     }
 
     /// The plans the tuner times on a GPU: register tiles no taller than M needs (at most the
-    /// four tallest), each with its default split, a quarter of it and four times it; and the
-    /// family's own kernels (`specials`: plan tiles past the GEMM ones) for this product.
-    fn candidates(&self, specials: &[usize]) -> Vec<Plan> {
+    /// four tallest) and the cooperative-matrix tiles this product can run on (`coop`), each
+    /// with its default split, a quarter of it and four times it; and the family's own kernels
+    /// (`specials`: plan tiles past the GEMM ones) for this product.
+    fn candidates(&self, specials: &[usize], coop: &[usize]) -> Vec<Plan> {
         let tallest = self.m.next_power_of_two().max(16);
         let mut tiles: Vec<usize> = (0..TILES.len()).filter(|&i| TILES[i].gpu && TILES[i].rows <= tallest).collect();
         tiles.sort_by_key(|&i| std::cmp::Reverse(TILES[i].rows));
         tiles.truncate(4);
+        tiles.extend(coop);
         let mut plans = Vec::new();
         for tile in tiles {
             let s = self.gpu_splits(tile);
@@ -151,30 +153,46 @@ pub(crate) fn run_gemm(
 ) -> Result<()> {
     let gpu = crate::gpu::get()?;
     let special = |tile: usize| specials.iter().find(|(t, _)| *t == tile).map(|(_, run)| run);
-    let default = if gpu.adapter.is_cpu() { shape.cpu_default() } else { shape.gpu_default(special(DIRECT).is_some()) };
+    // f16 operands (mixed precision): the cooperative-matrix tiles' products, where they fit
+    let f16 = bufs.iter().chain([&out]).any(|t| t.dtype() == crate::gpu::Dtype::F16);
+    let a = &gpu.adapter;
+    let coop_fits = |tile: usize| {
+        f16 && TILES[tile].cooperative_fits(&a.cooperative_f16_sizes, a.subgroup_max_size, a.max_workgroup_storage)
+    };
+    // whether this product can run on a plan's tile: a special kernel it has, a cooperative
+    // tile that fits, or any other GEMM tile
+    let runnable = |tile: usize| {
+        if tile >= TILES.len() {
+            special(tile).is_some()
+        } else {
+            TILES[tile].coop == 0 || coop_fits(tile)
+        }
+    };
+    let default = if a.is_cpu() { shape.cpu_default() } else { shape.gpu_default(special(DIRECT).is_some()) };
     let record = |plan: Plan| match special(plan.tile) {
         Some(run) => run(),
-        // (a special plan for a product without that kernel: the default, never special then)
-        None if plan.tile >= TILES.len() => record_gemm(&kernels[default.tile], &make, bufs, out, shape, default),
+        // (a plan this product cannot run, forced or cached: the default, never special then)
+        None if !runnable(plan.tile) => record_gemm(&kernels[default.tile], &make, bufs, out, shape, default),
         None => record_gemm(&kernels[plan.tile], &make, bufs, out, shape, plan),
     };
     let family = kernels[0].label.rsplit_once('.').map_or(kernels[0].label, |(f, _)| f);
     let plan = match FORCED_PLAN.with(|c| c.get()) {
-        Some(plan) if plan.tile >= TILES.len() && special(plan.tile).is_none() => default,
+        Some(plan) if !runnable(plan.tile) => default,
         Some(plan) => Plan { splits: if shape.can_split() { plan.splits.min(shape.k).max(1) } else { 1 }, ..plan },
         None => {
             // The key fixes the default and the candidates (as `choose` needs): same family and
-            // sizes, and which of the family's own kernels are among them.
+            // sizes, which of the family's own kernels and which cooperative tiles are among
+            // them, and f16 operands (a product of their own: other loads, other speed).
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
+            let coop = || (0..TILES.len()).filter(|&t| TILES[t].coop > 0 && coop_fits(t)).collect::<Vec<_>>();
             // (the direct kernel keeps the mark it had before there were others)
             let mark = |tile: usize| if tile == DIRECT { "direct" } else { tile_name(tile) };
-            let marks: String = specials.iter().map(|&(tile, _)| format!(" +{}", mark(tile))).collect();
-            // f16 operands (mixed precision) are a product of their own: other loads, other speed
-            let f16 = bufs.iter().chain([&out]).any(|t| t.dtype() == crate::gpu::Dtype::F16);
+            let marks: String =
+                specials.iter().map(|&(tile, _)| tile).chain(coop()).map(|tile| format!(" +{}", mark(tile))).collect();
             let f16_mark = if f16 { " f16" } else { "" };
             let key = format!("{family} {}x{}x{}{layers}{marks}{f16_mark}", shape.m, shape.n, shape.k);
             let tiles = || specials.iter().map(|&(tile, _)| tile).collect::<Vec<_>>();
-            crate::tune::choose(&key, default, || shape.candidates(&tiles()), record)?
+            crate::tune::choose(&key, default, || shape.candidates(&tiles(), &coop()), record)?
         }
     };
     PLAN_LOG.with(|l| l.borrow_mut().as_mut().map(|log| log.push((family, plan))));
@@ -545,11 +563,15 @@ mod tests {
         assert_eq!(name(shape(4096, 4096, 4096, 0).gpu_default(false)), "g128");
         assert_eq!(name(shape(192, 2704, 1600, 0).gpu_default(false)), "g64");
         for s in [shape(3, 500, 27, 1), shape(16, 9, 9000, 0), shape(33, 70, 130, 0), shape(100, 4096, 64, 1)] {
+            let coop: Vec<usize> = (0..TILES.len()).filter(|&t| TILES[t].coop > 0).collect();
             for specials in [&[][..], &[DIRECT], &[DIRECT, WINOGRAD], &[WINOGRAD]] {
                 let d = s.gpu_default(specials.contains(&DIRECT));
-                let c = s.candidates(specials);
+                let c = s.candidates(specials, &coop);
                 assert!(c.contains(&d), "{s:?}: default {d:?} not among {c:?}");
                 assert!(specials.iter().all(|&t| c.contains(&Plan { tile: t, splits: 1 })), "{c:?}");
+                assert!(coop.iter().all(|&t| c.iter().any(|p| p.tile == t)), "{c:?}");
+                // no cooperative tile unless the product can run on one
+                assert!(s.candidates(specials, &[]).iter().all(|p| p.tile >= TILES.len() || TILES[p.tile].coop == 0));
                 assert!(c.iter().all(|p| p.splits >= 1 && (p.splits == 1 || s.can_split())), "{c:?}");
             }
         }
@@ -558,6 +580,19 @@ mod tests {
         let gw = shape(16, 144, 131072, 0);
         assert_eq!(gw.gpu_default(false).splits, 1024);
         assert_eq!(shape(16, 144, 131072, 1).gpu_default(false).splits, 1);
+        // A cooperative tile needs its matrix size, enough subgroups for its blocks (4 each)
+        // and its shared tiles' bytes: c16h (64x64, 256 threads) holds 16 blocks of 16x16 in
+        // subgroups of up to 64 threads and 24 KiB; c8h (32x64) 32 blocks of 8x8 in subgroups
+        // of up to 32 threads and 14 KiB.
+        let (c8, c16) = (&TILES[tile_index("c8h").unwrap()], &TILES[tile_index("c16h").unwrap()]);
+        assert!(c16.cooperative_fits(&[16], 32, 49152) && c16.cooperative_fits(&[8, 16], 64, 24576));
+        assert!(!c16.cooperative_fits(&[8], 32, 49152), "no 16x16 matrices");
+        assert!(!c16.cooperative_fits(&[16], 128, 49152), "two subgroups of 128 hold 8 of its 16 blocks");
+        assert!(!c16.cooperative_fits(&[16], 32, 16384), "its 24 KiB of tiles do not fit");
+        assert!(c8.cooperative_fits(&[8], 8, 16384) && c8.cooperative_fits(&[8], 32, 14336));
+        assert!(!c8.cooperative_fits(&[8], 8, 14335), "its 14 KiB of tiles do not fit");
+        assert!(!c8.cooperative_fits(&[8], 64, 65536) && !c8.cooperative_fits(&[16], 8, 65536));
+        assert!(!TILES[7].cooperative_fits(&[8, 16], 8, 65536), "g64 is no cooperative tile");
         // CPU drivers keep the 64-thread tiles.
         assert_eq!(name(shape(16, 131072, 144, 1).cpu_default()), "wide16");
         assert_eq!(name(shape(64, 8192, 576, 1).cpu_default()), "rm8");
