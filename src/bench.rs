@@ -5,9 +5,9 @@
 //! lines that carry the adapter, how it was timed, crate version and git commit, so results
 //! from different machines merge.
 
-use crate::gpu;
+use crate::gpu::{self, Dtype};
 use crate::models::{Model, Pass};
-use crate::ops::{admm, batchnorm, conv2d, loss, matmul, sgd};
+use crate::ops::{admm, batchnorm, conv2d, elementwise, loss, matmul, sgd};
 use crate::{Error, Result, Tensor};
 use std::io::Write;
 use std::path::Path;
@@ -163,13 +163,30 @@ impl Bench<'_> {
         Ok(Bench { cfg, gemm_sizes, batch, runs, step_batch, steps })
     }
 
+    /// Square GEMMs in f32 and, where the adapter has cooperative matrices that fit a tile
+    /// (tensor cores), in f16 (mixed precision's products) on each such tile and on the plan
+    /// chosen for f16 operands.
     fn gemm(&self, emit: &mut Emit) -> Result<()> {
+        let coop = matmul::cooperative_tiles()?;
         for &s in &self.gemm_sizes {
             let name = format!("gemm {s}x{s}x{s}");
-            if self.cfg.wants(&name) {
+            let f16_name = |tile: Option<usize>| {
+                format!("{name} f16{}", tile.map_or(String::new(), |t| format!(" {}", matmul::tile_name(t))))
+            };
+            let mut rows: Vec<(String, Option<usize>, Dtype)> = vec![(name.clone(), None, Dtype::F32)];
+            if !coop.is_empty() {
+                rows.push((f16_name(None), None, Dtype::F16));
+                rows.extend(coop.iter().map(|&t| (f16_name(Some(t)), Some(t), Dtype::F16)));
+            }
+            for (name, tile, dtype) in rows.into_iter().filter(|(n, ..)| self.cfg.wants(n)) {
                 let (a, b) = (random(&[s, s], 1)?, random(&[s, s], 2)?);
-                let (seconds, timing) =
-                    time_median(self.runs, || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop))?;
+                let (a, b) = (elementwise::cast(&a, dtype)?, elementwise::cast(&b, dtype)?);
+                let product = || matmul::gemm(&a, &b, None, s, s, s, false, false).map(drop);
+                let run = || match tile {
+                    Some(t) => matmul::with_plan(t, 1, product),
+                    None => product(),
+                };
+                let (seconds, timing) = time_median(self.runs, run)?;
                 emit(Measurement { name, seconds, work: gflop(s * s * s), unit: "GFLOP/s", timing, extra: vec![] })?;
             }
         }

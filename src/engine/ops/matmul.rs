@@ -156,9 +156,7 @@ pub(crate) fn run_gemm(
     // f16 operands (mixed precision): the cooperative-matrix tiles' products, where they fit
     let f16 = bufs.iter().chain([&out]).any(|t| t.dtype() == crate::gpu::Dtype::F16);
     let a = &gpu.adapter;
-    let coop_fits = |tile: usize| {
-        f16 && TILES[tile].cooperative_fits(&a.cooperative_f16_sizes, a.subgroup_max_size, a.max_workgroup_storage)
-    };
+    let coop_fits = |tile: usize| f16 && cooperative_fit(a, tile);
     // whether this product can run on a plan's tile: a special kernel it has, a cooperative
     // tile that fits, or any other GEMM tile
     let runnable = |tile: usize| {
@@ -197,6 +195,17 @@ pub(crate) fn run_gemm(
     };
     PLAN_LOG.with(|l| l.borrow_mut().as_mut().map(|log| log.push((family, plan))));
     record(plan)
+}
+
+fn cooperative_fit(a: &crate::gpu::AdapterSummary, tile: usize) -> bool {
+    TILES[tile].cooperative_fits(&a.cooperative_f16_sizes, a.subgroup_max_size, a.max_workgroup_storage)
+}
+
+/// The cooperative-matrix tiles this adapter can run mixed precision's f16 products on (none
+/// where it offers no matrices that fit them).
+pub fn cooperative_tiles() -> Result<Vec<usize>> {
+    let a = &crate::gpu::get()?.adapter;
+    Ok((0..TILES.len()).filter(|&t| cooperative_fit(a, t)).collect())
 }
 
 fn record_gemm(
