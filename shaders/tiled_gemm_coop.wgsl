@@ -16,7 +16,9 @@
 // Cooperative operations run in subgroup-uniform control flow: every branch around them
 // depends on the subgroup's index only, which the uniformity analysis cannot see (hence the
 // diagnostic the prelude turns off). Shared tiles are plain rows, loaded and stored row-major:
-//   a_tile[m][k] (stride TK), b_tile[k][n] (stride TN), c_tile[m][n] (stride TN).
+//   a_tile[m][k] (row stride AS), b_tile[k][n] (BS), c_tile[m][n] (CSTR);
+// each row is padded by 16 bytes, so the rows of one matrix start in different memory banks,
+// and every row and block starts on a 16-byte boundary, as cooperative loads want.
 // The staging follows tiled_gemm_gpu.wgsl: B as BC columns x RPG consecutive rows per thread
 // (columns decoded once, rows stepped like an odometer), A k-fastest. Loads are only called in
 // bounds; out-of-range tile elements are zero. The finished blocks pass through c_tile to
@@ -29,10 +31,13 @@ const CB_N: u32 = TN / BC;          // B columns each thread loads
 const RPG: u32 = TK * BC / THREADS; // consecutive B rows each thread loads per chunk
 const AR: u32 = THREADS / TK;       // A rows loaded side by side
 const AM: u32 = TM / AR;            // A rows each thread loads per chunk
+const AS: u32 = TK + 8u;            // row strides, in elements (16 bytes of padding each)
+const BS: u32 = TN + 8u;
+const CSTR: u32 = TN + 4u;
 
-var<workgroup> a_tile: array<f16, TM * TK>;
-var<workgroup> b_tile: array<f16, TK * TN>;
-var<workgroup> c_tile: array<f32, TM * TN>;
+var<workgroup> a_tile: array<f16, TM * AS>;
+var<workgroup> b_tile: array<f16, TK * BS>;
+var<workgroup> c_tile: array<f32, TM * CSTR>;
 
 // The chunk's contribution to block `blk` of C: TK / CS products of CS x CS matrices.
 fn block_step(c: CC, blk: u32) -> CC {
@@ -40,15 +45,15 @@ fn block_step(c: CC, blk: u32) -> CC {
     let c0 = (blk % BLOCK_COLS) * CS;
     var acc = c;
     for (var kk = 0u; kk < TK; kk += CS) {
-        let a = coopLoadT<CA>(&a_tile[r0 * TK + kk], TK);
-        let b = coopLoadT<CB>(&b_tile[kk * TN + c0], TN);
+        let a = coopLoadT<CA>(&a_tile[r0 * AS + kk], AS);
+        let b = coopLoadT<CB>(&b_tile[kk * BS + c0], BS);
         acc = coopMultiplyAdd(a, b, acc);
     }
     return acc;
 }
 
 fn block_store(c: CC, blk: u32) {
-    coopStoreT(c, &c_tile[(blk / BLOCK_COLS) * CS * TN + (blk % BLOCK_COLS) * CS], TN);
+    coopStoreT(c, &c_tile[(blk / BLOCK_COLS) * CS * CSTR + (blk % BLOCK_COLS) * CS], CSTR);
 }
 
 @compute @workgroup_size(THREADS, 1, 1)
@@ -92,7 +97,7 @@ fn main(
             for (var c = 0u; c < CB_N; c++) {
                 var v = 0.0;
                 if (k_ok && col_ok[c]) { v = load_b_at(r, cols[c], wid.z); }
-                b_tile[(brow + i) * TN + bcol + BC * c] = f16(v);
+                b_tile[(brow + i) * BS + bcol + BC * c] = f16(v);
             }
             r = b_row_next(r);
         }
@@ -101,7 +106,7 @@ fn main(
             let m = arow + AR * i;
             var v = 0.0;
             if (ka < kr.y && m0 + m < mn.x) { v = load_a(m0 + m, ka, wid.z); }
-            a_tile[m * TK + akk] = f16(v);
+            a_tile[m * AS + akk] = f16(v);
         }
         workgroupBarrier();
         if (blk0 < BLOCKS) { acc0 = block_step(acc0, blk0); }
@@ -119,6 +124,6 @@ fn main(
     for (var e = t; e < TM * TN; e += THREADS) {
         let m = m0 + e / TN;
         let n = n0 + e % TN;
-        if (m < mn.x && n < mn.y) { store_c(m, n, wid.z, c_tile[e]); }
+        if (m < mn.x && n < mn.y) { store_c(m, n, wid.z, c_tile[(e / TN) * CSTR + e % TN]); }
     }
 }

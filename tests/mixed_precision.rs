@@ -648,6 +648,53 @@ fn mixed_precision_evaluation_of_pretrained_resnet20_matches_f32() {
     );
 }
 
+/// The PyTorch-trained ResNet-20 in mixed precision with every product on a cooperative-matrix
+/// tile (weights rounded to f16 as they are staged) predicts as in f32 on 1,000 test images.
+#[test]
+fn mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32() {
+    use sasprune::models::{Model, Precision};
+    let test_name = "mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32";
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let weights = root.join("../shared/pretrained/resnet20.safetensors");
+    let data = root.join("data");
+    let missing = format!("needs {} and {}/cifar-10-batches-bin", weights.display(), data.display());
+    let present = weights.exists() && data.join("cifar-10-batches-bin/test_batch.bin").exists();
+    if !inputs_present(test_name, present, &missing) {
+        return;
+    }
+    for tile in cooperative_tiles(test_name) {
+        let cifar = sasprune::data::cifar::Cifar10::open(&data).unwrap();
+        let test = sasprune::data::First { inner: &cifar.test, n: 1000 };
+        let mut model = Model::build("resnet20", 10, 0).unwrap();
+        let norm = sasprune::checkpoint::load_model(&mut model, &weights).unwrap().expect("normalization");
+        let f32_result = sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap();
+        model.set_precision(Precision::Mixed).unwrap();
+        let (coop, plans) = matmul::plans_used(|| {
+            matmul::with_plan(tile, 1, || sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap())
+        });
+        let name = matmul::tile_name(tile);
+        // 19 convolutions and the classifier, in two batches
+        assert_eq!(plans.len(), 40, "{plans:?}");
+        assert!(plans.iter().all(|(_, p)| p.tile == tile), "not every product ran on {name}: {plans:?}");
+        eprintln!(
+            "{name}, 1,000 test images: top-1 {:.2}% f32, {:.2}% mixed on cooperative matrices; loss {:.5} / {:.5}",
+            f32_result.top1, coop.top1, f32_result.loss, coop.loss
+        );
+        assert!(
+            (coop.top1 - f32_result.top1).abs() <= 0.25,
+            "top-1 {} on {name} vs {} f32",
+            coop.top1,
+            f32_result.top1
+        );
+        assert!(
+            (coop.loss - f32_result.loss).abs() <= 2e-3 * f32_result.loss,
+            "loss {} vs {}",
+            coop.loss,
+            f32_result.loss
+        );
+    }
+}
+
 /// A mixed-precision training run stopped and resumed from its checkpoint ends with exactly the
 /// weights, momentum and loss scale of an uninterrupted run; S starts at 2^21, so the first
 /// steps are skipped and the resumed half depends on the saved scale.

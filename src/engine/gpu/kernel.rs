@@ -102,6 +102,27 @@ impl Kernel {
     }
 }
 
+#[cfg(test)]
+impl Kernel {
+    /// Compiles this kernel's text for `types` as wgpu's Vulkan backend would, without a device:
+    /// naga parses and validates it (every capability allowed) and writes SPIR-V 1.4. The check
+    /// of variants the local driver cannot run, such as the 16x16 cooperative-matrix tiles.
+    pub(crate) fn compile_offline(&self, types: &[Dtype]) -> std::result::Result<(), String> {
+        use naga::back::spv;
+        use naga::valid::{Capabilities, ValidationFlags, Validator};
+        let text = self.wgsl(types);
+        let module = naga::front::wgsl::parse_str(&text).map_err(|e| e.emit_to_string(&text))?;
+        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .map_err(|e| e.emit_to_string(&text))?;
+        let options = spv::Options { lang_version: (1, 4), ..Default::default() };
+        let pipeline =
+            spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: self.entry.into() };
+        spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| format!("SPIR-V: {e}"))?;
+        Ok(())
+    }
+}
+
 /// Bindings a kernel may have besides its uniform (binding 0).
 const MAX_BINDINGS: usize = 12;
 

@@ -146,7 +146,8 @@ impl Tile {
         let (rows, cols, threads) = (self.rows as u32, self.cols as u32, self.threads as u32);
         let blocks = (rows / self.coop.max(1)) * (cols / self.coop.max(1));
         let subgroups = threads / subgroup_max.max(1);
-        let storage = (rows * COOP_TK + COOP_TK * cols) * 2 + rows * cols * 4;
+        // f16 A and B tiles, f32 C tile, each row padded by 16 bytes (tiled_gemm_coop.wgsl)
+        let storage = (rows * (COOP_TK + 8) + COOP_TK * (cols + 8)) * 2 + rows * (cols + 4) * 4;
         self.coop > 0 && sizes.contains(&self.coop) && blocks <= COOP_SLOTS * subgroups && storage <= storage_max
     }
 }

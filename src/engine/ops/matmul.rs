@@ -236,7 +236,7 @@ fn record_gemm(
     super::reduce::sum_splits(&parts, splits, out)
 }
 
-static GEMM: GemmKernels = gemm_kernels!("matmul.gemm", "matmul.wgsl", None);
+pub(super) static GEMM: GemmKernels = gemm_kernels!("matmul.gemm", "matmul.wgsl", None);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -591,15 +591,15 @@ mod tests {
         assert_eq!(shape(16, 144, 131072, 1).gpu_default(false).splits, 1);
         // A cooperative tile needs its matrix size, enough subgroups for its blocks (4 each)
         // and its shared tiles' bytes: c16h (64x64, 256 threads) holds 16 blocks of 16x16 in
-        // subgroups of up to 64 threads and 24 KiB; c8h (32x64) 32 blocks of 8x8 in subgroups
-        // of up to 32 threads and 14 KiB.
+        // subgroups of up to 64 threads and 27,136 bytes; c8h (32x64) 32 blocks of 8x8 in
+        // subgroups of up to 32 threads and 15,872 bytes.
         let (c8, c16) = (&TILES[tile_index("c8h").unwrap()], &TILES[tile_index("c16h").unwrap()]);
-        assert!(c16.cooperative_fits(&[16], 32, 49152) && c16.cooperative_fits(&[8, 16], 64, 24576));
+        assert!(c16.cooperative_fits(&[16], 32, 49152) && c16.cooperative_fits(&[8, 16], 64, 27136));
         assert!(!c16.cooperative_fits(&[8], 32, 49152), "no 16x16 matrices");
         assert!(!c16.cooperative_fits(&[16], 128, 49152), "two subgroups of 128 hold 8 of its 16 blocks");
-        assert!(!c16.cooperative_fits(&[16], 32, 16384), "its 24 KiB of tiles do not fit");
-        assert!(c8.cooperative_fits(&[8], 8, 16384) && c8.cooperative_fits(&[8], 32, 14336));
-        assert!(!c8.cooperative_fits(&[8], 8, 14335), "its 14 KiB of tiles do not fit");
+        assert!(!c16.cooperative_fits(&[16], 32, 27135), "its tiles do not fit");
+        assert!(c8.cooperative_fits(&[8], 8, 16384) && c8.cooperative_fits(&[8], 32, 15872));
+        assert!(!c8.cooperative_fits(&[8], 8, 15871), "its tiles do not fit");
         assert!(!c8.cooperative_fits(&[8], 64, 65536) && !c8.cooperative_fits(&[16], 8, 65536));
         assert!(!TILES[7].cooperative_fits(&[8, 16], 8, 65536), "g64 is no cooperative tile");
         // CPU drivers keep the 64-thread tiles.
