@@ -14,6 +14,7 @@ use common::*;
 use sasprune::gpu::Dtype;
 use sasprune::ops::{batchnorm, conv2d, elementwise, loss, matmul, pool, reduce, sgd, shortcut};
 use sasprune::reference as cpu;
+use sasprune::train::EvalResult;
 use sasprune::Tensor;
 
 const F16_OUT: (f64, f64) = (1e-4, 1e-3);
@@ -612,24 +613,11 @@ fn mixed_precision_resnet_gradient_matches_f32_and_overflowing_steps_are_skipped
 /// loss match the f32 evaluation's (f16 activations move a few logits' ranks, no more).
 #[test]
 fn mixed_precision_evaluation_of_pretrained_resnet20_matches_f32() {
-    use sasprune::models::{Model, Precision};
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let weights = root.join("../shared/pretrained/resnet20.safetensors");
-    let data = root.join("data");
-    let missing = format!("needs {} and {}/cifar-10-batches-bin", weights.display(), data.display());
-    let present = weights.exists() && data.join("cifar-10-batches-bin/test_batch.bin").exists();
-    if !inputs_present("mixed_precision_pretrained_resnet20", present, &missing)
-        || !f16_available("mixed_precision_evaluation_of_pretrained_resnet20_matches_f32")
-    {
+    let Some((weights, data)) = pretrained_resnet20("mixed_precision_pretrained_resnet20") else { return };
+    if !f16_available("mixed_precision_evaluation_of_pretrained_resnet20_matches_f32") {
         return;
     }
-    let cifar = sasprune::data::cifar::Cifar10::open(&data).unwrap();
-    let test = sasprune::data::First { inner: &cifar.test, n: 1000 };
-    let mut model = Model::build("resnet20", 10, 0).unwrap();
-    let norm = sasprune::checkpoint::load_model(&mut model, &weights).unwrap().expect("normalization");
-    let f32_result = sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap();
-    model.set_precision(Precision::Mixed).unwrap();
-    let mixed = sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap();
+    let (f32_result, mixed) = evaluate_f32_then_mixed(&weights, &data, |evaluate| evaluate());
     eprintln!(
         "1,000 test images: top-1 {:.2}% f32, {:.2}% mixed; loss {:.5} / {:.5}; {:.1} / {:.1} img/s",
         f32_result.top1,
@@ -648,29 +636,47 @@ fn mixed_precision_evaluation_of_pretrained_resnet20_matches_f32() {
     );
 }
 
-/// The PyTorch-trained ResNet-20 in mixed precision with every product on a cooperative-matrix
-/// tile (weights rounded to f16 as they are staged) predicts as in f32 on 1,000 test images.
-#[test]
-fn mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32() {
-    use sasprune::models::{Model, Precision};
-    let test_name = "mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32";
+/// The shared PyTorch-trained ResNet-20 weights and the data directory holding CIFAR-10, where
+/// both are there (else `inputs_present` says what is missing).
+fn pretrained_resnet20(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let weights = root.join("../shared/pretrained/resnet20.safetensors");
     let data = root.join("data");
     let missing = format!("needs {} and {}/cifar-10-batches-bin", weights.display(), data.display());
     let present = weights.exists() && data.join("cifar-10-batches-bin/test_batch.bin").exists();
-    if !inputs_present(test_name, present, &missing) {
-        return;
-    }
+    inputs_present(test, present, &missing).then_some((weights, data))
+}
+
+/// The pretrained ResNet-20 evaluated on the first 1,000 test images in f32, then in mixed
+/// precision, that evaluation run through `mixed` (e.g. inside a forced plan).
+fn evaluate_f32_then_mixed(
+    weights: &std::path::Path,
+    data: &std::path::Path,
+    mixed: impl FnOnce(&mut dyn FnMut() -> EvalResult) -> EvalResult,
+) -> (EvalResult, EvalResult) {
+    use sasprune::models::{Model, Precision};
+    let cifar = sasprune::data::cifar::Cifar10::open(data).unwrap();
+    let test = sasprune::data::First { inner: &cifar.test, n: 1000 };
+    let mut model = Model::build("resnet20", 10, 0).unwrap();
+    let norm = sasprune::checkpoint::load_model(&mut model, weights).unwrap().expect("normalization");
+    let f32_result = sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap();
+    model.set_precision(Precision::Mixed).unwrap();
+    let mixed_result = mixed(&mut || sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap());
+    (f32_result, mixed_result)
+}
+
+/// The PyTorch-trained ResNet-20 in mixed precision with every product on a cooperative-matrix
+/// tile (weights rounded to f16 as they are staged) predicts as in f32 on 1,000 test images.
+#[test]
+fn mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32() {
+    let test_name = "mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32";
+    let Some((weights, data)) = pretrained_resnet20(test_name) else { return };
     for tile in cooperative_tiles(test_name) {
-        let cifar = sasprune::data::cifar::Cifar10::open(&data).unwrap();
-        let test = sasprune::data::First { inner: &cifar.test, n: 1000 };
-        let mut model = Model::build("resnet20", 10, 0).unwrap();
-        let norm = sasprune::checkpoint::load_model(&mut model, &weights).unwrap().expect("normalization");
-        let f32_result = sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap();
-        model.set_precision(Precision::Mixed).unwrap();
-        let (coop, plans) = matmul::plans_used(|| {
-            matmul::with_plan(tile, 1, || sasprune::train::evaluate(&mut model, &test, norm, 500, false).unwrap())
+        let mut plans = Vec::new();
+        let (f32_result, coop) = evaluate_f32_then_mixed(&weights, &data, |evaluate| {
+            let (result, used) = matmul::plans_used(|| matmul::with_plan(tile, 1, evaluate));
+            plans = used;
+            result
         });
         let name = matmul::tile_name(tile);
         // 19 convolutions and the classifier, in two batches
