@@ -209,6 +209,24 @@ fn a_kernel_the_driver_rejects_is_left_out_by_the_tuner() {
     assert!(stderr.contains("SASPRUNE_FAULT_KERNEL=batchnorm rejects it") && !stderr.contains("panicked"), "{stderr}");
 }
 
+/// A kernel that a driver compiles wrongly and that runs nothing (so it looks fastest) is found
+/// by the tuner, which compares each candidate's result with the default plan's, and left out:
+/// the run is the same as one that never tried it.
+#[test]
+fn a_kernel_that_computes_nothing_is_left_out_by_the_tuner() {
+    let t = TinyRun::new("cli-kernel-skip");
+    let cache = t.tmp.path().join("tune.json");
+    let tuned = ["--steps", "2", "--tune", "on", "--tune-cache", cache.to_str().unwrap()];
+    let (code, stderr) = sasprune_with(&t.train_args(&tuned), "SASPRUNE_FAULT_SKIP", "g16s");
+    assert_eq!(code, Some(0), "{stderr}");
+    let note = "kernel plan g16s computes a result that differs from the default plan's here";
+    assert!(stderr.contains(note), "{stderr}");
+    assert_eq!(stderr.matches(note).count(), 1, "noted once, then left out: {stderr}");
+    let stored = std::fs::read_to_string(&cache).unwrap();
+    // (without the check, g16s, which does nothing, would be the fastest of its products)
+    assert!(stored.contains("\"tile\"") && !stored.contains("\"tile\": \"g16s\""), "{stored}");
+}
+
 /// `train --resume DIR` alone continues a run with the flags it started with; a dataset that
 /// moved is accepted with `--data`, a different one is refused; flags that change the result
 /// are refused.

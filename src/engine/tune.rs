@@ -223,15 +223,43 @@ fn choice_of(plan: Plan, seconds: f64) -> Choice {
     Choice { tile: tile_name(plan.tile).to_string(), splits: plan.splits, seconds }
 }
 
+/// How the tuner checks a candidate's result against the default plan's on the same operands:
+/// a kernel that a driver compiled wrongly, or that runs nothing (and so looks fastest), must
+/// not be chosen. Kernels the local driver cannot run (Winograd, the cooperative-matrix tiles on
+/// most GPUs) meet a GPU compiler first in a user's run.
+pub(crate) struct ResultCheck<'a> {
+    /// Reads the product's output back (after a synchronize).
+    pub read: &'a dyn Fn() -> Result<Vec<f32>>,
+    /// Fills the output with NaN, so that a candidate that writes nothing cannot pass.
+    pub poison: &'a dyn Fn() -> Result<()>,
+    /// The largest difference allowed, relative to the largest |value| of the default's result.
+    pub tolerance: f64,
+}
+
+/// Where `got` differs from `reference` by more than `tolerance` times the reference's largest
+/// finite |value| (or is not finite where the reference is), the difference and that scale.
+/// Positions where the reference itself is not finite (an overflowing step of mixed precision)
+/// are not compared.
+fn disagreement(reference: &[f32], got: &[f32], tolerance: f64) -> Option<(f64, f64)> {
+    let finite = || reference.iter().zip(got).filter(|(r, _)| r.is_finite());
+    let scale = finite().fold(0f64, |m, (&r, _)| m.max(f64::from(r).abs()));
+    let worst = finite().fold(0f64, |m, (&r, &g)| {
+        m.max(if g.is_finite() { (f64::from(g) - f64::from(r)).abs() } else { f64::INFINITY })
+    });
+    (got.len() != reference.len() || worst > tolerance * scale).then_some((worst, scale))
+}
+
 /// The plan for product `key`: `default` when tuning is off; else the cached choice, or the
-/// fastest of `candidates()` timed now through `run` (which records the product with a plan).
-/// The key must determine `default` and the candidates: after the first call for a key, this
-/// is one map lookup (no candidate list is built on a training step).
+/// fastest of `candidates()` timed now through `run` (which records the product with a plan)
+/// whose result `check` finds equal to the default plan's. The key must determine `default`
+/// and the candidates: after the first call for a key, this is one map lookup (no candidate
+/// list is built on a training step).
 pub(crate) fn choose(
     key: &str,
     default: Plan,
     candidates: impl FnOnce() -> Vec<Plan>,
     run: impl Fn(Plan) -> Result<()>,
+    check: ResultCheck,
 ) -> Result<Plan> {
     let mut guard = TUNER.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
@@ -260,10 +288,14 @@ pub(crate) fn choose(
     if start.elapsed() < std::time::Duration::from_millis(2) {
         keep_busy_for(std::time::Duration::from_millis(40), &mut || run(default))?;
     }
+    let reference = (check.read)()?;
     let mut best: Option<(Plan, f64)> = None;
     for &plan in &candidates {
         if tuner.failed.contains(&plan.tile) {
             continue;
+        }
+        if plan != default {
+            (check.poison)()?;
         }
         let seconds = match measure(|| run(plan)) {
             Ok(seconds) => seconds,
@@ -283,6 +315,17 @@ pub(crate) fn choose(
             }
             Err(e) => return Err(e),
         };
+        if plan != default {
+            if let Some((worst, scale)) = disagreement(&reference, &(check.read)()?, check.tolerance) {
+                eprintln!(
+                    "note: kernel plan {} computes a result that differs from the default plan's here (by up to \
+                     {worst:.3e} where values reach {scale:.3e}, for {key}); the tuner leaves it out",
+                    tile_name(plan.tile)
+                );
+                tuner.failed.insert(plan.tile);
+                continue;
+            }
+        }
         if best.is_none_or(|(_, s)| seconds < s) {
             best = Some((plan, seconds));
         }
@@ -373,4 +416,22 @@ pub fn keep_busy_for(time: std::time::Duration, f: &mut impl FnMut() -> Result<(
         }
     }
     gpu.synchronize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disagreement;
+
+    #[test]
+    fn a_result_agrees_within_the_tolerance_of_its_largest_value() {
+        let reference = [1.0, -4.0, 0.5, f32::INFINITY];
+        // rounding-sized differences pass; an overflowing position of the reference is not compared
+        assert_eq!(disagreement(&reference, &[1.001, -4.002, 0.499, 7.0], 1e-3), None);
+        // a wrong value, a value not written (NaN) or an output of another length does not
+        assert_eq!(disagreement(&reference, &[1.0, -4.0, 0.6, 7.0], 1e-3), Some((f64::from(0.6f32) - 0.5, 4.0)));
+        assert_eq!(disagreement(&reference, &[1.0, f32::NAN, 0.5, 7.0], 1e-3), Some((f64::INFINITY, 4.0)));
+        assert!(disagreement(&reference, &[1.0, -4.0], 1e-3).is_some());
+        // an all-zero result must stay zero
+        assert!(disagreement(&[0.0, 0.0], &[0.0, 1e-30], 1e-3).is_some());
+    }
 }

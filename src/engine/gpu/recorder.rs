@@ -342,6 +342,15 @@ impl PassTimer {
     }
 }
 
+/// Fault injection for tests: `SASPRUNE_FAULT_SKIP=TEXT` drops every dispatch of a kernel whose
+/// label contains TEXT, as a driver that compiles a kernel wrongly and runs nothing would.
+fn skipped_by_fault(label: &str) -> bool {
+    // read once: this runs at every dispatch
+    static SKIP: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let skip = SKIP.get_or_init(|| std::env::var("SASPRUNE_FAULT_SKIP").ok().filter(|s| !s.is_empty()));
+    skip.as_deref().is_some_and(|text| label.contains(text))
+}
+
 impl Gpu {
     /// Records one dispatch of `kernel` with `params` (a `#[repr(C)]` struct's bytes, bound as the
     /// uniform at binding 0) and `buffers` bound in order at bindings 1, 2, ...
@@ -365,6 +374,9 @@ impl Gpu {
         }
         let types: Vec<Dtype> = buffers.iter().map(|v| v.dtype).collect();
         let slot = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).slot(self, kernel, &types)?;
+        if skipped_by_fault(kernel.label) {
+            return Ok(());
+        }
         let mut rec = self.lock_recorder();
         let align = rec.uniform_align;
         let params_offset = pad_to(&mut rec.params, align);
