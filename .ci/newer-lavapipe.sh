@@ -10,6 +10,8 @@
 #   SASPRUNE_LAVAPIPE_ROOT=$PWD/target/newer-lavapipe cargo test --release --test mixed_precision cooperative
 # The mirror is this machine's own (its first Debian stanza's URIs); no address is written here.
 # Exits 0 with the tree already there; needs root (or sudo) and the Debian mirror otherwise.
+# Debian unstable moves: the Mesa a build gets is the one the mirror has that day (the script
+# prints it); the tests check that it offers cooperative matrices.
 set -euo pipefail
 dir=${1:-target/newer-lavapipe}
 icd=$dir/usr/share/vulkan/icd.d/lvp_icd.json
@@ -28,9 +30,11 @@ if [[ -z $mirror ]]; then
   mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
 fi
 mirror=${mirror:-http://deb.debian.org/debian}
-rm -rf "$dir.part"
+# (the tree is root's, as debootstrap makes it: removing it takes root too)
+$SUDO rm -rf "$dir.part"
 mkdir -p "$(dirname "$dir")"
-$SUDO debootstrap --variant=minbase --include=mesa-vulkan-drivers,libvulkan1 sid "$dir.part" "$mirror" >"$dir.log" 2>&1 \
-  || { echo "debootstrap failed (log: $dir.log)" >&2; tail -5 "$dir.log" >&2; exit 1; }
-mv "$dir.part" "$dir"
+$SUDO timeout 900 debootstrap --variant=minbase --include=mesa-vulkan-drivers,libvulkan1 sid "$dir.part" "$mirror" \
+  >"$dir.log" 2>&1 || { echo "debootstrap failed (log: $dir.log)" >&2; tail -5 "$dir.log" >&2; exit 1; }
+$SUDO rm -rf "$dir"
+$SUDO mv "$dir.part" "$dir"
 echo "$dir holds $(held)"

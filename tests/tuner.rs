@@ -141,6 +141,22 @@ fn tuning_picks_a_correct_plan_stores_it_and_reads_it_back() {
     run();
     assert!(Cache::load(&path).1.is_none(), "rewritten as a valid cache");
 
+    // A product into a column block of a wider output (a linear layer's weight in row blocks):
+    // the tuner fills the output with NaN to check each candidate, and must give back the
+    // columns of the blocks before it.
+    let unit = matmul::row_block_granularity().unwrap();
+    let (n, in_f, out_f) = (3, 70, 2 * unit + 3);
+    let (xl, wl, bl) = (f32_exact(&rng.vec(n * in_f)), f32_exact(&rng.vec(out_f * in_f)), f32_exact(&rng.vec(out_f)));
+    let y = matmul::linear_in_row_blocks(
+        &tensor(&xl, &[n, in_f]),
+        &tensor(&wl, &[out_f, in_f]),
+        Some(&tensor(&bl, &[out_f])),
+        unit,
+    )
+    .unwrap();
+    assert!(tune::choices().iter().any(|c| c.0.starts_with("matmul.gemm") && c.3 > 0.0), "the blocks were tuned");
+    assert_close("tuned blocked linear", &values(&y), &cpu::linear(&xl, &wl, Some(&bl), n, in_f, out_f), LONG_SUM);
+
     // Off: fixed defaults, nothing measured.
     tune::configure(Settings { mode: Some(Mode::Off), cache: Some(path.clone()) });
     run();

@@ -227,11 +227,14 @@ fn choice_of(plan: Plan, seconds: f64) -> Choice {
 /// a kernel that a driver compiled wrongly, or that runs nothing (and so looks fastest), must
 /// not be chosen. Kernels the local driver cannot run (Winograd, the cooperative-matrix tiles on
 /// most GPUs) meet a GPU compiler first in a user's run.
+/// The output tensor is filled with NaN before each plan runs, so that a kernel that writes
+/// nothing cannot pass, and only what the default plan writes is compared (the output may be a
+/// view holding other products' results, e.g. a column block); its contents are put back after.
 pub(crate) struct ResultCheck<'a> {
-    /// Reads the product's output back (after a synchronize).
+    /// Reads the product's output tensor back (after a synchronize).
     pub read: &'a dyn Fn() -> Result<Vec<f32>>,
-    /// Fills the output with NaN, so that a candidate that writes nothing cannot pass.
-    pub poison: &'a dyn Fn() -> Result<()>,
+    /// Writes the whole output tensor.
+    pub write: &'a dyn Fn(&[f32]) -> Result<()>,
     /// The largest difference allowed, relative to the largest |value| of the default's result.
     pub tolerance: f64,
 }
@@ -288,6 +291,11 @@ pub(crate) fn choose(
     if start.elapsed() < std::time::Duration::from_millis(2) {
         keep_busy_for(std::time::Duration::from_millis(40), &mut || run(default))?;
     }
+    // the default's result where it writes, NaN elsewhere
+    let original = (check.read)()?;
+    let poison = vec![f32::NAN; original.len()];
+    (check.write)(&poison)?;
+    run(default)?;
     let reference = (check.read)()?;
     let mut best: Option<(Plan, f64)> = None;
     for &plan in &candidates {
@@ -295,7 +303,7 @@ pub(crate) fn choose(
             continue;
         }
         if plan != default {
-            (check.poison)()?;
+            (check.write)(&poison)?;
         }
         let seconds = match measure(|| run(plan)) {
             Ok(seconds) => seconds,
@@ -330,6 +338,7 @@ pub(crate) fn choose(
             best = Some((plan, seconds));
         }
     }
+    (check.write)(&original)?;
     let (plan, seconds) = best.unwrap_or((default, 0.0));
     tuner.measured += 1;
     let choice = choice_of(plan, seconds);

@@ -299,20 +299,19 @@ mod tests {
     use crate::gpu::Dtype;
     use crate::ops::matmul::TILES;
 
-    /// Every GEMM-based family on every tile compiles to SPIR-V in f32 and with f16 operands,
-    /// the cooperative-matrix tiles included: the software driver CI runs offers 8x8 matrices
-    /// at most, so this is where the 16x16 tile (NVIDIA's) is checked without a GPU.
+    /// Every GEMM-based family on every tile compiles to SPIR-V for every mix of f32 and f16
+    /// bindings (mixed precision binds f16 activations beside f32 weights and weight
+    /// gradients), the cooperative-matrix tiles included (with at least one f16 binding, as they
+    /// run): the software driver CI runs offers 8x8 matrices at most, so this is where the 16x16
+    /// tile (NVIDIA's and AMD's) is checked without a GPU.
     #[test]
     fn every_gemm_tile_compiles_offline() {
         for family in [&super::super::matmul::GEMM, &FORWARD, &GRAD_INPUT, &GRAD_INPUT_STRIDED, &GRAD_WEIGHT] {
             for (kernel, tile) in family.iter().zip(&TILES) {
-                let variants: &[&[Dtype]] = if tile.coop > 0 {
-                    &[&[Dtype::F16, Dtype::F32, Dtype::F32, Dtype::F16]]
-                } else {
-                    &[&[], &[Dtype::F16, Dtype::F32, Dtype::F32, Dtype::F16]]
-                };
-                for types in variants {
-                    if let Err(e) = kernel.compile_offline(types) {
+                for mask in (tile.coop > 0) as u32..16 {
+                    let types: Vec<Dtype> =
+                        (0..4).map(|i| if mask >> i & 1 == 1 { Dtype::F16 } else { Dtype::F32 }).collect();
+                    if let Err(e) = kernel.compile_offline(&types) {
                         panic!("{} ({types:?}) does not compile:\n{e}", kernel.label);
                     }
                 }

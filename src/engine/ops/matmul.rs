@@ -196,7 +196,7 @@ pub(crate) fn run_gemm(
             // result on realistic layers). A kernel that is wrong is off by the whole value.
             let check = crate::tune::ResultCheck {
                 read: &|| out.to_vec(),
-                poison: &|| out.write(&vec![f32::NAN; out.numel()]),
+                write: &|v| out.write(v),
                 tolerance: if f16 { 1e-2 } else { 1e-3 },
             };
             crate::tune::choose(&key, default, || shape.candidates(&tiles(), &coop()), record, check)?
@@ -206,8 +206,10 @@ pub(crate) fn run_gemm(
     record(plan)
 }
 
+/// Whether the adapter can run cooperative tile `tile` (its engine also needs subgroups: it
+/// hands blocks out by `subgroup_id`).
 fn cooperative_fit(a: &crate::gpu::AdapterSummary, tile: usize) -> bool {
-    TILES[tile].cooperative_fits(&a.cooperative_f16_sizes, a.subgroup_max_size, a.max_workgroup_storage)
+    a.subgroups && TILES[tile].cooperative_fits(&a.cooperative_f16_sizes, a.subgroup_max_size, a.max_workgroup_storage)
 }
 
 /// The cooperative-matrix tiles this adapter can run mixed precision's f16 products on (none
