@@ -487,9 +487,11 @@ fn print_tuner_choices() {
         let how =
             if crate::tune::enabled() { "tuned on this adapter (or read from its cache)" } else { "fixed defaults" };
         println!("  GEMM plans ({how}):");
+        // (keys grow with the kernels a product may run on: "... +direct +winograd2x2 +c16h f16")
+        let width = plans.iter().map(|p| p.0.len()).max().unwrap_or(0).max(46);
         for (key, tile, splits, seconds) in &plans {
             let t = if *seconds > 0.0 { format!("{:.3} ms", seconds * 1e3) } else { String::new() };
-            println!("    {key:<46} {tile:<9} split {splits:<4} {t}");
+            println!("    {key:<width$} {tile:<11} split {splits:<4} {t}");
         }
     }
     let measured = crate::tune::measured();
