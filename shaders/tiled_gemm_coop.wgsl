@@ -1,18 +1,19 @@
 // GEMM engine on the adapter's cooperative matrices (tensor cores on NVIDIA, matrix cores on
-// AMD, XMX on Intel, simdgroup matrices on Apple): the interface of tiled_gemm.wgsl (the
-// including kernel defines dims, k_range, load_a, store_c and B's b_col / b_row / b_row_next /
-// load_b_at), with f16 inputs and f32 sums. Mixed precision's products only: A and B are
-// rounded to f16 as they are staged (f32 master weights included, as PyTorch's autocast does),
-// every product of two f16 values is exact in f32, and the sums are f32.
+// AMD, Mesa's lavapipe; `Tile::cooperative_fits` decides where a tile fits): the interface of
+// tiled_gemm.wgsl (the including kernel defines dims, k_range, load_a, store_c and B's b_col /
+// b_row / b_row_next / load_b_at), with f16 inputs and f32 sums. Mixed precision's products
+// only: A and B are rounded to f16 as they are staged (f32 master weights included, as
+// PyTorch's autocast does), every product of two f16 values is exact in f32, and the sums are
+// f32.
 //
 // A prelude sets the shape (see `coop_tile!` in src/engine/ops/gemm_plan.rs):
 //   CS, the size of the adapter's CS x CS x CS matrices, and their types CA, CB, CC
 //   (coop_matCSxCS<f16, A>, <f16, B>, <f32, C>);
-//   a TM x TN tile of C per workgroup of THREADS threads, K advanced TK at a time;
-//   SLOTS, the CS x CS blocks of C each subgroup holds in registers.
+//   a TM x TN tile of C per workgroup of THREADS threads, K advanced TK at a time.
 // The tile's (TM/CS) x (TN/CS) blocks go to the subgroups in turn: subgroup s holds blocks
-// s, s + S, s + 2S, ... (S subgroups), so TM*TN/CS² must not exceed SLOTS * S; the host offers
-// a tile only where THREADS / (the adapter's largest subgroup) * SLOTS blocks cover it.
+// s, s + S, s + 2S, s + 3S (S subgroups) in registers (acc0-acc3), so TM*TN/CS² must not exceed
+// 4S; the host offers a tile only where THREADS / (the adapter's largest subgroup) * 4 blocks
+// cover it (COOP_SLOTS in gemm_plan.rs).
 // Cooperative operations run in subgroup-uniform control flow: every branch around them
 // depends on the subgroup's index only, which the uniformity analysis cannot see (hence the
 // diagnostic the prelude turns off). Shared tiles are plain rows, loaded and stored row-major:
