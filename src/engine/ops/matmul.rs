@@ -182,7 +182,8 @@ pub(crate) fn run_gemm(
             // sizes, which of the family's own kernels and which cooperative tiles are among
             // them, and f16 operands (a product of their own: other loads, other speed).
             let layers = if shape.z > 1 { format!(" z{}", shape.z) } else { String::new() };
-            let coop = || (0..TILES.len()).filter(|&t| TILES[t].coop > 0 && coop_fits(t)).collect::<Vec<_>>();
+            // (an iterator: the key is built on every product of a step, the list only to tune)
+            let coop = || (0..TILES.len()).filter(|&t| coop_fits(t));
             // (the direct kernel keeps the mark it had before there were others)
             let mark = |tile: usize| if tile == DIRECT { "direct" } else { tile_name(tile) };
             let marks: String =
@@ -199,7 +200,13 @@ pub(crate) fn run_gemm(
                 write: &|v| out.write(v),
                 tolerance: if f16 { 1e-2 } else { 1e-3 },
             };
-            crate::tune::choose(&key, default, || shape.candidates(&tiles(), &coop()), record, check)?
+            crate::tune::choose(
+                &key,
+                default,
+                || shape.candidates(&tiles(), &coop().collect::<Vec<_>>()),
+                record,
+                check,
+            )?
         }
     };
     PLAN_LOG.with(|l| l.borrow_mut().as_mut().map(|log| log.push((family, plan))));
