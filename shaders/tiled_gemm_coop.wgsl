@@ -13,7 +13,10 @@
 // The tile's (TM/CS) x (TN/CS) blocks go to the subgroups in turn: subgroup s holds blocks
 // s, s + S, s + 2S, s + 3S (S subgroups) in registers (acc0-acc3), so TM*TN/CS² must not exceed
 // 4S; the host offers a tile only where THREADS / (the adapter's largest subgroup) * 4 blocks
-// cover it (COOP_SLOTS in gemm_plan.rs).
+// cover it (COOP_SLOTS in gemm_plan.rs). A subgroup's blocks share their A matrix where they lie
+// in one block row and their B matrix where they lie in one block column (S a multiple of the
+// block columns, e.g. 64x64 in 16x16 blocks with 4 or 8 subgroups), so it loads each shared
+// matrix from shared memory once per K step instead of once per block.
 // Cooperative operations run in subgroup-uniform control flow: every branch around them
 // depends on the subgroup's index only, which the uniformity analysis cannot see (hence the
 // diagnostic the prelude turns off). Shared tiles are plain rows, loaded and stored row-major:
@@ -40,21 +43,23 @@ var<workgroup> a_tile: array<f16, TM * AS>;
 var<workgroup> b_tile: array<f16, TK * BS>;
 var<workgroup> c_tile: array<f32, TM * CSTR>;
 
-// The chunk's contribution to block `blk` of C: TK / CS products of CS x CS matrices.
-fn block_step(c: CC, blk: u32) -> CC {
-    let r0 = (blk / BLOCK_COLS) * CS;
-    let c0 = (blk % BLOCK_COLS) * CS;
-    var acc = c;
-    for (var kk = 0u; kk < TK; kk += CS) {
-        let a = coopLoadT<CA>(&a_tile[r0 * AS + kk], AS);
-        let b = coopLoadT<CB>(&b_tile[kk * BS + c0], BS);
-        acc = coopMultiplyAdd(a, b, acc);
-    }
-    return acc;
+fn block_row(blk: u32) -> u32 { return (blk / BLOCK_COLS) * CS; }
+fn block_col(blk: u32) -> u32 { return (blk % BLOCK_COLS) * CS; }
+fn load_a_block(blk: u32, kk: u32) -> CA { return coopLoadT<CA>(&a_tile[block_row(blk) * AS + kk], AS); }
+fn load_b_block(blk: u32, kk: u32) -> CB { return coopLoadT<CB>(&b_tile[kk * BS + block_col(blk)], BS); }
+
+// One K step (kk) of block `blk`, a later block of the subgroup whose first block `first` has
+// the matrices a0 and b0: those are reused where `blk` shares first's block row or column.
+fn later_block_step(c: CC, blk: u32, first: u32, a0: CA, b0: CB, kk: u32) -> CC {
+    var a = a0;
+    var b = b0;
+    if (block_row(blk) != block_row(first)) { a = load_a_block(blk, kk); }
+    if (block_col(blk) != block_col(first)) { b = load_b_block(blk, kk); }
+    return coopMultiplyAdd(a, b, c);
 }
 
 fn block_store(c: CC, blk: u32) {
-    coopStoreT(c, &c_tile[(blk / BLOCK_COLS) * CS * CSTR + (blk % BLOCK_COLS) * CS], CSTR);
+    coopStoreT(c, &c_tile[block_row(blk) * CSTR + block_col(blk)], CSTR);
 }
 
 @compute @workgroup_size(THREADS, 1, 1)
@@ -110,10 +115,18 @@ fn main(
             a_tile[m * AS + akk] = f16(v);
         }
         workgroupBarrier();
-        if (blk0 < BLOCKS) { acc0 = block_step(acc0, blk0); }
-        if (blk1 < BLOCKS) { acc1 = block_step(acc1, blk1); }
-        if (blk2 < BLOCKS) { acc2 = block_step(acc2, blk2); }
-        if (blk3 < BLOCKS) { acc3 = block_step(acc3, blk3); }
+        // The chunk's contribution to the subgroup's blocks: TK / CS products of CS x CS
+        // matrices each (blk1-3 exist only where blk0 does: blk0 is the smallest).
+        if (blk0 < BLOCKS) {
+            for (var kk = 0u; kk < TK; kk += CS) {
+                let a0 = load_a_block(blk0, kk);
+                let b0 = load_b_block(blk0, kk);
+                acc0 = coopMultiplyAdd(a0, b0, acc0);
+                if (blk1 < BLOCKS) { acc1 = later_block_step(acc1, blk1, blk0, a0, b0, kk); }
+                if (blk2 < BLOCKS) { acc2 = later_block_step(acc2, blk2, blk0, a0, b0, kk); }
+                if (blk3 < BLOCKS) { acc3 = later_block_step(acc3, blk3, blk0, a0, b0, kk); }
+            }
+        }
         workgroupBarrier();
     }
     if (blk0 < BLOCKS) { block_store(acc0, blk0); }

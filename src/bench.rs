@@ -817,6 +817,17 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
         a.max_buffer_size >> 20,
         a.max_storage_binding >> 20
     );
+    // which tensor-core tiles mixed precision's tuner may choose here (they need the matrices,
+    // enough subgroups for their blocks and their shared tiles' bytes)
+    let coop: Vec<&str> = matmul::cooperative_tiles()?.into_iter().map(|t| matmul::TILES[t].name).collect();
+    if !coop.is_empty() {
+        println!(
+            "cooperative-matrix tiles that fit (subgroups of up to {} threads, {} bytes of workgroup memory): {}",
+            a.subgroup_max_size,
+            a.max_workgroup_storage,
+            coop.join(", ")
+        );
+    }
     println!("{:<46} {:>10} {:>12}        timed on", "measurement", "ms", "rate");
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(|e| Error::io(out, e))?;
     let mut count = 0;

@@ -648,12 +648,12 @@ fn pretrained_resnet20(test: &str) -> Option<(std::path::PathBuf, std::path::Pat
 }
 
 /// The pretrained ResNet-20 evaluated on the first 1,000 test images in f32, then in mixed
-/// precision, that evaluation run through `mixed` (e.g. inside a forced plan).
-fn evaluate_f32_then_mixed(
+/// precision: `mixed` gets that evaluation to run (e.g. inside forced plans, once per plan).
+fn evaluate_f32_then_mixed<R>(
     weights: &std::path::Path,
     data: &std::path::Path,
-    mixed: impl FnOnce(&mut dyn FnMut() -> EvalResult) -> EvalResult,
-) -> (EvalResult, EvalResult) {
+    mixed: impl FnOnce(&mut dyn FnMut() -> EvalResult) -> R,
+) -> (EvalResult, R) {
     use sasprune::models::{Model, Precision};
     let cifar = sasprune::data::cifar::Cifar10::open(data).unwrap();
     let test = sasprune::data::First { inner: &cifar.test, n: 1000 };
@@ -671,13 +671,16 @@ fn evaluate_f32_then_mixed(
 fn mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32() {
     let test_name = "mixed_precision_on_cooperative_matrices_evaluates_pretrained_resnet20_as_f32";
     let Some((weights, data)) = pretrained_resnet20(test_name) else { return };
-    for tile in cooperative_tiles(test_name) {
-        let mut plans = Vec::new();
-        let (f32_result, coop) = evaluate_f32_then_mixed(&weights, &data, |evaluate| {
-            let (result, used) = matmul::plans_used(|| matmul::with_plan(tile, 1, evaluate));
-            plans = used;
-            result
-        });
+    let tiles = cooperative_tiles(test_name);
+    if tiles.is_empty() {
+        return;
+    }
+    // f32 once, then mixed precision with every product forced onto each tile in turn
+    let (f32_result, runs) = evaluate_f32_then_mixed(&weights, &data, |evaluate| {
+        let mut on_tile = |tile| matmul::plans_used(|| matmul::with_plan(tile, 1, &mut *evaluate));
+        tiles.iter().map(|&tile| (tile, on_tile(tile))).collect::<Vec<_>>()
+    });
+    for (tile, (coop, plans)) in runs {
         let name = matmul::tile_name(tile);
         // 19 convolutions and the classifier, in two batches
         assert_eq!(plans.len(), 40, "{plans:?}");

@@ -54,14 +54,14 @@ macro_rules! gpu_tile {
 }
 
 /// A shape of tiled_gemm_coop.wgsl: `$cs`-sized f16 cooperative matrices, a `$tm` x `$tn`
-/// tile of C per workgroup of 256 threads, K in chunks of 32, 4 blocks per subgroup.
+/// tile of C per workgroup of `$threads` threads, K in chunks of 32, up to 4 blocks per subgroup.
 macro_rules! coop_tile {
-    ($name:literal, $cs:literal, $tm:literal, $tn:literal) => {
+    ($name:literal, $cs:literal, $tm:literal, $tn:literal, $threads:literal) => {
         Tile {
             name: $name,
             rows: $tm,
             cols: $tn,
-            threads: 256,
+            threads: $threads,
             gpu: false,
             coop: $cs,
             prelude: concat!(
@@ -73,7 +73,9 @@ macro_rules! coop_tile {
                 stringify!($tm),
                 "u; const TN: u32 = ",
                 stringify!($tn),
-                "u; const TK: u32 = 32u; const THREADS: u32 = 256u;\n",
+                "u; const TK: u32 = 32u; const THREADS: u32 = ",
+                stringify!($threads),
+                "u;\n",
                 "alias CA = coop_mat",
                 stringify!($cs),
                 "x",
@@ -96,10 +98,14 @@ macro_rules! coop_tile {
 /// Every tile shape a GEMM-based kernel is declared in (`gemm_kernels!`, same order). The first
 /// three (64 threads, scalar shared reads) suit CPU drivers such as lavapipe; the `g*` shapes
 /// (128-256 threads, 4x4 register blocks read as vec4) suit GPUs; the `c*` shapes run mixed
-/// precision's f16 products on cooperative matrices where the adapter has them. Which one runs
-/// is a [`Plan`]: fixed defaults per device type, or the autotuner's measured choice
-/// (src/tune.rs).
-pub const TILES: [Tile; 12] = [
+/// precision's f16 products on cooperative matrices where the adapter has them (`c8*` on 8x8x8
+/// matrices, `c16*` on 16x16x16; `*h` 256 threads, each subgroup one or two blocks of C; `*q`
+/// 64x64 or 32x64 in fewer threads, so each subgroup holds 4 blocks and loads their shared B
+/// matrix once; `*n` 8 or 16 rows for the layers with few output channels, whose blocks share
+/// their A matrix; `c8s` 32x32, 16 blocks, so that subgroups of up to 64 threads hold them, as
+/// wgpu reports Apple GPUs' to be). Which one runs is a [`Plan`]: fixed defaults per device type, or the
+/// autotuner's measured choice (src/tune.rs).
+pub const TILES: [Tile; 17] = [
     Tile { name: "wide16", rows: 16, cols: 256, threads: 64, gpu: false, coop: 0, prelude: "", engine: WIDE_ENGINE },
     Tile {
         name: "rm4",
@@ -128,8 +134,13 @@ pub const TILES: [Tile; 12] = [
     gpu_tile!("g64", 16, 16, 4, 4, 64),
     gpu_tile!("g64w", 16, 8, 8, 8, 128),
     gpu_tile!("g128", 16, 16, 8, 8, 128),
-    coop_tile!("c8h", 8, 32, 64),
-    coop_tile!("c16h", 16, 64, 64),
+    coop_tile!("c8h", 8, 32, 64, 256),
+    coop_tile!("c16h", 16, 64, 64, 256),
+    coop_tile!("c8q", 8, 32, 64, 64),
+    coop_tile!("c16q", 16, 64, 64, 128),
+    coop_tile!("c8n", 8, 8, 128, 64),
+    coop_tile!("c16n", 16, 16, 128, 128),
+    coop_tile!("c8s", 8, 32, 32, 256),
 ];
 
 /// Blocks of C each subgroup of a cooperative-matrix tile holds (tiled_gemm_coop.wgsl's acc0-3).
@@ -157,7 +168,7 @@ macro_rules! gemm_kernels {
     ($label:literal, $file:literal, $section:expr) => {
         $crate::ops::gemm_plan::gemm_kernels!(@each $label, $file, $section,
             [0 "wide16", 1 "rm4", 2 "rm8", 3 "g16", 4 "g16s", 5 "g32", 6 "g32s", 7 "g64", 8 "g64w", 9 "g128",
-             10 "c8h", 11 "c16h"])
+             10 "c8h", 11 "c16h", 12 "c8q", 13 "c16q", 14 "c8n", 15 "c16n", 16 "c8s"])
     };
     (@each $label:literal, $file:literal, $section:expr, [$($i:literal $name:literal),*]) => {
         [$($crate::gpu::Kernel {

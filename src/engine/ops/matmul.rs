@@ -619,6 +619,18 @@ mod tests {
         assert!(c8.cooperative_fits(&[8], 8, 16384) && c8.cooperative_fits(&[8], 32, 15872));
         assert!(!c8.cooperative_fits(&[8], 8, 15871), "its tiles do not fit");
         assert!(!c8.cooperative_fits(&[8], 64, 65536) && !c8.cooperative_fits(&[16], 8, 65536));
+        // With fewer threads each subgroup holds up to 4 blocks: c16q (64x64, 128 threads) fits
+        // 32-thread subgroups (NVIDIA's), not 64-thread ones; c8q (32x64, 64 threads) 8-thread
+        // ones (lavapipe's), not 16; the narrow c16n (16x128, 128 threads, 8 blocks) both, in
+        // 18,432 bytes; c8n (8x128, 64 threads, 16 blocks) up to 16 in 13,568.
+        let tile = |name: &str| &TILES[tile_index(name).unwrap()];
+        assert!(tile("c16q").cooperative_fits(&[16], 32, 27136) && !tile("c16q").cooperative_fits(&[16], 64, 65536));
+        assert!(tile("c8q").cooperative_fits(&[8], 8, 15872) && !tile("c8q").cooperative_fits(&[8], 16, 65536));
+        assert!(tile("c16n").cooperative_fits(&[16], 64, 18432) && !tile("c16n").cooperative_fits(&[16], 32, 18431));
+        assert!(tile("c8n").cooperative_fits(&[8], 16, 13568) && !tile("c8n").cooperative_fits(&[8], 32, 65536));
+        // c8s (32x32, 256 threads, 16 blocks) fits subgroups of up to 64 threads, the size wgpu
+        // reports for Apple GPUs, in 9,728 bytes.
+        assert!(tile("c8s").cooperative_fits(&[8], 64, 9728) && !tile("c8s").cooperative_fits(&[8], 64, 9727));
         assert!(!TILES[7].cooperative_fits(&[8, 16], 8, 65536), "g64 is no cooperative tile");
         // CPU drivers keep the 64-thread tiles.
         assert_eq!(name(shape(16, 131072, 144, 1).cpu_default()), "wide16");
