@@ -99,7 +99,7 @@ macro_rules! coop_tile {
 /// three (64 threads, scalar shared reads) suit CPU drivers such as lavapipe; the `g*` shapes
 /// (128-256 threads, 4x4 register blocks read as vec4) suit GPUs; the `c*` shapes run mixed
 /// precision's f16 products on cooperative matrices where the adapter has them (`c8*` on 8x8x8
-/// matrices, `c16*` on 16x16x16; `*h` 256 threads, each subgroup one or two blocks of C; `*q`
+/// matrices, `c16*` on 16x16x16; `*h` 256 threads, each subgroup one to four blocks of C by its width; `*q`
 /// 64x64 or 32x64 in fewer threads, so each subgroup holds 4 blocks and loads their shared B
 /// matrix once; `*n` 8 or 16 rows for the layers with few output channels, whose blocks share
 /// their A matrix; `c8s` 32x32, 16 blocks, so that subgroups of up to 64 threads hold them, as

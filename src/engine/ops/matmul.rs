@@ -626,7 +626,8 @@ mod tests {
         let tile = |name: &str| &TILES[tile_index(name).unwrap()];
         assert!(tile("c16q").cooperative_fits(&[16], 32, 27136) && !tile("c16q").cooperative_fits(&[16], 64, 65536));
         assert!(tile("c8q").cooperative_fits(&[8], 8, 15872) && !tile("c8q").cooperative_fits(&[8], 16, 65536));
-        assert!(tile("c16n").cooperative_fits(&[16], 64, 18432) && !tile("c16n").cooperative_fits(&[16], 32, 18431));
+        assert!(tile("c16n").cooperative_fits(&[16], 64, 18432) && tile("c16n").cooperative_fits(&[16], 32, 18432));
+        assert!(!tile("c16n").cooperative_fits(&[16], 32, 18431));
         assert!(tile("c8n").cooperative_fits(&[8], 16, 13568) && !tile("c8n").cooperative_fits(&[8], 32, 65536));
         // c8s (32x32, 256 threads, 16 blocks) fits subgroups of up to 64 threads, the size wgpu
         // reports for Apple GPUs, in 9,728 bytes.
