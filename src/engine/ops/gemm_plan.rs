@@ -99,12 +99,12 @@ macro_rules! coop_tile {
 /// three (64 threads, scalar shared reads) suit CPU drivers such as lavapipe; the `g*` shapes
 /// (128-256 threads, 4x4 register blocks read as vec4) suit GPUs; the `c*` shapes run mixed
 /// precision's f16 products on cooperative matrices where the adapter has them (`c8*` on 8x8x8
-/// matrices, `c16*` on 16x16x16; `*h` 256 threads, each subgroup one to four blocks of C by its width; `*q`
-/// 64x64 or 32x64 in fewer threads, so each subgroup holds 4 blocks and loads their shared B
-/// matrix once; `*n` 8 or 16 rows for the layers with few output channels, whose blocks share
-/// their A matrix; `c8s` 32x32, 16 blocks, so that subgroups of up to 64 threads hold them, as
-/// wgpu reports Apple GPUs' to be). Which one runs is a [`Plan`]: fixed defaults per device type, or the
-/// autotuner's measured choice (src/tune.rs).
+/// matrices, `c16*` on 16x16x16): `*h` 256 threads, each subgroup one to four blocks of C by its
+/// width; `*q` 64x64 or 32x64 in fewer threads, so each subgroup holds 4 blocks and loads their
+/// shared B matrix once; `*n` 8 or 16 rows for the layers with few output channels, whose blocks
+/// share their A matrix; `c8s` 32x32, 16 blocks, so that subgroups of up to 64 threads hold them,
+/// as wgpu reports Apple GPUs' to be. Which one runs is a [`Plan`]: fixed defaults per device
+/// type, or the autotuner's measured choice (src/tune.rs).
 pub const TILES: [Tile; 17] = [
     Tile { name: "wide16", rows: 16, cols: 256, threads: 64, gpu: false, coop: 0, prelude: "", engine: WIDE_ENGINE },
     Tile {
@@ -154,12 +154,15 @@ impl Tile {
     /// `storage_max` bytes: its matrix size is offered, its subgroups hold all its blocks (see
     /// tiled_gemm_coop.wgsl) and its shared tiles fit. False for the other tiles.
     pub fn cooperative_fits(&self, sizes: &[u32], subgroup_max: u32, storage_max: u32) -> bool {
+        if self.coop == 0 || !sizes.contains(&self.coop) {
+            return false;
+        }
         let (rows, cols, threads) = (self.rows as u32, self.cols as u32, self.threads as u32);
-        let blocks = (rows / self.coop.max(1)) * (cols / self.coop.max(1));
+        let blocks = (rows / self.coop) * (cols / self.coop);
         let subgroups = threads / subgroup_max.max(1);
         // f16 A and B tiles, f32 C tile, each row padded by 16 bytes (tiled_gemm_coop.wgsl)
         let storage = (rows * (COOP_TK + 8) + COOP_TK * (cols + 8)) * 2 + rows * (cols + 4) * 4;
-        self.coop > 0 && sizes.contains(&self.coop) && blocks <= COOP_SLOTS * subgroups && storage <= storage_max
+        blocks <= COOP_SLOTS * subgroups && storage <= storage_max
     }
 }
 
