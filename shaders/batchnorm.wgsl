@@ -116,6 +116,25 @@ fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
     stat[p.c + ch] = inverseSqrt(running_var[ch] + p.eps);
 }
 
+//#section eval_affine
+// Eval mode for a convolution's epilogue (conv2d.wgsl, store_out), one thread per channel:
+// affine [4c] = running mean, 1/sqrt(running var + eps), gamma, beta; the epilogue computes
+// normalize_eval's expression from them.
+@group(0) @binding(1) var<storage, read> gamma: array<f32>;
+@group(0) @binding(2) var<storage, read> beta: array<f32>;
+@group(0) @binding(3) var<storage, read> running_mean: array<f32>;
+@group(0) @binding(4) var<storage, read> running_var: array<f32>;
+@group(0) @binding(5) var<storage, read_write> affine: array<f32>;
+@compute @workgroup_size(64)
+fn eval_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.c) { return; }
+    affine[ch] = running_mean[ch];
+    affine[p.c + ch] = inverseSqrt(running_var[ch] + p.eps);
+    affine[2u * p.c + ch] = gamma[ch];
+    affine[3u * p.c + ch] = beta[ch];
+}
+
 //#section normalize
 // y = (x - mean) * invstd * gamma + beta, then max(y, 0) when fused with the ReLU.
 @group(0) @binding(1) var<storage, read> x: array<t1>;

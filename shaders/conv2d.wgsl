@@ -14,7 +14,7 @@ struct Params {
     c_out: u32, kh: u32, kw: u32, stride: u32,
     pad: u32, ho: u32, wo: u32, has_bias: u32,
     gm: u32, gn: u32, gk: u32, k_chunk: u32,   // GEMM sizes M, N, K and the split-K chunk
-    khw: u32, howo: u32, hw: u32, _pad: u32,
+    khw: u32, howo: u32, hw: u32, fuse: u32,  // fuse: what the forward output applies (FUSE_*)
     // 1/d for the divisors above, for div() below
     r_kw: f32, r_khw: f32, r_wo: f32, r_howo: f32,
     r_w: f32, r_hw: f32, r_stride: f32, _pad2: f32,
@@ -75,12 +75,52 @@ fn odometer(r: BRow, step: i32, outer: u32) -> BRow {
     return n;
 }
 
+//#section forward direct3x3 winograd
+// The output of a forward convolution (every kernel that computes one: the implicit GEMM, the
+// direct kernel, Winograd), the conv's sum v with its bias: stored as it is, or, in evaluation
+// without a graph, with what follows the convolution in the network applied on the way out
+// (p.fuse): batch norm from the running statistics, the residual, ReLU. Applied after the sum
+// is rounded to dst's type and in the unfused kernels' order of operations (batchnorm.wgsl,
+// normalize_eval), so fused and unfused outputs are the same bits; the fused output saves a
+// write and a read of the activation.
+//   bias [M]   bn [4M]: running mean, 1/sqrt(running var + eps), gamma, beta (M = p.gm)
+//   res, dst [n, M, ho, wo]; grad-input runs of the direct kernel and Winograd never fuse.
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> bn: array<f32>;
+@group(0) @binding(5) var<storage, read> res: array<t5>;
+@group(0) @binding(6) var<storage, read_write> dst: array<t6>;
+const FUSE_BATCH_NORM: u32 = 1u;
+const FUSE_RESIDUAL: u32 = 2u;
+const FUSE_RELU: u32 = 4u;
+const FUSE_DST_F16: u32 = 8u;                      // (set with the others where dst is f16)
+// v rounded to the nearest f16, as an f16 store rounds it. Explicit, because compilers drop the
+// round trip f32(f16(v)) (lavapipe does); quantizeToF16 alone may flush f16's subnormals (below
+// 2^-14) to zero, so those are rounded here to their multiples of 2^-24 (round() ties to even).
+fn round_to_f16(v: f32) -> f32 {
+    if (abs(v) < 6.103515625e-5) { return round(v * 16777216.0) * 5.9604644775390625e-8; }
+    return quantizeToF16(v);
+}
+
+// dst[i] (output channel m) from the sum v.
+fn store_out(m: u32, i: u32, v: f32) {
+    if (p.fuse == 0u) {
+        dst[i] = t6(v);
+        return;
+    }
+    var r = v;
+    if ((p.fuse & FUSE_DST_F16) != 0u) { r = round_to_f16(v); }
+    if ((p.fuse & FUSE_BATCH_NORM) != 0u) {
+        r = (r - bn[m]) * bn[p.gm + m] * bn[2u * p.gm + m] + bn[3u * p.gm + m];
+    }
+    if ((p.fuse & FUSE_RESIDUAL) != 0u) { r += f32(res[i]); }
+    if ((p.fuse & FUSE_RELU) != 0u) { r = max(r, 0.0); }
+    dst[i] = t6(r);
+}
+
 //#section forward
 fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<t2>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<t4>;
 fn load_a(m: u32, k: u32, z: u32) -> f32 { return wt[m * p.gk + k]; }
 // column j = (b, oy, ox): image b, origin (oy*s - pad, ox*s - pad)
 fn b_col(j: u32, z: u32) -> BCol {
@@ -104,7 +144,7 @@ fn store_c(co: u32, j: u32, z: u32, v: f32) {
     var r = v;
     if (p.has_bias != 0u) { r += bias[co]; }
     let b = div(j, p.howo, p.r_howo);
-    y[(b * p.c_out + co) * p.howo + j - b * p.howo] = t4(r);
+    store_out(co, (b * p.c_out + co) * p.howo + j - b * p.howo, r);
 }
 
 //#section grad_input
@@ -270,8 +310,6 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
 // and below its last is taken as zero. Needs w % 4 == 0 and w <= 128.
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> src: array<t2>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dst: array<t4>;
 
 const DT: u32 = 128u;                              // threads
 const DC: u32 = 4u;                                // input channels per step
@@ -363,7 +401,7 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             var bv = 0.0;
             if (p.has_bias != 0u) { bv = bias[m]; }
             let o = ((b * m_all + m) * h + y) * w + x0;
-            for (var px = 0u; px < 4u; px++) { dst[o + px] = t4(acc[4u * px + j][e] + bv); }
+            for (var px = 0u; px < 4u; px++) { store_out(m, o + px, acc[4u * px + j][e] + bv); }
         }
     }
 }
@@ -435,8 +473,6 @@ fn winograd_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   that thread (cq, tile t % 32) has a tile's 16 sums for its Aᵀ M A.
 @group(0) @binding(1) var<storage, read> u: array<f32>;
 @group(0) @binding(2) var<storage, read> src: array<t2>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dst: array<t4>;
 
 const WT: u32 = 32u;                               // tiles per workgroup
 const WM: u32 = 16u;                               // output channels per workgroup
@@ -538,11 +574,11 @@ fn winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
             var bv = 0.0;
             if (p.has_bias != 0u) { bv = bias[m]; }
             let base = ((b * p.gm + m) * p.ho + oy) * p.wo + ox;
-            dst[base] = t4(r0[0] + r0[1] + r0[2] + bv);
-            if (right) { dst[base + 1u] = t4(r0[1] - r0[2] - r0[3] + bv); }
+            store_out(m, base, r0[0] + r0[1] + r0[2] + bv);
+            if (right) { store_out(m, base + 1u, r0[1] - r0[2] - r0[3] + bv); }
             if (oy + 1u < p.ho) {
-                dst[base + p.wo] = t4(r1[0] + r1[1] + r1[2] + bv);
-                if (right) { dst[base + p.wo + 1u] = t4(r1[1] - r1[2] - r1[3] + bv); }
+                store_out(m, base + p.wo, r1[0] + r1[1] + r1[2] + bv);
+                if (right) { store_out(m, base + p.wo + 1u, r1[1] - r1[2] - r1[3] + bv); }
             }
         }
         workgroupBarrier();

@@ -428,19 +428,23 @@ impl Bench<'_> {
     }
 
     /// ResNet-32 evaluation at eval's default batch (500), in f32 and (where the adapter has f16
-    /// shaders) mixed precision.
+    /// shaders) mixed precision; and in f32 with batch norm as separate passes, not fused into
+    /// the convolutions (what the fusion gains on this adapter).
     fn evaluation_at_eval_batch(&self, emit: &mut Emit) -> Result<()> {
         use crate::models::Precision;
         let (b, steps) = (if self.cfg.quick { 32 } else { 500 }, self.steps);
-        for precision in [Precision::F32, Precision::Mixed] {
-            let name = match precision {
-                Precision::F32 => format!("resnet32 eval b{b}"),
-                Precision::Mixed => format!("resnet32 eval b{b} mixed"),
+        for (precision, separate) in [(Precision::F32, false), (Precision::F32, true), (Precision::Mixed, false)] {
+            let name = match (precision, separate) {
+                (Precision::F32, false) => format!("resnet32 eval b{b}"),
+                (Precision::F32, true) => format!("resnet32 eval b{b} bn unfused"),
+                (Precision::Mixed, _) => format!("resnet32 eval b{b} mixed"),
             };
             if !self.cfg.wants(&name) || (precision == Precision::Mixed && !gpu::get()?.adapter.shader_f16) {
                 continue;
             }
-            emit(images_measurement(&name, steps * b, eval_rate("resnet32", b, steps, precision)?, vec![]))?;
+            let rate = || eval_rate("resnet32", b, steps, precision);
+            let rate = if separate { crate::ops::conv2d::with_separate_ops(rate) } else { rate() }?;
+            emit(images_measurement(&name, steps * b, rate, vec![]))?;
         }
         Ok(())
     }

@@ -245,3 +245,49 @@ fn a_toy_model_added_in_its_own_file_trains_saves_and_exports() {
     assert!(exported.bytes.len() > 4 * 147 && exported.layers.len() == 1, "the fc weight is the prunable layer");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn resnet_evaluation_fuses_batch_norm_into_the_convolutions_with_the_same_logits() {
+    // In evaluation without a graph each ResNet convolution applies its batch norm, the block's
+    // residual and the ReLU on the way out: the logits must be the very bits the separate
+    // kernels give, in f32 and with mixed precision's f16 activations, and no separate
+    // batch-norm pass may run (each layer's one small kernel prepares its running statistics).
+    let gpu = sasprune::gpu::get().unwrap();
+    let mut precisions = vec![sasprune::models::Precision::F32];
+    if gpu.adapter.shader_f16 {
+        precisions.push(sasprune::models::Precision::Mixed);
+    }
+    let mut rng = common::Rng::new(31);
+    let x =
+        Tensor::from_slice(&rng.vec(4 * 3 * 32 * 32).iter().map(|&v| v as f32).collect::<Vec<_>>(), &[4, 3, 32, 32])
+            .unwrap();
+    for precision in precisions {
+        let mut m = Model::build("resnet20", 10, 5).unwrap();
+        m.set_precision(precision).unwrap();
+        // running statistics of its own (two training passes), not the initial 0 and 1
+        for noise in 0..2 {
+            m.forward(&x, Pass::Train { noise }).unwrap();
+        }
+        let mut eval = || sasprune::autograd::no_grad(|| m.forward(&x, Pass::Eval).unwrap().to_vec().unwrap());
+        let timed = gpu.start_device_timer(true).unwrap();
+        let fused = eval();
+        let launches = gpu.stop_device_timer().unwrap().map(|t| {
+            let count = |label: &str| t.by_kernel.iter().filter(|k| k.0 == label).map(|k| k.2).sum::<u32>();
+            (count("batchnorm.normalize_eval"), count("batchnorm.eval_affine"))
+        });
+        let separate = sasprune::ops::conv2d::with_separate_ops(&mut eval);
+        assert!(fused.iter().all(|v| v.is_finite()));
+        let differ = fused.iter().zip(&separate).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{precision:?}: logits {fused:?} vs separate ops {separate:?}");
+        match (timed, launches) {
+            // (19 batch norms in ResNet-20; the timer is the device's, so tests running beside
+            // this one may add evaluations of their own, never separate passes)
+            (true, Some((separate_passes, prepared))) => {
+                assert_eq!(separate_passes, 0, "{precision:?}: no separate batch-norm pass");
+                assert!(prepared >= 19, "{precision:?}: {prepared} preparations, one per batch norm");
+            }
+            (true, None) => panic!("a timed forward reports its kernels"),
+            (false, _) => eprintln!("SKIPPED counting launches: the adapter has no timestamp queries"),
+        }
+    }
+}

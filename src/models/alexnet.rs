@@ -51,7 +51,7 @@ impl super::Network for AlexNet {
     fn forward(&self, s: &ParamStore, x: &Tensor, noise: Option<u64>) -> Result<Tensor> {
         let mut out = x.clone();
         for (i, conv) in self.convs.iter().enumerate() {
-            out = elementwise::relu(&conv.forward(s, &out)?)?;
+            out = conv.forward_relu(s, &out)?;
             if matches!(i, 0 | 1 | 4) {
                 out = pool::max_pool2d(&out, 3, 2, 0)?;
             }

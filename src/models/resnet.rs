@@ -19,14 +19,14 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
-        // relu(bn1(conv1 x)) and relu(bn2(conv2 ..) + shortcut), each ReLU fused into the
-        // kernel before it.
-        let out = self.bn1.forward_relu(s, &self.conv1.forward(s, x)?, training)?;
+        // relu(bn1(conv1 x)) and relu(bn2(conv2 ..) + shortcut): in training each ReLU fused
+        // into the batch norm before it, in evaluation all of it into the convolution's output.
+        let out = self.conv1.forward_bn_relu(s, x, &self.bn1, None, training)?;
         let short = match self.shortcut_pad {
             Some(pad) => shortcut::shortcut_a(x, pad)?,
             None => x.clone(),
         };
-        self.bn2.forward_add_relu(s, &self.conv2.forward(s, &out)?, &short, training)
+        self.conv2.forward_bn_relu(s, &out, &self.bn2, Some(&short), training)
     }
 
     /// [`forward`](Self::forward) in inference, as ONNX nodes.
@@ -84,7 +84,7 @@ impl super::Network for ResNet {
     /// Logits [batch, classes] for images [batch, 3, 32, 32].
     fn forward(&self, s: &ParamStore, x: &Tensor, noise: Option<u64>) -> Result<Tensor> {
         let training = noise.is_some();
-        let mut out = self.bn1.forward_relu(s, &self.conv1.forward(s, x)?, training)?;
+        let mut out = self.conv1.forward_bn_relu(s, x, &self.bn1, None, training)?;
         for block in &self.blocks {
             out = block.forward(s, &out, training)?;
         }

@@ -55,6 +55,31 @@ impl Conv2d {
     pub fn forward(&self, s: &ParamStore, x: &Tensor) -> Result<Tensor> {
         conv2d::conv2d(x, s.get(self.weight), self.bias.map(|b| s.get(b)), self.stride, self.pad)
     }
+
+    /// `relu(self.forward(x))`; one kernel without a graph.
+    pub fn forward_relu(&self, s: &ParamStore, x: &Tensor) -> Result<Tensor> {
+        conv2d::conv2d_relu(x, s.get(self.weight), self.bias.map(|b| s.get(b)), self.stride, self.pad)
+    }
+
+    /// `relu(bn(self.forward(x)) + residual)` (the residual when given), as a ResNet block's
+    /// convolutions are used; one kernel in evaluation without a graph.
+    pub fn forward_bn_relu(
+        &self,
+        s: &ParamStore,
+        x: &Tensor,
+        bn: &BatchNorm2d,
+        residual: Option<&Tensor>,
+        training: bool,
+    ) -> Result<Tensor> {
+        conv2d::conv2d_batch_norm_relu(
+            x,
+            (s.get(self.weight), self.bias.map(|b| s.get(b))),
+            (self.stride, self.pad),
+            [bn.weight, bn.bias, bn.running_mean, bn.running_var].map(|id| s.get(id)),
+            residual,
+            batchnorm::BatchNormConfig { training, ..Default::default() },
+        )
+    }
 }
 
 pub struct BatchNorm2d {
@@ -83,24 +108,6 @@ impl BatchNorm2d {
 
     pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
         self.apply(s, x, batchnorm::BatchNormConfig { training, ..Default::default() })
-    }
-
-    /// `relu(self.forward(x))` in one kernel.
-    pub fn forward_relu(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
-        self.apply(s, x, batchnorm::BatchNormConfig { training, relu: true, ..Default::default() })
-    }
-
-    /// `relu(self.forward(x) + residual)`: one kernel in evaluation without a graph.
-    pub fn forward_add_relu(&self, s: &ParamStore, x: &Tensor, residual: &Tensor, training: bool) -> Result<Tensor> {
-        batchnorm::batch_norm_add_relu(
-            x,
-            residual,
-            s.get(self.weight),
-            s.get(self.bias),
-            s.get(self.running_mean),
-            s.get(self.running_var),
-            batchnorm::BatchNormConfig { training, ..Default::default() },
-        )
     }
 
     fn apply(&self, s: &ParamStore, x: &Tensor, cfg: batchnorm::BatchNormConfig) -> Result<Tensor> {

@@ -1,5 +1,6 @@
 //! Compute kernels: a WGSL source (optionally one `//#section NAME` of an op family's file, with
-//! a shared prelude such as the tiled GEMM engine) and an entry point. Each is compiled once, on
+//! a shared prelude such as the tiled GEMM engine; a part headed `//#section A B ...` belongs to
+//! each section it names) and an entry point. Each is compiled once, on
 //! first use, and cached for the life of the process. Shapes never enter the shader text: they
 //! travel in each dispatch's uniform parameters.
 //!
@@ -21,7 +22,8 @@ pub struct Kernel {
     pub prelude: &'static [&'static str],
     /// The op family's WGSL file.
     pub source: &'static str,
-    /// When set, only the text before the first `//#section` line plus this section is used.
+    /// When set, only the text before the first `//#section` line plus this section is used
+    /// (every part whose `//#section` line names it, in the file's order).
     pub section: Option<&'static str>,
     pub entry: &'static str,
 }
@@ -70,11 +72,17 @@ impl Kernel {
             Some(name) => {
                 let mut parts = self.source.split("//#section ");
                 text.push_str(parts.next().unwrap_or(""));
-                // A section runs from its `//#section NAME` line to the next one.
-                let body = parts
-                    .find_map(|p| p.split_once('\n').filter(|(head, _)| head.trim() == name))
-                    .map(|(_, body)| body);
-                text.push_str(body.unwrap_or_else(|| panic!("{}: shader has no section {name}", self.label)));
+                // A part runs from its `//#section NAME ...` line to the next one; it belongs to
+                // every section its line names (e.g. an epilogue that several kernels share).
+                let bodies: Vec<&str> = parts
+                    .filter_map(|p| p.split_once('\n'))
+                    .filter(|(head, _)| head.split_whitespace().any(|h| h == name))
+                    .map(|(_, body)| body)
+                    .collect();
+                if bodies.is_empty() {
+                    panic!("{}: shader has no section {name}", self.label);
+                }
+                bodies.iter().for_each(|body| text.push_str(body));
             }
         }
         text
@@ -235,5 +243,19 @@ impl KernelCache {
         self.compiled.push(Compiled { label, pipeline, layout });
         self.index.insert((kernel.label, mask), self.compiled.len() - 1);
         Ok(self.compiled.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_takes_every_part_that_names_it_in_file_order() {
+        let source = "common\n//#section a\nonly a\n//#section a b\nshared\n//#section b\nonly b\n";
+        let kernel = |section| Kernel { label: "t", prelude: &[], source, section: Some(section), entry: "e" };
+        let body = |section| kernel(section).wgsl(&[]).split_once("const WG: u32 = 256u;\n").unwrap().1.to_string();
+        assert_eq!(body("a"), "common\nonly a\nshared\n");
+        assert_eq!(body("b"), "common\nshared\nonly b\n");
     }
 }

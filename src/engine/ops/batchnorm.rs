@@ -10,6 +10,7 @@ static STATS_PARTIAL: [Kernel; 2] = summing_kernel!("batchnorm.stats_partial", "
 static STATS_FINALIZE: [Kernel; 2] = summing_kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
 static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
+static EVAL_AFFINE: Kernel = kernel!("batchnorm.eval_affine", "batchnorm.wgsl", "eval_affine");
 static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");
 static BACKWARD_PARTIAL: [Kernel; 2] =
     summing_kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
@@ -155,6 +156,34 @@ fn normalize_eval(x: &Tensor, params: [&Tensor; 4], residual: Option<&Tensor>, c
     let [gamma, beta, mean, var] = params;
     launch(&NORMALIZE_EVAL, &p, &[x, gamma, beta, mean, var, residual.unwrap_or(x), &y], groups_4x(x.numel()))?;
     Ok(y)
+}
+
+/// Evaluation-mode batch norm as a convolution's epilogue applies it (conv2d::Epilogue): running
+/// mean, 1/sqrt(running variance + eps), gamma and beta, [4c], from the four [c] tensors.
+pub fn eval_affine(
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    let c = gamma.numel();
+    if [gamma, beta, running_mean, running_var].iter().any(|t| t.shape() != [c]) {
+        return Err(Error::shape(
+            "batch_norm",
+            format!(
+                "gamma, beta and running statistics must have the same shape [c]; got {:?} {:?} {:?} {:?}",
+                gamma.shape(),
+                beta.shape(),
+                running_mean.shape(),
+                running_var.shape()
+            ),
+        ));
+    }
+    let affine = Tensor::uninit(&[4 * c])?;
+    let p = Params { c: c as u32, eps, eval_mode: 1, ..bytemuck::Zeroable::zeroed() };
+    launch(&EVAL_AFFINE, &p, &[gamma, beta, running_mean, running_var, &affine], [(c as u32).div_ceil(64), 1, 1])?;
+    Ok(affine)
 }
 
 /// Input [n, c, ...] with gamma, beta and running statistics of shape [c].

@@ -1,7 +1,10 @@
 //! 2-D convolution: forward, grad-input and grad-weight as implicit GEMMs on the tiled engine,
 //! grad-bias as a channel sum (shaders/conv2d.wgsl). 3x3 stride-1 forward and grad-input also
 //! have a direct kernel and Winograd F(2x2, 3x3), which plans (the tuner) may choose instead.
+//! In evaluation without a graph the forward output can apply the batch norm, residual and ReLU
+//! that follow the convolution ([`Epilogue`]).
 
+use super::batchnorm::{self, BatchNormConfig};
 use super::matmul::{gemm_kernels, run_gemm, GemmKernels, GemmShape, Special, DIRECT, WINOGRAD};
 use super::{expect_rank, grad_place, place_or_new, reduce};
 use crate::gpu::Kernel;
@@ -61,8 +64,9 @@ impl ConvGeom {
         self.n * self.c_out * self.out_h() * self.out_w() * self.c_in * self.kh * self.kw
     }
 
-    /// The kernels' uniform block (see `Params` in conv2d.wgsl).
-    fn params(&self, gm: usize, gn: usize, gk: usize, chunk: usize, has_bias: bool) -> Vec<u8> {
+    /// The kernels' uniform block (see `Params` in conv2d.wgsl); `fuse` is the forward output's
+    /// [`Epilogue::bits`].
+    fn params(&self, gm: usize, gn: usize, gk: usize, chunk: usize, has_bias: bool, fuse: u32) -> Vec<u8> {
         let (khw, howo, hw) = (self.kh * self.kw, self.out_h() * self.out_w(), self.h * self.w);
         let ints = [
             self.n,
@@ -84,7 +88,7 @@ impl ConvGeom {
             khw,
             howo,
             hw,
-            0,
+            fuse as usize,
         ];
         let rcp = |d: usize| 1.0 / d as f32;
         let floats =
@@ -121,21 +125,81 @@ fn direct_fits(g: &ConvGeom, m: usize) -> bool {
     (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1) && g.w.is_multiple_of(4) && g.w <= 128 && (m == 16 || m == 32)
 }
 
+/// What a forward convolution's output applies after its bias (conv2d.wgsl, `store_out`), in
+/// this order; the default applies nothing. Only in evaluation without a graph: the fused
+/// output has no backward.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Batch norm from the running statistics, as [`batchnorm::eval_affine`] gives it: running
+    /// mean, 1/sqrt(running var + eps), gamma and beta, [4 c_out].
+    pub batch_norm: Option<&'a Tensor>,
+    /// Added next: [n, c_out, ho, wo], like the output.
+    pub residual: Option<&'a Tensor>,
+    /// max(., 0) last.
+    pub relu: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    /// `fuse` of conv2d.wgsl's Params (FUSE_BATCH_NORM 1, FUSE_RESIDUAL 2, FUSE_RELU 4, and
+    /// FUSE_DST_F16 8 with any of them where the output `out` is f16).
+    fn bits(&self, out: &Tensor) -> u32 {
+        let bits = self.batch_norm.is_some() as u32 | (self.residual.is_some() as u32) << 1 | (self.relu as u32) << 2;
+        let f16 = out.dtype() == crate::gpu::Dtype::F16;
+        if bits != 0 && f16 {
+            bits | 8
+        } else {
+            bits
+        }
+    }
+
+    /// Bindings 3 to 5 of the kernels that write a forward output: the bias, the batch-norm
+    /// vectors and the residual, each bound to a stand-in the kernel does not read when absent
+    /// (the weight; the input, an activation like the residual, so that the kernel variant stays
+    /// the one for its activations' type).
+    fn bindings(&self, bias: Option<&'a Tensor>, w: &'a Tensor, input: &'a Tensor) -> [&'a Tensor; 3] {
+        [bias.unwrap_or(w), self.batch_norm.unwrap_or(w), self.residual.unwrap_or(input)]
+    }
+
+    /// Checks the tensors against the convolution's output channels and output shape.
+    fn check(&self, out_shape: &[usize]) -> Result<()> {
+        let c_out = out_shape[1];
+        let bn_ok = self.batch_norm.is_none_or(|t| t.numel() == 4 * c_out);
+        let residual_ok = self.residual.is_none_or(|t| t.shape() == out_shape);
+        if bn_ok && residual_ok {
+            return Ok(());
+        }
+        Err(Error::shape(
+            "conv2d epilogue",
+            format!(
+                "output {out_shape:?} takes batch-norm vectors of {} values and a residual of its own shape; got {:?} \
+                 and {:?}",
+                4 * c_out,
+                self.batch_norm.map(|t| t.numel()),
+                self.residual.map(|t| t.shape()),
+            ),
+        ))
+    }
+}
+
 /// Records the direct 3x3 kernel: `input` [n, c, h, w] -> `out` [n, m, h, w]; `grad_input`
 /// reads the weight as the transposed, rotated kernel of the backward pass.
+#[allow(clippy::too_many_arguments)]
 fn record_direct(
     g: &ConvGeom,
     w: &Tensor,
     input: &Tensor,
     bias: Option<&Tensor>,
+    epilogue: &Epilogue,
     out: &Tensor,
     (m, c): (usize, usize),
     grad_input: bool,
 ) -> Result<()> {
     let rows_per_group = 128 / (g.w / 4);
     let groups = [(g.n * g.h).div_ceil(rows_per_group) as u32, m.div_ceil(16) as u32, 1];
-    let views = [w.view(), input.view(), bias.unwrap_or(w).view(), out.view()];
-    crate::gpu::get()?.dispatch(&DIRECT_3X3, &g.params(m, 0, c, grad_input as usize, bias.is_some()), &views, groups)
+    let [b, bn, res] = epilogue.bindings(bias, w, input);
+    let views = [w.view(), input.view(), b.view(), bn.view(), res.view(), out.view()];
+    let params = g.params(m, 0, c, grad_input as usize, bias.is_some(), epilogue.bits(out));
+    crate::gpu::get()?.dispatch(&DIRECT_3X3, &params, &views, groups)
 }
 
 /// 2x2 output tiles per Winograd workgroup (`WT` in conv2d.wgsl) and output channels (`WM`).
@@ -169,6 +233,7 @@ fn record_winograd(
     w: &Tensor,
     input: &Tensor,
     bias: Option<&Tensor>,
+    epilogue: &Epilogue,
     out: &Tensor,
     grad_input: bool,
 ) -> Result<()> {
@@ -176,10 +241,11 @@ fn record_winograd(
     let (m, c) = (g.c_out, g.c_in);
     let tiles = g.n * g.out_h().div_ceil(2) * g.out_w().div_ceil(2);
     let u = Tensor::uninit(&[c, 16, m])?;
-    let params = g.params(m, tiles, c, grad_input as usize, bias.is_some());
+    let params = g.params(m, tiles, c, grad_input as usize, bias.is_some(), epilogue.bits(out));
     let wg = crate::gpu::WG;
     gpu.dispatch(&WINOGRAD_WEIGHTS, &params, &[w.view(), u.view()], [(m * c).div_ceil(wg) as u32, 1, 1])?;
-    let views = [u.view(), input.view(), bias.unwrap_or(&u).view(), out.view()];
+    let [b, bn, res] = epilogue.bindings(bias, &u, input);
+    let views = [u.view(), input.view(), b.view(), bn.view(), res.view(), out.view()];
     let groups = [tiles.div_ceil(WINOGRAD_GROUP.0) as u32, m.div_ceil(WINOGRAD_GROUP.1) as u32, 1];
     gpu.dispatch(&WINOGRAD_TILES, &params, &views, groups)
 }
@@ -194,18 +260,98 @@ fn specials<'a>(
 
 /// Raw forward pass (no autograd).
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
+    forward_with(x, w, bias, g, &Epilogue::default())
+}
+
+/// The forward pass with `epilogue` applied on the way out (no autograd).
+fn forward_with(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeom, epilogue: &Epilogue) -> Result<Tensor> {
     let y = Tensor::uninit_as(x.dtype(), &[g.n, g.c_out, g.out_h(), g.out_w()])?;
+    epilogue.check(y.shape())?;
     let (m, n, k) = (g.c_out, g.n * g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
-    // One layer of workgroups (the forward writes y directly, bias included).
-    let make = |chunk| g.params(m, n, k, chunk, bias.is_some());
-    let direct = || record_direct(g, w, x, bias, &y, (g.c_out, g.c_in), false);
-    let winograd = || record_winograd(g, w, x, bias, &y, false);
+    // One layer of workgroups (the forward writes y directly, bias and epilogue included).
+    let make = |chunk| g.params(m, n, k, chunk, bias.is_some(), epilogue.bits(&y));
+    let direct = || record_direct(g, w, x, bias, epilogue, &y, (g.c_out, g.c_in), false);
+    let winograd = || record_winograd(g, w, x, bias, epilogue, &y, false);
     let specials = specials(
         direct_fits(g, m).then_some(&direct as &dyn Fn() -> Result<()>),
         winograd_fits(g).then_some(&winograd as &dyn Fn() -> Result<()>),
     );
-    run_gemm(&FORWARD, make, &[w, x, bias.unwrap_or(w)], &y, GemmShape { m, n, k, z: 1 }, &specials)?;
+    let [b, bn, res] = epilogue.bindings(bias, w, x);
+    run_gemm(&FORWARD, make, &[w, x, b, bn, res], &y, GemmShape { m, n, k, z: 1 }, &specials)?;
     Ok(y)
+}
+
+/// `conv2d(x, w, bias, stride, pad)` with `epilogue` applied to its output in the same kernel:
+/// evaluation only, so none of the tensors may need a gradient (an error says so).
+pub fn conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let g = geometry(x, w, bias, stride, pad)?;
+    let inputs: Vec<&Tensor> =
+        [Some(x), Some(w), bias, epilogue.batch_norm, epilogue.residual].into_iter().flatten().collect();
+    if needs_node(&inputs) {
+        return Err(Error::invalid(
+            "conv2d with a fused epilogue has no backward: use it without gradients (evaluation), or the \
+             separate ops",
+        ));
+    }
+    forward_with(x, w, bias, &g, &epilogue)
+}
+
+thread_local! {
+    static SEPARATE_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`conv2d_relu`] and [`conv2d_batch_norm_relu`] on this thread running the
+/// separate ops even without a graph: the comparison (bench and tests) that shows what fusing
+/// them into the convolution's output gains, and that it gives the same bits.
+pub fn with_separate_ops<R>(f: impl FnOnce() -> R) -> R {
+    let old = SEPARATE_OPS.with(|c| c.replace(true));
+    let out = f();
+    SEPARATE_OPS.with(|c| c.set(old));
+    out
+}
+
+/// `max(conv2d(x, w, bias), 0)`: one kernel without a graph (the convolution's epilogue applies
+/// the ReLU), otherwise the two differentiable ops.
+pub fn conv2d_relu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
+    let inputs: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
+    if needs_node(&inputs) || SEPARATE_OPS.with(|c| c.get()) {
+        return super::elementwise::relu(&conv2d(x, w, bias, stride, pad)?);
+    }
+    conv2d_fused(x, w, bias, stride, pad, Epilogue { relu: true, ..Default::default() })
+}
+
+/// `max(batch_norm(conv2d(x, w, bias)) + residual, 0)` (the residual when given): a convolution
+/// and the batch norm and ReLU after it, as in a ResNet block (the residual at its end). `bn` is
+/// gamma, beta, running mean and running variance. In evaluation without a graph one kernel, the
+/// convolution's epilogue applying the rest, with the same result as the separate ops; otherwise
+/// the separate, differentiable ops.
+pub fn conv2d_batch_norm_relu(
+    x: &Tensor,
+    (w, bias): (&Tensor, Option<&Tensor>),
+    (stride, pad): (usize, usize),
+    bn: [&Tensor; 4],
+    residual: Option<&Tensor>,
+    cfg: BatchNormConfig,
+) -> Result<Tensor> {
+    let [gamma, beta, mean, var] = bn;
+    let inputs: Vec<&Tensor> =
+        [Some(x), Some(w), bias, Some(gamma), Some(beta), residual].into_iter().flatten().collect();
+    if cfg.training || needs_node(&inputs) || SEPARATE_OPS.with(|c| c.get()) {
+        let y = conv2d(x, w, bias, stride, pad)?;
+        return match residual {
+            Some(r) => batchnorm::batch_norm_add_relu(&y, r, gamma, beta, mean, var, cfg),
+            None => batchnorm::batch_norm(&y, gamma, beta, mean, var, BatchNormConfig { relu: true, ..cfg }),
+        };
+    }
+    let affine = batchnorm::eval_affine(gamma, beta, mean, var, cfg.eps)?;
+    conv2d_fused(x, w, bias, stride, pad, Epilogue { batch_norm: Some(&affine), residual, relu: true })
 }
 
 /// dL/dx given dL/dy. With stride s > 1 the input pixels are split into s² parity classes
@@ -218,20 +364,22 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
         let n = g.n * g.h.div_ceil(g.stride) * g.w.div_ceil(g.stride);
         let k = g.c_out * g.kh.div_ceil(g.stride) * g.kw.div_ceil(g.stride);
         let shape = GemmShape { m, n, k, z: g.stride * g.stride };
-        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, &[])?;
+        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false, 0), &[w, dy], &dx, shape, &[])?;
         return Ok(dx);
     }
     let (n, k) = (g.n * g.h * g.w, g.c_out * g.kh * g.kw);
-    let direct = || record_direct(g, w, dy, None, &dx, (g.c_in, g.c_out), true);
+    let none = Epilogue::default();
+    let direct = || record_direct(g, w, dy, None, &none, &dx, (g.c_in, g.c_out), true);
     let as_conv = grad_input_geometry(g).filter(winograd_fits);
     let out = &dx;
-    let winograd = as_conv.map(|a| move || record_winograd(&a, w, dy, None, out, true));
+    let none = &none;
+    let winograd = as_conv.map(|a| move || record_winograd(&a, w, dy, None, none, out, true));
     let specials = specials(
         direct_fits(g, m).then_some(&direct as &dyn Fn() -> Result<()>),
         winograd.as_ref().map(|f| f as &dyn Fn() -> Result<()>),
     );
     let shape = GemmShape { m, n, k, z: 1 };
-    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false), &[w, dy], &dx, shape, &specials)?;
+    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false, 0), &[w, dy], &dx, shape, &specials)?;
     Ok(dx)
 }
 
@@ -244,7 +392,14 @@ pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, g: &ConvGeom) -> Result<Tenso
 fn conv2d_grad_weight_into(dy: &Tensor, x: &Tensor, g: &ConvGeom, place: Option<&Tensor>) -> Result<Tensor> {
     let dw = place_or_new(place, &[g.c_out, g.c_in, g.kh, g.kw])?;
     let (m, n, k) = (g.c_out, g.c_in * g.kh * g.kw, g.n * g.out_h() * g.out_w());
-    run_gemm(&GRAD_WEIGHT, |chunk| g.params(m, n, k, chunk, false), &[dy, x], &dw, GemmShape { m, n, k, z: 0 }, &[])?;
+    run_gemm(
+        &GRAD_WEIGHT,
+        |chunk| g.params(m, n, k, chunk, false, 0),
+        &[dy, x],
+        &dw,
+        GemmShape { m, n, k, z: 0 },
+        &[],
+    )?;
     Ok(dw)
 }
 
@@ -306,11 +461,19 @@ mod tests {
     /// tile (NVIDIA's and AMD's) is checked without a GPU.
     #[test]
     fn every_gemm_tile_compiles_offline() {
-        for family in [&super::super::matmul::GEMM, &FORWARD, &GRAD_INPUT, &GRAD_INPUT_STRIDED, &GRAD_WEIGHT] {
+        // (the forward's 6 bindings: weight, input, bias, batch-norm vectors, residual, output)
+        let families = [
+            (&super::super::matmul::GEMM, 4),
+            (&FORWARD, 6),
+            (&GRAD_INPUT, 4),
+            (&GRAD_INPUT_STRIDED, 4),
+            (&GRAD_WEIGHT, 4),
+        ];
+        for (family, bindings) in families {
             for (kernel, tile) in family.iter().zip(&TILES) {
-                for mask in (tile.coop > 0) as u32..16 {
+                for mask in (tile.coop > 0) as u32..1 << bindings {
                     let types: Vec<Dtype> =
-                        (0..4).map(|i| if mask >> i & 1 == 1 { Dtype::F16 } else { Dtype::F32 }).collect();
+                        (0..bindings).map(|i| if mask >> i & 1 == 1 { Dtype::F16 } else { Dtype::F32 }).collect();
                     if let Err(e) = kernel.compile_offline(&types) {
                         panic!("{} ({types:?}) does not compile:\n{e}", kernel.label);
                     }
