@@ -103,23 +103,10 @@ fn stats_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
 }
 
-//#section eval_stats
-// Eval mode: stats from the running statistics, one thread per channel.
-@group(0) @binding(1) var<storage, read_write> stat: array<f32>;
-@group(0) @binding(2) var<storage, read> running_mean: array<f32>;
-@group(0) @binding(3) var<storage, read> running_var: array<f32>;
-@compute @workgroup_size(64)
-fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let ch = gid.x;
-    if (ch >= p.c) { return; }
-    stat[ch] = running_mean[ch];
-    stat[p.c + ch] = inverseSqrt(running_var[ch] + p.eps);
-}
-
 //#section eval_affine
-// Eval mode for a convolution's epilogue (conv2d.wgsl, store_out), one thread per channel:
-// affine [4c] = running mean, 1/sqrt(running var + eps), gamma, beta; the epilogue computes
-// normalize_eval's expression from them.
+// Eval mode, one thread per channel: affine [4c] = running mean, 1/sqrt(running var + eps),
+// gamma, beta. Its first half is `stat` for normalize and backward; a convolution's epilogue
+// (conv2d.wgsl, store_out) computes normalize_eval's expression from all four.
 @group(0) @binding(1) var<storage, read> gamma: array<f32>;
 @group(0) @binding(2) var<storage, read> beta: array<f32>;
 @group(0) @binding(3) var<storage, read> running_mean: array<f32>;

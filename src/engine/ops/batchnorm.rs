@@ -8,7 +8,6 @@ use crate::{Error, Result, Tensor};
 
 static STATS_PARTIAL: [Kernel; 2] = summing_kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");
 static STATS_FINALIZE: [Kernel; 2] = summing_kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
-static EVAL_STATS: Kernel = kernel!("batchnorm.eval_stats", "batchnorm.wgsl", "eval_stats");
 static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
 static EVAL_AFFINE: Kernel = kernel!("batchnorm.eval_affine", "batchnorm.wgsl", "eval_affine");
 static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");
@@ -109,14 +108,16 @@ pub fn batch_norm(
     let p = Params { update_running: 1, ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..Params::new(x, cfg) };
     // Per-channel mean and 1/sqrt(var + eps): of the batch in training, else of the running
     // statistics.
-    let stats = Tensor::uninit(&[2 * c])?;
-    if cfg.training {
+    // (in evaluation, the first half of eval_affine's [4c])
+    let stats = if cfg.training {
+        let stats = Tensor::uninit(&[2 * c])?;
         let partial = Tensor::uninit(&[c, p.chunks as usize, 2])?;
         launch(summing(&STATS_PARTIAL)?, &p, &[x, &partial], [p.chunks, c as u32, 1])?;
         launch(summing(&STATS_FINALIZE)?, &p, &[&partial, &stats, running_mean, running_var], [c as u32, 1, 1])?;
+        stats
     } else {
-        launch(&EVAL_STATS, &p, &[&stats, running_mean, running_var], [(c as u32).div_ceil(64), 1, 1])?;
-    }
+        eval_affine(gamma, beta, running_mean, running_var, cfg.eps)?
+    };
     let y = Tensor::uninit_as(x.dtype(), s)?;
     launch(&NORMALIZE, &p, &[x, &stats, gamma, beta, &y], groups_4x(x.numel()))?;
     // Unfused, the kernels never read the mask binding; x (same shape) fills it so that the
@@ -159,7 +160,8 @@ fn normalize_eval(x: &Tensor, params: [&Tensor; 4], residual: Option<&Tensor>, c
 }
 
 /// Evaluation-mode batch norm as a convolution's epilogue applies it (conv2d::Epilogue): running
-/// mean, 1/sqrt(running variance + eps), gamma and beta, [4c], from the four [c] tensors.
+/// mean, 1/sqrt(running variance + eps), gamma and beta, [4c], from the four [c] tensors (the
+/// first half is also the statistics the normalize and backward kernels read).
 pub fn eval_affine(
     gamma: &Tensor,
     beta: &Tensor,
