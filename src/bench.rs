@@ -436,7 +436,7 @@ impl Bench<'_> {
         for (precision, separate) in [(Precision::F32, false), (Precision::F32, true), (Precision::Mixed, false)] {
             let name = match (precision, separate) {
                 (Precision::F32, false) => format!("resnet32 eval b{b}"),
-                (Precision::F32, true) => format!("resnet32 eval b{b} bn unfused"),
+                (Precision::F32, true) => format!("resnet32 eval b{b} bn separate"),
                 (Precision::Mixed, _) => format!("resnet32 eval b{b} mixed"),
             };
             if !self.cfg.wants(&name) || (precision == Precision::Mixed && !gpu::get()?.adapter.shader_f16) {

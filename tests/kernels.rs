@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use sasprune::gpu::Dtype;
 use sasprune::ops::{batchnorm, conv2d, elementwise, loss, matmul, pool, reduce, sgd, shortcut};
 use sasprune::reference as cpu;
 
@@ -386,89 +387,21 @@ fn batchnorm_eval_without_graph_and_with_residual_match_reference() {
     assert!(y.requires_grad(), "differentiable with a graph");
 }
 
-/// One convolution with the batch norm, residual and ReLU after it, as a ResNet block's end
-/// computes it in evaluation without a graph: fused into the convolution's output (one kernel),
-/// and as the separate ops (convolution, then batch norm + residual + ReLU in one kernel).
-/// Returns (fused, separate) values and the plans the fused run used.
-fn fused_conv_case(
-    rng: &mut Rng,
-    g: cpu::Conv2dGeom,
-    dtype: sasprune::gpu::Dtype,
-    (bias, residual): (bool, bool),
-    scale: f64,
-) -> (Vec<f64>, Vec<f64>, Vec<&'static str>, Vec<f64>) {
-    let (oh, ow) = (g.out_h(), g.out_w());
-    let c = g.c_out;
-    // `scale` (a power of two) scales the sums and everything added to them: 2^-17 puts them
-    // among f16's subnormals
-    let scaled = |rng: &mut Rng, n: usize| f32_exact(&rng.vec(n)).iter().map(|v| v * scale).collect::<Vec<f64>>();
-    let x = scaled(rng, g.n * g.c_in * g.h * g.w);
-    let w = f32_exact(&rng.vec(c * g.c_in * g.kh * g.kw));
-    let b = scaled(rng, c);
-    let res = scaled(rng, g.n * c * oh * ow);
-    let (beta, rm) = (scaled(rng, c), scaled(rng, c));
-    let (gamma, rv) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
-    let activation = |v: &[f64], shape: &[usize]| {
-        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        sasprune::Tensor::from_slice_as(dtype, &data, shape).unwrap()
-    };
-    let (xt, rt) = (activation(&x, &[g.n, g.c_in, g.h, g.w]), activation(&res, &[g.n, c, oh, ow]));
-    let (wt, bt) = (tensor(&w, &[c, g.c_in, g.kh, g.kw]), tensor(&b, &[c]));
-    let bn = [&gamma, &beta, &rm, &rv].map(|v| tensor(v, &[c]));
-    let bn = [&bn[0], &bn[1], &bn[2], &bn[3]];
-    let (bias_t, res_t) = (bias.then_some(&bt), residual.then_some(&rt));
-    let cfg = batchnorm::BatchNormConfig { training: false, ..Default::default() };
-    sasprune::autograd::no_grad(|| {
-        let (fused, plans) = matmul::plans_used(|| {
-            conv2d::conv2d_batch_norm_relu(&xt, (&wt, bias_t), (g.stride, g.pad), bn, res_t, cfg).unwrap()
-        });
-        let plans = plans.iter().filter(|(f, _)| *f == "conv2d.forward").map(|(_, p)| matmul::tile_name(p.tile));
-        let y = conv2d::conv2d(&xt, &wt, bias_t, g.stride, g.pad).unwrap();
-        let [gm, bt, mean, var] = bn;
-        let separate = match res_t {
-            Some(r) => batchnorm::batch_norm_add_relu(&y, r, gm, bt, mean, var, cfg).unwrap(),
-            None => {
-                batchnorm::batch_norm(&y, gm, bt, mean, var, batchnorm::BatchNormConfig { relu: true, ..cfg }).unwrap()
-            }
-        };
-        assert_eq!((fused.dtype(), fused.shape()), (dtype, separate.shape()));
-        let pre = cpu::batchnorm_eval(
-            &cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g),
-            &gamma,
-            &beta,
-            &rm,
-            &rv,
-            g.n,
-            c,
-            oh * ow,
-            1e-5,
-        );
-        let reference = if residual { cpu::add(&pre, &res) } else { pre };
-        (values(&fused), values(&separate), plans.collect(), cpu::relu(&reference))
-    })
-}
-
 #[test]
 fn convolution_epilogue_gives_the_separate_ops_bits_with_every_plan() {
     // In evaluation the ResNets run each convolution with the batch norm, residual and ReLU
     // after it fused into its output. That output must be the very bits the separate kernels
-    // give, on every kernel that writes a forward convolution: each GEMM tile (the cases span
-    // the 16-, 32- and 64-row tiles), the direct 3x3 kernel (16 or 32 output channels, widths
-    // that are multiples of 4) and Winograd; in f32 and with mixed precision's f16 activations
-    // (the fused sum is rounded to f16 before batch norm, as the separate ops store it). In f32
-    // it also matches the f64 reference. The cooperative-matrix tiles reach it through the same
-    // store (tests/mixed_precision.rs evaluates ResNet-20 on them).
+    // give, on every kernel that writes a forward convolution: each FMA GEMM tile (the
+    // cooperative-matrix ones: tests/mixed_precision.rs), the direct 3x3 kernel (16 or 32
+    // output channels, widths that are multiples of 4) and Winograd; in f32 and with mixed
+    // precision's f16 activations (the fused sum is rounded to f16 before batch norm, as the
+    // separate ops store it). In f32 it also matches the f64 reference.
     let adapter = &sasprune::gpu::get().unwrap().adapter;
-    let dtypes: &[sasprune::gpu::Dtype] = if adapter.shader_f16 {
-        &[sasprune::gpu::Dtype::F32, sasprune::gpu::Dtype::F16]
-    } else {
-        &[sasprune::gpu::Dtype::F32]
-    };
+    let dtypes: &[Dtype] = if adapter.shader_f16 { &[Dtype::F32, Dtype::F16] } else { &[Dtype::F32] };
     let fma = |t: &usize| *t >= matmul::TILES.len() || matmul::TILES[*t].coop == 0;
     // (each plan gets cases it can run: the GEMM tiles any, the direct kernel and Winograd
     // their 3x3 stride-1 ones; the 1x1 case runs the default plan)
-    let strided = (geom(3, 9, 9, 8, 70, 3, 3, 2, 1), (false, true));
-    let odd = (geom(2, 20, 7, 9, 37, 3, 3, 1, 1), (true, true));
+    let (strided, odd) = (FUSED_CONV_CASES[0], FUSED_CONV_CASES[1]);
     let sixteen = (geom(3, 32, 5, 12, 16, 3, 3, 1, 1), (false, false));
     let thirty_two = (geom(2, 16, 7, 8, 32, 3, 3, 1, 1), (true, true));
     let one_by_one = (geom(2, 5, 6, 7, 9, 1, 1, 1, 0), (false, true));
@@ -482,9 +415,7 @@ fn convolution_epilogue_gives_the_separate_ops_bits_with_every_plan() {
             };
             for (g, fuse) in cases {
                 let what = format!("{g:?} {dtype:?} plan {} bias, residual {fuse:?}", matmul::tile_name(tile));
-                let (fused, separate, plans, reference) =
-                    matmul::with_plan(tile, 1, || fused_conv_case(&mut rng, g, dtype, fuse, 1.0));
-                assert_eq!(plans.len(), 1, "{what}: one forward product");
+                let r = matmul::with_plan(tile, 1, || fused_conv_case(&mut rng, g, dtype, fuse, 1.0));
                 let runs_plan = tile < matmul::DIRECT
                     || (tile == matmul::DIRECT
                         && g.kh == 3
@@ -492,22 +423,21 @@ fn convolution_epilogue_gives_the_separate_ops_bits_with_every_plan() {
                         && g.w % 4 == 0
                         && [16, 32].contains(&g.c_out))
                     || (tile == matmul::WINOGRAD && g.kh == 3 && g.stride == 1);
-                if runs_plan {
-                    assert_eq!(plans[0], matmul::tile_name(tile), "{what}: the forced plan ran");
-                }
-                let differ = fused.iter().zip(&separate).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-                assert_eq!(differ, 0, "{what}: {differ} of {} outputs differ from the separate ops", fused.len());
-                if dtype == sasprune::gpu::Dtype::F32 {
-                    assert_close(&format!("fused conv + bn + relu {what}"), &fused, &reference, LONG_SUM);
+                let forced = if runs_plan { vec![matmul::tile_name(tile)] } else { r.plans.clone() };
+                assert_eq!(r.plans, forced, "{what}: one forward product, on the forced plan where it runs");
+                let differ = differing_bits(&r.fused, &r.separate);
+                assert_eq!(differ, 0, "{what}: {differ} of {} outputs differ from the separate ops", r.fused.len());
+                if dtype == Dtype::F32 {
+                    assert_close(&format!("fused conv + bn + relu {what}"), &r.fused, &r.reference, LONG_SUM);
                 }
             }
         }
         // sums among f16's subnormals, which an f16 store keeps (default plan)
         let (g, fuse) = thirty_two;
-        let (fused, separate, _, _) = fused_conv_case(&mut Rng::new(599), g, dtype, fuse, 2f64.powi(-17));
-        let tiny = separate.iter().filter(|v| v.abs() < 6.1e-5 && **v != 0.0).count();
-        assert!(tiny > fused.len() / 4, "{dtype:?}: {tiny} of {} outputs among f16's subnormals", fused.len());
-        assert_eq!(fused, separate, "{dtype:?}: fused and separate, tiny sums");
+        let r = fused_conv_case(&mut Rng::new(599), g, dtype, fuse, 2f64.powi(-17));
+        let tiny = r.separate.iter().filter(|v| v.abs() < 6.1e-5 && **v != 0.0).count();
+        assert!(tiny > r.fused.len() / 4, "{dtype:?}: {tiny} of {} outputs among f16's subnormals", r.fused.len());
+        assert_eq!(differing_bits(&r.fused, &r.separate), 0, "{dtype:?}: fused and separate, tiny sums");
     }
 }
 
@@ -527,7 +457,7 @@ fn convolution_with_relu_fused_matches_reference_and_keeps_its_graph_when_traini
         elementwise::relu(&conv2d::conv2d(&xt, &wt, Some(&bt), g.stride, g.pad).unwrap()).unwrap()
     });
     assert_close("conv + bias + relu fused", &values(&fused), &want, LONG_SUM);
-    assert_eq!(values(&fused), values(&separate), "fused and separate give the same bits");
+    assert_eq!(differing_bits(&values(&fused), &values(&separate)), 0, "fused and separate give the same bits");
     // with a graph: the separate, differentiable ops
     let y = conv2d::conv2d_relu(&xt, &wt, Some(&bt), g.stride, g.pad).unwrap();
     assert!(y.requires_grad());

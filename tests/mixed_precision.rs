@@ -213,6 +213,23 @@ fn cooperative_matrix_tiles_match_reference_on_odd_shapes() {
 }
 
 #[test]
+fn cooperative_matrix_tiles_fuse_batch_norm_with_the_separate_ops_bits() {
+    // Evaluation's convolutions apply batch norm, residual and ReLU as they store their output:
+    // on the cooperative tiles too (their blocks reach the same store), bit for bit what the
+    // separate kernels give on the same tile.
+    for tile in cooperative_tiles("cooperative_matrix_tiles_fuse_batch_norm_with_the_separate_ops_bits") {
+        let mut rng = Rng::new(620 + tile as u64);
+        for (g, fuse) in FUSED_CONV_CASES {
+            let what = format!("{g:?} tile {} bias, residual {fuse:?}", matmul::tile_name(tile));
+            let r = matmul::with_plan(tile, 1, || fused_conv_case(&mut rng, g, Dtype::F16, fuse, 1.0));
+            assert_eq!(r.plans, [matmul::tile_name(tile)], "{what}");
+            let differ = differing_bits(&r.fused, &r.separate);
+            assert_eq!(differ, 0, "{what}: {differ} of {} outputs differ from the separate ops", r.fused.len());
+        }
+    }
+}
+
+#[test]
 fn cooperative_matrix_tiles_round_f32_weights_to_f16_within_the_bound() {
     // f32 weights are rounded to f16 as they are staged (as PyTorch's autocast does): each
     // product's relative error is at most u = 2^-11, so an output differs from the f64 sum by

@@ -165,3 +165,93 @@ pub fn weight_plan(model: &sasprune::models::Model) -> sasprune::prune::rate::Pl
     use sasprune::prune::rate;
     rate::plan_uniform(rate::prunable_layers(&model.store), rate::Rate::Times(6.6), true).unwrap()
 }
+
+/// What [`fused_conv_case`] measured.
+pub struct FusedConv {
+    /// The convolution with batch norm, residual and ReLU fused into its output.
+    pub fused: Vec<f64>,
+    /// The same by the separate kernels (`conv2d::with_separate_ops`).
+    pub separate: Vec<f64>,
+    /// The plans the fused convolution ran on (tile names).
+    pub plans: Vec<&'static str>,
+    /// The f64 reference.
+    pub reference: Vec<f64>,
+}
+
+/// Geometries and (bias, residual) of fused cases every GEMM tile runs: a stride-2 product, and
+/// a stride-1 one whose sizes fill no tile.
+pub const FUSED_CONV_CASES: [(sasprune::reference::Conv2dGeom, (bool, bool)); 2] = [
+    (
+        sasprune::reference::Conv2dGeom { n: 3, c_in: 9, h: 9, w: 8, c_out: 70, kh: 3, kw: 3, stride: 2, pad: 1 },
+        (false, true),
+    ),
+    (
+        sasprune::reference::Conv2dGeom { n: 2, c_in: 20, h: 7, w: 9, c_out: 37, kh: 3, kw: 3, stride: 1, pad: 1 },
+        (true, true),
+    ),
+];
+
+/// One convolution with the batch norm (running statistics), residual and ReLU after it, as a
+/// ResNet block's end computes it in evaluation: fused into the convolution's output
+/// (`conv2d::conv2d_fused`, so the fused kernel surely runs), and by the separate ops.
+/// Activations are `dtype`; `scale` (a power of two) scales the sums and everything added to
+/// them (2^-17 puts them among f16's subnormals).
+pub fn fused_conv_case(
+    rng: &mut Rng,
+    g: sasprune::reference::Conv2dGeom,
+    dtype: sasprune::gpu::Dtype,
+    (bias, residual): (bool, bool),
+    scale: f64,
+) -> FusedConv {
+    use sasprune::ops::{batchnorm, conv2d, matmul};
+    use sasprune::reference as cpu;
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let c = g.c_out;
+    let scaled = |rng: &mut Rng, n: usize| f32_exact(&rng.vec(n)).iter().map(|v| v * scale).collect::<Vec<f64>>();
+    let x = scaled(rng, g.n * g.c_in * g.h * g.w);
+    let w = f32_exact(&rng.vec(c * g.c_in * g.kh * g.kw));
+    let b = scaled(rng, c);
+    let res = scaled(rng, g.n * c * oh * ow);
+    let (beta, rm) = (scaled(rng, c), scaled(rng, c));
+    let (gamma, rv) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
+    let activation = |v: &[f64], shape: &[usize]| {
+        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        Tensor::from_slice_as(dtype, &data, shape).unwrap()
+    };
+    let (xt, rt) = (activation(&x, &[g.n, g.c_in, g.h, g.w]), activation(&res, &[g.n, c, oh, ow]));
+    let (wt, bt) = (tensor(&w, &[c, g.c_in, g.kh, g.kw]), tensor(&b, &[c]));
+    let bn = [&gamma, &beta, &rm, &rv].map(|v| tensor(v, &[c]));
+    let [gt, bet, rmt, rvt] = [&bn[0], &bn[1], &bn[2], &bn[3]];
+    let (bias_t, res_t) = (bias.then_some(&bt), residual.then_some(&rt));
+    let cfg = batchnorm::BatchNormConfig { training: false, ..Default::default() };
+    sasprune::autograd::no_grad(|| {
+        let affine = batchnorm::eval_affine(gt, bet, rmt, rvt, cfg.eps).unwrap();
+        let epilogue = conv2d::Epilogue { batch_norm: Some(&affine), residual: res_t, relu: true };
+        let (fused, plans) =
+            matmul::plans_used(|| conv2d::conv2d_fused(&xt, &wt, bias_t, g.stride, g.pad, epilogue).unwrap());
+        let separate = conv2d::with_separate_ops(|| {
+            conv2d::conv2d_batch_norm_relu(&xt, (&wt, bias_t), (g.stride, g.pad), [gt, bet, rmt, rvt], res_t, cfg)
+                .unwrap()
+        });
+        assert_eq!((fused.dtype(), fused.shape()), (dtype, separate.shape()));
+        let pre = cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g);
+        let pre = cpu::batchnorm_eval(&pre, &gamma, &beta, &rm, &rv, g.n, c, oh * ow, 1e-5);
+        let reference = if residual { cpu::add(&pre, &res) } else { pre };
+        FusedConv {
+            fused: values(&fused),
+            separate: values(&separate),
+            plans: plans
+                .iter()
+                .filter(|(f, _)| *f == "conv2d.forward")
+                .map(|(_, p)| matmul::tile_name(p.tile))
+                .collect(),
+            reference: cpu::relu(&reference),
+        }
+    })
+}
+
+/// How many of `a` and `b` differ in their bits (so -0 and +0 differ).
+pub fn differing_bits(a: &[f64], b: &[f64]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count()
+}

@@ -73,7 +73,8 @@ impl Kernel {
                 let mut parts = self.source.split("//#section ");
                 text.push_str(parts.next().unwrap_or(""));
                 // A part runs from its `//#section NAME ...` line to the next one; it belongs to
-                // every section its line names (e.g. an epilogue that several kernels share).
+                // every section its line names (e.g. an epilogue that several kernels share):
+                // every word on that line is a section name.
                 let bodies: Vec<&str> = parts
                     .filter_map(|p| p.split_once('\n'))
                     .filter(|(head, _)| head.split_whitespace().any(|h| h == name))
