@@ -442,7 +442,7 @@ impl Bench<'_> {
             if !self.cfg.wants(&name) || (precision == Precision::Mixed && !gpu::get()?.adapter.shader_f16) {
                 continue;
             }
-            let rate = || eval_rate("resnet32", b, steps, precision);
+            let rate = || eval_rate(&name, "resnet32", b, steps, precision);
             let rate = if separate { crate::ops::conv2d::with_separate_ops(rate) } else { rate() }?;
             emit(images_measurement(&name, steps * b, rate, vec![]))?;
         }
@@ -519,8 +519,15 @@ fn plans_json() -> serde_json::Value {
 }
 
 /// Evaluation throughput (forward passes in eval mode, one submit each, no read-back) of a model
-/// at `batch` on random input, after one warm-up pass.
-pub fn eval_rate(model_name: &str, batch: usize, passes: usize, precision: crate::models::Precision) -> Result<f64> {
+/// at `batch` on random input, after one warm-up pass; the per-kernel profile it prints is
+/// headed `row` (the bench row's name).
+pub fn eval_rate(
+    row: &str,
+    model_name: &str,
+    batch: usize,
+    passes: usize,
+    precision: crate::models::Precision,
+) -> Result<f64> {
     let gpu = gpu::get()?;
     let mut model = Model::build(model_name, crate::models::spec(model_name)?.classes, 0)?;
     model.set_precision(precision)?;
@@ -545,7 +552,7 @@ pub fn eval_rate(model_name: &str, batch: usize, passes: usize, precision: crate
     if gpu.start_device_timer(true)? {
         eval()?;
         if let Some(p) = gpu.stop_device_timer()? {
-            print_profile(&format!("{model_name} eval b{batch}"), &p);
+            print_profile(row, &p);
         }
     }
     Ok(rate)
