@@ -107,17 +107,13 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, s: &ParamStore, x: &Tensor, training: bool) -> Result<Tensor> {
-        self.apply(s, x, batchnorm::BatchNormConfig { training, ..Default::default() })
-    }
-
-    fn apply(&self, s: &ParamStore, x: &Tensor, cfg: batchnorm::BatchNormConfig) -> Result<Tensor> {
         batchnorm::batch_norm(
             x,
             s.get(self.weight),
             s.get(self.bias),
             s.get(self.running_mean),
             s.get(self.running_var),
-            cfg,
+            batchnorm::BatchNormConfig { training, ..Default::default() },
         )
     }
 }

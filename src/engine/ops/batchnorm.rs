@@ -170,18 +170,7 @@ pub fn eval_affine(
     eps: f32,
 ) -> Result<Tensor> {
     let c = gamma.numel();
-    if [gamma, beta, running_mean, running_var].iter().any(|t| t.shape() != [c]) {
-        return Err(Error::shape(
-            "batch_norm",
-            format!(
-                "gamma, beta and running statistics must have the same shape [c]; got {:?} {:?} {:?} {:?}",
-                gamma.shape(),
-                beta.shape(),
-                running_mean.shape(),
-                running_var.shape()
-            ),
-        ));
-    }
+    check_params("batch norm in evaluation needs", Some(c), [gamma, beta, running_mean, running_var])?;
     let affine = Tensor::uninit(&[4 * c])?;
     let p = Params { c: c as u32, eps, eval_mode: 1, ..bytemuck::Zeroable::zeroed() };
     launch(&EVAL_AFFINE, &p, &[gamma, beta, running_mean, running_var, &affine], [(c as u32).div_ceil(64), 1, 1])?;
@@ -190,18 +179,27 @@ pub fn eval_affine(
 
 /// Input [n, c, ...] with gamma, beta and running statistics of shape [c].
 fn check_shapes(x: &Tensor, params: [&Tensor; 4]) -> Result<()> {
-    let [gamma, beta, running_mean, running_var] = params;
     let s = x.shape();
-    if s.len() < 2 || [gamma, beta, running_mean, running_var].iter().any(|t| t.shape() != [s[1]]) {
-        return Err(Error::shape(
-            "batch_norm",
-            format!(
-                "input {s:?} needs [n, c, ...] with gamma, beta and running statistics of shape [c]; got {:?} {:?} {:?} {:?}",
-                gamma.shape(), beta.shape(), running_mean.shape(), running_var.shape()
-            ),
-        ));
+    check_params(&format!("input {s:?} needs [n, c, ...] with"), s.get(1).copied(), params)
+}
+
+/// Gamma, beta and running statistics of shape [c] (none fits without a c); `what` starts the
+/// message.
+fn check_params(what: &str, c: Option<usize>, params: [&Tensor; 4]) -> Result<()> {
+    if params.iter().all(|t| c.is_some_and(|c| t.shape() == [c])) {
+        return Ok(());
     }
-    Ok(())
+    let [gamma, beta, running_mean, running_var] = params;
+    Err(Error::shape(
+        "batch_norm",
+        format!(
+            "{what} gamma, beta and running statistics of shape [c]; got {:?} {:?} {:?} {:?}",
+            gamma.shape(),
+            beta.shape(),
+            running_mean.shape(),
+            running_var.shape()
+        ),
+    ))
 }
 
 struct BatchNormBackward {
