@@ -1,6 +1,7 @@
 // Batch normalization over NCHW tensors, per channel c over count = n*hw elements, optionally
 // fused with the ReLU that follows it (relu != 0: y = max(bn(x), 0), and backward masks dy by
-// y > 0, so neither the pre-activation nor its gradient is ever stored).
+// y > 0, recomputing y from x, so neither the pre-activation nor its gradient is ever stored,
+// and backward reads neither y) and in training with a ResNet block's residual add before it.
 // Training mode uses the batch mean and biased variance, and updates the running statistics as
 // PyTorch does (momentum m; the running variance takes the unbiased batch variance).
 // Eval mode uses the running statistics.
@@ -18,7 +19,7 @@
 struct Params {
     n: u32, c: u32, hw: u32, update_running: u32,
     eps: f32, momentum: f32, eval_mode: u32, relu: u32,
-    chunks: u32, ipc: u32, residual: u32, _pad1: u32,
+    chunks: u32, ipc: u32, residual: u32, out_f16: u32,   // out_f16: y is stored as f16
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -37,6 +38,24 @@ fn chunk_len(q: u32) -> u32 {
 fn at_chunk(ch: u32, q: u32, j: u32) -> u32 {
     let b = q * p.ipc + j / p.hw;
     return (b * p.c + ch) * p.hw + j % p.hw;
+}
+
+// Batch norm of one value (before the ReLU and residual): the one expression every kernel that
+// computes or recomputes an output uses, so that they agree to the bit.
+fn bn_value(xv: f32, mean: f32, inv: f32, g: f32, b: f32) -> f32 {
+    return (xv - mean) * inv * g + b;
+}
+
+// Whether the fused ReLU's output y = max(v, 0), as stored (f32 or f16), is zero: the backward
+// kernels mask dy where it is, recomputing v from x rather than reading y (one read less).
+fn relu_is_zero(v: f32) -> bool {
+    return select(v, round_to_f16(v), p.out_f16 != 0u) <= 0.0;
+}
+
+// v with the residual r added, as batch norm's store followed by an add would compute it (v
+// rounded to y's type first).
+fn plus_residual(v: f32, r: f32) -> f32 {
+    return select(v, round_to_f16(v), p.out_f16 != 0u) + r;
 }
 
 //#section stats_partial
@@ -123,20 +142,24 @@ fn eval_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 //#section normalize
-// y = (x - mean) * invstd * gamma + beta, then max(y, 0) when fused with the ReLU.
+// y = (x - mean) * invstd * gamma + beta, plus the residual r when p.residual != 0 (a ResNet
+// block's end: the same bits as batch norm followed by elementwise add_relu, with one write
+// and one read of y fewer), then max(y, 0) when fused with the ReLU.
 @group(0) @binding(1) var<storage, read> x: array<t1>;
 @group(0) @binding(2) var<storage, read> stat: array<f32>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<t5>;
+@group(0) @binding(5) var<storage, read> res: array<t5>;
+@group(0) @binding(6) var<storage, read_write> y: array<t6>;
 @compute @workgroup_size(WG)
 fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var r = 0u; r < 4u; r++) {
         let i = element(wid, lid, nwg, r);
         if (i >= p.n * p.c * p.hw) { return; }
         let ch = (i / p.hw) % p.c;
-        let v = (f32(x[i]) - stat[ch]) * stat[p.c + ch] * gamma[ch] + beta[ch];
-        y[i] = t5(select(v, max(v, 0.0), p.relu != 0u));
+        var v = bn_value(f32(x[i]), stat[ch], stat[p.c + ch], gamma[ch], beta[ch]);
+        if (p.residual != 0u) { v = plus_residual(v, f32(res[i])); }
+        y[i] = t6(select(v, max(v, 0.0), p.relu != 0u));
     }
 }
 
@@ -157,7 +180,7 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let i = element(wid, lid, nwg, r);
         if (i >= p.n * p.c * p.hw) { return; }
         let ch = (i / p.hw) % p.c;
-        var v = (f32(x[i]) - running_mean[ch]) * inverseSqrt(running_var[ch] + p.eps) * gamma[ch] + beta[ch];
+        var v = bn_value(f32(x[i]), running_mean[ch], inverseSqrt(running_var[ch] + p.eps), gamma[ch], beta[ch]);
         if (p.residual != 0u) { v += f32(res[i]); }
         y[i] = t7(select(v, max(v, 0.0), p.relu != 0u));
     }
@@ -165,12 +188,13 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 
 //#section backward_partial
 // Workgroup (q, ch): over chunk q of channel ch, the sums of g and of g * xhat, where g is dy
-// (masked by y > 0 when fused with the ReLU).
+// (masked by y > 0 when fused with the ReLU, y recomputed from x).
 @group(0) @binding(1) var<storage, read> dy: array<t1>;
 @group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read> stat: array<f32>;
-@group(0) @binding(4) var<storage, read> y: array<t4>;
-@group(0) @binding(5) var<storage, read_write> partial_out: array<f32>;
+@group(0) @binding(4) var<storage, read> gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> beta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> partial_out: array<f32>;
 @compute @workgroup_size(WG)
 fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = wid.x;
@@ -178,13 +202,16 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let len = chunk_len(q);
     let mu = stat[ch];
     let inv = stat[p.c + ch];
+    let gm = gamma[ch];
+    let bt = beta[ch];
     var sd = 0.0;
     var sdx = 0.0;
     for (var j = lid.x; j < len; j += WG) {
         let k = at_chunk(ch, q, j);
-        let g = select(f32(dy[k]), 0.0, p.relu != 0u && f32(y[k]) <= 0.0);
+        let xv = f32(x[k]);
+        let g = select(f32(dy[k]), 0.0, p.relu != 0u && relu_is_zero(bn_value(xv, mu, inv, gm, bt)));
         sd += g;
-        sdx += g * (f32(x[k]) - mu) * inv;
+        sdx += g * (xv - mu) * inv;
     }
     let total = workgroup_sum2(vec2<f32>(sd, sdx), lid.x);
     if (lid.x == 0u) {
@@ -216,14 +243,15 @@ fn backward_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 
 //#section backward_input
 // Training: dx = gamma*invstd/count * (count*g - dbeta - xhat*dgamma)  (the batch statistics
-// depend on x). Eval: dx = g * gamma * invstd. g is dy, masked by y > 0 when fused.
+// depend on x). Eval: dx = g * gamma * invstd. g is dy, masked by y > 0 when fused (y
+// recomputed from x).
 @group(0) @binding(1) var<storage, read> dy: array<t1>;
 @group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> dgamma: array<f32>;
 @group(0) @binding(6) var<storage, read> dbeta: array<f32>;
-@group(0) @binding(7) var<storage, read> y: array<t7>;
+@group(0) @binding(7) var<storage, read> beta: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dx: array<t8>;
 @compute @workgroup_size(WG)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -232,12 +260,13 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let i = element(wid, lid, nwg, r);
         if (i >= p.n * p.c * p.hw) { return; }
         let ch = (i / p.hw) % p.c;
-        let g = select(f32(dy[i]), 0.0, p.relu != 0u && f32(y[i]) <= 0.0);
+        let xv = f32(x[i]);
         let inv = stat[p.c + ch];
+        let g = select(f32(dy[i]), 0.0, p.relu != 0u && relu_is_zero(bn_value(xv, stat[ch], inv, gamma[ch], beta[ch])));
         if (p.eval_mode != 0u) {
             dx[i] = t8(g * gamma[ch] * inv);
         } else {
-            let xhat = (f32(x[i]) - stat[ch]) * inv;
+            let xhat = (xv - stat[ch]) * inv;
             dx[i] = t8(gamma[ch] * inv / count * (count * g - dbeta[ch] - xhat * dgamma[ch]));
         }
     }

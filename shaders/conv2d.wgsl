@@ -93,16 +93,6 @@ const FUSE_BATCH_NORM: u32 = 1u;
 const FUSE_RESIDUAL: u32 = 2u;
 const FUSE_RELU: u32 = 4u;
 const FUSE_DST_F16: u32 = 8u;                      // (set with the others where dst is f16)
-// v rounded to the nearest f16, as an f16 store rounds it (to nearest even, subnormals kept, as
-// Mesa and NVIDIA convert; within f16's finite range, beyond which both overflow). Explicit,
-// because compilers drop the round trip f32(f16(v)) (lavapipe does); quantizeToF16 alone may
-// flush f16's subnormals (below 2^-14) to zero, so those are rounded here to their multiples of
-// 2^-24 (round() ties to even).
-fn round_to_f16(v: f32) -> f32 {
-    if (abs(v) < 6.103515625e-5) { return round(v * 16777216.0) * 5.9604644775390625e-8; }
-    return quantizeToF16(v);
-}
-
 // dst[i] (output channel m) from the sum v.
 fn store_out(m: u32, i: u32, v: f32) {
     if (p.fuse == 0u) {

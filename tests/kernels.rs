@@ -7,6 +7,7 @@ use common::*;
 use sasprune::gpu::Dtype;
 use sasprune::ops::{batchnorm, conv2d, elementwise, loss, matmul, pool, reduce, sgd, shortcut};
 use sasprune::reference as cpu;
+use sasprune::Tensor;
 
 /// Runs `case` with each variant of the kernels that add within workgroups: shared-memory
 /// halving, and subgroup operations where the device passes their check (a visible SKIPPED line
@@ -385,6 +386,103 @@ fn batchnorm_eval_without_graph_and_with_residual_match_reference() {
     let sum: Vec<f64> = bn.y.iter().zip(&res).map(|(a, b)| a + b).collect();
     assert_close("batchnorm train + residual + relu", &values(&y), &cpu::relu(&sum), LONG_SUM);
     assert!(y.requires_grad(), "differentiable with a graph");
+}
+
+/// Batch norm as a test runs it: (x, residual, gamma, beta, running mean, running var) → y.
+type BatchNormRun<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> Tensor;
+
+/// One batch-norm case of [`training_batch_norm_fusions_give_the_separate_ops_bits`]: from
+/// `inputs` x, gamma, beta, residual and dy, the output, the gradients of x, gamma, beta and the
+/// residual (empty where unused), and the running statistics that `run` gives.
+fn batch_norm_bits(inputs: [&[f64]; 5], shape: [usize; 4], dtype: Dtype, run: BatchNormRun) -> Vec<Vec<f64>> {
+    let [x, gamma, beta, res, dy] = inputs;
+    let c = shape[1];
+    let activation = |v: &[f64]| {
+        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        Tensor::from_slice_as(dtype, &data, &shape).unwrap()
+    };
+    let (xt, rt) = (activation(x).with_grad(), activation(res).with_grad());
+    let (gt, bt) = (param(gamma, &[c]), param(beta, &[c]));
+    let (rm, rv) = (Tensor::zeros(&[c]).unwrap(), Tensor::full(&[c], 1.0).unwrap());
+    let y = run(&xt, &rt, &gt, &bt, &rm, &rv);
+    y.backward_with(activation(dy)).unwrap();
+    let rgrad = if rt.grad().is_some() { grad(&rt) } else { Vec::new() };
+    vec![values(&y), grad(&xt), grad(&gt), grad(&bt), rgrad, values(&rm), values(&rv)]
+}
+
+#[test]
+fn training_batch_norm_fusions_give_the_separate_ops_bits() {
+    // In training a ResNet block's first batch norm runs with its ReLU in one kernel, whose
+    // backward recomputes the ReLU's mask from x (it reads x and dy, not the output), and its
+    // second with the residual add and the ReLU in one kernel. Outputs, running statistics and
+    // every gradient must be the bits of the separate ops (batch norm, then elementwise relu or
+    // add_relu), in f32 and with f16 activations, in training and in evaluation with a graph.
+    // Channel 0 has gamma 0, so its outputs are beta exactly: 2^-25 (half of f16's smallest
+    // subnormal) rounds to 0 in f16 and must be masked there and not in f32; its residual is
+    // a few multiples of 2^-24, where adding before or after rounding differs.
+    let adapter = &sasprune::gpu::get().unwrap().adapter;
+    let dtypes: &[Dtype] = if adapter.shader_f16 { &[Dtype::F32, Dtype::F16] } else { &[Dtype::F32] };
+    let shape = [5, 4, 7, 9];
+    let (n, c, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+    for &dtype in dtypes {
+        let exact = |v: Vec<f64>| -> Vec<f64> {
+            match dtype {
+                Dtype::F16 => v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect(),
+                _ => f32_exact(&v),
+            }
+        };
+        let mut rng = Rng::new(15);
+        let x = exact(rng.vec(n * c * hw).iter().map(|v| 2.0 * v + 0.3).collect());
+        let dy = exact(rng.vec(n * c * hw));
+        let mut res = exact(rng.vec(n * c * hw));
+        for b in 0..n {
+            for j in 0..hw {
+                res[b * c * hw + j] = (rng.below(7) as f64 - 3.0) * 2f64.powi(-24);
+            }
+        }
+        let mut gamma = f32_exact(&rng.vec_in(c, 0.5, 1.5));
+        let mut beta = f32_exact(&rng.vec(c));
+        (gamma[0], beta[0]) = (0.0, 2f64.powi(-25));
+        for training in [true, false] {
+            let cfg = batchnorm::BatchNormConfig { training, ..Default::default() };
+            let relu = batchnorm::BatchNormConfig { relu: true, ..cfg };
+            let inputs = [&x[..], &gamma[..], &beta[..], &res[..], &dy[..]];
+            let bits = |run: BatchNormRun| batch_norm_bits(inputs, shape, dtype, run);
+            let cases = [
+                (
+                    "batch norm + ReLU",
+                    bits(&|x, _, g, b, m, v| batchnorm::batch_norm(x, g, b, m, v, relu).unwrap()),
+                    bits(&|x, _, g, b, m, v| {
+                        elementwise::relu(&batchnorm::batch_norm(x, g, b, m, v, cfg).unwrap()).unwrap()
+                    }),
+                ),
+                (
+                    "batch norm + residual + ReLU",
+                    bits(&|x, r, g, b, m, v| batchnorm::batch_norm_add_relu(x, r, g, b, m, v, cfg).unwrap()),
+                    bits(&|x, r, g, b, m, v| {
+                        elementwise::add_relu(&batchnorm::batch_norm(x, g, b, m, v, cfg).unwrap(), r).unwrap()
+                    }),
+                ),
+            ];
+            for (what, fused, separate) in cases {
+                let names =
+                    ["output", "grad x", "grad gamma", "grad beta", "grad residual", "running mean", "running var"];
+                for ((name, f), s) in names.iter().zip(&fused).zip(&separate) {
+                    let what = format!("{what} ({dtype:?}, training {training}): {name}");
+                    assert_eq!(f.len(), s.len(), "{what}");
+                    assert_eq!(differing_bits(f, s), 0, "{what}: fused and separate differ");
+                }
+                // the masks matter: channel 0 is cut in f16 only, other channels in part
+                let out = &fused[0];
+                let channel = |ch: usize| (0..n).flat_map(move |b| (0..hw).map(move |j| (b * c + ch) * hw + j));
+                let cut = |ch: usize| channel(ch).filter(|&i| out[i] == 0.0).count();
+                if what == "batch norm + ReLU" {
+                    assert_eq!(cut(0), if dtype == Dtype::F16 { n * hw } else { 0 }, "{what} {dtype:?}: channel 0");
+                    assert!((1..n * hw).contains(&cut(1)), "{what}: channel 1 cut {} of {}", cut(1), n * hw);
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -33,11 +33,15 @@ pub struct Kernel {
 /// the ops size their launches with the same value.
 pub const WG: usize = 256;
 
+/// `round_to_f16`, which every shader gets beside `WG`: fused kernels round an intermediate as
+/// the separate ops' f16 store would.
+const F16_ROUND: &str = include_str!("../../../shaders/f16_round.wgsl");
+
 impl Kernel {
     /// The WGSL text this kernel compiles for bindings whose types are `types` (binding N at
     /// index N - 1): the global directives (the f16 extension where a binding is f16, and those
     /// the preludes need, e.g. the cooperative-matrix engine's), the binding types `t1`, `t2`,
-    /// ..., the settings every shader shares (`WG`), the rest of the preludes, then its source
+    /// ..., the settings and helpers every shader shares (`WG`, `round_to_f16`), the rest of the preludes, then its source
     /// (or its section).
     pub fn wgsl(&self, types: &[Dtype]) -> String {
         // WGSL wants its directives before any declaration, each once
@@ -61,6 +65,7 @@ impl Kernel {
             text.push_str(&format!("alias t{n} = {};\n", dtype.wgsl()));
         }
         text.push_str(&format!("const WG: u32 = {WG}u;\n"));
+        text.push_str(F16_ROUND);
         for part in self.prelude {
             for line in part.lines().filter(|l| !is_directive(l)) {
                 text.push_str(line);
@@ -255,7 +260,7 @@ mod tests {
     fn a_section_takes_every_part_that_names_it_in_file_order() {
         let source = "common\n//#section a\nonly a\n//#section a b\nshared\n//#section b\nonly b\n";
         let kernel = |section| Kernel { label: "t", prelude: &[], source, section: Some(section), entry: "e" };
-        let body = |section| kernel(section).wgsl(&[]).split_once("const WG: u32 = 256u;\n").unwrap().1.to_string();
+        let body = |section| kernel(section).wgsl(&[]).split_once(F16_ROUND).unwrap().1.to_string();
         assert_eq!(body("a"), "common\nonly a\nshared\n");
         assert_eq!(body("b"), "common\nshared\nonly b\n");
     }

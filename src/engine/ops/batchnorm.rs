@@ -1,5 +1,6 @@
 //! Batch normalization 2-D, training and eval mode, forward and backward, optionally fused with
-//! the ReLU that follows it (shaders/batchnorm.wgsl).
+//! the ReLU that follows it, or with a ResNet block's residual add and ReLU
+//! (shaders/batchnorm.wgsl).
 
 use super::{grad_place, groups_4x, kernel, launch, place_or_new, summing, summing_kernel};
 use crate::gpu::Kernel;
@@ -31,9 +32,10 @@ struct Params {
     /// Chunks per channel of the two-level reductions, and images per chunk.
     chunks: u32,
     ipc: u32,
-    /// normalize_eval: add the residual binding before the ReLU.
+    /// normalize, normalize_eval: add the residual binding before the ReLU.
     residual: u32,
-    _pad: u32,
+    /// The output (y, the same type as x) is f16: fused kernels round as its store would.
+    out_f16: u32,
 }
 
 impl Params {
@@ -53,7 +55,7 @@ impl Params {
             chunks: 0,
             ipc: 0,
             residual: 0,
-            _pad: 0,
+            out_f16: (x.dtype() == crate::gpu::Dtype::F16) as u32,
         }
     }
 }
@@ -70,7 +72,8 @@ pub struct BatchNormConfig {
     /// Batch statistics (and running-statistics update) when true; running statistics when false.
     pub training: bool,
     /// Apply ReLU to the output in the same kernel (`max(bn(x), 0)`); backward masks the
-    /// gradient by the output, so the pre-activation is never stored.
+    /// gradient where the output is zero, recomputed from x, so the pre-activation is never
+    /// stored and the output never read back.
     pub relu: bool,
 }
 
@@ -91,13 +94,28 @@ pub fn batch_norm(
     cfg: BatchNormConfig,
 ) -> Result<Tensor> {
     check_shapes(x, [gamma, beta, running_mean, running_var])?;
-    let s = x.shape();
-    let (n, c) = (s[0], s[1]);
-    let hw = x.numel() / (n * c);
     if !cfg.training && !needs_node(&[x, gamma, beta]) {
         // Evaluation without a graph: one kernel from the running statistics.
         return normalize_eval(x, [gamma, beta, running_mean, running_var], None, cfg);
     }
+    let (y, backward) = normalize(x, [gamma, beta, running_mean, running_var], None, cfg)?;
+    let node = needs_node(&[x, gamma, beta])
+        .then(|| Node { backward: Box::new(backward), inputs: vec![x.edge(), gamma.edge(), beta.edge()] });
+    Ok(y.with_node(node))
+}
+
+/// Batch norm with a graph or in training: the statistics (of the batch, or the running ones),
+/// then one normalize pass, plus `residual` when given; with what its backward needs.
+fn normalize(
+    x: &Tensor,
+    params: [&Tensor; 4],
+    residual: Option<&Tensor>,
+    cfg: BatchNormConfig,
+) -> Result<(Tensor, BatchNormBackward)> {
+    let [gamma, beta, running_mean, running_var] = params;
+    let s = x.shape();
+    let (n, c) = (s[0], s[1]);
+    let hw = x.numel() / (n * c);
     if cfg.training && n * hw < 2 {
         return Err(Error::shape(
             "batch_norm",
@@ -106,6 +124,8 @@ pub fn batch_norm(
     }
     let ipc = CHUNK_ELEMENTS.div_ceil(hw).clamp(1, n);
     let p = Params { update_running: 1, ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..Params::new(x, cfg) };
+    // (the backward's p: it never adds the residual)
+    let p_out = Params { residual: residual.is_some() as u32, ..p };
     // Per-channel mean and 1/sqrt(var + eps): of the batch in training, else of the running
     // statistics.
     // (in evaluation, the first half of eval_affine's [4c])
@@ -119,20 +139,15 @@ pub fn batch_norm(
         eval_affine(gamma, beta, running_mean, running_var, cfg.eps)?
     };
     let y = Tensor::uninit_as(x.dtype(), s)?;
-    launch(&NORMALIZE, &p, &[x, &stats, gamma, beta, &y], groups_4x(x.numel()))?;
-    // Unfused, the kernels never read the mask binding; x (same shape) fills it so that the
-    // output is not kept alive for nothing.
-    let mask = if cfg.relu { y.detach() } else { x.detach() };
-    let node = needs_node(&[x, gamma, beta]).then(|| Node {
-        backward: Box::new(BatchNormBackward { x: x.detach(), gamma: gamma.detach(), stats, mask, p }),
-        inputs: vec![x.edge(), gamma.edge(), beta.edge()],
-    });
-    Ok(y.with_node(node))
+    // (without a residual, x stands in for its binding, unread)
+    launch(&NORMALIZE, &p_out, &[x, &stats, gamma, beta, residual.unwrap_or(x), &y], groups_4x(x.numel()))?;
+    Ok((y, BatchNormBackward { x: x.detach(), gamma: gamma.detach(), beta: beta.detach(), stats, p }))
 }
 
-/// `max(batch_norm(x) + residual, 0)`: the end of a ResNet block. In evaluation without a graph
-/// it is one kernel (one read of x and of the residual, one write); otherwise batch norm, then
-/// the fused add + ReLU, differentiable.
+/// `max(batch_norm(x) + residual, 0)`: the end of a ResNet block, in one normalize pass after the
+/// statistics (one read of x and of the residual, one write), with the bits of batch norm
+/// followed by [`elementwise::add_relu`](super::elementwise::add_relu). Differentiable in x,
+/// residual, gamma and beta.
 pub fn batch_norm_add_relu(
     x: &Tensor,
     residual: &Tensor,
@@ -142,12 +157,33 @@ pub fn batch_norm_add_relu(
     running_var: &Tensor,
     cfg: BatchNormConfig,
 ) -> Result<Tensor> {
-    if cfg.training || needs_node(&[x, residual, gamma, beta]) || x.shape() != residual.shape() {
-        let y = batch_norm(x, gamma, beta, running_mean, running_var, BatchNormConfig { relu: false, ..cfg })?;
-        return super::elementwise::add_relu(&y, residual);
-    }
     check_shapes(x, [gamma, beta, running_mean, running_var])?;
-    normalize_eval(x, [gamma, beta, running_mean, running_var], Some(residual), BatchNormConfig { relu: true, ..cfg })
+    if x.shape() != residual.shape() || x.dtype() != residual.dtype() {
+        return Err(Error::shape(
+            "batch_norm_add_relu",
+            format!(
+                "the residual must match the input: {:?} {:?} vs {:?} {:?}",
+                residual.shape(),
+                residual.dtype(),
+                x.shape(),
+                x.dtype()
+            ),
+        ));
+    }
+    let params = [gamma, beta, running_mean, running_var];
+    let cfg = BatchNormConfig { relu: true, ..cfg };
+    if !cfg.training && !needs_node(&[x, residual, gamma, beta]) {
+        return normalize_eval(x, params, Some(residual), cfg);
+    }
+    // The ReLU comes after the residual: the batch norm's own backward runs unfused, on the
+    // gradient the ReLU lets through.
+    let (out, bn) = normalize(x, params, Some(residual), cfg)?;
+    let bn = BatchNormBackward { p: Params { relu: 0, ..bn.p }, ..bn };
+    let node = needs_node(&[x, gamma, beta, residual]).then(|| Node {
+        backward: Box::new(BatchNormAddReluBackward { bn, out: out.detach() }),
+        inputs: vec![x.edge(), gamma.edge(), beta.edge(), residual.edge()],
+    });
+    Ok(out.with_node(node))
 }
 
 /// One-kernel evaluation-mode batch norm (+ residual, + ReLU per `cfg.relu`), no graph.
@@ -203,13 +239,12 @@ fn check_params(what: &str, c: Option<usize>, params: [&Tensor; 4]) -> Result<()
 }
 
 struct BatchNormBackward {
+    /// (with the ReLU fused, the kernels recompute the output's sign from x, gamma and beta)
     x: Tensor,
     gamma: Tensor,
+    beta: Tensor,
     /// [2c]: mean, then 1/sqrt(var + eps).
     stats: Tensor,
-    /// With the ReLU fused: the output, whose sign masks the gradient (it is the next conv's
-    /// input, saved there anyway). Unfused: unread.
-    mask: Tensor,
     p: Params,
 }
 impl Backward for BatchNormBackward {
@@ -223,12 +258,32 @@ impl Backward for BatchNormBackward {
         let dgamma = place_or_new(grad_place(places, 1), &[c])?;
         let dbeta = place_or_new(grad_place(places, 2), &[c])?;
         let partial = Tensor::uninit(&[c, self.p.chunks as usize, 2])?;
-        let bufs = [dy, &self.x, &self.stats, &self.mask, &partial];
+        let bufs = [dy, &self.x, &self.stats, &self.gamma, &self.beta, &partial];
         launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;
         launch(summing(&BACKWARD_FINALIZE)?, &self.p, &[&partial, &dgamma, &dbeta], [c as u32, 1, 1])?;
         let dx = Tensor::uninit_as(dy.dtype(), self.x.shape())?;
-        let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.mask, &dx];
+        let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.beta, &dx];
         launch(&BACKWARD_INPUT, &self.p, &bufs, groups_4x(dx.numel()))?;
         Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
+    }
+}
+
+/// `max(batch_norm(x) + residual, 0)`'s backward: the gradient the ReLU lets through (masked by
+/// the output) goes to the residual as it is and through batch norm's backward to x, gamma and
+/// beta: the kernels and bits of the separate ops' backward.
+struct BatchNormAddReluBackward {
+    bn: BatchNormBackward,
+    out: Tensor,
+}
+impl Backward for BatchNormAddReluBackward {
+    fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        self.backward_into(dy, &[])
+    }
+
+    fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        let through = super::elementwise::relu_backward(dy, &self.out)?;
+        let mut grads = self.bn.backward_into(&through, places)?;
+        grads.push(Some(through));
+        Ok(grads)
     }
 }

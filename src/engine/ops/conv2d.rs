@@ -331,7 +331,8 @@ pub fn conv2d_relu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize,
 /// and the batch norm and ReLU after it, as in a ResNet block (the residual at its end). `bn` is
 /// gamma, beta, running mean and running variance. In evaluation without a graph one kernel, the
 /// convolution's epilogue applying the rest, with the same result as the separate ops; otherwise
-/// the separate, differentiable ops.
+/// (training, or a graph) the differentiable convolution, then batch norm with the residual and
+/// ReLU in its normalize pass.
 pub fn conv2d_batch_norm_relu(
     x: &Tensor,
     (w, bias): (&Tensor, Option<&Tensor>),
