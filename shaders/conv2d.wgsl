@@ -14,7 +14,7 @@ struct Params {
     c_out: u32, kh: u32, kw: u32, stride: u32,
     pad: u32, ho: u32, wo: u32, has_bias: u32,
     gm: u32, gn: u32, gk: u32, k_chunk: u32,   // GEMM sizes M, N, K and the split-K chunk
-    khw: u32, howo: u32, hw: u32, fuse: u32,  // fuse: what the forward output applies (FUSE_*)
+    khw: u32, howo: u32, hw: u32, fuse: u32,  // fuse: what the output applies (FUSE_*)
     // 1/d for the divisors above, for div() below
     r_kw: f32, r_khw: f32, r_wo: f32, r_howo: f32,
     r_w: f32, r_hw: f32, r_stride: f32, _pad2: f32,
@@ -29,6 +29,22 @@ fn div(a: u32, d: u32, rcp: f32) -> u32 {
     q = select(q, q - 1u, r < 0);
     q = select(q, q + 1u, r >= i32(d));
     return q;
+}
+
+// What an output applies after its sum (p.fuse): forward outputs in evaluation without a graph
+// the batch norm, the residual and ReLU (store_out); grad-input outputs the gradient their
+// input already received from its other uses (FUSE_RESIDUAL alone, add_pending).
+const FUSE_BATCH_NORM: u32 = 1u;
+const FUSE_RESIDUAL: u32 = 2u;
+const FUSE_RELU: u32 = 4u;
+const FUSE_DST_F16: u32 = 8u;                      // (set with the others where dst is f16)
+
+// A grad-input sum v with `pending` added when p.fuse asks (FUSE_RESIDUAL): the sum of the two
+// gradients as autograd's add would form it from the stored v (rounded to f16 first where the
+// output is f16), so the result has the same bits.
+fn add_pending(v: f32, pending: f32) -> f32 {
+    if ((p.fuse & FUSE_RESIDUAL) == 0u) { return v; }
+    return select(v, round_to_f16(v), (p.fuse & FUSE_DST_F16) != 0u) + pending;
 }
 
 fn dims() -> vec2<u32> { return vec2<u32>(p.gm, p.gn); }
@@ -84,15 +100,12 @@ fn odometer(r: BRow, step: i32, outer: u32) -> BRow {
 // normalize_eval), so fused and unfused outputs are the same bits; the fused output saves a
 // write and a read of the activation.
 //   bias [M]   bn [4M]: running mean, 1/sqrt(running var + eps), gamma, beta (M = p.gm)
-//   res, dst [n, M, ho, wo]; grad-input runs of the direct kernel and Winograd never fuse.
+//   res, dst [n, M, ho, wo]. Grad-input runs of the direct kernel and Winograd (dst = dx) only
+//   ever add a pending gradient as the residual (add_pending's sum).
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> bn: array<f32>;
 @group(0) @binding(5) var<storage, read> res: array<t5>;
 @group(0) @binding(6) var<storage, read_write> dst: array<t6>;
-const FUSE_BATCH_NORM: u32 = 1u;
-const FUSE_RESIDUAL: u32 = 2u;
-const FUSE_RELU: u32 = 4u;
-const FUSE_DST_F16: u32 = 8u;                      // (set with the others where dst is f16)
 // dst[i] (output channel m) from the sum v.
 fn store_out(m: u32, i: u32, v: f32) {
     if (p.fuse == 0u) {
@@ -143,7 +156,8 @@ fn store_c(co: u32, j: u32, z: u32, v: f32) {
 fn k_range(z: u32) -> vec2<u32> { return split_range(z); }
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<t2>;
-@group(0) @binding(3) var<storage, read_write> dx: array<t3>;
+@group(0) @binding(3) var<storage, read> pending: array<t3>;   // [n, c_in, h, w], see add_pending
+@group(0) @binding(4) var<storage, read_write> dx: array<t4>;
 fn load_a(ci: u32, k: u32, z: u32) -> f32 {
     // k = (co, ky, kx)
     let co = div(k, p.khw, p.r_khw);
@@ -170,7 +184,8 @@ fn load_b_at(r: BRow, c: BCol, z: u32) -> f32 {
 }
 fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let b = div(j, p.hw, p.r_hw);
-    dx[(b * p.c_in + ci) * p.hw + j - b * p.hw] = t3(v);
+    let i = (b * p.c_in + ci) * p.hw + j - b * p.hw;
+    dx[i] = t4(add_pending(v, f32(pending[i])));
 }
 
 //#section grad_weight
@@ -210,7 +225,8 @@ fn store_c(co: u32, j: u32, z: u32, v: f32) { dw[(z * p.gm + co) * p.gn + j] = v
 // K_z = c_out · ty · tx instead of c_out · kh · kw mostly multiplied by zeros.
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<t2>;
-@group(0) @binding(3) var<storage, read_write> dx: array<t3>;
+@group(0) @binding(3) var<storage, read> pending: array<t3>;   // [n, c_in, h, w], see add_pending
+@group(0) @binding(4) var<storage, read_write> dx: array<t4>;
 
 struct Class { py: u32, px: u32, ky0: u32, kx0: u32, ty: u32, tx: u32, hq: u32, wq: u32 }
 
@@ -285,7 +301,8 @@ fn store_c(ci: u32, j: u32, z: u32, v: f32) {
     let qy = div(q, c.wq, 1.0 / f32(c.wq));
     let iy = c.py + p.stride * qy;
     let ix = c.px + p.stride * (q - qy * c.wq);
-    dx[((b * p.c_in + ci) * p.h + iy) * p.w + ix] = t3(v);
+    let i = ((b * p.c_in + ci) * p.h + iy) * p.w + ix;
+    dx[i] = t4(add_pending(v, f32(pending[i])));
 }
 
 //#section direct3x3

@@ -3,7 +3,8 @@
 //   y[b, pad_c + ci, oy, ox] = x[b, ci, 2*oy, 2*ox]; the padded channels are 0.
 //   (x, y, dy, dx: t<binding>, f32 or f16 under mixed precision)
 
-struct Params { n: u32, c: u32, h: u32, w: u32, pad_c: u32, oh: u32, ow: u32, _pad: u32 }
+// adding: backward adds `pending` (the gradient x already received from its other uses) to dx
+struct Params { n: u32, c: u32, h: u32, w: u32, pad_c: u32, oh: u32, ow: u32, adding: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 
 fn element(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -31,7 +32,8 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 
 //#section backward
 @group(0) @binding(1) var<storage, read> dy: array<t1>;
-@group(0) @binding(2) var<storage, read_write> dx: array<t2>;
+@group(0) @binding(2) var<storage, read> pending: array<t2>;
+@group(0) @binding(3) var<storage, read_write> dx: array<t3>;
 @compute @workgroup_size(WG)
 fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element(gid, nwg);
@@ -45,5 +47,7 @@ fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         let co_total = p.c + 2u * p.pad_c;
         v = f32(dy[((b * co_total + ci + p.pad_c) * p.oh + iy / 2u) * p.ow + ix / 2u]);
     }
-    dx[i] = t2(v);
+    // (the zeros too: -0 + 0 is +0, as autograd's add makes it)
+    if (p.adding != 0u) { v = f32(pending[i]) + v; }
+    dx[i] = t3(v);
 }

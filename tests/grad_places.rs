@@ -1,12 +1,15 @@
 //! Gradients written into a parameter store's gradient places (the arena the optimizer reads)
 //! instead of added there: the same values as autograd's sums for plain leaves, and the adds
 //! counted on the device. Its own test binary: the device timer counts every launch of the
-//! process, so no other test may run beside it.
+//! process, so no other test may run beside it, and its tests take turns (`TIMER`).
 
 mod common;
 use common::*;
 use sasprune::ops::{batchnorm, conv2d, matmul};
 use sasprune::Tensor;
+
+/// Held by each test while it counts launches: the device timer is the whole process's.
+static TIMER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A small graph over parameters of a store: a conv weight used by two convolutions, a conv
 /// bias, a batch norm's scale and shift, a linear layer's weight and bias. `params` are (w,
@@ -23,6 +26,7 @@ fn store_graph_backward(params: &[Tensor], x: &Tensor, r: &Tensor) {
 
 #[test]
 fn gradients_written_into_a_stores_places_equal_added_ones() {
+    let _turn = TIMER.lock().unwrap_or_else(|e| e.into_inner());
     use sasprune::nn::{ParamStore, Role};
     let mut rng = Rng::new(32);
     let values_of = |n: usize, rng: &mut Rng| f32_exact(&rng.vec(n));
@@ -73,4 +77,48 @@ fn gradients_written_into_a_stores_places_equal_added_ones() {
         t.zero_grad().unwrap();
     }
     run("after each parameter zeroed its own gradient", 1.0, 1);
+}
+
+#[test]
+fn a_resnet_blocks_input_gradients_are_summed_by_the_kernels_that_compute_them() {
+    // A ResNet block's input feeds its first convolution and its shortcut. The shortcut's
+    // gradient arrives first; the convolution's grad-input kernel (or, in the downsampling
+    // blocks, the shortcut's backward) adds it as it writes its own, where autograd would add
+    // the two afterwards: every parameter gradient must keep autograd's bits, in f32 and with
+    // f16 activations, and no separate add may run.
+    use sasprune::models::{Model, Precision};
+    let _turn = TIMER.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = sasprune::gpu::get().unwrap();
+    let mut precisions = vec![Precision::F32];
+    if gpu.adapter.shader_f16 {
+        precisions.push(Precision::Mixed);
+    }
+    let mut rng = Rng::new(34);
+    let x = tensor(&rng.vec(4 * 3 * 32 * 32), &[4, 3, 32, 32]);
+    let labels = tensor(&[1.0, 7.0, 0.0, 3.0], &[4]);
+    for precision in precisions {
+        let mut m = Model::build("resnet20", 10, 6).unwrap();
+        m.set_precision(precision).unwrap();
+        let mut step = || -> (Vec<f32>, Option<u32>) {
+            let timed = gpu.start_device_timer(true).unwrap();
+            m.gradient(&x, &labels, 0).unwrap();
+            let adds = gpu
+                .stop_device_timer()
+                .unwrap()
+                .map(|t| t.by_kernel.iter().filter(|k| k.0.starts_with("elementwise.add")).map(|k| k.2).sum());
+            (m.store.grads_flat().unwrap().to_vec().unwrap(), adds.filter(|_| timed))
+        };
+        let (fused, fused_adds) = step();
+        let (separate, separate_adds) = sasprune::autograd::with_separate_adds(&mut step);
+        assert!(fused.iter().all(|v| v.is_finite()) && fused.iter().any(|&v| v != 0.0), "{precision:?}");
+        let differ = fused.iter().zip(&separate).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{precision:?}: {differ} of {} gradients differ", fused.len());
+        match (fused_adds, separate_adds) {
+            // (elementwise.add_relu is gone from training too: batch norm applies the residual)
+            (Some(fused), Some(separate)) => {
+                assert_eq!((fused, separate), (0, 9), "{precision:?}: separate adds (ResNet-20 has 9 blocks)")
+            }
+            _ => eprintln!("SKIPPED counting launches: the adapter has no timestamp queries"),
+        }
+    }
 }

@@ -540,6 +540,87 @@ fn convolution_epilogue_gives_the_separate_ops_bits_with_every_plan() {
 }
 
 #[test]
+fn grad_input_adds_a_pending_gradient_with_the_bits_of_a_separate_add_on_every_plan() {
+    // A ResNet block's input gets two gradients: its shortcut's, then its first convolution's.
+    // The grad-input kernel adds the first as it writes the second
+    // (conv2d_grad_input_adding): on each FMA GEMM tile (stride 1, and stride 2's parity
+    // classes), the direct 3x3 kernel and Winograd, in f32 and with f16 activations (the
+    // kernel's sum rounded to f16 before the add, as its store would round it), the result must
+    // be the bits of adding afterwards (elementwise::add), and in f32 match the f64 reference.
+    let adapter = &sasprune::gpu::get().unwrap().adapter;
+    let dtypes: &[Dtype] = if adapter.shader_f16 { &[Dtype::F32, Dtype::F16] } else { &[Dtype::F32] };
+    let fma = |t: &usize| *t >= matmul::TILES.len() || matmul::TILES[*t].coop == 0;
+    let sixteen = geom(3, 16, 5, 12, 16, 3, 3, 1, 1);
+    let thirty_two = geom(2, 32, 7, 8, 16, 3, 3, 1, 1);
+    let odd = geom(2, 5, 7, 9, 7, 3, 3, 1, 1);
+    let strided = geom(2, 6, 9, 11, 10, 3, 3, 2, 1);
+    let one_by_one = geom(2, 5, 6, 7, 9, 1, 1, 1, 0);
+    for &dtype in dtypes {
+        let activation = |v: &[f64], shape: &[usize]| {
+            let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Tensor::from_slice_as(dtype, &data, shape).unwrap()
+        };
+        for tile in (0..=matmul::WINOGRAD).filter(fma) {
+            let mut rng = Rng::new(700 + tile as u64);
+            let cases = match tile {
+                matmul::DIRECT => vec![sixteen, thirty_two],
+                matmul::WINOGRAD => vec![odd, thirty_two],
+                _ => vec![odd, strided, one_by_one],
+            };
+            for g in cases {
+                let what = format!("{g:?} {dtype:?} plan {}", matmul::tile_name(tile));
+                let (oh, ow) = (g.out_h(), g.out_w());
+                let dy = f32_exact(&rng.vec(g.n * g.c_out * oh * ow));
+                let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
+                let pending = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
+                let (dyt, wt) = (activation(&dy, &[g.n, g.c_out, oh, ow]), tensor(&w, &[g.c_out, g.c_in, g.kh, g.kw]));
+                let pt = activation(&pending, &[g.n, g.c_in, g.h, g.w]);
+                let cg = conv2d::ConvGeom {
+                    n: g.n,
+                    c_in: g.c_in,
+                    h: g.h,
+                    w: g.w,
+                    c_out: g.c_out,
+                    kh: g.kh,
+                    kw: g.kw,
+                    stride: g.stride,
+                    pad: g.pad,
+                };
+                let (fused, plans) = matmul::with_plan(tile, 1, || {
+                    matmul::plans_used(|| conv2d::conv2d_grad_input_adding(&dyt, &wt, &cg, Some(&pt)).unwrap())
+                });
+                let separate = matmul::with_plan(tile, 1, || {
+                    elementwise::add(&pt, &conv2d::conv2d_grad_input(&dyt, &wt, &cg).unwrap()).unwrap()
+                });
+                assert_eq!(fused.dtype(), dtype, "{what}");
+                let runs_plan = tile < matmul::DIRECT
+                    || (tile == matmul::DIRECT && g.stride == 1 && g.w % 4 == 0 && [16, 32].contains(&g.c_in))
+                    || (tile == matmul::WINOGRAD && g.kh == 3 && g.stride == 1);
+                let used: Vec<&str> = plans.iter().map(|(_, p)| matmul::tile_name(p.tile)).collect();
+                if runs_plan {
+                    assert_eq!(used, [matmul::tile_name(tile)], "{what}: one product, on the forced plan");
+                }
+                let (fused, separate) = (values(&fused), values(&separate));
+                let differ = differing_bits(&fused, &separate);
+                assert_eq!(differ, 0, "{what}: {differ} of {} differ from grad-input + add", fused.len());
+                if dtype == Dtype::F32 {
+                    let want = cpu::add(&pending, &cpu::conv2d_grad_input(&dy, &w, &g));
+                    assert_close(&format!("grad-input + pending {what}"), &fused, &want, LONG_SUM);
+                }
+            }
+        }
+    }
+    // a pending gradient of another shape or type is refused, not read wrongly
+    let g = conv2d::ConvGeom { n: 1, c_in: 2, h: 4, w: 4, c_out: 3, kh: 3, kw: 3, stride: 1, pad: 1 };
+    let (dy, w) = (Tensor::zeros(&[1, 3, 4, 4]).unwrap(), Tensor::zeros(&[3, 2, 3, 3]).unwrap());
+    assert!(conv2d::conv2d_grad_input_adding(&dy, &w, &g, Some(&Tensor::zeros(&[1, 3, 4, 4]).unwrap())).is_err());
+    if adapter.shader_f16 {
+        let half = Tensor::from_slice_as(Dtype::F16, &[0.0; 32], &[1, 2, 4, 4]).unwrap();
+        assert!(conv2d::conv2d_grad_input_adding(&dy, &w, &g, Some(&half)).is_err());
+    }
+}
+
+#[test]
 fn convolution_with_relu_fused_matches_reference_and_keeps_its_graph_when_training() {
     // AlexNet's convolutions: conv + bias + ReLU, one kernel without a graph.
     let mut rng = Rng::new(601);

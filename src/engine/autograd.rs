@@ -4,7 +4,8 @@
 //! [`Backward`] object holding what the op saved, plus edges to the inputs (their place in the
 //! graph, not their data: an input's buffer stays alive only if the backward rule saved it). `backward` sorts the
 //! graph topologically, runs each node once in reverse order, and accumulates (adds) gradients
-//! for tensors used more than once. Each node is taken out of the graph as it runs, so the
+//! for tensors used more than once: where an op can, the kernel that computes such a tensor's
+//! second gradient adds the first ([`Backward::backward_adding`]). Each node is taken out of the graph as it runs, so the
 //! buffers it saved are released as soon as they are no longer needed.
 
 use crate::ops::elementwise;
@@ -55,6 +56,20 @@ impl Tensor {
         }
         Ok(())
     }
+}
+
+thread_local! {
+    static SEPARATE_ADDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's backward passes adding every gradient of a tensor used more than
+/// once in a separate kernel (`elementwise.add`), never in the kernel that computes one
+/// ([`Backward::backward_adding`]): the comparison that shows both give the same bits.
+pub fn with_separate_adds<R>(f: impl FnOnce() -> R) -> R {
+    let old = SEPARATE_ADDS.with(|c| c.replace(true));
+    let out = f();
+    SEPARATE_ADDS.with(|c| c.set(old));
+    out
 }
 
 /// Adds `g` to a leaf's gradient: into its gradient place, or to the gradient it holds.
@@ -113,14 +128,35 @@ pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
                 let places: Vec<Option<Tensor>> = (node.inputs.iter().enumerate())
                     .map(|(i, e)| e.empty_grad_place().filter(|_| !node.inputs[..i].iter().any(|o| o.id() == e.id())))
                     .collect();
-                let input_grads = node.backward.backward_into(&grad, &places)?;
+                // an input that already has a gradient from its other uses (a ResNet block's
+                // input, after its shortcut's): the op may add it in the kernel that computes
+                // that input's gradient
+                let once = |i: usize| node.inputs.iter().filter(|o| o.id() == node.inputs[i].id()).count() == 1;
+                let pending = (0..node.inputs.len())
+                    .find(|&i| node.inputs[i].requires_grad() && once(i) && grads.contains_key(&node.inputs[i].id()))
+                    .filter(|_| !SEPARATE_ADDS.with(|c| c.get()));
+                let mut added = None;
+                let input_grads = match pending {
+                    Some(i) => {
+                        let prev = &grads[&node.inputs[i].id()];
+                        match node.backward.backward_adding(&grad, &places, i, prev)? {
+                            Some(input_grads) => {
+                                added = Some(i);
+                                input_grads
+                            }
+                            None => node.backward.backward_into(&grad, &places)?,
+                        }
+                    }
+                    None => node.backward.backward_into(&grad, &places)?,
+                };
                 drop(grad);
-                for (input, g) in node.inputs.iter().zip(input_grads) {
+                for (i, (input, g)) in node.inputs.iter().zip(input_grads).enumerate() {
                     let Some(g) = g else { continue };
                     if !input.requires_grad() || input.took_grad_in_place(&g) {
                         continue;
                     }
                     let merged = match grads.remove(&input.id()) {
+                        Some(_) if added == Some(i) => g,
                         Some(prev) => elementwise::add(&prev, &g)?,
                         None => g,
                     };

@@ -431,6 +431,21 @@ pub trait Backward: Send + Sync {
         let _ = places;
         self.backward(grad_output)
     }
+
+    /// `backward_into` with `pending`, the gradient input `input` already received from its
+    /// other uses, added to that input's gradient by the kernel that computes it: `pending +
+    /// own` (the sum autograd would form, one launch and two passes fewer). `None` where the op
+    /// does not do that for this input (the default); autograd then adds.
+    fn backward_adding(
+        &self,
+        grad_output: &Tensor,
+        places: &[Option<Tensor>],
+        input: usize,
+        pending: &Tensor,
+    ) -> Result<Option<Vec<Option<Tensor>>>> {
+        let _ = (grad_output, places, input, pending);
+        Ok(None)
+    }
 }
 
 /// What an op records for its output: its backward rule and edges to its inputs.

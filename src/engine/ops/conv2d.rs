@@ -127,7 +127,8 @@ fn direct_fits(g: &ConvGeom, m: usize) -> bool {
 
 /// What a forward convolution's output applies after its bias (conv2d.wgsl, `store_out`), in
 /// this order; the default applies nothing. Only in evaluation without a graph: the fused
-/// output has no backward.
+/// output has no backward. (A grad-input output applies only a residual: the gradient its
+/// input already has, [`conv2d_grad_input_adding`].)
 #[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// Batch norm from the running statistics, as [`batchnorm::eval_affine`] gives it: running
@@ -358,29 +359,43 @@ pub fn conv2d_batch_norm_relu(
 /// dL/dx given dL/dy. With stride s > 1 the input pixels are split into s² parity classes
 /// (one workgroup layer each), so no multiply is spent on taps that cannot reach a pixel.
 pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    conv2d_grad_input_adding(dy, w, g, None)
+}
+
+/// [`conv2d_grad_input`] with `pending` ([n, c_in, h, w], dy's type: the gradient the input
+/// already received from its other uses) added by the kernel that computes it, on every plan:
+/// `pending + dx` with the bits of adding them afterwards (conv2d.wgsl, add_pending).
+pub fn conv2d_grad_input_adding(dy: &Tensor, w: &Tensor, g: &ConvGeom, pending: Option<&Tensor>) -> Result<Tensor> {
     let dx = Tensor::uninit_as(dy.dtype(), &[g.n, g.c_in, g.h, g.w])?;
+    let adding = Epilogue { residual: pending, ..Default::default() };
+    adding.check(dx.shape())?;
+    if pending.is_some_and(|t| t.dtype() != dx.dtype()) {
+        return Err(Error::invalid("conv2d grad-input: the pending gradient must have the gradient's type"));
+    }
+    let fuse = adding.bits(&dx);
+    // (dy, unread, stands in for an absent pending gradient: an activation of dx's type)
+    let pending = pending.unwrap_or(dy);
     let m = g.c_in;
     if g.stride > 1 {
         // N covers the largest class; smaller classes skip the columns past their end.
         let n = g.n * g.h.div_ceil(g.stride) * g.w.div_ceil(g.stride);
         let k = g.c_out * g.kh.div_ceil(g.stride) * g.kw.div_ceil(g.stride);
         let shape = GemmShape { m, n, k, z: g.stride * g.stride };
-        run_gemm(&GRAD_INPUT_STRIDED, |chunk| g.params(m, n, k, chunk, false, 0), &[w, dy], &dx, shape, &[])?;
+        let make = |chunk| g.params(m, n, k, chunk, false, fuse);
+        run_gemm(&GRAD_INPUT_STRIDED, make, &[w, dy, pending], &dx, shape, &[])?;
         return Ok(dx);
     }
     let (n, k) = (g.n * g.h * g.w, g.c_out * g.kh * g.kw);
-    let none = Epilogue::default();
-    let direct = || record_direct(g, w, dy, None, &none, &dx, (g.c_in, g.c_out), true);
+    let direct = || record_direct(g, w, dy, None, &adding, &dx, (g.c_in, g.c_out), true);
     let as_conv = grad_input_geometry(g).filter(winograd_fits);
-    let out = &dx;
-    let none = &none;
-    let winograd = as_conv.map(|a| move || record_winograd(&a, w, dy, None, none, out, true));
+    let (out, adding) = (&dx, &adding);
+    let winograd = as_conv.map(|a| move || record_winograd(&a, w, dy, None, adding, out, true));
     let specials = specials(
         direct_fits(g, m).then_some(&direct as &dyn Fn() -> Result<()>),
         winograd.as_ref().map(|f| f as &dyn Fn() -> Result<()>),
     );
     let shape = GemmShape { m, n, k, z: 1 };
-    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false, 0), &[w, dy], &dx, shape, &specials)?;
+    run_gemm(&GRAD_INPUT, |chunk| g.params(m, n, k, chunk, false, fuse), &[w, dy, pending], &dx, shape, &specials)?;
     Ok(dx)
 }
 
@@ -437,9 +452,32 @@ impl Backward for Conv2dBackward {
 
     /// The weight's and the bias's gradients go straight into their places when given.
     fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        self.grads(dy, places, None)
+    }
+
+    /// The input's gradient with its pending gradient added by the grad-input kernel.
+    fn backward_adding(
+        &self,
+        dy: &Tensor,
+        places: &[Option<Tensor>],
+        input: usize,
+        pending: &Tensor,
+    ) -> Result<Option<Vec<Option<Tensor>>>> {
+        let g = &self.g;
+        let fits = pending.shape() == [g.n, g.c_in, g.h, g.w] && pending.dtype() == dy.dtype();
+        if input != 0 || !self.need[0] || !fits {
+            return Ok(None);
+        }
+        Ok(Some(self.grads(dy, places, Some(pending))?))
+    }
+}
+
+impl Conv2dBackward {
+    /// The gradients of input (with `pending` added), weight and bias.
+    fn grads(&self, dy: &Tensor, places: &[Option<Tensor>], pending: Option<&Tensor>) -> Result<Vec<Option<Tensor>>> {
         let g = &self.g;
         let place = |i: usize| grad_place(places, i);
-        let dx = if self.need[0] { Some(conv2d_grad_input(dy, &self.w, g)?) } else { None };
+        let dx = if self.need[0] { Some(conv2d_grad_input_adding(dy, &self.w, g, pending)?) } else { None };
         let dw = if self.need[1] { Some(conv2d_grad_weight_into(dy, &self.x, g, place(1))?) } else { None };
         let mut grads = vec![dx, dw];
         if self.has_bias {
@@ -462,7 +500,8 @@ mod tests {
     /// tile (NVIDIA's and AMD's) is checked without a GPU.
     #[test]
     fn every_gemm_tile_compiles_offline() {
-        // (the forward's 6 bindings: weight, input, bias, batch-norm vectors, residual, output)
+        // (the forward's 6 bindings: weight, input, bias, batch-norm vectors, residual, output;
+        // grad-input's 4: weight, dy, the pending gradient, dx)
         let families = [
             (&super::super::matmul::GEMM, 4),
             (&FORWARD, 6),

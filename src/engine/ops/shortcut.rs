@@ -18,7 +18,8 @@ struct Params {
     pad_c: u32,
     oh: u32,
     ow: u32,
-    _pad: u32,
+    /// Backward adds the input's pending gradient (see `backward_adding`).
+    adding: u32,
 }
 
 /// `x[:, :, ::2, ::2]` zero-padded with `pad_c` channels on each side: [n, c, h, w] →
@@ -35,7 +36,7 @@ pub fn shortcut_a(x: &Tensor, pad_c: usize) -> Result<Tensor> {
         pad_c: v(pad_c),
         oh: v(s[2].div_ceil(2)),
         ow: v(s[3].div_ceil(2)),
-        _pad: 0,
+        adding: 0,
     };
     let y = Tensor::uninit_as(x.dtype(), &[s[0], s[1] + 2 * pad_c, s[2].div_ceil(2), s[3].div_ceil(2)])?;
     launch(&FORWARD, &p, &[x, &y], groups_1d(y.numel()))?;
@@ -48,10 +49,32 @@ struct ShortcutBackward {
     p: Params,
     x_shape: Vec<usize>,
 }
+impl ShortcutBackward {
+    /// dx, plus `pending` when given (dy stands in for it, unread, when not).
+    fn grad(&self, dy: &Tensor, pending: Option<&Tensor>) -> Result<Tensor> {
+        let dx = Tensor::uninit_as(dy.dtype(), &self.x_shape)?;
+        let p = Params { adding: pending.is_some() as u32, ..self.p };
+        launch(&BACKWARD, &p, &[dy, pending.unwrap_or(dy), &dx], groups_1d(dx.numel()))?;
+        Ok(dx)
+    }
+}
+
 impl Backward for ShortcutBackward {
     fn backward(&self, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dx = Tensor::uninit_as(dy.dtype(), &self.x_shape)?;
-        launch(&BACKWARD, &self.p, &[dy, &dx], groups_1d(dx.numel()))?;
-        Ok(vec![Some(dx)])
+        Ok(vec![Some(self.grad(dy, None)?)])
+    }
+
+    /// The input's gradient with the gradient it already has added in the same kernel.
+    fn backward_adding(
+        &self,
+        dy: &Tensor,
+        _places: &[Option<Tensor>],
+        input: usize,
+        pending: &Tensor,
+    ) -> Result<Option<Vec<Option<Tensor>>>> {
+        if input != 0 || pending.shape() != self.x_shape || pending.dtype() != dy.dtype() {
+            return Ok(None);
+        }
+        Ok(Some(vec![Some(self.grad(dy, Some(pending))?)]))
     }
 }
