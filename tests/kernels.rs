@@ -552,14 +552,8 @@ fn grad_input_adds_a_pending_gradient_with_the_bits_of_a_separate_add_on_every_p
     let fma = |t: &usize| *t >= matmul::TILES.len() || matmul::TILES[*t].coop == 0;
     let sixteen = geom(3, 16, 5, 12, 16, 3, 3, 1, 1);
     let thirty_two = geom(2, 32, 7, 8, 16, 3, 3, 1, 1);
-    let odd = geom(2, 5, 7, 9, 7, 3, 3, 1, 1);
-    let strided = geom(2, 6, 9, 11, 10, 3, 3, 2, 1);
-    let one_by_one = geom(2, 5, 6, 7, 9, 1, 1, 1, 0);
+    let [odd, strided, one_by_one] = PENDING_ADD_CASES;
     for &dtype in dtypes {
-        let activation = |v: &[f64], shape: &[usize]| {
-            let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            Tensor::from_slice_as(dtype, &data, shape).unwrap()
-        };
         for tile in (0..=matmul::WINOGRAD).filter(fma) {
             let mut rng = Rng::new(700 + tile as u64);
             let cases = match tile {
@@ -569,43 +563,17 @@ fn grad_input_adds_a_pending_gradient_with_the_bits_of_a_separate_add_on_every_p
             };
             for g in cases {
                 let what = format!("{g:?} {dtype:?} plan {}", matmul::tile_name(tile));
-                let (oh, ow) = (g.out_h(), g.out_w());
-                let dy = f32_exact(&rng.vec(g.n * g.c_out * oh * ow));
-                let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
-                let pending = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
-                let (dyt, wt) = (activation(&dy, &[g.n, g.c_out, oh, ow]), tensor(&w, &[g.c_out, g.c_in, g.kh, g.kw]));
-                let pt = activation(&pending, &[g.n, g.c_in, g.h, g.w]);
-                let cg = conv2d::ConvGeom {
-                    n: g.n,
-                    c_in: g.c_in,
-                    h: g.h,
-                    w: g.w,
-                    c_out: g.c_out,
-                    kh: g.kh,
-                    kw: g.kw,
-                    stride: g.stride,
-                    pad: g.pad,
-                };
-                let (fused, plans) = matmul::with_plan(tile, 1, || {
-                    matmul::plans_used(|| conv2d::conv2d_grad_input_adding(&dyt, &wt, &cg, Some(&pt)).unwrap())
-                });
-                let separate = matmul::with_plan(tile, 1, || {
-                    elementwise::add(&pt, &conv2d::conv2d_grad_input(&dyt, &wt, &cg).unwrap()).unwrap()
-                });
-                assert_eq!(fused.dtype(), dtype, "{what}");
+                let r = matmul::with_plan(tile, 1, || grad_input_adding_case(&mut rng, g, dtype));
                 let runs_plan = tile < matmul::DIRECT
                     || (tile == matmul::DIRECT && g.stride == 1 && g.w % 4 == 0 && [16, 32].contains(&g.c_in))
                     || (tile == matmul::WINOGRAD && g.kh == 3 && g.stride == 1);
-                let used: Vec<&str> = plans.iter().map(|(_, p)| matmul::tile_name(p.tile)).collect();
                 if runs_plan {
-                    assert_eq!(used, [matmul::tile_name(tile)], "{what}: one product, on the forced plan");
+                    assert_eq!(r.plans, [matmul::tile_name(tile)], "{what}: one product, on the forced plan");
                 }
-                let (fused, separate) = (values(&fused), values(&separate));
-                let differ = differing_bits(&fused, &separate);
-                assert_eq!(differ, 0, "{what}: {differ} of {} differ from grad-input + add", fused.len());
+                let differ = differing_bits(&r.fused, &r.separate);
+                assert_eq!(differ, 0, "{what}: {differ} of {} differ from grad-input + add", r.fused.len());
                 if dtype == Dtype::F32 {
-                    let want = cpu::add(&pending, &cpu::conv2d_grad_input(&dy, &w, &g));
-                    assert_close(&format!("grad-input + pending {what}"), &fused, &want, LONG_SUM);
+                    assert_close(&format!("grad-input + pending {what}"), &r.fused, &r.reference, LONG_SUM);
                 }
             }
         }

@@ -230,6 +230,22 @@ fn cooperative_matrix_tiles_fuse_batch_norm_with_the_separate_ops_bits() {
 }
 
 #[test]
+fn cooperative_matrix_tiles_add_a_pending_gradient_with_the_separate_ops_bits() {
+    // A block input's second gradient is written with its first added (grad-input's
+    // add_pending): on the cooperative tiles too, bit for bit grad-input then a separate add.
+    for tile in cooperative_tiles("cooperative_matrix_tiles_add_a_pending_gradient_with_the_separate_ops_bits") {
+        let mut rng = Rng::new(640 + tile as u64);
+        for g in PENDING_ADD_CASES {
+            let what = format!("{g:?} tile {}", matmul::tile_name(tile));
+            let r = matmul::with_plan(tile, 1, || grad_input_adding_case(&mut rng, g, Dtype::F16));
+            assert_eq!(r.plans, [matmul::tile_name(tile)], "{what}");
+            let differ = differing_bits(&r.fused, &r.separate);
+            assert_eq!(differ, 0, "{what}: {differ} of {} differ from grad-input + add", r.fused.len());
+        }
+    }
+}
+
+#[test]
 fn cooperative_matrix_tiles_round_f32_weights_to_f16_within_the_bound() {
     // f32 weights are rounded to f16 as they are staged (as PyTorch's autocast does): each
     // product's relative error is at most u = 2^-11, so an output differs from the f64 sum by

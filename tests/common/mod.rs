@@ -250,6 +250,66 @@ pub fn fused_conv_case(
     })
 }
 
+/// Grad-input geometries for [`grad_input_adding_case`] that every GEMM tile runs: 3x3 stride 1
+/// with odd sizes, 3x3 stride 2 (the parity classes), 1x1.
+pub const PENDING_ADD_CASES: [sasprune::reference::Conv2dGeom; 3] = [
+    sasprune::reference::Conv2dGeom { n: 2, c_in: 5, h: 7, w: 9, c_out: 7, kh: 3, kw: 3, stride: 1, pad: 1 },
+    sasprune::reference::Conv2dGeom { n: 2, c_in: 6, h: 9, w: 11, c_out: 10, kh: 3, kw: 3, stride: 2, pad: 1 },
+    sasprune::reference::Conv2dGeom { n: 2, c_in: 5, h: 6, w: 7, c_out: 9, kh: 1, kw: 1, stride: 1, pad: 0 },
+];
+
+/// A convolution's grad-input with a pending gradient (what its input already received) added
+/// by the kernel that computes it, and by the separate ops (grad-input, then
+/// `elementwise::add`); activations are `dtype`.
+pub struct PendingAdd {
+    pub fused: Vec<f64>,
+    pub separate: Vec<f64>,
+    /// The plans the fused grad-input ran on.
+    pub plans: Vec<&'static str>,
+    /// pending + the f64 grad-input.
+    pub reference: Vec<f64>,
+}
+
+/// One random [`PendingAdd`] case of geometry `g` on the current plans.
+pub fn grad_input_adding_case(
+    rng: &mut Rng,
+    g: sasprune::reference::Conv2dGeom,
+    dtype: sasprune::gpu::Dtype,
+) -> PendingAdd {
+    use sasprune::ops::{conv2d, elementwise, matmul};
+    use sasprune::reference as cpu;
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let activation = |v: &[f64], shape: &[usize]| {
+        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        Tensor::from_slice_as(dtype, &data, shape).unwrap()
+    };
+    let dy = f32_exact(&rng.vec(g.n * g.c_out * oh * ow));
+    let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
+    let pending = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
+    let (dyt, wt) = (activation(&dy, &[g.n, g.c_out, oh, ow]), tensor(&w, &[g.c_out, g.c_in, g.kh, g.kw]));
+    let pt = activation(&pending, &[g.n, g.c_in, g.h, g.w]);
+    let cg = conv2d::ConvGeom {
+        n: g.n,
+        c_in: g.c_in,
+        h: g.h,
+        w: g.w,
+        c_out: g.c_out,
+        kh: g.kh,
+        kw: g.kw,
+        stride: g.stride,
+        pad: g.pad,
+    };
+    let (fused, plans) = matmul::plans_used(|| conv2d::conv2d_grad_input_adding(&dyt, &wt, &cg, Some(&pt)).unwrap());
+    let separate = elementwise::add(&pt, &conv2d::conv2d_grad_input(&dyt, &wt, &cg).unwrap()).unwrap();
+    assert_eq!((fused.dtype(), separate.dtype()), (dtype, dtype));
+    PendingAdd {
+        fused: values(&fused),
+        separate: values(&separate),
+        plans: plans.iter().map(|(_, p)| matmul::tile_name(p.tile)).collect(),
+        reference: cpu::add(&pending, &cpu::conv2d_grad_input(&dy, &w, &g)),
+    }
+}
+
 /// How many of `a` and `b` differ in their bits (so -0 and +0 differ).
 pub fn differing_bits(a: &[f64], b: &[f64]) -> usize {
     assert_eq!(a.len(), b.len());
