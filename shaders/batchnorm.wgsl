@@ -1,7 +1,8 @@
 // Batch normalization over NCHW tensors, per channel c over count = n*hw elements, optionally
 // fused with the ReLU that follows it (relu != 0: y = max(bn(x), 0), and backward masks dy by
 // y > 0, recomputing y from x, so neither the pre-activation nor its gradient is ever stored,
-// and backward reads neither y) and in training with a ResNet block's residual add before it.
+// and backward reads neither y), and with a ResNet block's residual add before it (normalize
+// with a graph or in training, normalize_eval without).
 // Training mode uses the batch mean and biased variance, and updates the running statistics as
 // PyTorch does (momentum m; the running variance takes the unbiased batch variance).
 // Eval mode uses the running statistics.
@@ -46,16 +47,19 @@ fn bn_value(xv: f32, mean: f32, inv: f32, g: f32, b: f32) -> f32 {
     return (xv - mean) * inv * g + b;
 }
 
-// Whether the fused ReLU's output y = max(v, 0), as stored (f32 or f16), is zero: the backward
-// kernels mask dy where it is, recomputing v from x rather than reading y (one read less).
+// Whether the fused ReLU's output y = max(v, 0), as stored (f32 or f16), is <= 0, as the
+// backward kernels tested the stored y before: they mask dy where it is, recomputing v from x
+// rather than reading y (one read less). The same max and comparison, so a NaN is masked or not
+// as it was; the same bits wherever the compiler treats bn_value's multiply-add alike in the
+// forward and backward kernels (checked on lavapipe by tests/kernels.rs).
 fn relu_is_zero(v: f32) -> bool {
-    return select(v, round_to_f16(v), p.out_f16 != 0u) <= 0.0;
+    return as_stored(max(v, 0.0), p.out_f16 != 0u) <= 0.0;
 }
 
 // v with the residual r added, as batch norm's store followed by an add would compute it (v
 // rounded to y's type first).
 fn plus_residual(v: f32, r: f32) -> f32 {
-    return select(v, round_to_f16(v), p.out_f16 != 0u) + r;
+    return as_stored(v, p.out_f16 != 0u) + r;
 }
 
 //#section stats_partial

@@ -44,7 +44,7 @@ const FUSE_DST_F16: u32 = 8u;                      // (set with the others where
 // output is f16), so the result has the same bits.
 fn add_pending(v: f32, pending: f32) -> f32 {
     if ((p.fuse & FUSE_RESIDUAL) == 0u) { return v; }
-    return select(v, round_to_f16(v), (p.fuse & FUSE_DST_F16) != 0u) + pending;
+    return as_stored(v, (p.fuse & FUSE_DST_F16) != 0u) + pending;
 }
 
 fn dims() -> vec2<u32> { return vec2<u32>(p.gm, p.gn); }
@@ -112,8 +112,7 @@ fn store_out(m: u32, i: u32, v: f32) {
         dst[i] = t6(v);
         return;
     }
-    var r = v;
-    if ((p.fuse & FUSE_DST_F16) != 0u) { r = round_to_f16(v); }
+    var r = as_stored(v, (p.fuse & FUSE_DST_F16) != 0u);
     if ((p.fuse & FUSE_BATCH_NORM) != 0u) {
         r = (r - bn[m]) * bn[p.gm + m] * bn[2u * p.gm + m] + bn[3u * p.gm + m];
     }

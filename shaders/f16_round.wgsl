@@ -9,3 +9,8 @@ fn round_to_f16(v: f32) -> f32 {
     if (abs(v) < 6.103515625e-5) { return round(v * 16777216.0) * 5.9604644775390625e-8; }
     return quantizeToF16(v);
 }
+
+// v as a store to an f16 (f16 = true) or f32 binding and a load back would give it.
+fn as_stored(v: f32, f16: bool) -> f32 {
+    return select(v, round_to_f16(v), f16);
+}

@@ -177,7 +177,7 @@ fn winograd_error_is_of_the_order_of_the_direct_sums() {
     let x = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
     let w = f32_exact(&rng.vec(g.c_out * g.c_in * 9));
     let dy = f32_exact(&rng.vec(g.n * g.c_out * g.h * g.w));
-    let cg = conv2d::ConvGeom { n: g.n, c_in: g.c_in, h: g.h, w: g.w, c_out: g.c_out, kh: 3, kw: 3, stride: 1, pad: 1 };
+    let cg = conv_geom(&g);
     let (xt, wt, dyt) = (tensor(&x, &[2, 64, 8, 8]), tensor(&w, &[64, 64, 3, 3]), tensor(&dy, &[2, 64, 8, 8]));
     let run = |tile: usize| {
         let (out, plans) = matmul::plans_used(|| {
@@ -397,10 +397,7 @@ type BatchNormRun<'a> = &'a dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, 
 fn batch_norm_bits(inputs: [&[f64]; 5], shape: [usize; 4], dtype: Dtype, run: BatchNormRun) -> Vec<Vec<f64>> {
     let [x, gamma, beta, res, dy] = inputs;
     let c = shape[1];
-    let activation = |v: &[f64]| {
-        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        Tensor::from_slice_as(dtype, &data, &shape).unwrap()
-    };
+    let activation = |v: &[f64]| activation(v, &shape, dtype);
     let (xt, rt) = (activation(x).with_grad(), activation(res).with_grad());
     let (gt, bt) = (param(gamma, &[c]), param(beta, &[c]));
     let (rm, rv) = (Tensor::zeros(&[c]).unwrap(), Tensor::full(&[c], 1.0).unwrap());
@@ -711,6 +708,41 @@ fn shortcut_a_forward_and_backward_match_reference() {
         y.backward_with(tensor(&r, y.shape())).unwrap();
         assert_close("shortcut_a backward", &grad(&xt), &cpu::shortcut_a_backward(&r, n, c, h, w, pad), (0.0, 0.0));
     }
+}
+
+#[test]
+fn shortcut_backward_adds_a_pending_gradient_with_the_bits_of_a_separate_add() {
+    // In a downsampling block the shortcut's backward may run second and add the gradient its
+    // input already has (from the first convolution): the bits of adding afterwards, in f32
+    // and f16, the -0 among the pending values included (-0 + 0 is +0 where no gradient lands).
+    let adapter = &sasprune::gpu::get().unwrap().adapter;
+    let dtypes: &[Dtype] = if adapter.shader_f16 { &[Dtype::F32, Dtype::F16] } else { &[Dtype::F32] };
+    let (n, c, h, w, pad) = (2usize, 5, 9, 7, 2);
+    let x_shape = [n, c, h, w];
+    let y_shape = [n, c + 2 * pad, h.div_ceil(2), w.div_ceil(2)];
+    let mut rng = Rng::new(18);
+    let mut pending = f32_exact(&rng.vec(n * c * h * w));
+    pending.iter_mut().step_by(3).for_each(|v| *v = -0.0);
+    let dy = f32_exact(&rng.vec(y_shape.iter().product()));
+    for &dtype in dtypes {
+        let (dyt, pt) = (activation(&dy, &y_shape, dtype), activation(&pending, &x_shape, dtype));
+        let fused = shortcut::shortcut_a_backward(&dyt, &x_shape, pad, Some(&pt)).unwrap();
+        let alone = shortcut::shortcut_a_backward(&dyt, &x_shape, pad, None).unwrap();
+        let separate = elementwise::add(&pt, &alone).unwrap();
+        assert_eq!(fused.dtype(), dtype);
+        let (fused, separate) = (values(&fused), values(&separate));
+        assert_eq!(differing_bits(&fused, &separate), 0, "{dtype:?}: fused and separate adds differ");
+        assert!(fused.iter().zip(&pending).any(|(f, p)| p.to_bits() == (-0.0f64).to_bits() && f.to_bits() == 0));
+        if dtype == Dtype::F32 {
+            let want = cpu::add(&pending, &cpu::shortcut_a_backward(&dy, n, c, h, w, pad));
+            assert_close("shortcut backward + pending", &fused, &want, ELEMENTWISE);
+        }
+    }
+    // a pending gradient of another shape, or a gradient of the wrong shape, is refused
+    let dyt = tensor(&dy, &y_shape);
+    let wrong = tensor(&pending[..n * c * h * (w - 1)], &[n, c, h, w - 1]);
+    assert!(shortcut::shortcut_a_backward(&dyt, &x_shape, pad, Some(&wrong)).is_err());
+    assert!(shortcut::shortcut_a_backward(&dyt, &[n, c, h, w + 2], pad, None).is_err());
 }
 
 #[test]

@@ -99,8 +99,7 @@ fn tuning_picks_a_correct_plan_stores_it_and_reads_it_back() {
     let mut rng = Rng::new(3);
     let x = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
     let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
-    let geom =
-        conv2d::ConvGeom { n: g.n, c_in: g.c_in, h: g.h, w: g.w, c_out: g.c_out, kh: 3, kw: 3, stride: 1, pad: 1 };
+    let geom = conv_geom(&g);
     let run = || {
         let y = conv2d::conv2d_forward(
             &tensor(&x, &[g.n, g.c_in, g.h, g.w]),

@@ -4,8 +4,8 @@
 //! [`Backward`] object holding what the op saved, plus edges to the inputs (their place in the
 //! graph, not their data: an input's buffer stays alive only if the backward rule saved it). `backward` sorts the
 //! graph topologically, runs each node once in reverse order, and accumulates (adds) gradients
-//! for tensors used more than once: where an op can, the kernel that computes such a tensor's
-//! second gradient adds the first ([`Backward::backward_adding`]). Each node is taken out of the graph as it runs, so the
+//! for tensors used more than once: where an op can, the kernel that computes such a
+//! tensor's second gradient adds the first ([`Backward::backward_adding`]). Each node is taken out of the graph as it runs, so the
 //! buffers it saved are released as soon as they are no longer needed.
 
 use crate::ops::elementwise;
@@ -133,21 +133,19 @@ pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
                 // that input's gradient
                 let once = |i: usize| node.inputs.iter().filter(|o| o.id() == node.inputs[i].id()).count() == 1;
                 let pending = (0..node.inputs.len())
-                    .find(|&i| node.inputs[i].requires_grad() && once(i) && grads.contains_key(&node.inputs[i].id()))
+                    .filter(|&i| node.inputs[i].requires_grad() && once(i) && grads.contains_key(&node.inputs[i].id()))
                     .filter(|_| !SEPARATE_ADDS.with(|c| c.get()));
                 let mut added = None;
-                let input_grads = match pending {
-                    Some(i) => {
-                        let prev = &grads[&node.inputs[i].id()];
-                        match node.backward.backward_adding(&grad, &places, i, prev)? {
-                            Some(input_grads) => {
-                                added = Some(i);
-                                input_grads
-                            }
-                            None => node.backward.backward_into(&grad, &places)?,
-                        }
+                for i in pending {
+                    let prev = &grads[&node.inputs[i].id()];
+                    if let Some(input_grads) = node.backward.backward_adding(&grad, &places, i, prev)? {
+                        added = Some((i, input_grads));
+                        break;
                     }
-                    None => node.backward.backward_into(&grad, &places)?,
+                }
+                let (added, input_grads) = match added {
+                    Some((i, input_grads)) => (Some(i), input_grads),
+                    None => (None, node.backward.backward_into(&grad, &places)?),
                 };
                 drop(grad);
                 for (i, (input, g)) in node.inputs.iter().zip(input_grads).enumerate() {

@@ -434,8 +434,10 @@ pub trait Backward: Send + Sync {
 
     /// `backward_into` with `pending`, the gradient input `input` already received from its
     /// other uses, added to that input's gradient by the kernel that computes it: `pending +
-    /// own` (the sum autograd would form, one launch and two passes fewer). `None` where the op
-    /// does not do that for this input (the default); autograd then adds.
+    /// own` (the sum autograd would form, one launch and two passes fewer), returned as a new
+    /// tensor (never written into a gradient place: autograd keeps it as the input's whole
+    /// gradient so far). `None` where the op does not do that for this input (the default);
+    /// autograd then adds.
     fn backward_adding(
         &self,
         grad_output: &Tensor,

@@ -208,16 +208,13 @@ pub fn fused_conv_case(
     let (oh, ow) = (g.out_h(), g.out_w());
     let c = g.c_out;
     let scaled = |rng: &mut Rng, n: usize| f32_exact(&rng.vec(n)).iter().map(|v| v * scale).collect::<Vec<f64>>();
+    let activation = |v: &[f64], shape: &[usize]| activation(v, shape, dtype);
     let x = scaled(rng, g.n * g.c_in * g.h * g.w);
     let w = f32_exact(&rng.vec(c * g.c_in * g.kh * g.kw));
     let b = scaled(rng, c);
     let res = scaled(rng, g.n * c * oh * ow);
     let (beta, rm) = (scaled(rng, c), scaled(rng, c));
     let (gamma, rv) = (f32_exact(&rng.vec_in(c, 0.5, 1.5)), f32_exact(&rng.vec_in(c, 0.5, 2.0)));
-    let activation = |v: &[f64], shape: &[usize]| {
-        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        Tensor::from_slice_as(dtype, &data, shape).unwrap()
-    };
     let (xt, rt) = (activation(&x, &[g.n, g.c_in, g.h, g.w]), activation(&res, &[g.n, c, oh, ow]));
     let (wt, bt) = (tensor(&w, &[c, g.c_in, g.kh, g.kw]), tensor(&b, &[c]));
     let bn = [&gamma, &beta, &rm, &rv].map(|v| tensor(v, &[c]));
@@ -250,6 +247,18 @@ pub fn fused_conv_case(
     })
 }
 
+/// `v` uploaded as a tensor of `dtype` (an activation: f32, or f16 under mixed precision).
+pub fn activation(v: &[f64], shape: &[usize], dtype: sasprune::gpu::Dtype) -> Tensor {
+    let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::from_slice_as(dtype, &data, shape).unwrap()
+}
+
+/// The engine's geometry for a reference geometry.
+pub fn conv_geom(g: &sasprune::reference::Conv2dGeom) -> sasprune::ops::conv2d::ConvGeom {
+    let sasprune::reference::Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, pad } = *g;
+    sasprune::ops::conv2d::ConvGeom { n, c_in, h, w, c_out, kh, kw, stride, pad }
+}
+
 /// Grad-input geometries for [`grad_input_adding_case`] that every GEMM tile runs: 3x3 stride 1
 /// with odd sizes, 3x3 stride 2 (the parity classes), 1x1.
 pub const PENDING_ADD_CASES: [sasprune::reference::Conv2dGeom; 3] = [
@@ -279,26 +288,13 @@ pub fn grad_input_adding_case(
     use sasprune::ops::{conv2d, elementwise, matmul};
     use sasprune::reference as cpu;
     let (oh, ow) = (g.out_h(), g.out_w());
-    let activation = |v: &[f64], shape: &[usize]| {
-        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        Tensor::from_slice_as(dtype, &data, shape).unwrap()
-    };
+    let activation = |v: &[f64], shape: &[usize]| activation(v, shape, dtype);
     let dy = f32_exact(&rng.vec(g.n * g.c_out * oh * ow));
     let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
     let pending = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
     let (dyt, wt) = (activation(&dy, &[g.n, g.c_out, oh, ow]), tensor(&w, &[g.c_out, g.c_in, g.kh, g.kw]));
     let pt = activation(&pending, &[g.n, g.c_in, g.h, g.w]);
-    let cg = conv2d::ConvGeom {
-        n: g.n,
-        c_in: g.c_in,
-        h: g.h,
-        w: g.w,
-        c_out: g.c_out,
-        kh: g.kh,
-        kw: g.kw,
-        stride: g.stride,
-        pad: g.pad,
-    };
+    let cg = conv_geom(&g);
     let (fused, plans) = matmul::plans_used(|| conv2d::conv2d_grad_input_adding(&dyt, &wt, &cg, Some(&pt)).unwrap());
     let separate = elementwise::add(&pt, &conv2d::conv2d_grad_input(&dyt, &wt, &cg).unwrap()).unwrap();
     assert_eq!((fused.dtype(), separate.dtype()), (dtype, dtype));

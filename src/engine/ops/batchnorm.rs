@@ -2,7 +2,7 @@
 //! the ReLU that follows it, or with a ResNet block's residual add and ReLU
 //! (shaders/batchnorm.wgsl).
 
-use super::{grad_place, groups_4x, kernel, launch, place_or_new, summing, summing_kernel};
+use super::{grad_place, groups_4x, kernel, launch, place_or_new, same_dtype, same_shape, summing, summing_kernel};
 use crate::gpu::Kernel;
 use crate::tensor::{needs_node, Backward, Node};
 use crate::{Error, Result, Tensor};
@@ -144,10 +144,12 @@ fn normalize(
     Ok((y, BatchNormBackward { x: x.detach(), gamma: gamma.detach(), beta: beta.detach(), stats, p }))
 }
 
-/// `max(batch_norm(x) + residual, 0)`: the end of a ResNet block, in one normalize pass after the
-/// statistics (one read of x and of the residual, one write), with the bits of batch norm
-/// followed by [`elementwise::add_relu`](super::elementwise::add_relu). Differentiable in x,
-/// residual, gamma and beta.
+/// `max(batch_norm(x) + residual, 0)`: the end of a ResNet block, in one normalize pass (one read
+/// of x and of the residual, one write). In training or with a graph, after the statistics,
+/// with the bits of batch norm followed by [`elementwise::add_relu`](super::elementwise::add_relu),
+/// differentiable in x, residual, gamma and beta; in evaluation without a graph, one kernel from
+/// the running statistics that adds the residual to the unrounded value (as the convolutions'
+/// fused output does, conv2d.wgsl `store_out`).
 pub fn batch_norm_add_relu(
     x: &Tensor,
     residual: &Tensor,
@@ -158,18 +160,8 @@ pub fn batch_norm_add_relu(
     cfg: BatchNormConfig,
 ) -> Result<Tensor> {
     check_shapes(x, [gamma, beta, running_mean, running_var])?;
-    if x.shape() != residual.shape() || x.dtype() != residual.dtype() {
-        return Err(Error::shape(
-            "batch_norm_add_relu",
-            format!(
-                "the residual must match the input: {:?} {:?} vs {:?} {:?}",
-                residual.shape(),
-                residual.dtype(),
-                x.shape(),
-                x.dtype()
-            ),
-        ));
-    }
+    same_shape("batch_norm_add_relu", x, residual)?;
+    same_dtype("batch_norm_add_relu", x, residual)?;
     let params = [gamma, beta, running_mean, running_var];
     let cfg = BatchNormConfig { relu: true, ..cfg };
     if !cfg.training && !needs_node(&[x, residual, gamma, beta]) {

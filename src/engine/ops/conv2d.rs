@@ -367,11 +367,19 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor
 /// `pending + dx` with the bits of adding them afterwards (conv2d.wgsl, add_pending).
 pub fn conv2d_grad_input_adding(dy: &Tensor, w: &Tensor, g: &ConvGeom, pending: Option<&Tensor>) -> Result<Tensor> {
     let dx = Tensor::uninit_as(dy.dtype(), &[g.n, g.c_in, g.h, g.w])?;
-    let adding = Epilogue { residual: pending, ..Default::default() };
-    adding.check(dx.shape())?;
-    if pending.is_some_and(|t| t.dtype() != dx.dtype()) {
-        return Err(Error::invalid("conv2d grad-input: the pending gradient must have the gradient's type"));
+    if let Some(t) = pending.filter(|t| t.shape() != dx.shape() || t.dtype() != dx.dtype()) {
+        return Err(Error::shape(
+            "conv2d grad-input",
+            format!(
+                "the pending gradient ({:?} {:?}) must have the input's shape and the gradient's type ({:?} {:?})",
+                t.shape(),
+                t.dtype(),
+                dx.shape(),
+                dx.dtype()
+            ),
+        ));
     }
+    let adding = Epilogue { residual: pending, ..Default::default() };
     let fuse = adding.bits(&dx);
     // (dy, unread, stands in for an absent pending gradient: an activation of dx's type)
     let pending = pending.unwrap_or(dy);
