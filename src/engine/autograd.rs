@@ -59,17 +59,14 @@ impl Tensor {
 }
 
 thread_local! {
-    static SEPARATE_ADDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SEPARATE_ADDS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 /// Runs `f` with this thread's backward passes adding every gradient of a tensor used more than
 /// once in a separate kernel (`elementwise.add`), never in the kernel that computes one
 /// ([`Backward::backward_adding`]): the comparison that shows both give the same bits.
 pub fn with_separate_adds<R>(f: impl FnOnce() -> R) -> R {
-    let old = SEPARATE_ADDS.with(|c| c.replace(true));
-    let out = f();
-    SEPARATE_ADDS.with(|c| c.set(old));
-    out
+    crate::ops::with_override(&SEPARATE_ADDS, true, f)
 }
 
 /// Adds `g` to a leaf's gradient: into its gradient place, or to the gradient it holds.
@@ -134,7 +131,7 @@ pub(crate) fn run_backward(root: Edge, seed: Tensor) -> Result<()> {
                 let once = |i: usize| node.inputs.iter().filter(|o| o.id() == node.inputs[i].id()).count() == 1;
                 let pending = (0..node.inputs.len())
                     .filter(|&i| node.inputs[i].requires_grad() && once(i) && grads.contains_key(&node.inputs[i].id()))
-                    .filter(|_| !SEPARATE_ADDS.with(|c| c.get()));
+                    .filter(|_| SEPARATE_ADDS.with(|c| c.get()) != Some(true));
                 let mut added = None;
                 for i in pending {
                     let prev = &grads[&node.inputs[i].id()];

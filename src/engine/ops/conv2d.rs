@@ -305,24 +305,26 @@ pub fn conv2d_fused(
 }
 
 thread_local! {
-    static SEPARATE_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SEPARATE_OPS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
 /// Runs `f` with [`conv2d_relu`] and [`conv2d_batch_norm_relu`] on this thread running the
 /// separate ops even without a graph: the comparison (bench and tests) that shows what fusing
 /// them into the convolution's output gains, and that it gives the same bits.
 pub fn with_separate_ops<R>(f: impl FnOnce() -> R) -> R {
-    let old = SEPARATE_OPS.with(|c| c.replace(true));
-    let out = f();
-    SEPARATE_OPS.with(|c| c.set(old));
-    out
+    super::with_override(&SEPARATE_OPS, true, f)
+}
+
+/// Whether this thread runs the separate ops ([`with_separate_ops`]).
+fn separate_ops() -> bool {
+    SEPARATE_OPS.with(|c| c.get()).unwrap_or(false)
 }
 
 /// `max(conv2d(x, w, bias), 0)`: one kernel without a graph (the convolution's epilogue applies
 /// the ReLU), otherwise the two differentiable ops.
 pub fn conv2d_relu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
     let inputs: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
-    if needs_node(&inputs) || SEPARATE_OPS.with(|c| c.get()) {
+    if needs_node(&inputs) || separate_ops() {
         return super::elementwise::relu(&conv2d(x, w, bias, stride, pad)?);
     }
     conv2d_fused(x, w, bias, stride, pad, Epilogue { relu: true, ..Default::default() })
@@ -345,7 +347,7 @@ pub fn conv2d_batch_norm_relu(
     let [gamma, beta, mean, var] = bn;
     let inputs: Vec<&Tensor> =
         [Some(x), Some(w), bias, Some(gamma), Some(beta), residual].into_iter().flatten().collect();
-    if cfg.training || needs_node(&inputs) || SEPARATE_OPS.with(|c| c.get()) {
+    if cfg.training || needs_node(&inputs) || separate_ops() {
         let y = conv2d(x, w, bias, stride, pad)?;
         return match residual {
             Some(r) => batchnorm::batch_norm_add_relu(&y, r, gamma, beta, mean, var, cfg),

@@ -58,7 +58,7 @@ pub fn with_binding_limit<R>(bytes: u64, f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f` with a test's setting in `cell` (this thread only), then restores the previous one.
-fn with_override<T: Copy + 'static, R>(
+pub(crate) fn with_override<T: Copy + 'static, R>(
     cell: &'static std::thread::LocalKey<std::cell::Cell<Option<T>>>,
     value: T,
     f: impl FnOnce() -> R,
