@@ -2,10 +2,11 @@
 //!
 //! Every op that produces a tensor from inputs that need gradients attaches a [`Node`]: a
 //! [`Backward`] object holding what the op saved, plus edges to the inputs (their place in the
-//! graph, not their data: an input's buffer stays alive only if the backward rule saved it). `backward` sorts the
-//! graph topologically, runs each node once in reverse order, and accumulates (adds) gradients
-//! for tensors used more than once: where an op can, the kernel that computes such a
-//! tensor's second gradient adds the first ([`Backward::backward_adding`]). Each node is taken out of the graph as it runs, so the
+//! graph, not their data: an input's buffer stays alive only if the backward rule saved it).
+//! `backward` sorts the graph topologically, runs each node once in reverse order, and
+//! accumulates (adds) gradients for tensors used more than once: where an op can, the kernel
+//! that computes such a tensor's second gradient adds the first
+//! ([`Backward::backward_adding`]). Each node is taken out of the graph as it runs, so the
 //! buffers it saved are released as soon as they are no longer needed.
 
 use crate::ops::elementwise;
