@@ -188,7 +188,7 @@ fn normalize_eval(x: &Tensor, params: [&Tensor; 4], residual: Option<&Tensor>, c
 }
 
 /// Evaluation-mode batch norm as a convolution's epilogue applies it (conv2d::Epilogue): running
-/// mean, 1/sqrt(running variance + eps), gamma and beta, [4c], from the four [c] tensors (the
+/// mean, 1/sqrt(running variance + eps), gamma and beta, `[4c]`, from the four `[c]` tensors (the
 /// first half is also the statistics the normalize and backward kernels read).
 pub fn eval_affine(
     gamma: &Tensor,

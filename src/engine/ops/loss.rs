@@ -42,7 +42,7 @@ fn check(logits: &Tensor, labels: &Tensor) -> Result<Params> {
     Ok(Params { n: n as u32, classes: classes as u32, seg, _pad: 0 })
 }
 
-/// Mean softmax cross-entropy of `logits` [n, classes] against class indices `labels` [n]
+/// Mean softmax cross-entropy of `logits` [n, classes] against class indices `labels` `[n]`
 /// (stored as f32; the caller validates their range). Differentiable in the logits.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let p = check(logits, labels)?;
@@ -74,7 +74,7 @@ impl Backward for CrossEntropyBackward {
 }
 
 /// For each row, how many classes score strictly higher than its label (0 means top-1
-/// correct, < 5 top-5 correct), as f32 [n].
+/// correct, < 5 top-5 correct), as f32 `[n]`.
 pub fn label_rank(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let p = check(logits, labels)?;
     let rank = Tensor::uninit(&[p.n as usize])?;

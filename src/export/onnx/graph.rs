@@ -110,7 +110,7 @@ impl<'a> Graph<'a> {
         self.node("Div", &[&centered, &std], vec![])
     }
 
-    /// `Conv` with weight `weight` [c_out, c_in, k, k] (and `bias` [c_out]), square stride and
+    /// `Conv` with weight `weight` [c_out, c_in, k, k] (and `bias` `[c_out]`), square stride and
     /// zero padding on every side.
     pub fn conv(&mut self, x: &str, weight: &str, bias: Option<&str>, stride: usize, pad: usize) -> Result<String> {
         let shape = self.weight_shape(weight)?;
