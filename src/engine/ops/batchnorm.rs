@@ -124,7 +124,7 @@ fn normalize(
     }
     let ipc = CHUNK_ELEMENTS.div_ceil(hw).clamp(1, n);
     let p = Params { update_running: 1, ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..Params::new(x, cfg) };
-    // (the backward's p: it never adds the residual)
+    // the forward pass adds the residual (p_out); the backward's p never does
     let p_out = Params { residual: residual.is_some() as u32, ..p };
     // Per-channel mean and 1/sqrt(var + eps): of the batch in training, else of the running
     // statistics.
