@@ -9,18 +9,25 @@
 //   x, y, dy, dx [n, c, hw]     gamma, beta, running_* [c]
 //   (x, y, dy, dx and the residual are bound as t<binding>: f32, or f16 under mixed precision;
 //   statistics, parameters and every sum are f32)
-//   stat [2c]: the mean in stat[0..c], 1/sqrt(var + eps) in stat[c..2c] (one binding for
-//   both keeps the backward kernel within 8 storage bindings, WebGPU's default limit)
+//   stat [2c + 2c*chunks]: the mean in stat[0..c], 1/sqrt(var + eps) in stat[c..2c], then the
+//   reductions' partials [c, chunks, 2] (partial_at): the forward's, then the backward's over
+//   them (one binding for all keeps every kernel within 8 storage bindings, WebGPU's default
+//   limit)
 // Per-channel reductions run in two levels so that a large GPU has work for all its cores: a
 // (chunk, channel) grid of workgroups, each over `ipc` consecutive images of one channel, writes
-// partial [c, chunks, 2]; a finalize kernel (one workgroup per channel) combines the chunks. The
-// partial and finalize kernels add within a workgroup with workgroup_sum / workgroup_sum2, from
-// the prelude (sum_tree.wgsl, or sum_subgroup.wgsl where the adapter has subgroups).
+// the partials; then the chunks are combined per channel (batch_stats, grad_sums). Normalize and
+// backward_input run on the same grid and, with p.finalize, combine them themselves: every
+// workgroup of a channel computes the same sums in the same order (so the same bits as the
+// separate finalize kernels, one workgroup per channel, which p.finalize = 0 runs), and those of
+// chunk 0 store them. That saves a launch per pass (62 per ResNet-32 training step), each a
+// dependent step on a GPU. Sums within a workgroup use workgroup_sum / workgroup_sum2, from the
+// prelude (sum_tree.wgsl, or sum_subgroup.wgsl where the adapter has subgroups).
 
 struct Params {
     n: u32, c: u32, hw: u32, update_running: u32,
     eps: f32, momentum: f32, eval_mode: u32, relu: u32,
     chunks: u32, ipc: u32, residual: u32, out_f16: u32,   // out_f16: y is stored as f16
+    finalize: u32, _pad0: u32, _pad1: u32, _pad2: u32,    // finalize: combine the chunks here
 }
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -39,6 +46,11 @@ fn chunk_len(q: u32) -> u32 {
 fn at_chunk(ch: u32, q: u32, j: u32) -> u32 {
     let b = q * p.ipc + j / p.hw;
     return (b * p.c + ch) * p.hw + j % p.hw;
+}
+
+// Where chunk q of channel ch keeps its two partial sums in stat.
+fn partial_at(ch: u32, q: u32) -> u32 {
+    return 2u * (p.c + ch * p.chunks + q);
 }
 
 // Batch norm of one value (before the ReLU and residual): the one expression every kernel that
@@ -66,7 +78,7 @@ fn plus_residual(v: f32, r: f32) -> f32 {
 // Workgroup (q, ch): the mean and sum of squared deviations (M2) of chunk q of channel ch, two
 // passes over the chunk (the second reads it from cache) for accuracy.
 @group(0) @binding(1) var<storage, read> x: array<t1>;
-@group(0) @binding(2) var<storage, read_write> partial_out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stat: array<f32>;
 @compute @workgroup_size(WG)
 fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = wid.x;
@@ -82,48 +94,54 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     let total_m2 = workgroup_sum(m2, lid.x);
     if (lid.x == 0u) {
-        let o = 2u * (ch * p.chunks + q);
-        partial_out[o] = mu;
-        partial_out[o + 1u] = total_m2;
+        let o = partial_at(ch, q);
+        stat[o] = mu;
+        stat[o + 1u] = total_m2;
     }
 }
 
-//#section stats_finalize
-// Workgroup ch: the chunks' (mean, M2) combined as in a single pass over the channel: the batch
-// mean is the chunk means weighted by their sizes, and M2 = sum over chunks of M2_q +
-// n_q (mean_q - mean)^2 (Chan et al.'s update, in parallel). Then mean and 1/sqrt(var + eps) of
-// the batch, and the running-statistics update. The chunks are spread over the workgroup's
-// threads: one thread looping over up to hundreds of chunks was a chain of dependent loads that
-// cost more than the whole normalize pass on a large GPU.
-@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
-@group(0) @binding(2) var<storage, read_write> stat: array<f32>;
-@group(0) @binding(3) var<storage, read_write> running_mean: array<f32>;
-@group(0) @binding(4) var<storage, read_write> running_var: array<f32>;
-@compute @workgroup_size(WG)
-fn stats_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let ch = wid.x;
+//#section stats_finalize normalize
+// The batch mean and 1/sqrt(var + eps) of channel ch, as every thread of the workgroup gets
+// them, from its chunks' (mean, M2): the batch mean is the chunk means weighted by their sizes,
+// and M2 = sum over chunks of M2_q + n_q (mean_q - mean)^2 (Chan et al.'s update, in parallel).
+// With `store`, thread 0 writes them to stat and updates the running statistics. The chunks are
+// spread over the workgroup's threads: one thread looping over up to hundreds of chunks was a
+// chain of dependent loads that cost more than the whole normalize pass on a large GPU.
+fn batch_stats(ch: u32, lid: u32, store: bool) -> vec2<f32> {
     let count = f32(p.n * p.hw);
     var s = 0.0;
-    for (var q = lid.x; q < p.chunks; q += WG) {
-        s += f32(chunk_len(q)) * partial_in[2u * (ch * p.chunks + q)];
+    for (var q = lid; q < p.chunks; q += WG) {
+        s += f32(chunk_len(q)) * stat[partial_at(ch, q)];
     }
-    let mu = workgroup_sum(s, lid.x) / count;
+    let mu = workgroup_sum(s, lid) / count;
     var m2 = 0.0;
-    for (var q = lid.x; q < p.chunks; q += WG) {
-        let o = 2u * (ch * p.chunks + q);
-        let d = partial_in[o] - mu;
-        m2 += partial_in[o + 1u] + f32(chunk_len(q)) * d * d;
+    for (var q = lid; q < p.chunks; q += WG) {
+        let o = partial_at(ch, q);
+        let d = stat[o] - mu;
+        m2 += stat[o + 1u] + f32(chunk_len(q)) * d * d;
     }
-    let total_m2 = workgroup_sum(m2, lid.x);
-    if (lid.x == 0u) {
+    let total_m2 = workgroup_sum(m2, lid);
+    let inv = inverseSqrt(total_m2 / count + p.eps);
+    if (store && lid == 0u) {
         stat[ch] = mu;
-        stat[p.c + ch] = inverseSqrt(total_m2 / count + p.eps);
+        stat[p.c + ch] = inv;
         if (p.update_running != 0u) {
             let unbiased = total_m2 / max(count - 1.0, 1.0);
             running_mean[ch] = (1.0 - p.momentum) * running_mean[ch] + p.momentum * mu;
             running_var[ch] = (1.0 - p.momentum) * running_var[ch] + p.momentum * unbiased;
         }
     }
+    return vec2<f32>(mu, inv);
+}
+
+//#section stats_finalize
+// Workgroup ch: the statistics of channel ch, stored (normalize without p.finalize reads them).
+@group(0) @binding(1) var<storage, read_write> stat: array<f32>;
+@group(0) @binding(2) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> running_var: array<f32>;
+@compute @workgroup_size(WG)
+fn stats_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    batch_stats(wid.x, lid.x, true);
 }
 
 //#section eval_affine
@@ -146,22 +164,36 @@ fn eval_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 //#section normalize
-// y = (x - mean) * invstd * gamma + beta, plus the residual r when p.residual != 0 (a ResNet
-// block's end: the same bits as batch norm followed by elementwise add_relu, with one write
-// and one read of y fewer), then max(y, 0) when fused with the ReLU.
+// Workgroup (q, ch), over chunk q of channel ch: y = (x - mean) * invstd * gamma + beta, plus
+// the residual r when p.residual != 0 (a ResNet block's end: the same bits as batch norm
+// followed by elementwise add_relu, with one write and one read of y fewer), then max(y, 0)
+// when fused with the ReLU. With p.finalize the workgroup combines the channel's chunks itself
+// (chunk 0's stores the statistics and updates the running ones); else it reads stat (the
+// finalize kernel's, or eval_affine's in evaluation).
 @group(0) @binding(1) var<storage, read> x: array<t1>;
-@group(0) @binding(2) var<storage, read> stat: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stat: array<f32>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
 @group(0) @binding(5) var<storage, read> res: array<t5>;
 @group(0) @binding(6) var<storage, read_write> y: array<t6>;
+@group(0) @binding(7) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
 @compute @workgroup_size(WG)
-fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    for (var r = 0u; r < 4u; r++) {
-        let i = element(wid, lid, nwg, r);
-        if (i >= p.n * p.c * p.hw) { return; }
-        let ch = (i / p.hw) % p.c;
-        var v = bn_value(f32(x[i]), stat[ch], stat[p.c + ch], gamma[ch], beta[ch]);
+fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let q = wid.x;
+    let ch = wid.y;
+    var ms: vec2<f32>;
+    if (p.finalize != 0u) {
+        ms = batch_stats(ch, lid.x, q == 0u);
+    } else {
+        ms = vec2<f32>(stat[ch], stat[p.c + ch]);
+    }
+    let gm = gamma[ch];
+    let bt = beta[ch];
+    let len = chunk_len(q);
+    for (var j = lid.x; j < len; j += WG) {
+        let i = at_chunk(ch, q, j);
+        var v = bn_value(f32(x[i]), ms.x, ms.y, gm, bt);
         if (p.residual != 0u) { v = plus_residual(v, f32(res[i])); }
         y[i] = t6(select(v, max(v, 0.0), p.relu != 0u));
     }
@@ -193,12 +225,12 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 //#section backward_partial
 // Workgroup (q, ch): over chunk q of channel ch, the sums of g and of g * xhat, where g is dy
 // (masked by y > 0 when fused with the ReLU, y recomputed from x).
+// The partials go over the forward's in stat, which no kernel reads after the statistics.
 @group(0) @binding(1) var<storage, read> dy: array<t1>;
 @group(0) @binding(2) var<storage, read> x: array<t2>;
-@group(0) @binding(3) var<storage, read> stat: array<f32>;
+@group(0) @binding(3) var<storage, read_write> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> partial_out: array<f32>;
 @compute @workgroup_size(WG)
 fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = wid.x;
@@ -219,59 +251,79 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     }
     let total = workgroup_sum2(vec2<f32>(sd, sdx), lid.x);
     if (lid.x == 0u) {
-        let o = 2u * (ch * p.chunks + q);
-        partial_out[o] = total.x;
-        partial_out[o + 1u] = total.y;
+        let o = partial_at(ch, q);
+        stat[o] = total.x;
+        stat[o + 1u] = total.y;
     }
 }
 
+//#section backward_finalize backward_input
+// (dbeta, dgamma) of channel ch = (sum g, sum g * xhat) over its chunks' partials, spread over
+// the threads, as every thread of the workgroup gets them; with `store`, thread 0 writes them.
+fn grad_sums(ch: u32, lid: u32, store: bool) -> vec2<f32> {
+    var s = vec2<f32>(0.0);
+    for (var q = lid; q < p.chunks; q += WG) {
+        let o = partial_at(ch, q);
+        s += vec2<f32>(stat[o], stat[o + 1u]);
+    }
+    let total = workgroup_sum2(s, lid);
+    if (store && lid == 0u) {
+        dbeta[ch] = total.x;
+        dgamma[ch] = total.y;
+    }
+    return total;
+}
+
 //#section backward_finalize
-// Workgroup ch: dbeta = sum g, dgamma = sum g * xhat over the chunks, spread over the threads.
-@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
+// Workgroup ch: dgamma and dbeta of channel ch, stored (backward_input without p.finalize reads
+// them).
+@group(0) @binding(1) var<storage, read> stat: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dbeta: array<f32>;
 @compute @workgroup_size(WG)
 fn backward_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let ch = wid.x;
-    var s = vec2<f32>(0.0);
-    for (var q = lid.x; q < p.chunks; q += WG) {
-        let o = 2u * (ch * p.chunks + q);
-        s += vec2<f32>(partial_in[o], partial_in[o + 1u]);
-    }
-    let total = workgroup_sum2(s, lid.x);
-    if (lid.x == 0u) {
-        dbeta[ch] = total.x;
-        dgamma[ch] = total.y;
-    }
+    grad_sums(wid.x, lid.x, true);
 }
 
 //#section backward_input
-// Training: dx = gamma*invstd/count * (count*g - dbeta - xhat*dgamma)  (the batch statistics
-// depend on x). Eval: dx = g * gamma * invstd. g is dy, masked by y > 0 when fused (y
-// recomputed from x).
+// Workgroup (q, ch), over chunk q of channel ch. Training: dx = gamma*invstd/count *
+// (count*g - dbeta - xhat*dgamma) (the batch statistics depend on x). Eval: dx = g * gamma *
+// invstd. g is dy, masked by y > 0 when fused (y recomputed from x). With p.finalize the
+// workgroup sums dgamma and dbeta from the partials itself (chunk 0's stores them); else it
+// reads them.
 @group(0) @binding(1) var<storage, read> dy: array<t1>;
 @group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
-@group(0) @binding(5) var<storage, read> dgamma: array<f32>;
-@group(0) @binding(6) var<storage, read> dbeta: array<f32>;
-@group(0) @binding(7) var<storage, read> beta: array<f32>;
+@group(0) @binding(5) var<storage, read> beta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dx: array<t8>;
 @compute @workgroup_size(WG)
-fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let q = wid.x;
+    let ch = wid.y;
+    var sums: vec2<f32>;
+    if (p.finalize != 0u) {
+        sums = grad_sums(ch, lid.x, q == 0u);
+    } else {
+        sums = vec2<f32>(dbeta[ch], dgamma[ch]);
+    }
     let count = f32(p.n * p.hw);
-    for (var r = 0u; r < 4u; r++) {
-        let i = element(wid, lid, nwg, r);
-        if (i >= p.n * p.c * p.hw) { return; }
-        let ch = (i / p.hw) % p.c;
+    let mu = stat[ch];
+    let inv = stat[p.c + ch];
+    let gm = gamma[ch];
+    let bt = beta[ch];
+    let len = chunk_len(q);
+    for (var j = lid.x; j < len; j += WG) {
+        let i = at_chunk(ch, q, j);
         let xv = f32(x[i]);
-        let inv = stat[p.c + ch];
-        let g = select(f32(dy[i]), 0.0, p.relu != 0u && relu_is_zero(bn_value(xv, stat[ch], inv, gamma[ch], beta[ch])));
+        let g = select(f32(dy[i]), 0.0, p.relu != 0u && relu_is_zero(bn_value(xv, mu, inv, gm, bt)));
         if (p.eval_mode != 0u) {
-            dx[i] = t8(g * gamma[ch] * inv);
+            dx[i] = t8(g * gm * inv);
         } else {
-            let xhat = (xv - stat[ch]) * inv;
-            dx[i] = t8(gamma[ch] * inv / count * (count * g - dbeta[ch] - xhat * dgamma[ch]));
+            let xhat = (xv - mu) * inv;
+            dx[i] = t8(gm * inv / count * (count * g - sums.x - xhat * sums.y));
         }
     }
 }

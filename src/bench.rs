@@ -237,12 +237,21 @@ impl Bench<'_> {
     }
 
     /// ResNet-32's stage-2 shape at the bench batch, and (full runs) its largest activation at
-    /// eval's batch 500, where bandwidth rather than launch latency decides.
+    /// eval's batch 500, where bandwidth rather than launch latency decides. Each also with the
+    /// per-channel sums combined the other way than this device's default (`finalize separate`:
+    /// by their own kernels, a launch more each way; `finalize folded`: in normalize and
+    /// backward_input), to show what the choice gains.
     fn batch_norm(&self, emit: &mut Emit) -> Result<()> {
         let batch = self.batch;
         let shapes = if self.cfg.quick { vec![(batch, 32, 16)] } else { vec![(batch, 32, 16), (500, 16, 32)] };
-        for (n, c, side) in shapes {
-            let shape = format!("b{n} {c}x{side}x{side}");
+        let default = batchnorm::folded_finalize()?;
+        for ((n, c, side), folded) in shapes.into_iter().flat_map(|s| [(s, default), (s, !default)]) {
+            let other = match (folded == default, folded) {
+                (true, _) => "",
+                (false, true) => " finalize folded",
+                (false, false) => " finalize separate",
+            };
+            let shape = format!("b{n} {c}x{side}x{side}{other}");
             let names = [format!("batchnorm forward {shape}"), format!("batchnorm backward {shape}")];
             if !names.iter().any(|n| self.cfg.wants(n)) {
                 continue;
@@ -252,9 +261,11 @@ impl Bench<'_> {
             let (rm, rv) = (Tensor::zeros(&[c])?, Tensor::full(&[c], 1.0)?);
             let bytes = (n * c * side * side * 4) as f64 / 1e9;
             let cfg_bn = batchnorm::BatchNormConfig::default();
+            let time =
+                |f: &dyn Fn() -> Result<()>| time_median(self.runs, || batchnorm::with_folded_finalize(folded, f));
             if self.cfg.wants(&names[0]) {
                 // reads x twice (statistics, normalize) and writes y
-                let (seconds, timing) = time_median(self.runs, || {
+                let (seconds, timing) = time(&|| {
                     crate::autograd::no_grad(|| batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn).map(drop))
                 })?;
                 emit(Measurement {
@@ -269,7 +280,7 @@ impl Bench<'_> {
             if self.cfg.wants(&names[1]) {
                 let dy = random(&[n, c, side, side], 7)?;
                 // reads dy and x twice (reductions, input gradient) and writes dx
-                let (seconds, timing) = time_median(self.runs, || {
+                let (seconds, timing) = time(&|| {
                     let y = batchnorm::batch_norm(&x, &gamma, &beta, &rm, &rv, cfg_bn)?;
                     y.backward_with(dy.clone())
                 })?;

@@ -183,6 +183,10 @@ fn tuner_flags_tune_cache_and_reject_nonsense() {
     let (ok, stderr) = run("SASPRUNE_SHADER_CHECKS", "some");
     assert!(!ok && stderr.contains("SASPRUNE_SHADER_CHECKS=some"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    let batch_norm = ["bench", "--quick", "--filter", "batchnorm forward", "--out", out_s];
+    let (code, stderr) = sasprune_with(&batch_norm, "SASPRUNE_BN_FINALIZE", "later");
+    assert!(code == Some(1) && stderr.contains("SASPRUNE_BN_FINALIZE=later is not understood"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -1,7 +1,8 @@
 //! Gradients written into a parameter store's gradient places (the arena the optimizer reads)
 //! instead of added there: the same values as autograd's sums for plain leaves, and the adds
-//! counted on the device. Its own test binary: the device timer counts every launch of the
-//! process, so no other test may run beside it, and its tests take turns (`TIMER`).
+//! counted on the device; and other launches a training step saves, counted. Its own test
+//! binary: the device timer counts every launch of the process, so no other test may run beside
+//! it, and its tests take turns (`TIMER`).
 
 mod common;
 use common::*;
@@ -118,6 +119,58 @@ fn a_resnet_blocks_input_gradients_are_summed_by_the_kernels_that_compute_them()
             (Some(fused), Some(separate)) => {
                 assert_eq!((fused, separate), (0, 9), "{precision:?}: separate adds (ResNet-20 has 9 blocks)")
             }
+            _ => eprintln!("SKIPPED counting launches: the adapter has no timestamp queries"),
+        }
+    }
+}
+
+#[test]
+fn a_resnets_batch_norms_combine_their_sums_without_finalize_launches() {
+    // Training's batch norms combine their per-channel chunk sums in normalize and
+    // backward_input (GPUs' default) or in finalize kernels of their own (software drivers'):
+    // a ResNet-20 step from the same start must give the same loss, parameter gradients and
+    // running statistics either way, bit for bit, in f32 and mixed precision, with no finalize
+    // launch in the first and two per batch norm (19) in the second.
+    use sasprune::models::{Model, Precision};
+    let _turn = TIMER.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = sasprune::gpu::get().unwrap();
+    let mut precisions = vec![Precision::F32];
+    if gpu.adapter.shader_f16 {
+        precisions.push(Precision::Mixed);
+    }
+    let mut rng = Rng::new(35);
+    let x = tensor(&rng.vec(4 * 3 * 32 * 32), &[4, 3, 32, 32]);
+    let labels = tensor(&[2.0, 7.0, 9.0, 3.0], &[4]);
+    for precision in precisions {
+        let step = |folded: bool| {
+            batchnorm::with_folded_finalize(folded, || {
+                let mut m = Model::build("resnet20", 10, 6).unwrap();
+                m.set_precision(precision).unwrap();
+                let timed = gpu.start_device_timer(true).unwrap();
+                let loss = m.gradient(&x, &labels, 0).unwrap().to_vec().unwrap();
+                let finalizes = gpu.stop_device_timer().unwrap().map(|t| {
+                    t.by_kernel
+                        .iter()
+                        .filter(|k| k.0.starts_with("batchnorm.") && k.0.contains("finalize"))
+                        .map(|k| k.2)
+                        .sum()
+                });
+                let state = [
+                    loss,
+                    m.store.grads_flat().unwrap().to_vec().unwrap(),
+                    m.store.buffers_flat().unwrap().to_vec().unwrap(),
+                ];
+                (state, finalizes.filter(|_: &u32| timed))
+            })
+        };
+        let ((folded, folded_launches), (separate, separate_launches)) = (step(true), step(false));
+        for ((name, a), b) in ["loss", "gradients", "running statistics"].iter().zip(&folded).zip(&separate) {
+            assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|&v| v != 0.0), "{precision:?} {name}");
+            let differ = a.iter().zip(b).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{precision:?}: {differ} of {} {name} differ", a.len());
+        }
+        match (folded_launches, separate_launches) {
+            (Some(f), Some(s)) => assert_eq!((f, s), (0, 38), "{precision:?}: finalize launches (19 batch norms)"),
             _ => eprintln!("SKIPPED counting launches: the adapter has no timestamp queries"),
         }
     }

@@ -483,6 +483,65 @@ fn training_batch_norm_fusions_give_the_separate_ops_bits() {
 }
 
 #[test]
+fn batch_norm_sums_combined_where_they_are_used_give_the_finalize_kernels_bits() {
+    // Batch norm's per-channel sums run in two levels: per (chunk, channel) partial sums, then a
+    // combination over the chunks. Normalize and backward_input combine them in every workgroup
+    // (those of chunk 0 store the result), where separate finalize kernels did it once per
+    // channel: outputs, running statistics and gradients must keep the finalize kernels' bits,
+    // with both summing variants, in f32 and f16, in training and in evaluation with a graph,
+    // plain, with the ReLU and with the residual. Shapes: one chunk per channel; 3 chunks; 261
+    // chunks, more than a workgroup's 256 threads, so some threads combine two.
+    let adapter = &sasprune::gpu::get().unwrap().adapter;
+    let dtypes: &[Dtype] = if adapter.shader_f16 { &[Dtype::F32, Dtype::F16] } else { &[Dtype::F32] };
+    each_summing_variant(|variant| {
+        for shape in [[3, 5, 7, 9], [37, 3, 11, 13], [261, 2, 43, 49]] {
+            let numel: usize = shape.iter().product();
+            for &dtype in dtypes {
+                let mut rng = Rng::new(16);
+                let exact = |v: Vec<f64>| -> Vec<f64> {
+                    match dtype {
+                        Dtype::F16 => v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect(),
+                        _ => f32_exact(&v),
+                    }
+                };
+                let x = exact(rng.vec(numel).iter().map(|v| 2.0 * v + 0.3).collect());
+                let (res, dy) = (exact(rng.vec(numel)), exact(rng.vec(numel)));
+                let (gamma, beta) = (f32_exact(&rng.vec_in(shape[1], 0.5, 1.5)), f32_exact(&rng.vec(shape[1])));
+                for training in [true, false] {
+                    let cfg = batchnorm::BatchNormConfig { training, ..Default::default() };
+                    let relu = batchnorm::BatchNormConfig { relu: true, ..cfg };
+                    let inputs = [&x[..], &gamma[..], &beta[..], &res[..], &dy[..]];
+                    let runs: [(&str, BatchNormRun); 3] = [
+                        ("batch norm", &|x, _, g, b, m, v| batchnorm::batch_norm(x, g, b, m, v, cfg).unwrap()),
+                        ("batch norm + ReLU", &|x, _, g, b, m, v| batchnorm::batch_norm(x, g, b, m, v, relu).unwrap()),
+                        ("batch norm + residual + ReLU", &|x, r, g, b, m, v| {
+                            batchnorm::batch_norm_add_relu(x, r, g, b, m, v, cfg).unwrap()
+                        }),
+                    ];
+                    for (what, run) in runs {
+                        let bits = |folded| {
+                            batchnorm::with_folded_finalize(folded, || batch_norm_bits(inputs, shape, dtype, run))
+                        };
+                        let (combined, separate) = (bits(true), bits(false));
+                        let names = ["output", "grad x", "grad gamma", "grad beta", "grad residual", "mean", "var"];
+                        for ((name, a), b) in names.iter().zip(&combined).zip(&separate) {
+                            let what = format!("{what} {shape:?} ({dtype:?}, {variant}, training {training}): {name}");
+                            assert_eq!(a.len(), b.len(), "{what}");
+                            assert_eq!(differing_bits(a, b), 0, "{what}: combined in place and finalized differ");
+                        }
+                        // not vacuous: every channel's gradients and (in training) statistics moved
+                        let [_, _, dgamma, dbeta, _, mean, var] = &combined[..] else { unreachable!() };
+                        assert!(dgamma.iter().chain(dbeta).all(|&g| g != 0.0 && g.is_finite()), "{what}");
+                        let moved = mean.iter().all(|&m| m != 0.0) && var.iter().all(|&v| v != 1.0);
+                        assert_eq!(moved, training, "{what}: running statistics updated only in training");
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
 fn convolution_epilogue_gives_the_separate_ops_bits_with_every_plan() {
     // In evaluation the ResNets run each convolution with the batch norm, residual and ReLU
     // after it fused into its output. That output must be the very bits the separate kernels

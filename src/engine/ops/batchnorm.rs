@@ -9,14 +9,14 @@ use crate::{Error, Result, Tensor};
 
 static STATS_PARTIAL: [Kernel; 2] = summing_kernel!("batchnorm.stats_partial", "batchnorm.wgsl", "stats_partial");
 static STATS_FINALIZE: [Kernel; 2] = summing_kernel!("batchnorm.stats_finalize", "batchnorm.wgsl", "stats_finalize");
-static NORMALIZE: Kernel = kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
+static NORMALIZE: [Kernel; 2] = summing_kernel!("batchnorm.normalize", "batchnorm.wgsl", "normalize");
 static EVAL_AFFINE: Kernel = kernel!("batchnorm.eval_affine", "batchnorm.wgsl", "eval_affine");
 static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");
 static BACKWARD_PARTIAL: [Kernel; 2] =
     summing_kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
 static BACKWARD_FINALIZE: [Kernel; 2] =
     summing_kernel!("batchnorm.backward_finalize", "batchnorm.wgsl", "backward_finalize");
-static BACKWARD_INPUT: Kernel = kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
+static BACKWARD_INPUT: [Kernel; 2] = summing_kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -36,6 +36,10 @@ struct Params {
     residual: u32,
     /// The output (y, the same type as x) is f16: fused kernels round as its store would.
     out_f16: u32,
+    /// normalize, backward_input: combine the chunks' partial sums in each workgroup rather
+    /// than read what a finalize kernel stored.
+    finalize: u32,
+    _pad: [u32; 3],
 }
 
 impl Params {
@@ -56,6 +60,8 @@ impl Params {
             ipc: 0,
             residual: 0,
             out_f16: (x.dtype() == crate::gpu::Dtype::F16) as u32,
+            finalize: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -123,25 +129,71 @@ fn normalize(
         ));
     }
     let ipc = CHUNK_ELEMENTS.div_ceil(hw).clamp(1, n);
-    let p = Params { update_running: 1, ipc: ipc as u32, chunks: n.div_ceil(ipc) as u32, ..Params::new(x, cfg) };
-    // the forward pass adds the residual (p_out); the backward's p never does
-    let p_out = Params { residual: residual.is_some() as u32, ..p };
-    // Per-channel mean and 1/sqrt(var + eps): of the batch in training, else of the running
-    // statistics.
-    // (in evaluation, the first half of eval_affine's [4c])
-    let stats = if cfg.training {
-        let stats = Tensor::uninit(&[2 * c])?;
-        let partial = Tensor::uninit(&[c, p.chunks as usize, 2])?;
-        launch(summing(&STATS_PARTIAL)?, &p, &[x, &partial], [p.chunks, c as u32, 1])?;
-        launch(summing(&STATS_FINALIZE)?, &p, &[&partial, &stats, running_mean, running_var], [c as u32, 1, 1])?;
-        stats
+    let chunks = n.div_ceil(ipc);
+    let finalize = folded_finalize()? as u32;
+    let p = Params { update_running: 1, ipc: ipc as u32, chunks: chunks as u32, finalize, ..Params::new(x, cfg) };
+    // The forward pass adds the residual, and combines the chunks only in training (in
+    // evaluation eval_affine prepares the statistics); the backward's p never adds.
+    let p_out = Params { residual: residual.is_some() as u32, finalize: finalize * cfg.training as u32, ..p };
+    // [2c + 2c·chunks]: per channel the mean and 1/sqrt(var + eps), of the batch in training,
+    // else of the running statistics (the first half of eval_affine's [4c]); then the partial
+    // sums of the forward's and backward's reductions.
+    let stats = Tensor::uninit(&[2 * c * (1 + chunks)])?;
+    let grid = [p.chunks, c as u32, 1];
+    if cfg.training {
+        launch(summing(&STATS_PARTIAL)?, &p, &[x, &stats], grid)?;
+        if p.finalize == 0 {
+            launch(summing(&STATS_FINALIZE)?, &p, &[&stats, running_mean, running_var], [c as u32, 1, 1])?;
+        }
     } else {
-        eval_affine(gamma, beta, running_mean, running_var, cfg.eps)?
-    };
+        eval_affine_into(&stats, [gamma, beta, running_mean, running_var], cfg.eps)?;
+    }
     let y = Tensor::uninit_as(x.dtype(), s)?;
     // (without a residual, x stands in for its binding, unread)
-    launch(&NORMALIZE, &p_out, &[x, &stats, gamma, beta, residual.unwrap_or(x), &y], groups_4x(x.numel()))?;
+    let bufs = [x, &stats, gamma, beta, residual.unwrap_or(x), &y, running_mean, running_var];
+    launch(summing(&NORMALIZE)?, &p_out, &bufs, grid)?;
     Ok((y, BatchNormBackward { x: x.detach(), gamma: gamma.detach(), beta: beta.detach(), stats, p }))
+}
+
+thread_local! {
+    static FORCED_FOLDED_FINALIZE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with batch norm's per-channel sums combined over the chunks in every workgroup of
+/// normalize and backward_input (`true`: a launch fewer each way) or by their own finalize
+/// kernels, one workgroup per channel (`false`); the same bits either way. How tests and the
+/// bench compare the two on one device; otherwise [`folded_finalize`] decides.
+pub fn with_folded_finalize<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    super::with_override(&FORCED_FOLDED_FINALIZE, on, f)
+}
+
+/// Whether batch norm launched now combines its sums where they are used: by default on GPUs,
+/// where a launch (with the wait for the one before) costs more than every workgroup reading
+/// the channel's few chunk partials from cache; not on software drivers, where llvmpipe ran the
+/// b500 16x32x32 forward ~1.6x slower so (4,000 workgroups each combining 250 chunks).
+/// `SASPRUNE_BN_FINALIZE=folded|separate` overrides the default (to compare whole steps).
+pub fn folded_finalize() -> Result<bool> {
+    if let Some(forced) = FORCED_FOLDED_FINALIZE.with(|c| c.get()) {
+        return Ok(forced);
+    }
+    // (read once: the per-step path neither allocates nor locks the environment for it)
+    static FROM_ENV: std::sync::OnceLock<std::result::Result<Option<bool>, String>> = std::sync::OnceLock::new();
+    let from_env = FROM_ENV.get_or_init(|| {
+        match std::env::var("SASPRUNE_BN_FINALIZE").unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "folded" => Ok(Some(true)),
+            "separate" => Ok(Some(false)),
+            other => Err(format!(
+                "SASPRUNE_BN_FINALIZE={other} is not understood: use folded (the default on GPUs) or separate (on \
+                 software drivers)"
+            )),
+        }
+    });
+    match from_env {
+        Ok(Some(fused)) => Ok(*fused),
+        Ok(None) => Ok(!crate::gpu::get()?.adapter.is_cpu()),
+        Err(message) => Err(Error::invalid(message.clone())),
+    }
 }
 
 /// `max(batch_norm(x) + residual, 0)`: the end of a ResNet block, in one normalize pass (one read
@@ -197,12 +249,18 @@ pub fn eval_affine(
     running_var: &Tensor,
     eps: f32,
 ) -> Result<Tensor> {
-    let c = gamma.numel();
-    check_params("batch norm in evaluation needs", Some(c), [gamma, beta, running_mean, running_var])?;
-    let affine = Tensor::uninit(&[4 * c])?;
-    let p = Params { c: c as u32, eps, eval_mode: 1, ..bytemuck::Zeroable::zeroed() };
-    launch(&EVAL_AFFINE, &p, &[gamma, beta, running_mean, running_var, &affine], [(c as u32).div_ceil(64), 1, 1])?;
+    let affine = Tensor::uninit(&[4 * gamma.numel()])?;
+    eval_affine_into(&affine, [gamma, beta, running_mean, running_var], eps)?;
     Ok(affine)
+}
+
+/// [`eval_affine`] into the first `4c` elements of `affine`.
+fn eval_affine_into(affine: &Tensor, params: [&Tensor; 4], eps: f32) -> Result<()> {
+    let c = params[0].numel();
+    check_params("batch norm in evaluation needs", Some(c), params)?;
+    let p = Params { c: c as u32, eps, eval_mode: 1, ..bytemuck::Zeroable::zeroed() };
+    let [gamma, beta, running_mean, running_var] = params;
+    launch(&EVAL_AFFINE, &p, &[gamma, beta, running_mean, running_var, affine], [(c as u32).div_ceil(64), 1, 1])
 }
 
 /// Input [n, c, ...] with gamma, beta and running statistics of shape [c].
@@ -235,7 +293,7 @@ struct BatchNormBackward {
     x: Tensor,
     gamma: Tensor,
     beta: Tensor,
-    /// [2c]: mean, then 1/sqrt(var + eps).
+    /// [2c + 2c·chunks]: mean, then 1/sqrt(var + eps), then room for the partial sums.
     stats: Tensor,
     p: Params,
 }
@@ -249,13 +307,15 @@ impl Backward for BatchNormBackward {
         let c = self.p.c as usize;
         let dgamma = place_or_new(grad_place(places, 1), &[c])?;
         let dbeta = place_or_new(grad_place(places, 2), &[c])?;
-        let partial = Tensor::uninit(&[c, self.p.chunks as usize, 2])?;
-        let bufs = [dy, &self.x, &self.stats, &self.gamma, &self.beta, &partial];
-        launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, [self.p.chunks, c as u32, 1])?;
-        launch(summing(&BACKWARD_FINALIZE)?, &self.p, &[&partial, &dgamma, &dbeta], [c as u32, 1, 1])?;
+        let grid = [self.p.chunks, c as u32, 1];
+        let bufs = [dy, &self.x, &self.stats, &self.gamma, &self.beta];
+        launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, grid)?;
+        if self.p.finalize == 0 {
+            launch(summing(&BACKWARD_FINALIZE)?, &self.p, &[&self.stats, &dgamma, &dbeta], [c as u32, 1, 1])?;
+        }
         let dx = Tensor::uninit_as(dy.dtype(), self.x.shape())?;
-        let bufs = [dy, &self.x, &self.stats, &self.gamma, &dgamma, &dbeta, &self.beta, &dx];
-        launch(&BACKWARD_INPUT, &self.p, &bufs, groups_4x(dx.numel()))?;
+        let bufs = [dy, &self.x, &self.stats, &self.gamma, &self.beta, &dgamma, &dbeta, &dx];
+        launch(summing(&BACKWARD_INPUT)?, &self.p, &bufs, grid)?;
         Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
     }
 }
