@@ -222,19 +222,16 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
 }
 
-//#section backward_partial
-// Workgroup (q, ch): over chunk q of channel ch, the sums of g and of g * xhat, where g is dy
-// (masked by y > 0 when fused with the ReLU, y recomputed from x).
+//#section backward_partial backward_partial_masked
+// Workgroup (q, ch): over chunk q of channel ch, the sums of g and of g * xhat, where g is the
+// upstream gradient (below; masked by y > 0 when fused with the ReLU, y recomputed from x).
 // The partials go over the forward's in stat, which no kernel reads after the statistics.
 @group(0) @binding(1) var<storage, read> dy: array<t1>;
 @group(0) @binding(2) var<storage, read> x: array<t2>;
 @group(0) @binding(3) var<storage, read_write> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
-@compute @workgroup_size(WG)
-fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let q = wid.x;
-    let ch = wid.y;
+fn backward_sums(q: u32, ch: u32, lid: vec3<u32>) {
     let len = chunk_len(q);
     let mu = stat[ch];
     let inv = stat[p.c + ch];
@@ -245,7 +242,7 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     for (var j = lid.x; j < len; j += WG) {
         let k = at_chunk(ch, q, j);
         let xv = f32(x[k]);
-        let g = select(f32(dy[k]), 0.0, p.relu != 0u && relu_is_zero(bn_value(xv, mu, inv, gm, bt)));
+        let g = select(upstream(k), 0.0, p.relu != 0u && relu_is_zero(bn_value(xv, mu, inv, gm, bt)));
         sd += g;
         sdx += g * (xv - mu) * inv;
     }
@@ -255,6 +252,35 @@ fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         stat[o] = total.x;
         stat[o + 1u] = total.y;
     }
+}
+
+//#section backward_partial
+// The upstream gradient of element k: dy.
+fn upstream(k: u32) -> f32 {
+    return f32(dy[k]);
+}
+
+@compute @workgroup_size(WG)
+fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    backward_sums(wid.x, wid.y, lid);
+}
+
+//#section backward_partial_masked
+// A ResNet block's end, max(bn(x) + r, 0): the upstream gradient of element k is dy where the
+// output is > 0, else 0 (elementwise relu_backward's test, so a NaN output is masked as there),
+// stored as `through` (the residual's gradient, and backward_input's dy), so no separate pass
+// masks dy first.
+@group(0) @binding(6) var<storage, read> out: array<t6>;
+@group(0) @binding(7) var<storage, read_write> through: array<t7>;
+fn upstream(k: u32) -> f32 {
+    let g = t7(select(0.0, f32(dy[k]), f32(out[k]) > 0.0));
+    through[k] = g;
+    return f32(g);
+}
+
+@compute @workgroup_size(WG)
+fn backward_partial_masked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    backward_sums(wid.x, wid.y, lid);
 }
 
 //#section backward_finalize backward_input

@@ -14,6 +14,8 @@ static EVAL_AFFINE: Kernel = kernel!("batchnorm.eval_affine", "batchnorm.wgsl", 
 static NORMALIZE_EVAL: Kernel = kernel!("batchnorm.normalize_eval", "batchnorm.wgsl", "normalize_eval");
 static BACKWARD_PARTIAL: [Kernel; 2] =
     summing_kernel!("batchnorm.backward_partial", "batchnorm.wgsl", "backward_partial");
+static BACKWARD_PARTIAL_MASKED: [Kernel; 2] =
+    summing_kernel!("batchnorm.backward_partial_masked", "batchnorm.wgsl", "backward_partial_masked");
 static BACKWARD_FINALIZE: [Kernel; 2] =
     summing_kernel!("batchnorm.backward_finalize", "batchnorm.wgsl", "backward_finalize");
 static BACKWARD_INPUT: [Kernel; 2] = summing_kernel!("batchnorm.backward_input", "batchnorm.wgsl", "backward_input");
@@ -304,25 +306,54 @@ impl Backward for BatchNormBackward {
 
     /// dgamma and dbeta go straight into their places when given.
     fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+        self.gradients(dy, None, places)
+    }
+}
+
+impl BatchNormBackward {
+    /// The gradients of x, gamma and beta for the upstream gradient `dy`. With `relu_out`, the
+    /// output of a ReLU after batch norm and a residual add, dy is first masked where that
+    /// output is not > 0, by the partial-sums kernel as it reads it, and the masked gradient
+    /// (which the residual gets) comes fourth.
+    fn gradients(
+        &self,
+        dy: &Tensor,
+        relu_out: Option<&Tensor>,
+        places: &[Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>> {
         let c = self.p.c as usize;
         let dgamma = place_or_new(grad_place(places, 1), &[c])?;
         let dbeta = place_or_new(grad_place(places, 2), &[c])?;
         let grid = [self.p.chunks, c as u32, 1];
         let bufs = [dy, &self.x, &self.stats, &self.gamma, &self.beta];
-        launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, grid)?;
+        let through = match relu_out {
+            None => {
+                launch(summing(&BACKWARD_PARTIAL)?, &self.p, &bufs, grid)?;
+                None
+            }
+            Some(out) => {
+                let through = Tensor::uninit_as(dy.dtype(), dy.shape())?;
+                launch(summing(&BACKWARD_PARTIAL_MASKED)?, &self.p, &[&bufs[..], &[out, &through]].concat(), grid)?;
+                Some(through)
+            }
+        };
         if self.p.finalize == 0 {
             launch(summing(&BACKWARD_FINALIZE)?, &self.p, &[&self.stats, &dgamma, &dbeta], [c as u32, 1, 1])?;
         }
         let dx = Tensor::uninit_as(dy.dtype(), self.x.shape())?;
-        let bufs = [dy, &self.x, &self.stats, &self.gamma, &self.beta, &dgamma, &dbeta, &dx];
+        let g = through.as_ref().unwrap_or(dy);
+        let bufs = [g, &self.x, &self.stats, &self.gamma, &self.beta, &dgamma, &dbeta, &dx];
         launch(summing(&BACKWARD_INPUT)?, &self.p, &bufs, grid)?;
-        Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
+        let mut grads = vec![Some(dx), Some(dgamma), Some(dbeta)];
+        grads.extend(through.map(Some));
+        Ok(grads)
     }
 }
 
 /// `max(batch_norm(x) + residual, 0)`'s backward: the gradient the ReLU lets through (masked by
 /// the output) goes to the residual as it is and through batch norm's backward to x, gamma and
-/// beta: the kernels and bits of the separate ops' backward.
+/// beta: the bits of the separate ops' backward, with the mask applied by batch norm's
+/// partial-sums kernel (no separate relu_backward pass).
 struct BatchNormAddReluBackward {
     bn: BatchNormBackward,
     out: Tensor,
@@ -333,9 +364,7 @@ impl Backward for BatchNormAddReluBackward {
     }
 
     fn backward_into(&self, dy: &Tensor, places: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
-        let through = super::elementwise::relu_backward(dy, &self.out)?;
-        let mut grads = self.bn.backward_into(&through, places)?;
-        grads.push(Some(through));
-        Ok(grads)
+        same_shape("batch_norm_add_relu backward", dy, &self.out)?;
+        self.bn.gradients(dy, Some(&self.out), places)
     }
 }
