@@ -17,9 +17,10 @@
 // (chunk, channel) grid of workgroups, each over `ipc` consecutive images of one channel, writes
 // the partials; then the chunks are combined per channel (batch_stats, grad_sums). Normalize and
 // backward_input run on the same grid and, with p.finalize, combine them themselves: every
-// workgroup of a channel computes the same sums in the same order (so the same bits as the
-// separate finalize kernels, one workgroup per channel, which p.finalize = 0 runs), and those of
-// chunk 0 store them. That saves a launch per pass (62 per ResNet-32 training step), each a
+// workgroup of a channel computes the same sums in the same order, and those of chunk 0 store
+// them. The bits are those of the separate finalize kernels (one workgroup per channel, which
+// p.finalize = 0 runs) wherever the compiler treats the shared code alike in both pipelines
+// and gives them the same subgroup size (checked on lavapipe by tests/kernels.rs). That saves a launch per pass (62 per ResNet-32 training step), each a
 // dependent step on a GPU. Sums within a workgroup use workgroup_sum / workgroup_sum2, from the
 // prelude (sum_tree.wgsl, or sum_subgroup.wgsl where the adapter has subgroups).
 
@@ -329,11 +330,11 @@ fn backward_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = wid.x;
     let ch = wid.y;
-    var sums: vec2<f32>;
-    if (p.finalize != 0u) {
-        sums = grad_sums(ch, lid.x, q == 0u);
-    } else {
+    var sums = vec2<f32>(0.0);
+    if (p.finalize == 0u) {
         sums = vec2<f32>(dbeta[ch], dgamma[ch]);
+    } else if (p.eval_mode == 0u || q == 0u) {   // (in evaluation dx does not need them)
+        sums = grad_sums(ch, lid.x, q == 0u);
     }
     let count = f32(p.n * p.hw);
     let mu = stat[ch];

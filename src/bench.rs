@@ -238,9 +238,9 @@ impl Bench<'_> {
 
     /// ResNet-32's stage-2 shape at the bench batch, and (full runs) its largest activation at
     /// eval's batch 500, where bandwidth rather than launch latency decides. Each also with the
-    /// per-channel sums combined the other way than this device's default (`finalize separate`:
-    /// by their own kernels, a launch more each way; `finalize folded`: in normalize and
-    /// backward_input), to show what the choice gains.
+    /// per-channel sums combined the other way than this run's setting (the device's default, or
+    /// `SASPRUNE_BN_FINALIZE`'s; `finalize separate`: by their own kernels, a launch more each
+    /// way; `finalize folded`: in normalize and backward_input), to show what the choice gains.
     fn batch_norm(&self, emit: &mut Emit) -> Result<()> {
         let batch = self.batch;
         let shapes = if self.cfg.quick { vec![(batch, 32, 16)] } else { vec![(batch, 32, 16), (500, 16, 32)] };

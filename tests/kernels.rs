@@ -489,12 +489,13 @@ fn batch_norm_sums_combined_where_they_are_used_give_the_finalize_kernels_bits()
     // (those of chunk 0 store the result), where separate finalize kernels did it once per
     // channel: outputs, running statistics and gradients must keep the finalize kernels' bits,
     // with both summing variants, in f32 and f16, in training and in evaluation with a graph,
-    // plain, with the ReLU and with the residual. Shapes: one chunk per channel; 3 chunks; 261
-    // chunks, more than a workgroup's 256 threads, so some threads combine two.
+    // plain, with the ReLU and with the residual. Shapes: one chunk per channel; 3 chunks; 256
+    // chunks, one per thread of a workgroup; 261, where folding gives way to the finalize
+    // kernels (each thread would combine two).
     let adapter = &sasprune::gpu::get().unwrap().adapter;
     let dtypes: &[Dtype] = if adapter.shader_f16 { &[Dtype::F32, Dtype::F16] } else { &[Dtype::F32] };
     each_summing_variant(|variant| {
-        for shape in [[3, 5, 7, 9], [37, 3, 11, 13], [261, 2, 43, 49]] {
+        for shape in [[3, 5, 7, 9], [37, 3, 11, 13], [256, 2, 43, 49], [261, 2, 43, 49]] {
             let numel: usize = shape.iter().product();
             for &dtype in dtypes {
                 let mut rng = Rng::new(16);

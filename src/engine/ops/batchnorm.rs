@@ -92,7 +92,9 @@ impl Default for BatchNormConfig {
 }
 
 /// Batch norm over `x` [n, c, h, w] (or [n, c]) with per-channel `gamma`, `beta` and running
-/// statistics (updated in place in training mode). Differentiable in x, gamma and beta.
+/// statistics (updated in place in training mode). Differentiable in x, gamma and beta. The
+/// running statistics are written beside reads of x, gamma and beta in one kernel, so they
+/// must not be views of the same buffer as those (a model's store keeps them apart).
 pub fn batch_norm(
     x: &Tensor,
     gamma: &Tensor,
@@ -132,14 +134,17 @@ fn normalize(
     }
     let ipc = CHUNK_ELEMENTS.div_ceil(hw).clamp(1, n);
     let chunks = n.div_ceil(ipc);
-    let finalize = folded_finalize()? as u32;
+    // (folded only while each thread combines at most one chunk: past that the workgroups'
+    // repeated reads of the partials grow with chunks² and a finalize launch costs less)
+    let finalize = (folded_finalize()? && chunks <= super::WG) as u32;
     let p = Params { update_running: 1, ipc: ipc as u32, chunks: chunks as u32, finalize, ..Params::new(x, cfg) };
     // The forward pass adds the residual, and combines the chunks only in training (in
     // evaluation eval_affine prepares the statistics); the backward's p never adds.
     let p_out = Params { residual: residual.is_some() as u32, finalize: finalize * cfg.training as u32, ..p };
     // [2c + 2c·chunks]: per channel the mean and 1/sqrt(var + eps), of the batch in training,
-    // else of the running statistics (the first half of eval_affine's [4c]); then the partial
-    // sums of the forward's and backward's reductions.
+    // else of the running statistics (the first half of eval_affine's [4c], whose copy of gamma
+    // and beta the backward's partial sums then overwrite, unread); then the partial sums of
+    // the forward's and backward's reductions.
     let stats = Tensor::uninit(&[2 * c * (1 + chunks)])?;
     let grid = [p.chunks, c as u32, 1];
     if cfg.training {
@@ -162,8 +167,10 @@ thread_local! {
 }
 
 /// Runs `f` with batch norm's per-channel sums combined over the chunks in every workgroup of
-/// normalize and backward_input (`true`: a launch fewer each way) or by their own finalize
-/// kernels, one workgroup per channel (`false`); the same bits either way. How tests and the
+/// normalize and backward_input (`true`: a launch fewer each way, wherever a channel has at
+/// most 256 chunks, one per thread; more take the finalize kernels) or by their own finalize
+/// kernels, one workgroup per channel (`false`); the same bits either way where the compiler
+/// treats their shared code alike (shaders/batchnorm.wgsl). How tests and the
 /// bench compare the two on one device; otherwise [`folded_finalize`] decides.
 pub fn with_folded_finalize<R>(on: bool, f: impl FnOnce() -> R) -> R {
     super::with_override(&FORCED_FOLDED_FINALIZE, on, f)
@@ -192,7 +199,7 @@ pub fn folded_finalize() -> Result<bool> {
         }
     });
     match from_env {
-        Ok(Some(fused)) => Ok(*fused),
+        Ok(Some(folded)) => Ok(*folded),
         Ok(None) => Ok(!crate::gpu::get()?.adapter.is_cpu()),
         Err(message) => Err(Error::invalid(message.clone())),
     }
@@ -290,6 +297,8 @@ fn check_params(what: &str, c: Option<usize>, params: [&Tensor; 4]) -> Result<()
     ))
 }
 
+/// (Its backward passes use `stats`' tail for their partial sums: two of the same node must not
+/// be recorded at once from two threads; one after the other is fine.)
 struct BatchNormBackward {
     /// (with the ReLU fused, the kernels recompute the output's sign from x, gamma and beta)
     x: Tensor,
@@ -333,7 +342,9 @@ impl BatchNormBackward {
             }
             Some(out) => {
                 let through = Tensor::uninit_as(dy.dtype(), dy.shape())?;
-                launch(summing(&BACKWARD_PARTIAL_MASKED)?, &self.p, &[&bufs[..], &[out, &through]].concat(), grid)?;
+                let [dy, x, stats, gamma, beta] = bufs;
+                let bufs = [dy, x, stats, gamma, beta, out, &through];
+                launch(summing(&BACKWARD_PARTIAL_MASKED)?, &self.p, &bufs, grid)?;
                 Some(through)
             }
         };
