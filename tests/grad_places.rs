@@ -80,6 +80,25 @@ fn gradients_written_into_a_stores_places_equal_added_ones() {
     run("after each parameter zeroed its own gradient", 1.0, 1);
 }
 
+/// f32, and mixed precision where the adapter has f16.
+fn precisions() -> Vec<sasprune::models::Precision> {
+    use sasprune::models::Precision;
+    let f16 = sasprune::gpu::get().unwrap().adapter.shader_f16;
+    if f16 {
+        vec![Precision::F32, Precision::Mixed]
+    } else {
+        vec![Precision::F32]
+    }
+}
+
+/// A batch of 4 random 32x32 images and their labels, from `seed`.
+fn four_images(seed: u64) -> (Tensor, Tensor) {
+    let mut rng = Rng::new(seed);
+    let x = tensor(&rng.vec(4 * 3 * 32 * 32), &[4, 3, 32, 32]);
+    let labels: Vec<f64> = (0..4).map(|_| rng.below(10) as f64).collect();
+    (x, tensor(&labels, &[4]))
+}
+
 #[test]
 fn a_resnet_blocks_input_gradients_are_summed_by_the_kernels_that_compute_them() {
     // A ResNet block's input feeds its first convolution and its shortcut. The shortcut's
@@ -87,17 +106,11 @@ fn a_resnet_blocks_input_gradients_are_summed_by_the_kernels_that_compute_them()
     // blocks, the shortcut's backward) adds it as it writes its own, where autograd would add
     // the two afterwards: every parameter gradient must keep autograd's bits, in f32 and with
     // f16 activations, and no separate add may run.
-    use sasprune::models::{Model, Precision};
+    use sasprune::models::Model;
     let _turn = TIMER.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = sasprune::gpu::get().unwrap();
-    let mut precisions = vec![Precision::F32];
-    if gpu.adapter.shader_f16 {
-        precisions.push(Precision::Mixed);
-    }
-    let mut rng = Rng::new(34);
-    let x = tensor(&rng.vec(4 * 3 * 32 * 32), &[4, 3, 32, 32]);
-    let labels = tensor(&[1.0, 7.0, 0.0, 3.0], &[4]);
-    for precision in precisions {
+    let (x, labels) = four_images(34);
+    for precision in precisions() {
         let mut m = Model::build("resnet20", 10, 6).unwrap();
         m.set_precision(precision).unwrap();
         let mut step = || -> (Vec<f32>, Option<u32>) {
@@ -132,17 +145,11 @@ fn a_resnets_batch_norms_combine_their_sums_without_finalize_launches() {
     // running statistics either way, bit for bit, in f32 and mixed precision, with no finalize
     // launch in the first and two per batch norm (19) in the second. Neither masks a gradient
     // by a ReLU in a pass of its own: batch norm's kernels do (elementwise.relu_backward: 0).
-    use sasprune::models::{Model, Precision};
+    use sasprune::models::Model;
     let _turn = TIMER.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = sasprune::gpu::get().unwrap();
-    let mut precisions = vec![Precision::F32];
-    if gpu.adapter.shader_f16 {
-        precisions.push(Precision::Mixed);
-    }
-    let mut rng = Rng::new(35);
-    let x = tensor(&rng.vec(4 * 3 * 32 * 32), &[4, 3, 32, 32]);
-    let labels = tensor(&[2.0, 7.0, 9.0, 3.0], &[4]);
-    for precision in precisions {
+    let (x, labels) = four_images(35);
+    for precision in precisions() {
         let step = |folded: bool| {
             batchnorm::with_folded_finalize(folded, || {
                 let mut m = Model::build("resnet20", 10, 6).unwrap();
