@@ -78,7 +78,17 @@ fn a_resumed_training_run_continues_exactly() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("diverged") && err.contains("lower --wild-lr"), "{err}");
-    for t in ["a", "b", "d"] {
+    // Inside an epoch the loss is read 10 steps late, while later steps run (the device does not
+    // wait for the host): a run that diverges early in a long epoch still stops, at step 20,
+    // naming step 10, the one whose loss it read (not at the epoch's end, step 30).
+    let long = TrainConfig { batch: 2, subset: Some(60), epochs: 1, max_steps: None, ..wild };
+    let mut e = Model::build("resnet20", 10, 3).unwrap();
+    let err = train::train(&mut e, &cifar.train, &test, norm, &long, &tmp("e"), Progress::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("diverged") && err.contains("by step 10 "), "{err}");
+    assert_eq!(e.store.batches_tracked, 20, "steps run before the loss of step 10 was read");
+    for t in ["a", "b", "d", "e"] {
         std::fs::remove_dir_all(tmp(t)).ok();
     }
 }
