@@ -20,9 +20,10 @@
 // workgroup of a channel computes the same sums in the same order, and those of chunk 0 store
 // them. The bits are those of the separate finalize kernels (one workgroup per channel, which
 // p.finalize = 0 runs) wherever the compiler treats the shared code alike in both pipelines
-// and gives them the same subgroup size (checked on lavapipe by tests/kernels.rs). That saves a launch per pass (62 per ResNet-32 training step), each a
-// dependent step on a GPU. Sums within a workgroup use workgroup_sum / workgroup_sum2, from the
-// prelude (sum_tree.wgsl, or sum_subgroup.wgsl where the adapter has subgroups).
+// and gives them the same subgroup size (checked on lavapipe by tests/kernels.rs). That saves a
+// launch per pass (62 per ResNet-32 training step), each a dependent step on a GPU. Sums within
+// a workgroup use workgroup_sum / workgroup_sum2, from the prelude (sum_tree.wgsl, or
+// sum_subgroup.wgsl where the adapter has subgroups).
 
 struct Params {
     n: u32, c: u32, hw: u32, update_running: u32,
@@ -232,7 +233,7 @@ fn normalize_eval(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 @group(0) @binding(3) var<storage, read_write> stat: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> beta: array<f32>;
-fn backward_sums(q: u32, ch: u32, lid: vec3<u32>) {
+fn backward_sums(q: u32, ch: u32, lid: u32) {
     let len = chunk_len(q);
     let mu = stat[ch];
     let inv = stat[p.c + ch];
@@ -240,15 +241,15 @@ fn backward_sums(q: u32, ch: u32, lid: vec3<u32>) {
     let bt = beta[ch];
     var sd = 0.0;
     var sdx = 0.0;
-    for (var j = lid.x; j < len; j += WG) {
+    for (var j = lid; j < len; j += WG) {
         let k = at_chunk(ch, q, j);
         let xv = f32(x[k]);
         let g = select(upstream(k), 0.0, p.relu != 0u && relu_is_zero(bn_value(xv, mu, inv, gm, bt)));
         sd += g;
         sdx += g * (xv - mu) * inv;
     }
-    let total = workgroup_sum2(vec2<f32>(sd, sdx), lid.x);
-    if (lid.x == 0u) {
+    let total = workgroup_sum2(vec2<f32>(sd, sdx), lid);
+    if (lid == 0u) {
         let o = partial_at(ch, q);
         stat[o] = total.x;
         stat[o + 1u] = total.y;
@@ -263,7 +264,7 @@ fn upstream(k: u32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn backward_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    backward_sums(wid.x, wid.y, lid);
+    backward_sums(wid.x, wid.y, lid.x);
 }
 
 //#section backward_partial_masked
@@ -281,7 +282,7 @@ fn upstream(k: u32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn backward_partial_masked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    backward_sums(wid.x, wid.y, lid);
+    backward_sums(wid.x, wid.y, lid.x);
 }
 
 //#section backward_finalize backward_input
