@@ -96,9 +96,7 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
     // Each batch's label ranks and loss are read back while the next batch runs on the device
     // (two staging buffers, alternating), so the device never waits for the host's batch
     // assembly and the host never waits for more than one batch.
-    let gpu = crate::gpu::get()?;
-    let mut staging = [gpu.read_back(4 * (batch as u64 + 1)), gpu.read_back(4 * (batch as u64 + 1))];
-    let mut in_flight: Option<(usize, usize)> = None; // (staging slot, images)
+    let mut reads = OverlappedReads::new(4 * (batch as u64 + 1))?; // tagged with the batch's images
     let mut tally = |bytes: Vec<u8>, images: usize| {
         let values: &[f32] = bytemuck::cast_slice(&bytes);
         for &r in &values[..images] {
@@ -114,7 +112,7 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
             done / start.elapsed().as_secs_f64()
         ));
     };
-    for (i, begin) in (0..n).step_by(batch).enumerate() {
+    for begin in (0..n).step_by(batch) {
         let idx: Vec<usize> = (begin..(begin + batch).min(n)).collect();
         fill_batch(ds, &idx, &spec, &mut rng, &mut images, &mut labels);
         let x = Tensor::from_slice(&images, &[idx.len(), 3, h, w])?;
@@ -123,13 +121,12 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
             let logits = model.forward(&x, Pass::Eval)?;
             Ok((loss::cross_entropy(&logits, &y)?, loss::label_rank(&logits, &y)?))
         })?;
-        gpu.start_read(&[ranks.view(), l.view()], &mut staging[i % 2])?;
-        if let Some((slot, images)) = in_flight.replace((i % 2, idx.len())) {
-            tally(gpu.finish_read(&mut staging[slot])?, images);
+        if let Some((images, bytes)) = reads.start(&[ranks.view(), l.view()], idx.len())? {
+            tally(bytes, images);
         }
     }
-    if let Some((slot, images)) = in_flight {
-        tally(gpu.finish_read(&mut staging[slot])?, images);
+    if let Some((images, bytes)) = reads.settle()? {
+        tally(bytes, images);
     }
     bar.finish_and_clear();
     let mean_loss = loss_sum / n as f64;
@@ -437,7 +434,7 @@ pub fn train(
         best_top1: read_best(dir)?,
         limit: StepClock::default(),
         saved_step: start.step,
-        loss_reads: LossReads::new()?,
+        loss_reads: OverlappedReads::new(4)?,
         model,
         train,
         test,
@@ -488,43 +485,51 @@ struct TrainingRun<'a> {
     /// What `--time-limit` needs to know: step and evaluation times of this session.
     limit: StepClock,
     saved_step: usize,
-    loss_reads: LossReads,
+    /// The loss of one step in ten, read while later steps run: the host then waits for a step
+    /// ten back, not for the one it just recorded, so the device does not idle while the host
+    /// assembles and records the next batch (about 1 ms per wait on a fast GPU, of a ~9 ms step).
+    /// Tagged with the step.
+    loss_reads: OverlappedReads<usize>,
 }
 
-/// The loss of one step in ten, read back while later steps run (two staging buffers,
-/// alternating): the host then waits for a step ten back, which the device has finished, not
-/// for the one it just recorded, so the device does not idle while the host assembles and
-/// records the next batch (about 1 ms per wait on a fast GPU, of a ~9 ms step).
-struct LossReads {
+/// Read-backs that overlap later device work: two staging buffers, alternating, so the host
+/// waits only for the read before the one it starts, which the device has usually finished.
+/// Each read carries a tag (what the caller needs to use its bytes).
+struct OverlappedReads<T> {
     staging: [crate::gpu::ReadBack; 2],
-    /// (staging slot, step) of the read in flight.
-    in_flight: Option<(usize, usize)>,
+    /// (staging slot, tag) of the read in flight.
+    in_flight: Option<(usize, T)>,
 }
 
-impl LossReads {
-    fn new() -> Result<Self> {
+impl<T> OverlappedReads<T> {
+    /// Staging for reads of up to `bytes` each.
+    fn new(bytes: u64) -> Result<Self> {
         let gpu = crate::gpu::get()?;
-        Ok(LossReads { staging: [gpu.read_back(4), gpu.read_back(4)], in_flight: None })
+        Ok(OverlappedReads { staging: [gpu.read_back(bytes), gpu.read_back(bytes)], in_flight: None })
     }
 
-    /// Starts reading `loss`, the loss of `step`; returns (step, loss) of the read before, if any.
-    fn start(&mut self, loss: &Tensor, step: usize) -> Result<Option<(usize, f32)>> {
-        let slot = self.in_flight.map_or(0, |(slot, _)| 1 - slot);
-        crate::gpu::get()?.start_read(&[loss.view()], &mut self.staging[slot])?;
-        let before = self.in_flight.replace((slot, step));
-        before.map(|(slot, at)| self.finish(slot, at)).transpose()
+    /// Starts reading `views` (packed in order); returns the tag and bytes of the read before.
+    fn start(&mut self, views: &[crate::gpu::BufferView], tag: T) -> Result<Option<(T, Vec<u8>)>> {
+        let slot = self.in_flight.as_ref().map_or(0, |(slot, _)| 1 - slot);
+        crate::gpu::get()?.start_read(views, &mut self.staging[slot])?;
+        let before = self.in_flight.replace((slot, tag));
+        before.map(|(slot, tag)| self.finish(slot, tag)).transpose()
     }
 
-    /// (step, loss) of the read in flight, if any, once the device has it.
-    fn settle(&mut self) -> Result<Option<(usize, f32)>> {
+    /// The tag and bytes of the read in flight, if any, once the device has them.
+    fn settle(&mut self) -> Result<Option<(T, Vec<u8>)>> {
         let before = self.in_flight.take();
-        before.map(|(slot, at)| self.finish(slot, at)).transpose()
+        before.map(|(slot, tag)| self.finish(slot, tag)).transpose()
     }
 
-    fn finish(&mut self, slot: usize, step: usize) -> Result<(usize, f32)> {
-        let bytes = crate::gpu::get()?.finish_read(&mut self.staging[slot])?;
-        Ok((step, bytemuck::cast_slice::<u8, f32>(&bytes)[0]))
+    fn finish(&mut self, slot: usize, tag: T) -> Result<(T, Vec<u8>)> {
+        Ok((tag, crate::gpu::get()?.finish_read(&mut self.staging[slot])?))
     }
+}
+
+/// The first f32 of read-back bytes.
+fn first_f32(bytes: &[u8]) -> f32 {
+    bytemuck::cast_slice::<u8, f32>(bytes)[0]
 }
 
 /// One epoch in progress.
@@ -648,14 +653,15 @@ impl<'a> TrainingRun<'a> {
     }
 
     /// Every 10 steps a loss checked and shown with the rate: inside an epoch that of 10 steps
-    /// back (`LossReads`), at the epoch's or the session's end the loss `l` of this step, which
+    /// back (`loss_reads`), at the epoch's or the session's end the loss `l` of this step, which
     /// waits for the device. Once, after `announce_eta_after` steps, the expected duration of
     /// the rest.
     fn show_progress(&mut self, e: &Epoch, l: &Tensor, lr: f32) -> Result<()> {
         let step = self.step;
         let last = step == self.stop_at || step.is_multiple_of(self.steps_per_epoch);
         if last || step.is_multiple_of(10) {
-            let before = if last { self.loss_reads.settle()? } else { self.loss_reads.start(l, step)? };
+            let read = if last { self.loss_reads.settle()? } else { self.loss_reads.start(&[l.view()], step)? };
+            let before = read.map(|(at, bytes)| (at, first_f32(&bytes)));
             let now = if last { Some((step, l.item()?)) } else { None };
             for (at, loss) in before.into_iter().chain(now) {
                 check_loss(loss, at, e.index, self.dir, &self.cfg.divergence_hint)?;
