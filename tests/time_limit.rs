@@ -40,41 +40,27 @@ fn a_run_cut_by_its_time_limit_and_moved_between_sessions_ends_bit_identical() {
     let whole = started.elapsed().as_secs_f64();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // a limit of half the run (the process start and shader compilation count too)
-    let limit = format!("{}s", (whole * 0.5).ceil().max(3.0) as u64);
-    let mut dir = tmp.path().join("limited-0");
-    let mut data_now = data.clone();
-    let mut line = common::small_pipeline_args(&dir, &data, &weights);
-    line.extend(["--time-limit".into(), limit.clone()]);
-    let mut cuts = 0;
-    for session in 1..=20 {
-        let out = sasprune(&line);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
+    // A limit of half the run first (the process start and shader compilation count too). The
+    // straight run may have compiled the driver's shaders cold (minutes on a software driver),
+    // the sessions after it find them cached: a sequence cut fewer than twice proves little and
+    // runs again, from the start, under a limit of 40% of what its sessions took together.
+    let dense = std::fs::read(&weights).unwrap();
+    let (mut data_now, mut seconds, mut limited) = (data.clone(), (whole * 0.5).ceil(), None);
+    for attempt in 0..4 {
+        let limit = format!("{}s", seconds.max(3.0) as u64);
+        std::fs::write(&weights, &dense).unwrap();
+        let first = tmp.path().join(format!("limited-{attempt}-0"));
+        let started = Instant::now();
+        let (dir, cuts) = limited_sessions(tmp.path(), first, &mut data_now, &weights, &limit, attempt);
+        let took = started.elapsed().as_secs_f64();
+        eprintln!("--time-limit {limit} cut a {whole:.1} s run {cuts} times ({took:.1} s in all)");
+        limited = Some((dir, cuts, limit));
+        if cuts >= 2 {
             break;
         }
-        assert_eq!(out.status.code(), Some(75), "session {session} under --time-limit {limit}: {stderr}");
-        eprintln!("session {session} (--time-limit {limit}): {}", stderr.lines().last().unwrap_or(""));
-        assert!(stderr.contains("stopped before the time limit") && stderr.contains("--resume"), "{stderr}");
-        assert!(!dir.join("lock").exists(), "a run stopped by its limit released its lock");
-        cuts += 1;
-        // the job continues on "another machine": the run directory and the data elsewhere, and the
-        // dense weights it started from gone once it has its own copy
-        let moved = tmp.path().join(format!("limited-{session}"));
-        std::fs::rename(&dir, &moved).unwrap();
-        dir = moved;
-        let data_moved = tmp.path().join(format!("cifar-{session}"));
-        std::fs::rename(&data_now, &data_moved).unwrap();
-        data_now = data_moved;
-        if dir.join("dense.safetensors").exists() {
-            let _ = std::fs::remove_file(&weights);
-        }
-        line = ["--resume", &dir.display().to_string(), "--data", &data_now.display().to_string()]
-            .map(String::from)
-            .to_vec();
-        line.extend(["--tune".into(), "off".into(), "--time-limit".into(), limit.clone()]);
-        assert!(session < 20, "the run made no progress under --time-limit {limit}: {stderr}");
+        seconds = (took * 0.4).floor();
     }
+    let (dir, cuts, limit) = limited.unwrap();
     assert!(cuts >= 2, "--time-limit {limit} cut a {whole:.1} s run only {cuts} times: the test proves little");
     assert!(!weights.exists(), "the dense weights were deleted after the first session");
 
@@ -102,6 +88,51 @@ fn a_run_cut_by_its_time_limit_and_moved_between_sessions_ends_bit_identical() {
     }
     let table = std::fs::read_to_string(dir.join("report.txt")).unwrap();
     assert!(!table.contains("moved between adapters"), "{table}");
+}
+
+/// Runs the small pipeline in `first` under `--time-limit limit`, session after session until it
+/// ends, moving its directory and its data (`data`, updated) after every cut as a job that
+/// continues on another machine does. Returns the final directory and the number of cuts.
+fn limited_sessions(
+    tmp: &Path,
+    first: PathBuf,
+    data: &mut PathBuf,
+    weights: &Path,
+    limit: &str,
+    attempt: usize,
+) -> (PathBuf, usize) {
+    let mut dir = first;
+    let mut line = common::small_pipeline_args(&dir, data, weights);
+    line.extend(["--time-limit".into(), limit.into()]);
+    let mut cuts = 0;
+    for session in 1..=40 {
+        let out = sasprune(&line);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            break;
+        }
+        assert_eq!(out.status.code(), Some(75), "session {session} under --time-limit {limit}: {stderr}");
+        eprintln!("session {session} (--time-limit {limit}): {}", stderr.lines().last().unwrap_or(""));
+        assert!(stderr.contains("stopped before the time limit") && stderr.contains("--resume"), "{stderr}");
+        assert!(!dir.join("lock").exists(), "a run stopped by its limit released its lock");
+        cuts += 1;
+        // the job continues on "another machine": the run directory and the data elsewhere, and the
+        // dense weights it started from gone once it has its own copy
+        let moved = tmp.join(format!("limited-{attempt}-{session}"));
+        std::fs::rename(&dir, &moved).unwrap();
+        dir = moved;
+        let data_moved = tmp.join(format!("cifar-{attempt}-{session}"));
+        std::fs::rename(&*data, &data_moved).unwrap();
+        *data = data_moved;
+        if dir.join("dense.safetensors").exists() {
+            let _ = std::fs::remove_file(weights);
+        }
+        line =
+            ["--resume", &dir.display().to_string(), "--data", &data.display().to_string()].map(String::from).to_vec();
+        line.extend(["--tune".into(), "off".into(), "--time-limit".into(), limit.into()]);
+        assert!(session < 40, "the run made no progress under --time-limit {limit}: {stderr}");
+    }
+    (dir, cuts)
 }
 
 /// A phase that ran on two adapters is named in the report (the record is what a move to another
