@@ -432,7 +432,7 @@ pub fn train(
         evaluated: (0, 0.0),
         final_eval: None,
         best_top1: read_best(dir)?,
-        limit: StepClock::default(),
+        limit: StepClock { settled_step: start.step, ..Default::default() },
         saved_step: start.step,
         loss_reads: OverlappedReads::new(4)?,
         model,
@@ -588,7 +588,7 @@ impl<'a> TrainingRun<'a> {
     /// Under `--time-limit`: when the next step (and the epoch's evaluation, if it ends the
     /// epoch) would not fit, saves what is not saved yet and stops with the time-limit error.
     fn stop_if_out_of_time(&mut self, e: &Epoch) -> Result<()> {
-        if self.limit.fits(self.step - self.first_step, self.evaluates_at(self.step + 1)) {
+        if self.limit.fits(self.step - self.first_step, self.step, self.evaluates_at(self.step + 1)) {
             return Ok(());
         }
         if self.step > self.saved_step {
@@ -639,11 +639,17 @@ impl<'a> TrainingRun<'a> {
         e.images += idx.len();
         self.trained_images += idx.len();
         e.bar.inc(1);
-        self.show_progress(e, &l, lr)?;
+        let waited_for = self.show_progress(e, &l, lr)?;
         self.limit.steps += step_start.elapsed(); // with the loss read-backs that wait for the device
+        if let Some(done) = waited_for {
+            self.limit.settled(done);
+        }
         if self.step.is_multiple_of(cfg.save_every) && !self.step.is_multiple_of(self.steps_per_epoch) {
             // (reading the loss sum waits for the steps in flight: step time, not saving)
+            let t = Instant::now();
             self.check_loss_sum(e)?;
+            self.limit.steps += t.elapsed();
+            self.limit.settled(self.step);
             let t = Instant::now();
             save_state(self.model, self.dir, self.norm, Progress { step: self.step }, cfg)?;
             e.saving += t.elapsed();
@@ -655,16 +661,18 @@ impl<'a> TrainingRun<'a> {
     /// Every 10 steps a loss checked and shown with the rate: inside an epoch that of 10 steps
     /// back (`loss_reads`), at the epoch's or the session's end the loss `l` of this step, which
     /// waits for the device. Once, after `announce_eta_after` steps, the expected duration of
-    /// the rest.
-    fn show_progress(&mut self, e: &Epoch, l: &Tensor, lr: f32) -> Result<()> {
+    /// the rest. Returns the step whose device work a read waited for, if one did.
+    fn show_progress(&mut self, e: &Epoch, l: &Tensor, lr: f32) -> Result<Option<usize>> {
         let step = self.step;
         let last = step == self.stop_at || step.is_multiple_of(self.steps_per_epoch);
+        let mut waited_for = None;
         if last || step.is_multiple_of(10) {
             let read = if last { self.loss_reads.settle()? } else { self.loss_reads.start(&[l.view()], step)? };
             let before = read.map(|(at, bytes)| (at, first_f32(&bytes)));
             let now = if last { Some((step, l.item()?)) } else { None };
             for (at, loss) in before.into_iter().chain(now) {
                 check_loss(loss, at, e.index, self.dir, &self.cfg.divergence_hint)?;
+                waited_for = Some(at);
             }
             if let Some((_, loss)) = now.or(before) {
                 let rate = e.images as f64 / e.started.elapsed().as_secs_f64();
@@ -677,7 +685,7 @@ impl<'a> TrainingRun<'a> {
             let left = self.stop_at - step;
             log_line(&e.bar, format!("at {per_step:.2} s per step the remaining {left} steps take about {hours:.1} h"));
         }
-        Ok(())
+        Ok(waited_for)
     }
 
     /// The epoch's end (or the session's): mean loss checked, evaluation, metrics line, the
@@ -761,23 +769,48 @@ impl<'a> TrainingRun<'a> {
 /// This session's step and evaluation times, for `--time-limit`'s estimate of the next step.
 #[derive(Default)]
 struct StepClock {
-    /// Wall time of the steps so far (batch assembly to the submit; the device catches up at the
-    /// loss read-backs every 10 steps, so this averages right over a few of them).
+    /// Host wall time of the steps so far (batch assembly to the submit, and the read-backs that
+    /// wait for the device).
     steps: std::time::Duration,
+    /// The last step the device is known to have finished (a read-back waited for it), and
+    /// `steps` at that moment: the device's pace. The host runs up to ~20 steps ahead of the
+    /// device (the loss shown is that of 10 steps back), and a stop must wait for those too.
+    settled_step: usize,
+    steps_when_settled: std::time::Duration,
     /// The longest evaluation pass so far.
     evaluation: std::time::Duration,
 }
 
 impl StepClock {
+    /// The device has finished step `step` (counted from the run's start) by now.
+    fn settled(&mut self, step: usize) {
+        self.settled_step = step;
+        self.steps_when_settled = self.steps;
+    }
+
     /// Whether the next step (and the epoch's evaluation when `evaluates`) fits before the time
-    /// limit, from `done` steps of this session. The first step of a session always runs.
-    fn fits(&self, done: usize, evaluates: bool) -> bool {
-        if done == 0 {
-            return true;
-        }
-        // twice the mean step: the device may still be working through the last few
-        let next = self.steps.mul_f64(2.0 / done as f64) + if evaluates { self.evaluation } else { Default::default() };
-        crate::time_limit::fits(next)
+    /// limit, from `done` steps of this session, `step` the run's step count. The first step of a
+    /// session always runs.
+    fn fits(&self, done: usize, step: usize, evaluates: bool) -> bool {
+        done == 0 || crate::time_limit::fits(self.next_step(done, step, evaluates))
+    }
+
+    /// The time until the next step (and the epoch's evaluation when `evaluates`) has ended on
+    /// the device: the steps still in flight end first, and a stop must wait for them before
+    /// the state can be saved. `done` ≥ 1.
+    fn next_step(&self, done: usize, step: usize, evaluates: bool) -> std::time::Duration {
+        let first = step - done;
+        let settled = self.settled_step.saturating_sub(first);
+        let (in_flight, per_step) = if settled > 0 {
+            // the host's step time until the device had finished `settled` steps, per step: the
+            // device's pace, or more where the host is the slower of the two
+            (step - self.settled_step, self.steps_when_settled.div_f64(settled as f64))
+        } else {
+            // nothing waited for yet in this session (its first ~20 steps): twice the host's
+            // mean step, as the device may still be working through the last few
+            (1, self.steps.div_f64(done as f64))
+        };
+        per_step.mul_f64((in_flight + 1) as f64) + if evaluates { self.evaluation } else { Default::default() }
     }
 }
 
@@ -822,4 +855,31 @@ pub fn lr_text(lr: f32) -> String {
 /// The step of the checkpoint in `dir`, if there is a readable one (its header alone is read).
 pub fn saved_step(dir: &Path) -> Option<usize> {
     checkpoint::read_metadata(&dir.join(STATE_FILE)).ok()?.get("step")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepClock;
+    use std::time::Duration;
+
+    #[test]
+    fn the_next_steps_estimate_counts_the_steps_still_on_the_device() {
+        let ms = Duration::from_millis;
+        // a resumed session from step 100: 5 steps of 10 ms on the host, nothing waited for yet
+        let mut clock = StepClock { settled_step: 100, steps: ms(50), ..Default::default() };
+        assert_eq!(clock.next_step(5, 105, false), ms(20), "twice the host's mean step");
+        // at step 120 the host waited for step 110: 2 s of step time for 10 finished steps, so
+        // the device takes 200 ms a step, and steps 111..=120 are still in flight
+        clock.steps = ms(2000);
+        clock.settled(110);
+        assert_eq!(clock.next_step(20, 120, false), ms(2200), "10 in flight and the next at 200 ms");
+        clock.steps = ms(2100);
+        assert_eq!(clock.next_step(25, 125, false), ms(3200), "15 in flight and the next");
+        clock.evaluation = ms(700);
+        assert_eq!(clock.next_step(25, 125, true), ms(3900), "with the epoch's evaluation");
+        // the epoch's last step read its own loss: nothing left in flight
+        clock.steps = ms(3000);
+        clock.settled(130);
+        assert_eq!(clock.next_step(30, 130, false), ms(100), "30 steps settled in 3 s");
+    }
 }
