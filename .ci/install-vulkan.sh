@@ -21,6 +21,19 @@ done
 
 loader_present() { ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; }
 
+# Debian 12's own Mesa Vulkan drivers (22.x) as the only ones are upgraded to backports' Mesa 25:
+# their lavapipe miscounts hard pruning's selection on long layers (AlexNet's), and is 3-4x slower.
+debian12_mesa_only() {
+  [[ ${#icds[@]} -gt 0 ]] || return 1
+  [[ $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null) == 22.* ]] || return 1
+  local f
+  for f in "${icds[@]}"; do dpkg -S "$f" 2>/dev/null | grep -q '^mesa-vulkan-drivers' || return 1; done
+}
+if debian12_mesa_only; then
+  echo "the only Vulkan drivers are Debian 12's Mesa 22: upgrading them to Mesa 25 from bookworm-backports"
+  icds=()
+fi
+
 if [[ ${#icds[@]} -gt 0 ]] || { command -v vulkaninfo >/dev/null && vulkaninfo --summary 2>/dev/null | grep -q deviceName; }; then
   if [[ ${#icds[@]} -gt 0 ]]; then
     echo "a Vulkan driver is already installed (${icds[*]}); not installing the software driver"

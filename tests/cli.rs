@@ -231,6 +231,28 @@ fn a_kernel_that_computes_nothing_is_left_out_by_the_tuner() {
     assert!(stored.contains("\"tile\"") && !stored.contains("\"tile\": \"g16s\""), "{stored}");
 }
 
+/// A driver whose magnitude selection miscounts (as Mesa 22.3's lavapipe does on long layers;
+/// here its mask kernel runs nothing) stops the pipeline before hard pruning with a message that
+/// names the layer, the counts and what to do, instead of pruning to another rate.
+#[test]
+fn a_selection_that_miscounts_stops_hard_pruning_with_a_message() {
+    let t = TinyRun::new("cli-select-skip");
+    let weights = t.weights(10);
+    let quick: Vec<&str> = "--schedule quick --outer 1 --inner 1 --k0 1 --k-avg 1 --batch 8 --retrain-epochs 1 \
+                            --retrain-batch 8 --subset 16 --eval-limit 8"
+        .split_whitespace()
+        .collect();
+    let args = t.pipeline_args(&weights, &quick);
+    let (code, stderr) = sasprune_with(&args, "SASPRUNE_FAULT_SKIP", "select.write_mask");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("hard pruning: the device's selection zeroed 0 weights of"), "{stderr}");
+    assert!(
+        stderr.contains("nothing was pruned") && stderr.contains("--resume") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(!PathBuf::from(&t.run).join("after_prune.safetensors").exists(), "nothing pruned was saved");
+}
+
 /// `train --resume DIR` alone continues a run with the flags it started with; a dataset that
 /// moved is accepted with `--data`, a different one is refused; flags that change the result
 /// are refused.

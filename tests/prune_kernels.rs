@@ -267,3 +267,24 @@ fn masked_sgd_and_norms_in_pieces() {
         assert_close("‖x‖₁ in pieces", &values(&reduce::sum_abs(&xt).unwrap()), &[l1], LONG_SUM);
     });
 }
+
+/// The exact-count selection where a layer is long enough that the counting kernel runs its
+/// most workgroups (1,024 per layer, each striding over its share): AlexNet's layers take this
+/// path, with short layers beside the long one in the same launch.
+#[test]
+fn exact_count_masks_with_a_layer_of_millions() {
+    let mut rng = Rng::new(45);
+    let n = 4_800_000;
+    let x = f32_exact(&rng.vec(n));
+    let layers = [(0, 23_232, 4_414), (23_232, 307_200, 245_760), (330_432, 4_469_568, 4_335_481)];
+    let sel: Vec<select::LayerSelect> =
+        layers.iter().map(|&(offset, len, k)| select::LayerSelect { offset, len, k }).collect();
+    let mask = tensor(&vec![1.0; n], &[n]);
+    select::magnitude_mask(&tensor(&x, &[n]), &sel, &mask).unwrap();
+    let m = values(&mask);
+    for &(offset, len, k) in &layers {
+        let zeros = m[offset..offset + len].iter().filter(|&&v| v == 0.0).count();
+        assert_eq!(zeros, k, "layer at {offset} must have exactly {k} zeros");
+    }
+    assert_eq!(m, cpu::magnitude_mask(&x, &layers), "GPU mask differs from the reference");
+}

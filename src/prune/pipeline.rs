@@ -411,6 +411,7 @@ impl Run<'_> {
             self.working_on("prune")?;
             let t = Instant::now();
             mask = grouping.arena_mask(model, &admm::arena_prefix(model)?)?;
+            check_selected_counts(plan, &mask.0)?;
             admm_ops::multiply_in_place(&model.store.params_flat()?, &mask.0)?;
             let e = self.evaluate(model, norm)?;
             checkpoint::save_model(model, &pruned_path, norm, &[])?;
@@ -680,6 +681,31 @@ fn in_phase(phase: &str, e: Error) -> Error {
         Error::TimeLimit(msg) => Error::TimeLimit(format!("{phase}: {msg}")),
         e => Error::invalid(format!("{phase}: {e}")),
     }
+}
+
+/// Hard pruning's mask zeroes exactly each layer's planned count (the selection breaks ties by
+/// position, so the count is exact whatever the weights): checked on the host, once, because a
+/// driver that miscounts would otherwise prune silently to another rate. Mesa 22.3's lavapipe
+/// (Debian 12's own) does, on layers of a few hundred thousand weights and more.
+fn check_selected_counts(plan: &Plan, mask: &Tensor) -> Result<()> {
+    if plan.structure != Structure::Weight {
+        return Ok(());
+    }
+    let mask = mask.to_vec()?;
+    for (layer, &k) in plan.layers.iter().zip(&plan.pruned) {
+        let zeros = mask[layer.offset..layer.offset + layer.len].iter().filter(|&&m| m == 0.0).count();
+        if zeros != k {
+            return Err(Error::Gpu(format!(
+                "hard pruning: the device's selection zeroed {zeros} weights of {} instead of {k}, so its \
+                 driver ({}) computes wrongly; nothing was pruned. Update the driver (Debian 12's own lavapipe, \
+                 Mesa 22.3, does this: `apt install -t bookworm-backports mesa-vulkan-drivers` gives Mesa 25) or \
+                 use another adapter, then --resume the run",
+                layer.name,
+                gpu::get()?.adapter.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
