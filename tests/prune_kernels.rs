@@ -80,6 +80,23 @@ fn admm_nn_gradient_and_dual_match_reference() {
     assert_close("hard prune W *= mask", &values(&wt), &(0..n).map(|i| w[i] * mask[i]).collect::<Vec<_>>(), (0.0, 0.0));
 }
 
+/// The GPU's per-layer selection of `x` over `layers` (offset, len, k), checked: exactly k zeros
+/// per layer and the f64 reference's mask. Returns the mask.
+fn exact_count_mask(x: &[f64], layers: &[(usize, usize, usize)]) -> Vec<f64> {
+    let n = x.len();
+    let sel: Vec<select::LayerSelect> =
+        layers.iter().map(|&(offset, len, k)| select::LayerSelect { offset, len, k }).collect();
+    let mask = tensor(&vec![1.0; n], &[n]);
+    select::magnitude_mask(&tensor(x, &[n]), &sel, &mask).unwrap();
+    let m = values(&mask);
+    for &(offset, len, k) in layers {
+        let zeros = m[offset..offset + len].iter().filter(|&&v| v == 0.0).count();
+        assert_eq!(zeros, k, "layer at {offset} must have exactly {k} zeros");
+    }
+    assert_eq!(m, cpu::magnitude_mask(x, layers), "GPU mask differs from the reference");
+    m
+}
+
 fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
     let mut rng = Rng::new(43);
     let n = 50_000;
@@ -97,16 +114,7 @@ fn per_layer_magnitude_masks_have_exact_counts_and_match_reference() {
         (49_200, 7, 0),
         (49_300, 640, 640),
     ];
-    let sel: Vec<select::LayerSelect> =
-        layers.iter().map(|&(offset, len, k)| select::LayerSelect { offset, len, k }).collect();
-    let mask = tensor(&vec![1.0; n], &[n]);
-    select::magnitude_mask(&tensor(&x, &[n]), &sel, &mask).unwrap();
-    let m = values(&mask);
-    for &(offset, len, k) in &layers {
-        let zeros = m[offset..offset + len].iter().filter(|&&v| v == 0.0).count();
-        assert_eq!(zeros, k, "layer at {offset} must have exactly {k} zeros");
-    }
-    assert_eq!(m, cpu::magnitude_mask(&x, &layers), "GPU mask differs from the reference");
+    let m = exact_count_mask(&x, &layers);
     assert!(m[432..512].iter().all(|&v| v == 1.0), "gaps between layers stay untouched");
 }
 
@@ -277,14 +285,5 @@ fn exact_count_masks_with_a_layer_of_millions() {
     let n = 4_800_000;
     let x = f32_exact(&rng.vec(n));
     let layers = [(0, 23_232, 4_414), (23_232, 307_200, 245_760), (330_432, 4_469_568, 4_335_481)];
-    let sel: Vec<select::LayerSelect> =
-        layers.iter().map(|&(offset, len, k)| select::LayerSelect { offset, len, k }).collect();
-    let mask = tensor(&vec![1.0; n], &[n]);
-    select::magnitude_mask(&tensor(&x, &[n]), &sel, &mask).unwrap();
-    let m = values(&mask);
-    for &(offset, len, k) in &layers {
-        let zeros = m[offset..offset + len].iter().filter(|&&v| v == 0.0).count();
-        assert_eq!(zeros, k, "layer at {offset} must have exactly {k} zeros");
-    }
-    assert_eq!(m, cpu::magnitude_mask(&x, &layers), "GPU mask differs from the reference");
+    exact_count_mask(&x, &layers);
 }
