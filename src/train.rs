@@ -432,7 +432,7 @@ pub fn train(
         evaluated: (0, 0.0),
         final_eval: None,
         best_top1: read_best(dir)?,
-        limit: StepClock { settled_step: start.step, ..Default::default() },
+        limit: StepClock { first_step: start.step, settled_step: start.step, ..Default::default() },
         saved_step: start.step,
         loss_reads: OverlappedReads::new(4)?,
         model,
@@ -588,7 +588,7 @@ impl<'a> TrainingRun<'a> {
     /// Under `--time-limit`: when the next step (and the epoch's evaluation, if it ends the
     /// epoch) would not fit, saves what is not saved yet and stops with the time-limit error.
     fn stop_if_out_of_time(&mut self, e: &Epoch) -> Result<()> {
-        if self.limit.fits(self.step - self.first_step, self.step, self.evaluates_at(self.step + 1)) {
+        if self.limit.fits(self.step, self.evaluates_at(self.step + 1)) {
             return Ok(());
         }
         if self.step > self.saved_step {
@@ -769,6 +769,8 @@ impl<'a> TrainingRun<'a> {
 /// This session's step and evaluation times, for `--time-limit`'s estimate of the next step.
 #[derive(Default)]
 struct StepClock {
+    /// The run's step count when this session began.
+    first_step: usize,
     /// Host wall time of the steps so far (batch assembly to the submit, and the read-backs that
     /// wait for the device).
     steps: std::time::Duration,
@@ -789,18 +791,16 @@ impl StepClock {
     }
 
     /// Whether the next step (and the epoch's evaluation when `evaluates`) fits before the time
-    /// limit, from `done` steps of this session, `step` the run's step count. The first step of a
-    /// session always runs.
-    fn fits(&self, done: usize, step: usize, evaluates: bool) -> bool {
-        done == 0 || crate::time_limit::fits(self.next_step(done, step, evaluates))
+    /// limit, `step` the run's step count. The first step of a session always runs.
+    fn fits(&self, step: usize, evaluates: bool) -> bool {
+        step == self.first_step || crate::time_limit::fits(self.next_step(step, evaluates))
     }
 
     /// The time until the next step (and the epoch's evaluation when `evaluates`) has ended on
     /// the device: the steps still in flight end first, and a stop must wait for them before
-    /// the state can be saved. `done` ≥ 1.
-    fn next_step(&self, done: usize, step: usize, evaluates: bool) -> std::time::Duration {
-        let first = step - done;
-        let settled = self.settled_step.saturating_sub(first);
+    /// the state can be saved. At least one step of this session is done.
+    fn next_step(&self, step: usize, evaluates: bool) -> std::time::Duration {
+        let (done, settled) = (step - self.first_step, self.settled_step - self.first_step);
         let (in_flight, per_step) = if settled > 0 {
             // the host's step time until the device had finished `settled` steps, per step: the
             // device's pace, or more where the host is the slower of the two
@@ -866,20 +866,20 @@ mod tests {
     fn the_next_steps_estimate_counts_the_steps_still_on_the_device() {
         let ms = Duration::from_millis;
         // a resumed session from step 100: 5 steps of 10 ms on the host, nothing waited for yet
-        let mut clock = StepClock { settled_step: 100, steps: ms(50), ..Default::default() };
-        assert_eq!(clock.next_step(5, 105, false), ms(20), "twice the host's mean step");
+        let mut clock = StepClock { first_step: 100, settled_step: 100, steps: ms(50), ..Default::default() };
+        assert_eq!(clock.next_step(105, false), ms(20), "twice the host's mean step");
         // at step 120 the host waited for step 110: 2 s of step time for 10 finished steps, so
         // the device takes 200 ms a step, and steps 111..=120 are still in flight
         clock.steps = ms(2000);
         clock.settled(110);
-        assert_eq!(clock.next_step(20, 120, false), ms(2200), "10 in flight and the next at 200 ms");
+        assert_eq!(clock.next_step(120, false), ms(2200), "10 in flight and the next at 200 ms");
         clock.steps = ms(2100);
-        assert_eq!(clock.next_step(25, 125, false), ms(3200), "15 in flight and the next");
+        assert_eq!(clock.next_step(125, false), ms(3200), "15 in flight and the next");
         clock.evaluation = ms(700);
-        assert_eq!(clock.next_step(25, 125, true), ms(3900), "with the epoch's evaluation");
+        assert_eq!(clock.next_step(125, true), ms(3900), "with the epoch's evaluation");
         // the epoch's last step read its own loss: nothing left in flight
         clock.steps = ms(3000);
         clock.settled(130);
-        assert_eq!(clock.next_step(30, 130, false), ms(100), "30 steps settled in 3 s");
+        assert_eq!(clock.next_step(130, false), ms(100), "30 steps settled in 3 s");
     }
 }
