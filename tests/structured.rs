@@ -6,6 +6,7 @@
 mod common;
 use common::*;
 use sasprune::models::{Model, Pass};
+use sasprune::prune::admm_nn::Penalty;
 use sasprune::prune::rate::{self, Plan, Rate};
 use sasprune::prune::structure::{self, Grouping, Structure};
 use sasprune::reference as cpu;
@@ -146,6 +147,53 @@ fn structured_prox_and_projection_match_references_on_resnet20() {
     assert_close("2:4 prox", &values(&z), &cpu::two_four(&v, &layers, Some(tau)), ELEMENTWISE);
     g.projection_mask(&vt, &mask).unwrap();
     assert_eq!(values(&mask), cpu::two_four(&v, &layers, None), "2:4 projection");
+}
+
+/// ADMM-NN's W-step penalty ρ(W − Z + U) lands only on the layers Π prunes (its authors add it
+/// only for the layers they prune): on ResNet-20's layout, against the f64 reference, for a
+/// weight plan with the fc layer and one middle layer left dense (two runs), the filter plan (the
+/// producers only) and 2:4 (the stem and fc uncovered).
+#[test]
+fn admm_nn_penalty_only_on_the_layers_the_projection_prunes() {
+    let m = Model::build("resnet20", 10, 0).unwrap();
+    let p = m.store.prunable_len();
+    let layers = rate::prunable_layers(&m.store);
+    let dense_middle = layers.iter().position(|l| l.name == "layer2.0.conv1.weight").unwrap();
+    let fractions: Vec<f64> =
+        (0..layers.len()).map(|i| if layers[i].is_fc || i == dense_middle { 0.0 } else { 0.6 }).collect();
+    let weights = Plan::new(layers.clone(), fractions);
+    let filters = filter_plan(&m, Rate::Percent(40.0));
+    let quads = structure::plan_two_four(layers.clone(), true).unwrap();
+    // arena order: the stem, the blocks' convolutions, the fc layer last
+    let end = |l: &rate::Layer| l.offset + l.len;
+    let (stem, fc, last_conv) = (&layers[0], &layers[layers.len() - 1], &layers[layers.len() - 2]);
+    assert!(stem.name == "conv1.weight" && fc.is_fc && !last_conv.is_fc);
+    let run = |from: &rate::Layer, to: &rate::Layer| (from.offset, end(to) - from.offset);
+    let producers: Vec<(usize, usize)> =
+        filters.cuts.iter().map(|c| &filters.layers[c.producer]).map(|l| (l.offset, l.len)).collect();
+    assert_eq!(producers.len(), 9);
+    let cases = [
+        ("weight", &weights, vec![run(stem, &layers[dense_middle - 1]), run(&layers[dense_middle + 1], last_conv)]),
+        ("filter", &filters, producers),
+        ("2:4", &quads, vec![run(&layers[1], last_conv)]),
+    ];
+    let mut rng = Rng::new(61);
+    let v = |rng: &mut Rng| f32_exact(&rng.vec(p));
+    for (what, plan, runs) in cases {
+        let g = Grouping::new(plan, p).unwrap();
+        assert_eq!(g.projected_runs(), runs.as_slice(), "{what}: runs");
+        let (w, z, u, grad) = (v(&mut rng), v(&mut rng), v(&mut rng), v(&mut rng));
+        let (wt, zt, ut, gt) = (tensor(&w, &[p]), tensor(&z, &[p]), tensor(&u, &[p]), tensor(&grad, &[p]));
+        Penalty::new(&g, &wt, &zt, &ut, &gt).unwrap().add(0.37).unwrap();
+        let mut expected = grad.clone();
+        for &(o, n) in &runs {
+            for i in o..o + n {
+                expected[i] += 0.37 * (w[i] - z[i] + u[i]);
+            }
+        }
+        assert_close(&format!("{what}: penalty"), &values(&gt), &expected, ELEMENTWISE);
+        assert_eq!(values(&gt)[fc.offset..end(fc)], grad[fc.offset..end(fc)], "{what}: the fc layer's gradient");
+    }
 }
 
 /// Random batch-norm scales, shifts and statistics: a removed channel whose batch norm were not

@@ -149,7 +149,8 @@ pub(crate) struct PruneArgs {
     /// K: outer iterations, 1 to 1,000,000
     #[arg(long)]
     pub(crate) outer: Option<usize>,
-    /// K_avg: ergodic averaging starts after this outer iteration (0 or more)
+    /// K_avg: ergodic averaging starts after this outer iteration, 0 to K (default: the
+    /// schedule's, 170 of 190 or 16 of 20, moved with --outer to average the same share)
     #[arg(long)]
     pub(crate) k_avg: Option<usize>,
     /// k0: inner length grows from this outer iteration on, at least 1
@@ -189,7 +190,7 @@ pub(crate) struct PruneArgs {
     /// constant)
     #[arg(long)]
     pub(crate) admm_rho_growth: Option<f32>,
-    /// ADMM-NN: ρ never grows past this (> 0; default 1)
+    /// ADMM-NN: ρ never grows past this (> 0; default 100)
     #[arg(long)]
     pub(crate) admm_rho_max: Option<f32>,
     /// ADMM-NN learning rate of the W-step at the start of every iteration (> 0; default 0.01)

@@ -89,7 +89,7 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
 pub(crate) fn target_rate(a: &PruneArgs) -> Result<prune::rate::Rate> {
     if a.structure == Structure::TwoFour {
         return match (&a.rate, &a.layer_rates) {
-            (None, None) => Ok(prune::rate::Rate::Percent(50.0)), // unused: 2 of every 4
+            (None, None) => Ok(prune::rate::Rate::Percent(50.0)), // 2 of every 4: the plan's own
             _ => Err(Error::invalid(
                 "--structure 2:4 sets the rate itself (2 of every 4 weights in each layer whose rows are whole quads): \
                  drop --rate and --layer-rates",
@@ -143,7 +143,10 @@ fn schedules(a: &PruneArgs, spec: &sasprune::models::ModelSpec) -> Result<(SasCo
     set!(sas.rho, a.rho);
     set!(sas.lambda, a.lambda);
     set!(sas.inner, a.inner);
-    set!(sas.outer, a.outer);
+    if let Some(outer) = a.outer {
+        // K_avg follows K unless given: the schedule's share of averaged iterations
+        sas = sas.with_outer(outer);
+    }
     set!(sas.k_avg, a.k_avg);
     set!(sas.k0, a.k0);
     set!(sas.v, a.v);

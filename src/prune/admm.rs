@@ -15,7 +15,7 @@ pub use super::sas_admm::SasConfig;
 use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
 use crate::models::{key_for, stream, Model};
-use crate::ops::select;
+use crate::ops::{reduce, select};
 use crate::train::rng_for;
 use crate::{gpu, Error, Result, Tensor};
 use rand::Rng;
@@ -103,6 +103,43 @@ impl IterationMetrics {
             seconds: f(7)?,
             rho: f(8).unwrap_or(f64::NAN),
             rel_res2: f(9).unwrap_or(f64::NAN),
+        })
+    }
+}
+
+impl IterationMetrics {
+    /// Outer iteration `state.k`'s metrics in one read-back: the mean of the `steps` minibatch
+    /// losses summed in `ce_sum`; ‖W_prev − W‖², ‖ΔZ‖² and ‖W − Z‖² from the scratch vectors
+    /// (`w_prev` holding W_prev − W by now); ‖W‖² for the relative residual; the objective
+    /// CE + λ‖W_avg‖₁ where `l1` gives (λ, W_avg) (SAS-ADMM), else CE.
+    pub(super) fn measure(
+        state: &AdmmState,
+        s: &Scratch,
+        ce_sum: &Tensor,
+        steps: usize,
+        l1: Option<(f32, &Tensor)>,
+        rho: f32,
+        started: Instant,
+    ) -> Result<IterationMetrics> {
+        let squares: Vec<Tensor> =
+            [&s.w_prev, &s.dz, &s.res, &state.w].into_iter().map(reduce::sum_squares).collect::<Result<_>>()?;
+        let l1_sum = l1.map(|(_, w_avg)| reduce::sum_abs(w_avg)).transpose()?;
+        let mut read = vec![ce_sum];
+        read.extend(&squares);
+        read.extend(&l1_sum);
+        let v = read_scalars(&read)?;
+        let ce = v[0] / steps.max(1) as f64;
+        Ok(IterationMetrics {
+            k: state.k,
+            gradients: state.gradients,
+            ce,
+            objective: l1.map_or(ce, |(lambda, _)| ce + lambda as f64 * v[5]),
+            dw2: v[1],
+            dz2: v[2],
+            res2: v[3],
+            seconds: started.elapsed().as_secs_f64(),
+            rho: rho as f64,
+            rel_res2: v[3] / v[4].max(f64::MIN_POSITIVE),
         })
     }
 }
@@ -241,7 +278,7 @@ pub(super) fn minibatch_gradient(
 }
 
 /// Reads several one-element device tensors with one read-back.
-pub(super) fn read_scalars(values: &[&Tensor]) -> Result<Vec<f64>> {
+fn read_scalars(values: &[&Tensor]) -> Result<Vec<f64>> {
     let packed = Tensor::uninit(&[values.len()])?;
     let g = gpu::get()?;
     for (i, v) in values.iter().enumerate() {

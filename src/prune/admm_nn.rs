@@ -2,13 +2,13 @@
 //! settings and its phase over the vector W of prunable weights.
 
 use super::admm::{
-    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState, IterationMetrics,
-    PhaseContext, Scratch, Session,
+    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, AdmmState, IterationMetrics, PhaseContext,
+    Scratch, Session,
 };
 use super::rate::Plan;
 use super::sas_admm::SasConfig;
 use super::structure::Grouping;
-use crate::ops::{admm, elementwise, reduce, sgd::SgdConfig};
+use crate::ops::{admm, elementwise, sgd::SgdConfig};
 use crate::{gpu, Error, Result, Tensor};
 use std::time::Instant;
 
@@ -152,9 +152,38 @@ impl AdmmNnConfig {
     }
 }
 
+/// The W-step's penalty gradient `g += ρ·(W − Z + U)`, added only on the layers Π prunes
+/// (`Grouping::projected_runs`), as its authors add the ADMM loss only for the layers they prune
+/// (`admm.py` `append_admm_loss` over `prune_ratios`). Elsewhere (a ResNet's dense fc layer, a
+/// layer a rates file leaves out, the stem under 2:4) Π is the identity, so Z = W_{k−1} and
+/// U = 0 there, and the term would be a pull toward the last iterate growing with ρ_k.
+pub struct Penalty {
+    /// Per run: views of W, Z, U and the gradient over it.
+    runs: Vec<[Tensor; 4]>,
+}
+
+impl Penalty {
+    /// Over `w`, `z`, `u`, `g` (each the prunable vector's length) where `grouping` projects.
+    pub fn new(grouping: &Grouping, w: &Tensor, z: &Tensor, u: &Tensor, g: &Tensor) -> Result<Penalty> {
+        let view = |t: &Tensor, (offset, len): (usize, usize)| {
+            Tensor::view_into(t.storage().clone(), t.byte_offset() + 4 * offset as u64, &[len])
+        };
+        let runs = (grouping.projected_runs().iter())
+            .map(|&run| Ok([view(w, run)?, view(z, run)?, view(u, run)?, view(g, run)?]))
+            .collect::<Result<_>>()?;
+        Ok(Penalty { runs })
+    }
+
+    /// `g += ρ·(W − Z + U)` on the projected runs (one launch per run).
+    pub fn add(&self, rho: f32) -> Result<()> {
+        self.runs.iter().try_for_each(|[w, z, u, g]| admm::admm_grad(w, z, u, g, rho))
+    }
+}
+
 /// Runs ADMM-NN iterations `state.k + 1 ..= cfg.iterations`: W-steps by SGD on
 /// f(W) + (ρ_k/2)‖W − Z + U‖² (every parameter, weight decay, the lr restarted and dropped per
-/// iteration), then Z = Π(W + U) (per-layer top-k) and U += W − Z.
+/// iteration; the penalty on the layers Π prunes), then Z = Π(W + U) (the plan's projection:
+/// per-layer top-k, filters or 2:4) and U += W − Z.
 pub fn run_admm_nn(
     ctx: PhaseContext<'_>,
     cfg: &AdmmNnConfig,
@@ -178,6 +207,7 @@ pub fn run_admm_nn(
         model.store.reset_momentum()?;
     }
     let prunable_momentum = Tensor::view_into(model.store.momentum_flat()?.storage().clone(), 0, &[p])?;
+    let penalty = Penalty::new(&grouping, &w_net, &state.z, &state.u, &d)?;
     let mut buf = (Vec::new(), Vec::new());
     let mut session = Session::new(state);
     while state.k < cfg.iterations {
@@ -194,7 +224,7 @@ pub fn run_admm_nn(
         for t in 0..cfg.steps {
             let l = minibatch_gradient(model, data, spec, cfg.batch, cfg.file_order, seed, state.gradients, &mut buf)?;
             elementwise::axpy(1.0, &l, &ce_sum)?;
-            admm::admm_grad(&w_net, &state.z, &state.u, &d, rho)?;
+            penalty.add(rho)?;
             let sgd = SgdConfig { lr: cfg.lr_at(t), momentum: 0.9, weight_decay: cfg.weight_decay, nesterov: false };
             if cfg.train_all {
                 model.store.sgd_step(&sgd, None)?;
@@ -210,28 +240,9 @@ pub fn run_admm_nn(
         grouping.projection_mask(&wu, &mask)?;
         admm::admm_dual(&state.w, &mask, &state.z, &state.u, &s.dz, &s.res)?;
         copy(&state.w, &state.w_avg)?;
-        elementwise::axpy(-1.0, &state.w, &s.w_prev)?;
+        elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
         state.k = k;
-        let v = read_scalars(&[
-            &ce_sum,
-            &reduce::sum_squares(&s.w_prev)?,
-            &reduce::sum_squares(&s.dz)?,
-            &reduce::sum_squares(&s.res)?,
-            &reduce::sum_squares(&state.w)?,
-        ])?;
-        let ce = v[0] / cfg.steps.max(1) as f64;
-        let m = IterationMetrics {
-            k,
-            gradients: state.gradients,
-            ce,
-            objective: ce,
-            dw2: v[1],
-            dz2: v[2],
-            res2: v[3],
-            seconds: started.elapsed().as_secs_f64(),
-            rho: rho as f64,
-            rel_res2: v[3] / v[4].max(f64::MIN_POSITIVE),
-        };
+        let m = IterationMetrics::measure(state, &s, &ce_sum, cfg.steps, None, rho, started)?;
         check_finite(&m, dir)?;
         // logged first: a run killed in between repeats the iteration and drops its row
         after(&m)?;

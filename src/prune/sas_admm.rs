@@ -2,12 +2,12 @@
 //! its phase over the vector W of prunable weights.
 
 use super::admm::{
-    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, read_scalars, AdmmState, IterationMetrics,
-    PhaseContext, Scratch, Session,
+    arena_prefix, check_finite, copy, grads_prefix, minibatch_gradient, AdmmState, IterationMetrics, PhaseContext,
+    Scratch, Session,
 };
 use super::rate::Plan;
 use super::structure::{Grouping, Structure};
-use crate::ops::{admm, elementwise, reduce};
+use crate::ops::{admm, elementwise};
 use crate::{gpu, Error, Result, Tensor};
 use std::time::Instant;
 
@@ -56,6 +56,16 @@ impl SasConfig {
     /// The same algorithm scaled down about 80x (our choice): K = 20, M = 10, k0 = 10, K_avg = 16.
     pub fn quick() -> SasConfig {
         SasConfig { inner: 10, outer: 20, k_avg: 16, k0: 10, ..SasConfig::paper() }
+    }
+
+    /// The schedule cut to (or stretched to) `outer` iterations, averaging the same share of them
+    /// at the end: K_avg moves with K (the paper averages the last 20 of 190, quick the last 4 of
+    /// 20; `--outer 4` alone then averages from iteration 3, where K_avg = 16 would average
+    /// nothing).
+    pub fn with_outer(&self, outer: usize) -> SasConfig {
+        let averaged = self.outer.saturating_sub(self.k_avg) as f64 / self.outer.max(1) as f64;
+        let k_avg = outer - ((averaged * outer as f64).round() as usize).min(outer);
+        SasConfig { outer, k_avg, ..self.clone() }
     }
 
     /// (M_k, η_k) of outer iteration k (1-based).
@@ -114,6 +124,14 @@ impl SasConfig {
         if self.inner == 0 || self.outer == 0 || self.k0 == 0 || self.batch == 0 {
             return Err(Error::invalid("--inner, --outer, --k0 and --batch must be at least 1"));
         }
+        if self.k_avg > self.outer {
+            return Err(Error::invalid(format!(
+                "--k-avg {} is past the last outer iteration (--outer {}): no iterate would be averaged; averaging \
+                 starts after iteration K_avg, so give at most --k-avg {} (K_avg = K keeps the last iterate; the \
+                 paper averages the last 20 of 190)",
+                self.k_avg, self.outer, self.outer
+            )));
+        }
         let m = self.inner as f64;
         let longest = m / (self.k0 as f64).powf(self.q) * (self.outer as f64).powf(self.q);
         if !(longest < 1e7) || self.outer > 1_000_000 || self.inner > 1_000_000 {
@@ -131,7 +149,8 @@ impl SasConfig {
 }
 
 /// Runs SAS-ADMM outer iterations `state.k + 1 ..= cfg.outer`, calling `after` with each
-/// iteration's metrics (after the state is saved). Leaves W_avg in the network's weights. The
+/// iteration's metrics before the state is saved (a run stopped in between repeats the iteration
+/// and drops its row). Leaves W_avg in the network's weights. The
 /// Z-step's prox follows the plan's structure (the soft threshold under `weight`; the group soft
 /// threshold or the 2:4 one otherwise: see `structure.rs`).
 pub fn run_sas_admm(
@@ -192,28 +211,7 @@ pub fn run_sas_admm(
         }
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
         state.k = k;
-        let l1 = reduce::sum_abs(&state.w_avg)?;
-        let v = read_scalars(&[
-            &ce_sum,
-            &l1,
-            &reduce::sum_squares(&s.w_prev)?,
-            &reduce::sum_squares(&s.dz)?,
-            &reduce::sum_squares(&s.res)?,
-            &reduce::sum_squares(&state.w)?,
-        ])?;
-        let ce = v[0] / mk as f64;
-        let m = IterationMetrics {
-            k,
-            gradients: state.gradients,
-            ce,
-            objective: ce + cfg.lambda as f64 * v[1],
-            dw2: v[2],
-            dz2: v[3],
-            res2: v[4],
-            seconds: started.elapsed().as_secs_f64(),
-            rho: cfg.rho as f64,
-            rel_res2: v[4] / v[5].max(f64::MIN_POSITIVE),
-        };
+        let m = IterationMetrics::measure(state, &s, &ce_sum, mk, Some((cfg.lambda, &state.w_avg)), cfg.rho, started)?;
         check_finite(&m, dir)?;
         // logged first: a run killed in between repeats the iteration and drops its row
         after(&m)?;
@@ -263,5 +261,26 @@ impl super::method::PruningMethod for SasAdmm {
         after: &mut dyn FnMut(&IterationMetrics) -> Result<()>,
     ) -> Result<()> {
         run_sas_admm(ctx, settings.sas, plan, state, after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shorter_or_longer_phase_averages_the_same_share_of_its_iterations() {
+        let (paper, quick) = (SasConfig::paper(), SasConfig::quick());
+        assert_eq!(paper.with_outer(190), paper);
+        assert_eq!(quick.with_outer(20), quick);
+        // quick averages its last 4 of 20 (K_avg = 16): 4 iterations average from 3 on
+        assert_eq!(quick.with_outer(4).k_avg, 3);
+        assert_eq!(quick.with_outer(40).k_avg, 32);
+        // the paper's last 20 of 190: 50 iterations from 45 on; one keeps its only iterate
+        assert_eq!(paper.with_outer(50).k_avg, 45);
+        assert_eq!(paper.with_outer(1).k_avg, 1);
+        assert!(paper.with_outer(7).validate().is_ok());
+        let past = SasConfig { k_avg: 5, ..paper.with_outer(4) };
+        assert!(past.validate().unwrap_err().to_string().contains("--k-avg 5 is past"));
     }
 }

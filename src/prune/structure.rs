@@ -168,6 +168,10 @@ pub fn macs(model: &Model, layers: &[Layer], kept: &[usize]) -> Option<(u64, u64
 pub struct Grouping {
     kind: Kind,
     prunable: usize,
+    /// (offset, length) runs of the prunable vector where Π can zero something: the layers the
+    /// plan prunes (under `filter` the producers, whose rows are the groups), consecutive ones
+    /// merged.
+    projected: Vec<(usize, usize)>,
 }
 
 enum Kind {
@@ -216,7 +220,14 @@ impl Grouping {
                 }
             }
         };
-        Ok(Grouping { kind, prunable })
+        Ok(Grouping { kind, prunable, projected: projected_runs(plan) })
+    }
+
+    /// Where Π can zero a weight: (offset, length) runs of the prunable vector, in order,
+    /// consecutive layers merged (one run for a ResNet whose fc layer, last, stays dense).
+    /// Elsewhere Π is the identity.
+    pub fn projected_runs(&self) -> &[(usize, usize)] {
+        &self.projected
     }
 
     /// The Z-step's prox under the structure: `z` = prox of τ·(the structure's penalty) at `v`
@@ -295,6 +306,29 @@ impl Grouping {
         }
         Ok((Tensor::from_slice(&mask, &[arena])?, removed))
     }
+}
+
+/// The layers Π acts on as (offset, length) runs of the prunable vector: under `filter` each cut's
+/// producer (its consumer loses input columns only at hard pruning), otherwise each layer with a
+/// count. Consecutive such layers (in arena order, as `plan.layers` is) form one run, the
+/// alignment padding between them included (zeros, which the kernels leave at zero).
+fn projected_runs(plan: &Plan) -> Vec<(usize, usize)> {
+    let projected = |i: usize| match plan.structure {
+        Structure::Filter => plan.cuts.iter().any(|c| c.producer == i),
+        Structure::Weight | Structure::TwoFour => plan.pruned[i] > 0,
+    };
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut extends = false;
+    for (i, l) in plan.layers.iter().enumerate() {
+        let now = projected(i);
+        match runs.last_mut() {
+            Some(run) if now && extends => run.1 = l.offset + l.len - run.0,
+            _ if now => runs.push((l.offset, l.len)),
+            _ => {}
+        }
+        extends = now;
+    }
+    runs
 }
 
 /// The compact network of a filter-pruned model: its state dict with each cut's `removed`
