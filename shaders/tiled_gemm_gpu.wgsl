@@ -3,7 +3,7 @@
 // load_b_at). tiled_gemm.wgsl keeps 64 threads and scalar shared reads, which suits CPU drivers;
 // a discrete GPU wants many warps in flight and few shared-memory instructions per FMA.
 //
-// A prelude line sets the shape (see `GPU_TILES` in src/ops/matmul.rs):
+// A prelude line sets the shape (see the `gpu_tile!` entries of `TILES` in src/engine/ops/gemm_plan.rs):
 //   TX x TY threads; each computes RM x RN outputs (multiples of 4) of a TM x TN tile,
 //   TM = TY*RM, TN = TX*RN, as 4x4 blocks: rows 4(ty + TY*i) + 0..3, columns 4(tx + TX*j) + 0..3,
 //   so one vec4 shared read feeds 4 rows or 4 columns and neighbouring threads read neighbouring

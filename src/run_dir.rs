@@ -2,8 +2,8 @@
 //! continues it with the same flags, and a dataset that moved (or changed) is recognised.
 //!
 //! `command.json` (written once, atomically, when a run starts):
-//! `{"format": "sasprune-run-1", "command": "pipeline" | "train", "args": [...], "data": {...}}`
-//! where `args` are the command-line tokens the run was started with (without the program name,
+//! `{"format": "sasprune-run-1", "command": "pipeline" | "train", "args": [...], "data": {...},
+//! "flags": {...}}` where `flags` are the parsed flags (what `--resume` reads first), `args` are the command-line tokens the run was started with (without the program name,
 //! the subcommand, `--out` and global flags such as `--backend`) and `data` fingerprints the
 //! training and test sets: image count, image size, classes and a checksum of the first and last
 //! records. Runs started before this file existed saved `command.txt` (one token per line);

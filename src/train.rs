@@ -307,6 +307,9 @@ impl TrainConfig {
         if self.eval_every == 0 {
             return bad("--eval-every must be at least 1 (epochs between evaluations)".into());
         }
+        if self.save_every == 0 {
+            return bad("--save-every must be at least 1 (steps between checkpoints)".into());
+        }
         Ok(())
     }
 }

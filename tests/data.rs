@@ -452,7 +452,7 @@ fn write_packed_rejects_bad_samples_and_leaves_nothing() {
 #[test]
 fn real_cifar10_if_present() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let missing = format!("{} has no cifar-10-batches-bin/ (run ../shared/data/cifar10.sh data)", dir.display());
+    let missing = format!("{} has no cifar-10-batches-bin/ (run bash data/get-cifar10.sh)", dir.display());
     if !common::inputs_present("real_cifar10_if_present", dir.join("cifar-10-batches-bin").is_dir(), &missing) {
         return;
     }

@@ -95,7 +95,7 @@ fn perturb_and_prune(model: &mut Model, pruned: f64, seed: u64) {
 fn cifar_images(test: &str, n: usize, norm: Normalize) -> Option<(Vec<f32>, Vec<f32>)> {
     let data = root().join("data");
     let present = data.join("cifar-10-batches-bin/test_batch.bin").exists();
-    if !common::inputs_present(test, present, "needs data/cifar-10-batches-bin (run ../shared/data/cifar10.sh data)") {
+    if !common::inputs_present(test, present, "needs data/cifar-10-batches-bin (run bash data/get-cifar10.sh)") {
         return None;
     }
     let cifar = Cifar10::open(&data).unwrap();

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 fn data() -> Option<Cifar10> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+    let missing = format!("no CIFAR-10 in {} (run bash data/get-cifar10.sh)", dir.display());
     if !common::inputs_present("pipeline", dir.join("cifar-10-batches-bin/test_batch.bin").exists(), &missing) {
         return None;
     }

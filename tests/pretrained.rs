@@ -16,7 +16,7 @@ fn pretrained_resnet20_reproduces_pytorch_top1_on_cifar10() {
     let weights = root.join("../shared/pretrained/resnet20.safetensors");
     let data = root.join("data");
     let missing = format!(
-        "needs {} and {}/cifar-10-batches-bin (run ../shared/data/cifar10.sh data)",
+        "needs {} and {}/cifar-10-batches-bin (run bash data/get-cifar10.sh)",
         weights.display(),
         data.display()
     );

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 /// CIFAR-10 from data/, or None (the test then skips with a message naming `test`).
 fn cifar(test: &str) -> Option<Cifar10> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data");
-    let missing = format!("no CIFAR-10 in {} (run ../shared/data/cifar10.sh data)", dir.display());
+    let missing = format!("no CIFAR-10 in {} (run bash data/get-cifar10.sh)", dir.display());
     let present = dir.join("cifar-10-batches-bin/test_batch.bin").exists();
     common::inputs_present(test, present, &missing).then(|| Cifar10::open(&dir).unwrap())
 }

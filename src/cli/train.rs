@@ -159,7 +159,7 @@ fn train_config(a: &TrainArgs, model_name: &str, dir: &Path) -> Result<TrainConf
         max_steps: a.steps,
         subset: a.subset,
         deterministic: a.deterministic,
-        save_every: a.save_every.max(1),
+        save_every: a.save_every,
         eval_every: a.eval_every,
         divergence_hint: format!(
             "continue with a lower learning rate: `sasprune train --resume {} --lr {}`",

@@ -54,8 +54,9 @@ pub struct PipelineConfig {
     pub schedule: String,
     pub sas: SasConfig,
     pub admm: AdmmNnConfig,
-    /// Masked retraining (and dense training when no weights are given).
+    /// Masked retraining.
     pub retrain: TrainConfig,
+    /// Dense training, when no weights are given.
     pub dense: TrainConfig,
     pub weights: Option<PathBuf>,
     /// The channel-set widths of a compact (filter-pruned) start: `weights`' metadata's
@@ -511,10 +512,11 @@ impl Run<'_> {
             model: cfg.model.clone(),
             method: cfg.method.name().into(),
             adapter: gpu::get()?.adapter.to_string(),
-            rate_target: cfg
-                .layer_rates
-                .as_ref()
-                .map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display())),
+            rate_target: match (&cfg.layer_rates, plan.structure) {
+                (Some(p), _) => format!("per-layer rates from {}", p.display()),
+                (None, Structure::TwoFour) => "2 of every 4 in each covered layer".into(),
+                (None, _) => cfg.rate.to_string(),
+            },
             rate_achieved: plan.total() as f64 / kept.max(1) as f64,
             conv_percentage: if cfg.layer_rates.is_none() && plan.structure == Structure::Weight {
                 conv_percentage(plan)
@@ -605,7 +607,7 @@ const ADMM_VECTORS: usize = 11;
 /// Tries each phase the run in `cfg.out` has left at its largest moment on the device (see
 /// [`preflight`]) and says how much the largest one holds; call it before the run is recorded, so
 /// that a run which does not fit can be started again with other flags. Returns `cfg` with the
-/// evaluation batch that fits. `model` keeps its weights and statistics.
+/// evaluation batch that fits (for dense training's evaluations as well). `model` keeps its weights and statistics.
 pub fn check_memory(
     model: &mut Model,
     cfg: &PipelineConfig,
@@ -661,7 +663,12 @@ pub fn check_memory(
          the pruning variables and a batch's activations)",
         gpu.memory_stats().peak_in_use as f64 / 1048576.0
     );
-    Ok(PipelineConfig { retrain: TrainConfig { eval_batch, ..cfg.retrain.clone() }, ..cfg.clone() })
+    // dense training evaluates too, never with a larger batch than the one checked
+    Ok(PipelineConfig {
+        retrain: TrainConfig { eval_batch, ..cfg.retrain.clone() },
+        dense: TrainConfig { eval_batch: cfg.dense.eval_batch.min(eval_batch), ..cfg.dense.clone() },
+        ..cfg.clone()
+    })
 }
 
 /// The sum of column `col` of a CSV file with a header (0 when the file does not exist): phase

@@ -197,91 +197,103 @@ pub fn list_adapters(backend: Option<&str>) -> Result<Vec<String>> {
         .collect())
 }
 
-const NO_DRIVER_HINT: &str = "install a Vulkan, Metal, DX12 or OpenGL driver for your GPU; \
-     on a machine without a GPU, the software Vulkan driver works \
-     (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`)";
+/// The adapter `options` asks for (`--backend`, `--adapter`), discrete GPUs first; the error
+/// names what was looked for and what is present.
+fn choose_adapter(options: &GpuOptions) -> Result<wgpu::Adapter> {
+    let backends = parse_backends(options.backend.as_deref())?;
+    let instance = new_instance(backends);
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let found: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    if let Some(want) = &options.adapter {
+        let want = want.to_lowercase();
+        adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+    }
+    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    let looked_for = format!(
+        "looked for {} on backend(s) {}",
+        options.adapter.as_deref().map_or("any adapter".into(), |a| format!("an adapter named like '{a}'")),
+        options.backend.as_deref().unwrap_or("all")
+    );
+    adapters.into_iter().next().ok_or_else(|| {
+        Error::NoAdapter(if found.is_empty() {
+            format!("{looked_for} and found none; {NO_DRIVER_HINT}")
+        } else {
+            format!("{looked_for}; the adapters present are: {}", found.join("; "))
+        })
+    })
+}
 
-impl Gpu {
-    /// Opens a device without installing it as the process-wide context (see [`init`]).
-    pub fn open(options: &GpuOptions) -> Result<Gpu> {
-        let backends = parse_backends(options.backend.as_deref())?;
-        let instance = new_instance(backends);
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let found: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-        if let Some(want) = &options.adapter {
-            let want = want.to_lowercase();
-            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+/// Opens a device with the adapter's limits and whichever of the features the kernels use it
+/// offers; returns them with the device.
+fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Features)> {
+    // subgroups: the summing kernels' faster variant (ops::subgroups_usable decides its use);
+    // f16: mixed precision's f16 storage
+    // cooperative matrices: mixed precision's tensor-core GEMM tiles (ops::gemm_plan)
+    let wanted = wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    let request = |features: wgpu::Features| {
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("sasprune"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            // SAFETY: wgpu asks users of its experimental features (here only cooperative
+            // matrices) to accept that they may still have bugs. Only the cooperative-matrix
+            // GEMM tiles use them; they are checked against the f64 reference where the
+            // driver offers them (tests/mixed_precision.rs), and the tuner leaves a tile
+            // out when the driver rejects it.
+            experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+            ..Default::default()
+        }))
+    };
+    // a driver that offers cooperative matrices but fails to open a device with them still
+    // opens one without
+    let mut features = adapter.features() & wanted;
+    let opened = match request(features) {
+        Err(_) if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) => {
+            features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+            request(features)
         }
-        adapters.sort_by_key(|a| rank(a.get_info().device_type));
-        let looked_for = format!(
-            "looked for {} on backend(s) {}",
-            options.adapter.as_deref().map_or("any adapter".into(), |a| format!("an adapter named like '{a}'")),
-            options.backend.as_deref().unwrap_or("all")
-        );
-        let Some(adapter) = adapters.into_iter().next() else {
-            return Err(Error::NoAdapter(if found.is_empty() {
-                format!("{looked_for} and found none; {NO_DRIVER_HINT}")
-            } else {
-                format!("{looked_for}; the adapters present are: {}", found.join("; "))
-            }));
-        };
-        let info = adapter.get_info();
-        let limits = adapter.limits();
-        let features = adapter.features();
-        // subgroups: the summing kernels' faster variant (ops::subgroups_usable decides its use);
-        // f16: mixed precision's f16 storage
-        // cooperative matrices: mixed precision's tensor-core GEMM tiles (ops::gemm_plan)
-        let wanted = wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-            | wgpu::Features::SUBGROUP
-            | wgpu::Features::SHADER_F16
-            | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-        let request = |features: wgpu::Features| {
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-                label: Some("sasprune"),
-                required_features: features,
-                required_limits: limits.clone(),
-                // SAFETY: wgpu asks users of its experimental features (here only cooperative
-                // matrices) to accept that they may still have bugs. Only the cooperative-matrix
-                // GEMM tiles use them; they are checked against the f64 reference where the
-                // driver offers them (tests/mixed_precision.rs), and the tuner leaves a tile
-                // out when the driver rejects it.
-                experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
-                ..Default::default()
-            }))
-        };
-        // a driver that offers cooperative matrices but fails to open a device with them still
-        // opens one without
-        let mut features = features & wanted;
-        let opened = match request(features) {
-            Err(_) if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) => {
-                features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
-                request(features)
-            }
-            other => other,
-        };
-        let (device, queue) =
-            opened.map_err(|e| Error::Gpu(format!("could not open {} ({:?}): {e}", info.name, info.backend)))?;
-        let device_error = Arc::new(Mutex::new(None::<String>));
-        let slot = device_error.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
-                *slot = Some(e.to_string());
-            }
-        }));
-        // A lost device (driver reset, GPU removed or hung) is reported at the next submit or
-        // read-back, ahead of whatever error it caused there.
-        let slot = device_error.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            *slot = Some(format!(
-                "the GPU device was lost ({reason:?}{}{message}); the driver may have reset or the GPU \
-                 stopped responding",
-                if message.is_empty() { "" } else { ": " }
-            ));
-        });
-        let adapter = AdapterSummary {
+        other => other,
+    };
+    let info = adapter.get_info();
+    let (device, queue) =
+        opened.map_err(|e| Error::Gpu(format!("could not open {} ({:?}): {e}", info.name, info.backend)))?;
+    Ok((device, queue, features))
+}
+
+/// The slot where the device's first uncaptured error, or its loss, is kept for the next submit
+/// or read-back to report.
+fn watch_device(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
+    let device_error = Arc::new(Mutex::new(None::<String>));
+    let slot = device_error.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e.to_string());
+        }
+    }));
+    // A lost device (driver reset, GPU removed or hung) is reported at the next submit or
+    // read-back, ahead of whatever error it caused there.
+    let slot = device_error.clone();
+    device.set_device_lost_callback(move |reason, message| {
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(format!(
+            "the GPU device was lost ({reason:?}{}{message}); the driver may have reset or the GPU \
+             stopped responding",
+            if message.is_empty() { "" } else { ": " }
+        ));
+    });
+    device_error
+}
+
+impl AdapterSummary {
+    /// What `adapter` is and offers, with the `features` its device was opened with.
+    fn of(adapter: &wgpu::Adapter, features: wgpu::Features) -> AdapterSummary {
+        let (info, limits) = (adapter.get_info(), adapter.limits());
+        AdapterSummary {
             name: info.name.clone(),
             vendor_id: info.vendor,
             device_type: format!("{:?}", info.device_type),
@@ -291,20 +303,37 @@ impl Gpu {
             timestamp_queries: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
-            cooperative_matrices: cooperative_matrices(&adapter, features),
-            cooperative_f16_sizes: cooperative_f16_sizes(&adapter, features),
+            cooperative_matrices: cooperative_matrices(adapter, features),
+            cooperative_f16_sizes: cooperative_f16_sizes(adapter, features),
             subgroup_max_size: info.subgroup_max_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_buffer_size: limits.max_buffer_size,
             max_storage_binding: limits.max_storage_buffer_binding_size,
-        };
+        }
+    }
+}
+
+const NO_DRIVER_HINT: &str = "install a Vulkan, Metal, DX12 or OpenGL driver for your GPU; \
+     on a machine without a GPU, the software Vulkan driver works \
+     (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`)";
+
+impl Gpu {
+    /// Opens a device without installing it as the process-wide context (see [`init`]): chooses
+    /// the adapter, opens a device with the features the kernels can use, watches it for errors
+    /// and loss, and summarises what it offers.
+    pub fn open(options: &GpuOptions) -> Result<Gpu> {
+        let adapter = choose_adapter(options)?;
+        let (device, queue, features) = request_device(&adapter)?;
+        let device_error = watch_device(&device);
+        let limits = adapter.limits();
+        let summary = AdapterSummary::of(&adapter, features);
         let recorder = recorder::Recorder::new(&limits);
-        let shader_checks = ShaderChecks::from_env(&adapter.backend)?;
+        let shader_checks = ShaderChecks::from_env(&summary.backend)?;
         Ok(Gpu {
             shader_checks,
             device,
             queue,
-            adapter,
+            adapter: summary,
             limits,
             kernels: Mutex::new(kernel::KernelCache::default()),
             pool: Mutex::new(buffer::Pool::default()),

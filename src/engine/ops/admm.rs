@@ -101,7 +101,6 @@ pub fn sas_dual(
 
 /// The structured Z-step's first half: `U ← U½ = U − r·β·(W − Z)`, `v = W − U½/β` (the point
 /// the prox is taken at), `dz = −Z`.
-#[allow(clippy::too_many_arguments)]
 pub fn sas_split(w: &Tensor, z: &Tensor, u: &Tensor, v: &Tensor, dz: &Tensor, beta: f32, r: f32) -> Result<()> {
     run(&SAS_SPLIT, params(w.numel(), beta, 0.0, r, 0.0), &[w, z, u, v, dz])
 }
