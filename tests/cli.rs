@@ -11,10 +11,16 @@ fn sasprune(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-/// `sasprune` with one environment variable set (for fault injection).
+/// `sasprune` with one environment variable set (for fault injection): the exit code and stderr.
 fn sasprune_with(args: &[&str], var: &str, value: &str) -> (Option<i32>, String) {
     let out =
         Command::new(env!("CARGO_BIN_EXE_sasprune")).args(args).env(var, value).output().expect("the binary runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `sasprune` with owned arguments: the exit code and stderr.
+fn sasprune_code(args: &[String]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sasprune")).args(args).output().expect("the binary runs");
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -251,6 +257,51 @@ fn a_selection_that_miscounts_stops_hard_pruning_with_a_message() {
         "{stderr}"
     );
     assert!(!PathBuf::from(&t.run).join("after_prune.safetensors").exists(), "nothing pruned was saved");
+}
+
+/// `compare` continues when run again into the same --out with the same flags (a moved copy of
+/// the data allowed); other flags or other data are refused before any run continues state made
+/// under the first ones, and `--method` / `--resume`, the pipeline's, are refused, not ignored.
+#[test]
+fn compare_continues_only_with_the_flags_and_data_it_started_with() {
+    let t = TinyRun::new("cli-compare-record");
+    let weights = t.weights(10);
+    let out = t.tmp.path().join("cmp").display().to_string();
+    let compare = |rate: &str, data: &str, extra: &[&str]| -> Vec<String> {
+        let base = ["compare", "--model", "resnet20", "--rate", rate, "--methods", "magnitude", "--weights", &weights];
+        // magnitude pruning retrains for the ADMM phase's budget too: one gradient of 8 images
+        let tail = "--schedule quick --outer 1 --inner 1 --k0 1 --k-avg 1 --batch 8 --retrain-epochs 1 \
+                    --retrain-batch 8 --subset 16 --eval-limit 8";
+        let tail: Vec<&str> = tail.split_whitespace().collect();
+        [&base[..], &tail[..], &["--data", data, "--out", &out][..], extra]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let (code, stderr) = sasprune_code(&compare("3x", &t.data, &[]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(PathBuf::from(&out).join("command.json")).unwrap()).unwrap();
+    assert_eq!(record["command"], "compare");
+    // the same flags continue (every run is done: nothing runs again), a moved copy included
+    let moved = t.tmp.path().join("moved").display().to_string();
+    std::fs::rename(&t.data, &moved).unwrap();
+    let (code, stderr) = sasprune_code(&compare("3x", &moved, &[]));
+    assert_eq!(code, Some(0), "{stderr}");
+    // another rate, other data of the same shape: refused, naming the command it started with
+    let (code, stderr) = sasprune_code(&compare("4x", &moved, &[]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("holds a comparison started with other flags") && stderr.contains("--rate 3x"), "{stderr}");
+    let other = t.tmp.path().join("other");
+    common::write_fake_cifar(&other, 8, 1);
+    let (code, stderr) = sasprune_code(&compare("3x", other.to_str().unwrap(), &[]));
+    assert!(code == Some(1) && stderr.contains("is not the one"), "{stderr}");
+    // the pipeline's own flags
+    let (code, stderr) = sasprune_code(&compare("3x", &moved, &["--method", "admm"]));
+    assert!(code == Some(1) && stderr.contains("give --methods instead of --method"), "{stderr}");
+    let (code, stderr) = sasprune_code(&compare("3x", &moved, &["--resume", &out]));
+    assert!(code == Some(1) && stderr.contains("takes no --resume"), "{stderr}");
 }
 
 /// `train --resume DIR` alone continues a run with the flags it started with; a dataset that

@@ -272,7 +272,7 @@ pub(crate) enum Command {
     Train(TrainArgs),
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Serialize, Deserialize)]
 pub(crate) struct CompareArgs {
     #[command(flatten)]
     pub(crate) prune: PruneArgs,

@@ -1,13 +1,13 @@
 //! `sasprune compare`: every method on one budget, or the paper's table.
 
 use super::args::{CompareArgs, PruneArgs};
-use super::common::{command_text, open_data, say_adapter};
+use super::common::{command_text, open_data, recorded_args, say_adapter, start_run_record};
 use super::pipeline::{pipeline_config, target_rate};
 use sasprune::prune::{self, pipeline::PipelineConfig};
-use sasprune::run_dir::RunLock;
+use sasprune::run_dir::{DataRecord, RunLock, RunRecord};
 use sasprune::{gpu, Error, Result};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `sasprune compare`: every method on one model and rate, or with `--paper-table` on each of
 /// the paper's rows.
@@ -16,6 +16,7 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     if c.seeds == 0 || c.seeds > 100 {
         return Err(Error::invalid(format!("--seeds must be in 1..=100, got {}", c.seeds)));
     }
+    refuse_pipeline_only_flags(c, args)?;
     if !c.paper_table {
         let a = &c.prune;
         let cfg = pipeline_config(a)?;
@@ -27,6 +28,7 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
         gpu::init(options)?;
         say_adapter()?;
         let _lock = RunLock::acquire(&cfg.out)?;
+        continue_or_record(&cfg.out, c, args, DataRecord::of(train_set.as_ref(), test_set.as_ref()))?;
         let structures = if c.structures.is_empty() { vec![cfg.structure] } else { c.structures.clone() };
         // every structure's target checked before any run (2:4 sets its own, so it ignores --rate
         // here, which the others need)
@@ -82,9 +84,56 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     say_adapter()?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let _lock = RunLock::acquire(&out)?;
+    continue_or_record(&out, c, args, DataRecord::of(train_set.as_ref(), test_set.as_ref()))?;
     let mut results = Vec::new();
     for (row, cfg) in rows.iter().zip(&configs) {
         results.push(prune::paper_table::run_row(*row, cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref())?);
     }
     prune::paper_table::write(&out, &results, &command_text(args), &gpu::get()?.adapter.to_string()).map(drop)
+}
+
+/// `--method` and `--resume` are the pipeline's: a comparison runs every method of `--methods`
+/// and continues when run again with its flags, so both are refused rather than ignored.
+fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> {
+    let given = recorded_args(args, Some("compare"))?;
+    if given.iter().any(|t| t == "--method" || t.starts_with("--method=")) {
+        return Err(Error::invalid(
+            "compare runs every method of --methods (default sas-admm,admm,magnitude): give --methods instead of \
+             --method",
+        ));
+    }
+    if let Some(dir) = &c.prune.resume {
+        return Err(Error::invalid(format!(
+            "compare continues a comparison when run again with the same flags and --out, so it takes no --resume: \
+             run `sasprune compare ... --out {}` with the flags it started with (its command.json holds them)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A comparison continues when run again into the same `--out`: each of its runs picks up the
+/// phases it saved. That is right only with the flags and data it started with, so the first
+/// run records both (`command.json`) and a later one with other flags (or other data) is
+/// refused; `--data` may name a moved copy, and `--time-limit` may differ.
+fn continue_or_record(out: &Path, c: &CompareArgs, args: &[OsString], data: DataRecord) -> Result<()> {
+    let data_dir = c.prune.data.data.clone();
+    let mut flags = c.clone();
+    flags.prune.data.data = None;
+    flags.prune.out = None;
+    if !RunRecord::exists(out) {
+        return start_run_record(out, "compare", args, data, &flags);
+    }
+    let record = RunRecord::load(out, "compare")?;
+    let now = serde_json::to_value(&flags).map_err(|e| Error::invalid(format!("compare's flags: {e}")))?;
+    if record.flags.as_ref() != Some(&now) {
+        return Err(Error::invalid(format!(
+            "{} holds a comparison started with other flags (`sasprune compare {}`); its runs would continue \
+             what those began: run exactly that command again to continue it (--data may name a moved copy), or \
+             choose another --out",
+            out.display(),
+            record.args.join(" ")
+        )));
+    }
+    record.check_data(out, &data, data_dir.as_deref())
 }
