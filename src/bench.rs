@@ -349,26 +349,7 @@ impl Bench<'_> {
     /// (where the adapter has timestamps) per-kernel profile.
     fn whole_steps(&self, emit: &mut Emit) -> Result<()> {
         let (cfg, steps) = (self.cfg, self.steps);
-        let compact = match &cfg.compact {
-            Some(path) => {
-                let meta = crate::checkpoint::read_metadata(path)?;
-                let Some(name) = meta.get("model").cloned() else {
-                    return Err(crate::Error::invalid(format!(
-                        "{}: no 'model' in its metadata: give a compact.safetensors a filter-pruned run wrote",
-                        path.display()
-                    )));
-                };
-                let model = Model::for_weights(&name, crate::models::spec(&name)?.classes, path, 0)?;
-                if model.widths.is_none() {
-                    return Err(crate::Error::invalid(format!(
-                        "{} holds a standard {name}, not a compact one (no widths in its metadata)",
-                        path.display()
-                    )));
-                }
-                Some(model)
-            }
-            None => None,
-        };
+        let compact = cfg.compact.as_deref().map(compact_model).transpose()?;
         let mut runs: Vec<(String, usize, Option<Model>)> =
             vec![("resnet32".into(), self.step_batch, None), ("alexnet".into(), if cfg.quick { 2 } else { 16 }, None)];
         if let Some(m) = compact {
@@ -652,6 +633,25 @@ pub fn step_rate(model_name: &str, batch: usize, steps: usize) -> Result<StepRat
     step_rate_of(Model::build(model_name, crate::models::spec(model_name)?.classes, 0)?, batch, steps)
 }
 
+/// The compact (filter-pruned) model `--compact` names, its weights loaded.
+fn compact_model(path: &Path) -> Result<Model> {
+    let meta = crate::checkpoint::read_metadata(path)?;
+    let Some(name) = meta.get("model").cloned() else {
+        return Err(crate::Error::invalid(format!(
+            "{}: no 'model' in its metadata: give a compact.safetensors a filter-pruned run wrote",
+            path.display()
+        )));
+    };
+    let model = Model::for_weights(&name, crate::models::spec(&name)?.classes, path, 0)?;
+    if model.widths.is_none() {
+        return Err(crate::Error::invalid(format!(
+            "{} holds a standard {name}, not a compact one (no widths in its metadata)",
+            path.display()
+        )));
+    }
+    Ok(model)
+}
+
 /// [`step_rate`] of a model already built (a compact one, say).
 pub fn step_rate_of(mut model: Model, batch: usize, steps: usize) -> Result<StepRate> {
     use crate::data::{fill_batch, BatchSpec, Dataset, CIFAR_MEAN, CIFAR_STD};
@@ -827,6 +827,11 @@ pub fn json_line(m: &Measurement) -> Result<String> {
 
 /// Runs the benchmark, printing a table and appending JSON lines to `out`.
 pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
+    // a bad --compact file is named before any measurement, not after the kernels' (hours on a
+    // software driver)
+    if let Some(path) = &cfg.compact {
+        compact_model(path)?;
+    }
     let a = gpu::get()?.adapter.clone();
     println!("adapter: {a}");
     println!(

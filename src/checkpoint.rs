@@ -62,23 +62,28 @@ impl Normalize {
             [m0, m1, m2, s0, s1, s2] => Normalize { mean: [*m0, *m1, *m2], std: [*s0, *s1, *s2] },
             _ => return Err(bad()),
         };
-        if n.mean.iter().any(|m| !m.is_finite()) || n.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(Error::invalid(format!(
-                "--normalize '{text}': means must be finite and standard deviations positive"
-            )));
+        n.checked(&format!("--normalize '{text}'"))
+    }
+
+    /// `self` when its means are finite and its standard deviations positive and not so small
+    /// that a pixel's input grows past ±1e6 (far inside f32's range, so no input and no logit
+    /// becomes infinite); else an error about `what` (where the numbers came from).
+    fn checked(self, what: &str) -> Result<Normalize> {
+        if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::invalid(format!("{what}: means must be finite and standard deviations positive")));
         }
-        // a pixel in [0, 1] becomes (p − mean) / std: keep that within ±1e6, far inside f32's
-        // range, so no input (and no logit) becomes infinite
-        let largest =
-            (0..3).map(|c| (n.mean[c].abs().max((1.0 - n.mean[c]).abs()) / n.std[c]) as f64).fold(0.0, f64::max);
+        // a pixel in [0, 1] becomes (p − mean) / std
+        let largest = (0..3)
+            .map(|c| (self.mean[c].abs().max((1.0 - self.mean[c]).abs()) / self.std[c]) as f64)
+            .fold(0.0, f64::max);
         #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x <= max)` also refuses NaN
         if !(largest <= Self::LARGEST_INPUT) {
             return Err(Error::invalid(format!(
-                "--normalize '{text}' turns pixels in [0, 1] into values up to {largest:.1e}: give standard deviations \
+                "{what} turns pixels in [0, 1] into values up to {largest:.1e}: give standard deviations \
                  of pixels scaled to [0, 1] (about 0.2-0.3 for natural images) and means in [0, 1]"
             )));
         }
-        Ok(n)
+        Ok(self)
     }
 
     /// `imagenet`, `cifar`, or the numbers.
@@ -94,12 +99,21 @@ impl Normalize {
         }
     }
 
-    fn parse(mean: &str, std: &str) -> Option<Normalize> {
+    /// The metadata's `normalize_mean` and `normalize_std` (three numbers each), checked as
+    /// `--normalize` is.
+    fn from_metadata(mean: &str, std: &str) -> Result<Normalize> {
+        let what = format!("its metadata's normalization (normalize_mean '{mean}', normalize_std '{std}')");
         let three = |s: &str| -> Option<[f32; 3]> {
             let v: Vec<f32> = s.split(',').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
             v.try_into().ok()
         };
-        Some(Normalize { mean: three(mean)?, std: three(std)? })
+        match (three(mean), three(std)) {
+            (Some(mean), Some(std)) => Normalize { mean, std }.checked(&what),
+            _ => Err(Error::invalid(format!(
+                "{what} is not three means and three standard deviations, comma-separated: give --normalize to \
+                 override it, or fix the file"
+            ))),
+        }
     }
 
     pub fn to_metadata(self, meta: &mut HashMap<String, String>) {
@@ -206,9 +220,15 @@ impl Checkpoint {
         self.tensors.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone()))).collect()
     }
 
-    /// The normalization the checkpoint's metadata names, if any.
-    pub fn normalize(&self) -> Option<Normalize> {
-        Normalize::parse(self.metadata.get("normalize_mean")?, self.metadata.get("normalize_std")?)
+    /// The normalization the checkpoint's metadata names: None where it names none, an error
+    /// where what it names is not a usable normalization (unreadable, a zero standard deviation).
+    pub fn normalize(&self) -> Result<Option<Normalize>> {
+        match (self.metadata.get("normalize_mean"), self.metadata.get("normalize_std")) {
+            (None, None) => Ok(None),
+            (mean, std) => {
+                Normalize::from_metadata(mean.map_or("", String::as_str), std.map_or("", String::as_str)).map(Some)
+            }
+        }
     }
 }
 
@@ -218,14 +238,18 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     use std::io::Read;
     let bad = |why: &str| Error::invalid(format!("{} is not a valid safetensors file: {why}", path.display()));
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let short = |e: std::io::Error, what: &str| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad(&format!("the file ends inside its {what}")),
+        _ => Error::io(path, e),
+    };
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    f.read_exact(&mut len).map_err(|e| short(e, "8-byte header length"))?;
     let len = u64::from_le_bytes(len);
     if len > 100 << 20 {
         return Err(bad("its header claims more than 100 MB"));
     }
     let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    f.read_exact(&mut header).map_err(|e| short(e, "header"))?;
     let parsed: HashMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(&format!("header: {e}")))?;
     let meta = parsed.get("__metadata__").and_then(|m| m.as_object()).cloned().unwrap_or_default();
@@ -371,7 +395,7 @@ pub fn load_model(model: &mut Model, path: &Path) -> Result<Option<Normalize>> {
 pub fn load_model_from(model: &mut Model, ck: &Checkpoint, path: &Path) -> Result<Option<Normalize>> {
     model.store.load_state_dict(&ck.tensors, &path.display().to_string())?;
     model.store.batches_tracked = ck.batches_tracked;
-    Ok(ck.normalize())
+    ck.normalize().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
 }
 
 /// Dense weights read once before a run starts (checked against the model there), handed to the
@@ -459,7 +483,8 @@ pub fn load_bundle(path: &Path, model: &mut Model) -> Result<(Checkpoint, Normal
     if let (Some(scale), Some((_, saved))) = (model.store.loss_scale(), ck.tensors.get(LOSS_SCALE_KEY)) {
         scale.load(saved).map_err(|e| Error::invalid(format!("{shown}: {e}")))?;
     }
-    let norm = ck.normalize().ok_or_else(|| Error::invalid(format!("{shown} lacks normalization metadata")))?;
+    let norm = (ck.normalize().map_err(|e| Error::invalid(format!("{shown}: {e}")))?)
+        .ok_or_else(|| Error::invalid(format!("{shown} lacks normalization metadata")))?;
     Ok((ck, norm))
 }
 

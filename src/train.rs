@@ -310,6 +310,15 @@ impl TrainConfig {
         if self.save_every == 0 {
             return bad("--save-every must be at least 1 (steps between checkpoints)".into());
         }
+        if self.max_steps == Some(0) {
+            return bad("--steps must be at least 1 (or left out: the whole schedule)".into());
+        }
+        if let LrSchedule::MultiStep { milestones, .. } = &self.schedule {
+            if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                let text: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
+                return bad(format!("--milestones must be increasing epochs (e.g. 100,150), got {}", text.join(",")));
+            }
+        }
         Ok(())
     }
 }

@@ -586,6 +586,30 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
         args.extend_from_slice(extra);
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
     };
+    // weights whose metadata names a normalization dividing by zero; class names that do not fit
+    let zero_std = t.tmp.path().join("zero-std.safetensors").display().to_string();
+    let model = sasprune::models::Model::build("resnet20", 10, 1).unwrap();
+    let divides_by_zero = sasprune::checkpoint::Normalize { mean: [0.5; 3], std: [0.0; 3] };
+    sasprune::checkpoint::save_model(&model, std::path::Path::new(&zero_std), divides_by_zero, &[]).unwrap();
+    let (two_names, twice) = (t.tmp.path().join("two.txt"), t.tmp.path().join("twice.txt"));
+    std::fs::write(&two_names, "cat\ndog\n").unwrap();
+    std::fs::write(&twice, "a\nb\nc\nd\ne\nf\ng\nh\ni\na\n").unwrap();
+    let onnx = t.tmp.path().join("m.onnx").display().to_string();
+    let export = |names: &std::path::Path| -> Vec<String> {
+        [
+            "export",
+            "--model",
+            "resnet20",
+            "--weights",
+            &weights,
+            "--out",
+            &onnx,
+            "--class-names",
+            names.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         // ranges of numeric flags, checked before any work
         (t.train_args(&["--gamma=-1"]).iter().map(|s| s.to_string()).collect(), "--gamma must be in (0, 1]"),
@@ -596,6 +620,12 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
             t.train_args(&["--save-every", "0"]).iter().map(|s| s.to_string()).collect(),
             "--save-every must be at least 1",
         ),
+        (t.train_args(&["--steps", "0"]).iter().map(|s| s.to_string()).collect(), "--steps must be at least 1"),
+        (
+            t.train_args(&["--milestones", "5,3"]).iter().map(|s| s.to_string()).collect(),
+            "--milestones must be increasing epochs (e.g. 100,150), got 5,3",
+        ),
+        (pipeline(&["--baseline-epochs", "99999999999"]), "--baseline-epochs must be in 0..=1000000"),
         (pipeline(&["--v", "inf"]), "--v must be in (0, 1e6], got inf"),
         (pipeline(&["--r", "1e30", "--s", "1e30"]), "--r 1e30 and --s 1e30 lie outside"),
         (pipeline(&["--q", "1e308"]), "--q must be in (0, 3], got 1e308"),
@@ -650,6 +680,15 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
             ["compare", "--paper-table", "--weights-dir", "/nonexistent", "--data", &t.data].map(String::from).to_vec(),
             "/nonexistent/resnet32.safetensors is not there",
         ),
+        // a normalization that makes inputs infinite is refused, not reported as a top-1, whether
+        // given or read from the weights' metadata
+        (
+            ["eval", "--model", "resnet20", "--weights", &zero_std, "--data", &t.data].map(String::from).to_vec(),
+            "normalize_std '0,0,0'): means must be finite and standard deviations positive",
+        ),
+        (export(&two_names), "names 2 classes, but the model has 10"),
+        (export(&twice), "class 'a' is named twice (classes 0 and 9)"),
+        (t.train_args(&["--classes", "5"]).iter().map(|s| s.to_string()).collect(), "--classes 5 is fewer than the 10"),
         // a normalization that makes inputs infinite is refused, not reported as a top-1
         (
             ["eval", "--model", "resnet20", "--weights", &weights, "--data", &t.data, "--normalize", "0,1e-45"]

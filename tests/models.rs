@@ -67,7 +67,7 @@ fn resnet_state_dict_names_and_shapes_equal_the_pytorch_checkpoint() {
     let theirs: Vec<(&String, &Vec<usize>)> = ck.tensors.iter().map(|(k, (s, _))| (k, s)).collect();
     let mine: Vec<(&String, &Vec<usize>)> = ours.iter().map(|(k, (s, _))| (k, s)).collect();
     assert_eq!(mine, theirs);
-    assert_eq!(ck.normalize(), Some(Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }));
+    assert_eq!(ck.normalize().unwrap(), Some(Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }));
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn checkpoint_round_trip_is_exact_and_has_pytorch_counters() {
     checkpoint::save_model(&a, &path, norm, &[]).unwrap();
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!(ck.batches_tracked, 7);
-    assert_eq!(ck.normalize(), Some(norm));
+    assert_eq!(ck.normalize().unwrap(), Some(norm));
     let mut b = Model::build("resnet20", 10, 2).unwrap();
     assert_ne!(a.store.state_dict().unwrap(), b.store.state_dict().unwrap());
     checkpoint::load_model(&mut b, &path).unwrap();

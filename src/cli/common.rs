@@ -13,6 +13,13 @@ use std::path::Path;
 pub(crate) fn classes_for(given: Option<usize>, data: &dyn Dataset) -> Result<usize> {
     let classes = given.unwrap_or(data.classes());
     sasprune::models::check_classes(classes)?;
+    if classes < data.classes() {
+        return Err(Error::invalid(format!(
+            "--classes {classes} is fewer than the {} classes the data's labels hold: drop --classes (it defaults to \
+             the data's) or give at least {0}",
+            data.classes()
+        )));
+    }
     Ok(classes)
 }
 

@@ -16,10 +16,11 @@ pub(crate) fn run_export(a: &ExportArgs, options: &gpu::GpuOptions) -> Result<()
     gpu::init(options)?;
     say_adapter()?;
     let ck = Checkpoint::load(&a.weights)?;
+    // the weights' classifier decides before the names file, which is then checked against it
     let classes = a
         .classes
-        .or(names.as_ref().map(Vec::len))
         .or_else(|| ck.tensors.get(spec.classifier).and_then(|(shape, _)| shape.first().copied()))
+        .or(names.as_ref().map(Vec::len))
         .unwrap_or(spec.classes);
     if let Some(names) = &names {
         if names.len() != classes {
@@ -54,6 +55,14 @@ fn read_class_names(path: &Path) -> Result<Vec<String>> {
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.is_empty() {
         return Err(Error::invalid(format!("{}: no class names in it; give one per line", path.display())));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|n| n == name) {
+            return Err(Error::invalid(format!(
+                "{}: class '{name}' is named twice (classes {j} and {i}); every class needs its own name",
+                path.display()
+            )));
+        }
     }
     Ok(names)
 }

@@ -34,6 +34,9 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
     if a.subset == Some(0) || a.eval_limit == Some(0) {
         return Err(Error::invalid("--subset and --eval-limit must be at least 1"));
     }
+    if a.baseline_epochs > 1_000_000 {
+        return Err(Error::invalid(format!("--baseline-epochs must be in 0..=1000000, got {}", a.baseline_epochs)));
+    }
     retrain.validate_as("--retrain-epochs", "--retrain-batch")?;
     sasprune::models::check_batch(&model, sas.batch, "--batch")?;
     sasprune::models::check_batch(&model, retrain.batch, "--retrain-batch")?;
