@@ -17,6 +17,9 @@ pub enum Error {
     Shape { op: &'static str, detail: String },
     /// A bad argument (flag, hyperparameter, file content) with an explanation.
     Invalid(String),
+    /// A command line whose flags are wrong, found before any work started (the command line
+    /// exits with 2, as for flags that do not parse).
+    Usage(String),
     /// The loss became NaN or infinite; the text says what was kept and how to go on (a plain
     /// resume would diverge again).
     Diverged(String),
@@ -35,6 +38,14 @@ impl Error {
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+    /// The error as bad usage where it is a bad argument (for the checks of a command's flags,
+    /// before it starts); any other error unchanged.
+    pub fn as_usage(self) -> Self {
+        match self {
+            Error::Invalid(msg) => Error::Usage(msg),
+            e => e,
+        }
     }
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().display().to_string(), source }
@@ -61,7 +72,9 @@ impl fmt::Display for Error {
                 *in_use as f64 / 1048576.0
             ),
             Error::Shape { op, detail } => write!(f, "shape mismatch in {op}: {detail}"),
-            Error::Invalid(msg) | Error::Diverged(msg) | Error::TimeLimit(msg) => write!(f, "{msg}"),
+            Error::Invalid(msg) | Error::Usage(msg) | Error::Diverged(msg) | Error::TimeLimit(msg) => {
+                write!(f, "{msg}")
+            }
             Error::Io { path, source } => write!(f, "{path}: {source}"),
         }
     }

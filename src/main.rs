@@ -12,11 +12,12 @@ use std::ffi::OsString;
 fn run(cli: Cli, args: &[OsString]) -> Result<()> {
     if let Some(text) = &cli.time_limit {
         // counted from the command's start, as a job scheduler counts it
-        let limit = sasprune::time_limit::parse(text)?;
+        let limit = sasprune::time_limit::parse(text).map_err(Error::as_usage)?;
         if matches!(cli.command, Some(Command::Devices | Command::Bench { .. } | Command::Eval(_) | Command::Export(_)))
         {
-            return Err(Error::invalid(
-                "--time-limit applies to the pipeline, `train` and `compare`, which save and resume; drop it here",
+            return Err(Error::Usage(
+                "--time-limit applies to the pipeline, `train` and `compare`, which save and resume; drop it here"
+                    .into(),
             ));
         }
         sasprune::time_limit::start(limit);
@@ -75,6 +76,10 @@ fn main() {
         Err(e @ Error::TimeLimit(_)) => {
             eprintln!("{e}");
             std::process::exit(sasprune::time_limit::EXIT_CODE);
+        }
+        Err(e @ Error::Usage(_)) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -297,11 +297,11 @@ fn compare_continues_only_with_the_flags_and_data_it_started_with() {
     common::write_fake_cifar(&other, 8, 1);
     let (code, stderr) = sasprune_code(&compare("3x", other.to_str().unwrap(), &[]));
     assert!(code == Some(1) && stderr.contains("is not the one"), "{stderr}");
-    // the pipeline's own flags
+    // the pipeline's own flags: bad usage
     let (code, stderr) = sasprune_code(&compare("3x", &moved, &["--method", "admm"]));
-    assert!(code == Some(1) && stderr.contains("give --methods instead of --method"), "{stderr}");
+    assert!(code == Some(2) && stderr.contains("give --methods instead of --method"), "{stderr}");
     let (code, stderr) = sasprune_code(&compare("3x", &moved, &["--resume", &out]));
-    assert!(code == Some(1) && stderr.contains("takes no --resume"), "{stderr}");
+    assert!(code == Some(2) && stderr.contains("takes no --resume"), "{stderr}");
 }
 
 /// `train --resume DIR` alone continues a run with the flags it started with; a dataset that
@@ -697,6 +697,22 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
             "turns pixels in [0, 1] into values up to",
         ),
     ];
+    // flags in the wrong range or contradicting each other are bad usage (exit 2), as flags that
+    // do not parse are; a file that is not what it should be is a failure (exit 1)
+    let usage = [
+        pipeline(&["--beta", "1e30"]),
+        pipeline(&["--rate", "abc"]),
+        t.train_args(&["--steps", "0"]).iter().map(|s| s.to_string()).collect(),
+        ["compare", "--paper-table", "--model", "resnet32"].map(String::from).to_vec(),
+        ["eval", "--model", "resnet21", "--weights", &weights].map(String::from).to_vec(),
+        ["devices", "--time-limit", "1m"].map(String::from).to_vec(),
+    ];
+    for args in usage {
+        let (code, stderr) = sasprune_code(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = sasprune_code(&export(&two_names));
+    assert_eq!(code, Some(1), "{stderr}");
     for (args, expected) in cases {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, stdout, stderr) = sasprune(&refs);

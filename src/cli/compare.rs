@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::GpuOptions) -> Result<()> {
     let methods = c.methods.clone();
     if c.seeds == 0 || c.seeds > 100 {
-        return Err(Error::invalid(format!("--seeds must be in 1..=100, got {}", c.seeds)));
+        return Err(Error::Usage(format!("--seeds must be in 1..=100, got {}", c.seeds)));
     }
-    refuse_pipeline_only_flags(c, args)?;
+    refuse_pipeline_only_flags(c, args).map_err(Error::as_usage)?;
     if !c.paper_table {
         let a = &c.prune;
-        let cfg = pipeline_config(a)?;
+        let cfg = pipeline_config(a).map_err(Error::as_usage)?;
         let cfg = PipelineConfig {
             out: a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-compare", cfg.model))),
             ..cfg
@@ -34,21 +34,21 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
         // here, which the others need)
         for &structure in structures.iter().filter(|&&s| s != prune::structure::Structure::TwoFour) {
             target_rate(&PruneArgs { structure, ..a.clone() })
-                .map_err(|e| Error::invalid(format!("--structures {structure}: {e}")))?;
+                .map_err(|e| Error::Usage(format!("--structures {structure}: {e}")))?;
         }
         let variants = prune::compare::Variant::all(&methods, &structures);
         return prune::compare::compare(&cfg, &variants, c.seeds, train_set.as_ref(), test_set.as_ref()).map(drop);
     }
     if !c.structures.is_empty() || c.prune.structure != prune::structure::Structure::Weight {
-        return Err(Error::invalid(
-            "--paper-table is the paper's unstructured pruning: drop --structure and --structures",
+        return Err(Error::Usage(
+            "--paper-table is the paper's unstructured pruning: drop --structure and --structures".into(),
         ));
     }
     let given = [("--model", c.prune.model.is_some()), ("--rate", c.prune.rate.is_some())]
         .into_iter()
         .chain([("--layer-rates", c.prune.layer_rates.is_some()), ("--weights", c.prune.weights.is_some())]);
     if let Some((flag, _)) = given.into_iter().find(|(_, set)| *set) {
-        return Err(Error::invalid(format!(
+        return Err(Error::Usage(format!(
             "--paper-table sets each row's model, rate and dense start itself: drop {flag} (choose rows with --rows, \
              dense starts with --weights-dir)"
         )));
@@ -58,7 +58,7 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
         .split(',')
         .map(|m| {
             prune::paper_table::paper_row(m.trim()).ok_or_else(|| {
-                Error::invalid(format!(
+                Error::Usage(format!(
                     "--rows: the paper has no CIFAR row for '{}': choose resnet32, resnet56",
                     m.trim()
                 ))
@@ -71,13 +71,13 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     for row in &rows {
         let weights = c.weights_dir.as_ref().map(|d| d.join(format!("{}.safetensors", row.model)));
         if let Some(w) = weights.as_ref().filter(|w| !w.is_file()) {
-            return Err(Error::invalid(format!(
+            return Err(Error::Usage(format!(
                 "--weights-dir: {} is not there; the paper table needs <model>.safetensors for each row",
                 w.display()
             )));
         }
         let a = PruneArgs { model: Some(row.model.into()), rate: Some(row.rate.into()), weights, ..c.prune.clone() };
-        configs.push(PipelineConfig { out: out.join(row.model), ..pipeline_config(&a)? });
+        configs.push(PipelineConfig { out: out.join(row.model), ..pipeline_config(&a).map_err(Error::as_usage)? });
     }
     let (train_set, test_set) = open_data("resnet32", c.prune.data.data.as_deref())?;
     gpu::init(options)?;

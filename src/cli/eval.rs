@@ -3,17 +3,18 @@
 use super::args::EvalArgs;
 use super::common::{classes_for, open_data, say_adapter};
 use sasprune::models::Model;
-use sasprune::{checkpoint, gpu, train, Result};
+use sasprune::{checkpoint, gpu, train, Error, Result};
 
 /// Evaluates `a.weights` on the test set, as text or (`--json`) one JSON object.
 pub(crate) fn run_eval(a: &EvalArgs, options: &gpu::GpuOptions) -> Result<()> {
-    let flag_norm = a.data.normalize()?;
+    sasprune::models::spec(&a.model).map_err(Error::as_usage)?;
+    let flag_norm = a.data.normalize().map_err(Error::as_usage)?;
     gpu::init(options)?;
     if !a.json {
         say_adapter()?;
     }
     let batch = match a.batch {
-        Some(b) => sasprune::models::check_batch(&a.model, b, "--batch").map(|_| b)?,
+        Some(b) => sasprune::models::check_batch(&a.model, b, "--batch").map(|_| b).map_err(Error::as_usage)?,
         None => sasprune::models::largest_batch(&a.model)?.min(500),
     };
     let (_, test) = open_data(&a.model, a.data.data.as_deref())?;

@@ -10,8 +10,8 @@ use std::path::Path;
 
 /// Exports `a.weights` to `a.out` and says what the file holds and how large it is.
 pub(crate) fn run_export(a: &ExportArgs, options: &gpu::GpuOptions) -> Result<()> {
-    let spec = models::spec(&a.model)?;
-    let flag_norm = a.normalize.as_deref().map(Normalize::from_flag).transpose()?;
+    let spec = models::spec(&a.model).map_err(Error::as_usage)?;
+    let flag_norm = a.normalize.as_deref().map(Normalize::from_flag).transpose().map_err(Error::as_usage)?;
     let names = a.class_names.as_deref().map(read_class_names).transpose()?;
     gpu::init(options)?;
     say_adapter()?;

@@ -227,12 +227,12 @@ pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
     // `--resume DIR` continues with the flags the run was started with.
     let (a, record) = match &a.resume {
         Some(dir) => {
-            let (record, prune) = resumed_flags(dir, args, a)?;
+            let (record, prune) = resumed_flags(dir, args, a).map_err(Error::as_usage)?;
             (prune, Some(record))
         }
         None => (a.clone(), None),
     };
-    let cfg = pipeline_config(&a)?;
+    let cfg = pipeline_config(&a).map_err(Error::as_usage)?;
     // Validate the plan and the data before any work starts.
     let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());

@@ -70,13 +70,13 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
     // that kept none is resumed with the flags given now (seed and batch checked).
     let (a, record) = match &a.resume {
         Some(dir) if RunRecord::exists(dir) || !dir.join(train::STATE_FILE).exists() => {
-            let (record, saved) = resumed_flags(dir, args, &a)?;
+            let (record, saved) = resumed_flags(dir, args, &a).map_err(Error::as_usage)?;
             (saved, Some(record))
         }
         _ => (a, None),
     };
     let Some(model_name) = a.model.clone() else {
-        return Err(Error::invalid("say which model to train with --model (e.g. resnet20), or --resume DIR"));
+        return Err(Error::Usage("say which model to train with --model (e.g. resnet20), or --resume DIR".into()));
     };
     let dir = match (&a.resume, &a.out) {
         (Some(dir), _) => dir.clone(),
@@ -90,13 +90,16 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
             dir.display()
         )));
     }
-    let cfg = train_config(&a, &model_name, &dir)?;
-    cfg.validate()?;
-    sasprune::models::check_batch(&model_name, cfg.batch, "--batch")?;
-    if let Some(c) = a.classes {
-        sasprune::models::check_classes(c)?;
-    }
-    let flag_norm = a.data.normalize()?;
+    let flags_checked = || -> Result<(TrainConfig, Option<checkpoint::Normalize>)> {
+        let cfg = train_config(&a, &model_name, &dir)?;
+        cfg.validate()?;
+        sasprune::models::check_batch(&model_name, cfg.batch, "--batch")?;
+        if let Some(c) = a.classes {
+            sasprune::models::check_classes(c)?;
+        }
+        Ok((cfg, a.data.normalize()?))
+    };
+    let (cfg, flag_norm) = flags_checked().map_err(Error::as_usage)?;
     gpu::init(options)?;
     say_adapter()?;
     let (train_set, test_set) = open_data(&model_name, a.data.data.as_deref())?;
