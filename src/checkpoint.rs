@@ -384,6 +384,36 @@ pub fn save_model(model: &Model, path: &Path, normalize: Normalize, extra: &[(&s
     save(path, &dict, &counters, meta)
 }
 
+/// For weights that do not fit `model`: what the file seems to hold instead, and what to do.
+fn what_the_file_holds(ck: &Checkpoint, model: &str) -> Option<String> {
+    let names: Vec<&String> = ck.tensors.keys().collect();
+    if !names.is_empty() && names.iter().all(|n| n.starts_with("module.")) {
+        return Some(
+            "every name starts with 'module.' (a torch.nn.DataParallel model's state dict): save \
+             model.module.state_dict() instead"
+                .into(),
+        );
+    }
+    let state_groups = ["model.", "admm.", "momentum."];
+    if names.iter().any(|n| state_groups.iter().any(|g| n.starts_with(g))) {
+        return Some(
+            "it is a run's saved state, not a model's weights: give the weights the run wrote (`train`: \
+             model.safetensors; the pipeline: dense.safetensors, pruned.safetensors or retrain/model.safetensors)"
+                .into(),
+        );
+    }
+    // a ResNet's depth from its first stage's blocks (6n + 2 layers), AlexNet from its features
+    let blocks = (0..64).take_while(|i| ck.tensors.contains_key(&format!("layer1.{i}.conv1.weight"))).count();
+    let holds = match blocks {
+        0 if ck.tensors.contains_key("features.0.weight") => Some("alexnet".to_string()),
+        0 => None,
+        n => Some(format!("resnet{}", 6 * n + 2)),
+    };
+    let holds = holds.or_else(|| ck.metadata.get("model").cloned())?;
+    (holds != model && crate::models::spec(&holds).is_ok())
+        .then(|| format!("its tensors are those of {holds}: use --model {holds}"))
+}
+
 /// Loads weights and batch-norm statistics into `model` (every name and shape checked first);
 /// returns the checkpoint's normalization metadata, if any.
 pub fn load_model(model: &mut Model, path: &Path) -> Result<Option<Normalize>> {
@@ -393,7 +423,13 @@ pub fn load_model(model: &mut Model, path: &Path) -> Result<Option<Normalize>> {
 /// [`load_model`] from a checkpoint already read (from `path`, named in errors): a file read
 /// once, such as a pipe, loads into several models.
 pub fn load_model_from(model: &mut Model, ck: &Checkpoint, path: &Path) -> Result<Option<Normalize>> {
-    model.store.load_state_dict(&ck.tensors, &path.display().to_string())?;
+    model.store.load_state_dict(&ck.tensors, &path.display().to_string()).map_err(|e| match e {
+        Error::Invalid(msg) => match what_the_file_holds(ck, &model.name) {
+            Some(hint) => Error::invalid(format!("{msg}; {hint}")),
+            None => Error::invalid(msg),
+        },
+        e => e,
+    })?;
     model.store.batches_tracked = ck.batches_tracked;
     ck.normalize().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
 }

@@ -305,7 +305,9 @@ fn export_refuses_bad_weights_with_one_line() {
     ]);
     assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("does not fit this model") && stderr.contains("missing tensor 'layer1.3.conv1.weight'"),
+        stderr.contains("does not fit this model")
+            && stderr.contains("missing tensor 'layer1.3.conv1.weight'")
+            && stderr.contains("its tensors are those of resnet20: use --model resnet20"),
         "{stderr}"
     );
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
