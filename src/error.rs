@@ -47,6 +47,25 @@ impl Error {
             e => e,
         }
     }
+    /// The same kind of error, its text led by `context` (the phase it happened in, say), so that
+    /// callers can still tell a bad input from a device failure.
+    pub fn within(self, context: &str) -> Self {
+        let lead = |m: String| format!("{context}: {m}");
+        match self {
+            Error::NoAdapter(m) => Error::NoAdapter(lead(m)),
+            Error::Gpu(m) => Error::Gpu(lead(m)),
+            Error::TooLarge { what, bytes, limit } => Error::TooLarge { what: lead(what), bytes, limit },
+            Error::OutOfMemory { what, bytes, in_use, detail } => {
+                Error::OutOfMemory { what: lead(what), bytes, in_use, detail }
+            }
+            Error::Shape { op, detail } => Error::Shape { op, detail: lead(detail) },
+            Error::Invalid(m) => Error::Invalid(lead(m)),
+            Error::Usage(m) => Error::Usage(lead(m)),
+            Error::Diverged(m) => Error::Diverged(lead(m)),
+            Error::TimeLimit(m) => Error::TimeLimit(lead(m)),
+            Error::Io { path, source } => Error::Io { path: lead(path), source },
+        }
+    }
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().display().to_string(), source }
     }

@@ -426,3 +426,35 @@ impl PhaseAdapters {
             .collect()
     }
 }
+
+/// Appends `line` to the CSV file `path`, writing `header` first when the file is new.
+pub fn append_csv_row(path: &Path, header: &str, line: &str) -> Result<()> {
+    use std::io::Write;
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    if new {
+        writeln!(f, "{header}").map_err(|e| Error::io(path, e))?;
+    }
+    writeln!(f, "{line}").map_err(|e| Error::io(path, e))
+}
+
+/// Drops the rows of the CSV file `path` (a header, then rows) whose count in column `col` (an
+/// outer iteration, a training step) is past `last`, or that do not read: the work a resumed run
+/// repeats because it ran after the last saved state. Rewritten atomically, and only when a row
+/// goes.
+pub fn keep_csv_rows_through(path: &Path, col: usize, last: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return Ok(()) };
+    let within =
+        |l: &&str| l.split(',').nth(col).and_then(|v| v.trim().parse::<usize>().ok()).is_some_and(|v| v <= last);
+    let kept: Vec<&str> = lines.filter(within).collect();
+    if kept.len() + 1 == text.lines().count() {
+        return Ok(());
+    }
+    let body: String = std::iter::once(header).chain(kept).map(|l| format!("{l}\n")).collect();
+    checkpoint::write_atomic(path, body.as_bytes())
+}

@@ -15,7 +15,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -131,8 +130,9 @@ pub fn evaluate(model: &mut Model, ds: &dyn Dataset, norm: Normalize, batch: usi
     bar.finish_and_clear();
     let mean_loss = loss_sum / n as f64;
     if !mean_loss.is_finite() {
-        // accuracies from non-finite logits would be an artefact of how NaN sorts
-        return Err(Error::invalid(format!(
+        // accuracies from non-finite logits would be an artefact of how NaN sorts; a divergence:
+        // no resume of the same run helps (training turns it into its own message, with the lr)
+        return Err(Error::Diverged(format!(
             "evaluation: the network's outputs are not finite (mean loss {mean_loss}): the weights hold values too \
              large or not numbers, or the input normalization is wrong; no accuracy is reported"
         )));
@@ -391,15 +391,10 @@ pub fn load_state(model: &mut Model, dir: &Path, cfg: &TrainConfig) -> Result<(P
 }
 
 fn append_metrics(dir: &Path, line: &str) -> Result<()> {
-    let path = dir.join(METRICS_FILE);
-    let new = !path.exists();
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-    if new {
-        writeln!(f, "epoch,step,lr,train_loss,test_top1,test_top5,test_loss,seconds")
-            .map_err(|e| Error::io(&path, e))?;
-    }
-    writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+    crate::run_dir::append_csv_row(&dir.join(METRICS_FILE), METRICS_HEADER, line)
 }
+
+const METRICS_HEADER: &str = "epoch,step,lr,train_loss,test_top1,test_top5,test_loss,seconds";
 
 /// Trains `model` on `train` (evaluating on `test`), saving resumable state in `dir`.
 /// `mask`, when given, is a 0/1 tensor over the parameter arena: masked weights stay exactly 0.
@@ -417,6 +412,9 @@ pub fn train(
 ) -> Result<TrainSummary> {
     cfg.validate()?;
     check_dataset(model, train, "the training set")?;
+    // rows of steps after the state it resumes from (an epoch that ended but whose save did not)
+    // are written again
+    crate::run_dir::keep_csv_rows_through(&dir.join(METRICS_FILE), 1, start.step)?;
     check_dataset(model, test, "the test set")?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let n = cfg.subset.unwrap_or(train.len()).min(train.len());
@@ -738,7 +736,16 @@ impl<'a> TrainingRun<'a> {
         if !self.evaluates_at(self.step) {
             return Ok(None);
         }
-        let e = evaluate(self.model, self.test, self.norm, self.cfg.eval_batch, self.cfg.show_progress)?;
+        let evaluated = evaluate(self.model, self.test, self.norm, self.cfg.eval_batch, self.cfg.show_progress);
+        // finite training losses, then non-finite outputs: the last steps diverged (the loss of a
+        // step is taken before its update)
+        let e = match evaluated {
+            Err(Error::Diverged(_)) => {
+                let epoch = self.step.saturating_sub(1) / self.steps_per_epoch.max(1);
+                return Err(diverged("the test loss", f32::NAN, self.step, epoch, self.dir, &self.cfg.divergence_hint));
+            }
+            other => other?,
+        };
         self.limit.evaluation = self.limit.evaluation.max(std::time::Duration::from_secs_f64(e.seconds));
         self.evaluated = (self.evaluated.0 + e.images, self.evaluated.1 + e.seconds);
         if self.best_top1.is_none_or(|b| e.top1 > b) {
@@ -845,14 +852,20 @@ fn check_loss(loss: f32, step: usize, epoch: usize, dir: &Path, hint: &str) -> R
     if loss.is_finite() {
         return Ok(());
     }
+    Err(diverged("the loss", loss, step, epoch, dir, hint))
+}
+
+/// The divergence error: `what` became `value` by `step` (0-based `epoch`), what `dir` holds to
+/// go back to, and `hint` (how to continue with a lower learning rate).
+fn diverged(what: &str, value: f32, step: usize, epoch: usize, dir: &Path, hint: &str) -> Error {
     let saved = match saved_step(dir) {
         Some(at) => format!("the last checkpoint in {} (step {at}) predates it", dir.display()),
         None => format!("no checkpoint was saved in {} yet (a resume starts from the beginning)", dir.display()),
     };
-    Err(Error::Diverged(format!(
-        "the loss became {loss} by step {step} (epoch {}): training diverged; {saved}; {hint}",
+    Error::Diverged(format!(
+        "{what} became {value} by step {step} (epoch {}): training diverged; {saved}; {hint}",
         epoch + 1
-    )))
+    ))
 }
 
 /// A learning rate as a user would type it: 0.01, or 1e-6 / 1e29 outside [1e-4, 1e4).

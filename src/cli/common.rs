@@ -173,7 +173,14 @@ pub(crate) fn with_resume_hint(e: Error, command: &str, saved: &str) -> Error {
             "{msg}; saved: {saved}; continue with `{command}` (with --time-limit again for a limited session)"
         ));
     }
-    Error::invalid(format!("{e}; saved: {saved}; continue with `{command}`"))
+    // bad input (a damaged file, data the model cannot take): a plain resume meets it again
+    let how = match e {
+        Error::Invalid(_) => format!(
+            "once that is fixed, continue with `{command}`; where a flag must change, start a new run (another --out)"
+        ),
+        _ => format!("continue with `{command}`"),
+    };
+    Error::invalid(format!("{e}; saved: {saved}; {how}"))
 }
 
 /// What a pipeline run directory holds for a resume, in words.

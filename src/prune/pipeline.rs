@@ -11,11 +11,10 @@ use crate::data::{Dataset, First};
 use crate::models::Model;
 use crate::ops::admm as admm_ops;
 use crate::preflight::{self, Probe, Work};
-use crate::run_dir::{PhaseAdapters, RunState};
+use crate::run_dir::{self, PhaseAdapters, RunState};
 use crate::train::{self, progress_bar, Progress, TrainConfig};
 use crate::{gpu, Error, Result, Tensor};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -81,32 +80,6 @@ pub struct PipelineConfig {
     /// (`--deterministic`: what an independent implementation can reproduce step by step).
     pub deterministic: bool,
     pub show_progress: bool,
-}
-
-fn append_line(path: &Path, header: &str, line: &str) -> Result<()> {
-    let new = !path.exists();
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-    if new {
-        writeln!(f, "{header}").map_err(|e| Error::io(path, e))?;
-    }
-    writeln!(f, "{line}").map_err(|e| Error::io(path, e))
-}
-
-/// Drops the rows of an ADMM metrics file after outer iteration `k` (the iterations a resumed run
-/// repeats because they ran after the last saved state).
-fn keep_metrics_through(path: &Path, k: usize) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or(IterationMetrics::CSV_HEADER);
-    let kept: Vec<&str> = lines.filter(|l| IterationMetrics::from_csv(l).is_some_and(|m| m.k <= k)).collect();
-    if kept.len() + 1 == text.lines().count() {
-        return Ok(());
-    }
-    let body: String = std::iter::once(header).chain(kept).map(|l| format!("{l}\n")).collect();
-    checkpoint::write_atomic(path, body.as_bytes())
 }
 
 /// The pruning plan a configuration asks for (checked before any work starts).
@@ -343,7 +316,7 @@ impl Run<'_> {
             Some(s) => {
                 println!("resuming the {method} phase after outer iteration {}", s.k);
                 // iterations after the saved state were logged but are run again
-                keep_metrics_through(&metrics_path, s.k)?;
+                run_dir::keep_csv_rows_through(&metrics_path, 0, s.k)?;
                 s
             }
             None => {
@@ -361,7 +334,7 @@ impl Run<'_> {
         let phase_start = Instant::now();
         let start_gradients = state.gradients;
         let after = |m: &IterationMetrics| -> Result<()> {
-            append_line(&metrics_path, IterationMetrics::CSV_HEADER, &m.csv())?;
+            run_dir::append_csv_row(&metrics_path, IterationMetrics::CSV_HEADER, &m.csv())?;
             let rate = (m.gradients - start_gradients) as f64 * batch as f64 / phase_start.elapsed().as_secs_f64();
             bar.set_message(format!("iter {} | loss {:.4} | ‖W−Z‖² {:.3e} | {rate:.1} img/s", m.k, m.ce, m.res2));
             if cfg.show_progress {
@@ -587,6 +560,14 @@ fn resume_progress(model: &mut Model, dir: &Path, cfg: &TrainConfig, fresh_momen
     if dir.join(train::STATE_FILE).exists() {
         return Ok(train::load_state(model, dir, cfg)?.0);
     }
+    if dir.join(train::METRICS_FILE).exists() {
+        // epochs ran but their state is gone (deleted, or a run of an older version)
+        eprintln!(
+            "note: {} holds no {}: this phase starts over from its first step (its metrics rows are redone)",
+            dir.display(),
+            train::STATE_FILE
+        );
+    }
     if fresh_momentum {
         model.store.reset_momentum()?;
     }
@@ -683,11 +664,7 @@ fn sum_column(path: &Path, col: usize) -> Result<f64> {
 
 /// Names the phase a failure happened in (the messages of the training loop do not know it).
 fn in_phase(phase: &str, e: Error) -> Error {
-    match e {
-        Error::Diverged(msg) => Error::Diverged(format!("{phase}: {msg}")),
-        Error::TimeLimit(msg) => Error::TimeLimit(format!("{phase}: {msg}")),
-        e => Error::invalid(format!("{phase}: {e}")),
-    }
+    e.within(phase)
 }
 
 /// Hard pruning's mask zeroes exactly each layer's planned count (the selection breaks ties by
@@ -720,19 +697,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_resumed_admm_phase_drops_the_rows_of_iterations_it_runs_again() {
+    fn a_resumed_phase_drops_the_metrics_rows_of_the_work_it_runs_again() {
         let dir = std::env::temp_dir().join(format!("sasprune-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("admm_metrics.csv");
         let row = |k: usize| IterationMetrics { k, gradients: 5 * k, ce: 2.0 / k as f64, ..Default::default() }.csv();
         for k in 1..=5 {
-            append_line(&path, IterationMetrics::CSV_HEADER, &row(k)).unwrap();
+            run_dir::append_csv_row(&path, IterationMetrics::CSV_HEADER, &row(k)).unwrap();
         }
-        keep_metrics_through(&path, 3).unwrap();
+        run_dir::keep_csv_rows_through(&path, 0, 3).unwrap();
         let want = format!("{}\n{}\n{}\n{}\n", IterationMetrics::CSV_HEADER, row(1), row(2), row(3));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
-        keep_metrics_through(&path, 3).unwrap(); // nothing to drop: unchanged
+        run_dir::keep_csv_rows_through(&path, 0, 3).unwrap(); // nothing to drop: unchanged
         assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        // a training's rows by their step (column 1): a resume from step 10 redoes the epoch that
+        // ended at 15 (its row was written, its state not); one from step 0 redoes all
+        let train = dir.join("metrics.csv");
+        std::fs::write(&train, "epoch,step,lr\n1,5,0.1\n2,10,0.1\n3,15,0.1\n").unwrap();
+        run_dir::keep_csv_rows_through(&train, 1, 10).unwrap();
+        assert_eq!(std::fs::read_to_string(&train).unwrap(), "epoch,step,lr\n1,5,0.1\n2,10,0.1\n");
+        run_dir::keep_csv_rows_through(&train, 1, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&train).unwrap(), "epoch,step,lr\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
