@@ -179,6 +179,13 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads `path`. Tensors must be F32 (int64 `num_batches_tracked` scalars are accepted).
     pub fn load(path: &Path) -> Result<Checkpoint> {
+        if path.is_dir() {
+            return Err(Error::invalid(format!(
+                "{} is a directory, not a safetensors file: give the weights file in it (a pipeline run's \
+                 dense.safetensors or pruned.safetensors, a training run's model.safetensors)",
+                path.display()
+            )));
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let shown = path.display();
         let st = safetensors::SafeTensors::deserialize(&bytes)

@@ -36,7 +36,10 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
         Command::Devices => {
             let list = gpu::list_adapters(options.backend.as_deref())?;
             if list.is_empty() {
-                println!("no adapters found; on a machine without a GPU install a software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)");
+                match options.backend.as_deref() {
+                    Some(b) => println!("no adapters on backend(s) {b}; `sasprune devices` without --backend lists the others"),
+                    None => println!("no adapters found; on a machine without a GPU install a software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)"),
+                }
             }
             for line in list {
                 println!("{line}");

@@ -214,6 +214,12 @@ pub const LOCK_FILE: &str = "lock";
 
 impl RunLock {
     pub fn acquire(dir: &Path) -> Result<RunLock> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::invalid(format!(
+                "{} is a file, not a run directory: give --out a directory (new, or the run's own)",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(LOCK_FILE);
         let me = format!("{} {}\n", std::process::id(), host_name());

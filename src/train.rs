@@ -870,7 +870,7 @@ fn diverged(what: &str, value: f32, step: usize, epoch: usize, dir: &Path, hint:
 
 /// A learning rate as a user would type it: 0.01, or 1e-6 / 1e29 outside [1e-4, 1e4).
 pub fn lr_text(lr: f32) -> String {
-    if (1e-4..1e4).contains(&lr.abs()) {
+    if lr == 0.0 || (1e-4..1e4).contains(&lr.abs()) {
         format!("{lr}")
     } else {
         format!("{lr:e}")

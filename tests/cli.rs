@@ -689,6 +689,14 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
         (export(&two_names), "names 2 classes, but the model has 10"),
         (export(&twice), "class 'a' is named twice (classes 0 and 9)"),
         (t.train_args(&["--classes", "5"]).iter().map(|s| s.to_string()).collect(), "--classes 5 is fewer than the 10"),
+        (t.train_args(&["--lr", "0"]).iter().map(|s| s.to_string()).collect(), "--lr must be a positive number, got 0"),
+        (pipeline(&["--out", &weights]), "is a file, not a run directory"),
+        (
+            ["eval", "--model", "resnet20", "--weights", t.tmp.path().to_str().unwrap(), "--data", &t.data]
+                .map(String::from)
+                .to_vec(),
+            "is a directory, not a safetensors file",
+        ),
         // a normalization that makes inputs infinite is refused, not reported as a top-1
         (
             ["eval", "--model", "resnet20", "--weights", &weights, "--data", &t.data, "--normalize", "0,1e-45"]
@@ -721,6 +729,13 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
         assert!(!stderr.contains("panicked") && !stdout.contains("top-1"), "{args:?}:\n{stderr}{stdout}");
         assert!(!PathBuf::from(&t.run).exists(), "{args:?} started work before refusing");
     }
+    // the tuner's environment variable is named with its bad value
+    let (code, stderr) = sasprune_with(
+        &["eval", "--model", "resnet20", "--weights", &weights, "--data", &t.data],
+        "SASPRUNE_TUNE",
+        "foo",
+    );
+    assert!(code == Some(1) && stderr.contains("SASPRUNE_TUNE=foo: tuning mode 'foo' is not one of"), "{stderr}");
     // data paths that are not what they should be say what they are
     let (ok, _, stderr) = sasprune(&["eval", "--model", "resnet20", "--weights", &weights, "--data", &weights]);
     assert!(!ok && stderr.contains("is a file, not a directory"), "{stderr}");

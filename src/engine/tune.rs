@@ -187,7 +187,10 @@ fn open_tuner() -> Result<Tuner> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let mode = match given.mode {
         Some(m) => m,
-        None => env("SASPRUNE_TUNE").map(|v| v.parse()).transpose()?.unwrap_or(Mode::Auto),
+        None => env("SASPRUNE_TUNE")
+            .map(|v| v.parse::<Mode>().map_err(|e| Error::invalid(format!("SASPRUNE_TUNE={v}: {e}"))))
+            .transpose()?
+            .unwrap_or(Mode::Auto),
     };
     let enabled = match mode {
         Mode::On => true,
