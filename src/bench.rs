@@ -866,5 +866,11 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
         Ok(())
     })?;
     println!("{count} results appended to {}", out.display());
+    if let (0, Some(filter)) = (count, &cfg.filter) {
+        println!(
+            "no measurement's name contains '{filter}' (case-sensitive; e.g. gemm, conv, batchnorm, step, eval): run \
+             `sasprune bench --quick` to see the names"
+        );
+    }
     Ok(count)
 }

@@ -304,6 +304,30 @@ fn compare_continues_only_with_the_flags_and_data_it_started_with() {
     assert!(code == Some(2) && stderr.contains("takes no --resume"), "{stderr}");
 }
 
+/// A target so high that layers keep fewer weights than they have output channels runs, with a
+/// warning naming them; bench with a filter that matches nothing says so.
+#[test]
+fn a_target_that_empties_filters_is_warned_about() {
+    let t = TinyRun::new("cli-starved");
+    let weights = t.weights(10);
+    let quick: Vec<&str> = "--schedule quick --outer 1 --inner 1 --k0 1 --k-avg 1 --batch 8 --retrain-epochs 1 \
+                            --retrain-batch 8 --subset 16 --eval-limit 8 --method magnitude"
+        .split_whitespace()
+        .collect();
+    let mut args = t.pipeline_args(&weights, &quick);
+    let rate = args.iter().position(|a| *a == "3x").unwrap();
+    args[rate] = "99.9%";
+    let (code, stderr) = sasprune_code(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("keep fewer weights than they have output channels")
+            && stderr.contains("layer3.2.conv2.weight (37 of 36864)"),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = sasprune(&["bench", "--quick", "--filter", "no-such-measurement", "--out", "/dev/null"]);
+    assert!(ok && stdout.contains("no measurement's name contains 'no-such-measurement'"), "{stdout}");
+}
+
 /// `train --resume DIR` alone continues a run with the flags it started with; a dataset that
 /// moved is accepted with `--data`, a different one is refused; flags that change the result
 /// are refused.

@@ -178,6 +178,19 @@ impl Run<'_> {
             plan.total(),
             self.dir.display()
         );
+        // a target so high that whole filters must go empty: legal, but rarely meant
+        let starved: Vec<String> = (plan.layers.iter().zip(&plan.pruned))
+            .filter(|(l, &k)| k > 0 && l.len - k < l.shape[0])
+            .map(|(l, &k)| format!("{} ({} of {})", l.name, l.len - k, l.len))
+            .collect();
+        if !starved.is_empty() {
+            eprintln!(
+                "warning: {} layer(s) keep fewer weights than they have output channels, so some outputs are \
+                 constant: {}",
+                starved.len(),
+                starved.join(", ")
+            );
+        }
     }
 
     fn evaluate(&self, model: &mut Model, norm: Normalize) -> Result<train::EvalResult> {
