@@ -75,9 +75,19 @@ impl Report {
         self.layers.iter().map(|l| l.kept).sum()
     }
 
-    /// The per-layer table and the summary, as printed.
+    /// The per-layer table and the summary, as printed: the layers, what the pruned network is
+    /// (rate, precision, structure, compact model), how it scores, and the time.
     pub fn table(&self) -> String {
         let mut s = String::new();
+        self.layer_rows(&mut s);
+        self.network_lines(&mut s);
+        self.score_lines(&mut s);
+        self.time_lines(&mut s);
+        s
+    }
+
+    /// One row per pruned layer and the total.
+    fn layer_rows(&self, s: &mut String) {
         let _ = writeln!(s, "{:<24} {:>16} {:>10} {:>10} {:>9}", "layer", "shape", "weights", "kept", "sparsity");
         for l in &self.layers {
             let shape = l.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
@@ -92,6 +102,11 @@ impl Report {
             self.kept(),
             100.0 * (1.0 - self.kept() as f64 / self.total().max(1) as f64)
         );
+    }
+
+    /// The compression against its target, the precision, the structure's multiply-adds and the
+    /// compact model.
+    fn network_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "compression {:.2}x (target {}) | method {} | model {} | {}",
@@ -130,6 +145,10 @@ impl Report {
                 self.model
             );
         }
+    }
+
+    /// Top-1 at each stage (and against the fine-tuned baseline), top-5 where measured.
+    fn score_lines(&self, s: &mut String) {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}%"));
         let t = &self.top1;
         let _ = writeln!(
@@ -161,6 +180,10 @@ impl Report {
                 f(t.retrain_final)
             );
         }
+    }
+
+    /// The time of each phase, and a note when the run moved between adapters or plans.
+    fn time_lines(&self, s: &mut String) {
         let times: Vec<String> = self.seconds.iter().map(|(p, x)| format!("{p} {x:.1} s")).collect();
         let _ = writeln!(s, "time: {}", times.join(" | "));
         let mixed = crate::run_dir::PhaseAdapters(self.phase_adapters.clone()).mixed();
@@ -172,7 +195,6 @@ impl Report {
                 mixed.join("; ")
             );
         }
-        s
     }
 
     /// `report.json`: everything above, for scripts and tests (written by serde_json, so any
