@@ -71,8 +71,8 @@ pub struct IterationMetrics {
 }
 
 impl IterationMetrics {
-    /// New columns go at the end: column 7 (seconds) is summed for phase times, and rows of runs
-    /// started by an older version stay readable.
+    /// New columns go at the end, so rows of runs started by an older version stay readable
+    /// (phase times sum the `seconds` column, found by its name).
     pub const CSV_HEADER: &'static str = "iteration,gradients,ce,objective,dw2,dz2,res2,seconds,rho,rel_res2";
     pub fn csv(&self) -> String {
         format!(

@@ -258,7 +258,7 @@ impl Run<'_> {
         checkpoint::save_model(model, &dense_path, norm, &[])?;
         let secs = match cfg.weights {
             Some(_) => t.elapsed().as_secs_f64(),
-            None => sum_column(&dir.join("dense").join(train::METRICS_FILE), 7)?,
+            None => sum_seconds(&dir.join("dense").join(train::METRICS_FILE))?,
         };
         self.complete("dense", &e, secs)?;
         self.count_time("dense", "dense");
@@ -302,7 +302,7 @@ impl Run<'_> {
             self.time_for_evaluation("the baseline's evaluation (its training is saved)")?;
             let e = self.evaluate(model, norm)?;
             checkpoint::save_model(model, &path, norm, &[])?;
-            self.complete("baseline", &e, sum_column(&run_dir.join(train::METRICS_FILE), 7)?)?;
+            self.complete("baseline", &e, sum_seconds(&run_dir.join(train::METRICS_FILE))?)?;
             println!(
                 "baseline: the dense start fine-tuned {} epochs on this data: top-1 {:.2}%",
                 cfg.baseline_epochs, e.top1
@@ -365,7 +365,7 @@ impl Run<'_> {
         let e = self.evaluate(model, norm)?;
         checkpoint::save_model(model, &admm_path, norm, &[])?;
         // every session's iterations (their steps, updates and metrics; saves not included)
-        let iterations = sum_column(&metrics_path, 7)?;
+        let iterations = sum_seconds(&metrics_path)?;
         let secs = iterations + eval_start.elapsed().as_secs_f64();
         self.complete("admm", &e, secs)?;
         self.count_time(method, "admm");
@@ -433,7 +433,7 @@ impl Run<'_> {
         };
         let best = train::read_best(&retrain_dir)?.map_or(last.top1, |b| b.max(last.top1));
         checkpoint::save_model(model, &pruned_path, norm, &[("compression", format!("{:.4}", plan.rate()))])?;
-        let secs = sum_column(&retrain_dir.join(train::METRICS_FILE), 7)?;
+        let secs = sum_seconds(&retrain_dir.join(train::METRICS_FILE))?;
         let log = &mut self.log;
         log.set(dir, "retrain.final5", last.top5)?;
         log.set(dir, "retrain.final", last.top1)?;
@@ -665,14 +665,18 @@ pub fn check_memory(
     })
 }
 
-/// The sum of column `col` of a CSV file with a header (0 when the file does not exist): phase
-/// times across every session of a resumed run.
-fn sum_column(path: &Path, col: usize) -> Result<f64> {
+/// The sum of the `seconds` column of a metrics file (ADMM or training; 0 when the file does not
+/// exist or has no such column): phase times across every session of a resumed run.
+fn sum_seconds(path: &Path) -> Result<f64> {
     if !path.exists() {
         return Ok(0.0);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(text.lines().skip(1).filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).sum())
+    let mut lines = text.lines();
+    let Some(col) = lines.next().and_then(|h| h.split(',').position(|name| name.trim() == "seconds")) else {
+        return Ok(0.0);
+    };
+    Ok(lines.filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).sum())
 }
 
 /// Names the phase a failure happened in (the messages of the training loop do not know it).
