@@ -280,80 +280,118 @@ pub(crate) fn choose(
         tuner.used.insert(key.to_string(), choice_of(default, 0.0));
         return Ok(default);
     }
-    let cached = tuner.cache.adapters.get(&tuner.adapter_key).and_then(|e| e.get(key));
-    let usable = |p: &Plan| candidates.contains(p) && !tuner.failed.contains(&p.tile);
-    if let Some(plan) = cached.and_then(plan_of).filter(usable) {
-        tuner.used.insert(key.to_string(), cached.expect("matched above").clone());
+    if let Some(plan) = tuner.cached(key, &candidates) {
         return Ok(plan);
     }
-    // Bring the device to the clock a sustained workload gets before timing (GPUs slow down
-    // within a second of light load; see bench::CLOCK_WARM_UP), unless one run already takes long.
-    let start = std::time::Instant::now();
-    run(default)?;
-    crate::gpu::get()?.synchronize()?;
-    if start.elapsed() < std::time::Duration::from_millis(2) {
-        keep_busy_for(std::time::Duration::from_millis(40), &mut || run(default))?;
-    }
+    warm_up(&run, default)?;
     // the default's result where it writes, NaN elsewhere
     let original = (check.read)()?;
     let poison = vec![f32::NAN; original.len()];
     (check.write)(&poison)?;
     run(default)?;
     let reference = (check.read)()?;
-    let mut best: Option<(Plan, f64)> = None;
-    for &plan in &candidates {
-        if tuner.failed.contains(&plan.tile) {
-            continue;
-        }
-        if plan != default {
-            (check.write)(&poison)?;
-        }
-        let seconds = match measure(|| run(plan)) {
-            Ok(seconds) => seconds,
-            // A candidate this adapter cannot run (a driver that rejects one kernel, temporaries
-            // that do not fit) is dropped for the rest of the process, provided the default still
-            // runs (it ran above; a lost device fails it too, and that error is the run's).
-            Err(e) if plan != default => {
-                if run(default).and_then(|()| crate::gpu::get()?.synchronize()).is_err() {
-                    return Err(e);
-                }
-                eprintln!(
-                    "note: kernel plan {} does not run here ({e}); the tuner leaves it out",
-                    tile_name(plan.tile)
-                );
-                tuner.failed.insert(plan.tile);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if plan != default {
-            if let Some((worst, scale)) = disagreement(&reference, &(check.read)()?, check.tolerance) {
-                eprintln!(
-                    "note: kernel plan {} computes a result that differs from the default plan's here (by up to \
-                     {worst:.3e} where values reach {scale:.3e}, for {key}); the tuner leaves it out",
-                    tile_name(plan.tile)
-                );
-                tuner.failed.insert(plan.tile);
-                continue;
-            }
-        }
-        if best.is_none_or(|(_, s)| seconds < s) {
-            best = Some((plan, seconds));
-        }
-    }
+    let best = tuner.fastest_that_agrees(key, default, &candidates, &run, &check, &poison, &reference)?;
     (check.write)(&original)?;
     let (plan, seconds) = best.unwrap_or((default, 0.0));
-    tuner.measured += 1;
-    let choice = choice_of(plan, seconds);
-    tuner.used.insert(key.to_string(), choice.clone());
-    tuner.cache.adapters.entry(tuner.adapter_key.clone()).or_default().insert(key.to_string(), choice);
-    if let Some(path) = &tuner.file {
-        if let Err(e) = tuner.cache.save(path) {
-            eprintln!("note: could not save the tuner cache ({e}); choices are kept for this run only");
-            tuner.file = None;
+    tuner.record(key, plan, seconds);
+    Ok(plan)
+}
+
+/// Brings the device to the clock a sustained workload gets before timing (GPUs slow down within
+/// a second of light load; see bench::CLOCK_WARM_UP), unless one run already takes long.
+fn warm_up(run: &impl Fn(Plan) -> Result<()>, default: Plan) -> Result<()> {
+    let start = std::time::Instant::now();
+    run(default)?;
+    crate::gpu::get()?.synchronize()?;
+    if start.elapsed() < std::time::Duration::from_millis(2) {
+        keep_busy_for(std::time::Duration::from_millis(40), &mut || run(default))?;
+    }
+    Ok(())
+}
+
+impl Tuner {
+    /// The cached choice for `key`, where it is still among `candidates` and has not failed here.
+    fn cached(&mut self, key: &str, candidates: &[Plan]) -> Option<Plan> {
+        let cached = self.cache.adapters.get(&self.adapter_key).and_then(|e| e.get(key))?.clone();
+        let plan = plan_of(&cached).filter(|p| candidates.contains(p) && !self.failed.contains(&p.tile))?;
+        self.used.insert(key.to_string(), cached);
+        Some(plan)
+    }
+
+    /// Times every candidate that has not failed here and returns the fastest whose result agrees
+    /// with the default's `reference` (each candidate's output filled with `poison` first, so a
+    /// kernel that writes nothing cannot look fast). A candidate that does not run, or disagrees,
+    /// is left out for the rest of the process with a note.
+    #[allow(clippy::too_many_arguments)]
+    fn fastest_that_agrees(
+        &mut self,
+        key: &str,
+        default: Plan,
+        candidates: &[Plan],
+        run: &impl Fn(Plan) -> Result<()>,
+        check: &ResultCheck,
+        poison: &[f32],
+        reference: &[f32],
+    ) -> Result<Option<(Plan, f64)>> {
+        let mut best: Option<(Plan, f64)> = None;
+        for &plan in candidates {
+            if self.failed.contains(&plan.tile) {
+                continue;
+            }
+            if plan != default {
+                (check.write)(poison)?;
+            }
+            let seconds = match measure(|| run(plan)) {
+                Ok(seconds) => seconds,
+                // A candidate this adapter cannot run (a driver that rejects one kernel,
+                // temporaries that do not fit) is dropped for the rest of the process, provided the
+                // default still runs (it ran before; a lost device fails it too, and that error is
+                // the run's).
+                Err(e) if plan != default => {
+                    if run(default).and_then(|()| crate::gpu::get()?.synchronize()).is_err() {
+                        return Err(e);
+                    }
+                    eprintln!(
+                        "note: kernel plan {} does not run here ({e}); the tuner leaves it out",
+                        tile_name(plan.tile)
+                    );
+                    self.failed.insert(plan.tile);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if plan != default {
+                if let Some((worst, scale)) = disagreement(reference, &(check.read)()?, check.tolerance) {
+                    eprintln!(
+                        "note: kernel plan {} computes a result that differs from the default plan's here (by up \
+                         to {worst:.3e} where values reach {scale:.3e}, for {key}); the tuner leaves it out",
+                        tile_name(plan.tile)
+                    );
+                    self.failed.insert(plan.tile);
+                    continue;
+                }
+            }
+            if best.is_none_or(|(_, s)| seconds < s) {
+                best = Some((plan, seconds));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Keeps the choice for `key` for this process and in the cache file (a cache that cannot be
+    /// saved is noted once and kept in memory).
+    fn record(&mut self, key: &str, plan: Plan, seconds: f64) {
+        self.measured += 1;
+        let choice = choice_of(plan, seconds);
+        self.used.insert(key.to_string(), choice.clone());
+        self.cache.adapters.entry(self.adapter_key.clone()).or_default().insert(key.to_string(), choice);
+        if let Some(path) = &self.file {
+            if let Err(e) = self.cache.save(path) {
+                eprintln!("note: could not save the tuner cache ({e}); choices are kept for this run only");
+                self.file = None;
+            }
         }
     }
-    Ok(plan)
 }
 
 /// Seconds one `run` takes: the best of 3 rounds of up to 5 runs in one submit each, after a
