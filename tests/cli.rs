@@ -279,6 +279,19 @@ fn compare_continues_only_with_the_flags_and_data_it_started_with() {
             .map(|s| s.to_string())
             .collect()
     };
+    // refused by its memory check before any run started: no record is left, so other flags may
+    // follow into the same --out
+    let refused = compare("3x", &t.data, &[]);
+    let refs: Vec<&str> = refused.iter().map(String::as_str).collect();
+    let (code, stderr) = sasprune_with(&refs, "SASPRUNE_FAULT_DEVICE_MEMORY", "5000000");
+    assert!(code == Some(1) && stderr.contains("does not fit"), "{stderr}");
+    assert!(!PathBuf::from(&out).join("command.json").exists(), "a refused comparison leaves no record");
+    // a decimal flag (f32) continues as given: its record reads back equal
+    let (code, stderr) = sasprune_code(&compare("3x", &t.data, &["--lambda", "0.03"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = sasprune_code(&compare("3x", &t.data, &["--lambda", "0.03"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    std::fs::remove_dir_all(&out).unwrap();
     let (code, stderr) = sasprune_code(&compare("3x", &t.data, &[]));
     assert_eq!(code, Some(0), "{stderr}");
     let record: serde_json::Value =

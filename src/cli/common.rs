@@ -110,7 +110,7 @@ pub(crate) fn resume_record(
         }
     }
     if !extra.is_empty() {
-        return Err(Error::invalid(format!(
+        return Err(Error::Usage(format!(
             "--resume continues a run with the flags it started with (see {}); besides {} it takes no others \
              (got {}). To change settings, start a new run with --out",
             dir.join(run_dir::RECORD_FILE).display(),

@@ -1,7 +1,7 @@
 //! `sasprune compare`: every method on one budget, or the paper's table.
 
 use super::args::{CompareArgs, PruneArgs};
-use super::common::{command_text, open_data, recorded_args, say_adapter, start_run_record};
+use super::common::{command_text, open_data, recorded_args, saved_flags, say_adapter, start_run_record};
 use super::pipeline::{pipeline_config, target_rate};
 use sasprune::prune::{self, pipeline::PipelineConfig};
 use sasprune::run_dir::{DataRecord, RunLock, RunRecord};
@@ -28,7 +28,6 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
         gpu::init(options)?;
         say_adapter()?;
         let _lock = RunLock::acquire(&cfg.out)?;
-        continue_or_record(&cfg.out, c, args, DataRecord::of(train_set.as_ref(), test_set.as_ref()))?;
         let structures = if c.structures.is_empty() { vec![cfg.structure] } else { c.structures.clone() };
         // every structure's target checked before any run (2:4 sets its own, so it ignores --rate
         // here, which the others need)
@@ -36,8 +35,11 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
             target_rate(&PruneArgs { structure, ..a.clone() })
                 .map_err(|e| Error::Usage(format!("--structures {structure}: {e}")))?;
         }
+        let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
+        let fresh = continue_or_record(&cfg.out, c, args, data)?;
         let variants = prune::compare::Variant::all(&methods, &structures);
-        return prune::compare::compare(&cfg, &variants, c.seeds, train_set.as_ref(), test_set.as_ref()).map(drop);
+        let result = prune::compare::compare(&cfg, &variants, c.seeds, train_set.as_ref(), test_set.as_ref());
+        return forget_if_nothing_started(&cfg.out, fresh, result).map(drop);
     }
     if !c.structures.is_empty() || c.prune.structure != prune::structure::Structure::Weight {
         return Err(Error::Usage(
@@ -84,10 +86,11 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     say_adapter()?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let _lock = RunLock::acquire(&out)?;
-    continue_or_record(&out, c, args, DataRecord::of(train_set.as_ref(), test_set.as_ref()))?;
+    let fresh = continue_or_record(&out, c, args, DataRecord::of(train_set.as_ref(), test_set.as_ref()))?;
     let mut results = Vec::new();
     for (row, cfg) in rows.iter().zip(&configs) {
-        results.push(prune::paper_table::run_row(*row, cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref())?);
+        let result = prune::paper_table::run_row(*row, cfg, &methods, c.seeds, train_set.as_ref(), test_set.as_ref());
+        results.push(forget_if_nothing_started(&out, fresh, result)?);
     }
     prune::paper_table::write(&out, &results, &command_text(args), &gpu::get()?.adapter.to_string()).map(drop)
 }
@@ -115,18 +118,23 @@ fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> 
 /// A comparison continues when run again into the same `--out`: each of its runs picks up the
 /// phases it saved. That is right only with the flags and data it started with, so the first
 /// run records both (`command.json`) and a later one with other flags (or other data) is
-/// refused; `--data` may name a moved copy, and `--time-limit` may differ.
-fn continue_or_record(out: &Path, c: &CompareArgs, args: &[OsString], data: DataRecord) -> Result<()> {
+/// refused; `--data` may name a moved copy, and `--time-limit` may differ. Returns whether the
+/// record is new.
+fn continue_or_record(out: &Path, c: &CompareArgs, args: &[OsString], data: DataRecord) -> Result<bool> {
     let data_dir = c.prune.data.data.clone();
     let mut flags = c.clone();
     flags.prune.data.data = None;
     flags.prune.out = None;
     if !RunRecord::exists(out) {
-        return start_run_record(out, "compare", args, data, &flags);
+        start_run_record(out, "compare", args, data, &flags)?;
+        return Ok(true);
     }
     let record = RunRecord::load(out, "compare")?;
-    let now = serde_json::to_value(&flags).map_err(|e| Error::invalid(format!("compare's flags: {e}")))?;
-    if record.flags.as_ref() != Some(&now) {
+    // compared as parsed flags (f32 values read back from JSON text as f32), not as JSON values
+    let as_value =
+        |f: &CompareArgs| serde_json::to_value(f).map_err(|e| Error::invalid(format!("compare's flags: {e}")));
+    let saved = saved_flags::<CompareArgs>(out, &record)?;
+    if saved.as_ref().map(as_value).transpose()? != Some(as_value(&flags)?) {
         return Err(Error::invalid(format!(
             "{} holds a comparison started with other flags (`sasprune compare {}`); its runs would continue \
              what those began: run exactly that command again to continue it (--data may name a moved copy), or \
@@ -135,5 +143,17 @@ fn continue_or_record(out: &Path, c: &CompareArgs, args: &[OsString], data: Data
             record.args.join(" ")
         )));
     }
-    record.check_data(out, &data, data_dir.as_deref())
+    record.check_data(out, &data, data_dir.as_deref())?;
+    Ok(false)
+}
+
+/// A comparison refused before any of its runs started (one that does not fit the device, a
+/// target a plan cannot reach) leaves no record behind, so that it can be started again with
+/// other flags into the same `--out`.
+fn forget_if_nothing_started<T>(out: &Path, fresh: bool, result: Result<T>) -> Result<T> {
+    let started = || std::fs::read_dir(out).is_ok_and(|d| d.flatten().any(|e| e.path().is_dir()));
+    if result.is_err() && fresh && !started() {
+        let _ = std::fs::remove_file(out.join(sasprune::run_dir::RECORD_FILE));
+    }
+    result
 }

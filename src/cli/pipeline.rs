@@ -227,7 +227,7 @@ pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
     // `--resume DIR` continues with the flags the run was started with.
     let (a, record) = match &a.resume {
         Some(dir) => {
-            let (record, prune) = resumed_flags(dir, args, a).map_err(Error::as_usage)?;
+            let (record, prune) = resumed_flags(dir, args, a)?;
             (prune, Some(record))
         }
         None => (a.clone(), None),

@@ -70,7 +70,7 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
     // that kept none is resumed with the flags given now (seed and batch checked).
     let (a, record) = match &a.resume {
         Some(dir) if RunRecord::exists(dir) || !dir.join(train::STATE_FILE).exists() => {
-            let (record, saved) = resumed_flags(dir, args, &a).map_err(Error::as_usage)?;
+            let (record, saved) = resumed_flags(dir, args, &a)?;
             (saved, Some(record))
         }
         _ => (a, None),
