@@ -16,7 +16,7 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     if c.seeds == 0 || c.seeds > 100 {
         return Err(Error::Usage(format!("--seeds must be in 1..=100, got {}", c.seeds)));
     }
-    refuse_pipeline_only_flags(c, args).map_err(Error::as_usage)?;
+    refuse_pipeline_only_flags(c, args)?;
     if !c.paper_table {
         let a = &c.prune;
         let cfg = pipeline_config(a).map_err(Error::as_usage)?;
@@ -100,13 +100,14 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
 fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> {
     let given = recorded_args(args, Some("compare"))?;
     if given.iter().any(|t| t == "--method" || t.starts_with("--method=")) {
-        return Err(Error::invalid(
+        return Err(Error::Usage(
             "compare runs every method of --methods (default sas-admm,admm,magnitude): give --methods instead of \
-             --method",
+             --method"
+                .into(),
         ));
     }
     if let Some(dir) = &c.prune.resume {
-        return Err(Error::invalid(format!(
+        return Err(Error::Usage(format!(
             "compare continues a comparison when run again with the same flags and --out, so it takes no --resume: \
              run `sasprune compare ... --out {}` with the flags it started with (its command.json holds them)",
             dir.display()
