@@ -118,6 +118,15 @@ fn a_checkpoint_that_does_not_fit_names_the_tensor() {
                 d.insert("conv1.weight".into(), (vec![16, 3, 5, 5], vec![0.0; 16 * 75]));
             }),
         ),
+        (
+            // evaluation would give NaN for that channel; the error names where
+            "tensor 'layer2.1.bn2.running_var' holds 2 negative running variance(s) (first: channel 5, -0.25)",
+            Box::new(|d| {
+                let var = &mut d.get_mut("layer2.1.bn2.running_var").unwrap().1;
+                var[5] = -0.25;
+                var[30] = -1e-9;
+            }),
+        ),
     ];
     for (expected, edit) in cases {
         let mut dict = good.clone();

@@ -270,6 +270,7 @@ impl ParamStore {
     /// is an error naming it (checked before anything is written).
     pub fn load_state_dict(&self, dict: &StateDict, source: &str) -> Result<()> {
         self.check_names(dict, source, |_| true)?;
+        check_running_variances(dict, source)?;
         for e in &self.entries {
             let t = e.tensor.as_ref().expect("materialized");
             t.write(&dict[&e.name].1)?;
@@ -315,6 +316,28 @@ impl ParamStore {
             if problems.len() > shown { format!("; and {} more", problems.len() - shown) } else { String::new() }
         )))
     }
+}
+
+/// A batch norm's running variance below zero: batch norm divides by sqrt(var + eps), so such a
+/// channel evaluates to NaN (or to a huge value just above -eps). PyTorch never writes one, so the
+/// file was edited or damaged; refusing it names the tensor where the NaN accuracy would not.
+fn check_running_variances(dict: &StateDict, source: &str) -> Result<()> {
+    let mut names: Vec<&String> = dict.keys().filter(|n| n.ends_with("running_var")).collect();
+    names.sort();
+    for name in names {
+        let values = &dict[name].1;
+        let negative: Vec<usize> = (0..values.len()).filter(|&i| values[i] < 0.0).collect();
+        if let Some(&first) = negative.first() {
+            return Err(Error::invalid(format!(
+                "{source}: tensor '{name}' holds {} negative running variance(s) (first: channel {first}, {}); \
+                 a variance cannot be negative, so the file is damaged or was edited: use the weights as saved \
+                 by PyTorch or sasprune",
+                negative.len(),
+                values[first]
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Fills the first `len` floats of an arena (fill itself goes in pieces past the binding limit).
