@@ -254,76 +254,24 @@ pub fn read_metrics(path: &Path) -> Result<Vec<IterationMetrics>> {
 }
 
 /// An SVG with two panels against minibatch gradients: the objective (linear) and the primal
-/// residual ‖W − Z‖² (log scale), one polyline per named series.
+/// residual ‖W − Z‖² (log scale, plotted as log10 with the ticks labelled in the values), one
+/// polyline per named series.
 pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
-    const W: f64 = 440.0;
-    const H: f64 = 300.0;
-    const M: f64 = 55.0;
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-        2.0 * W,
-        H + 30.0
-    );
     // (title, the plotted value, log scale)
-    type Panel = (&'static str, fn(&IterationMetrics) -> f64, bool);
-    let panels: [Panel; 2] = [
+    type Quantity = (&'static str, fn(&IterationMetrics) -> f64, bool);
+    let quantities: [Quantity; 2] = [
         ("objective (SAS-ADMM: CE + λ‖W_avg‖₁; ADMM-NN: CE)", |m| m.objective, false),
         ("residual ‖W − Z‖² (log)", |m| m.res2, true),
     ];
-    let max_g = series.iter().flat_map(|(_, s)| s.iter().map(|m| m.gradients)).max().unwrap_or(1).max(1) as f64;
-    for (pi, (title, value, log)) in panels.iter().enumerate() {
-        let x0 = pi as f64 * W;
-        let tf = |v: f64| if *log { v.max(1e-30).log10() } else { v };
-        let vals: Vec<f64> =
-            series.iter().flat_map(|(_, s)| s.iter().map(|m| tf(value(m)))).filter(|v| v.is_finite()).collect();
-        let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0), lo.max(0.0) + 1.0) };
-        let px = |g: f64| x0 + M + (W - 1.5 * M) * g / max_g;
-        let py = |v: f64| H - M + 20.0 - (H - 1.5 * M) * (v - lo) / (hi - lo);
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"18\" text-anchor=\"middle\">{title}</text>", x0 + W / 2.0);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/><line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{3}\" stroke=\"black\"/>",
-            px(0.0),
-            py(lo),
-            px(max_g),
-            py(hi)
-        );
-        for i in 0..=4 {
-            let v = lo + (hi - lo) * i as f64 / 4.0;
-            let label = if *log { format!("{:.2e}", 10f64.powf(v)) } else { format!("{v:.3}") };
-            let _ =
-                writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>", px(0.0) - 4.0, py(v) + 4.0);
-            let g = max_g * i as f64 / 4.0;
-            let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{g:.0}</text>", px(g), py(lo) + 16.0);
-        }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">minibatch gradients</text>",
-            x0 + W / 2.0,
-            H + 22.0
-        );
-        for (si, (name, s)) in series.iter().enumerate() {
-            let pts: Vec<String> = s
-                .iter()
-                .filter(|m| tf(value(m)).is_finite())
-                .map(|m| format!("{:.1},{:.1}", px(m.gradients as f64), py(tf(value(m)))))
-                .collect();
-            let color = colors[si % colors.len()];
-            let _ = writeln!(
-                svg,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
-                pts.join(" ")
-            );
-            let _ = writeln!(
-                svg,
-                "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
-                x0 + W - 150.0,
-                40.0 + 16.0 * si as f64
-            );
-        }
+    let mut svg = svg_page(2.0 * CONVERGENCE.width, CONVERGENCE.height);
+    for (i, &(title, value, log)) in quantities.iter().enumerate() {
+        let shown = |m: &IterationMetrics| if log { value(m).max(1e-30).log10() } else { value(m) };
+        let lines: Vec<(String, Vec<(f64, f64)>)> = (series.iter())
+            .map(|(name, s)| (name.to_string(), s.iter().map(|m| (m.gradients as f64, shown(m))).collect()))
+            .collect();
+        let tick = |v: f64| if log { format!("{:.2e}", 10f64.powf(v)) } else { format!("{v:.3}") };
+        let panel = Panel::around(CONVERGENCE, i as f64 * CONVERGENCE.width, &lines, (0.0, 1.0));
+        panel.draw(&mut svg, title, "minibatch gradients", tick, &lines, false);
     }
     svg.push_str("</svg>\n");
     svg
@@ -332,58 +280,178 @@ pub fn convergence_svg(series: &[(&str, &[IterationMetrics])]) -> String {
 /// A single-panel line plot: one polyline with markers per series of (x, y) points, linear axes
 /// from 0 (x) and around the data (y), a legend.
 pub fn line_plot_svg(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    const W: f64 = 560.0;
-    const H: f64 = 340.0;
-    const M: f64 = 60.0;
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
-    let points = series.iter().flat_map(|(_, s)| s.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (max_x, lo, hi) = points
-        .fold((0.0f64, f64::INFINITY, f64::NEG_INFINITY), |(mx, lo, hi), &(x, y)| (mx.max(x), lo.min(y), hi.max(y)));
-    let max_x = if max_x > 0.0 { max_x } else { 1.0 };
-    let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (0.0, 100.0) };
-    let px = |x: f64| M + (W - 1.5 * M) * x / max_x;
-    let py = |y: f64| H - M + 20.0 - (H - 1.5 * M) * (y - lo) / (hi - lo);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"18\" text-anchor=\"middle\">{title}</text>\n",
-        H + 30.0,
-        W / 2.0
-    );
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/><line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{3}\" stroke=\"black\"/>",
-        px(0.0),
-        py(lo),
-        px(max_x),
-        py(hi)
-    );
-    for i in 0..=4 {
-        let (x, y) = (max_x * i as f64 / 4.0, lo + (hi - lo) * i as f64 / 4.0);
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.1}</text>", px(0.0) - 4.0, py(y) + 4.0);
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x:.0}</text>", px(x), py(lo) + 16.0);
-    }
-    let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>", W / 2.0, H + 22.0);
-    for (si, (name, s)) in series.iter().enumerate() {
-        let color = colors[si % colors.len()];
-        let pts: Vec<(f64, f64)> =
-            s.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| (px(x), py(y))).collect();
-        let list: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
-            list.join(" ")
-        );
-        for (x, y) in &pts {
-            let _ = writeln!(svg, "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{color}\"/>");
-        }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
-            W - 1.5 * M,
-            40.0 + 16.0 * si as f64
-        );
-    }
+    let mut svg = svg_page(LINE_PLOT.width, LINE_PLOT.height);
+    let panel = Panel::around(LINE_PLOT, 0.0, series, (0.0, 100.0));
+    panel.draw(&mut svg, title, x_label, |y| format!("{y:.1}"), series, true);
     svg.push_str("</svg>\n");
     svg
+}
+
+/// A panel's size in pixels, the margin its axes sit inside, and how far from its right edge
+/// the legend starts (room for the longest series name).
+#[derive(Clone, Copy)]
+struct Frame {
+    width: f64,
+    height: f64,
+    margin: f64,
+    legend: f64,
+}
+
+const CONVERGENCE: Frame = Frame { width: 440.0, height: 300.0, margin: 55.0, legend: 150.0 };
+const LINE_PLOT: Frame = Frame { width: 560.0, height: 340.0, margin: 60.0, legend: 90.0 };
+const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+
+/// An SVG document `width` wide with a white background, `height` plus a line for the x labels.
+fn svg_page(width: f64, height: f64) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        height + 30.0
+    )
+}
+
+/// One panel at `x0` on the page: x from 0 to `max_x`, y from `lo` to `hi`.
+struct Panel {
+    frame: Frame,
+    x0: f64,
+    max_x: f64,
+    lo: f64,
+    hi: f64,
+}
+
+impl Panel {
+    /// The panel that holds every finite point of `series` (`empty`: the y range when there is
+    /// none, or when all points share one y).
+    fn around(frame: Frame, x0: f64, series: &[(String, Vec<(f64, f64)>)], empty: (f64, f64)) -> Panel {
+        let points = series.iter().flat_map(|(_, s)| s.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let (max_x, lo, hi) = points.fold((0.0f64, f64::INFINITY, f64::NEG_INFINITY), |(mx, lo, hi), &(x, y)| {
+            (mx.max(x), lo.min(y), hi.max(y))
+        });
+        let (lo, hi) = match (lo.is_finite(), hi > lo) {
+            (true, true) => (lo, hi),
+            // one y value: a unit-high range from it (or from 0, below or above it)
+            (true, false) => (lo.min(0.0), lo.max(0.0) + 1.0),
+            (false, _) => empty,
+        };
+        Panel { frame, x0, max_x: if max_x > 0.0 { max_x } else { 1.0 }, lo, hi }
+    }
+
+    fn px(&self, x: f64) -> f64 {
+        let Frame { width, margin, .. } = self.frame;
+        self.x0 + margin + (width - 1.5 * margin) * x / self.max_x
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        let Frame { height, margin, .. } = self.frame;
+        height - margin + 20.0 - (height - 1.5 * margin) * (y - self.lo) / (self.hi - self.lo)
+    }
+
+    /// Title, axes with 5 ticks each (y labelled by `y_tick`), the x label, and one polyline
+    /// (with a dot per point when `markers`) and legend entry per series.
+    fn draw(
+        &self,
+        svg: &mut String,
+        title: &str,
+        x_label: &str,
+        y_tick: impl Fn(f64) -> String,
+        series: &[(String, Vec<(f64, f64)>)],
+        markers: bool,
+    ) {
+        let Frame { width, height, legend, .. } = self.frame;
+        let middle = self.x0 + width / 2.0;
+        let _ = writeln!(svg, "<text x=\"{middle}\" y=\"18\" text-anchor=\"middle\">{title}</text>");
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/><line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{3}\" stroke=\"black\"/>",
+            self.px(0.0),
+            self.py(self.lo),
+            self.px(self.max_x),
+            self.py(self.hi)
+        );
+        for i in 0..=4 {
+            let (x, y) = (self.max_x * i as f64 / 4.0, self.lo + (self.hi - self.lo) * i as f64 / 4.0);
+            let (left, bottom) = (self.px(0.0) - 4.0, self.py(self.lo) + 16.0);
+            let _ =
+                writeln!(svg, "<text x=\"{left}\" y=\"{}\" text-anchor=\"end\">{}</text>", self.py(y) + 4.0, y_tick(y));
+            let _ = writeln!(svg, "<text x=\"{}\" y=\"{bottom}\" text-anchor=\"middle\">{x:.0}</text>", self.px(x));
+        }
+        let _ = writeln!(svg, "<text x=\"{middle}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>", height + 22.0);
+        for (i, (name, s)) in series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts: Vec<(f64, f64)> = (s.iter())
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|&(x, y)| (self.px(x), self.py(y)))
+                .collect();
+            let list: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let _ = writeln!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                list.join(" ")
+            );
+            for (x, y) in pts.iter().filter(|_| markers) {
+                let _ = writeln!(svg, "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{color}\"/>");
+            }
+            let (x, y) = (self.x0 + width - legend, 40.0 + 16.0 * i as f64);
+            let _ = writeln!(svg, "<text x=\"{x}\" y=\"{y}\" fill=\"{color}\">{name}</text>");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The (x, y) pairs of every `<circle>` (line plot markers) in an SVG.
+    fn markers(svg: &str) -> Vec<(f64, f64)> {
+        let attr = |line: &str, name: &str| -> f64 {
+            let start = line.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            line[start..].split('"').next().unwrap().parse().unwrap()
+        };
+        svg.lines().filter(|l| l.starts_with("<circle")).map(|l| (attr(l, "cx"), attr(l, "cy"))).collect()
+    }
+
+    #[test]
+    fn line_plot_maps_the_data_range_onto_the_axes_and_skips_points_that_are_not_finite() {
+        let series = vec![
+            ("a".to_string(), vec![(0.0, 80.0), (5.0, f64::NAN), (10.0, 90.0)]),
+            ("b".to_string(), vec![(5.0, 85.0)]),
+        ];
+        let svg = line_plot_svg("accuracy", "epoch", &series);
+        // x 0..10 onto 60..530 (margin 60, width 560 - 1.5 margin), y 80..90 onto 300..50
+        assert_eq!(markers(&svg), vec![(60.0, 300.0), (530.0, 50.0), (295.0, 175.0)]);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains(">80.0</text>") && svg.contains(">90.0</text>") && svg.contains(">10</text>"), "{svg}");
+        assert!(svg.contains(">epoch</text>") && svg.contains(">accuracy</text>"));
+        // nothing finite: the default range, no markers, still a valid page
+        let svg = line_plot_svg("t", "x", &[("none".to_string(), vec![(f64::NAN, 1.0)])]);
+        assert!(markers(&svg).is_empty() && svg.contains(">0.0</text>") && svg.contains(">100.0</text>"));
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn convergence_plot_labels_the_residual_panel_in_values_on_a_log_scale() {
+        let row = |gradients: usize, objective: f64, res2: f64| IterationMetrics {
+            k: 0,
+            gradients,
+            ce: objective,
+            objective,
+            dw2: 0.0,
+            dz2: 0.0,
+            res2,
+            seconds: 0.0,
+            rho: 0.0,
+            rel_res2: 0.0,
+        };
+        let run = [row(0, 2.5, 1e2), row(50, 2.0, 1.0), row(100, 1.5, 1e-2)];
+        let svg = convergence_svg(&[("sas-admm", &run), ("admm-nn", &run[..2])]);
+        assert_eq!(svg.matches("<polyline").count(), 4, "two series in each of two panels");
+        // log10 from -2 to 2: ticks at 1e-2, 1e-1, ... labelled in the values themselves
+        for tick in [">1.00e-2<", ">1.00e0<", ">1.00e2<", ">1.500<", ">2.500<"] {
+            assert!(svg.contains(tick), "no tick {tick} in {svg}");
+        }
+        // the residual panel starts one panel width (440) to the right: its first point, 100 at
+        // 0 gradients, is the top left corner of its axes
+        assert!(svg.contains("points=\"495.0,47.5 "), "{svg}");
+        assert!(svg.contains("points=\"55.0,47.5 "), "the objective's first point, 2.5, at the top: {svg}");
+    }
 }
