@@ -181,6 +181,36 @@ impl std::fmt::Display for LrSchedule {
     }
 }
 
+impl LrSchedule {
+    /// This schedule written for `from` epochs, over `to` ([`stretch_milestones`]; a cosine
+    /// schedule spans its run already).
+    pub fn stretched(&self, from: usize, to: usize) -> LrSchedule {
+        match self {
+            LrSchedule::MultiStep { milestones, gamma } => {
+                LrSchedule::MultiStep { milestones: stretch_milestones(milestones, from, to), gamma: *gamma }
+            }
+            LrSchedule::Cosine => LrSchedule::Cosine,
+        }
+    }
+}
+
+/// Milestones written for a run of `from` epochs, moved to a run of `to`: each m to ⌈m·to/from⌉,
+/// and each at least one epoch past the one before, so the learning-rate drops keep their share
+/// of the run (the CIFAR recipe's 100 and 150 of 200 become 25 and 38 of 50, 154 and 231 of
+/// 308). Left as written, a 50-epoch run would never drop the learning rate and a 308-epoch one
+/// would spend half its epochs at the last rate.
+pub fn stretch_milestones(milestones: &[usize], from: usize, to: usize) -> Vec<usize> {
+    if from == 0 || from == to {
+        return milestones.to_vec();
+    }
+    let mut moved: Vec<usize> = Vec::with_capacity(milestones.len());
+    for &m in milestones {
+        let at = m.saturating_mul(to).div_ceil(from);
+        moved.push(moved.last().map_or(at, |&before| at.max(before.saturating_add(1))));
+    }
+    moved
+}
+
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
     pub epochs: usize,
@@ -256,6 +286,12 @@ impl TrainConfig {
             schedule: LrSchedule::MultiStep { milestones: r.milestones.to_vec(), gamma: r.gamma },
             ..TrainConfig::cifar_default()
         }
+    }
+
+    /// This configuration over `epochs` epochs, its schedule [stretched](LrSchedule::stretched)
+    /// with them.
+    pub fn with_epochs(&self, epochs: usize) -> TrainConfig {
+        TrainConfig { epochs, schedule: self.schedule.stretched(self.epochs, epochs), ..self.clone() }
     }
 
     pub fn lr_at(&self, epoch: usize, step: usize, total_steps: usize) -> f32 {
@@ -884,8 +920,28 @@ pub fn saved_step(dir: &Path) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::StepClock;
+    use super::{stretch_milestones, LrSchedule, StepClock, TrainConfig};
     use std::time::Duration;
+
+    #[test]
+    fn milestones_keep_their_share_of_a_shorter_or_longer_run() {
+        let recipe = [100, 150];
+        assert_eq!(stretch_milestones(&recipe, 200, 200), [100, 150]);
+        assert_eq!(stretch_milestones(&recipe, 200, 50), [25, 38]);
+        assert_eq!(stretch_milestones(&recipe, 200, 308), [154, 231], "the paper's retraining plus 108 epochs");
+        assert_eq!(stretch_milestones(&recipe, 200, 3), [2, 3], "1.5 and 2.25: the first whole epochs past them");
+        assert_eq!(stretch_milestones(&recipe, 200, 1), [1, 2], "kept increasing (both past a 1-epoch run)");
+        assert_eq!(stretch_milestones(&[30, 60], 90, 2), [1, 2]);
+        assert_eq!(stretch_milestones(&[5, 6, 7], 10, 10), [5, 6, 7]);
+        // the learning rate of a 50-epoch run: 0.1, then 0.01 from epoch 25, 0.001 from 38
+        let cfg = TrainConfig::cifar_default().with_epochs(50);
+        assert_eq!(cfg.epochs, 50);
+        let lr: Vec<f32> = [0, 24, 25, 37, 38, 49].iter().map(|&e| cfg.lr_at(e, 0, 1)).collect();
+        assert_eq!(lr, [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1]);
+        assert!(cfg.validate().is_ok(), "stretched milestones stay increasing");
+        let cosine = TrainConfig { schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
+        assert_eq!(cosine.with_epochs(7).schedule, LrSchedule::Cosine);
+    }
 
     #[test]
     fn the_next_steps_estimate_counts_the_steps_still_on_the_device() {

@@ -317,6 +317,21 @@ fn compare_continues_only_with_the_flags_and_data_it_started_with() {
     assert!(code == Some(2) && stderr.contains("takes no --resume"), "{stderr}");
 }
 
+/// `--retrain-epochs` moves the paper recipe's learning-rate drops (100 and 150 of 200 epochs)
+/// to the same share of the run; left at 100 and 150, a 2-epoch retraining would never drop it.
+#[test]
+fn retraining_epochs_stretch_the_paper_recipes_milestones() {
+    let t = TinyRun::new("cli-milestones");
+    let weights = t.weights(10);
+    let flags: Vec<&str> = "--schedule paper --method magnitude --retrain-epochs 2 --retrain-batch 8 --subset 16 \
+                            --eval-limit 8"
+        .split_whitespace()
+        .collect();
+    let (ok, stdout, stderr) = sasprune(&t.pipeline_args(&weights, &flags));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("masked retraining: 2 epochs of batch 8, lr 0.1 (times 0.1 at epochs 1, 2)"), "{stdout}");
+}
+
 /// A target so high that layers keep fewer weights than they have output channels runs, with a
 /// warning naming them; bench with a filter that matches nothing says so.
 #[test]

@@ -426,7 +426,8 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_enum, default_value = "multistep")]
     pub(crate) schedule: TrainSchedule,
     /// Epochs at which multistep multiplies the learning rate by --gamma (comma-separated;
-    /// default: the model's recipe: 100,150 for the ResNets, 30,60 for alexnet)
+    /// default: the model's recipe, at the same share of --epochs: 100,150 of 200 for the
+    /// ResNets, 30,60 of 90 for alexnet)
     #[arg(long)]
     pub(crate) milestones: Option<String>,
     /// What multistep multiplies the learning rate by at each milestone, in (0, 1] (default: the

@@ -159,7 +159,10 @@ fn schedules(a: &PruneArgs, spec: &sasprune::models::ModelSpec) -> Result<(SasCo
     set!(sas.batch, a.batch);
     sas.file_order = a.deterministic;
     retrain.deterministic = a.deterministic;
-    set!(retrain.epochs, a.retrain_epochs);
+    if let Some(epochs) = a.retrain_epochs {
+        // the recipe's learning-rate drops at the same share of the shorter or longer run
+        retrain = retrain.with_epochs(epochs);
+    }
     set!(retrain.lr, a.lr);
     set!(retrain.batch, a.retrain_batch);
     set!(retrain.eval_every, a.eval_every);

@@ -13,13 +13,14 @@ use sasprune::{checkpoint, gpu, Error, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// Parses `train`'s schedule flags (milestones and gamma default to the model's recipe).
+/// Parses `train`'s schedule flags (milestones and gamma default to the model's recipe, its
+/// milestones stretched to `--epochs`).
 fn train_schedule(a: &TrainArgs, recipe: &sasprune::models::Recipe) -> Result<LrSchedule> {
     match a.schedule {
         TrainSchedule::Cosine => Ok(LrSchedule::Cosine),
         TrainSchedule::Multistep => {
             let milestones = match &a.milestones {
-                None => recipe.milestones.to_vec(),
+                None => train::stretch_milestones(recipe.milestones, recipe.epochs, a.epochs.unwrap_or(recipe.epochs)),
                 Some(text) => text
                     .split(',')
                     .filter(|s| !s.trim().is_empty())

@@ -9,7 +9,8 @@
 //! Budget: the ADMM methods spend the same number of minibatch gradients in their ADMM phase
 //! (ADMM-NN gets ⌈G / iterations⌉ steps per iteration, so at most iterations − 1 more) and the
 //! same retraining epochs; magnitude pruning, which has no ADMM phase, retrains for as many more
-//! epochs as those gradients amount to. Each run lives in `OUT/seed<s>/<method>` and resumes like
+//! epochs as those gradients amount to, its learning-rate drops moved to the same share of the
+//! longer run. Each run lives in `OUT/seed<s>/<method>` and resumes like
 //! the pipeline, so running the same command again continues an interrupted comparison.
 
 use super::admm::IterationMetrics;
@@ -137,8 +138,10 @@ pub fn compare(
             run.retrain.seed = run.seed;
             run.dense.seed = run.seed;
             if !method.has_admm_phase() {
-                // the ADMM phase's gradients, as retraining epochs
-                run.retrain.epochs += (admm_gradients * cfg.sas.batch).div_ceil(images);
+                // the ADMM phase's gradients, as retraining epochs (its learning-rate drops
+                // stretched with them)
+                let extra = (admm_gradients * cfg.sas.batch).div_ceil(images);
+                run.retrain = run.retrain.with_epochs(run.retrain.epochs + extra);
             }
             println!("\n=== compare: {} seed {} ({}) ===", v.label(), run.seed, run.out.display());
             let r = pipeline::run(&run, train_set, test_set)?;

@@ -295,7 +295,7 @@ impl Run<'_> {
         } else {
             self.working_on("baseline")?;
             let run_dir = dir.join("baseline");
-            let bcfg = TrainConfig { epochs: cfg.baseline_epochs, best_path: None, ..cfg.retrain.clone() };
+            let bcfg = TrainConfig { best_path: None, ..cfg.retrain.with_epochs(cfg.baseline_epochs) };
             let progress = resume_progress(model, &run_dir, &bcfg, true)?;
             train::train(model, &self.train, &self.test, norm, &bcfg, &run_dir, progress, None)
                 .map_err(|e| in_phase("baseline fine-tuning", e))?;
@@ -422,6 +422,13 @@ impl Run<'_> {
         let retrain_dir = dir.join("retrain");
         let rcfg = TrainConfig { best_path: Some(dir.join("retrain_best.safetensors")), ..cfg.retrain.clone() };
         let progress = resume_progress(model, &retrain_dir, &rcfg, true)?;
+        println!(
+            "masked retraining: {} epochs of batch {}, lr {} ({})",
+            rcfg.epochs,
+            rcfg.batch,
+            train::lr_text(rcfg.lr),
+            rcfg.schedule
+        );
         if progress.step > 0 {
             println!("resuming masked retraining at step {}", progress.step);
         }
