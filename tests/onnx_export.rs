@@ -329,4 +329,26 @@ fn export_refuses_bad_weights_with_one_line() {
     ]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("names 2 classes, but the model has 10"), "{stderr}");
+
+    // weights whose prunable layers are all zero export (a valid file), with a warning
+    let zero = Model::build("resnet20", 10, 0).unwrap();
+    let mut dict = zero.store.state_dict().unwrap();
+    for e in zero.store.entries().iter().filter(|e| e.role == Role::PrunableWeight) {
+        dict.get_mut(&e.name).unwrap().1.fill(0.0);
+    }
+    zero.store.load_state_dict(&dict, "all zero").unwrap();
+    let zeros = tmp.path().join("zeros.safetensors");
+    checkpoint::save_model(&zero, &zeros, Normalize::CIFAR, &[]).unwrap();
+    let (code, stdout, stderr) = sasprune(&[
+        "export",
+        "--model",
+        "resnet20",
+        "--weights",
+        zeros.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("prunable weights 0 of 268336 non-zero (all zero)"), "{stdout}");
+    assert!(stderr.contains("warning: every prunable weight in") && stderr.contains("is 0"), "{stderr}");
 }

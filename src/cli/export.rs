@@ -73,17 +73,21 @@ fn megabytes(bytes: u64) -> String {
 
 /// What was written: the file, its size against an all-dense export, and the pruned layers.
 fn report(a: &ExportArgs, e: &onnx::Exported, model: &Model) {
-    let (n, nz) = e.layers.iter().fold((0, 0), |(n, nz), l| (n + l.numel, nz + l.nonzero));
     let (dense, stored): (u64, u64) = e.layers.iter().fold((0, 0), |(d, s), l| (d + l.dense_bytes, s + l.stored_bytes));
     println!(
-        "wrote {} ({}, opset {}): {} of {} prunable weights non-zero ({:.2}x compression)",
+        "wrote {} ({}, opset {}): prunable weights {}",
         a.out.display(),
         megabytes(e.bytes.len() as u64),
         onnx::OPSET,
-        nz,
-        n,
-        n as f64 / nz.max(1) as f64
+        onnx::prunable_text(&e.layers)
     );
+    if e.layers.iter().all(|l| l.nonzero == 0) {
+        eprintln!(
+            "warning: every prunable weight in {} is 0, so the network's output does not depend on its \
+             input; check that these are the weights meant (a run's pruned.safetensors or retrain/model.safetensors)",
+            a.weights.display()
+        );
+    }
     if a.sparse {
         println!(
             "--sparse: the prunable layers take {} instead of {} ({:.2}x smaller); the file {} instead of about {}",

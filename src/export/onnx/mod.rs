@@ -110,8 +110,12 @@ fn input_text(model: &Model, options: ExportOptions, n: Normalize) -> String {
     }
 }
 
-/// The metadata's `prunable_weights`: non-zeros of every prunable layer.
-fn prunable_text(layers: &[LayerSize]) -> String {
+/// The metadata's `prunable_weights`: non-zeros of every prunable layer, e.g. "30123 of 268336
+/// non-zero (8.91x compression)"; "(all zero)" where a rate would divide by zero.
+pub fn prunable_text(layers: &[LayerSize]) -> String {
     let (n, nz): (usize, usize) = layers.iter().fold((0, 0), |(a, b), l| (a + l.numel, b + l.nonzero));
-    format!("{nz} of {n} non-zero ({:.2}x compression)", n as f64 / nz.max(1) as f64)
+    match nz {
+        0 => format!("0 of {n} non-zero (all zero)"),
+        _ => format!("{nz} of {n} non-zero ({:.2}x compression)", n as f64 / nz as f64),
+    }
 }
