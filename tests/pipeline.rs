@@ -67,8 +67,31 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
         eval_limit: Some(100),
         deterministic: false,
         baseline_epochs: 0,
+        extra_retrain_epochs: 0,
         show_progress: false,
     }
+}
+
+/// Compare's magnitude pruning retrains longer with its learning-rate drops moved along; its
+/// baseline fine-tuning keeps the schedule every method's has (paper recipe, 10 epochs: drops
+/// at 5 and 8).
+#[test]
+fn extra_retraining_epochs_stretch_the_retraining_but_not_the_baseline() {
+    let cfg = PipelineConfig {
+        retrain: TrainConfig::cifar_default(),
+        baseline_epochs: 10,
+        extra_retrain_epochs: 108,
+        ..tiny_config(Method::MAGNITUDE, Rate::Times(2.0), "stretch")
+    };
+    let drops = |t: TrainConfig| match t.schedule {
+        LrSchedule::MultiStep { milestones, .. } => (t.epochs, milestones),
+        LrSchedule::Cosine => panic!("the paper recipe is multi-step"),
+    };
+    assert_eq!(drops(cfg.retraining()), (308, vec![154, 231]));
+    assert_eq!(drops(cfg.baseline_training()), (10, vec![5, 8]));
+    let none = PipelineConfig { extra_retrain_epochs: 0, ..cfg };
+    assert_eq!(drops(none.baseline_training()), (10, vec![5, 8]), "the same baseline for every method");
+    assert_eq!(drops(none.retraining()), (200, vec![100, 150]));
 }
 
 /// Runs the pipeline and checks what every method must deliver.

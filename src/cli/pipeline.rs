@@ -83,6 +83,7 @@ pub(crate) fn pipeline_config(a: &PruneArgs) -> Result<PipelineConfig> {
         eval_limit: a.eval_limit,
         deterministic: a.deterministic,
         baseline_epochs: a.baseline_epochs,
+        extra_retrain_epochs: 0,
         show_progress: true,
     })
 }

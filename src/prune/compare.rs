@@ -140,8 +140,7 @@ pub fn compare(
             if !method.has_admm_phase() {
                 // the ADMM phase's gradients, as retraining epochs (its learning-rate drops
                 // stretched with them)
-                let extra = (admm_gradients * cfg.sas.batch).div_ceil(images);
-                run.retrain = run.retrain.with_epochs(run.retrain.epochs + extra);
+                run.extra_retrain_epochs = (admm_gradients * cfg.sas.batch).div_ceil(images);
             }
             println!("\n=== compare: {} seed {} ({}) ===", v.label(), run.seed, run.out.display());
             let r = pipeline::run(&run, train_set, test_set)?;
@@ -155,8 +154,8 @@ pub fn compare(
                 structure: structure.name().into(),
                 seed: run.seed,
                 admm_gradients: method.admm_budget(&run.sas, &run.admm).0,
-                retrain_epochs: run.retrain.epochs,
-                retrain_gradients: run.retrain.epochs * images.div_ceil(run.retrain.batch),
+                retrain_epochs: run.retraining().epochs,
+                retrain_gradients: run.retraining().epochs * images.div_ceil(run.retrain.batch),
                 dense: top(r.top1.dense),
                 baseline: top(r.top1.baseline),
                 after_prune: top(r.top1.after_prune),

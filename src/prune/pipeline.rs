@@ -53,8 +53,12 @@ pub struct PipelineConfig {
     pub schedule: String,
     pub sas: SasConfig,
     pub admm: AdmmNnConfig,
-    /// Masked retraining.
+    /// Masked retraining (and, over `baseline_epochs`, the baseline's fine-tuning).
     pub retrain: TrainConfig,
+    /// Epochs of masked retraining past `retrain`'s, its learning-rate drops stretched with them:
+    /// how `compare` gives magnitude pruning the ADMM phase's gradients (the baseline keeps
+    /// `retrain`'s schedule, the same for every method).
+    pub extra_retrain_epochs: usize,
     /// Dense training, when no weights are given.
     pub dense: TrainConfig,
     pub weights: Option<PathBuf>,
@@ -80,6 +84,18 @@ pub struct PipelineConfig {
     /// (`--deterministic`: what an independent implementation can reproduce step by step).
     pub deterministic: bool,
     pub show_progress: bool,
+}
+
+impl PipelineConfig {
+    /// Masked retraining's configuration: `retrain` with the extra epochs.
+    pub fn retraining(&self) -> TrainConfig {
+        self.retrain.with_epochs(self.retrain.epochs + self.extra_retrain_epochs)
+    }
+
+    /// The baseline's fine-tuning: `retrain` over `baseline_epochs`, no mask.
+    pub fn baseline_training(&self) -> TrainConfig {
+        TrainConfig { best_path: None, ..self.retrain.with_epochs(self.baseline_epochs) }
+    }
 }
 
 /// The pruning plan a configuration asks for (checked before any work starts).
@@ -295,7 +311,7 @@ impl Run<'_> {
         } else {
             self.working_on("baseline")?;
             let run_dir = dir.join("baseline");
-            let bcfg = TrainConfig { best_path: None, ..cfg.retrain.with_epochs(cfg.baseline_epochs) };
+            let bcfg = cfg.baseline_training();
             let progress = resume_progress(model, &run_dir, &bcfg, true)?;
             train::train(model, &self.train, &self.test, norm, &bcfg, &run_dir, progress, None)
                 .map_err(|e| in_phase("baseline fine-tuning", e))?;
@@ -420,7 +436,7 @@ impl Run<'_> {
         }
         self.working_on("retrain")?;
         let retrain_dir = dir.join("retrain");
-        let rcfg = TrainConfig { best_path: Some(dir.join("retrain_best.safetensors")), ..cfg.retrain.clone() };
+        let rcfg = TrainConfig { best_path: Some(dir.join("retrain_best.safetensors")), ..cfg.retraining() };
         let progress = resume_progress(model, &retrain_dir, &rcfg, true)?;
         println!(
             "masked retraining: {} epochs of batch {}, lr {} ({})",
