@@ -98,7 +98,7 @@ fn bench_quick_writes_json_lines_with_the_adapter() {
 
 #[test]
 fn bad_flags_end_in_clear_errors() {
-    let cases: [(&[&str], &str); 15] = [
+    let cases: [(&[&str], &str); 22] = [
         (&["--rate", "6.6x"], "say which model to prune"),
         (&["--model", "resnet33", "--rate", "6.6x"], "unknown model 'resnet33'"),
         (&["--model", "resnet32", "--rate", "1x"], "above 1x"),
@@ -125,10 +125,22 @@ fn bad_flags_end_in_clear_errors() {
         (&["eval", "--model", "resnet20", "--weights", "/nonexistent.safetensors", "--batch", "0"], "at least 1"),
         (&["eval", "--model", "alexnet", "--weights", "/nonexistent.safetensors", "--batch", "9999999"], "or less"),
         (&["--model", "resnet32", "--rate", "6x", "--retrain-batch", "999999999"], "--retrain-batch 999999999"),
+        // accepted once and then ignored or without effect: refused, naming why
+        (&["train", "--model", "resnet20", "--epochs", "10", "--milestones", "5,10"], "10 is not below --epochs 10"),
+        (&["train", "--model", "resnet20", "--schedule", "cosine", "--gamma", "0.5"], "--schedule cosine decays"),
+        (&["train", "--model", "resnet20", "--schedule", "cosine", "--milestones", "3"], "drop them"),
+        (&["--resume", "/nonexistent-run", "--out", "/elsewhere"], "--out /elsewhere would be ignored"),
+        (&["train", "--resume", "/nonexistent-run", "--out=/elsewhere"], "--out /elsewhere would be ignored"),
+        (&["compare", "--model", "resnet20", "--rate", "3x", "--methods", "admm,magnitude,admm"], "names admm twice"),
+        (&["compare", "--model", "resnet20", "--rate", "3x", "--deterministic", "--seeds", "2"], "give --seeds 1"),
     ];
     for (args, expected) in cases {
         let (ok, stdout, stderr) = sasprune(args);
         assert!(!ok, "{args:?} should fail");
+        if expected.contains("ignored") || expected.contains("twice") || expected.contains("--seeds 1") {
+            let code = sasprune_code(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>()).0;
+            assert_eq!(code, Some(2), "{args:?}: bad usage");
+        }
         assert!(stderr.contains(expected), "{args:?}: expected '{expected}' in:\n{stderr}{stdout}");
         assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
     }
@@ -315,6 +327,30 @@ fn compare_continues_only_with_the_flags_and_data_it_started_with() {
     assert!(code == Some(2) && stderr.contains("give --methods instead of --method"), "{stderr}");
     let (code, stderr) = sasprune_code(&compare("3x", &moved, &["--resume", &out]));
     assert!(code == Some(2) && stderr.contains("takes no --resume"), "{stderr}");
+}
+
+/// A structure of `--structures` that cannot reach the target is refused before the first run
+/// (structures run one after another: it used to end the comparison after the others' runs),
+/// and the refused comparison leaves no record.
+#[test]
+fn compare_checks_every_structures_plan_before_any_run() {
+    let t = TinyRun::new("cli-compare-plans");
+    let weights = t.weights(10);
+    let out = t.tmp.path().join("cmp");
+    // (a tiny budget, so that a run that did start would end soon)
+    let tiny = "--schedule quick --outer 1 --inner 1 --k0 1 --k-avg 1 --batch 8 --retrain-epochs 1 --retrain-batch 8 \
+                --subset 16 --eval-limit 8 --methods magnitude";
+    let args: Vec<String> = ["compare", "--model", "resnet20", "--rate", "50x", "--structures", "weight,filter"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(tiny.split_whitespace().map(String::from))
+        .chain(["--weights", &weights, "--data", &t.data].map(String::from))
+        .chain(["--out".to_string(), out.display().to_string()])
+        .collect();
+    let (code, stderr) = sasprune_code(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--rate 50x cannot be reached by filter pruning resnet20"), "{stderr}");
+    assert!(!out.join("seed0").exists() && !out.join("command.json").exists(), "nothing ran, nothing recorded");
 }
 
 /// `--retrain-epochs` moves the paper recipe's learning-rate drops (100 and 150 of 200 epochs)

@@ -6,7 +6,7 @@ use sasprune::models::DataKind;
 use sasprune::run_dir::{self, DataRecord, RunRecord};
 use sasprune::{checkpoint, gpu, train, Error, Result};
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `--classes`, or as many classes as the data holds (CIFAR-10: 10; a pack: its header's count),
 /// checked before anything is allocated from it.
@@ -92,6 +92,7 @@ pub(crate) fn resume_record(
     args: &[OsString],
     overridable: &[&str],
 ) -> Result<(RunRecord, Vec<String>)> {
+    refuse_another_out(dir, args)?;
     let sub = (command != "pipeline").then_some(command);
     let given = recorded_args(args, sub)?;
     let mut overrides = Vec::new();
@@ -121,6 +122,33 @@ pub(crate) fn resume_record(
     let mut record = RunRecord::load(dir, command)?;
     record.args = run_dir::replay(&record.args, &overrides);
     Ok((record, overrides.into_iter().map(|(name, _)| name).collect()))
+}
+
+/// `--out` beside `--resume DIR` naming another directory: a resumed run continues in DIR (its
+/// saved state is there), so the other name would be ignored; refused instead.
+fn refuse_another_out(dir: &Path, args: &[OsString]) -> Result<()> {
+    let mut tokens = args.iter().skip(1);
+    while let Some(t) = tokens.next() {
+        let out = match t.to_str() {
+            Some("--out") => tokens.next().map(PathBuf::from),
+            Some(t) => t.strip_prefix("--out=").map(PathBuf::from),
+            None => None,
+        };
+        if let Some(out) = out.filter(|o| !same_directory(o, dir)) {
+            return Err(Error::Usage(format!(
+                "--resume {} continues the run in that directory, where its state is; --out {} would be ignored: \
+                 leave --out out (to start a separate run there, give --out without --resume)",
+                dir.display(),
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name one directory (the same text, or the same directory on disk).
+fn same_directory(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// The typed flags a record saved (None for a record of an older version, which saved argv only).

@@ -17,6 +17,7 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
         return Err(Error::Usage(format!("--seeds must be in 1..=100, got {}", c.seeds)));
     }
     refuse_pipeline_only_flags(c, args)?;
+    refuse_runs_that_repeat(c)?;
     if !c.paper_table {
         let a = &c.prune;
         let cfg = pipeline_config(a).map_err(Error::as_usage)?;
@@ -111,6 +112,29 @@ fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> 
             "compare continues a comparison when run again with the same flags and --out, so it takes no --resume: \
              run `sasprune compare ... --out {}` with the flags it started with (its command.json holds them)",
             dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs that would be copies of each other are refused rather than counted as samples: a method
+/// or structure named twice (the same run directory twice, and its row counted as two seeds), and
+/// several seeds under `--deterministic` (every seed then trains on the same images in the same
+/// order from the same dense start: a ResNet's runs are identical, their spread ± 0.00).
+fn refuse_runs_that_repeat(c: &CompareArgs) -> Result<()> {
+    let method_names: Vec<&str> = c.methods.iter().map(|m| m.name()).collect();
+    let structure_names: Vec<&str> = c.structures.iter().map(|s| s.name()).collect();
+    for (flag, names) in [("--methods", method_names), ("--structures", structure_names)] {
+        if let Some(twice) = names.iter().enumerate().find(|&(i, n)| names[..i].contains(n)).map(|(_, n)| n) {
+            return Err(Error::Usage(format!("{flag} names {twice} twice: give each once")));
+        }
+    }
+    if c.prune.deterministic && c.seeds > 1 {
+        return Err(Error::Usage(format!(
+            "--deterministic trains every seed on the same images in the same order from the same dense start (no \
+             shuffling or augmentation, ADMM minibatches in file order; only AlexNet's dropout masks would differ), \
+             so --seeds {} would not measure a spread: give --seeds 1, or leave --deterministic out",
+            c.seeds
         )));
     }
     Ok(())

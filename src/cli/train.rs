@@ -15,18 +15,38 @@ use std::path::{Path, PathBuf};
 
 /// Parses `train`'s schedule flags (milestones and gamma default to the model's recipe, its
 /// milestones stretched to `--epochs`).
+/// `--milestones` and `--gamma` belong to the multi-step schedule (a cosine one would ignore
+/// them), and a milestone at or past the last epoch never drops the rate: both refused.
 fn train_schedule(a: &TrainArgs, recipe: &sasprune::models::Recipe) -> Result<LrSchedule> {
+    let epochs = a.epochs.unwrap_or(recipe.epochs);
     match a.schedule {
-        TrainSchedule::Cosine => Ok(LrSchedule::Cosine),
+        TrainSchedule::Cosine => match (&a.milestones, a.gamma) {
+            (Some(_), _) | (_, Some(_)) => Err(Error::Usage(
+                "--milestones and --gamma set the multistep schedule; --schedule cosine decays to 0 without them: \
+                 drop them, or use --schedule multistep"
+                    .into(),
+            )),
+            (None, None) => Ok(LrSchedule::Cosine),
+        },
         TrainSchedule::Multistep => {
             let milestones = match &a.milestones {
-                None => train::stretch_milestones(recipe.milestones, recipe.epochs, a.epochs.unwrap_or(recipe.epochs)),
-                Some(text) => text
-                    .split(',')
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| s.trim().parse::<usize>())
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|_| Error::invalid(format!("--milestones must be epochs like 100,150, got '{text}'")))?,
+                None => train::stretch_milestones(recipe.milestones, recipe.epochs, epochs),
+                Some(text) => {
+                    let given = (text.split(','))
+                        .filter(|s| !s.trim().is_empty())
+                        .map(|s| s.trim().parse::<usize>())
+                        .collect::<std::result::Result<Vec<usize>, _>>()
+                        .map_err(|_| {
+                            Error::invalid(format!("--milestones must be epochs like 100,150, got '{text}'"))
+                        })?;
+                    if let Some(late) = given.iter().find(|&&m| m >= epochs) {
+                        return Err(Error::Usage(format!(
+                            "--milestones {text}: a milestone m drops the rate after m epochs, and {late} is not \
+                             below --epochs {epochs}, so that drop would never happen: give milestones below {epochs}"
+                        )));
+                    }
+                    given
+                }
             };
             Ok(LrSchedule::MultiStep { milestones, gamma: a.gamma.unwrap_or(recipe.gamma) })
         }

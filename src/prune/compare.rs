@@ -120,6 +120,7 @@ pub fn compare(
     if variants.is_empty() || seeds == 0 {
         return Err(Error::invalid("compare needs at least one method (--methods) and one seed (--seeds)"));
     }
+    check_plans(cfg, variants, train_set)?;
     let eval_batch = check_memory(cfg, variants, train_set, test_set)?;
     let cfg =
         &PipelineConfig { retrain: crate::train::TrainConfig { eval_batch, ..cfg.retrain.clone() }, ..cfg.clone() };
@@ -175,6 +176,19 @@ pub fn compare(
 
 /// Every variant's phases tried on the device before any run starts (`pipeline::check_memory`);
 /// returns the evaluation batch that fits them all.
+/// Every structure's pruning plan, made before any run: structures run one after another, so a
+/// target one of them cannot reach (a rate filter pruning cannot give, a layer-rates file under
+/// 2:4) would otherwise end the comparison hours in, after the others' runs.
+fn check_plans(cfg: &PipelineConfig, variants: &[Variant], train_set: &dyn Dataset) -> Result<()> {
+    let model = crate::models::Model::build(&cfg.model, train_set.classes(), cfg.seed)?;
+    let mut structures: Vec<Structure> = variants.iter().map(|v| v.structure).collect();
+    structures.dedup();
+    for structure in structures {
+        pipeline::make_plan(&model, &PipelineConfig { structure, ..cfg.clone() }).map_err(Error::as_usage)?;
+    }
+    Ok(())
+}
+
 fn check_memory(
     cfg: &PipelineConfig,
     variants: &[Variant],
