@@ -369,7 +369,8 @@ fn retraining_epochs_stretch_the_paper_recipes_milestones() {
 }
 
 /// A target so high that layers keep fewer weights than they have output channels runs, with a
-/// warning naming them; bench with a filter that matches nothing says so.
+/// warning naming them (and the ADMM flags magnitude pruning does not read); bench with a filter
+/// that matches nothing says so.
 #[test]
 fn a_target_that_empties_filters_is_warned_about() {
     let t = TinyRun::new("cli-starved");
@@ -386,6 +387,14 @@ fn a_target_that_empties_filters_is_warned_about() {
     assert!(
         stderr.contains("keep fewer weights than they have output channels")
             && stderr.contains("layer3.2.conv2.weight (37 of 36864)"),
+        "{stderr}"
+    );
+    // the ADMM phase's flags, which magnitude pruning does not read, are named
+    assert!(
+        stderr.contains(
+            "warning: --method magnitude does not read --k-avg, --inner, --outer, --k0, --batch (they set the ADMM \
+             phase, which magnitude pruning skips)"
+        ),
         "{stderr}"
     );
     let (ok, stdout, _) = sasprune(&["bench", "--quick", "--filter", "no-such-measurement", "--out", "/dev/null"]);

@@ -146,7 +146,8 @@ pub(crate) struct PruneArgs {
     /// M: inner iterations before k0, at least 1 (inner loops are capped at 1e7 steps)
     #[arg(long)]
     pub(crate) inner: Option<usize>,
-    /// K: outer iterations, 1 to 1,000,000
+    /// K: outer iterations, 1 to 1,000,000 (K_avg moves with it unless given; k0 does not, so a K
+    /// below k0 runs every iteration at M steps and η = 1/v)
     #[arg(long)]
     pub(crate) outer: Option<usize>,
     /// K_avg: ergodic averaging starts after this outer iteration, 0 to K (default: the
@@ -183,7 +184,8 @@ pub(crate) struct PruneArgs {
     pub(crate) retrain_batch: Option<usize>,
     /// ADMM-NN ρ0, the penalty of the first iteration (> 0). Default: its authors' 1e-3 scaled to
     /// the W-subproblems' length, so that each pulls W toward Z as far as theirs of 7,820 steps do
-    /// (about 3.7e-3 for --schedule paper); 1e-3 gives their value literally
+    /// (about 3.7e-3 for --schedule paper; it moves with --admm-steps, --admm-lr and
+    /// --admm-lr-schedule); 1e-3 gives their value literally
     #[arg(long)]
     pub(crate) admm_rho: Option<f32>,
     /// ADMM-NN: ρ is multiplied by this at every iteration, in [1, 10] (default 1.3; 1 keeps it
@@ -394,7 +396,7 @@ pub(crate) struct TrainArgs {
     /// Start from these weights instead of a fresh initialization
     #[arg(long)]
     pub(crate) weights: Option<PathBuf>,
-    /// Run directory (default: runs/<model>-train-<seed>)
+    /// Run directory (default: runs/<model>-train-seed<seed>)
     #[arg(long)]
     #[serde(skip)]
     pub(crate) out: Option<PathBuf>,

@@ -11,7 +11,7 @@ use sasprune::prune::structure::Structure;
 use sasprune::prune::{
     self,
     admm::{AdmmNnConfig, SasConfig},
-    pipeline::{PipelineConfig, Schedule},
+    pipeline::{Method, PipelineConfig, Schedule},
 };
 use sasprune::run_dir::{self, DataRecord, RunLock, RunRecord};
 use sasprune::train::{self, LrSchedule, TrainConfig};
@@ -227,6 +227,58 @@ fn resumed_flags(dir: &Path, args: &[OsString], now: &PruneArgs) -> Result<(RunR
     Ok((record, prune))
 }
 
+/// The method's flags a run was given that its method does not read (checked and then unused:
+/// SAS-ADMM's own settings under ADMM-NN, ADMM-NN's under SAS-ADMM, every ADMM setting under
+/// magnitude pruning), as a sentence naming them; `None` when every given flag is read.
+/// (`compare` runs several methods, so each of its flags is read by one of them.)
+fn flags_the_method_ignores(a: &PruneArgs) -> Option<String> {
+    let sas_step = [
+        ("--beta", a.beta.is_some()),
+        ("--rho", a.rho.is_some()),
+        ("--lambda", a.lambda.is_some()),
+        ("--k-avg", a.k_avg.is_some()),
+        ("--v", a.v.is_some()),
+        ("--r", a.r.is_some()),
+        ("--s", a.s.is_some()),
+    ];
+    // the budget: ADMM-NN spends SAS-ADMM's gradients, in its minibatch
+    let sas_budget = [
+        ("--inner", a.inner.is_some()),
+        ("--outer", a.outer.is_some()),
+        ("--k0", a.k0.is_some()),
+        ("--q", a.q.is_some()),
+        ("--batch", a.batch.is_some()),
+    ];
+    let admm_nn = [
+        ("--admm-rho", a.admm_rho.is_some()),
+        ("--admm-rho-growth", a.admm_rho_growth.is_some()),
+        ("--admm-rho-max", a.admm_rho_max.is_some()),
+        ("--admm-lr", a.admm_lr.is_some()),
+        ("--admm-lr-schedule", a.admm_lr_schedule.is_some()),
+        ("--admm-weight-decay", a.admm_weight_decay.is_some()),
+        ("--admm-train", a.admm_train.is_some()),
+        ("--admm-reset-momentum", a.admm_reset_momentum),
+        ("--admm-iterations", a.admm_iterations.is_some()),
+        ("--admm-steps", a.admm_steps.is_some()),
+    ];
+    let (unread, why): (Vec<(&str, bool)>, &str) = match a.method {
+        m if m == Method::SAS_ADMM => (admm_nn.to_vec(), "they set ADMM-NN (--method admm)"),
+        m if m == Method::ADMM => (sas_step.to_vec(), "they set SAS-ADMM's steps; ADMM-NN reads only its budget"),
+        m if m == Method::MAGNITUDE => {
+            ([&sas_step[..], &sas_budget, &admm_nn].concat(), "they set the ADMM phase, which magnitude pruning skips")
+        }
+        _ => return None,
+    };
+    let given: Vec<&str> = unread.iter().filter(|(_, set)| *set).map(|(flag, _)| *flag).collect();
+    (!given.is_empty()).then(|| {
+        format!(
+            "--method {} does not read {} ({why}); they have no effect on this run",
+            a.method.name(),
+            given.join(", ")
+        )
+    })
+}
+
 pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
     // `--resume DIR` continues with the flags the run was started with.
     let (a, record) = match &a.resume {
@@ -237,6 +289,9 @@ pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
         None => (a.clone(), None),
     };
     let cfg = pipeline_config(&a).map_err(Error::as_usage)?;
+    if let Some(warning) = flags_the_method_ignores(&a) {
+        eprintln!("warning: {warning}");
+    }
     // Validate the plan and the data before any work starts.
     let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
     let data = DataRecord::of(train_set.as_ref(), test_set.as_ref());
