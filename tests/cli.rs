@@ -579,6 +579,25 @@ fn a_diverged_training_run_says_how_to_continue_and_can() {
     assert!(record.contains("\"0.01\"") && !record.contains("1e30"), "the new rate is recorded:\n{record}");
 }
 
+/// A comparison whose retraining diverges says how to go on: a new comparison with a lower rate
+/// (its runs cannot be resumed alone with another --lr), not a pipeline resume of a directory
+/// that is not one.
+#[test]
+fn a_diverged_comparison_says_to_run_it_again_with_a_lower_rate() {
+    let t = TinyRun::new("cli-compare-diverge");
+    let weights = t.weights(10);
+    let out = t.tmp.path().join("cmp").display().to_string();
+    let flags = "compare --model resnet20 --rate 3x --methods magnitude --schedule quick --outer 1 --inner 1 --k0 1 \
+                 --k-avg 1 --batch 8 --retrain-epochs 1 --retrain-batch 8 --subset 16 --eval-limit 8 --lr 1e30";
+    let mut args: Vec<&str> = flags.split_whitespace().collect();
+    args.extend(["--weights", &weights, "--data", &t.data, "--out", &out]);
+    let (ok, stdout, stderr) = sasprune(&args);
+    assert!(!ok, "{stdout}{stderr}");
+    let hint = format!("run the comparison again with a lower learning rate (e.g. --lr 1e29) into a new --out; the runs finished so far stay in {out}");
+    assert!(stderr.contains("diverged") && stderr.contains(&hint), "{stderr}");
+    assert!(!stderr.contains("--resume"), "{stderr}");
+}
+
 /// A checkpoint write that fails (a full disk, injected) stops the run with an error naming the
 /// file and the cause; the previous checkpoint is intact, no temporary file is left, and the run
 /// continues from that checkpoint.

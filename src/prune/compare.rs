@@ -138,6 +138,14 @@ pub fn compare(
                 PipelineConfig { method, structure, seed: cfg.seed + s, out, weights: weights.clone(), ..cfg.clone() };
             run.retrain.seed = run.seed;
             run.dense.seed = run.seed;
+            // a run of the comparison cannot be resumed alone with another --lr (its flags are the
+            // comparison's), so the way on is a new comparison
+            run.retrain.divergence_hint = format!(
+                "run the comparison again with a lower learning rate (e.g. --lr {}) into a new --out; the runs \
+                 finished so far stay in {}",
+                crate::train::lr_text(cfg.retrain.lr / 10.0),
+                dir.display()
+            );
             if !method.has_admm_phase() {
                 // the ADMM phase's gradients, as retraining epochs (its learning-rate drops
                 // stretched with them)
