@@ -579,6 +579,31 @@ fn a_diverged_training_run_says_how_to_continue_and_can() {
     assert!(record.contains("\"0.01\"") && !record.contains("1e30"), "the new rate is recorded:\n{record}");
 }
 
+/// `train --weights` of a pruned model (most prunable weights exactly 0) warns that training
+/// without a mask lets them grow back; dense weights train without the warning.
+#[test]
+fn training_pruned_weights_warns_that_the_zeros_grow_back() {
+    let t = TinyRun::new("cli-train-pruned");
+    let dense = t.weights(10);
+    let model = sasprune::models::Model::build("resnet20", 10, 1).unwrap();
+    let mut dict = model.store.state_dict().unwrap();
+    for e in model.store.entries().iter().filter(|e| e.role == sasprune::nn::Role::PrunableWeight) {
+        let v = &mut dict.get_mut(&e.name).unwrap().1;
+        let kept = v.len() / 10;
+        v[kept..].fill(0.0);
+    }
+    model.store.load_state_dict(&dict, "pruned").unwrap();
+    let pruned = t.tmp.path().join("pruned.safetensors");
+    sasprune::checkpoint::save_model(&model, &pruned, sasprune::checkpoint::Normalize::CIFAR, &[]).unwrap();
+    let pruned = pruned.display().to_string();
+    let (ok, stdout, stderr) = sasprune(&t.train_args(&["--steps", "1", "--weights", &pruned]));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stderr.contains("prunable weights in") && stderr.contains("will grow back"), "{stderr}");
+    std::fs::remove_dir_all(&t.run).unwrap();
+    let (ok, stdout, stderr) = sasprune(&t.train_args(&["--steps", "1", "--weights", &dense]));
+    assert!(ok && !stderr.contains("grow back"), "{stdout}{stderr}");
+}
+
 /// A comparison whose retraining diverges says how to go on: a new comparison with a lower rate
 /// (its runs cannot be resumed alone with another --lr), not a pipeline resume of a directory
 /// that is not one.

@@ -229,12 +229,32 @@ fn starting_point(
         let norm = match &a.weights {
             Some(w) => {
                 let stored = checkpoint::load_model(model, w)?;
+                warn_if_pruned(model, w)?;
                 checkpoint::choose_normalize(flag_norm, stored, &model_name, &w.display().to_string())
             }
             None => checkpoint::normalize_for_training(flag_norm, &model_name),
         };
         (Progress::default(), norm)
     })
+}
+
+/// `train` updates every weight: the zeros of pruned weights grow back. Weights with most of
+/// their prunable weights exactly 0 are almost surely pruned ones, so that gets a warning.
+fn warn_if_pruned(model: &Model, weights: &Path) -> Result<()> {
+    let dict = model.store.state_dict()?;
+    let prunable = model.store.entries().iter().filter(|e| e.role == sasprune::nn::Role::PrunableWeight);
+    let (zeros, total) = prunable.fold((0, 0), |(z, n), e| {
+        let v = &dict[&e.name].1;
+        (z + v.iter().filter(|&&x| x == 0.0).count(), n + v.len())
+    });
+    if 2 * zeros > total {
+        eprintln!(
+            "warning: {zeros} of {total} prunable weights in {} are exactly 0 (a pruned model?); `train` applies no \
+             mask, so they will grow back; the pipeline's masked retraining keeps them at 0",
+            weights.display()
+        );
+    }
+    Ok(())
 }
 
 /// `train`'s memory check before the first step (see `sasprune::preflight`): a training step at
