@@ -98,7 +98,7 @@ fn bench_quick_writes_json_lines_with_the_adapter() {
 
 #[test]
 fn bad_flags_end_in_clear_errors() {
-    let cases: [(&[&str], &str); 22] = [
+    let cases: [(&[&str], &str); 23] = [
         (&["--rate", "6.6x"], "say which model to prune"),
         (&["--model", "resnet33", "--rate", "6.6x"], "unknown model 'resnet33'"),
         (&["--model", "resnet32", "--rate", "1x"], "above 1x"),
@@ -133,6 +133,7 @@ fn bad_flags_end_in_clear_errors() {
         (&["train", "--resume", "/nonexistent-run", "--out=/elsewhere"], "--out /elsewhere would be ignored"),
         (&["compare", "--model", "resnet20", "--rate", "3x", "--methods", "admm,magnitude,admm"], "names admm twice"),
         (&["compare", "--model", "resnet20", "--rate", "3x", "--deterministic", "--seeds", "2"], "give --seeds 1"),
+        (&["compare", "--model", "resnet20", "--rate", "3x", "--admm-steps", "7"], "choose --admm-iterations instead"),
     ];
     for (args, expected) in cases {
         let (ok, stdout, stderr) = sasprune(args);

@@ -96,8 +96,9 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     prune::paper_table::write(&out, &results, &command_text(args), &gpu::get()?.adapter.to_string()).map(drop)
 }
 
-/// `--method` and `--resume` are the pipeline's: a comparison runs every method of `--methods`
-/// and continues when run again with its flags, so both are refused rather than ignored.
+/// `--method`, `--resume` and `--admm-steps` are the pipeline's: a comparison runs every method
+/// of `--methods` on one budget and continues when run again with its flags, so they are refused
+/// rather than ignored (or, for `--admm-steps`, allowed to break the budget).
 fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> {
     let given = recorded_args(args, Some("compare"))?;
     if given.iter().any(|t| t == "--method" || t.starts_with("--method=")) {
@@ -106,6 +107,13 @@ fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> 
              --method"
                 .into(),
         ));
+    }
+    if let Some(steps) = c.prune.admm_steps {
+        return Err(Error::Usage(format!(
+            "compare gives every ADMM method the same minibatch gradients, so ADMM-NN takes ⌈G / --admm-iterations⌉ \
+             steps per iteration (G: SAS-ADMM's budget); --admm-steps {steps} would set another budget: choose \
+             --admm-iterations instead (or run the pipeline with --method admm --admm-steps {steps})"
+        )));
     }
     if let Some(dir) = &c.prune.resume {
         return Err(Error::Usage(format!(
