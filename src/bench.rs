@@ -361,8 +361,14 @@ impl Bench<'_> {
         for (model, b, built) in runs {
             let model = model.as_str();
             let names = [format!("{model} train step b{b}"), format!("{model} eval b{b}")];
+            if !names.iter().any(|n| cfg.wants(n)) {
+                continue;
+            }
             // --quick skips AlexNet, and with it its compact twin (measured only beside it)
-            if !names.iter().any(|n| cfg.wants(n)) || (cfg.quick && model.starts_with("alexnet")) {
+            if cfg.quick && model.starts_with("alexnet") {
+                if built.is_some() {
+                    eprintln!("{model}: skipped under --quick, as alexnet is (run without --quick to measure both)");
+                }
                 continue;
             }
             let r = match built.map_or_else(|| step_rate(model, b, steps), |m| step_rate_of(m, b, steps)) {

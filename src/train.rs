@@ -163,52 +163,29 @@ pub fn train_spec(model: &Model, ds: &dyn Dataset, norm: Normalize, deterministi
 /// Learning-rate schedule over epochs (multistep) or steps (cosine).
 #[derive(Clone, Debug, PartialEq)]
 pub enum LrSchedule {
-    /// lr * gamma^(number of milestones <= epoch)
-    MultiStep { milestones: Vec<usize>, gamma: f32 },
+    /// lr * gamma^(number of milestones <= epoch), the milestones written for a run of `of`
+    /// epochs: a run of another length moves them to the same share of it
+    /// ([`stretch_milestones`]), always from these, so a schedule shortened for one phase and
+    /// lengthened for another rounds once.
+    MultiStep { milestones: Vec<usize>, gamma: f32, of: usize },
     /// lr * (1 + cos(pi * step / total_steps)) / 2
     Cosine,
 }
 
-impl std::fmt::Display for LrSchedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LrSchedule::MultiStep { milestones, gamma } => {
-                let at: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
-                write!(f, "times {gamma} at epochs {}", at.join(", "))
-            }
-            LrSchedule::Cosine => write!(f, "cosine decay to 0"),
-        }
-    }
-}
-
-impl LrSchedule {
-    /// This schedule written for `from` epochs, over `to` ([`stretch_milestones`]; a cosine
-    /// schedule spans its run already).
-    pub fn stretched(&self, from: usize, to: usize) -> LrSchedule {
-        match self {
-            LrSchedule::MultiStep { milestones, gamma } => {
-                LrSchedule::MultiStep { milestones: stretch_milestones(milestones, from, to), gamma: *gamma }
-            }
-            LrSchedule::Cosine => LrSchedule::Cosine,
-        }
-    }
-}
-
 /// Milestones written for a run of `from` epochs, moved to a run of `to`: each m to ⌈m·to/from⌉,
-/// and each at least one epoch past the one before, so the learning-rate drops keep their share
-/// of the run (the CIFAR recipe's 100 and 150 of 200 become 25 and 38 of 50, 154 and 231 of
-/// 308). Left as written, a 50-epoch run would never drop the learning rate and a 308-epoch one
-/// would spend half its epochs at the last rate.
-pub fn stretch_milestones(milestones: &[usize], from: usize, to: usize) -> Vec<usize> {
-    if from == 0 || from == to {
-        return milestones.to_vec();
-    }
-    let mut moved: Vec<usize> = Vec::with_capacity(milestones.len());
-    for &m in milestones {
-        let at = m.saturating_mul(to).div_ceil(from);
-        moved.push(moved.last().map_or(at, |&before| at.max(before.saturating_add(1))));
-    }
-    moved
+/// each at least one epoch past the one before, and those at or past `to` (which would never
+/// drop the rate) left out, so the drops keep their share of the run: the CIFAR recipe's 100 and
+/// 150 of 200 become 25 and 38 of 50, 155 and 232 of 309 (compare's magnitude retraining at the
+/// paper's budget), 1 of 2. Left as written, a 50-epoch run would never drop the learning rate
+/// and a 309-epoch one would spend half its epochs at the last rate.
+pub fn stretch_milestones(milestones: &[usize], from: usize, to: usize) -> impl Iterator<Item = usize> + '_ {
+    let moved = milestones.iter().scan(None, move |before: &mut Option<usize>, &m| {
+        let at = if from == 0 || from == to { m } else { m.saturating_mul(to).div_ceil(from) };
+        let at = before.map_or(at, |b: usize| at.max(b.saturating_add(1)));
+        *before = Some(at);
+        Some(at)
+    });
+    moved.take_while(move |&at| at < to)
 }
 
 #[derive(Clone, Debug)]
@@ -258,7 +235,7 @@ impl TrainConfig {
             momentum: 0.9,
             weight_decay: 1e-4,
             nesterov: false,
-            schedule: LrSchedule::MultiStep { milestones: vec![100, 150], gamma: 0.1 },
+            schedule: LrSchedule::MultiStep { milestones: vec![100, 150], gamma: 0.1, of: 200 },
             seed: 0,
             max_steps: None,
             subset: None,
@@ -283,21 +260,43 @@ impl TrainConfig {
             lr: r.lr,
             momentum: r.momentum,
             weight_decay: r.weight_decay,
-            schedule: LrSchedule::MultiStep { milestones: r.milestones.to_vec(), gamma: r.gamma },
+            schedule: LrSchedule::MultiStep { milestones: r.milestones.to_vec(), gamma: r.gamma, of: r.epochs },
             ..TrainConfig::cifar_default()
         }
     }
 
-    /// This configuration over `epochs` epochs, its schedule [stretched](LrSchedule::stretched)
-    /// with them.
+    /// This configuration over `epochs` epochs (a multi-step schedule's drops move with them).
     pub fn with_epochs(&self, epochs: usize) -> TrainConfig {
-        TrainConfig { epochs, schedule: self.schedule.stretched(self.epochs, epochs), ..self.clone() }
+        TrainConfig { epochs, ..self.clone() }
+    }
+
+    /// The epochs at which a multi-step schedule drops the rate in this run (empty for cosine).
+    pub fn milestones(&self) -> Vec<usize> {
+        match &self.schedule {
+            LrSchedule::MultiStep { milestones, of, .. } => stretch_milestones(milestones, *of, self.epochs).collect(),
+            LrSchedule::Cosine => Vec::new(),
+        }
+    }
+
+    /// The schedule in words, e.g. "times 0.1 at epochs 25, 38" or "cosine decay to 0".
+    pub fn schedule_text(&self) -> String {
+        match &self.schedule {
+            LrSchedule::MultiStep { gamma, .. } => {
+                let at: Vec<String> = self.milestones().iter().map(|m| m.to_string()).collect();
+                match at.is_empty() {
+                    true => "constant: no milestone within the run".into(),
+                    false => format!("times {gamma} at epochs {}", at.join(", ")),
+                }
+            }
+            LrSchedule::Cosine => "cosine decay to 0".into(),
+        }
     }
 
     pub fn lr_at(&self, epoch: usize, step: usize, total_steps: usize) -> f32 {
         match &self.schedule {
-            LrSchedule::MultiStep { milestones, gamma } => {
-                self.lr * gamma.powi(milestones.iter().filter(|&&m| m <= epoch).count() as i32)
+            LrSchedule::MultiStep { milestones, gamma, of } => {
+                let drops = stretch_milestones(milestones, *of, self.epochs).filter(|&m| m <= epoch).count();
+                self.lr * gamma.powi(drops as i32)
             }
             LrSchedule::Cosine => {
                 let t = step as f64 / total_steps.max(1) as f64;
@@ -925,22 +924,37 @@ mod tests {
 
     #[test]
     fn milestones_keep_their_share_of_a_shorter_or_longer_run() {
+        let stretch = |m: &[usize], from, to| stretch_milestones(m, from, to).collect::<Vec<_>>();
         let recipe = [100, 150];
-        assert_eq!(stretch_milestones(&recipe, 200, 200), [100, 150]);
-        assert_eq!(stretch_milestones(&recipe, 200, 50), [25, 38]);
-        assert_eq!(stretch_milestones(&recipe, 200, 308), [154, 231], "the paper's retraining plus 108 epochs");
-        assert_eq!(stretch_milestones(&recipe, 200, 3), [2, 3], "1.5 and 2.25: the first whole epochs past them");
-        assert_eq!(stretch_milestones(&recipe, 200, 1), [1, 2], "kept increasing (both past a 1-epoch run)");
-        assert_eq!(stretch_milestones(&[30, 60], 90, 2), [1, 2]);
-        assert_eq!(stretch_milestones(&[5, 6, 7], 10, 10), [5, 6, 7]);
+        assert_eq!(stretch(&recipe, 200, 200), [100, 150]);
+        assert_eq!(stretch(&recipe, 200, 50), [25, 38]);
+        // compare's magnitude retraining at the paper's budget: 21,107 gradients of 256 images are
+        // 108.07 epochs of 50,000, so 200 + 109
+        assert_eq!(stretch(&recipe, 200, 309), [155, 232]);
+        assert_eq!(stretch(&recipe, 200, 4), [2, 3]);
+        assert_eq!(stretch(&recipe, 200, 3), [2], "1.5 and 2.25: the first whole epochs past them; 3 is past the run");
+        assert_eq!(stretch(&recipe, 200, 1), [] as [usize; 0], "no drop within one epoch");
+        assert_eq!(stretch(&[30, 60], 90, 2), [1]);
+        assert_eq!(stretch(&[5, 6, 7], 10, 10), [5, 6, 7]);
+        assert_eq!(stretch(&[5, 60], 10, 10), [5], "a milestone past the run never drops the rate");
         // the learning rate of a 50-epoch run: 0.1, then 0.01 from epoch 25, 0.001 from 38
         let cfg = TrainConfig::cifar_default().with_epochs(50);
-        assert_eq!(cfg.epochs, 50);
+        assert_eq!((cfg.epochs, cfg.milestones()), (50, vec![25, 38]));
+        assert_eq!(cfg.schedule_text(), "times 0.1 at epochs 25, 38");
         let lr: Vec<f32> = [0, 24, 25, 37, 38, 49].iter().map(|&e| cfg.lr_at(e, 0, 1)).collect();
         assert_eq!(lr, [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1]);
-        assert!(cfg.validate().is_ok(), "stretched milestones stay increasing");
+        assert!(cfg.validate().is_ok());
+        // stretched from the recipe every time: 50 epochs, then 10, is 10 of 200 (5 and 8), where
+        // stretching 25 and 38 of 50 again would give 5 and 8 here but drift in general
+        let shorter = TrainConfig::cifar_default().with_epochs(7).with_epochs(100);
+        assert_eq!(shorter.milestones(), [50, 75], "7 epochs' [4, 6] stretched again would be [58, 86]");
+        assert_eq!(
+            TrainConfig::cifar_default().with_epochs(1).schedule_text(),
+            "constant: no milestone within the run"
+        );
         let cosine = TrainConfig { schedule: LrSchedule::Cosine, ..TrainConfig::cifar_default() };
         assert_eq!(cosine.with_epochs(7).schedule, LrSchedule::Cosine);
+        assert!(cosine.with_epochs(7).milestones().is_empty());
     }
 
     #[test]

@@ -72,26 +72,28 @@ fn tiny_config(method: Method, rate: Rate, tag: &str) -> PipelineConfig {
     }
 }
 
-/// Compare's magnitude pruning retrains longer with its learning-rate drops moved along; its
-/// baseline fine-tuning keeps the schedule every method's has (paper recipe, 10 epochs: drops
-/// at 5 and 8).
+/// Compare's magnitude pruning retrains longer with its learning-rate drops moved along (at the
+/// paper's budget 109 more epochs: 21,107 gradients of 256 images are 108.07 epochs of 50,000);
+/// its baseline fine-tuning keeps the schedule every method's has (10 epochs: drops at 5 and 8),
+/// both moved from the recipe's 100 and 150 of 200 however the retraining was set.
 #[test]
 fn extra_retraining_epochs_stretch_the_retraining_but_not_the_baseline() {
     let cfg = PipelineConfig {
         retrain: TrainConfig::cifar_default(),
         baseline_epochs: 10,
-        extra_retrain_epochs: 108,
+        extra_retrain_epochs: (21_107 * 256usize).div_ceil(50_000),
         ..tiny_config(Method::MAGNITUDE, Rate::Times(2.0), "stretch")
     };
-    let drops = |t: TrainConfig| match t.schedule {
-        LrSchedule::MultiStep { milestones, .. } => (t.epochs, milestones),
-        LrSchedule::Cosine => panic!("the paper recipe is multi-step"),
-    };
-    assert_eq!(drops(cfg.retraining()), (308, vec![154, 231]));
+    let drops = |t: TrainConfig| (t.epochs, t.milestones());
+    assert_eq!(drops(cfg.retraining()), (309, vec![155, 232]));
     assert_eq!(drops(cfg.baseline_training()), (10, vec![5, 8]));
-    let none = PipelineConfig { extra_retrain_epochs: 0, ..cfg };
+    let none = PipelineConfig { extra_retrain_epochs: 0, ..cfg.clone() };
     assert_eq!(drops(none.baseline_training()), (10, vec![5, 8]), "the same baseline for every method");
     assert_eq!(drops(none.retraining()), (200, vec![100, 150]));
+    // --retrain-epochs 7: its own drops at 4 and 6; the baseline's still from the recipe
+    let short = PipelineConfig { retrain: TrainConfig::cifar_default().with_epochs(7), baseline_epochs: 100, ..cfg };
+    assert_eq!(drops(short.retraining()), (7 + 109, vec![58, 87]));
+    assert_eq!(drops(short.baseline_training()), (100, vec![50, 75]));
 }
 
 /// Runs the pipeline and checks what every method must deliver.

@@ -122,7 +122,8 @@ pub(crate) struct PruneArgs {
     #[arg(long)]
     #[serde(skip)]
     pub(crate) out: Option<PathBuf>,
-    /// Continue the run in this directory (with the flags it was started with)
+    /// Continue the run in this directory (with the flags it was started with; --data and --lr
+    /// may be given again)
     #[arg(long)]
     #[serde(skip)]
     pub(crate) resume: Option<PathBuf>,
@@ -173,7 +174,8 @@ pub(crate) struct PruneArgs {
     /// Minibatch of the ADMM phase, at least 1 (and what the adapter can hold)
     #[arg(long)]
     pub(crate) batch: Option<usize>,
-    /// Epochs of masked retraining, 1 to 1,000,000
+    /// Epochs of masked retraining, 1 to 1,000,000 (under --schedule paper the recipe's
+    /// learning-rate drops move to the same share of them: 50 epochs drop at 25 and 38)
     #[arg(long)]
     pub(crate) retrain_epochs: Option<usize>,
     /// Learning rate of masked retraining, > 0
@@ -219,8 +221,9 @@ pub(crate) struct PruneArgs {
     /// among the iterations)
     #[arg(long)]
     pub(crate) admm_steps: Option<usize>,
-    /// Before pruning, fine-tune the dense start for N epochs with the retraining recipe (no mask)
-    /// on the same data: the report's baseline, against which the pruned accuracy is compared
+    /// Before pruning, fine-tune the dense start for N epochs with the retraining recipe (no mask;
+    /// its learning-rate drops at the same share of N) on the same data: the report's baseline,
+    /// against which the pruned accuracy is compared
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) baseline_epochs: usize,
     /// Evaluate the dense training and the retraining every N epochs (and after the last one)
@@ -262,7 +265,8 @@ pub(crate) enum Command {
     /// residual), compare.csv (every run), compare.svg (relative residual against gradients),
     /// compare_accuracy.svg (top-1 against gradients) and convergence.svg (the ADMM phases) to
     /// --out. Magnitude pruning retrains for as many more epochs as the ADMM phase's gradients
-    /// amount to. Run the same command again to continue an interrupted comparison.
+    /// amount to (its learning-rate drops moved with them). Run the same command again to
+    /// continue an interrupted comparison.
     /// --paper-table runs the paper's rows and writes paper_table.md
     Compare(CompareArgs),
     /// Evaluate a model on the test set
@@ -401,7 +405,7 @@ pub(crate) struct TrainArgs {
     #[serde(skip)]
     pub(crate) out: Option<PathBuf>,
     /// Continue the run saved in this directory with the flags it was started with (--data,
-    /// --steps and --save-every may be given again)
+    /// --steps, --save-every and --lr may be given again)
     #[arg(long)]
     #[serde(skip)]
     pub(crate) resume: Option<PathBuf>,

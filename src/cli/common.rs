@@ -126,7 +126,7 @@ pub(crate) fn resume_record(
 
 /// `--out` beside `--resume DIR` naming another directory: a resumed run continues in DIR (its
 /// saved state is there), so the other name would be ignored; refused instead.
-fn refuse_another_out(dir: &Path, args: &[OsString]) -> Result<()> {
+pub(crate) fn refuse_another_out(dir: &Path, args: &[OsString]) -> Result<()> {
     let mut tokens = args.iter().skip(1);
     while let Some(t) = tokens.next() {
         let out = match t.to_str() {
@@ -135,11 +135,14 @@ fn refuse_another_out(dir: &Path, args: &[OsString]) -> Result<()> {
             None => None,
         };
         if let Some(out) = out.filter(|o| !same_directory(o, dir)) {
+            let shown = match out.as_os_str().is_empty() {
+                true => "''".to_string(),
+                false => out.display().to_string(),
+            };
             return Err(Error::Usage(format!(
-                "--resume {} continues the run in that directory, where its state is; --out {} would be ignored: \
-                 leave --out out (to start a separate run there, give --out without --resume)",
-                dir.display(),
-                out.display()
+                "--resume {} continues the run in that directory, where its state is; --out {shown} would be \
+                 ignored: leave --out out (to start a separate run there, give --out without --resume)",
+                dir.display()
             )));
         }
     }

@@ -17,14 +17,14 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
         return Err(Error::Usage(format!("--seeds must be in 1..=100, got {}", c.seeds)));
     }
     refuse_pipeline_only_flags(c, args)?;
-    refuse_runs_that_repeat(c)?;
+    let out = c.prune.out.clone().unwrap_or_else(|| default_out(c));
+    if !RunRecord::exists(&out) {
+        // (a comparison already started goes on as it began)
+        refuse_what_a_new_comparison_would_not_measure(c)?;
+    }
     if !c.paper_table {
         let a = &c.prune;
-        let cfg = pipeline_config(a).map_err(Error::as_usage)?;
-        let cfg = PipelineConfig {
-            out: a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-compare", cfg.model))),
-            ..cfg
-        };
+        let cfg = PipelineConfig { out, ..pipeline_config(a).map_err(Error::as_usage)? };
         let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;
         gpu::init(options)?;
         say_adapter()?;
@@ -68,7 +68,6 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let out = c.prune.out.clone().unwrap_or_else(|| PathBuf::from("runs/paper-table"));
     // every row's flags checked (and its weights found) before any work
     let mut configs = Vec::new();
     for row in &rows {
@@ -96,9 +95,8 @@ pub(crate) fn run_compare(c: &CompareArgs, args: &[OsString], options: &gpu::Gpu
     prune::paper_table::write(&out, &results, &command_text(args), &gpu::get()?.adapter.to_string()).map(drop)
 }
 
-/// `--method`, `--resume` and `--admm-steps` are the pipeline's: a comparison runs every method
-/// of `--methods` on one budget and continues when run again with its flags, so they are refused
-/// rather than ignored (or, for `--admm-steps`, allowed to break the budget).
+/// `--method` and `--resume` are the pipeline's: a comparison runs every method of `--methods`
+/// and continues when run again with its flags, so both are refused rather than ignored.
 fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> {
     let given = recorded_args(args, Some("compare"))?;
     if given.iter().any(|t| t == "--method" || t.starts_with("--method=")) {
@@ -107,13 +105,6 @@ fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> 
              --method"
                 .into(),
         ));
-    }
-    if let Some(steps) = c.prune.admm_steps {
-        return Err(Error::Usage(format!(
-            "compare gives every ADMM method the same minibatch gradients, so ADMM-NN takes ⌈G / --admm-iterations⌉ \
-             steps per iteration (G: SAS-ADMM's budget); --admm-steps {steps} would set another budget: choose \
-             --admm-iterations instead (or run the pipeline with --method admm --admm-steps {steps})"
-        )));
     }
     if let Some(dir) = &c.prune.resume {
         return Err(Error::Usage(format!(
@@ -125,11 +116,28 @@ fn refuse_pipeline_only_flags(c: &CompareArgs, args: &[OsString]) -> Result<()> 
     Ok(())
 }
 
-/// Runs that would be copies of each other are refused rather than counted as samples: a method
-/// or structure named twice (the same run directory twice, and its row counted as two seeds), and
-/// several seeds under `--deterministic` (every seed then trains on the same images in the same
-/// order from the same dense start: a ResNet's runs are identical, their spread ± 0.00).
-fn refuse_runs_that_repeat(c: &CompareArgs) -> Result<()> {
+/// `--out`'s default: `runs/<model>-compare`, or `runs/paper-table`.
+fn default_out(c: &CompareArgs) -> PathBuf {
+    match (c.paper_table, &c.prune.model) {
+        (false, Some(model)) => PathBuf::from(format!("runs/{model}-compare")),
+        (false, None) => PathBuf::from("runs/compare"),
+        (true, _) => PathBuf::from("runs/paper-table"),
+    }
+}
+
+/// What a new comparison would not measure is refused rather than run: a method or structure
+/// named twice (the same run directory twice, its row counted as two seeds), several seeds under
+/// `--deterministic` (every seed then trains on the same images in the same order from the same
+/// dense start: a ResNet's runs are identical, their spread ± 0.00), and `--admm-steps`, which
+/// would give ADMM-NN another gradient budget than the comparison's.
+fn refuse_what_a_new_comparison_would_not_measure(c: &CompareArgs) -> Result<()> {
+    if let Some(steps) = c.prune.admm_steps {
+        return Err(Error::Usage(format!(
+            "compare gives every ADMM method the same minibatch gradients, so ADMM-NN takes ⌈G / --admm-iterations⌉ \
+             steps per iteration (G: SAS-ADMM's budget); --admm-steps {steps} would set another budget: choose \
+             --admm-iterations instead (or run the pipeline with --method admm --admm-steps {steps})"
+        )));
+    }
     let method_names: Vec<&str> = c.methods.iter().map(|m| m.name()).collect();
     let structure_names: Vec<&str> = c.structures.iter().map(|s| s.name()).collect();
     for (flag, names) in [("--methods", method_names), ("--structures", structure_names)] {

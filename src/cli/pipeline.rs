@@ -241,7 +241,7 @@ fn flags_the_method_ignores(a: &PruneArgs) -> Option<String> {
         ("--r", a.r.is_some()),
         ("--s", a.s.is_some()),
     ];
-    // the budget: ADMM-NN spends SAS-ADMM's gradients, in its minibatch
+    // the budget: ADMM-NN spends SAS-ADMM's gradients, in its minibatch (--batch last)
     let sas_budget = [
         ("--inner", a.inner.is_some()),
         ("--outer", a.outer.is_some()),
@@ -263,6 +263,11 @@ fn flags_the_method_ignores(a: &PruneArgs) -> Option<String> {
     ];
     let (unread, why): (Vec<(&str, bool)>, &str) = match a.method {
         m if m == Method::SAS_ADMM => (admm_nn.to_vec(), "they set ADMM-NN (--method admm)"),
+        // with both its iterations and steps given, ADMM-NN reads not even SAS-ADMM's budget
+        m if m == Method::ADMM && a.admm_iterations.is_some() && a.admm_steps.is_some() => (
+            [&sas_step[..], &sas_budget[..4]].concat(),
+            "they set SAS-ADMM, whose budget --admm-iterations x --admm-steps replaces",
+        ),
         m if m == Method::ADMM => (sas_step.to_vec(), "they set SAS-ADMM's steps; ADMM-NN reads only its budget"),
         m if m == Method::MAGNITUDE => {
             ([&sas_step[..], &sas_budget, &admm_nn].concat(), "they set the ADMM phase, which magnitude pruning skips")

@@ -2,8 +2,8 @@
 
 use super::args::{Cli, Command, TrainArgs, TrainSchedule};
 use super::common::{
-    classes_for, legacy_command_line, open_data, resume_record, saved_flags, saved_training, say_adapter,
-    start_run_record, with_resume_hint,
+    classes_for, legacy_command_line, open_data, refuse_another_out, resume_record, saved_flags, saved_training,
+    say_adapter, start_run_record, with_resume_hint,
 };
 use clap::Parser;
 use sasprune::models::Model;
@@ -13,42 +13,39 @@ use sasprune::{checkpoint, gpu, Error, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// Parses `train`'s schedule flags (milestones and gamma default to the model's recipe, its
-/// milestones stretched to `--epochs`).
-/// `--milestones` and `--gamma` belong to the multi-step schedule (a cosine one would ignore
-/// them), and a milestone at or past the last epoch never drops the rate: both refused.
+/// Parses `train`'s schedule flags: milestones and gamma default to the model's recipe, its
+/// milestones moved to `--epochs`; given milestones are the run's own. A new run is refused
+/// `--milestones`/`--gamma` under cosine (which would ignore them) and a milestone at or past the
+/// last epoch (which would never drop the rate); a resumed run keeps what it started with.
 fn train_schedule(a: &TrainArgs, recipe: &sasprune::models::Recipe) -> Result<LrSchedule> {
     let epochs = a.epochs.unwrap_or(recipe.epochs);
+    let new_run = a.resume.is_none();
+    let gamma = a.gamma.unwrap_or(recipe.gamma);
     match a.schedule {
-        TrainSchedule::Cosine => match (&a.milestones, a.gamma) {
-            (Some(_), _) | (_, Some(_)) => Err(Error::Usage(
-                "--milestones and --gamma set the multistep schedule; --schedule cosine decays to 0 without them: \
-                 drop them, or use --schedule multistep"
-                    .into(),
-            )),
-            (None, None) => Ok(LrSchedule::Cosine),
-        },
+        TrainSchedule::Cosine if new_run && (a.milestones.is_some() || a.gamma.is_some()) => Err(Error::Usage(
+            "--milestones and --gamma set the multistep schedule; --schedule cosine decays to 0 without them: drop \
+             them, or use --schedule multistep"
+                .into(),
+        )),
+        TrainSchedule::Cosine => Ok(LrSchedule::Cosine),
         TrainSchedule::Multistep => {
-            let milestones = match &a.milestones {
-                None => train::stretch_milestones(recipe.milestones, recipe.epochs, epochs),
-                Some(text) => {
-                    let given = (text.split(','))
-                        .filter(|s| !s.trim().is_empty())
-                        .map(|s| s.trim().parse::<usize>())
-                        .collect::<std::result::Result<Vec<usize>, _>>()
-                        .map_err(|_| {
-                            Error::invalid(format!("--milestones must be epochs like 100,150, got '{text}'"))
-                        })?;
-                    if let Some(late) = given.iter().find(|&&m| m >= epochs) {
-                        return Err(Error::Usage(format!(
-                            "--milestones {text}: a milestone m drops the rate after m epochs, and {late} is not \
-                             below --epochs {epochs}, so that drop would never happen: give milestones below {epochs}"
-                        )));
-                    }
-                    given
-                }
+            let Some(text) = &a.milestones else {
+                return Ok(LrSchedule::MultiStep { milestones: recipe.milestones.to_vec(), gamma, of: recipe.epochs });
             };
-            Ok(LrSchedule::MultiStep { milestones, gamma: a.gamma.unwrap_or(recipe.gamma) })
+            let milestones = (text.split(','))
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<usize>, _>>()
+                .map_err(|_| Error::invalid(format!("--milestones must be epochs like 100,150, got '{text}'")))?;
+            // (out of order is the more basic mistake: `validate` names it)
+            let ordered = milestones.windows(2).all(|w| w[0] < w[1]);
+            if let Some(late) = milestones.iter().find(|&&m| m >= epochs).filter(|_| new_run && ordered) {
+                return Err(Error::Usage(format!(
+                    "--milestones {text}: a milestone m drops the rate after m epochs, and {late} is not below \
+                     --epochs {epochs}, so that drop would never happen: give milestones below {epochs}"
+                )));
+            }
+            Ok(LrSchedule::MultiStep { milestones, gamma, of: epochs })
         }
     }
 }
@@ -94,7 +91,11 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
             let (record, saved) = resumed_flags(dir, args, &a)?;
             (saved, Some(record))
         }
-        _ => (a, None),
+        Some(dir) => {
+            refuse_another_out(dir, args)?;
+            (a, None)
+        }
+        None => (a, None),
     };
     let Some(model_name) = a.model.clone() else {
         return Err(Error::Usage("say which model to train with --model (e.g. resnet20), or --resume DIR".into()));
@@ -223,7 +224,13 @@ fn starting_point(
     }
     Ok(if a.resume.is_some() && (!recorded || dir.join(train::STATE_FILE).exists()) {
         let (p, norm) = train::load_state(model, dir, cfg)?;
-        eprintln!("resuming {} at step {}", dir.display(), p.step);
+        eprintln!(
+            "resuming {} at step {} (lr {}, {})",
+            dir.display(),
+            p.step,
+            train::lr_text(cfg.lr),
+            cfg.schedule_text()
+        );
         (p, norm)
     } else {
         let norm = match &a.weights {
@@ -238,8 +245,9 @@ fn starting_point(
     })
 }
 
-/// `train` updates every weight: the zeros of pruned weights grow back. Weights with most of
-/// their prunable weights exactly 0 are almost surely pruned ones, so that gets a warning.
+/// `train` updates every weight: the zeros of pruned weights grow back. Trained or freshly
+/// initialized dense weights hold almost no exact zeros, so weights with a tenth or more of their
+/// prunable weights exactly 0 (any pruning rate from 1.1x, 2:4, filters) get a warning.
 fn warn_if_pruned(model: &Model, weights: &Path) -> Result<()> {
     let dict = model.store.state_dict()?;
     let prunable = model.store.entries().iter().filter(|e| e.role == sasprune::nn::Role::PrunableWeight);
@@ -247,7 +255,7 @@ fn warn_if_pruned(model: &Model, weights: &Path) -> Result<()> {
         let v = &dict[&e.name].1;
         (z + v.iter().filter(|&&x| x == 0.0).count(), n + v.len())
     });
-    if 2 * zeros > total {
+    if 10 * zeros >= total {
         eprintln!(
             "warning: {zeros} of {total} prunable weights in {} are exactly 0 (a pruned model?); `train` applies no \
              mask, so they will grow back; the pipeline's masked retraining keeps them at 0",

@@ -318,20 +318,23 @@ impl ParamStore {
     }
 }
 
-/// A batch norm's running variance below zero: batch norm divides by sqrt(var + eps), so such a
-/// channel evaluates to NaN (or to a huge value just above -eps). PyTorch never writes one, so the
-/// file was edited or damaged; refusing it names the tensor where the NaN accuracy would not.
+/// A batch norm's running variance at or below −eps: batch norm divides by sqrt(var + eps), so
+/// such a channel evaluates to NaN or infinity. PyTorch never writes a negative variance, so the
+/// file was edited or damaged; refusing it names the tensor where a NaN accuracy would not. (A
+/// variance just below zero, above −eps, as a conversion's rounding may leave, still evaluates
+/// to finite numbers and is kept as it is.)
 fn check_running_variances(dict: &StateDict, source: &str) -> Result<()> {
+    let eps = crate::ops::batchnorm::BatchNormConfig::default().eps;
     let mut names: Vec<&String> = dict.keys().filter(|n| n.ends_with("running_var")).collect();
     names.sort();
     for name in names {
         let values = &dict[name].1;
-        let negative: Vec<usize> = (0..values.len()).filter(|&i| values[i] < 0.0).collect();
+        let negative: Vec<usize> = (0..values.len()).filter(|&i| values[i] + eps <= 0.0).collect();
         if let Some(&first) = negative.first() {
             return Err(Error::invalid(format!(
-                "{source}: tensor '{name}' holds {} negative running variance(s) (first: channel {first}, {}); \
-                 a variance cannot be negative, so the file is damaged or was edited: use the weights as saved \
-                 by PyTorch or sasprune",
+                "{source}: tensor '{name}' holds {} running variance(s) of -{eps:e} or less (first: channel {first}, \
+                 {}), which batch norm turns into NaN; a variance cannot be negative, so the file is damaged or was \
+                 edited: use the weights as saved by PyTorch or sasprune",
                 negative.len(),
                 values[first]
             )));

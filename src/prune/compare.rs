@@ -182,8 +182,6 @@ pub fn compare(
     Ok(rows)
 }
 
-/// Every variant's phases tried on the device before any run starts (`pipeline::check_memory`);
-/// returns the evaluation batch that fits them all.
 /// Every structure's pruning plan, made before any run: structures run one after another, so a
 /// target one of them cannot reach (a rate filter pruning cannot give, a layer-rates file under
 /// 2:4) would otherwise end the comparison hours in, after the others' runs.
@@ -197,6 +195,8 @@ fn check_plans(cfg: &PipelineConfig, variants: &[Variant], train_set: &dyn Datas
     Ok(())
 }
 
+/// Every variant's phases tried on the device before any run starts (`pipeline::check_memory`);
+/// returns the evaluation batch that fits them all.
 fn check_memory(
     cfg: &PipelineConfig,
     variants: &[Variant],

@@ -289,7 +289,11 @@ impl Run<'_> {
             "no --weights given: training a dense {} first ({} epochs of SGD at batch {}, lr {} {}, set by \
              --schedule; --lr and --retrain-epochs apply to the masked retraining); the expected duration is \
              printed after 20 steps",
-            cfg.model, d.epochs, d.batch, d.lr, d.schedule
+            cfg.model,
+            d.epochs,
+            d.batch,
+            d.lr,
+            d.schedule_text()
         );
         let norm = checkpoint::normalize_for_training(cfg.normalize, &cfg.model);
         let dense_dir = self.dir.join("dense");
@@ -312,6 +316,13 @@ impl Run<'_> {
             self.working_on("baseline")?;
             let run_dir = dir.join("baseline");
             let bcfg = cfg.baseline_training();
+            println!(
+                "baseline: fine-tuning the dense start {} epochs of batch {}, lr {} ({})",
+                bcfg.epochs,
+                bcfg.batch,
+                train::lr_text(bcfg.lr),
+                bcfg.schedule_text()
+            );
             let progress = resume_progress(model, &run_dir, &bcfg, true)?;
             train::train(model, &self.train, &self.test, norm, &bcfg, &run_dir, progress, None)
                 .map_err(|e| in_phase("baseline fine-tuning", e))?;
@@ -443,7 +454,7 @@ impl Run<'_> {
             rcfg.epochs,
             rcfg.batch,
             train::lr_text(rcfg.lr),
-            rcfg.schedule
+            rcfg.schedule_text()
         );
         if progress.step > 0 {
             println!("resuming masked retraining at step {}", progress.step);
