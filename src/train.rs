@@ -944,8 +944,8 @@ mod tests {
         let lr: Vec<f32> = [0, 24, 25, 37, 38, 49].iter().map(|&e| cfg.lr_at(e, 0, 1)).collect();
         assert_eq!(lr, [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1]);
         assert!(cfg.validate().is_ok());
-        // stretched from the recipe every time: 50 epochs, then 10, is 10 of 200 (5 and 8), where
-        // stretching 25 and 38 of 50 again would give 5 and 8 here but drift in general
+        // moved from the recipe every time: a run of 7 epochs made 100 long drops at 50 and 75 of
+        // 100, where moving 7 epochs' drops again would round twice
         let shorter = TrainConfig::cifar_default().with_epochs(7).with_epochs(100);
         assert_eq!(shorter.milestones(), [50, 75], "7 epochs' [4, 6] stretched again would be [58, 86]");
         assert_eq!(
