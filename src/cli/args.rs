@@ -261,9 +261,10 @@ pub(crate) enum Command {
     },
     /// Run every method (--methods) through the whole pipeline from the same dense start with the
     /// same budget, once per seed (--seeds), and write compare.md (mean ± std of top-1 after
-    /// pruning and after retraining, gradients, time; per run the gradients to a common relative
-    /// residual), compare.csv (every run), compare.svg (relative residual against gradients),
-    /// compare_accuracy.svg (top-1 against gradients) and convergence.svg (the ADMM phases) to
+    /// pruning and after retraining, gradients, time; per run the gradients to a common prune gap,
+    /// the share of the phase's output hard pruning removes), compare.csv (every run), compare.svg
+    /// (prune gap against gradients),
+    /// compare_accuracy.svg (top-1 against training images) and convergence.svg (the ADMM phases) to
     /// --out. Magnitude pruning retrains for as many more epochs as the ADMM phase's gradients
     /// amount to (its learning-rate drops moved with them). Run the same command again to
     /// continue an interrupted comparison.

@@ -12,10 +12,11 @@ pub use super::admm_nn::AdmmNnConfig;
 use super::rate::Plan;
 pub use super::sas_admm::run_sas_admm;
 pub use super::sas_admm::SasConfig;
+use super::structure::Grouping;
 use crate::checkpoint::{self, Normalize};
 use crate::data::{fill_batch, BatchSpec, Dataset};
 use crate::models::{key_for, stream, Model};
-use crate::ops::{reduce, select};
+use crate::ops::{admm as admm_ops, elementwise, reduce, select};
 use crate::train::rng_for;
 use crate::{gpu, Error, Result, Tensor};
 use rand::Rng;
@@ -65,18 +66,23 @@ pub struct IterationMetrics {
     /// The penalty of the iteration: SAS-ADMM's constant ρ, ADMM-NN's ρ_k (NaN in rows written
     /// before this column existed).
     pub rho: f64,
-    /// The relative primal residual ‖W − Z‖² / ‖W‖² (NaN in older rows): what compare measures
-    /// every method's convergence by, free of the weights' scale.
+    /// The relative primal residual ‖W − Z‖² / ‖W‖² (NaN in older rows), free of the weights'
+    /// scale. Z differs by method (SAS-ADMM's soft threshold, ADMM-NN's projection).
     pub rel_res2: f64,
+    /// The share of the phase's output that hard pruning would remove now, ‖X − Π(X)‖² / ‖X‖² with
+    /// X the weights the phase hands to hard pruning (SAS-ADMM: W_avg; ADMM-NN: W) and Π the
+    /// plan's projection: the same distance for every method, how far the phase still is from
+    /// the pruned network (NaN in older rows).
+    pub prune_gap: f64,
 }
 
 impl IterationMetrics {
     /// New columns go at the end, so rows of runs started by an older version stay readable
     /// (phase times sum the `seconds` column, found by its name).
-    pub const CSV_HEADER: &'static str = "iteration,gradients,ce,objective,dw2,dz2,res2,seconds,rho,rel_res2";
+    pub const CSV_HEADER: &'static str = "iteration,gradients,ce,objective,dw2,dz2,res2,seconds,rho,rel_res2,prune_gap";
     pub fn csv(&self) -> String {
         format!(
-            "{},{},{:.6},{:.6},{:.6e},{:.6e},{:.6e},{:.2},{:.6e},{:.6e}",
+            "{},{},{:.6},{:.6},{:.6e},{:.6e},{:.6e},{:.2},{:.6e},{:.6e},{:.6e}",
             self.k,
             self.gradients,
             self.ce,
@@ -86,7 +92,8 @@ impl IterationMetrics {
             self.res2,
             self.seconds,
             self.rho,
-            self.rel_res2
+            self.rel_res2,
+            self.prune_gap
         )
     }
     pub fn from_csv(line: &str) -> Option<IterationMetrics> {
@@ -103,6 +110,7 @@ impl IterationMetrics {
             seconds: f(7)?,
             rho: f(8).unwrap_or(f64::NAN),
             rel_res2: f(9).unwrap_or(f64::NAN),
+            prune_gap: f(10).unwrap_or(f64::NAN),
         })
     }
 }
@@ -111,7 +119,10 @@ impl IterationMetrics {
     /// Outer iteration `state.k`'s metrics in one read-back: the mean of the `steps` minibatch
     /// losses summed in `ce_sum`; ‖W_prev − W‖², ‖ΔZ‖² and ‖W − Z‖² from the scratch vectors
     /// (`w_prev` holding W_prev − W by now); ‖W‖² for the relative residual; the objective
-    /// CE + λ‖W_avg‖₁ where `l1` gives (λ, W_avg) (SAS-ADMM), else CE.
+    /// CE + λ‖W_avg‖₁ where `l1` gives (λ, W_avg) (SAS-ADMM), else CE; the prune gap of `output`
+    /// (what the phase would hand to hard pruning now) under `grouping`'s projection. Uses the
+    /// scratch vectors `tmp` and `mask`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn measure(
         state: &AdmmState,
         s: &Scratch,
@@ -120,9 +131,17 @@ impl IterationMetrics {
         l1: Option<(f32, &Tensor)>,
         rho: f32,
         started: Instant,
+        (output, grouping): (&Tensor, &Grouping),
     ) -> Result<IterationMetrics> {
-        let squares: Vec<Tensor> =
-            [&s.w_prev, &s.dz, &s.res, &state.w].into_iter().map(reduce::sum_squares).collect::<Result<_>>()?;
+        // −(the part of the output hard pruning would remove): Π(X) ⊙ X − X in `tmp`
+        grouping.projection_mask(output, &s.mask)?;
+        copy(output, &s.tmp)?;
+        admm_ops::multiply_in_place(&s.tmp, &s.mask)?;
+        elementwise::axpy(-1.0, output, &s.tmp)?;
+        let squares: Vec<Tensor> = [&s.w_prev, &s.dz, &s.res, &state.w, &s.tmp, output]
+            .into_iter()
+            .map(reduce::sum_squares)
+            .collect::<Result<_>>()?;
         let l1_sum = l1.map(|(_, w_avg)| reduce::sum_abs(w_avg)).transpose()?;
         let mut read = vec![ce_sum];
         read.extend(&squares);
@@ -133,13 +152,14 @@ impl IterationMetrics {
             k: state.k,
             gradients: state.gradients,
             ce,
-            objective: l1.map_or(ce, |(lambda, _)| ce + lambda as f64 * v[5]),
+            objective: l1.map_or(ce, |(lambda, _)| ce + lambda as f64 * v[7]),
             dw2: v[1],
             dz2: v[2],
             res2: v[3],
             seconds: started.elapsed().as_secs_f64(),
             rho: rho as f64,
             rel_res2: v[3] / v[4].max(f64::MIN_POSITIVE),
+            prune_gap: v[5] / v[6].max(f64::MIN_POSITIVE),
         })
     }
 }
@@ -384,6 +404,8 @@ pub(super) struct Scratch {
     pub(super) dz: Tensor,
     pub(super) res: Tensor,
     pub(super) tmp: Tensor,
+    /// Hard pruning's mask of the phase's output, for the prune gap.
+    pub(super) mask: Tensor,
 }
 
 impl Scratch {
@@ -393,6 +415,7 @@ impl Scratch {
             dz: Tensor::zeros(&[len])?,
             res: Tensor::zeros(&[len])?,
             tmp: Tensor::zeros(&[len])?,
+            mask: Tensor::zeros(&[len])?,
         })
     }
 }

@@ -242,7 +242,7 @@ pub fn run_admm_nn(
         copy(&state.w, &state.w_avg)?;
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
         state.k = k;
-        let m = IterationMetrics::measure(state, &s, &ce_sum, cfg.steps, None, rho, started)?;
+        let m = IterationMetrics::measure(state, &s, &ce_sum, cfg.steps, None, rho, started, (&state.w, &grouping))?;
         check_finite(&m, dir)?;
         // logged first: a run killed in between repeats the iteration and drops its row
         after(&m)?;

@@ -2,9 +2,9 @@
 //! same budget, once per seed, and what users need to choose between them — a table of mean ±
 //! standard deviation (compare.md), every run's numbers (compare.csv), the paper's convergence
 //! claim measured the same way for every ADMM method (the gradients each run needed to reach a
-//! common relative residual ‖W − Z‖² / ‖W‖², in compare.md, and the residual against gradients,
-//! compare.svg), top-1 against minibatch gradients (compare_accuracy.svg) and the ADMM phases'
-//! convergence (convergence.svg).
+//! common prune gap ‖X − Π(X)‖² / ‖X‖², the share of its output hard pruning removes, in
+//! compare.md, and the gap against gradients, compare.svg), top-1 against training images
+//! (compare_accuracy.svg) and the ADMM phases' convergence (convergence.svg).
 //!
 //! Budget: the ADMM methods spend the same number of minibatch gradients in their ADMM phase
 //! (ADMM-NN gets ⌈G / iterations⌉ steps per iteration, so at most iterations − 1 more) and the
@@ -75,19 +75,27 @@ pub struct CompareRow {
     pub after_prune: f64,
     pub retrain_final: f64,
     pub retrain_best: f64,
-    /// Wall time of all phases, seconds.
+    /// Wall time of the method's phases (ADMM phase, hard pruning, retraining), seconds: the dense
+    /// start and the baseline, the same for every method (and trained by the first run only),
+    /// are left out.
     pub seconds: f64,
+    /// Test images each evaluation used (`--eval-limit`, else the whole test set).
+    pub eval_images: usize,
     /// Minibatch gradients of masked retraining.
     pub retrain_gradients: usize,
-    /// The ADMM phase's last relative residual ‖W − Z‖² / ‖W‖² (NaN for magnitude pruning).
+    /// The ADMM phase's last relative residual ‖W − Z‖² / ‖W‖², the paper's measure (its Z
+    /// differs by method; NaN for magnitude pruning).
     pub final_rel_res2: f64,
-    /// Minibatch gradients the ADMM phase took to reach the comparison's common relative
-    /// residual (the largest final one among the ADMM runs), so every ADMM run reaches it; `None`
-    /// for magnitude pruning. Filled in once every run is done.
+    /// The ADMM phase's last prune gap ‖X − Π(X)‖² / ‖X‖² (the share of its output hard pruning
+    /// removes; the same distance for every method; NaN for magnitude pruning).
+    pub final_prune_gap: f64,
+    /// Minibatch gradients the ADMM phase took to reach its structure's common prune gap (the
+    /// largest final one among the ADMM runs of that structure), so every ADMM run reaches it;
+    /// `None` for magnitude pruning. Filled in once every run is done.
     pub gradients_to_common: Option<usize>,
-    /// (gradients, relative residual) after each outer iteration of the ADMM phase (empty for
-    /// magnitude pruning).
-    pub residuals: Vec<(usize, f64)>,
+    /// (gradients, prune gap) after each outer iteration of the ADMM phase (empty for magnitude
+    /// pruning).
+    pub gaps: Vec<(usize, f64)>,
 }
 
 /// One run's ADMM metrics (empty for magnitude pruning).
@@ -99,14 +107,22 @@ fn run_metrics(dir: &std::path::Path, seed: u64, v: Variant) -> Vec<IterationMet
         .unwrap_or_default()
 }
 
-/// The common relative residual (the largest final one among the ADMM runs), and each ADMM run's
-/// gradients to reach it: the paper's convergence claim measured the same way for every method.
-fn gradients_to_common(rows: &mut [CompareRow]) -> f64 {
-    let target = rows.iter().map(|r| r.final_rel_res2).filter(|v| v.is_finite()).fold(f64::NAN, f64::max);
-    for r in rows.iter_mut() {
-        r.gradients_to_common = r.residuals.iter().find(|&&(_, v)| v <= target).map(|&(g, _)| g);
+/// Per structure (in the order of `rows`), the common prune gap: the largest final one among its
+/// ADMM runs; and each ADMM run's gradients to reach its structure's: the paper's convergence
+/// claim measured the same way for every method (structures apart: their projections differ).
+fn gradients_to_common(rows: &mut [CompareRow]) -> Vec<(String, f64)> {
+    let mut targets: Vec<(String, f64)> = Vec::new();
+    for r in rows.iter().filter(|r| r.final_prune_gap.is_finite()) {
+        match targets.iter_mut().find(|(s, _)| *s == r.structure) {
+            Some((_, t)) => *t = t.max(r.final_prune_gap),
+            None => targets.push((r.structure.clone(), r.final_prune_gap)),
+        }
     }
-    target
+    for r in rows.iter_mut() {
+        let target = targets.iter().find(|(s, _)| *s == r.structure).map_or(f64::NAN, |&(_, t)| t);
+        r.gradients_to_common = r.gaps.iter().find(|&&(_, v)| v <= target).map(|&(g, _)| g);
+    }
+    targets
 }
 
 /// Runs `variants` × `seeds` pipelines (seeds `cfg.seed`, `cfg.seed + 1`, …) into `cfg.out`.
@@ -156,8 +172,8 @@ pub fn compare(
             // every later run starts from the dense model the first one trained
             weights.get_or_insert_with(|| run.out.join("dense.safetensors"));
             let top = |v: Option<f64>| v.unwrap_or(f64::NAN);
-            let residuals: Vec<(usize, f64)> =
-                run_metrics(&dir, s, v).iter().map(|m| (m.gradients, m.rel_res2)).collect();
+            let metrics = run_metrics(&dir, s, v);
+            let gaps: Vec<(usize, f64)> = metrics.iter().map(|m| (m.gradients, m.prune_gap)).collect();
             rows.push(CompareRow {
                 method: method.name().into(),
                 structure: structure.name().into(),
@@ -170,15 +186,20 @@ pub fn compare(
                 after_prune: top(r.top1.after_prune),
                 retrain_final: top(r.top1.retrain_final),
                 retrain_best: top(r.top1.retrain_best),
-                seconds: r.seconds.iter().filter(|(p, _)| !p.starts_with("total")).map(|(_, x)| x).sum(),
-                final_rel_res2: residuals.last().map_or(f64::NAN, |&(_, v)| v),
+                seconds: (r.seconds.iter())
+                    .filter(|(phase, _)| !["total", "dense", "baseline"].iter().any(|p| phase.starts_with(p)))
+                    .map(|(_, x)| x)
+                    .sum(),
+                eval_images: r.eval_images,
+                final_rel_res2: metrics.last().map_or(f64::NAN, |m| m.rel_res2),
+                final_prune_gap: gaps.last().map_or(f64::NAN, |&(_, v)| v),
                 gradients_to_common: None,
-                residuals,
+                gaps,
             });
         }
     }
-    let target = gradients_to_common(&mut rows);
-    write_outputs(&dir, cfg, variants, &rows, target)?;
+    let targets = gradients_to_common(&mut rows);
+    write_outputs(&dir, cfg, variants, &rows, &targets, images)?;
     Ok(rows)
 }
 
@@ -233,20 +254,21 @@ fn write_outputs(
     cfg: &PipelineConfig,
     variants: &[Variant],
     rows: &[CompareRow],
-    target: f64,
+    targets: &[(String, f64)],
+    images: usize,
 ) -> Result<()> {
     checkpoint::write_atomic(&dir.join("compare.csv"), compare_csv(rows).as_bytes())?;
-    let md = compare_md(cfg, variants, rows, target);
+    let md = compare_md(cfg, variants, rows, targets);
     checkpoint::write_atomic(&dir.join("compare.md"), md.as_bytes())?;
-    write_plots(dir, variants, rows)?;
+    write_plots(dir, variants, rows, cfg.sas.batch as f64 / images.max(1) as f64)?;
     println!(
-        "\n{md}\nwrote compare.md, compare.csv, compare.svg (residuals), compare_accuracy.svg and convergence.svg in {}",
+        "\n{md}\nwrote compare.md, compare.csv, compare.svg (prune gaps), compare_accuracy.svg and convergence.svg in {}",
         dir.display()
     );
     Ok(())
 }
 
-/// The gradients a run took to reach the common relative residual ("" when it did not).
+/// The gradients a run took to reach its structure's common prune gap ("" when it did not).
 fn to_common_text(r: &CompareRow) -> String {
     r.gradients_to_common.map_or(String::new(), |g| g.to_string())
 }
@@ -254,24 +276,27 @@ fn to_common_text(r: &CompareRow) -> String {
 /// compare.csv: every run, one line each.
 fn compare_csv(rows: &[CompareRow]) -> String {
     let mut csv = String::from(
-        "method,seed,admm_gradients,retrain_epochs,retrain_gradients,dense_top1,after_prune_top1,retrain_final_top1,\
-         retrain_best_top1,seconds,final_rel_res2,gradients_to_common_rel_res2,structure\n",
+        "method,seed,admm_gradients,retrain_epochs,retrain_gradients,dense_top1,baseline_top1,after_prune_top1,\
+         retrain_final_top1,retrain_best_top1,seconds,final_rel_res2,final_prune_gap,gradients_to_common_prune_gap,\
+         structure\n",
     );
     for r in rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.1},{:.6e},{},{}",
+            "{},{},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.1},{:.6e},{:.6e},{},{}",
             r.method,
             r.seed,
             r.admm_gradients,
             r.retrain_epochs,
             r.retrain_gradients,
             r.dense,
+            r.baseline,
             r.after_prune,
             r.retrain_final,
             r.retrain_best,
             r.seconds,
             r.final_rel_res2,
+            r.final_prune_gap,
             to_common_text(r),
             r.structure
         );
@@ -279,27 +304,51 @@ fn compare_csv(rows: &[CompareRow]) -> String {
     csv
 }
 
-/// compare.md: per method the mean ± std over seeds, then (when the ADMM runs share a residual
-/// `target`) the convergence table.
-fn compare_md(cfg: &PipelineConfig, variants: &[Variant], rows: &[CompareRow], target: f64) -> String {
+/// A column's cell: mean ± sample standard deviation over the seeds, the value alone for one
+/// seed (a spread of one run is not a spread), "-" where a value is missing.
+pub fn over_seeds(values: &[f64]) -> String {
+    let (mean, std) = mean_std(values);
+    match (mean.is_finite(), values.len()) {
+        (false, _) | (_, 0) => "-".into(),
+        (true, 1) => format!("{mean:.2}"),
+        (true, _) => format!("{mean:.2} ± {std:.2}"),
+    }
+}
+
+/// compare.md: per method the mean ± std over seeds, then (when there are ADMM runs: `targets`,
+/// each structure's common prune gap) the convergence table.
+fn compare_md(cfg: &PipelineConfig, variants: &[Variant], rows: &[CompareRow], targets: &[(String, f64)]) -> String {
     let seeds = variants[0].rows(rows).len();
     let rate =
         cfg.layer_rates.as_ref().map_or(cfg.rate.to_string(), |p| format!("per-layer rates from {}", p.display()));
+    let first = rows.first();
+    let baseline = over_seeds(&variants[0].rows(rows).iter().map(|r| r.baseline).collect::<Vec<_>>());
+    let start = match baseline.as_str() {
+        "-" => String::new(),
+        b => format!(
+            "; fine-tuned on this data (--baseline-epochs {}), what pruning starts from: {b}%",
+            cfg.baseline_epochs
+        ),
+    };
     let mut md = format!(
-        "# {} at {rate}: {} seed{} per method\n\nTop-1 (%) as mean ± standard deviation over seeds; the dense start \
-         scores {:.2}%.\n\n| method | ADMM-phase gradients | retraining epochs | after hard prune | after retraining \
-         (final) | after retraining (best) | wall time per run |\n|---|---|---|---|---|---|---|\n",
+        "# {} at {rate}: {} seed{} per method\n\nTop-1 (%) on {} test images{}; the dense start scores {:.2}%{start}.\n\n\
+         Budget: each ADMM method spends the ADMM-phase gradients below (minibatches of {} images; ADMM-NN rounds \
+         its steps per iteration up, so up to iterations − 1 more), then the same retraining epochs; magnitude \
+         pruning, without an ADMM phase, retrains as many more epochs as those gradients hold images. Wall time \
+         counts the method's phases (ADMM, hard pruning, retraining), not the shared dense start and baseline.\n\n\
+         | method | ADMM-phase gradients | retraining epochs | after hard prune | after retraining (final) | after \
+         retraining (best epoch, chosen on the test set) | wall time per run |\n|---|---|---|---|---|---|---|\n",
         cfg.model,
         seeds,
         if seeds == 1 { "" } else { "s" },
-        rows.first().map_or(f64::NAN, |r| r.dense)
+        first.map_or(0, |r| r.eval_images),
+        if seeds == 1 { "" } else { " as mean ± standard deviation over seeds" },
+        first.map_or(f64::NAN, |r| r.dense),
+        cfg.sas.batch,
     );
     for v in variants {
         let of = v.rows(rows);
-        let stat = |f: fn(&CompareRow) -> f64| {
-            let (mean, std) = mean_std(&of.iter().map(|r| f(r)).collect::<Vec<_>>());
-            format!("{mean:.2} ± {std:.2}")
-        };
+        let stat = |f: fn(&CompareRow) -> f64| over_seeds(&of.iter().map(|r| f(r)).collect::<Vec<_>>());
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} s |",
@@ -312,23 +361,31 @@ fn compare_md(cfg: &PipelineConfig, variants: &[Variant], rows: &[CompareRow], t
             mean_std(&of.iter().map(|r| r.seconds).collect::<Vec<_>>()).0.round()
         );
     }
-    if target.is_finite() {
+    if !targets.is_empty() {
+        let common: Vec<String> = targets.iter().map(|(s, t)| format!("{t:.3e} ({s})")).collect();
         let _ = write!(
             md,
-            "\n## Convergence: gradients to a common relative residual\n\nEvery ADMM run's relative residual \
-             ‖W − Z‖² / ‖W‖² after each outer iteration (admm_metrics.csv), against the largest final one among \
-             them, {target:.3e}, which every ADMM run reaches; the accuracy right after hard pruning shows how close \
-             the phase left the network to its pruned form. Plotted in compare.svg.\n\n| method | seed | ADMM-phase \
-             gradients | gradients to {target:.3e} | final relative residual | after hard prune |\n|---|---|---|---|---|---|\n"
+            "\n## Convergence: gradients to a common prune gap\n\nAfter each outer iteration (admm_metrics.csv), \
+             every ADMM run's prune gap ‖X − Π(X)‖² / ‖X‖²: the share of the weights X the phase would hand to \
+             hard pruning now (SAS-ADMM: W_avg; ADMM-NN: W) that hard pruning's projection Π removes, the same \
+             distance for every method. Target: the largest final gap among the ADMM runs of a structure, which \
+             each of them reaches (so the run that ends there takes its whole budget): {}. Gaps are logged once \
+             per outer iteration, so each count is rounded up to an iteration's end. The final relative residual \
+             ‖W − Z‖² / ‖W‖² is the paper's measure; its Z differs by method (SAS-ADMM: the soft threshold of \
+             W − U/β; ADMM-NN: the projection), so it does not compare the two. Plotted in compare.svg.\n\n\
+             | method | seed | ADMM-phase gradients | gradients to the common gap | final prune gap | final relative \
+             residual | after hard prune |\n|---|---|---|---|---|---|---|\n",
+            common.join(", ")
         );
-        for r in rows.iter().filter(|r| r.final_rel_res2.is_finite()) {
+        for r in rows.iter().filter(|r| r.final_prune_gap.is_finite()) {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.3e} | {:.2}% |",
+                "| {} | {} | {} | {} | {:.3e} | {:.3e} | {:.2}% |",
                 row_label(r),
                 r.seed,
                 r.admm_gradients,
                 to_common_text(r),
+                r.final_prune_gap,
                 r.final_rel_res2,
                 r.after_prune
             );
@@ -345,42 +402,48 @@ fn row_label(r: &CompareRow) -> String {
     }
 }
 
-/// compare_accuracy.svg, compare.svg (residuals) and convergence.svg.
-fn write_plots(dir: &std::path::Path, variants: &[Variant], rows: &[CompareRow]) -> Result<()> {
-    // top-1 against the gradients spent, mean over seeds: dense (0), after hard pruning (the ADMM
-    // phase's gradients), after retraining (plus retraining's)
+/// compare_accuracy.svg, compare.svg (prune gaps) and convergence.svg. `epochs_per_gradient`: the
+/// training set's share one ADMM minibatch holds.
+fn write_plots(
+    dir: &std::path::Path,
+    variants: &[Variant],
+    rows: &[CompareRow],
+    epochs_per_gradient: f64,
+) -> Result<()> {
+    // top-1 against the training images spent (in passes over the training set, so the ADMM
+    // phase's minibatches and retraining's smaller ones count alike), mean over seeds: the start
+    // pruning begins from (the baseline, else the dense start) at 0, after hard pruning (the ADMM
+    // phase's images), after retraining (plus retraining's epochs)
     let series: Vec<(String, Vec<(f64, f64)>)> = variants
         .iter()
         .map(|v| {
             let of = v.rows(rows);
             let mean = |f: fn(&CompareRow) -> f64| mean_std(&of.iter().map(|r| f(r)).collect::<Vec<_>>()).0;
-            let g = of.first().map_or(0, |r| r.admm_gradients) as f64;
-            let total = g + of.first().map_or(0, |r| r.retrain_gradients) as f64;
-            (
-                v.label(),
-                vec![(0.0, mean(|r| r.dense)), (g, mean(|r| r.after_prune)), (total, mean(|r| r.retrain_final))],
-            )
+            let admm = of.first().map_or(0, |r| r.admm_gradients) as f64 * epochs_per_gradient;
+            let total = admm + of.first().map_or(0, |r| r.retrain_epochs) as f64;
+            let start = mean(|r| if r.baseline.is_finite() { r.baseline } else { r.dense });
+            (v.label(), vec![(0.0, start), (admm, mean(|r| r.after_prune)), (total, mean(|r| r.retrain_final))])
         })
         .collect();
     let svg = report::line_plot_svg(
-        "top-1 (%) against minibatch gradients (ADMM phase, then retraining)",
-        "minibatch gradients",
+        "top-1 (%) against training images: the start, after the ADMM phase + hard pruning, after retraining",
+        "passes over the training images",
         &series,
     );
     checkpoint::write_atomic(&dir.join("compare_accuracy.svg"), svg.as_bytes())?;
-    // the relative residual against gradients, every ADMM run (log10: it spans decades)
-    let residuals: Vec<(String, Vec<(f64, f64)>)> = rows
+    // the prune gap against gradients, every ADMM run (log10: it spans decades)
+    let gaps: Vec<(String, Vec<(f64, f64)>)> = rows
         .iter()
-        .filter(|r| !r.residuals.is_empty())
+        .filter(|r| r.gaps.iter().any(|(_, v)| v.is_finite()))
         .map(|r| {
-            let points = r.residuals.iter().map(|&(g, v)| (g as f64, v.log10())).collect();
+            let points = r.gaps.iter().map(|&(g, v)| (g as f64, v.log10())).collect();
             (format!("{} seed {}", row_label(r), r.seed), points)
         })
         .collect();
     let svg = report::line_plot_svg(
-        "log10 relative residual ‖W − Z‖² / ‖W‖² against minibatch gradients",
+        "log10 prune gap ‖X − Π(X)‖² / ‖X‖² against minibatch gradients",
         "minibatch gradients of the ADMM phase",
-        &residuals,
+        &gaps,
     );
     checkpoint::write_atomic(&dir.join("compare.svg"), svg.as_bytes())?;
     // the ADMM phases' objective and residual, first seed
@@ -397,4 +460,17 @@ fn write_plots(dir: &std::path::Path, variants: &[Variant], rows: &[CompareRow])
         checkpoint::write_atomic(&dir.join("convergence.svg"), report::convergence_svg(&series).as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::over_seeds;
+
+    #[test]
+    fn a_cell_over_seeds_shows_a_spread_only_where_there_is_one() {
+        assert_eq!(over_seeds(&[86.0, 87.0]), "86.50 ± 0.71", "sample standard deviation (n − 1)");
+        assert_eq!(over_seeds(&[86.0]), "86.00", "one seed has no spread to show");
+        assert_eq!(over_seeds(&[f64::NAN, f64::NAN]), "-");
+        assert_eq!(over_seeds(&[]), "-");
+    }
 }

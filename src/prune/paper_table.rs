@@ -4,9 +4,9 @@
 //! row and method the dense start, the same-data dense baseline (`--baseline-epochs`), the pruned
 //! model's top-1 after hard pruning and after retraining (mean ± std over seeds), the drop
 //! against the baseline, the rate reached, the ADMM phase's gradients (and those to the
-//! comparison's common relative residual) and the time per run, beside the paper's claim.
+//! comparison's common prune gap) and the time per run, beside the paper's claim.
 
-use super::compare::{self, mean_std, CompareRow};
+use super::compare::{self, mean_std, over_seeds, CompareRow};
 use super::pipeline::{Method, PipelineConfig};
 use crate::checkpoint;
 use crate::data::Dataset;
@@ -63,26 +63,21 @@ pub fn run_row(
 
 /// `paper_table.md` and `paper_table.csv` in `dir`; returns the markdown.
 pub fn write(dir: &Path, results: &[RowResult], command: &str, adapter: &str) -> Result<String> {
-    let pm = |v: &[f64]| {
-        let (m, s) = mean_std(v);
-        if m.is_finite() {
-            format!("{m:.2} ± {s:.2}")
-        } else {
-            "-".into()
-        }
-    };
+    let pm = over_seeds;
+    let images = results.iter().flat_map(|r| &r.runs).map(|x| x.eval_images).max().unwrap_or(0);
     let mut md = format!(
-        "# The paper's CIFAR-10 table, measured\n\nCommand: `{command}`\n\nAdapter: {adapter}\n\nTop-1 (%) on the test \
-         set as mean ± standard deviation over seeds. \"Drop\" is the pruned model's final top-1 minus the same-data \
+        "# The paper's CIFAR-10 table, measured\n\nCommand: `{command}`\n\nAdapter: {adapter}\n\nTop-1 (%) on \
+         {images} test images as mean ± standard deviation over seeds (the value alone for one seed). \"Drop\" is the pruned model's final top-1 minus the same-data \
          dense baseline's (the dense start fine-tuned on this data for `--baseline-epochs`; the dense start when none \
          was asked for). Gradients are the ADMM phase's minibatch gradients, and those it took to reach the row's \
-         common relative residual ‖W − Z‖² / ‖W‖² (compare.md).\n\n| model | paper's claim | method | seeds | rate \
-         | dense start | baseline | after hard prune | pruned (final) | drop | ADMM gradients | to common residual | \
+         common prune gap (the share of its output hard pruning removes; compare.md); time counts the method's phases (ADMM, hard \
+         pruning, retraining).\n\n| model | paper's claim | method | seeds | rate \
+         | dense start | baseline | after hard prune | pruned (final) | drop | ADMM gradients | to common gap | \
          time per run |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut csv = String::from(
         "model,claim,method,seed,rate,dense_top1,baseline_top1,after_prune_top1,retrain_final_top1,drop,\
-         admm_gradients,gradients_to_common_rel_res2,seconds\n",
+         admm_gradients,gradients_to_common_prune_gap,seconds\n",
     );
     for r in results {
         let methods: Vec<&str> = r.runs.iter().map(|x| x.method.as_str()).fold(Vec::new(), |mut v, m| {
@@ -158,10 +153,12 @@ mod tests {
             retrain_final,
             retrain_best: retrain_final,
             seconds: 25.0,
+            eval_images: 10_000,
             retrain_gradients: 1173,
             final_rel_res2: if method == "magnitude" { f64::NAN } else { 1e-3 },
+            final_prune_gap: if method == "magnitude" { f64::NAN } else { 1e-2 },
             gradients_to_common: (method != "magnitude").then_some(200 + seed as usize),
-            residuals: Vec::new(),
+            gaps: Vec::new(),
         }
     }
 
@@ -185,6 +182,7 @@ mod tests {
         assert!(sas.contains("6.61x while maintaining accuracy") && sas.contains("| 6.61x |"), "{sas}");
         assert!(sas.contains("| 86.50 ± 0.71 |") && sas.contains("| -1.50 ± 0.71 |"), "{sas}");
         assert!(sas.contains("| 268 | 200 / 201 |"), "{sas}");
+        assert!(md.contains("Top-1 (%) on 10000 test images"), "{md}");
         let mag = md.lines().find(|l| l.contains("| magnitude |")).expect(&md);
         assert!(mag.contains("| -3.50 ± 0.71 |") && mag.contains("| 0 | - / - |"), "{mag}");
         let csv = std::fs::read_to_string(dir.join("paper_table.csv")).unwrap();

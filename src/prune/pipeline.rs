@@ -629,8 +629,9 @@ fn fresh_loss_scale(model: &Model) -> Result<()> {
 }
 
 /// Device vectors the ADMM phase holds beside the model: W, Z, U, W̆, W_avg, h (or ADMM-NN's
-/// mask), four scratch vectors for the monitored norms and one for mask selection.
-const ADMM_VECTORS: usize = 11;
+/// mask), five scratch vectors for the monitored norms and the prune gap's mask, and one for
+/// mask selection.
+const ADMM_VECTORS: usize = 12;
 
 /// Tries each phase the run in `cfg.out` has left at its largest moment on the device (see
 /// [`preflight`]) and says how much the largest one holds; call it before the run is recorded, so

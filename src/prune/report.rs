@@ -431,16 +431,11 @@ mod tests {
     #[test]
     fn convergence_plot_labels_the_residual_panel_in_values_on_a_log_scale() {
         let row = |gradients: usize, objective: f64, res2: f64| IterationMetrics {
-            k: 0,
             gradients,
             ce: objective,
             objective,
-            dw2: 0.0,
-            dz2: 0.0,
             res2,
-            seconds: 0.0,
-            rho: 0.0,
-            rel_res2: 0.0,
+            ..Default::default()
         };
         let run = [row(0, 2.5, 1e2), row(50, 2.0, 1.0), row(100, 1.5, 1e-2)];
         let svg = convergence_svg(&[("sas-admm", &run), ("admm-nn", &run[..2])]);

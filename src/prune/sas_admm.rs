@@ -211,7 +211,8 @@ pub fn run_sas_admm(
         }
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
         state.k = k;
-        let m = IterationMetrics::measure(state, &s, &ce_sum, mk, Some((cfg.lambda, &state.w_avg)), cfg.rho, started)?;
+        let l1 = Some((cfg.lambda, &state.w_avg));
+        let m = IterationMetrics::measure(state, &s, &ce_sum, mk, l1, cfg.rho, started, (&state.w_avg, &grouping))?;
         check_finite(&m, dir)?;
         // logged first: a run killed in between repeats the iteration and drops its row
         after(&m)?;
