@@ -404,7 +404,9 @@ pub(super) struct Scratch {
     pub(super) dz: Tensor,
     pub(super) res: Tensor,
     pub(super) tmp: Tensor,
-    /// Hard pruning's mask of the phase's output, for the prune gap.
+    /// A projection's 0/1 mask: ADMM-NN's Π(W + U) for its dual step, then (both methods) hard
+    /// pruning's mask of the phase's output for the prune gap. Entries no layer covers (the
+    /// padding between layers) stay 0; W is 0 there too.
     pub(super) mask: Tensor,
 }
 

@@ -196,14 +196,13 @@ pub fn run_admm_nn(
     let p = model.store.prunable_len();
     let (w_net, d) = (arena_prefix(model)?, grads_prefix(model)?);
     let s = Scratch::new(p)?;
-    let mask = Tensor::full(&[p], 1.0)?;
     // the projection Π onto the plan's counts, by weights, filters or 2:4 quads
     let grouping = Grouping::new(plan, p)?;
     if state.k == 0 && state.gradients == 0 {
         // Z starts as the projection of the dense weights; the W-step's momentum starts at 0
-        grouping.projection_mask(&state.w, &mask)?;
+        grouping.projection_mask(&state.w, &s.mask)?;
         admm::mix(&state.w, &state.w, &state.z, 1.0)?;
-        admm::multiply_in_place(&state.z, &mask)?;
+        admm::multiply_in_place(&state.z, &s.mask)?;
         model.store.reset_momentum()?;
     }
     let prunable_momentum = Tensor::view_into(model.store.momentum_flat()?.storage().clone(), 0, &[p])?;
@@ -237,8 +236,8 @@ pub fn run_admm_nn(
         }
         copy(&w_net, &state.w)?;
         let wu = elementwise::add(&state.w, &state.u)?;
-        grouping.projection_mask(&wu, &mask)?;
-        admm::admm_dual(&state.w, &mask, &state.z, &state.u, &s.dz, &s.res)?;
+        grouping.projection_mask(&wu, &s.mask)?;
+        admm::admm_dual(&state.w, &s.mask, &state.z, &state.u, &s.dz, &s.res)?;
         copy(&state.w, &state.w_avg)?;
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
         state.k = k;

@@ -63,7 +63,6 @@ pub fn run_row(
 
 /// `paper_table.md` and `paper_table.csv` in `dir`; returns the markdown.
 pub fn write(dir: &Path, results: &[RowResult], command: &str, adapter: &str) -> Result<String> {
-    let pm = over_seeds;
     let images = results.iter().flat_map(|r| &r.runs).map(|x| x.eval_images).max().unwrap_or(0);
     let mut md = format!(
         "# The paper's CIFAR-10 table, measured\n\nCommand: `{command}`\n\nAdapter: {adapter}\n\nTop-1 (%) on \
@@ -100,11 +99,11 @@ pub fn write(dir: &Path, results: &[RowResult], command: &str, adapter: &str) ->
                 method,
                 of.len(),
                 r.rate_achieved,
-                pm(&col(&|x| x.dense)),
-                pm(&col(&|x| x.baseline)),
-                pm(&col(&|x| x.after_prune)),
-                pm(&col(&|x| x.retrain_final)),
-                pm(&col(&|x| x.retrain_final - reference(x))),
+                over_seeds(&col(&|x| x.dense)),
+                over_seeds(&col(&|x| x.baseline)),
+                over_seeds(&col(&|x| x.after_prune)),
+                over_seeds(&col(&|x| x.retrain_final)),
+                over_seeds(&col(&|x| x.retrain_final - reference(x))),
                 of.first().map_or(0, |x| x.admm_gradients),
                 to_common.join(" / "),
                 mean_std(&col(&|x| x.seconds)).0

@@ -628,9 +628,9 @@ fn fresh_loss_scale(model: &Model) -> Result<()> {
     model.store.loss_scale().map_or(Ok(()), |s| s.reset())
 }
 
-/// Device vectors the ADMM phase holds beside the model: W, Z, U, W̆, W_avg, h (or ADMM-NN's
-/// mask), five scratch vectors for the monitored norms and the prune gap's mask, and one for
-/// mask selection.
+/// Device vectors the ADMM phase holds beside the model: W, Z, U, W̆, W_avg, SAS-ADMM's h, five
+/// scratch vectors (the monitored norms, and the projection mask that ADMM-NN's dual step and
+/// the prune gap share) and one for mask selection.
 const ADMM_VECTORS: usize = 12;
 
 /// Tries each phase the run in `cfg.out` has left at its largest moment on the device (see
