@@ -225,17 +225,24 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The standard CIFAR recipe: SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128,
-    /// lr / 10 at epochs 100 and 150 of 200 (He et al.'s CIFAR schedule, the paper's retraining).
+    /// The standard CIFAR recipe ([`crate::models::CIFAR_RECIPE`]: SGD lr 0.1, momentum 0.9,
+    /// weight decay 1e-4, batch 128, lr / 10 at epochs 100 and 150 of 200; He et al.'s CIFAR
+    /// schedule, the paper's retraining) with the other settings at their defaults.
     pub fn cifar_default() -> TrainConfig {
+        TrainConfig::from_recipe(&crate::models::CIFAR_RECIPE)
+    }
+
+    /// A model's training recipe ([`crate::models::Recipe`]) with the other settings at their
+    /// defaults.
+    pub fn from_recipe(r: &crate::models::Recipe) -> TrainConfig {
         TrainConfig {
-            epochs: 200,
-            batch: 128,
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 1e-4,
+            epochs: r.epochs,
+            batch: r.batch,
+            lr: r.lr,
+            momentum: r.momentum,
+            weight_decay: r.weight_decay,
             nesterov: false,
-            schedule: LrSchedule::MultiStep { milestones: vec![100, 150], gamma: 0.1, of: 200 },
+            schedule: LrSchedule::MultiStep { milestones: r.milestones.to_vec(), gamma: r.gamma, of: r.epochs },
             seed: 0,
             max_steps: None,
             subset: None,
@@ -248,20 +255,6 @@ impl TrainConfig {
             best_path: None,
             announce_eta_after: None,
             divergence_hint: "continue from it with a lower learning rate (--lr)".into(),
-        }
-    }
-
-    /// A model's training recipe ([`crate::models::Recipe`]) with the other settings at their
-    /// defaults.
-    pub fn from_recipe(r: &crate::models::Recipe) -> TrainConfig {
-        TrainConfig {
-            epochs: r.epochs,
-            batch: r.batch,
-            lr: r.lr,
-            momentum: r.momentum,
-            weight_decay: r.weight_decay,
-            schedule: LrSchedule::MultiStep { milestones: r.milestones.to_vec(), gamma: r.gamma, of: r.epochs },
-            ..TrainConfig::cifar_default()
         }
     }
 

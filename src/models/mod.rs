@@ -167,7 +167,7 @@ pub struct Recipe {
 
 /// He et al.'s CIFAR recipe (also the paper's retraining): 200 epochs of batch 128, lr 0.1 / 10
 /// at epochs 100 and 150, momentum 0.9, weight decay 1e-4.
-const CIFAR_RECIPE: Recipe =
+pub const CIFAR_RECIPE: Recipe =
     Recipe { epochs: 200, batch: 128, lr: 0.1, momentum: 0.9, weight_decay: 1e-4, milestones: &[100, 150], gamma: 0.1 };
 
 /// The standard ImageNet AlexNet recipe (PyTorch's ImageNet example): 90 epochs of batch 256,

@@ -235,8 +235,10 @@ pub fn run_admm_nn(
             bar.set_position(state.gradients as u64);
         }
         copy(&w_net, &state.w)?;
-        let wu = elementwise::add(&state.w, &state.u)?;
-        grouping.projection_mask(&wu, &s.mask)?;
+        // W + U in the scratch vector (the prune gap reuses it after the mask is taken)
+        copy(&state.w, &s.tmp)?;
+        elementwise::axpy(1.0, &state.u, &s.tmp)?;
+        grouping.projection_mask(&s.tmp, &s.mask)?;
         admm::admm_dual(&state.w, &s.mask, &state.z, &state.u, &s.dz, &s.res)?;
         copy(&state.w, &state.w_avg)?;
         elementwise::axpy(-1.0, &state.w, &s.w_prev)?; // W_prev − W
