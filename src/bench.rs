@@ -302,7 +302,7 @@ impl Bench<'_> {
     fn memory_bound(&self, emit: &mut Emit) -> Result<()> {
         let (cfg, runs, batch) = (self.cfg, self.runs, self.batch);
         let gb = |arrays: f64, len: usize| arrays * 4.0 * len as f64 / 1e9;
-        let len = if cfg.quick { 1 << 20 } else { 1 << 26 };
+        let len = copy_like_len(cfg.quick, gpu::get()?.adapter.max_storage_binding);
         let name = format!("elementwise scale {}M", len >> 20);
         if cfg.wants(&name) {
             let x = Tensor::full(&[len], 1.0)?;
@@ -832,6 +832,18 @@ pub fn json_line(m: &Measurement) -> Result<String> {
     Ok(fields.to_string())
 }
 
+/// The copy-like kernel's length: 64M f32 (256 MB, past every cache), or under `--quick` 1M;
+/// where a storage binding holds less (llvmpipe's 128 MiB, and some GPUs'), the largest power of
+/// two that fits, so the row still runs (its name gives the length).
+fn copy_like_len(quick: bool, max_storage_binding: u64) -> usize {
+    let fits = (max_storage_binding / 4).max(1 << 20);
+    if quick {
+        1 << 20
+    } else {
+        (1usize << 26).min(1usize << fits.ilog2())
+    }
+}
+
 /// Runs the benchmark, printing a table and appending JSON lines to `out`.
 pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
     // a bad --compact file is named before any measurement, not after the kernels' (hours on a
@@ -880,4 +892,20 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
         );
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_like_len;
+
+    #[test]
+    fn the_copy_like_row_fits_the_storage_binding() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(copy_like_len(false, 4096 * MIB), 1 << 26, "a GPU with large bindings: 256 MB");
+        assert_eq!(copy_like_len(false, 256 * MIB), 1 << 26, "exactly 256 MB fits");
+        assert_eq!(copy_like_len(false, 128 * MIB), 1 << 25, "llvmpipe's 128 MiB: 32M elements");
+        assert_eq!(copy_like_len(false, 100 * MIB), 1 << 24, "a limit that is no power of two");
+        assert_eq!(copy_like_len(false, MIB), 1 << 20, "never below the quick size");
+        assert_eq!(copy_like_len(true, 4096 * MIB), 1 << 20);
+    }
 }

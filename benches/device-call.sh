@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The prepared GPU measurement of benches/PERFORMANCE.md ("The next device call, prepared") as
+# one script: a session lent a GPU sends it as it is, and a session without one checks that it
+# still starts (flags change between sessions; a step that exits 2 at once wastes a device call).
+#
+#   bash benches/device-call.sh prepare [BASE]   here: ../shared/device/pack.sh (release and test
+#        binaries, Vulkan loader, libglvnd, CIFAR-10, weights into .device/) and a stripped build
+#        of BASE (default 61486f5) as .device/sasprune-base, built in target/device-base
+#   bash benches/device-call.sh rehearse         here, on the software driver: each step for at
+#        most REHEARSE_S seconds (default 40) with this checkout's binaries; a step passes when it
+#        ends with 0 or is still running at the limit, the PyTorch peer is only compiled (no torch
+#        here) and a test step needs its tests/NAME.rs. Exit 1 names the steps that failed.
+#   bash benches/device-call.sh steps            prints the steps, one per line
+#   bash benches/device-call.sh                  on the device: the device tool's `run` with
+#        command "bash benches/device-call.sh", carry [".device"], timeout_s 600. Every step runs
+#        through .device/on-gpu.sh (at most STEP_S = 200 s each); summary.txt and run.tar.gz
+#        come back. Record what it measured in benches/PERFORMANCE.md and README's speed section.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# One step per line, in the order they run. $RES comes back, $DATA is CIFAR-10, $PRE the
+# pretrained weights. The first bench tunes (and fills the tuning cache); the second is the one
+# to quote. The base build tunes into its own cache.
+steps=(
+  'sasprune bench --out $RES/bench.jsonl'
+  'sasprune bench --out $RES/bench2.jsonl'
+  '.device/sasprune-base --tune-cache /tmp/base-tune.json bench --filter step --out $RES/base.jsonl'
+  '.device/sasprune-base --tune-cache /tmp/base-tune.json bench --filter step --out $RES/base2.jsonl'
+  'SASPRUNE_SUBGROUPS=off sasprune bench --filter batchnorm --out $RES/bench-nosubgroups.jsonl'
+  'SASPRUNE_BN_FINALIZE=separate sasprune bench --filter step --out $RES/bench-bn-separate.jsonl'
+  'sasprune --tune off bench --filter step --out $RES/bench-tune-off.jsonl'
+  'python3 benches/peers/pytorch_resnet32.py --out $RES/peer.jsonl'
+  'sasprune --model resnet32 --rate 6.6x --weights $PRE/resnet32.safetensors --data $DATA --schedule quick --outer 4 --retrain-epochs 2 --out $RES/run'
+  'sasprune --model resnet32 --rate 6.6x --weights $PRE/resnet32.safetensors --data $DATA --schedule quick --outer 4 --retrain-epochs 2 --precision mixed --out $RES/run-mixed'
+  'test kernels'
+  'test grad_places'
+  'test memory'
+  'test mixed_precision'
+)
+
+prepare() {
+  local base=${1:-61486f5}
+  bash ../shared/device/pack.sh || return 1
+  # the steps use ResNet-20's and ResNet-32's weights; the others would crowd the 64 MiB carry
+  chmod -R u+w .device/pretrained && rm -f .device/pretrained/resnet{44,56}.safetensors
+  rm -rf /tmp/device-base && git worktree add -f --detach /tmp/device-base "$base" >/dev/null || return 1
+  cargo build --release --quiet --manifest-path /tmp/device-base/Cargo.toml --target-dir target/device-base \
+    && strip -o .device/sasprune-base target/device-base/release/sasprune
+  local rc=$?
+  git worktree remove --force /tmp/device-base
+  du -sh .device | sed 's/^/carried: /'
+  return $rc
+}
+
+rehearse() {
+  local limit=${REHEARSE_S:-40} bin failed=() n=0
+  bin=$(mktemp -d) && ln -s "$PWD/target/release/sasprune" "$bin/sasprune"
+  [[ -x target/release/sasprune ]] || { echo "build first: cargo build --release"; return 1; }
+  [[ -x .device/sasprune-base ]] || echo "note: no .device/sasprune-base (run 'prepare'); its steps will fail"
+  RES=$(mktemp -d)
+  export PATH=$bin:$PATH RES DATA=${DATA:-$PWD/data} PRE=${PRE:-$PWD/../shared/pretrained}
+  export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+  for step in "${steps[@]}"; do
+    n=$((n + 1))
+    local log=$RES/step$n.txt rc s=$SECONDS
+    case $step in
+      test\ *) [[ -f tests/${step#test }.rs ]]; rc=$? ;;
+      python3\ *) python3 -m py_compile "$(awk '{print $2}' <<< "$step")"; rc=$? ;;
+      *) timeout "$limit" bash -c "$step" > "$log" 2>&1; rc=$? ;;
+    esac
+    local verdict=ok
+    if [[ $rc -ne 0 && $rc -ne 124 ]]; then verdict=FAILED; failed+=("$n"); fi
+    printf '%02d %-6s rc %3d %3ds  %s\n' $n $verdict $rc $((SECONDS - s)) "$step"
+    [[ -f $log && $verdict == FAILED ]] && tail -3 "$log" | sed 's/^/      /'
+  done
+  echo "outputs: $RES"
+  [[ ${#failed[@]} -eq 0 ]] || { echo "failed steps: ${failed[*]}"; return 1; }
+}
+
+case ${1:-device} in
+  prepare) prepare "${2:-}" ;;
+  rehearse) rehearse ;;
+  steps) printf '%s\n' "${steps[@]}" ;;
+  device)
+    [[ -f .device/on-gpu.sh ]] || { echo "no .device/on-gpu.sh: run 'bash benches/device-call.sh prepare' first"; exit 1; }
+    STEP_S=${STEP_S:-200} bash .device/on-gpu.sh "${steps[@]}" ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
+esac
