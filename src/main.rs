@@ -24,10 +24,12 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
     }
     let mode = cli.tune;
     sasprune::tune::configure(sasprune::tune::Settings { mode, cache: cli.tune_cache.clone() });
-    let options = gpu::GpuOptions { backend: cli.backend.clone(), adapter: cli.adapter.clone() };
     let env = gpu::GpuOptions::from_env();
-    let options =
-        gpu::GpuOptions { backend: options.backend.or(env.backend), adapter: options.adapter.or(env.adapter) };
+    let options = gpu::GpuOptions {
+        backend: cli.backend.clone().or(env.backend),
+        adapter: cli.adapter.clone().or(env.adapter),
+        limits: env.limits,
+    };
     let Some(command) = cli.command else {
         gpu::init(&options)?;
         return pipeline::run_pipeline(args, &cli.prune);

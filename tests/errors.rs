@@ -43,7 +43,7 @@ fn a_buffer_larger_than_the_device_allows_is_an_error() {
 
 #[test]
 fn no_matching_adapter_says_what_was_looked_for() {
-    let options = GpuOptions { backend: None, adapter: Some("no-such-gpu-xyz".into()) };
+    let options = GpuOptions { adapter: Some("no-such-gpu-xyz".into()), ..Default::default() };
     let err = Gpu::open(&options).err().expect("no adapter has that name");
     let text = err.to_string();
     assert!(matches!(err, Error::NoAdapter(_)), "{text}");
@@ -52,7 +52,7 @@ fn no_matching_adapter_says_what_was_looked_for() {
 
 #[test]
 fn an_unknown_backend_is_an_error() {
-    let options = GpuOptions { backend: Some("glide".into()), adapter: None };
+    let options = GpuOptions { backend: Some("glide".into()), ..Default::default() };
     let text = Gpu::open(&options).err().expect("unknown backend").to_string();
     assert!(text.contains("unknown backend 'glide'"), "{text}");
 }

@@ -35,47 +35,6 @@ fn subgroup_check_passes_where_subgroups_are_known_to_work() {
     eprintln!("{adapter}: subgroups usable {}", sasprune::ops::subgroups_usable().unwrap());
 }
 
-fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
-    let x = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
-    let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
-    let b = f32_exact(&rng.vec(g.c_out));
-    let (oh, ow) = (g.out_h(), g.out_w());
-    let r = f32_exact(&rng.vec(g.n * g.c_out * oh * ow));
-    let xt = param(&x, &[g.n, g.c_in, g.h, g.w]);
-    let wt = param(&w, &[g.c_out, g.c_in, g.kh, g.kw]);
-    let bt = param(&b, &[g.c_out]);
-    let y = conv2d::conv2d(&xt, &wt, bias.then_some(&bt), g.stride, g.pad).unwrap();
-    assert_eq!(y.shape(), [g.n, g.c_out, oh, ow]);
-    let what = format!("{g:?} bias={bias}");
-    assert_close(
-        &format!("conv2d forward {what}"),
-        &values(&y),
-        &cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g),
-        LONG_SUM,
-    );
-    y.backward_with(tensor(&r, y.shape())).unwrap();
-    assert_close(&format!("conv2d grad_input {what}"), &grad(&xt), &cpu::conv2d_grad_input(&r, &w, &g), LONG_SUM);
-    assert_close(&format!("conv2d grad_weight {what}"), &grad(&wt), &cpu::conv2d_grad_weight(&r, &x, &g), LONG_SUM);
-    if bias {
-        assert_close(&format!("conv2d grad_bias {what}"), &grad(&bt), &cpu::conv2d_grad_bias(&r, &g), LONG_SUM);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn geom(
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-) -> cpu::Conv2dGeom {
-    cpu::Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, pad }
-}
-
 #[test]
 fn conv2d_resnet_3x3_stride1_matches_reference() {
     conv_case(&mut Rng::new(1), geom(3, 5, 9, 7, 6, 3, 3, 1, 1), false);
@@ -234,18 +193,6 @@ fn split_k_sums_match_reference_with_every_lane_count() {
     let t = tensor(&[1.0; 8], &[8]);
     assert!(reduce::sum_splits_with_lanes(&t, 2, 3, &tensor(&[0.0; 4], &[4])).is_err(), "3 lanes accepted");
     assert!(reduce::sum_splits_with_lanes(&t, 3, 1, &tensor(&[0.0; 4], &[4])).is_err(), "too few parts accepted");
-}
-
-fn gemm_case(rng: &mut Rng, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
-    let a = f32_exact(&rng.vec(m * k));
-    let b = f32_exact(&rng.vec(k * n));
-    let out = matmul::gemm(&tensor(&a, &[a.len()]), &tensor(&b, &[b.len()]), None, m, k, n, ta, tb).unwrap();
-    assert_close(
-        &format!("gemm {m}x{k}x{n} ta={ta} tb={tb}"),
-        &values(&out),
-        &cpu::matmul(&a, &b, m, k, n, ta, tb),
-        LONG_SUM,
-    );
 }
 
 #[test]

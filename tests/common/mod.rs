@@ -2,6 +2,8 @@
 //! closeness check |gpu - ref| <= atol + rtol * |ref|.
 #![allow(dead_code)]
 
+use sasprune::ops::{conv2d, matmul};
+use sasprune::reference as cpu;
 use sasprune::Tensor;
 
 /// xorshift64* — deterministic test data without extra dependencies.
@@ -310,4 +312,59 @@ pub fn grad_input_adding_case(
 pub fn differing_bits(a: &[f64], b: &[f64]) -> usize {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count()
+}
+
+/// A convolution's forward, grad-input, grad-weight (and grad-bias) against the f64 reference.
+pub fn conv_case(rng: &mut Rng, g: cpu::Conv2dGeom, bias: bool) {
+    let x = f32_exact(&rng.vec(g.n * g.c_in * g.h * g.w));
+    let w = f32_exact(&rng.vec(g.c_out * g.c_in * g.kh * g.kw));
+    let b = f32_exact(&rng.vec(g.c_out));
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let r = f32_exact(&rng.vec(g.n * g.c_out * oh * ow));
+    let xt = param(&x, &[g.n, g.c_in, g.h, g.w]);
+    let wt = param(&w, &[g.c_out, g.c_in, g.kh, g.kw]);
+    let bt = param(&b, &[g.c_out]);
+    let y = conv2d::conv2d(&xt, &wt, bias.then_some(&bt), g.stride, g.pad).unwrap();
+    assert_eq!(y.shape(), [g.n, g.c_out, oh, ow]);
+    let what = format!("{g:?} bias={bias}");
+    assert_close(
+        &format!("conv2d forward {what}"),
+        &values(&y),
+        &cpu::conv2d(&x, &w, bias.then_some(&b[..]), &g),
+        LONG_SUM,
+    );
+    y.backward_with(tensor(&r, y.shape())).unwrap();
+    assert_close(&format!("conv2d grad_input {what}"), &grad(&xt), &cpu::conv2d_grad_input(&r, &w, &g), LONG_SUM);
+    assert_close(&format!("conv2d grad_weight {what}"), &grad(&wt), &cpu::conv2d_grad_weight(&r, &x, &g), LONG_SUM);
+    if bias {
+        assert_close(&format!("conv2d grad_bias {what}"), &grad(&bt), &cpu::conv2d_grad_bias(&r, &g), LONG_SUM);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn geom(
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+) -> cpu::Conv2dGeom {
+    cpu::Conv2dGeom { n, c_in, h, w, c_out, kh, kw, stride, pad }
+}
+
+/// A GEMM (A and B optionally transposed) against the f64 reference.
+pub fn gemm_case(rng: &mut Rng, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+    let a = f32_exact(&rng.vec(m * k));
+    let b = f32_exact(&rng.vec(k * n));
+    let out = matmul::gemm(&tensor(&a, &[a.len()]), &tensor(&b, &[b.len()]), None, m, k, n, ta, tb).unwrap();
+    assert_close(
+        &format!("gemm {m}x{k}x{n} ta={ta} tb={tb}"),
+        &values(&out),
+        &cpu::matmul(&a, &b, m, k, n, ta, tb),
+        LONG_SUM,
+    );
 }

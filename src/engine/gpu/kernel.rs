@@ -135,6 +135,20 @@ impl Kernel {
         spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| format!("SPIR-V: {e}"))?;
         Ok(())
     }
+
+    /// Bytes of workgroup memory this kernel's text declares for `types`: the sizes of its
+    /// `var<workgroup>` globals in naga's layout. wgpu does not compare them with the device's
+    /// limit, so the plans that choose tiles do (`Tile::workgroup_bytes`); this is their check.
+    pub(crate) fn workgroup_bytes_offline(&self, types: &[Dtype]) -> std::result::Result<u32, String> {
+        let text = self.wgsl(types);
+        let module = naga::front::wgsl::parse_str(&text).map_err(|e| e.emit_to_string(&text))?;
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).map_err(|e| format!("{e:?}"))?;
+        Ok((module.global_variables.iter())
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| layouter[v.ty].size)
+            .sum())
+    }
 }
 
 /// Bindings a kernel may have besides its uniform (binding 0).

@@ -24,12 +24,34 @@ pub struct GpuOptions {
     pub backend: Option<String>,
     /// Case-insensitive substring of the adapter name; env `SASPRUNE_ADAPTER`.
     pub adapter: Option<String>,
+    /// The limits the device is opened with: `adapter` (the default: all the adapter offers) or
+    /// `webgpu` (what every WebGPU adapter guarantees: 16 KiB of workgroup memory, 128 MiB
+    /// storage bindings, 256 MiB buffers, 256-byte offset alignment; how the tests check that
+    /// sasprune runs on the smallest GPU it may meet); env `SASPRUNE_LIMITS`.
+    pub limits: Option<String>,
 }
 
 impl GpuOptions {
     pub fn from_env() -> Self {
         let var = |k| std::env::var(k).ok().filter(|v: &String| !v.trim().is_empty());
-        GpuOptions { backend: var("SASPRUNE_BACKEND"), adapter: var("SASPRUNE_ADAPTER") }
+        GpuOptions {
+            backend: var("SASPRUNE_BACKEND"),
+            adapter: var("SASPRUNE_ADAPTER"),
+            limits: var("SASPRUNE_LIMITS"),
+        }
+    }
+}
+
+/// The limits to open `adapter`'s device with (see [`GpuOptions::limits`]); never better than
+/// the adapter's own.
+fn device_limits(adapter: &wgpu::Adapter, limits: Option<&str>) -> Result<wgpu::Limits> {
+    match limits.map(str::trim) {
+        None | Some("adapter") => Ok(adapter.limits()),
+        Some("webgpu") => Ok(wgpu::Limits::defaults().or_worse_values_from(&adapter.limits())),
+        Some(other) => Err(Error::invalid(format!(
+            "SASPRUNE_LIMITS={other}: expected `adapter` (the adapter's own limits, the default) or `webgpu` \
+             (the limits every WebGPU adapter guarantees)"
+        ))),
     }
 }
 
@@ -225,7 +247,10 @@ fn choose_adapter(options: &GpuOptions) -> Result<wgpu::Adapter> {
 
 /// Opens a device with the adapter's limits and whichever of the features the kernels use it
 /// offers; returns them with the device.
-fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Features)> {
+fn request_device(
+    adapter: &wgpu::Adapter,
+    limits: &wgpu::Limits,
+) -> Result<(wgpu::Device, wgpu::Queue, wgpu::Features)> {
     // subgroups: the summing kernels' faster variant (ops::subgroups_usable decides its use);
     // f16: mixed precision's f16 storage
     // cooperative matrices: mixed precision's tensor-core GEMM tiles (ops::gemm_plan)
@@ -238,7 +263,7 @@ fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue,
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("sasprune"),
             required_features: features,
-            required_limits: adapter.limits(),
+            required_limits: limits.clone(),
             // SAFETY: wgpu asks users of its experimental features (here only cooperative
             // matrices) to accept that they may still have bugs. Only the cooperative-matrix
             // GEMM tiles use them; they are checked against the f64 reference where the
@@ -290,9 +315,9 @@ fn watch_device(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
 }
 
 impl AdapterSummary {
-    /// What `adapter` is and offers, with the `features` its device was opened with.
-    fn of(adapter: &wgpu::Adapter, features: wgpu::Features) -> AdapterSummary {
-        let (info, limits) = (adapter.get_info(), adapter.limits());
+    /// What `adapter` is and offers, with the `features` and `limits` its device was opened with.
+    fn of(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu::Limits) -> AdapterSummary {
+        let info = adapter.get_info();
         AdapterSummary {
             name: info.name.clone(),
             vendor_id: info.vendor,
@@ -323,10 +348,10 @@ impl Gpu {
     /// and loss, and summarises what it offers.
     pub fn open(options: &GpuOptions) -> Result<Gpu> {
         let adapter = choose_adapter(options)?;
-        let (device, queue, features) = request_device(&adapter)?;
+        let limits = device_limits(&adapter, options.limits.as_deref())?;
+        let (device, queue, features) = request_device(&adapter, &limits)?;
         let device_error = watch_device(&device);
-        let limits = adapter.limits();
-        let summary = AdapterSummary::of(&adapter, features);
+        let summary = AdapterSummary::of(&adapter, features, &limits);
         let recorder = recorder::Recorder::new(&limits);
         let shader_checks = ShaderChecks::from_env(&summary.backend)?;
         Ok(Gpu {

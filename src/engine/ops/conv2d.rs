@@ -531,4 +531,30 @@ mod tests {
             }
         }
     }
+
+    /// The workgroup memory the planner counts for each tile (`Tile::workgroup_bytes`, which
+    /// decides where an adapter with little of it runs which tile) is what every GEMM-based
+    /// kernel on it declares, as naga lays it out; the direct and Winograd kernels, which have
+    /// no smaller variant, fit WebGPU's guaranteed 16 KiB.
+    #[test]
+    fn tiles_declare_the_workgroup_memory_the_planner_counts() {
+        let families = [
+            (&super::super::matmul::GEMM, 4),
+            (&FORWARD, 6),
+            (&GRAD_INPUT, 4),
+            (&GRAD_INPUT_STRIDED, 4),
+            (&GRAD_WEIGHT, 4),
+        ];
+        for (family, bindings) in families {
+            for (kernel, tile) in family.iter().zip(&TILES) {
+                let types = vec![if tile.coop > 0 { Dtype::F16 } else { Dtype::F32 }; bindings];
+                let declared = kernel.workgroup_bytes_offline(&types).unwrap();
+                assert_eq!(declared, tile.workgroup_bytes(), "{}", kernel.label);
+            }
+        }
+        for kernel in [&DIRECT_3X3, &WINOGRAD_WEIGHTS, &WINOGRAD_TILES] {
+            let declared = kernel.workgroup_bytes_offline(&[Dtype::F32; 4]).unwrap();
+            assert!(declared <= 16384, "{}: {declared} bytes", kernel.label);
+        }
+    }
 }

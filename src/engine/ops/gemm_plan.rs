@@ -148,7 +148,36 @@ const COOP_SLOTS: u32 = 4;
 /// K-depth of a cooperative-matrix tile's chunk (its prelude's TK).
 const COOP_TK: u32 = 32;
 
+/// K-depth of a register tile's chunk (`gpu_tile!`'s TK).
+const GPU_TK: u32 = 16;
+/// K-depth of the 64-thread tiles' chunk (tiled_gemm.wgsl's and tiled_gemm_wide.wgsl's TK).
+const CPU_TK: u32 = 32;
+
 impl Tile {
+    /// Bytes of workgroup memory its engine declares (the shared A, B and C tiles): an adapter
+    /// that gives a workgroup less cannot build its kernels. WebGPU guarantees 16,384; `g128`
+    /// needs 16,640, which every desktop GPU gives (NVIDIA 48 KiB, AMD, Intel and Apple 32–64).
+    pub fn workgroup_bytes(&self) -> u32 {
+        let (rows, cols) = (self.rows as u32, self.cols as u32);
+        if self.coop != 0 {
+            // f16 A and B tiles, f32 C tile, each row padded by 16 bytes (tiled_gemm_coop.wgsl)
+            (rows * (COOP_TK + 8) + COOP_TK * (cols + 8)) * 2 + rows * (cols + 4) * 4
+        } else if self.gpu {
+            // vec4 A tile [k][m / 4 + 1] (one vec4 of padding a row) and B tile [k][n / 4]
+            GPU_TK * (rows / 4 + 1 + cols / 4) * 16
+        } else if self.name == "wide16" {
+            CPU_TK * rows * 4 // tiled_gemm_wide.wgsl shares A only (B is read from its buffer)
+        } else {
+            CPU_TK * (rows + cols) * 4
+        }
+    }
+
+    /// Whether this tile's kernels can be built on an adapter that gives a workgroup
+    /// `storage_max` bytes.
+    pub fn fits_workgroup(&self, storage_max: u32) -> bool {
+        self.workgroup_bytes() <= storage_max
+    }
+
     /// Whether this cooperative-matrix tile can run on an adapter that offers f16 matrices of
     /// `sizes`, runs subgroups of up to `subgroup_max` threads and gives a workgroup
     /// `storage_max` bytes: its matrix size is offered, its subgroups hold all its blocks (see
@@ -160,9 +189,7 @@ impl Tile {
         let (rows, cols, threads) = (self.rows as u32, self.cols as u32, self.threads as u32);
         let blocks = (rows / self.coop) * (cols / self.coop);
         let subgroups = threads / subgroup_max.max(1);
-        // f16 A and B tiles, f32 C tile, each row padded by 16 bytes (tiled_gemm_coop.wgsl)
-        let storage = (rows * (COOP_TK + 8) + COOP_TK * (cols + 8)) * 2 + rows * (cols + 4) * 4;
-        blocks <= COOP_SLOTS * subgroups && storage <= storage_max
+        blocks <= COOP_SLOTS * subgroups && self.fits_workgroup(storage_max)
     }
 }
 

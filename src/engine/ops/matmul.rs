@@ -57,15 +57,23 @@ impl GemmShape {
     /// direct kernel for 16-channel 3x3 convolutions, else the 256-thread register tile whose rows
     /// fit M (128x128 only for products with at least 256 such tiles) — with K split until about
     /// `GPU_TARGET_GROUPS` workgroups run (chunks of at least 128).
-    fn gpu_default(&self, direct: bool) -> Plan {
+    /// On an adapter whose workgroup memory (`storage_max`) holds less than a tile's shared
+    /// tiles (the 16x256 and 128x128 ones need a little more than WebGPU's guaranteed 16 KiB),
+    /// the next tile that fits: 32x128 for M up to 32, else 64x64.
+    fn gpu_default(&self, direct: bool, storage_max: u32) -> Plan {
         if direct && self.m == 16 {
             return Plan { tile: DIRECT, splits: 1 };
         }
-        let tile = match self.m {
+        let preferred = match self.m {
             0..=16 => 4,
             17..=32 => 6,
             33..=64 => 7,
             _ if self.tiles(9) >= 256 => 9,
+            _ => 7,
+        };
+        let tile = match preferred {
+            _ if TILES[preferred].fits_workgroup(storage_max) => preferred,
+            _ if self.m <= 32 => 6,
             _ => 7,
         };
         Plan { tile, splits: self.gpu_splits(tile) }
@@ -159,14 +167,21 @@ pub(crate) fn run_gemm(
     let coop_fits = |tile: usize| f16 && cooperative_fit(a, tile);
     // whether this product can run on a plan's tile: a special kernel it has, a cooperative
     // tile that fits, or any other GEMM tile
+    // (and, for the FMA tiles, whose workgroup memory the adapter gives)
     let runnable = |tile: usize| {
         if tile >= TILES.len() {
             special(tile).is_some()
+        } else if TILES[tile].coop != 0 {
+            coop_fits(tile)
         } else {
-            TILES[tile].coop == 0 || coop_fits(tile)
+            TILES[tile].fits_workgroup(a.max_workgroup_storage)
         }
     };
-    let default = if a.is_cpu() { shape.cpu_default() } else { shape.gpu_default(special(DIRECT).is_some()) };
+    let default = if a.is_cpu() {
+        shape.cpu_default()
+    } else {
+        shape.gpu_default(special(DIRECT).is_some(), a.max_workgroup_storage)
+    };
     let record = |plan: Plan| match special(plan.tile) {
         Some(run) => run(),
         // (a plan this product cannot run, forced or cached: the default, never special then)
@@ -203,7 +218,10 @@ pub(crate) fn run_gemm(
             crate::tune::choose(
                 &key,
                 default,
-                || shape.candidates(&tiles(), &coop().collect::<Vec<_>>()),
+                || {
+                    let plans = shape.candidates(&tiles(), &coop().collect::<Vec<_>>());
+                    plans.into_iter().filter(|p| runnable(p.tile)).collect()
+                },
                 record,
                 check,
             )?
@@ -582,17 +600,19 @@ mod tests {
 
     #[test]
     fn gpu_defaults_follow_m_and_are_among_the_tuner_candidates() {
+        // an adapter's workgroup memory that holds every FMA tile (NVIDIA's 48 KiB)
+        const BIG: u32 = 49152;
         let name = |p: Plan| tile_name(p.tile);
-        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(true)), DIRECT_NAME);
-        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(false)), "g16s");
-        assert_eq!(name(shape(32, 32768, 288, 1).gpu_default(true)), "g32s");
-        assert_eq!(name(shape(64, 8192, 576, 1).gpu_default(false)), "g64");
-        assert_eq!(name(shape(4096, 4096, 4096, 0).gpu_default(false)), "g128");
-        assert_eq!(name(shape(192, 2704, 1600, 0).gpu_default(false)), "g64");
+        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(true, BIG)), DIRECT_NAME);
+        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(false, BIG)), "g16s");
+        assert_eq!(name(shape(32, 32768, 288, 1).gpu_default(true, BIG)), "g32s");
+        assert_eq!(name(shape(64, 8192, 576, 1).gpu_default(false, BIG)), "g64");
+        assert_eq!(name(shape(4096, 4096, 4096, 0).gpu_default(false, BIG)), "g128");
+        assert_eq!(name(shape(192, 2704, 1600, 0).gpu_default(false, BIG)), "g64");
         for s in [shape(3, 500, 27, 1), shape(16, 9, 9000, 0), shape(33, 70, 130, 0), shape(100, 4096, 64, 1)] {
             let coop: Vec<usize> = (0..TILES.len()).filter(|&t| TILES[t].coop > 0).collect();
             for specials in [&[][..], &[DIRECT], &[DIRECT, WINOGRAD], &[WINOGRAD]] {
-                let d = s.gpu_default(specials.contains(&DIRECT));
+                let d = s.gpu_default(specials.contains(&DIRECT), BIG);
                 let c = s.candidates(specials, &coop);
                 assert!(c.contains(&d), "{s:?}: default {d:?} not among {c:?}");
                 assert!(specials.iter().all(|&t| c.contains(&Plan { tile: t, splits: 1 })), "{c:?}");
@@ -605,8 +625,8 @@ mod tests {
         // Split-K: a long reduction into one tile is split up to k/128 ways; an unsplittable
         // product (fixed layers) never is.
         let gw = shape(16, 144, 131072, 0);
-        assert_eq!(gw.gpu_default(false).splits, 1024);
-        assert_eq!(shape(16, 144, 131072, 1).gpu_default(false).splits, 1);
+        assert_eq!(gw.gpu_default(false, BIG).splits, 1024);
+        assert_eq!(shape(16, 144, 131072, 1).gpu_default(false, BIG).splits, 1);
         // A cooperative tile needs its matrix size, enough subgroups for its blocks (4 each)
         // and its shared tiles' bytes: c16h (64x64, 256 threads) holds 16 blocks of 16x16 in
         // subgroups of up to 64 threads and 27,136 bytes; c8h (32x64) 32 blocks of 8x8 in
@@ -633,6 +653,23 @@ mod tests {
         // reports for Apple GPUs, in 9,728 bytes.
         assert!(tile("c8s").cooperative_fits(&[8], 64, 9728) && !tile("c8s").cooperative_fits(&[8], 64, 9727));
         assert!(!TILES[7].cooperative_fits(&[8, 16], 8, 65536), "g64 is no cooperative tile");
+        // Where a workgroup gets only WebGPU's guaranteed 16 KiB, the 16x256 tiles (17,664
+        // bytes: a vec4 A tile of 16 x (16/4 + 1) and a B tile of 16 x 256/4) and the 128x128
+        // one (16,640) give way to the next that fits; the 64-thread tiles all fit.
+        let bytes = |name: &str| TILES[tile_index(name).unwrap()].workgroup_bytes();
+        assert_eq!(
+            [bytes("g16"), bytes("g16s"), bytes("g128"), bytes("g32s"), bytes("g64"), bytes("g64w")],
+            [17664, 17664, 16640, 10496, 8448, 12544]
+        );
+        assert_eq!(
+            [bytes("wide16"), bytes("rm4"), bytes("rm8"), bytes("c16h"), bytes("c8h")],
+            [2048, 12288, 16384, 27136, 15872]
+        );
+        const WEBGPU: u32 = 16384;
+        assert_eq!(name(shape(4096, 4096, 4096, 0).gpu_default(false, WEBGPU)), "g64");
+        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(false, WEBGPU)), "g32s");
+        assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(true, WEBGPU)), DIRECT_NAME);
+        assert_eq!(name(shape(64, 8192, 576, 1).gpu_default(false, WEBGPU)), "g64");
         // CPU drivers keep the 64-thread tiles.
         assert_eq!(name(shape(16, 131072, 144, 1).cpu_default()), "wide16");
         assert_eq!(name(shape(64, 8192, 576, 1).cpu_default()), "rm8");
