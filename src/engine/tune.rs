@@ -203,8 +203,17 @@ fn open_tuner() -> Result<Tuner> {
         None => default_cache_path(),
     };
     let a = &gpu.adapter;
-    let adapter_key =
-        format!("{} | {} | {} {} | sasprune {}", a.name, a.backend, a.driver, a.driver_info, env!("CARGO_PKG_VERSION"));
+    // (with the device's workgroup memory, which decides the tiles a product can run on: a
+    // device opened with smaller limits, `SASPRUNE_LIMITS=webgpu`, tunes its own choices)
+    let adapter_key = format!(
+        "{} | {} | {} {} | {} B workgroup memory | sasprune {}",
+        a.name,
+        a.backend,
+        a.driver,
+        a.driver_info,
+        a.max_workgroup_storage,
+        env!("CARGO_PKG_VERSION")
+    );
     let cache = match (&file, enabled) {
         (Some(path), true) => {
             let (cache, note) = Cache::load(path);
