@@ -41,8 +41,13 @@ steps=(
 prepare() {
   local base=${1:-61486f5}
   bash ../shared/device/pack.sh || return 1
-  # the steps use ResNet-20's and ResNet-32's weights; the others would crowd the 64 MiB carry
+  # the steps use ResNet-20's and ResNet-32's weights and four test binaries; the others would
+  # crowd the 64 MiB carry
   chmod -R u+w .device/pretrained && rm -f .device/pretrained/resnet{44,56}.safetensors
+  local bins keep=(sasprune)
+  for step in "${steps[@]}"; do [[ $step == test\ * ]] && keep+=("test-$(awk '{print $2}' <<< "$step")"); done
+  bins=$(mktemp -d) && tar -xJf .device/bin.tar.xz -C "$bins" \
+    && tar -cJf .device/bin.tar.xz -C "$bins" "${keep[@]}" && rm -rf "$bins" || return 1
   rm -rf /tmp/device-base && git worktree add -f --detach /tmp/device-base "$base" >/dev/null || return 1
   cargo build --release --quiet --manifest-path /tmp/device-base/Cargo.toml --target-dir target/device-base \
     && strip -o .device/sasprune-base target/device-base/release/sasprune
