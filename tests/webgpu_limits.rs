@@ -71,8 +71,8 @@ fn a_resnet_tuned_on_every_candidate_trains_and_evaluates() {
     let (rate, plans) = matmul::plans_used(|| sasprune::bench::step_rate("resnet20", 4, 1));
     let rate = rate.unwrap();
     assert!(rate.train_images_per_second > 0.0 && rate.eval_images_per_second > 0.0);
+    assert!(!plans.is_empty());
     assert_within_webgpu(&plans);
-    let tuned = tune::choices();
-    assert!(!tuned.is_empty(), "the tuner measured the step's products");
+    assert!(tune::measured() > 0, "the tuner measured the step's products");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,7 +1,8 @@
 //! The kernel autotuner: on a GPU, the first time a GEMM-based kernel family (a matrix product
 //! or a convolution kernel) meets a product shape, it times a handful of candidate plans (tile
 //! shape, K-splits) on the real operands and keeps the fastest. Choices are cached in memory and
-//! on disk, keyed by adapter, backend, driver and crate version, so the same binary gets fast on
+//! on disk, keyed by adapter, backend, driver, the device's workgroup memory and crate version,
+//! so the same binary gets fast on
 //! GPUs no one here has tried, and the second run pays nothing.
 //!
 //! Settings (flags `--tune` / `--tune-cache`, or env `SASPRUNE_TUNE` / `SASPRUNE_TUNE_CACHE`):

@@ -137,8 +137,9 @@ impl Kernel {
     }
 
     /// Bytes of workgroup memory this kernel's text declares for `types`: the sizes of its
-    /// `var<workgroup>` globals in naga's layout. wgpu does not compare them with the device's
-    /// limit, so the plans that choose tiles do (`Tile::workgroup_bytes`); this is their check.
+    /// `var<workgroup>` globals in naga's layout, each rounded up to 16 bytes as WebGPU counts
+    /// them (and Metal allocates them). wgpu does not compare them with the device's limit, so
+    /// the plans that choose tiles do (`Tile::workgroup_bytes`); this is their check.
     pub(crate) fn workgroup_bytes_offline(&self, types: &[Dtype]) -> std::result::Result<u32, String> {
         let text = self.wgsl(types);
         let module = naga::front::wgsl::parse_str(&text).map_err(|e| e.emit_to_string(&text))?;
@@ -146,7 +147,7 @@ impl Kernel {
         layouter.update(module.to_ctx()).map_err(|e| format!("{e:?}"))?;
         Ok((module.global_variables.iter())
             .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
-            .map(|(_, v)| layouter[v.ty].size)
+            .map(|(_, v)| layouter[v.ty].size.next_multiple_of(16))
             .sum())
     }
 }

@@ -155,8 +155,10 @@ const CPU_TK: u32 = 32;
 
 impl Tile {
     /// Bytes of workgroup memory its engine declares (the shared A, B and C tiles): an adapter
-    /// that gives a workgroup less cannot build its kernels. WebGPU guarantees 16,384; `g128`
-    /// needs 16,640, which every desktop GPU gives (NVIDIA 48 KiB, AMD, Intel and Apple 32–64).
+    /// that gives a workgroup less cannot build its kernels. WebGPU guarantees 16,384; `g16` and
+    /// `g16s` need 17,664, `g128` 16,640, `c16h` / `c16q` 27,136 and `c16n` 18,432, which every
+    /// desktop GPU gives (NVIDIA 48 KiB, AMD, Intel and Apple 32–64). (`wide16` is told by its
+    /// name: its engine text is a `const`, whose address is not one place to compare.)
     pub fn workgroup_bytes(&self) -> u32 {
         let (rows, cols) = (self.rows as u32, self.cols as u32);
         if self.coop != 0 {

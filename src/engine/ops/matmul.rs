@@ -87,15 +87,22 @@ impl GemmShape {
         (GPU_TARGET_GROUPS / tiles).clamp(1, self.k / 128)
     }
 
-    /// The plans the tuner times on a GPU: register tiles no taller than M needs (at most the
-    /// four tallest) and the cooperative-matrix tiles this product can run on (`coop`), each
-    /// with its default split, a quarter of it and four times it; and the family's own kernels
+    /// The plans the tuner times on a GPU: register tiles no taller than M needs that fit the
+    /// adapter's workgroup memory (`storage_max`; at most the four tallest, and always the fixed
+    /// default's) and the cooperative-matrix tiles this product can run on (`coop`), each with
+    /// its default split, a quarter of it and four times it; and the family's own kernels
     /// (`specials`: plan tiles past the GEMM ones) for this product.
-    fn candidates(&self, specials: &[usize], coop: &[usize]) -> Vec<Plan> {
+    fn candidates(&self, specials: &[usize], coop: &[usize], storage_max: u32) -> Vec<Plan> {
         let tallest = self.m.next_power_of_two().max(16);
-        let mut tiles: Vec<usize> = (0..TILES.len()).filter(|&i| TILES[i].gpu && TILES[i].rows <= tallest).collect();
+        let fits = |i: usize| TILES[i].gpu && TILES[i].rows <= tallest && TILES[i].fits_workgroup(storage_max);
+        let mut tiles: Vec<usize> = (0..TILES.len()).filter(|&i| fits(i)).collect();
         tiles.sort_by_key(|&i| std::cmp::Reverse(TILES[i].rows));
         tiles.truncate(4);
+        // (where the tiles M needs do not fit, the default is a taller one)
+        let default = self.gpu_default(false, storage_max).tile;
+        if !tiles.contains(&default) {
+            tiles.push(default);
+        }
         tiles.extend(coop);
         let mut plans = Vec::new();
         for tile in tiles {
@@ -218,10 +225,7 @@ pub(crate) fn run_gemm(
             crate::tune::choose(
                 &key,
                 default,
-                || {
-                    let plans = shape.candidates(&tiles(), &coop().collect::<Vec<_>>());
-                    plans.into_iter().filter(|p| runnable(p.tile)).collect()
-                },
+                || shape.candidates(&tiles(), &coop().collect::<Vec<_>>(), a.max_workgroup_storage),
                 record,
                 check,
             )?
@@ -602,6 +606,8 @@ mod tests {
     fn gpu_defaults_follow_m_and_are_among_the_tuner_candidates() {
         // an adapter's workgroup memory that holds every FMA tile (NVIDIA's 48 KiB)
         const BIG: u32 = 49152;
+        // WebGPU's guaranteed workgroup memory
+        const WEBGPU: u32 = 16384;
         let name = |p: Plan| tile_name(p.tile);
         assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(true, BIG)), DIRECT_NAME);
         assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(false, BIG)), "g16s");
@@ -611,14 +617,26 @@ mod tests {
         assert_eq!(name(shape(192, 2704, 1600, 0).gpu_default(false, BIG)), "g64");
         for s in [shape(3, 500, 27, 1), shape(16, 9, 9000, 0), shape(33, 70, 130, 0), shape(100, 4096, 64, 1)] {
             let coop: Vec<usize> = (0..TILES.len()).filter(|&t| TILES[t].coop > 0).collect();
-            for specials in [&[][..], &[DIRECT], &[DIRECT, WINOGRAD], &[WINOGRAD]] {
-                let d = s.gpu_default(specials.contains(&DIRECT), BIG);
-                let c = s.candidates(specials, &coop);
+            for (specials, storage) in
+                [(&[][..], BIG), (&[DIRECT], BIG), (&[DIRECT, WINOGRAD], BIG), (&[WINOGRAD], BIG)].into_iter().chain([
+                    (&[][..], WEBGPU),
+                    (&[WINOGRAD][..], WEBGPU),
+                    (&[DIRECT][..], WEBGPU),
+                ])
+            {
+                let d = s.gpu_default(specials.contains(&DIRECT), storage);
+                let c = s.candidates(specials, &coop, storage);
+                let fma = c.iter().filter(|p| p.tile < TILES.len() && TILES[p.tile].coop == 0);
+                assert!(fma.clone().count() > 0, "{s:?}: no FMA tile among {c:?}");
+                assert!(fma.clone().all(|p| TILES[p.tile].fits_workgroup(storage)), "{s:?}: {c:?}");
                 assert!(c.contains(&d), "{s:?}: default {d:?} not among {c:?}");
                 assert!(specials.iter().all(|&t| c.contains(&Plan { tile: t, splits: 1 })), "{c:?}");
                 assert!(coop.iter().all(|&t| c.iter().any(|p| p.tile == t)), "{c:?}");
                 // no cooperative tile unless the product can run on one
-                assert!(s.candidates(specials, &[]).iter().all(|p| p.tile >= TILES.len() || TILES[p.tile].coop == 0));
+                assert!(s
+                    .candidates(specials, &[], storage)
+                    .iter()
+                    .all(|p| p.tile >= TILES.len() || TILES[p.tile].coop == 0));
                 assert!(c.iter().all(|p| p.splits >= 1 && (p.splits == 1 || s.can_split())), "{c:?}");
             }
         }
@@ -665,7 +683,6 @@ mod tests {
             [bytes("wide16"), bytes("rm4"), bytes("rm8"), bytes("c16h"), bytes("c8h")],
             [2048, 12288, 16384, 27136, 15872]
         );
-        const WEBGPU: u32 = 16384;
         assert_eq!(name(shape(4096, 4096, 4096, 0).gpu_default(false, WEBGPU)), "g64");
         assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(false, WEBGPU)), "g32s");
         assert_eq!(name(shape(16, 131072, 144, 1).gpu_default(true, WEBGPU)), DIRECT_NAME);
