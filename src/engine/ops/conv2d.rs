@@ -508,18 +508,16 @@ mod tests {
     /// gradients), the cooperative-matrix tiles included (with at least one f16 binding, as they
     /// run): the software driver CI runs offers 8x8 matrices at most, so this is where the 16x16
     /// tile (NVIDIA's and AMD's) is checked without a GPU.
+    /// Every GEMM-based kernel family with its binding count (the forward's 6: weight, input,
+    /// bias, batch-norm vectors, residual, output; grad-input's 4: weight, dy, the pending
+    /// gradient, dx).
+    fn gemm_families() -> [(&'static GemmKernels, usize); 5] {
+        [(&super::super::matmul::GEMM, 4), (&FORWARD, 6), (&GRAD_INPUT, 4), (&GRAD_INPUT_STRIDED, 4), (&GRAD_WEIGHT, 4)]
+    }
+
     #[test]
     fn every_gemm_tile_compiles_offline() {
-        // (the forward's 6 bindings: weight, input, bias, batch-norm vectors, residual, output;
-        // grad-input's 4: weight, dy, the pending gradient, dx)
-        let families = [
-            (&super::super::matmul::GEMM, 4),
-            (&FORWARD, 6),
-            (&GRAD_INPUT, 4),
-            (&GRAD_INPUT_STRIDED, 4),
-            (&GRAD_WEIGHT, 4),
-        ];
-        for (family, bindings) in families {
+        for (family, bindings) in gemm_families() {
             for (kernel, tile) in family.iter().zip(&TILES) {
                 for mask in (tile.coop > 0) as u32..1 << bindings {
                     let types: Vec<Dtype> =
@@ -538,14 +536,7 @@ mod tests {
     /// no smaller variant, fit WebGPU's guaranteed 16 KiB.
     #[test]
     fn tiles_declare_the_workgroup_memory_the_planner_counts() {
-        let families = [
-            (&super::super::matmul::GEMM, 4),
-            (&FORWARD, 6),
-            (&GRAD_INPUT, 4),
-            (&GRAD_INPUT_STRIDED, 4),
-            (&GRAD_WEIGHT, 4),
-        ];
-        for (family, bindings) in families {
+        for (family, bindings) in gemm_families() {
             for (kernel, tile) in family.iter().zip(&TILES) {
                 let types = vec![if tile.coop > 0 { Dtype::F16 } else { Dtype::F32 }; bindings];
                 let declared = kernel.workgroup_bytes_offline(&types).unwrap();
