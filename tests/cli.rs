@@ -156,7 +156,13 @@ fn bad_flags_end_in_clear_errors() {
     let (ok, stdout, stderr) = sasprune(&["--tune", "off", "devices"]);
     assert!(ok && !stdout.is_empty(), "{stdout}{stderr}");
     // each adapter says whether it can run --precision mixed (f16 shaders) and its tensor-core shapes
-    assert!(stdout.lines().all(|l| l.contains("f16 ") && l.contains("cooperative matrices")), "{stdout}");
+    assert!(
+        stdout.lines().all(|l| l.contains("f16 ")
+            && l.contains("cooperative matrices")
+            && l.contains(" KiB, storage binding ")
+            && l.ends_with(" MiB)")),
+        "{stdout}"
+    );
     let (ok, _, stderr) = sasprune(&["--model", "resnet32", "train", "--model", "resnet20"]);
     assert!(!ok && stderr.contains("--model belongs to the pruning pipeline"), "{stderr}");
     let (ok, _, stderr) = sasprune(&["--resume", "/nonexistent-run", "--beta", "0.1"]);

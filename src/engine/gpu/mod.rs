@@ -211,9 +211,18 @@ pub fn list_adapters(backend: Option<&str>) -> Result<Vec<String>> {
             let f16 = if features.contains(wgpu::Features::SHADER_F16) { "f16 yes" } else { "f16 no" };
             let coop = cooperative_matrices(a, features);
             let coop = if coop.is_empty() { "none".to_string() } else { coop.join(", ") };
+            // and the limits that decide which GEMM tiles and batch sizes fit it
+            let l = a.limits();
             format!(
-                "{} ({:?}, {:?}, driver {} {}; {f16}, cooperative matrices {coop})",
-                i.name, i.backend, i.device_type, i.driver, i.driver_info
+                "{} ({:?}, {:?}, driver {} {}; {f16}, cooperative matrices {coop}; workgroup memory {} KiB, \
+                 storage binding {} MiB)",
+                i.name,
+                i.backend,
+                i.device_type,
+                i.driver,
+                i.driver_info,
+                l.max_compute_workgroup_storage_size >> 10,
+                l.max_storage_buffer_binding_size >> 20
             )
         })
         .collect())
