@@ -49,7 +49,7 @@ prepare() {
   # crowd the 64 MiB carry
   chmod -R u+w .device/pretrained && rm -f .device/pretrained/resnet{44,56}.safetensors
   local bins keep=(sasprune)
-  for step in "${steps[@]}"; do [[ $step == test\ * ]] && keep+=("test-$(awk '{print $2}' <<< "$step")"); done
+  for step in "${steps[@]}"; do [[ $step == test\ * ]] && keep+=("test-${step#test }"); done
   bins=$(mktemp -d) && tar -xJf .device/bin.tar.xz -C "$bins" \
     && tar -cJf .device/bin.tar.xz -C "$bins" "${keep[@]}" && rm -rf "$bins" || return 1
   rm -rf /tmp/device-base && git worktree add -f --detach /tmp/device-base "$base" >/dev/null || return 1

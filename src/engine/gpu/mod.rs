@@ -254,8 +254,8 @@ fn choose_adapter(options: &GpuOptions) -> Result<wgpu::Adapter> {
     })
 }
 
-/// Opens a device with the adapter's limits and whichever of the features the kernels use it
-/// offers; returns them with the device.
+/// Opens a device with `limits` and whichever of the features the kernels use the adapter
+/// offers; returns the features with the device.
 fn request_device(
     adapter: &wgpu::Adapter,
     limits: &wgpu::Limits,

@@ -503,11 +503,6 @@ mod tests {
     use crate::gpu::Dtype;
     use crate::ops::matmul::TILES;
 
-    /// Every GEMM-based family on every tile compiles to SPIR-V for every mix of f32 and f16
-    /// bindings (mixed precision binds f16 activations beside f32 weights and weight
-    /// gradients), the cooperative-matrix tiles included (with at least one f16 binding, as they
-    /// run): the software driver CI runs offers 8x8 matrices at most, so this is where the 16x16
-    /// tile (NVIDIA's and AMD's) is checked without a GPU.
     /// Every GEMM-based kernel family with its binding count (the forward's 6: weight, input,
     /// bias, batch-norm vectors, residual, output; grad-input's 4: weight, dy, the pending
     /// gradient, dx).
@@ -515,6 +510,11 @@ mod tests {
         [(&super::super::matmul::GEMM, 4), (&FORWARD, 6), (&GRAD_INPUT, 4), (&GRAD_INPUT_STRIDED, 4), (&GRAD_WEIGHT, 4)]
     }
 
+    /// Every GEMM-based family on every tile compiles to SPIR-V for every mix of f32 and f16
+    /// bindings (mixed precision binds f16 activations beside f32 weights and weight
+    /// gradients), the cooperative-matrix tiles included (with at least one f16 binding, as they
+    /// run): the software driver CI runs offers 8x8 matrices at most, so this is where the 16x16
+    /// tile (NVIDIA's and AMD's) is checked without a GPU.
     #[test]
     fn every_gemm_tile_compiles_offline() {
         for (family, bindings) in gemm_families() {

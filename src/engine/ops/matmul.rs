@@ -71,10 +71,12 @@ impl GemmShape {
             _ if self.tiles(9) >= 256 => 9,
             _ => 7,
         };
-        let tile = match preferred {
-            _ if TILES[preferred].fits_workgroup(storage_max) => preferred,
-            _ if self.m <= 32 => 6,
-            _ => 7,
+        let tile = if TILES[preferred].fits_workgroup(storage_max) {
+            preferred
+        } else if self.m <= 32 {
+            6
+        } else {
+            7
         };
         Plan { tile, splits: self.gpu_splits(tile) }
     }
@@ -173,8 +175,7 @@ pub(crate) fn run_gemm(
     let a = &gpu.adapter;
     let coop_fits = |tile: usize| f16 && cooperative_fit(a, tile);
     // whether this product can run on a plan's tile: a special kernel it has, a cooperative
-    // tile that fits, or any other GEMM tile
-    // (and, for the FMA tiles, whose workgroup memory the adapter gives)
+    // tile that fits, or an FMA tile whose shared tiles fit the adapter's workgroup memory
     let runnable = |tile: usize| {
         if tile >= TILES.len() {
             special(tile).is_some()
