@@ -497,6 +497,9 @@ fn print_tuner_choices() {
             println!("    {key:<width$} {tile:<11} split {splits:<4} {t}");
         }
     }
+    for (tile, why) in crate::tune::left_out() {
+        println!("  left out on this adapter: {tile} ({why})");
+    }
     let measured = crate::tune::measured();
     if measured > 0 {
         // Tuning is bursts of small submits with waits in between: a GPU may lower its clock

@@ -256,6 +256,88 @@ fn a_kernel_that_computes_nothing_is_left_out_by_the_tuner() {
     assert!(stored.contains("\"tile\"") && !stored.contains("\"tile\": \"g16s\""), "{stored}");
 }
 
+/// The tuner's in-trial markers beside `cache` (files `tune.json.trying-PID`) and their contents.
+fn tuner_markers(cache: &std::path::Path) -> Vec<String> {
+    let dir = std::fs::read_dir(cache.parent().unwrap()).unwrap();
+    let markers = dir.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("tune.json.trying-"));
+    markers.map(|e| std::fs::read_to_string(e.path()).unwrap()).collect()
+}
+
+/// A kernel that takes the process down while the tuner times it (simulated: the process aborts
+/// at its first dispatch, as a driver crash would) costs that run only: the next run finds the
+/// marker the ended process left, says which plan it was timing, leaves that plan out on this
+/// adapter in the cache and trains; the run after it reads that from the cache without a note.
+#[test]
+fn a_kernel_that_crashes_the_run_while_timed_is_left_out_from_the_next_run_on() {
+    let t = TinyRun::new("cli-kernel-crash");
+    let cache = t.tmp.path().join("tune.json");
+    let tuned = ["--steps", "2", "--tune", "on", "--tune-cache", cache.to_str().unwrap()];
+    let crashed = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(t.train_args(&tuned))
+        .env("SASPRUNE_FAULT_CRASH", "g16s")
+        .current_dir(t.tmp.path())
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success() && crashed.status.code().is_none(), "{crashed:?}");
+    let markers = tuner_markers(&cache);
+    assert!(markers.len() == 1 && markers[0].contains("\"tile\":\"g16s\""), "{markers:?}");
+
+    let note = "ended while the kernel tuner timed plan g16s";
+    std::fs::remove_dir_all(&t.run).unwrap();
+    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
+    assert!(stderr.contains("remove it from \"left_out\""), "{stderr}");
+    let stored = std::fs::read_to_string(&cache).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    let left_out = doc["left_out"].as_object().unwrap();
+    assert!(left_out.len() == 1 && left_out.values().all(|tiles| tiles.get("g16s").is_some()), "{stored}");
+    assert!(stored.contains("\"tile\"") && !stored.contains("\"tile\": \"g16s\""), "{stored}");
+    assert!(tuner_markers(&cache).is_empty(), "a finished run leaves no marker");
+
+    std::fs::remove_dir_all(&t.run).unwrap();
+    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert!(code == Some(0) && !stderr.contains(note), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&cache).unwrap(), stored, "nothing left to tune");
+}
+
+/// A run stopped while the tuner times a kernel (here one that never finishes, stopped by
+/// SIGTERM as a job's time limit or `timeout` would) blames nothing: it removes its marker as
+/// it ends, by the signal as before, and the next run leaves no plan out.
+#[cfg(unix)]
+#[test]
+fn a_run_stopped_while_the_tuner_times_a_kernel_leaves_no_plan_out() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = TinyRun::new("cli-kernel-interrupted");
+    let cache = t.tmp.path().join("tune.json");
+    let tuned = ["--steps", "2", "--tune", "on", "--tune-cache", cache.to_str().unwrap()];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(t.train_args(&tuned))
+        .env("SASPRUNE_FAULT_HANG", "g16s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !tuner_markers(&cache).iter().any(|m| m.contains("\"tile\":\"g16s\"")) {
+        assert!(start.elapsed().as_secs() < 600, "the run never timed g16s");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it timed g16s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(15), "ended by the signal, as without the handler: {status}");
+    assert!(tuner_markers(&cache).is_empty(), "the stopped run removed its marker");
+
+    std::fs::remove_dir_all(&t.run).unwrap();
+    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert!(code == Some(0) && !stderr.contains("ended while the kernel tuner timed"), "{stderr}");
+    assert!(!std::fs::read_to_string(&cache).unwrap().contains("left_out"));
+}
+
 /// A driver whose magnitude selection miscounts (as Mesa 22.3's lavapipe does on long layers;
 /// here its mask kernel runs nothing) stops the pipeline before hard pruning with a message that
 /// names the layer, the counts and what to do, instead of pruning to another rate.

@@ -385,6 +385,8 @@ fn run_records_layer_rates_and_the_tuner_cache() {
     let mut cache = Cache::default();
     let choice = sasprune::tune::Choice { tile: "g64".into(), splits: 4, seconds: 1e-4 };
     cache.adapters.entry("GPU | Vulkan | 1 | sasprune 0".into()).or_default().insert("k 1x2x3".into(), choice);
+    let why = "a run ended while the tuner timed it for k 4x5x6".to_string();
+    cache.left_out.entry("GPU | Vulkan | 1 | sasprune 0".into()).or_default().insert("c16q".into(), why);
     cache.save(&path).unwrap();
     let good = std::fs::read(&path).unwrap();
     let p = path.clone();

@@ -35,6 +35,11 @@ fn cache_round_trips_and_bad_files_are_ignored_with_a_note() {
         .entry("GPU B | Metal | 2 | sasprune 0".into())
         .or_default()
         .insert("k 4x5x6".into(), choice("wide16", 1));
+    cache
+        .left_out
+        .entry("GPU B | Metal | 2 | sasprune 0".into())
+        .or_default()
+        .insert("c8s".into(), "a run ended while the tuner timed it for k 7x8x9".into());
     cache.save(&path).unwrap();
     let (back, note) = Cache::load(&path);
     assert_eq!(back, cache);
@@ -78,6 +83,22 @@ fn cache_round_trips_and_bad_files_are_ignored_with_a_note() {
     assert_eq!(c.adapters["A"].len(), 1);
     assert_eq!(c.adapters["A"]["good"], Choice { tile: "g32".into(), splits: 2, seconds: 0.001 });
     assert!(note.unwrap().contains("4 malformed"));
+    // So are left-out tiles this build does not know or whose reason is not text; a "left_out"
+    // that is not an object makes the file unreadable.
+    std::fs::write(
+        &path,
+        br#"{"format":"sasprune-tune-1","adapters":{},"left_out":{
+            "A":{"c16q":"crashed","g999":"unknown tile","g64":5},
+            "B":"not an object"}}"#,
+    )
+    .unwrap();
+    let (c, note) = Cache::load(&path);
+    assert_eq!(c.left_out.len(), 1);
+    assert_eq!(c.left_out["A"].keys().collect::<Vec<_>>(), ["c16q"]);
+    assert!(note.unwrap().contains("3 malformed"));
+    std::fs::write(&path, br#"{"format":"sasprune-tune-1","adapters":{},"left_out":[]}"#).unwrap();
+    let (c, note) = Cache::load(&path);
+    assert!(c.left_out.is_empty() && note.unwrap().contains("left_out"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

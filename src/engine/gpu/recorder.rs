@@ -342,13 +342,27 @@ impl PassTimer {
     }
 }
 
-/// Fault injection for tests: `SASPRUNE_FAULT_SKIP=TEXT` drops every dispatch of a kernel whose
-/// label contains TEXT, as a driver that compiles a kernel wrongly and runs nothing would.
+/// Fault injection for tests, by kernel label: `SASPRUNE_FAULT_SKIP=TEXT` drops every dispatch
+/// of a kernel whose label contains TEXT, as a driver that compiles a kernel wrongly and runs
+/// nothing would; `SASPRUNE_FAULT_CRASH=TEXT` aborts the process at its first dispatch, as a
+/// driver that crashes on it would; `SASPRUNE_FAULT_HANG=TEXT` stops the process there for good,
+/// as a kernel that never finishes would.
 fn skipped_by_fault(label: &str) -> bool {
     // read once: this runs at every dispatch
-    static SKIP: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let skip = SKIP.get_or_init(|| std::env::var("SASPRUNE_FAULT_SKIP").ok().filter(|s| !s.is_empty()));
-    skip.as_deref().is_some_and(|text| label.contains(text))
+    type Faults = [Option<String>; 3];
+    static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
+    let [skip, crash, hang] = FAULTS.get_or_init(|| {
+        ["SASPRUNE_FAULT_SKIP", "SASPRUNE_FAULT_CRASH", "SASPRUNE_FAULT_HANG"]
+            .map(|var| std::env::var(var).ok().filter(|s| !s.is_empty()))
+    });
+    let hit = |fault: &Option<String>| fault.as_deref().is_some_and(|text| label.contains(text));
+    if hit(crash) {
+        std::process::abort();
+    }
+    while hit(hang) {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+    hit(skip)
 }
 
 impl Gpu {

@@ -104,7 +104,7 @@ macro_rules! coop_tile {
 /// shared B matrix once; `*n` 8 or 16 rows for the layers with few output channels, whose blocks
 /// share their A matrix; `c8s` 32x32, 16 blocks, so that subgroups of up to 64 threads hold them,
 /// as wgpu reports Apple GPUs' to be. Which one runs is a [`Plan`]: fixed defaults per device
-/// type, or the autotuner's measured choice (src/engine/tune.rs).
+/// type, or the autotuner's measured choice (src/engine/tune/).
 pub const TILES: [Tile; 17] = [
     Tile { name: "wide16", rows: 16, cols: 256, threads: 64, gpu: false, coop: 0, prelude: "", engine: WIDE_ENGINE },
     Tile {

@@ -12,6 +12,12 @@
 //!
 //! A cache that cannot be read or parsed, or holds entries this build does not know, is ignored
 //! with a one-line note; it is never fatal. Writes are atomic (temporary file + rename).
+//!
+//! A candidate that fails or computes a wrong result is left out for the rest of the process; one
+//! that ends the process (a driver crash, a device lost on it: see `trial`) is left out on that
+//! adapter in the cache's `left_out` list from the next run on.
+
+mod trial;
 
 use crate::ops::gemm_plan::{tile_index, tile_name, Plan};
 use crate::{Error, Result};
@@ -62,6 +68,9 @@ pub struct Choice {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cache {
     pub adapters: BTreeMap<String, BTreeMap<String, Choice>>,
+    /// Per adapter, the tiles the tuner no longer tries there, with why (a run ended while it
+    /// timed them): adapter key → tile name → reason.
+    pub left_out: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 const FORMAT: &str = "sasprune-tune-1";
@@ -99,6 +108,23 @@ impl Cache {
         let adapters = value.get("adapters").and_then(|a| a.as_object()).ok_or("no \"adapters\" object")?;
         let mut cache = Cache::default();
         let mut dropped = 0;
+        if let Some(left_out) = value.get("left_out") {
+            let Some(left_out) = left_out.as_object() else { return Err("\"left_out\" is not an object".into()) };
+            for (adapter, tiles) in left_out {
+                let Some(tiles) = tiles.as_object() else {
+                    dropped += 1;
+                    continue;
+                };
+                for (tile, why) in tiles {
+                    match why.as_str() {
+                        Some(why) if tile_index(tile).is_some() => {
+                            cache.left_out.entry(adapter.clone()).or_default().insert(tile.clone(), why.to_string());
+                        }
+                        _ => dropped += 1,
+                    }
+                }
+            }
+        }
         for (adapter, entries) in adapters {
             let Some(entries) = entries.as_object() else {
                 dropped += 1;
@@ -132,7 +158,10 @@ impl Cache {
                 (adapter.clone(), serde_json::Value::Object(entries))
             })
             .collect();
-        let doc = serde_json::json!({ "format": FORMAT, "adapters": adapters });
+        let mut doc = serde_json::json!({ "format": FORMAT, "adapters": adapters });
+        if !self.left_out.is_empty() {
+            doc["left_out"] = serde_json::json!(self.left_out);
+        }
         serde_json::to_string_pretty(&doc).expect("a JSON value serializes") + "\n"
     }
 
@@ -169,8 +198,13 @@ struct Tuner {
     used: BTreeMap<String, Choice>,
     /// Products measured (not read from the cache) in this process.
     measured: usize,
-    /// Plan tiles whose kernels failed on this adapter in this process (left out from then on).
+    /// Plan tiles whose kernels failed on this adapter in this process (left out from then on),
+    /// and those the cache leaves out on it.
     failed: std::collections::BTreeSet<usize>,
+    /// This process's in-trial marker while it tunes a product (with a cache file only).
+    marker: Option<trial::Marker>,
+    /// A marker could not be written (noted once); tuning goes on without.
+    marker_failed: bool,
 }
 
 static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
@@ -217,15 +251,56 @@ fn open_tuner() -> Result<Tuner> {
     );
     let cache = match (&file, enabled) {
         (Some(path), true) => {
-            let (cache, note) = Cache::load(path);
+            let (mut cache, note) = Cache::load(path);
             if let Some(note) = note {
                 eprintln!("note: {note}");
             }
+            leave_out_what_ended_runs(&mut cache, path);
             cache
         }
         _ => Cache::default(),
     };
-    Ok(Tuner { enabled, file, adapter_key, cache, used: BTreeMap::new(), measured: 0, failed: Default::default() })
+    let left_out = cache.left_out.get(&adapter_key).into_iter().flat_map(|tiles| tiles.keys());
+    let failed = left_out.filter_map(|tile| tile_index(tile)).collect();
+    Ok(Tuner {
+        enabled,
+        file,
+        adapter_key,
+        cache,
+        used: BTreeMap::new(),
+        measured: 0,
+        failed,
+        marker: None,
+        marker_failed: false,
+    })
+}
+
+/// Reads the markers of earlier processes that ended while they timed a candidate (see `trial`)
+/// into the cache's `left_out` list of their adapters, with a note each, and saves the cache.
+fn leave_out_what_ended_runs(cache: &mut Cache, path: &Path) {
+    let (trials, notes) = trial::left_behind(path);
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+    for t in &trials {
+        let adapter = t.adapter.split(" | ").next().unwrap_or(&t.adapter);
+        eprintln!(
+            "note: an earlier run on {adapter} ended while the kernel tuner timed plan {} (for {}): a driver crash or a \
+             lost device there, or the process was killed; the tuner leaves {} out on this adapter and driver from now \
+             on (remove it from \"left_out\" in {} to time it again)",
+            t.tile,
+            t.product,
+            t.tile,
+            path.display()
+        );
+        let why = format!("a run ended while the tuner timed it for {}", t.product);
+        cache.left_out.entry(t.adapter.clone()).or_default().insert(t.tile.clone(), why);
+    }
+    if !trials.is_empty() {
+        if let Err(e) = cache.save(path) {
+            eprintln!("note: could not save the tuner cache ({e}); the plans above are left out for this run only");
+        }
+    }
 }
 
 fn plan_of(choice: &Choice) -> Option<Plan> {
@@ -349,6 +424,7 @@ impl Tuner {
                 continue;
             }
             if plan != default {
+                self.mark(key, plan);
                 (check.write)(poison)?;
             }
             let seconds = match measure(|| run(plan)) {
@@ -359,8 +435,17 @@ impl Tuner {
                 // the run's).
                 Err(e) if plan != default => {
                     if run(default).and_then(|()| crate::gpu::get()?.synchronize()).is_err() {
+                        // (the marker stays: the next run leaves the plan out)
+                        if self.marker.is_some() {
+                            eprintln!(
+                                "note: the device failed while the kernel tuner timed plan {} for {key}; the next run \
+                                 leaves it out on this adapter",
+                                tile_name(plan.tile)
+                            );
+                        }
                         return Err(e);
                     }
+                    self.unmark();
                     eprintln!(
                         "note: kernel plan {} does not run here ({e}); the tuner leaves it out",
                         tile_name(plan.tile)
@@ -371,7 +456,9 @@ impl Tuner {
                 Err(e) => return Err(e),
             };
             if plan != default {
-                if let Some((worst, scale)) = disagreement(reference, &(check.read)()?, check.tolerance) {
+                let got = (check.read)()?;
+                self.unmark();
+                if let Some((worst, scale)) = disagreement(reference, &got, check.tolerance) {
                     eprintln!(
                         "note: kernel plan {} computes a result that differs from the default plan's here (by up \
                          to {worst:.3e} where values reach {scale:.3e}, for {key}); the tuner leaves it out",
@@ -388,9 +475,40 @@ impl Tuner {
         Ok(best)
     }
 
+    /// Names `plan` in this process's marker before it runs for product `key` (the marker is
+    /// made when the first candidate of a product runs; without a cache file there is none).
+    fn mark(&mut self, key: &str, plan: Plan) {
+        let Some(path) = self.file.as_ref().filter(|_| !self.marker_failed) else { return };
+        let t =
+            trial::Trial { adapter: self.adapter_key.clone(), tile: tile_name(plan.tile).into(), product: key.into() };
+        let marked = match self.marker.as_mut() {
+            Some(marker) => marker.set(&t),
+            None => trial::Marker::create(path).and_then(|mut m| m.set(&t).map(|()| self.marker = Some(m))),
+        };
+        if let Err(e) = marked {
+            eprintln!(
+                "note: could not write the tuner's marker {} ({e}); a kernel that crashes the driver while it is timed \
+                 would be tried again by the next run",
+                trial::marker_path(path).display()
+            );
+            self.marker_failed = true;
+            self.marker = None;
+        }
+    }
+
+    /// The candidate named in the marker has finished (or failed without taking the device along).
+    fn unmark(&mut self) {
+        if let Some(Err(e)) = self.marker.as_mut().map(|m| m.clear()) {
+            eprintln!("note: could not clear the tuner's marker ({e}); it is removed when the product is tuned");
+        }
+    }
+
     /// Keeps the choice for `key` for this process and in the cache file (a cache that cannot be
-    /// saved is noted once and kept in memory).
+    /// saved is noted once and kept in memory), and removes the marker.
     fn record(&mut self, key: &str, plan: Plan, seconds: f64) {
+        if let Some(Err(e)) = self.marker.take().map(trial::Marker::remove) {
+            eprintln!("note: could not remove the tuner's marker ({e}); the next run will remove it");
+        }
         self.measured += 1;
         let choice = choice_of(plan, seconds);
         self.used.insert(key.to_string(), choice.clone());
@@ -436,6 +554,13 @@ pub fn choices() -> Vec<(String, String, usize, f64)> {
         .as_ref()
         .map(|t| t.used.iter().map(|(k, c)| (k.clone(), c.tile.clone(), c.splits, c.seconds)).collect())
         .unwrap_or_default()
+}
+
+/// The plans the cache leaves out on this adapter (tile name, why), once the tuner is open.
+pub fn left_out() -> Vec<(String, String)> {
+    let guard = TUNER.lock().unwrap_or_else(|p| p.into_inner());
+    let tiles = guard.as_ref().and_then(|t| t.cache.left_out.get(&t.adapter_key));
+    tiles.into_iter().flatten().map(|(tile, why)| (tile.clone(), why.clone())).collect()
 }
 
 /// How many products had their plans measured (not read from the cache) in this process.
