@@ -301,6 +301,47 @@ fn a_kernel_that_crashes_the_run_while_timed_is_left_out_from_the_next_run_on() 
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), stored, "nothing left to tune");
 }
 
+/// A kernel that never finishes while the tuner times it (simulated: the process stops at its
+/// dispatch for good) ends the run with a message once it has run far longer than the
+/// product's default plan took, instead of hanging until someone stops it; the next run leaves
+/// it out, as it does a kernel that crashed the run.
+#[test]
+fn a_kernel_that_hangs_while_timed_ends_the_run_and_is_left_out_from_the_next_run_on() {
+    let t = TinyRun::new("cli-kernel-hang");
+    let cache = t.tmp.path().join("tune.json");
+    let tuned = ["--steps", "2", "--tune", "on", "--tune-cache", cache.to_str().unwrap()];
+    let stderr_path = t.tmp.path().join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(t.train_args(&tuned))
+        .env("SASPRUNE_FAULT_HANG", "g16s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed().as_secs() > 900 {
+            child.kill().unwrap();
+            panic!("the hung run did not end by itself");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("kernel plan g16s ran for more than") && stderr.contains("looks hung"), "{stderr}");
+    let markers = tuner_markers(&cache);
+    assert!(markers.len() == 1 && markers[0].contains("\"tile\":\"g16s\""), "{markers:?}");
+
+    std::fs::remove_dir_all(&t.run).unwrap();
+    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("ended while the kernel tuner timed plan g16s"), "{stderr}");
+    assert!(!std::fs::read_to_string(&cache).unwrap().contains("\"tile\": \"g16s\""));
+}
+
 /// A run stopped while the tuner times a kernel (here one that never finishes, stopped by
 /// SIGTERM as a job's time limit or `timeout` would) blames nothing: it removes its marker as
 /// it ends, by the signal as before, and the next run leaves no plan out.

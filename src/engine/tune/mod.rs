@@ -368,14 +368,15 @@ pub(crate) fn choose(
     if let Some(plan) = tuner.cached(key, &candidates) {
         return Ok(plan);
     }
-    warm_up(&run, default)?;
+    let (first, steady) = warm_up(&run, default)?;
+    let hang_limit = trial::hang_limit(first, steady);
     // the default's result where it writes, NaN elsewhere
     let original = (check.read)()?;
     let poison = vec![f32::NAN; original.len()];
     (check.write)(&poison)?;
     run(default)?;
     let reference = (check.read)()?;
-    let best = tuner.fastest_that_agrees(key, default, &candidates, &run, &check, &poison, &reference)?;
+    let best = tuner.fastest_that_agrees(key, default, &candidates, &run, &check, &poison, &reference, hang_limit)?;
     (check.write)(&original)?;
     let (plan, seconds) = best.unwrap_or((default, 0.0));
     tuner.record(key, plan, seconds);
@@ -383,15 +384,22 @@ pub(crate) fn choose(
 }
 
 /// Brings the device to the clock a sustained workload gets before timing (GPUs slow down within
-/// a second of light load; see bench::CLOCK_WARM_UP), unless one run already takes long.
-fn warm_up(run: &impl Fn(Plan) -> Result<()>, default: Plan) -> Result<()> {
-    let start = std::time::Instant::now();
-    run(default)?;
-    crate::gpu::get()?.synchronize()?;
-    if start.elapsed() < std::time::Duration::from_millis(2) {
+/// a second of light load; see bench::CLOCK_WARM_UP), unless one run already takes long. Returns
+/// how long the default's first run took (compilation included) and a later one (for the
+/// watchdog's limit, `trial::hang_limit`).
+fn warm_up(run: &impl Fn(Plan) -> Result<()>, default: Plan) -> Result<(std::time::Duration, std::time::Duration)> {
+    let gpu = crate::gpu::get()?;
+    let timed = || -> Result<std::time::Duration> {
+        let start = std::time::Instant::now();
+        run(default)?;
+        gpu.synchronize()?;
+        Ok(start.elapsed())
+    };
+    let (first, steady) = (timed()?, timed()?);
+    if first < std::time::Duration::from_millis(2) {
         keep_busy_for(std::time::Duration::from_millis(40), &mut || run(default))?;
     }
-    Ok(())
+    Ok((first, steady))
 }
 
 impl Tuner {
@@ -406,7 +414,8 @@ impl Tuner {
     /// Times every candidate that has not failed here and returns the fastest whose result agrees
     /// with the default's `reference` (each candidate's output filled with `poison` first, so a
     /// kernel that writes nothing cannot look fast). A candidate that does not run, or disagrees,
-    /// is left out for the rest of the process with a note.
+    /// is left out for the rest of the process with a note. Each one is named in the process's
+    /// marker while it runs (see `trial`), watched for running past `hang_limit`.
     #[allow(clippy::too_many_arguments)]
     fn fastest_that_agrees(
         &mut self,
@@ -417,6 +426,7 @@ impl Tuner {
         check: &ResultCheck,
         poison: &[f32],
         reference: &[f32],
+        hang_limit: std::time::Duration,
     ) -> Result<Option<(Plan, f64)>> {
         let mut best: Option<(Plan, f64)> = None;
         for &plan in candidates {
@@ -424,7 +434,7 @@ impl Tuner {
                 continue;
             }
             if plan != default {
-                self.mark(key, plan);
+                self.mark(key, plan, hang_limit);
                 (check.write)(poison)?;
             }
             let seconds = match measure(|| run(plan)) {
@@ -477,13 +487,13 @@ impl Tuner {
 
     /// Names `plan` in this process's marker before it runs for product `key` (the marker is
     /// made when the first candidate of a product runs; without a cache file there is none).
-    fn mark(&mut self, key: &str, plan: Plan) {
+    fn mark(&mut self, key: &str, plan: Plan, hang_limit: std::time::Duration) {
         let Some(path) = self.file.as_ref().filter(|_| !self.marker_failed) else { return };
         let t =
             trial::Trial { adapter: self.adapter_key.clone(), tile: tile_name(plan.tile).into(), product: key.into() };
         let marked = match self.marker.as_mut() {
-            Some(marker) => marker.set(&t),
-            None => trial::Marker::create(path).and_then(|mut m| m.set(&t).map(|()| self.marker = Some(m))),
+            Some(marker) => marker.set(&t, hang_limit),
+            None => trial::Marker::create(path).and_then(|mut m| m.set(&t, hang_limit).map(|()| self.marker = Some(m))),
         };
         if let Err(e) = marked {
             eprintln!(

@@ -9,11 +9,18 @@
 //! empties it after; the file is removed when the product's choice is made. A marker that can
 //! be locked belongs to a process that has ended; one that still names a candidate is that
 //! process's last trial. On Unix an interrupted run (SIGINT, SIGTERM, SIGHUP: Ctrl-C, `kill`, a
-//! job's time limit) removes its marker as it ends, so stopping a run blames no kernel.
+//! job's time limit) removes its marker as it ends, so stopping a run blames no kernel. A
+//! candidate that runs far longer than the product's default plan took (`hang_limit`) is taken
+//! for hung by a watchdog thread, which ends the run with a message and keeps the marker (a
+//! device busy with a kernel that never ends cannot be used again by this process), so that the
+//! next run leaves it out as well.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// One candidate being timed: the adapter's cache key, the plan's tile and the product's key.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -49,22 +56,102 @@ impl Marker {
         Ok(Marker { path, file })
     }
 
-    /// Names `trial` as the candidate now running.
-    pub fn set(&mut self, trial: &Trial) -> std::io::Result<()> {
+    /// Names `trial` as the candidate now running; the watchdog takes it for hung after `limit`.
+    pub fn set(&mut self, trial: &Trial, limit: Duration) -> std::io::Result<()> {
         let text = serde_json::to_vec(trial).map_err(std::io::Error::other)?;
         self.file.set_len(0)?;
         self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(&text)
+        self.file.write_all(&text)?;
+        watchdog::watch(trial, limit);
+        Ok(())
     }
 
     /// No candidate running.
     pub fn clear(&mut self) -> std::io::Result<()> {
+        watchdog::stop();
         self.file.set_len(0)
     }
 
     /// Removes the file: the product's choice is made.
     pub fn remove(self) -> std::io::Result<()> {
+        watchdog::stop();
         std::fs::remove_file(&self.path)
+    }
+}
+
+/// How long a candidate may run before the watchdog takes it for hung, from what the product's
+/// default plan took on its first run (`first`: compilation included, as the candidate's first
+/// run includes its own) and on a later one (`steady`): 30 s + 10 x first + 1000 x steady. The
+/// tuner runs a candidate up to 16 times while it times it, and a candidate may be several times
+/// slower than the default; a hung kernel never ends.
+pub(super) fn hang_limit(first: Duration, steady: Duration) -> Duration {
+    Duration::from_secs(30) + first.saturating_mul(10) + steady.saturating_mul(1000)
+}
+
+/// A thread that wakes every 200 ms and compares the running candidate's time with its limit;
+/// past it, ends the process with a message (exit code 1), leaving the marker in place.
+mod watchdog {
+    use super::*;
+
+    /// Milliseconds after `epoch()` when the running candidate is taken for hung; 0: none running.
+    static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
+    /// The candidate running now passed its deadline (read by the signal handler).
+    pub(super) static HUNG: AtomicBool = AtomicBool::new(false);
+    /// The candidate's plan, product and limit, for the note.
+    static WATCHED: Mutex<Option<(String, String, Duration)>> = Mutex::new(None);
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    pub(super) fn watch(trial: &Trial, limit: Duration) {
+        static THREAD: OnceLock<()> = OnceLock::new();
+        *WATCHED.lock().unwrap_or_else(|p| p.into_inner()) = Some((trial.tile.clone(), trial.product.clone(), limit));
+        HUNG.store(false, Ordering::SeqCst);
+        let deadline = (epoch().elapsed() + limit).as_millis().max(1);
+        DEADLINE_MS.store(u64::try_from(deadline).unwrap_or(u64::MAX), Ordering::SeqCst);
+        THREAD.get_or_init(|| {
+            // (a thread that cannot start leaves hung kernels to be stopped by hand)
+            let _ = std::thread::Builder::new().name("tuner watchdog".into()).spawn(run);
+        });
+    }
+
+    pub(super) fn stop() {
+        DEADLINE_MS.store(0, Ordering::SeqCst);
+        HUNG.store(false, Ordering::SeqCst);
+    }
+
+    fn run() {
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let deadline = DEADLINE_MS.load(Ordering::SeqCst);
+            let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+            if deadline == 0 || now < deadline || HUNG.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            if let Some((tile, product, limit)) = WATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                eprintln!(
+                    "error: kernel plan {tile} ran for more than {:.0} s while the kernel tuner timed it for {product} \
+                     (the default plan took far less): it looks hung, and a device busy with it cannot go on. \
+                     Run the command again (a run directory continues with --resume): the next run leaves {tile} out \
+                     on this adapter",
+                    limit.as_secs_f64()
+                );
+            }
+            end_process();
+        }
+    }
+
+    /// Exits at once (code 1): the other threads may be blocked inside the driver, so neither
+    /// their destructors nor the C library's exit handlers (a driver's among them) run.
+    fn end_process() {
+        #[cfg(unix)]
+        unsafe {
+            libc::_exit(1)
+        }
+        #[cfg(not(unix))]
+        std::process::exit(1)
     }
 }
 
@@ -121,11 +208,12 @@ mod interrupt {
     static MARKER: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
 
     extern "C" fn on_signal(signal: libc::c_int) {
-        // unlink and raise are async-signal-safe; SA_RESETHAND restored the default action,
-        // which the raised signal takes once this handler returns
+        // unlink and raise are async-signal-safe (and so are atomic loads); SA_RESETHAND restored
+        // the default action, which the raised signal takes once this handler returns. A
+        // candidate the watchdog found hung keeps its marker: the next run leaves it out.
         let path = MARKER.load(Ordering::SeqCst);
         unsafe {
-            if !path.is_null() {
+            if !path.is_null() && !super::watchdog::HUNG.load(Ordering::SeqCst) {
                 libc::unlink(path);
             }
             libc::raise(signal);
@@ -191,7 +279,7 @@ mod tests {
         std::fs::write(&other_cache, serde_json::to_vec(&trial).unwrap()).unwrap();
         // this process's own marker, as it tunes
         let mut own = Marker::create(&cache).unwrap();
-        own.set(&trial).unwrap();
+        own.set(&trial, Duration::from_secs(60)).unwrap();
 
         let (trials, notes) = left_behind(&cache);
         assert_eq!(trials, std::slice::from_ref(&trial));
