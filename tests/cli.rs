@@ -256,11 +256,12 @@ fn a_kernel_that_computes_nothing_is_left_out_by_the_tuner() {
     assert!(stored.contains("\"tile\"") && !stored.contains("\"tile\": \"g16s\""), "{stored}");
 }
 
-/// The tuner's in-trial markers beside `cache` (files `tune.json.trying-PID`) and their contents.
+/// The tuner's in-trial markers beside `cache` (files `tune.json.trying-PID-NONCE`), their contents.
 fn tuner_markers(cache: &std::path::Path) -> Vec<String> {
     let dir = std::fs::read_dir(cache.parent().unwrap()).unwrap();
     let markers = dir.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("tune.json.trying-"));
-    markers.map(|e| std::fs::read_to_string(e.path()).unwrap()).collect()
+    // (a marker may go between the listing and the read)
+    markers.filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect()
 }
 
 /// A kernel that takes the process down while the tuner times it (simulated: the process aborts
@@ -301,37 +302,64 @@ fn a_kernel_that_crashes_the_run_while_timed_is_left_out_from_the_next_run_on() 
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), stored, "nothing left to tune");
 }
 
-/// A kernel that never finishes while the tuner times it (simulated: the process stops at its
-/// dispatch for good) ends the run with a message once it has run far longer than the
-/// product's default plan took, instead of hanging until someone stops it; the next run leaves
-/// it out, as it does a kernel that crashed the run.
+/// A kernel that never finishes while the tuner times it (simulated: every wait for the device
+/// after its dispatch waits for good) ends the run with a message once it has run far longer
+/// than the product's default plan took, instead of holding the run until someone stops it; the
+/// next run leaves it out, as it does a kernel that crashed the run. Without a cache file (no
+/// marker) the run ends the same way.
+#[cfg(unix)]
 #[test]
 fn a_kernel_that_hangs_while_timed_ends_the_run_and_is_left_out_from_the_next_run_on() {
     let t = TinyRun::new("cli-kernel-hang");
     let cache = t.tmp.path().join("tune.json");
     let tuned = ["--steps", "2", "--tune", "on", "--tune-cache", cache.to_str().unwrap()];
-    let stderr_path = t.tmp.path().join("stderr.txt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sasprune"))
-        .args(t.train_args(&tuned))
-        .env("SASPRUNE_FAULT_HANG", "g16s")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed().as_secs() > 900 {
-            child.kill().unwrap();
-            panic!("the hung run did not end by itself");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    let in_memory = TinyRun::new("cli-kernel-hang-no-cache");
+    let no_cache = ["--steps", "2", "--tune", "on", "--tune-cache", "none"];
+    let hung = |args: Vec<&str>, stderr: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_sasprune"))
+            .args(args)
+            .env("SASPRUNE_FAULT_HANG", "g16s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .unwrap()
     };
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("kernel plan g16s ran for more than") && stderr.contains("looks hung"), "{stderr}");
+    let stderr_paths = [t.tmp.path().join("stderr.txt"), in_memory.tmp.path().join("stderr.txt")];
+    let mut children =
+        [hung(t.train_args(&tuned), &stderr_paths[0]), hung(in_memory.train_args(&no_cache), &stderr_paths[1])];
+    // The first run is stopped (as by Ctrl-Z) for longer than its limit once it times g16s: the
+    // time stopped is not the candidate's, so after it goes on it still has most of its limit.
+    let start = std::time::Instant::now();
+    while !tuner_markers(&cache).iter().any(|m| m.contains("\"tile\":\"g16s\"")) {
+        assert!(start.elapsed().as_secs() < 600, "the run never timed g16s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let signal = |name: &str, child: &std::process::Child| {
+        assert!(Command::new("kill").args([name, &child.id().to_string()]).status().unwrap().success());
+    };
+    signal("-STOP", &children[0]);
+    std::thread::sleep(std::time::Duration::from_secs(40));
+    signal("-CONT", &children[0]);
+    let resumed = std::time::Instant::now();
+    let mut after_resume = Vec::new();
+    for (child, stderr_path) in children.iter_mut().zip(&stderr_paths) {
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed().as_secs() > 900 {
+                child.kill().unwrap();
+                panic!("the hung run did not end by itself");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        after_resume.push(resumed.elapsed());
+        let stderr = std::fs::read_to_string(stderr_path).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("kernel plan g16s took more than") && stderr.contains("looks hung"), "{stderr}");
+    }
+    assert!(after_resume[0].as_secs() >= 20, "ended {:?} after it went on", after_resume[0]);
     let markers = tuner_markers(&cache);
     assert!(markers.len() == 1 && markers[0].contains("\"tile\":\"g16s\""), "{markers:?}");
 

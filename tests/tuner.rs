@@ -83,8 +83,8 @@ fn cache_round_trips_and_bad_files_are_ignored_with_a_note() {
     assert_eq!(c.adapters["A"].len(), 1);
     assert_eq!(c.adapters["A"]["good"], Choice { tile: "g32".into(), splits: 2, seconds: 0.001 });
     assert!(note.unwrap().contains("4 malformed"));
-    // So are left-out tiles this build does not know or whose reason is not text; a "left_out"
-    // that is not an object makes the file unreadable.
+    // So are left-out tiles this build does not know or whose reason is not text, and a
+    // "left_out" that is not an object.
     std::fs::write(
         &path,
         br#"{"format":"sasprune-tune-1","adapters":{},"left_out":{
@@ -96,9 +96,13 @@ fn cache_round_trips_and_bad_files_are_ignored_with_a_note() {
     assert_eq!(c.left_out.len(), 1);
     assert_eq!(c.left_out["A"].keys().collect::<Vec<_>>(), ["c16q"]);
     assert!(note.unwrap().contains("3 malformed"));
-    std::fs::write(&path, br#"{"format":"sasprune-tune-1","adapters":{},"left_out":[]}"#).unwrap();
+    std::fs::write(
+        &path,
+        br#"{"format":"sasprune-tune-1","adapters":{"A":{"k":{"tile":"g32","splits":1}}},"left_out":[]}"#,
+    )
+    .unwrap();
     let (c, note) = Cache::load(&path);
-    assert!(c.left_out.is_empty() && note.unwrap().contains("left_out"));
+    assert!(c.left_out.is_empty() && c.adapters["A"].len() == 1 && note.unwrap().contains("1 malformed"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -161,6 +165,13 @@ fn tuning_picks_a_correct_plan_stores_it_and_reads_it_back() {
     run();
     assert!(Cache::load(&path).1.is_none(), "rewritten as a valid cache");
 
+    // Another process tuning with the same file saves its results while this one runs: this one's
+    // next save keeps them.
+    let (mut side, _) = Cache::load(&path);
+    side.adapters.entry("Side GPU | Vulkan | 1 | sasprune 0".into()).or_default().insert("y".into(), choice("g64", 2));
+    side.left_out.entry("Side GPU | Vulkan | 1 | sasprune 0".into()).or_default().insert("c16q".into(), "hung".into());
+    side.save(&path).unwrap();
+
     // A product into a column block of a wider output (a linear layer's weight in row blocks):
     // the tuner fills the output with NaN to check each candidate, and must give back the
     // columns of the blocks before it.
@@ -176,6 +187,10 @@ fn tuning_picks_a_correct_plan_stores_it_and_reads_it_back() {
     .unwrap();
     assert!(tune::choices().iter().any(|c| c.0.starts_with("matmul.gemm") && c.3 > 0.0), "the blocks were tuned");
     assert_close("tuned blocked linear", &values(&y), &cpu::linear(&xl, &wl, Some(&bl), n, in_f, out_f), LONG_SUM);
+    let (merged, _) = Cache::load(&path);
+    assert_eq!(merged.adapters.len(), 2, "ours and the side process's: {merged:?}");
+    assert_eq!(merged.adapters["Side GPU | Vulkan | 1 | sasprune 0"]["y"], choice("g64", 2));
+    assert_eq!(merged.left_out["Side GPU | Vulkan | 1 | sasprune 0"]["c16q"], "hung");
 
     // Off: fixed defaults, nothing measured.
     tune::configure(Settings { mode: Some(Mode::Off), cache: Some(path.clone()) });

@@ -425,6 +425,7 @@ impl Gpu {
     /// Submits everything recorded so far and waits until the device has finished it.
     pub fn synchronize(&self) -> Result<()> {
         self.flush()?;
+        recorder::wait_for_hung_kernel();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;

@@ -345,8 +345,8 @@ impl PassTimer {
 /// Fault injection for tests, by kernel label: `SASPRUNE_FAULT_SKIP=TEXT` drops every dispatch
 /// of a kernel whose label contains TEXT, as a driver that compiles a kernel wrongly and runs
 /// nothing would; `SASPRUNE_FAULT_CRASH=TEXT` aborts the process at its first dispatch, as a
-/// driver that crashes on it would; `SASPRUNE_FAULT_HANG=TEXT` stops the process there for good,
-/// as a kernel that never finishes would.
+/// driver that crashes on it would; `SASPRUNE_FAULT_HANG=TEXT` makes every later wait for the
+/// device wait for good (`wait_for_hung_kernel`), as a kernel that never finishes would.
 fn skipped_by_fault(label: &str) -> bool {
     // read once: this runs at every dispatch
     type Faults = [Option<String>; 3];
@@ -359,10 +359,20 @@ fn skipped_by_fault(label: &str) -> bool {
     if hit(crash) {
         std::process::abort();
     }
-    while hit(hang) {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
+    if hit(hang) {
+        HUNG_BY_FAULT.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     hit(skip)
+}
+
+/// A kernel `SASPRUNE_FAULT_HANG` names was dispatched.
+static HUNG_BY_FAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Before every wait for the device: one `SASPRUNE_FAULT_HANG` names never finishes.
+pub(super) fn wait_for_hung_kernel() {
+    while HUNG_BY_FAULT.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }
 
 impl Gpu {
@@ -524,6 +534,7 @@ impl Gpu {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        wait_for_hung_kernel();
         self.device
             .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
             .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;

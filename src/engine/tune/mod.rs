@@ -108,19 +108,26 @@ impl Cache {
         let adapters = value.get("adapters").and_then(|a| a.as_object()).ok_or("no \"adapters\" object")?;
         let mut cache = Cache::default();
         let mut dropped = 0;
-        if let Some(left_out) = value.get("left_out") {
-            let Some(left_out) = left_out.as_object() else { return Err("\"left_out\" is not an object".into()) };
-            for (adapter, tiles) in left_out {
-                let Some(tiles) = tiles.as_object() else {
-                    dropped += 1;
-                    continue;
-                };
-                for (tile, why) in tiles {
-                    match why.as_str() {
-                        Some(why) if tile_index(tile).is_some() => {
-                            cache.left_out.entry(adapter.clone()).or_default().insert(tile.clone(), why.to_string());
+        match value.get("left_out").map(|l| l.as_object()) {
+            None => {}
+            Some(None) => dropped += 1,
+            Some(Some(left_out)) => {
+                for (adapter, tiles) in left_out {
+                    let Some(tiles) = tiles.as_object() else {
+                        dropped += 1;
+                        continue;
+                    };
+                    for (tile, why) in tiles {
+                        match why.as_str() {
+                            Some(why) if tile_index(tile).is_some() => {
+                                cache
+                                    .left_out
+                                    .entry(adapter.clone())
+                                    .or_default()
+                                    .insert(tile.clone(), why.to_string());
+                            }
+                            _ => dropped += 1,
                         }
-                        _ => dropped += 1,
                     }
                 }
             }
@@ -278,11 +285,11 @@ fn open_tuner() -> Result<Tuner> {
 /// Reads the markers of earlier processes that ended while they timed a candidate (see `trial`)
 /// into the cache's `left_out` list of their adapters, with a note each, and saves the cache.
 fn leave_out_what_ended_runs(cache: &mut Cache, path: &Path) {
-    let (trials, notes) = trial::left_behind(path);
+    let (found, notes) = trial::left_behind(path);
     for note in notes {
         eprintln!("note: {note}");
     }
-    for t in &trials {
+    for t in found.iter().map(|f| &f.trial) {
         let adapter = t.adapter.split(" | ").next().unwrap_or(&t.adapter);
         eprintln!(
             "note: an earlier run on {adapter} ended while the kernel tuner timed plan {} (for {}): a driver crash or a \
@@ -296,11 +303,39 @@ fn leave_out_what_ended_runs(cache: &mut Cache, path: &Path) {
         let why = format!("a run ended while the tuner timed it for {}", t.product);
         cache.left_out.entry(t.adapter.clone()).or_default().insert(t.tile.clone(), why);
     }
-    if !trials.is_empty() {
-        if let Err(e) = cache.save(path) {
-            eprintln!("note: could not save the tuner cache ({e}); the plans above are left out for this run only");
+    if found.is_empty() {
+        return;
+    }
+    // the markers go once the cache says what they said
+    match save_merged(cache, path) {
+        Ok(()) => found.iter().for_each(|f| {
+            let _ = std::fs::remove_file(&f.path);
+        }),
+        Err(e) => eprintln!(
+            "note: could not save the tuner cache ({e}); the plans above are left out for this run, and the next \
+             run reads their markers again"
+        ),
+    }
+}
+
+/// Saves `cache` at `path` after adding what the file holds that `cache` does not (choices for
+/// other products, plans left out), so that processes tuning with the same cache file side by
+/// side keep each other's results.
+fn save_merged(cache: &mut Cache, path: &Path) -> Result<()> {
+    let (on_disk, _) = Cache::load(path);
+    for (adapter, entries) in on_disk.adapters {
+        let ours = cache.adapters.entry(adapter).or_default();
+        for (key, choice) in entries {
+            ours.entry(key).or_insert(choice);
         }
     }
+    for (adapter, tiles) in on_disk.left_out {
+        let ours = cache.left_out.entry(adapter).or_default();
+        for (tile, why) in tiles {
+            ours.entry(tile).or_insert(why);
+        }
+    }
+    cache.save(path)
 }
 
 fn plan_of(choice: &Choice) -> Option<Plan> {
@@ -369,14 +404,19 @@ pub(crate) fn choose(
         return Ok(plan);
     }
     let (first, steady) = warm_up(&run, default)?;
-    let hang_limit = trial::hang_limit(first, steady);
+    let limits = trial::Limits::from_default(first, steady);
     // the default's result where it writes, NaN elsewhere
     let original = (check.read)()?;
     let poison = vec![f32::NAN; original.len()];
     (check.write)(&poison)?;
     run(default)?;
     let reference = (check.read)()?;
-    let best = tuner.fastest_that_agrees(key, default, &candidates, &run, &check, &poison, &reference, hang_limit)?;
+    let best = tuner.fastest_that_agrees(key, default, &candidates, &run, &check, &poison, &reference, limits);
+    if best.is_err() {
+        // (the marker keeps naming the candidate that failed with the device: the next run leaves it out)
+        trial::watchdog::stop();
+    }
+    let best = best?;
     (check.write)(&original)?;
     let (plan, seconds) = best.unwrap_or((default, 0.0));
     tuner.record(key, plan, seconds);
@@ -386,7 +426,7 @@ pub(crate) fn choose(
 /// Brings the device to the clock a sustained workload gets before timing (GPUs slow down within
 /// a second of light load; see bench::CLOCK_WARM_UP), unless one run already takes long. Returns
 /// how long the default's first run took (compilation included) and a later one (for the
-/// watchdog's limit, `trial::hang_limit`).
+/// watchdog's limits, `trial::Limits`).
 fn warm_up(run: &impl Fn(Plan) -> Result<()>, default: Plan) -> Result<(std::time::Duration, std::time::Duration)> {
     let gpu = crate::gpu::get()?;
     let timed = || -> Result<std::time::Duration> {
@@ -415,7 +455,7 @@ impl Tuner {
     /// with the default's `reference` (each candidate's output filled with `poison` first, so a
     /// kernel that writes nothing cannot look fast). A candidate that does not run, or disagrees,
     /// is left out for the rest of the process with a note. Each one is named in the process's
-    /// marker while it runs (see `trial`), watched for running past `hang_limit`.
+    /// marker while it runs and watched for running past `limits` (see `trial`).
     #[allow(clippy::too_many_arguments)]
     fn fastest_that_agrees(
         &mut self,
@@ -426,7 +466,7 @@ impl Tuner {
         check: &ResultCheck,
         poison: &[f32],
         reference: &[f32],
-        hang_limit: std::time::Duration,
+        limits: trial::Limits,
     ) -> Result<Option<(Plan, f64)>> {
         let mut best: Option<(Plan, f64)> = None;
         for &plan in candidates {
@@ -434,10 +474,17 @@ impl Tuner {
                 continue;
             }
             if plan != default {
-                self.mark(key, plan, hang_limit);
                 (check.write)(poison)?;
+                self.mark(key, plan, limits.compile);
             }
-            let seconds = match measure(|| run(plan)) {
+            // (once the candidate's first run is recorded, and so compiled, its work gets the
+            // tighter limit)
+            let watch_its_work = || {
+                if plan != default {
+                    trial::watchdog::watch(tile_name(plan.tile), key, limits.run);
+                }
+            };
+            let seconds = match measure(|| run(plan), watch_its_work) {
                 Ok(seconds) => seconds,
                 // A candidate this adapter cannot run (a driver that rejects one kernel,
                 // temporaries that do not fit) is dropped for the rest of the process, provided the
@@ -486,28 +533,32 @@ impl Tuner {
     }
 
     /// Names `plan` in this process's marker before it runs for product `key` (the marker is
-    /// made when the first candidate of a product runs; without a cache file there is none).
-    fn mark(&mut self, key: &str, plan: Plan, hang_limit: std::time::Duration) {
-        let Some(path) = self.file.as_ref().filter(|_| !self.marker_failed) else { return };
-        let t =
-            trial::Trial { adapter: self.adapter_key.clone(), tile: tile_name(plan.tile).into(), product: key.into() };
-        let marked = match self.marker.as_mut() {
-            Some(marker) => marker.set(&t, hang_limit),
-            None => trial::Marker::create(path).and_then(|mut m| m.set(&t, hang_limit).map(|()| self.marker = Some(m))),
-        };
-        if let Err(e) = marked {
-            eprintln!(
-                "note: could not write the tuner's marker {} ({e}); a kernel that crashes the driver while it is timed \
-                 would be tried again by the next run",
-                trial::marker_path(path).display()
-            );
-            self.marker_failed = true;
-            self.marker = None;
+    /// made when the first candidate of a product runs; without a cache file there is none) and
+    /// has the watchdog give it `limit`.
+    fn mark(&mut self, key: &str, plan: Plan, limit: std::time::Duration) {
+        let tile = tile_name(plan.tile);
+        if let Some(path) = self.file.clone().filter(|_| !self.marker_failed) {
+            let t = trial::Trial { adapter: self.adapter_key.clone(), tile: tile.into(), product: key.into() };
+            let marked = match self.marker.as_mut() {
+                Some(marker) => marker.set(&t),
+                None => trial::Marker::create(&path).and_then(|mut m| m.set(&t).map(|()| self.marker = Some(m))),
+            };
+            if let Err(e) = marked {
+                eprintln!(
+                    "note: could not write the tuner's marker {} ({e}); a kernel that crashes the driver while it is \
+                     timed would be tried again by the next run",
+                    trial::marker_path(&path).display()
+                );
+                self.marker_failed = true;
+                self.marker = None;
+            }
         }
+        trial::watchdog::watch(tile, key, limit);
     }
 
     /// The candidate named in the marker has finished (or failed without taking the device along).
     fn unmark(&mut self) {
+        trial::watchdog::stop();
         if let Some(Err(e)) = self.marker.as_mut().map(|m| m.clear()) {
             eprintln!("note: could not clear the tuner's marker ({e}); it is removed when the product is tuned");
         }
@@ -524,7 +575,7 @@ impl Tuner {
         self.used.insert(key.to_string(), choice.clone());
         self.cache.adapters.entry(self.adapter_key.clone()).or_default().insert(key.to_string(), choice);
         if let Some(path) = &self.file {
-            if let Err(e) = self.cache.save(path) {
+            if let Err(e) = save_merged(&mut self.cache, path) {
                 eprintln!("note: could not save the tuner cache ({e}); choices are kept for this run only");
                 self.file = None;
             }
@@ -533,14 +584,15 @@ impl Tuner {
 }
 
 /// Seconds one `run` takes: the best of 3 rounds of up to 5 runs in one submit each, after a
-/// warm-up run (pipeline compilation). Host-timed around submit + wait, so that it neither needs
+/// warm-up run (pipeline compilation; `recorded` is called once it is recorded). Host-timed around submit + wait, so that it neither needs
 /// timestamp queries nor disturbs a device timer the caller may have running; the submit's fixed
 /// latency is shared by the round's runs. Products that take milliseconds get fewer runs: long
 /// bursts of full load (a 4096³ GEMM's candidates) drove an H200 into a lower clock for seconds.
-fn measure(run: impl Fn() -> Result<()>) -> Result<f64> {
+fn measure(run: impl Fn() -> Result<()>, recorded: impl FnOnce()) -> Result<f64> {
     let gpu = crate::gpu::get()?;
     let start = std::time::Instant::now();
     run()?;
+    recorded();
     gpu.synchronize()?;
     let first = start.elapsed().as_secs_f64();
     let reps = if first > 2e-3 { 1 } else { 5 };
