@@ -145,8 +145,9 @@ pub(super) fn left_behind(cache: &Path) -> (Vec<LeftBehind>, Vec<String>) {
 
 /// How long a candidate may take before the watchdog takes it for hung, from what the product's
 /// default plan took on its first run (`first`: its compilation included) and on a later one
-/// (`steady`). A candidate's first run compiles it, which some drivers take minutes for:
-/// recording it may take 300 s + 10 x first. Its work on the device, waited for after that and
+/// (`steady`). A candidate's first run compiles it, which some drivers take a minute or more
+/// for: recording it may take 120 s + 20 x first (on NVIDIA's Vulkan driver about two minutes,
+/// within the prepared device call's 200 s per step). Its work on the device, waited for after that and
 /// in the timed rounds, may take 30 s + 1000 x steady (the tuner runs a candidate up to 16
 /// times, and a candidate may be several times slower than the default; a hung kernel never
 /// ends).
@@ -159,7 +160,7 @@ pub(super) struct Limits {
 impl Limits {
     pub fn from_default(first: Duration, steady: Duration) -> Limits {
         Limits {
-            compile: Duration::from_secs(300) + first.saturating_mul(10),
+            compile: Duration::from_secs(120) + first.saturating_mul(20),
             run: Duration::from_secs(30) + steady.saturating_mul(1000),
         }
     }
@@ -366,7 +367,7 @@ mod tests {
     fn a_candidate_may_take_minutes_to_compile_and_seconds_to_run() {
         let ms = Duration::from_millis;
         let limits = Limits::from_default(ms(400), ms(2));
-        assert_eq!(limits.compile, Duration::from_secs(304));
+        assert_eq!(limits.compile, Duration::from_secs(128));
         assert_eq!(limits.run, Duration::from_secs(32));
     }
 }
