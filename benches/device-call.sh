@@ -7,9 +7,10 @@
 #        binaries, Vulkan loader, libglvnd, CIFAR-10, weights into .device/) and a stripped build
 #        of BASE (default 61486f5) as .device/sasprune-base, built in target/device-base
 #   bash benches/device-call.sh rehearse         here, on the software driver: each step for at
-#        most REHEARSE_S seconds (default 40) with this checkout's binaries; a step passes when it
-#        ends with 0 or is still running at the limit, the PyTorch peer is only compiled (no torch
-#        here) and a test step needs its tests/NAME.rs. Exit 1 names the steps that failed.
+#        most REHEARSE_S seconds (default 40) with this checkout's binaries, after the tuner has
+#        tuned a GEMM from a fresh cache directory as on a GPU; a step passes when it ends with 0
+#        or is still running at the limit, the PyTorch peer is only compiled (no torch here) and
+#        a test step needs its tests/NAME.rs. Exit 1 names the steps that failed.
 #   bash benches/device-call.sh steps            prints the steps, one per line
 #   bash benches/device-call.sh                  on the device: the device tool's `run` with
 #        command "bash benches/device-call.sh", carry [".device"], timeout_s 600. Every step runs
@@ -24,10 +25,13 @@ cd "$(dirname "$script")/.."
 # the PyTorch peer, the pipeline's phases, mixed precision on the real driver), then the A/B
 # rows, so that a call cut short still brings back the headline. $RES comes back, $DATA is
 # CIFAR-10, $PRE the pretrained weights. The first bench tunes (and fills the tuning cache); the
-# second is the one to quote. The base build tunes into its own cache.
+# second is the one to quote. The base build tunes into its own cache. Two steps bring back the
+# tuner's cache (after the benches, and at the end): the plans chosen on the card, and any it
+# left out (a kernel that crashed or hung there).
 steps=(
   'sasprune bench --out $RES/bench.jsonl'
   'sasprune bench --out $RES/bench2.jsonl'
+  'cp -r "${XDG_CACHE_HOME:-$HOME/.cache}/sasprune" $RES/tuner-cache-bench'
   'python3 benches/peers/pytorch_resnet32.py --out $RES/peer.jsonl'
   'sasprune --model resnet32 --rate 6.6x --weights $PRE/resnet32.safetensors --data $DATA --schedule quick --outer 4 --retrain-epochs 2 --out $RES/run'
   'sasprune --model resnet32 --rate 6.6x --weights $PRE/resnet32.safetensors --data $DATA --schedule quick --outer 4 --retrain-epochs 2 --precision mixed --out $RES/run-mixed'
@@ -40,6 +44,7 @@ steps=(
   'SASPRUNE_SUBGROUPS=off sasprune bench --filter batchnorm --out $RES/bench-nosubgroups.jsonl'
   'test grad_places'
   'test memory'
+  'cp -r "${XDG_CACHE_HOME:-$HOME/.cache}/sasprune" $RES/tuner-cache'
 )
 
 prepare() {
@@ -69,6 +74,16 @@ rehearse() {
   RES=$(mktemp -d)
   export PATH=$bin:$PATH RES DATA=${DATA:-$PWD/data} PRE=${PRE:-$PWD/../shared/pretrained}
   export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+  # The tuner as on a GPU, on a machine's first run (no cache directory yet): it tunes, keeps its
+  # markers and saves its cache, which the copy steps then find. (The steps themselves keep the
+  # software driver's fixed plans, so that 40 s reach their rows rather than tuning.)
+  export XDG_CACHE_HOME=$RES/cache-home
+  local s=$SECONDS verdict=ok
+  SASPRUNE_TUNE=on timeout "$limit" sasprune bench --quick --filter "gemm 256" > "$RES/tuner.txt" 2>&1
+  if [[ ! -f $XDG_CACHE_HOME/sasprune/tune.json ]] || grep -q "note: could not" "$RES/tuner.txt"; then
+    verdict=FAILED; failed+=(tuner); tail -3 "$RES/tuner.txt" | sed 's/^/      /'
+  fi
+  printf '%-9s %3ds  the tuner from a fresh cache directory\n' "$verdict" $((SECONDS - s))
   for step in "${steps[@]}"; do
     n=$((n + 1))
     local log=$RES/step$n.txt rc s=$SECONDS
@@ -94,5 +109,5 @@ case ${1:-device} in
     [[ -f .device/on-gpu.sh ]] || { echo "no .device/on-gpu.sh: run 'bash benches/device-call.sh prepare' first"; exit 1; }
     # (on-gpu.sh packs what came back in its EXIT trap, which a TERM still runs)
     STEP_S=${STEP_S:-200} timeout -s TERM "${CALL_S:-540}" bash .device/on-gpu.sh "${steps[@]}" ;;
-  *) sed -n '2,18p' "$script"; exit 2 ;;
+  *) sed -n '2,19p' "$script"; exit 2 ;;
 esac

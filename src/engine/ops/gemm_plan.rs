@@ -157,8 +157,7 @@ impl Tile {
     /// Bytes of workgroup memory its engine declares (the shared A, B and C tiles): an adapter
     /// that gives a workgroup less cannot build its kernels. WebGPU guarantees 16,384; `g16` and
     /// `g16s` need 17,664, `g128` 16,640, `c16h` / `c16q` 27,136 and `c16n` 18,432, which every
-    /// desktop GPU gives (NVIDIA 48 KiB, AMD, Intel and Apple 32–64). (`wide16` is told by its
-    /// name: its engine text is a `const`, whose address is not one place to compare.)
+    /// desktop GPU gives (NVIDIA 48 KiB, AMD, Intel and Apple 32–64).
     pub fn workgroup_bytes(&self) -> u32 {
         let (rows, cols) = (self.rows as u32, self.cols as u32);
         if self.coop != 0 {
@@ -167,8 +166,10 @@ impl Tile {
         } else if self.gpu {
             // vec4 A tile [k][m / 4 + 1] (one vec4 of padding a row) and B tile [k][n / 4]
             GPU_TK * (rows / 4 + 1 + cols / 4) * 16
-        } else if self.name == "wide16" {
-            CPU_TK * rows * 4 // tiled_gemm_wide.wgsl shares A only (B is read from its buffer)
+        } else if self.engine == WIDE_ENGINE {
+            // tiled_gemm_wide.wgsl shares A only (B is read from its buffer); (the engine's text is
+            // compared: a `const` has no one address)
+            CPU_TK * rows * 4
         } else {
             CPU_TK * (rows + cols) * 4
         }

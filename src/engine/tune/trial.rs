@@ -56,15 +56,24 @@ pub(super) fn marker_path(cache: &Path) -> PathBuf {
 }
 
 impl Marker {
-    /// Creates and locks this process's marker beside `cache` (a file left where it cannot be
-    /// locked is removed again).
+    /// Creates and locks this process's marker beside `cache`, making the cache's directory
+    /// first (the first run on a machine tunes before it saves a cache). Another process's scan
+    /// may hold the new file's lock for a moment; a file that stays unlockable is removed again.
     pub fn create(cache: &Path) -> std::io::Result<Marker> {
         let path = marker_path(cache);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         interrupt::remove_on_interrupt(&path);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        if let Err(e) = file.try_lock() {
-            let _ = std::fs::remove_file(&path);
-            return Err(std::io::Error::other(format!("cannot lock it: {e}")));
+        let mut tries = 0;
+        while let Err(e) = file.try_lock() {
+            tries += 1;
+            if tries == 10 {
+                let _ = std::fs::remove_file(&path);
+                return Err(std::io::Error::other(format!("cannot lock it: {e}")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         file.set_len(0)?;
         Ok(Marker { path, file })
@@ -146,8 +155,8 @@ pub(super) fn left_behind(cache: &Path) -> (Vec<LeftBehind>, Vec<String>) {
 /// How long a candidate may take before the watchdog takes it for hung, from what the product's
 /// default plan took on its first run (`first`: its compilation included) and on a later one
 /// (`steady`). A candidate's first run compiles it, which some drivers take a minute or more
-/// for: recording it may take 120 s + 20 x first (on NVIDIA's Vulkan driver about two minutes,
-/// within the prepared device call's 200 s per step). Its work on the device, waited for after that and
+/// for: recording it may take 120 s + 20 x first (on NVIDIA's Vulkan driver about two minutes).
+/// Its work on the device, waited for after that and
 /// in the timed rounds, may take 30 s + 1000 x steady (the tuner runs a candidate up to 16
 /// times, and a candidate may be several times slower than the default; a hung kernel never
 /// ends).
@@ -234,7 +243,9 @@ pub(super) mod watchdog {
             }
             HUNG.store(true, Ordering::SeqCst);
             if let Some((tile, product, limit)) = WATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                eprintln!(
+                // (not eprintln!, which panics where stderr is gone: the process must end)
+                let _ = writeln!(
+                    std::io::stderr(),
                     "error: kernel plan {tile} took more than {:.0} s while the kernel tuner timed it for {product} \
                      (the default plan took far less): it looks hung, and a device busy with it cannot go on. \
                      Run the command again (a run directory continues with --resume): the next run leaves {tile} out \
