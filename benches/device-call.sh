@@ -17,6 +17,9 @@
 #        through .device/on-gpu.sh (at most STEP_S = 200 s each, all of them CALL_S = 540 s, so
 #        that what ran comes back before the tool's limit); summary.txt and run.tar.gz come
 #        back. Record what it measured in benches/PERFORMANCE.md and README's speed section.
+#   bash benches/device-call.sh report DIR       here, on what came back (DIR holds summary.txt and
+#        run.tar.gz): the summary, README's side-by-side tables (`sasprune bench --table`: this
+#        build and the base build against the PyTorch peer) and the pipelines' phase rates
 set -uo pipefail
 script=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$script")/.."
@@ -101,6 +104,27 @@ rehearse() {
   [[ ${#failed[@]} -eq 0 ]] || { echo "failed steps: ${failed[*]}"; return 1; }
 }
 
+report() {
+  local dir=$1 tmp n=0
+  [[ -f $dir/run.tar.gz && -f $dir/summary.txt ]] || { echo "usage: report DIR (with summary.txt and run.tar.gz)"; return 2; }
+  [[ -x target/release/sasprune ]] || { echo "build first: cargo build --release"; return 1; }
+  tmp=$(mktemp -d) && tar -xzf "$dir/run.tar.gz" -C "$tmp" || return 1
+  local files=$tmp/device-run/files
+  cat "$dir/summary.txt"
+  echo; echo "## This build (bench2) and the PyTorch peer"
+  target/release/sasprune bench --table "$files/bench2.jsonl" "$files/peer.jsonl"
+  echo; echo "## The base build (base2) and the PyTorch peer"
+  target/release/sasprune bench --table "$files/base2.jsonl" "$files/peer.jsonl"
+  # the pipelines' logs: their phase and epoch rates (step-only images/s) and accuracy
+  for step in "${steps[@]}"; do
+    n=$((n + 1))
+    [[ $step == "sasprune --model "* ]] || continue
+    printf '\n## %s\n' "$step"
+    grep -E 'images/s|top-1|phase|took' "$(printf '%s/device-run/%02d.txt' "$tmp" $n)" | tail -25
+  done
+  echo; echo "(the whole archive: $tmp/device-run)"
+}
+
 case ${1:-device} in
   prepare) prepare "${2:-}" ;;
   rehearse) rehearse ;;
@@ -109,5 +133,6 @@ case ${1:-device} in
     [[ -f .device/on-gpu.sh ]] || { echo "no .device/on-gpu.sh: run 'bash benches/device-call.sh prepare' first"; exit 1; }
     # (on-gpu.sh packs what came back in its EXIT trap, which a TERM still runs)
     STEP_S=${STEP_S:-200} timeout -s TERM "${CALL_S:-540}" bash .device/on-gpu.sh "${steps[@]}" ;;
-  *) sed -n '2,19p' "$script"; exit 2 ;;
+  report) report "${2:-}" ;;
+  *) sed -n '2,22p' "$script"; exit 2 ;;
 esac

@@ -48,7 +48,11 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { quick, filter, compact, out } => {
+        Command::Bench { filter, table, .. } if !table.is_empty() => {
+            print!("{}", sasprune::bench::table::side_by_side(&table, filter.as_deref())?);
+            Ok(())
+        }
+        Command::Bench { quick, filter, compact, out, .. } => {
             gpu::init(&options)?;
             sasprune::bench::run_and_record(&sasprune::bench::BenchConfig { quick, filter, compact }, &out).map(drop)
         }

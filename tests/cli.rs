@@ -256,6 +256,23 @@ fn a_kernel_that_computes_nothing_is_left_out_by_the_tuner() {
     assert!(stored.contains("\"tile\"") && !stored.contains("\"tile\": \"g16s\""), "{stored}");
 }
 
+/// `sasprune train` on `t`'s data with `extra` flags: the exit code and stderr.
+fn train(t: &TinyRun, extra: &[&str]) -> (Option<i32>, String) {
+    sasprune_code(&t.train_args(extra).iter().map(|a| a.to_string()).collect::<Vec<_>>())
+}
+
+/// Waits until the tuner's marker beside `cache` names `tile`: `child` is timing it.
+fn wait_until_timing(cache: &std::path::Path, tile: &str, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    while !tuner_markers(cache).iter().any(|m| m.contains(&format!("\"tile\":\"{tile}\""))) {
+        assert!(start.elapsed().as_secs() < 600, "the run never timed {tile}");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it timed {tile}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The tuner's in-trial markers beside `cache` (files `tune.json.trying-PID-NONCE`), their contents.
 fn tuner_markers(cache: &std::path::Path) -> Vec<String> {
     let dir = std::fs::read_dir(cache.parent().unwrap()).unwrap();
@@ -288,7 +305,7 @@ fn a_kernel_that_crashes_the_run_while_timed_is_left_out_from_the_next_run_on() 
 
     let note = "ended while the kernel tuner timed plan g16s";
     std::fs::remove_dir_all(&t.run).unwrap();
-    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let (code, stderr) = train(&t, &tuned);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
     assert!(stderr.contains("remove it from \"left_out\""), "{stderr}");
@@ -300,7 +317,7 @@ fn a_kernel_that_crashes_the_run_while_timed_is_left_out_from_the_next_run_on() 
     assert!(tuner_markers(&cache).is_empty(), "a finished run leaves no marker");
 
     std::fs::remove_dir_all(&t.run).unwrap();
-    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let (code, stderr) = train(&t, &tuned);
     assert!(code == Some(0) && !stderr.contains(note), "{stderr}");
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), stored, "nothing left to tune");
 }
@@ -333,10 +350,7 @@ fn a_kernel_that_hangs_while_timed_ends_the_run_and_is_left_out_from_the_next_ru
     // The first run is stopped (as by Ctrl-Z) for longer than its limit once it times g16s: the
     // time stopped is not the candidate's, so after it goes on it still has most of its limit.
     let start = std::time::Instant::now();
-    while !tuner_markers(&cache).iter().any(|m| m.contains("\"tile\":\"g16s\"")) {
-        assert!(start.elapsed().as_secs() < 600, "the run never timed g16s");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until_timing(&cache, "g16s", &mut children[0]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let signal = |name: &str, child: &std::process::Child| {
         assert!(Command::new("kill").args([name, &child.id().to_string()]).status().unwrap().success());
@@ -386,7 +400,7 @@ fn a_kernel_that_hangs_while_timed_ends_the_run_and_is_left_out_from_the_next_ru
     assert!(markers.len() == 1 && markers[0].contains("\"tile\":\"g16s\""), "{markers:?}");
 
     std::fs::remove_dir_all(&t.run).unwrap();
-    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let (code, stderr) = train(&t, &tuned);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("ended while the kernel tuner timed plan g16s"), "{stderr}");
     let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
@@ -410,14 +424,7 @@ fn a_run_stopped_while_the_tuner_times_a_kernel_leaves_no_plan_out() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while !tuner_markers(&cache).iter().any(|m| m.contains("\"tile\":\"g16s\"")) {
-        assert!(start.elapsed().as_secs() < 600, "the run never timed g16s");
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it timed g16s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until_timing(&cache, "g16s", &mut child);
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let status = child.wait().unwrap();
@@ -425,9 +432,38 @@ fn a_run_stopped_while_the_tuner_times_a_kernel_leaves_no_plan_out() {
     assert!(tuner_markers(&cache).is_empty(), "the stopped run removed its marker");
 
     std::fs::remove_dir_all(&t.run).unwrap();
-    let (code, stderr) = sasprune_code(&t.train_args(&tuned).iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let (code, stderr) = train(&t, &tuned);
     assert!(code == Some(0) && !stderr.contains("ended while the kernel tuner timed"), "{stderr}");
     assert!(!std::fs::read_to_string(&cache).unwrap().contains("left_out"));
+}
+
+/// `bench --table` puts a bench's JSON lines beside the PyTorch peer's, measuring nothing: the
+/// real bench writes the lines here, the peer's are written as the peer writes them. Bad files
+/// are named with the line; --table with --quick is a usage error.
+#[test]
+fn bench_table_puts_results_beside_the_peers() {
+    let dir = common::TempDir::new("cli-bench-table");
+    let ours = dir.path().join("bench.jsonl");
+    let (ok, _, stderr) = sasprune(&["bench", "--quick", "--filter", "gemm 256", "--out", ours.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let measured: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&ours).unwrap().lines().next().unwrap()).unwrap();
+    let peer = dir.path().join("peer.jsonl");
+    let theirs = serde_json::json!({"name": measured["name"], "value": measured["value"].as_f64().unwrap() / 2.0,
+        "unit": "GFLOP/s", "adapter": "llvmpipe", "peer": "pytorch"});
+    std::fs::write(&peer, theirs.to_string() + "\n").unwrap();
+    let (ok, stdout, stderr) = sasprune(&["bench", "--table", ours.to_str().unwrap(), peer.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let row = format!("| {} | GFLOP/s |", measured["name"].as_str().unwrap());
+    assert!(stdout.contains(&row) && stdout.contains("| 2.00x |"), "{stdout}");
+    assert!(stdout.contains("| measurement | unit | sasprune | pytorch | sasprune / pytorch |"), "{stdout}");
+
+    std::fs::write(&peer, "{\"name\": 1}\n").unwrap();
+    let (code, stderr) = sasprune_code(&["bench".into(), "--table".into(), peer.display().to_string()]);
+    assert!(code == Some(1) && stderr.contains("peer.jsonl:1") && !stderr.contains("panicked"), "{stderr}");
+    let args = ["bench", "--quick", "--table", ours.to_str().unwrap()].map(String::from);
+    let (code, stderr) = sasprune_code(&args);
+    assert_eq!(code, Some(2), "{stderr}");
 }
 
 /// A driver whose magnitude selection miscounts (as Mesa 22.3's lavapipe does on long layers;

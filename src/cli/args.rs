@@ -258,6 +258,11 @@ pub(crate) enum Command {
         /// File the JSON lines are appended to
         #[arg(long, default_value = "bench-results.jsonl")]
         out: PathBuf,
+        /// Measure nothing: print the JSON lines in these files (this bench's and a peer's, e.g.
+        /// benches/peers/pytorch_resnet32.py) as one Markdown table, each measurement's latest
+        /// value beside the peer's with their ratio (later files win: list a tuning run first)
+        #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["quick", "compact"])]
+        table: Vec<PathBuf>,
     },
     /// Run every method (--methods) through the whole pipeline from the same dense start with the
     /// same budget, once per seed (--seeds), and write compare.md (mean ± std of top-1 after

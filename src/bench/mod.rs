@@ -3,7 +3,10 @@
 //! (kernels on the device with timestamp queries where the adapter has them, otherwise host
 //! time around submit + wait; whole steps on the host), printed as a table and appended as JSON
 //! lines that carry the adapter, how it was timed, crate version and git commit, so results
-//! from different machines merge.
+//! from different machines merge. `table` puts such lines (and a peer's, benches/peers/) side by
+//! side.
+
+pub mod table;
 
 use crate::gpu::{self, Dtype};
 use crate::models::{Model, Pass};
