@@ -105,7 +105,7 @@ rehearse() {
 }
 
 report() {
-  local dir=$1 tmp n=0
+  local dir=$1 tmp n
   [[ -f $dir/run.tar.gz && -f $dir/summary.txt ]] || { echo "usage: report DIR (with summary.txt and run.tar.gz)"; return 2; }
   [[ -x target/release/sasprune ]] || { echo "build first: cargo build --release"; return 1; }
   tmp=$(mktemp -d) && tar -xzf "$dir/run.tar.gz" -C "$tmp" || return 1
@@ -115,13 +115,16 @@ report() {
   target/release/sasprune bench --table "$files/bench2.jsonl" "$files/peer.jsonl"
   echo; echo "## The base build (base2) and the PyTorch peer"
   target/release/sasprune bench --table "$files/base2.jsonl" "$files/peer.jsonl"
-  # the pipelines' logs: their phase and epoch rates (step-only images/s) and accuracy
-  for step in "${steps[@]}"; do
-    n=$((n + 1))
-    [[ $step == "sasprune --model "* ]] || continue
-    printf '\n## %s\n' "$step"
-    grep -E 'images/s|top-1|phase|took' "$(printf '%s/device-run/%02d.txt' "$tmp" $n)" | tail -25
-  done
+  # the pipelines' logs (numbered as summary.txt numbers them): their phase and epoch rates
+  # (step-only images/s) and accuracy
+  local line log
+  while read -r line; do
+    n=${line%% *}
+    log=$tmp/device-run/$n.txt
+    [[ -f $log ]] || continue
+    printf '\n## %s\n' "${line#*: }"
+    grep -E 'images/s|top-1|phase|took' "$log" | tail -25
+  done < <(grep -E '^[0-9]{2} rc -?[0-9]+ [0-9]+s: sasprune --model ' "$dir/summary.txt")
   echo; echo "(the whole archive: $tmp/device-run)"
 }
 

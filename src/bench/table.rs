@@ -17,14 +17,24 @@ struct Row {
     values: BTreeMap<String, f64>,
 }
 
+/// One side (sasprune or a peer) as its latest line describes it.
+struct Side {
+    name: String,
+    adapter: String,
+    description: String,
+}
+
 /// The table of `files` (later lines and files replace earlier values of the same side and
 /// name: pass a tuning run before the run to quote), only names containing `filter` if given.
+/// A line without a value (the bench writes `null` for a rate it could not compute) is left out
+/// with a note on stderr.
 pub fn side_by_side(files: &[PathBuf], filter: Option<&str>) -> Result<String> {
     let mut rows: Vec<Row> = Vec::new();
-    // each side's adapter, as its latest line describes it; sasprune first, then peers as met
-    let mut sides: Vec<(String, String)> = vec![(OURS.into(), String::new())];
+    // sasprune first, then peers as met
+    let mut sides = vec![Side { name: OURS.into(), adapter: String::new(), description: String::new() }];
     for file in files {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let bad = |why: String| {
                 Error::invalid(format!(
@@ -37,12 +47,17 @@ pub fn side_by_side(files: &[PathBuf], filter: Option<&str>) -> Result<String> {
             let field =
                 |key: &str| v.get(key).and_then(|x| x.as_str()).ok_or_else(|| bad(format!("no \"{key}\" text")));
             let (name, unit) = (field("name")?, field("unit")?);
-            let value = (v.get("value").and_then(|x| x.as_f64()))
-                .filter(|x| x.is_finite() && *x >= 0.0)
-                .ok_or_else(|| bad("no \"value\" that is a finite rate".into()))?;
             if filter.is_some_and(|f| !name.contains(f)) {
                 continue;
             }
+            let value = match v.get("value") {
+                Some(serde_json::Value::Null) => {
+                    eprintln!("note: {}:{}: \"{name}\" has no value; left out", file.display(), i + 1);
+                    continue;
+                }
+                value => value.and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x >= 0.0),
+            };
+            let value = value.ok_or_else(|| bad("no \"value\" that is a rate".into()))?;
             let side = v.get("peer").and_then(|p| p.as_str()).unwrap_or(OURS);
             let at = match rows.iter().position(|r| r.name == name) {
                 Some(at) if rows[at].unit != unit => {
@@ -55,9 +70,11 @@ pub fn side_by_side(files: &[PathBuf], filter: Option<&str>) -> Result<String> {
                 }
             };
             rows[at].values.insert(side.into(), value);
-            match sides.iter_mut().find(|(s, _)| s == side) {
-                Some(entry) => entry.1 = describe(&v),
-                None => sides.push((side.into(), describe(&v))),
+            let adapter = v.get("adapter").and_then(|a| a.as_str()).unwrap_or("unknown adapter").to_string();
+            let latest = Side { name: side.into(), adapter, description: describe(&v) };
+            match sides.iter_mut().find(|s| s.name == side) {
+                Some(entry) => *entry = latest,
+                None => sides.push(latest),
             }
         }
     }
@@ -86,20 +103,23 @@ fn names(files: &[PathBuf]) -> String {
     files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-fn render(rows: &[Row], sides: &[(String, String)]) -> String {
+/// Text for a table cell: a `|` would end the cell.
+fn cell_text(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+fn render(rows: &[Row], sides: &[Side]) -> String {
     let mut out = String::new();
-    let met: Vec<&(String, String)> =
-        sides.iter().filter(|(s, _)| rows.iter().any(|r| r.values.contains_key(s))).collect();
-    for (side, adapter) in &met {
-        out += &format!("{side}: {adapter}\n");
+    let met: Vec<&Side> = sides.iter().filter(|s| rows.iter().any(|r| r.values.contains_key(&s.name))).collect();
+    for side in &met {
+        out += &format!("{}: {}\n", side.name, side.description);
     }
-    let adapters: Vec<&str> = met.iter().map(|(_, a)| a.split(" (").next().unwrap_or(a)).collect();
-    if adapters.windows(2).any(|w| w[0] != w[1]) {
+    if met.windows(2).any(|w| w[0].adapter != w[1].adapter) {
         out += "note: the sides name different adapters; compare only results from the same card and call\n";
     }
-    let peers: Vec<&str> = met.iter().map(|(s, _)| s.as_str()).filter(|s| *s != OURS).collect();
+    let peers: Vec<&str> = met.iter().map(|s| s.name.as_str()).filter(|s| *s != OURS).collect();
     out += "\n| measurement | unit | sasprune |";
-    for peer in &peers {
+    for peer in peers.iter().map(|p| cell_text(p)) {
         out += &format!(" {peer} | sasprune / {peer} |");
     }
     out += "\n|---|---|---|";
@@ -107,7 +127,7 @@ fn render(rows: &[Row], sides: &[(String, String)]) -> String {
     out += "\n";
     for row in rows {
         let cell = |side: &str| row.values.get(side).map_or("–".to_string(), |&v| rate(v));
-        out += &format!("| {} | {} | {} |", row.name, row.unit, cell(OURS));
+        out += &format!("| {} | {} | {} |", cell_text(&row.name), cell_text(&row.unit), cell(OURS));
         for peer in &peers {
             let ratio = match (row.values.get(OURS), row.values.get(*peer)) {
                 (Some(&ours), Some(&theirs)) if theirs > 0.0 => format!("{:.2}x", ours / theirs),
@@ -120,9 +140,10 @@ fn render(rows: &[Row], sides: &[(String, String)]) -> String {
     out
 }
 
-/// A rate as README's tables write it: thousands separated above 100, else 3 significant digits.
+/// A rate as README's tables write it: thousands separated from 100 on, else 3 significant
+/// digits (chosen on the rounded value: 99.96 is "100", 9.996 "10.0").
 fn rate(v: f64) -> String {
-    if v >= 100.0 {
+    if v >= 99.95 {
         let digits = format!("{:.0}", v);
         let mut out = String::new();
         for (i, c) in digits.chars().enumerate() {
@@ -132,7 +153,7 @@ fn rate(v: f64) -> String {
             out.push(c);
         }
         out
-    } else if v >= 10.0 {
+    } else if v >= 9.995 {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
@@ -150,6 +171,8 @@ mod tests {
         assert_eq!(rate(100.0), "100");
         assert_eq!(rate(22.03), "22.0");
         assert_eq!(rate(0.734), "0.73");
+        assert_eq!(rate(99.96), "100");
+        assert_eq!(rate(9.996), "10.0");
     }
 
     #[test]
@@ -184,6 +207,15 @@ mod tests {
         assert!(table.contains("| gemm 64 | GFLOP/s | 5.00 | – | – |"), "{table}");
         assert!(table.contains("| softmax | GB/s | – | 40.0 | – |"), "{table}");
         assert!(!table.contains("note:"), "{table}");
+        // a line without a value is left out; a '|' in a name stays inside its cell; sides on
+        // different adapters get a note
+        let odd = r#"{"name": "a|b", "value": 2.0, "unit": "GB/s", "adapter": "GPU Y"}"#.to_string()
+            + "\n"
+            + r#"{"name": "gemm 64", "value": null, "unit": "GFLOP/s"}"#;
+        std::fs::write(&tuning, odd).unwrap();
+        let table = side_by_side(&[tuning.clone(), peer.clone()], None).unwrap();
+        assert!(table.contains("| a\\|b | GB/s | 2.00 |") && !table.contains("gemm 64"), "{table}");
+        assert!(table.contains("note: the sides name different adapters"), "{table}");
         let filtered = side_by_side(&[quoted.clone(), peer.clone()], Some("gemm")).unwrap();
         assert!(filtered.contains("| gemm 64 |") && !filtered.contains("resnet32") && !filtered.contains("pytorch"));
 

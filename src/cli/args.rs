@@ -261,7 +261,7 @@ pub(crate) enum Command {
         /// Measure nothing: print the JSON lines in these files (this bench's and a peer's, e.g.
         /// benches/peers/pytorch_resnet32.py) as one Markdown table, each measurement's latest
         /// value beside the peer's with their ratio (later files win: list a tuning run first)
-        #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["quick", "compact"])]
+        #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["quick", "compact", "out"])]
         table: Vec<PathBuf>,
     },
     /// Run every method (--methods) through the whole pipeline from the same dense start with the
