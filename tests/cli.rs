@@ -273,6 +273,14 @@ fn wait_until_timing(cache: &std::path::Path, tile: &str, child: &mut std::proce
     }
 }
 
+/// `sasprune` with `args` and the fault `var` set to `tile`, started: its stdout discarded,
+/// stderr into `stderr`.
+fn spawn_faulted(args: Vec<&str>, var: &str, tile: &str, stderr: std::process::Stdio) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sasprune"));
+    command.args(args).env(var, tile).stdout(std::process::Stdio::null()).stderr(stderr);
+    command.spawn().unwrap()
+}
+
 /// The tuner's in-trial markers beside `cache` (files `tune.json.trying-PID-NONCE`), their contents.
 fn tuner_markers(cache: &std::path::Path) -> Vec<String> {
     let dir = std::fs::read_dir(cache.parent().unwrap()).unwrap();
@@ -336,13 +344,7 @@ fn a_kernel_that_hangs_while_timed_ends_the_run_and_is_left_out_from_the_next_ru
     let in_memory = TinyRun::new("cli-kernel-hang-no-cache");
     let no_cache = ["--steps", "2", "--tune", "on", "--tune-cache", "none"];
     let hung = |args: Vec<&str>, stderr: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_sasprune"))
-            .args(args)
-            .env("SASPRUNE_FAULT_HANG", "g16s")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(stderr).unwrap())
-            .spawn()
-            .unwrap()
+        spawn_faulted(args, "SASPRUNE_FAULT_HANG", "g16s", std::fs::File::create(stderr).unwrap().into())
     };
     let stderr_paths = [t.tmp.path().join("stderr.txt"), in_memory.tmp.path().join("stderr.txt")];
     let mut children =
@@ -417,13 +419,7 @@ fn a_run_stopped_while_the_tuner_times_a_kernel_leaves_no_plan_out() {
     let t = TinyRun::new("cli-kernel-interrupted");
     let cache = t.tmp.path().join("tune.json");
     let tuned = ["--steps", "2", "--tune", "on", "--tune-cache", cache.to_str().unwrap()];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sasprune"))
-        .args(t.train_args(&tuned))
-        .env("SASPRUNE_FAULT_HANG", "g16s")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_faulted(t.train_args(&tuned), "SASPRUNE_FAULT_HANG", "g16s", std::process::Stdio::null());
     wait_until_timing(&cache, "g16s", &mut child);
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());

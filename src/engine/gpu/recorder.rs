@@ -347,7 +347,8 @@ impl PassTimer {
 /// nothing would; `SASPRUNE_FAULT_CRASH=TEXT` aborts the process at its first dispatch, as a
 /// driver that crashes on it would; `SASPRUNE_FAULT_HANG=TEXT` makes every later wait for the
 /// device wait for good (`wait_for_hung_kernel`), as a kernel that never finishes would.
-fn skipped_by_fault(label: &str) -> bool {
+/// Returns whether the dispatch is to be dropped.
+fn fault_at_dispatch(label: &str) -> bool {
     // read once: this runs at every dispatch
     type Faults = [Option<String>; 3];
     static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
@@ -398,7 +399,7 @@ impl Gpu {
         }
         let types: Vec<Dtype> = buffers.iter().map(|v| v.dtype).collect();
         let slot = self.kernels.lock().unwrap_or_else(|p| p.into_inner()).slot(self, kernel, &types)?;
-        if skipped_by_fault(kernel.label) {
+        if fault_at_dispatch(kernel.label) {
             return Ok(());
         }
         let mut rec = self.lock_recorder();

@@ -618,13 +618,16 @@ mod tests {
         assert_eq!(name(shape(192, 2704, 1600, 0).gpu_default(false, BIG)), "g64");
         for s in [shape(3, 500, 27, 1), shape(16, 9, 9000, 0), shape(33, 70, 130, 0), shape(100, 4096, 64, 1)] {
             let coop: Vec<usize> = (0..TILES.len()).filter(|&t| TILES[t].coop > 0).collect();
-            for (specials, storage) in
-                [(&[][..], BIG), (&[DIRECT], BIG), (&[DIRECT, WINOGRAD], BIG), (&[WINOGRAD], BIG)].into_iter().chain([
-                    (&[][..], WEBGPU),
-                    (&[WINOGRAD][..], WEBGPU),
-                    (&[DIRECT][..], WEBGPU),
-                ])
-            {
+            let cases: [(&[usize], u32); 7] = [
+                (&[], BIG),
+                (&[DIRECT], BIG),
+                (&[DIRECT, WINOGRAD], BIG),
+                (&[WINOGRAD], BIG),
+                (&[], WEBGPU),
+                (&[WINOGRAD], WEBGPU),
+                (&[DIRECT], WEBGPU),
+            ];
+            for (specials, storage) in cases {
                 let d = s.gpu_default(specials.contains(&DIRECT), storage);
                 let c = s.candidates(specials, &coop, storage);
                 let fma = c.iter().filter(|p| p.tile < TILES.len() && TILES[p.tile].coop == 0);

@@ -107,31 +107,7 @@ impl Cache {
         }
         let adapters = value.get("adapters").and_then(|a| a.as_object()).ok_or("no \"adapters\" object")?;
         let mut cache = Cache::default();
-        let mut dropped = 0;
-        match value.get("left_out").map(|l| l.as_object()) {
-            None => {}
-            Some(None) => dropped += 1,
-            Some(Some(left_out)) => {
-                for (adapter, tiles) in left_out {
-                    let Some(tiles) = tiles.as_object() else {
-                        dropped += 1;
-                        continue;
-                    };
-                    for (tile, why) in tiles {
-                        match why.as_str() {
-                            Some(why) if tile_index(tile).is_some() => {
-                                cache
-                                    .left_out
-                                    .entry(adapter.clone())
-                                    .or_default()
-                                    .insert(tile.clone(), why.to_string());
-                            }
-                            _ => dropped += 1,
-                        }
-                    }
-                }
-            }
-        }
+        let mut dropped = value.get("left_out").map_or(0, |l| cache.parse_left_out(l));
         for (adapter, entries) in adapters {
             let Some(entries) = entries.as_object() else {
                 dropped += 1;
@@ -151,6 +127,29 @@ impl Cache {
             }
         }
         Ok((cache, dropped))
+    }
+
+    /// Reads a `"left_out"` object (adapter → tile → why) into the cache: how many entries were
+    /// dropped (the whole object when it is not one, a tile this build does not know, a reason
+    /// that is not text).
+    fn parse_left_out(&mut self, left_out: &serde_json::Value) -> usize {
+        let Some(left_out) = left_out.as_object() else { return 1 };
+        let mut dropped = 0;
+        for (adapter, tiles) in left_out {
+            let Some(tiles) = tiles.as_object() else {
+                dropped += 1;
+                continue;
+            };
+            for (tile, why) in tiles {
+                match why.as_str().filter(|_| tile_index(tile).is_some()) {
+                    Some(why) => {
+                        self.left_out.entry(adapter.clone()).or_default().insert(tile.clone(), why.into());
+                    }
+                    None => dropped += 1,
+                }
+            }
+        }
+        dropped
     }
 
     pub fn to_json(&self) -> String {
@@ -584,9 +583,9 @@ impl Tuner {
 }
 
 /// Seconds one `run` takes: the best of 3 rounds of up to 5 runs in one submit each, after a
-/// warm-up run (pipeline compilation; `recorded` is called once it is recorded). Host-timed around submit + wait, so that it neither needs
-/// timestamp queries nor disturbs a device timer the caller may have running; the submit's fixed
-/// latency is shared by the round's runs. Products that take milliseconds get fewer runs: long
+/// warm-up run (pipeline compilation; `recorded` is called once it is recorded). Host-timed
+/// around submit + wait, so that it neither needs timestamp queries nor disturbs a device timer
+/// the caller may have running; the submit's fixed latency is shared by the round's runs. Products that take milliseconds get fewer runs: long
 /// bursts of full load (a 4096³ GEMM's candidates) drove an H200 into a lower clock for seconds.
 fn measure(run: impl Fn() -> Result<()>, recorded: impl FnOnce()) -> Result<f64> {
     let gpu = crate::gpu::get()?;
