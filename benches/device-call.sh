@@ -134,8 +134,11 @@ case ${1:-device} in
   steps) printf '%s\n' "${steps[@]}" ;;
   device)
     [[ -f .device/on-gpu.sh ]] || { echo "no .device/on-gpu.sh: run 'bash benches/device-call.sh prepare' first"; exit 1; }
-    # (on-gpu.sh packs what came back in its EXIT trap, which a TERM still runs)
-    STEP_S=${STEP_S:-200} timeout -s TERM "${CALL_S:-540}" bash .device/on-gpu.sh "${steps[@]}" ;;
+    # (on-gpu.sh packs what came back in its EXIT trap, which a TERM still runs; a kernel that
+    # never finishes ends its step after 60 s of one submission instead of the step's 200 s: no
+    # submission of these steps takes a second on the card)
+    STEP_S=${STEP_S:-200} SASPRUNE_DEVICE_TIMEOUT=${SASPRUNE_DEVICE_TIMEOUT:-60} \
+      timeout -s TERM "${CALL_S:-540}" bash .device/on-gpu.sh "${steps[@]}" ;;
   report) report "${2:-}" ;;
   *) sed -n '2,22p' "$script"; exit 2 ;;
 esac

@@ -92,6 +92,10 @@ fn main() {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if gpu::device_hung() {
+                // (exit handlers, a driver's among them, and wgpu's queue would wait for the hung work)
+                gpu::end_process_now(1);
+            }
             std::process::exit(1);
         }
     }

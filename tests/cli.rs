@@ -885,6 +885,51 @@ fn a_lost_device_stops_the_run_with_a_message_and_resume_continues() {
     assert!(ok && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
 }
 
+/// A kernel that never finishes outside the tuner (injected: the device finishes no work from
+/// step 3's SGD on) ends the run once one submission has waited past `SASPRUNE_DEVICE_TIMEOUT`,
+/// with a message that says so and how to continue, instead of holding it for good; the
+/// checkpoint of step 2 is intact and the run continues from it.
+#[test]
+fn a_kernel_that_hangs_ends_the_run_after_the_device_wait_limit_and_resume_continues() {
+    let t = TinyRun::new("cli-device-hang");
+    let run_s = t.run.as_str();
+    let args = t.train_args(&["--steps", "4", "--save-every", "1", "--lr", "0.01"]);
+    let stderr_path = t.tmp.path().join("stderr.txt");
+    let stderr_file = std::fs::File::create(&stderr_path).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sasprune"));
+    command.args(&args).env("SASPRUNE_FAULT_HANG", "sgd.step@3").env("SASPRUNE_DEVICE_TIMEOUT", "2");
+    let mut child = command.stdout(std::process::Stdio::null()).stderr(stderr_file).spawn().unwrap();
+    // (a run that would wait for good is stopped and fails the test; the run's own steps take
+    // about a second each here, and the error path must not wait again for each of its reads)
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the hung run still waits after 120 s: {}", std::fs::read_to_string(&stderr_path).unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has not finished one submission of work in 2s"), "{stderr}");
+    assert!(stderr.contains(&format!("sasprune train --resume {run_s}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let state = sasprune::checkpoint::Checkpoint::load(&PathBuf::from(&t.run).join("train_state.safetensors")).unwrap();
+    assert_eq!(state.metadata["step"], "2", "the checkpoint of step 2 is intact");
+    let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s]);
+    assert!(ok && stderr.contains("at step 2") && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
+    // a limit that is not a duration is bad usage, refused before any work
+    let other = format!("{run_s}-other");
+    let mut args = t.train_args(&["--steps", "1"]);
+    args.iter_mut().filter(|a| **a == run_s).for_each(|a| *a = &other);
+    let (code, stderr) = sasprune_with(&args, "SASPRUNE_DEVICE_TIMEOUT", "soon");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("SASPRUNE_DEVICE_TIMEOUT=soon") && !stderr.contains("panicked"), "{stderr}");
+}
+
 /// Weights that do not fit (here: trained for 100 classes, the data has 10) are refused before
 /// any work starts: no run directory is recorded, and no resume is suggested.
 #[test]

@@ -8,10 +8,12 @@
 mod buffer;
 mod kernel;
 mod recorder;
+mod wait;
 
 pub use buffer::{simulate_memory_limit, Buffer, BufferView, Dtype};
 pub use kernel::{Kernel, ShaderChecks, WG};
 pub use recorder::{DeviceTime, ReadBack};
+pub use wait::{device_hung, end_process_now};
 
 use crate::{Error, Result};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -112,6 +114,8 @@ pub struct Gpu {
     recorder: Mutex<recorder::Recorder>,
     /// First uncaptured device error since it was last checked.
     device_error: Arc<Mutex<Option<String>>>,
+    /// What has been submitted and not yet waited for; waits are limited (`wait`).
+    submissions: wait::Submissions,
 }
 
 static GPU: OnceLock<Gpu> = OnceLock::new();
@@ -363,6 +367,7 @@ impl Gpu {
         let summary = AdapterSummary::of(&adapter, features, &limits);
         let recorder = recorder::Recorder::new(&limits);
         let shader_checks = ShaderChecks::from_env(&summary.backend)?;
+        let submissions = wait::Submissions::new(wait::limit_from_env()?);
         Ok(Gpu {
             shader_checks,
             device,
@@ -373,6 +378,7 @@ impl Gpu {
             pool: Mutex::new(buffer::Pool::default()),
             recorder: Mutex::new(recorder),
             device_error,
+            submissions,
         })
     }
 
@@ -425,10 +431,7 @@ impl Gpu {
     /// Submits everything recorded so far and waits until the device has finished it.
     pub fn synchronize(&self) -> Result<()> {
         self.flush()?;
-        recorder::wait_for_hung_kernel();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        self.submissions.wait(&self.device, None)?;
         self.check_device_error()
     }
 

@@ -81,7 +81,7 @@ pub struct DeviceTime {
 pub struct ReadBack {
     buffer: wgpu::Buffer,
     /// The submission holding the copies into it and the bytes copied, while one is in flight.
-    pending: Option<(Option<wgpu::SubmissionIndex>, u64)>,
+    pending: Option<(Option<u64>, u64)>,
 }
 
 /// Flush on our own once this many commands or arena bytes are pending.
@@ -205,8 +205,9 @@ impl Recorder {
         Ok(())
     }
 
-    /// Submits what is recorded; returns the submission (None when nothing was recorded).
-    pub fn flush(&mut self, gpu: &Gpu) -> Result<Option<wgpu::SubmissionIndex>> {
+    /// Submits what is recorded; returns the submission's sequence number (None when nothing
+    /// was recorded).
+    pub fn flush(&mut self, gpu: &Gpu) -> Result<Option<u64>> {
         if self.commands.is_empty() {
             return Ok(None);
         }
@@ -270,7 +271,7 @@ impl Recorder {
             encoder.resolve_query_set(&t.queries, 0..2 * timed_passes, &t.resolve, 0);
             encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, Some(timed_bytes));
         }
-        let submission = gpu.queue.submit([encoder.finish()]);
+        let submission = gpu.submissions.submitted(gpu.queue.submit([encoder.finish()]));
         self.params.clear();
         self.uploads.clear();
         if let (Some(t), true) = (timer, timed_passes > 0) {
@@ -345,35 +346,36 @@ impl PassTimer {
 /// Fault injection for tests, by kernel label: `SASPRUNE_FAULT_SKIP=TEXT` drops every dispatch
 /// of a kernel whose label contains TEXT, as a driver that compiles a kernel wrongly and runs
 /// nothing would; `SASPRUNE_FAULT_CRASH=TEXT` aborts the process at its first dispatch, as a
-/// driver that crashes on it would; `SASPRUNE_FAULT_HANG=TEXT` makes every later wait for the
-/// device wait for good (`wait_for_hung_kernel`), as a kernel that never finishes would.
-/// Returns whether the dispatch is to be dropped.
+/// driver that crashes on it would; `SASPRUNE_FAULT_HANG=TEXT[@N]` makes the device finish no
+/// work from the N-th such dispatch on (the first by default: `wait::inject_hang`), as a kernel
+/// that never ends would. Returns whether the dispatch is to be dropped.
 fn fault_at_dispatch(label: &str) -> bool {
     // read once: this runs at every dispatch
-    type Faults = [Option<String>; 3];
+    struct Faults {
+        skip: Option<String>,
+        crash: Option<String>,
+        hang: Option<(String, u64)>,
+    }
     static FAULTS: std::sync::OnceLock<Faults> = std::sync::OnceLock::new();
-    let [skip, crash, hang] = FAULTS.get_or_init(|| {
-        ["SASPRUNE_FAULT_SKIP", "SASPRUNE_FAULT_CRASH", "SASPRUNE_FAULT_HANG"]
-            .map(|var| std::env::var(var).ok().filter(|s| !s.is_empty()))
+    static HANG_HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let faults = FAULTS.get_or_init(|| {
+        let var = |name| std::env::var(name).ok().filter(|s: &String| !s.is_empty());
+        let hang = var("SASPRUNE_FAULT_HANG").map(|text| match text.rsplit_once('@') {
+            Some((kernel, n)) if n.parse::<u64>().is_ok() => (kernel.to_string(), n.parse().unwrap_or(1)),
+            _ => (text, 1),
+        });
+        Faults { skip: var("SASPRUNE_FAULT_SKIP"), crash: var("SASPRUNE_FAULT_CRASH"), hang }
     });
-    let hit = |fault: &Option<String>| fault.as_deref().is_some_and(|text| label.contains(text));
-    if hit(crash) {
+    let hit = |fault: Option<&str>| fault.is_some_and(|text| label.contains(text));
+    if hit(faults.crash.as_deref()) {
         std::process::abort();
     }
-    if hit(hang) {
-        HUNG_BY_FAULT.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some((kernel, nth)) = &faults.hang {
+        if hit(Some(kernel)) && HANG_HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= *nth {
+            super::wait::inject_hang();
+        }
     }
-    hit(skip)
-}
-
-/// A kernel `SASPRUNE_FAULT_HANG` names was dispatched.
-static HUNG_BY_FAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Before every wait for the device: one `SASPRUNE_FAULT_HANG` names never finishes.
-pub(super) fn wait_for_hung_kernel() {
-    while HUNG_BY_FAULT.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
+    hit(faults.skip.as_deref())
 }
 
 impl Gpu {
@@ -524,21 +526,13 @@ impl Gpu {
     }
 
     /// [`Self::map_and_read`] that waits only for `submission` (all work when None).
-    fn map_and_read_after(
-        &self,
-        staging: &wgpu::Buffer,
-        size: u64,
-        submission: Option<wgpu::SubmissionIndex>,
-    ) -> Result<Vec<u8>> {
+    fn map_and_read_after(&self, staging: &wgpu::Buffer, size: u64, submission: Option<u64>) -> Result<Vec<u8>> {
         let slice = staging.slice(0..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        wait_for_hung_kernel();
-        self.device
-            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
-            .map_err(|e| Error::Gpu(format!("waiting for the device failed: {e}")))?;
+        self.submissions.wait(&self.device, submission)?;
         match rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Gpu(format!("reading back from the device failed: {e}"))),

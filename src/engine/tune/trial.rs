@@ -253,19 +253,8 @@ pub(super) mod watchdog {
                     limit.as_secs_f64()
                 );
             }
-            end_process();
+            crate::gpu::end_process_now(1);
         }
-    }
-
-    /// Exits at once (code 1): the other threads may be blocked inside the driver, so neither
-    /// their destructors nor the C library's exit handlers (a driver's among them) run.
-    fn end_process() {
-        #[cfg(unix)]
-        unsafe {
-            libc::_exit(1)
-        }
-        #[cfg(not(unix))]
-        std::process::exit(1)
     }
 }
 

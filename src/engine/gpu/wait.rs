@@ -1,0 +1,183 @@
+//! Waiting for the device, with a limit: a kernel that never finishes (a driver that compiled it
+//! wrongly, a GPU that stopped answering) ends the run with a message instead of holding it for
+//! good. (The kernel tuner watches its candidates more closely, against the default plan's time:
+//! `tune::trial`.)
+//!
+//! Submissions are waited for in turn, oldest first, each given the limit
+//! (`SASPRUNE_DEVICE_TIMEOUT`, default 10 minutes). One submission holds at most one training
+//! step or one evaluation batch on the paths that queue work (the recorder submits at least that
+//! often), so the limit is the same however much work is queued behind it, and it is far beyond
+//! what a step takes on any GPU. A software driver runs its work inside the submit, so there the
+//! waits are short whatever happens.
+//!
+//! Once a submission has run past the limit the device is taken for hung: every later wait fails
+//! at once (the run's error path must not wait again), and the command line ends the process
+//! without the C library's exit handlers ([`end_process_now`]): a driver's handler, or wgpu's
+//! queue as it is dropped, would wait for the hung work.
+
+use crate::{Error, Result};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long one submission may run: 10 minutes unless `SASPRUNE_DEVICE_TIMEOUT` says otherwise.
+const DEFAULT_LIMIT: Duration = Duration::from_secs(600);
+
+/// Set when a submission ran past the limit.
+static HUNG: AtomicBool = AtomicBool::new(false);
+
+/// Set by fault injection (`SASPRUNE_FAULT_HANG`): the device's work never finishes from then on.
+static HUNG_BY_FAULT: AtomicBool = AtomicBool::new(false);
+
+/// Whether a submission has run past the limit in this process (the device cannot be used again).
+pub fn device_hung() -> bool {
+    HUNG.load(Ordering::SeqCst)
+}
+
+/// Fault injection: from now on no submission finishes, as if a kernel just dispatched never ended.
+pub(super) fn inject_hang() {
+    HUNG_BY_FAULT.store(true, Ordering::SeqCst);
+}
+
+/// Ends the process at once with `code`: other threads may be blocked inside the driver, so
+/// neither destructors nor the C library's exit handlers (a driver's among them) run. Flush what
+/// must be seen first.
+pub fn end_process_now(code: i32) -> ! {
+    #[cfg(unix)]
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
+}
+
+/// The limit `SASPRUNE_DEVICE_TIMEOUT` sets: seconds (`900`), a duration (`90s`, `15m`, `1h`), or
+/// `off` (wait for good); unset or empty: 10 minutes.
+pub(super) fn limit_from_env() -> Result<Option<Duration>> {
+    parse_limit(std::env::var("SASPRUNE_DEVICE_TIMEOUT").ok().as_deref())
+}
+
+fn parse_limit(text: Option<&str>) -> Result<Option<Duration>> {
+    let text = text.map(str::trim).unwrap_or("");
+    if text.is_empty() {
+        return Ok(Some(DEFAULT_LIMIT));
+    }
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let seconds = match text.parse::<f64>() {
+        Ok(s) => Some(s),
+        Err(_) => crate::time_limit::parse(text).ok().map(|d| d.as_secs_f64()),
+    };
+    match seconds {
+        Some(s) if s.is_finite() && (1.0..=366.0 * 86400.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(Error::invalid(format!(
+            "SASPRUNE_DEVICE_TIMEOUT={text}: expected how long one submission of work may take the device before it \
+             is taken for hung: seconds (600), a duration (90s, 15m, 1h) of at least 1 s, or `off`"
+        ))),
+    }
+}
+
+/// The submissions not yet waited for, oldest first, each with its sequence number (wgpu's
+/// submission index cannot be compared).
+pub(super) struct Submissions {
+    limit: Option<Duration>,
+    pending: Mutex<(u64, VecDeque<(u64, wgpu::SubmissionIndex)>)>,
+}
+
+impl Submissions {
+    pub fn new(limit: Option<Duration>) -> Submissions {
+        Submissions { limit, pending: Mutex::new((0, VecDeque::new())) }
+    }
+
+    /// Notes a submission; returns its sequence number (for [`Self::wait`]).
+    pub fn submitted(&self, index: wgpu::SubmissionIndex) -> u64 {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.0 += 1;
+        let seq = pending.0;
+        pending.1.push_back((seq, index));
+        seq
+    }
+
+    /// Waits until the device has finished submission `upto` and those before it (everything
+    /// submitted when None), then runs the callbacks of finished work (read-back mappings).
+    pub fn wait(&self, device: &wgpu::Device, upto: Option<u64>) -> Result<()> {
+        if device_hung() {
+            return Err(self.hung_error());
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = None;
+        while let Some((seq, index)) = pending.1.front() {
+            if upto.is_some_and(|upto| *seq > upto) {
+                break;
+            }
+            self.wait_for_one(device, index.clone())?;
+            last = pending.1.pop_front().map(|(_, index)| index);
+        }
+        drop(pending);
+        // Work waited for before (or none) leaves its mappings to the next poll.
+        let poll = match (upto, last) {
+            (None, _) => wgpu::PollType::Wait { submission_index: None, timeout: self.limit },
+            (Some(_), Some(index)) => wgpu::PollType::Wait { submission_index: Some(index), timeout: None },
+            (Some(_), None) => wgpu::PollType::Poll,
+        };
+        match device.poll(poll) {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => Err(self.taken_for_hung()),
+            Err(e) => Err(Error::Gpu(format!("waiting for the device failed: {e}"))),
+        }
+    }
+
+    fn wait_for_one(&self, device: &wgpu::Device, index: wgpu::SubmissionIndex) -> Result<()> {
+        if HUNG_BY_FAULT.load(Ordering::SeqCst) {
+            match self.limit {
+                Some(limit) => std::thread::sleep(limit),
+                None => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
+            }
+            return Err(self.taken_for_hung());
+        }
+        match device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: self.limit }) {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => Err(self.taken_for_hung()),
+            Err(e) => Err(Error::Gpu(format!("waiting for the device failed: {e}"))),
+        }
+    }
+
+    fn taken_for_hung(&self) -> Error {
+        HUNG.store(true, Ordering::SeqCst);
+        self.hung_error()
+    }
+
+    fn hung_error(&self) -> Error {
+        let limit = crate::time_limit::describe(self.limit.unwrap_or_default());
+        Error::Gpu(format!(
+            "the GPU has not finished one submission of work in {limit} (SASPRUNE_DEVICE_TIMEOUT): a kernel looks \
+             hung (a driver fault, or a GPU that stopped answering), and this process cannot use the device again. \
+             If it happens again at the same place, `--tune off` runs the fixed kernel plans; if the device is only \
+             that slow, raise SASPRUNE_DEVICE_TIMEOUT (e.g. 30m, or `off`)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_ten_minutes_unless_set_in_seconds_a_duration_or_off() {
+        assert_eq!(parse_limit(None).unwrap(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_limit(Some(" ")).unwrap(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_limit(Some("90")).unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_limit(Some("1.5")).unwrap(), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_limit(Some("15m")).unwrap(), Some(Duration::from_secs(900)));
+        assert_eq!(parse_limit(Some("1h30m")).unwrap(), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_limit(Some("OFF")).unwrap(), None);
+        for bad in ["0", "-5", "0.5", "ten", "5x", "nan", "inf", "400d"] {
+            let e = parse_limit(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(&format!("SASPRUNE_DEVICE_TIMEOUT={bad}")) && e.contains("`off`"), "{bad}: {e}");
+        }
+    }
+}
