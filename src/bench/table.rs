@@ -24,6 +24,31 @@ struct Side {
     description: String,
 }
 
+/// One line's measurement: its name, unit and value, and the side (sasprune or a peer) that
+/// measured it, on which adapter.
+struct Measurement {
+    name: String,
+    unit: String,
+    value: f64,
+    side: Side,
+}
+
+/// Where a line is, for its errors.
+struct Place<'a> {
+    file: &'a std::path::Path,
+    line: usize,
+}
+
+impl Place<'_> {
+    fn error(&self, why: String) -> Error {
+        Error::invalid(format!(
+            "{}:{}: {why}; expected the JSON lines that `sasprune bench` or a peer in benches/peers/ writes",
+            self.file.display(),
+            self.line
+        ))
+    }
+}
+
 /// The table of `files` (later lines and files replace earlier values of the same side and
 /// name: pass a tuning run before the run to quote), only names containing `filter` if given.
 /// A line without a value (the bench writes `null` for a rate it could not compute) is left out
@@ -36,45 +61,9 @@ pub fn side_by_side(files: &[PathBuf], filter: Option<&str>) -> Result<String> {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let bad = |why: String| {
-                Error::invalid(format!(
-                    "{}:{}: {why}; expected the JSON lines that `sasprune bench` or a peer in benches/peers/ writes",
-                    file.display(),
-                    i + 1
-                ))
-            };
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON ({e})")))?;
-            let field =
-                |key: &str| v.get(key).and_then(|x| x.as_str()).ok_or_else(|| bad(format!("no \"{key}\" text")));
-            let (name, unit) = (field("name")?, field("unit")?);
-            if filter.is_some_and(|f| !name.contains(f)) {
-                continue;
-            }
-            let value = match v.get("value") {
-                Some(serde_json::Value::Null) => {
-                    eprintln!("note: {}:{}: \"{name}\" has no value; left out", file.display(), i + 1);
-                    continue;
-                }
-                value => value.and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x >= 0.0),
-            };
-            let value = value.ok_or_else(|| bad("no \"value\" that is a rate".into()))?;
-            let side = v.get("peer").and_then(|p| p.as_str()).unwrap_or(OURS);
-            let at = match rows.iter().position(|r| r.name == name) {
-                Some(at) if rows[at].unit != unit => {
-                    return Err(bad(format!("\"{name}\" in {unit}, where an earlier line has {}", rows[at].unit)))
-                }
-                Some(at) => at,
-                None => {
-                    rows.push(Row { name: name.into(), unit: unit.into(), values: BTreeMap::new() });
-                    rows.len() - 1
-                }
-            };
-            rows[at].values.insert(side.into(), value);
-            let adapter = v.get("adapter").and_then(|a| a.as_str()).unwrap_or("unknown adapter").to_string();
-            let latest = Side { name: side.into(), adapter, description: describe(&v) };
-            match sides.iter_mut().find(|s| s.name == side) {
-                Some(entry) => *entry = latest,
-                None => sides.push(latest),
+            let place = Place { file, line: i + 1 };
+            if let Some(m) = measurement(line, &place, filter)? {
+                add(&mut rows, &mut sides, m).map_err(|why| place.error(why))?;
             }
         }
     }
@@ -83,6 +72,52 @@ pub fn side_by_side(files: &[PathBuf], filter: Option<&str>) -> Result<String> {
         return Err(Error::invalid(format!("no measurements{which} in {}", names(files))));
     }
     Ok(render(&rows, &sides))
+}
+
+/// The measurement of one line, or None where `filter` leaves it out or it has no value.
+fn measurement(line: &str, place: &Place, filter: Option<&str>) -> Result<Option<Measurement>> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| place.error(format!("not JSON ({e})")))?;
+    let field =
+        |key: &str| v.get(key).and_then(|x| x.as_str()).ok_or_else(|| place.error(format!("no \"{key}\" text")));
+    let (name, unit) = (field("name")?, field("unit")?);
+    if filter.is_some_and(|f| !name.contains(f)) {
+        return Ok(None);
+    }
+    let value = match v.get("value") {
+        Some(serde_json::Value::Null) => {
+            eprintln!("note: {}:{}: \"{name}\" has no value; left out", place.file.display(), place.line);
+            return Ok(None);
+        }
+        value => value.and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x >= 0.0),
+    };
+    let value = value.ok_or_else(|| place.error("no \"value\" that is a rate".into()))?;
+    let side = Side {
+        name: v.get("peer").and_then(|p| p.as_str()).unwrap_or(OURS).into(),
+        adapter: v.get("adapter").and_then(|a| a.as_str()).unwrap_or("unknown adapter").into(),
+        description: describe(&v),
+    };
+    Ok(Some(Measurement { name: name.into(), unit: unit.into(), value, side }))
+}
+
+/// Puts `m` in its row (a new one where its name is new; a measurement in another unit than
+/// its row's is refused) and makes its line the latest description of its side.
+fn add(rows: &mut Vec<Row>, sides: &mut Vec<Side>, m: Measurement) -> std::result::Result<(), String> {
+    let at = match rows.iter().position(|r| r.name == m.name) {
+        Some(at) if rows[at].unit != m.unit => {
+            return Err(format!("\"{}\" in {}, where an earlier line has {}", m.name, m.unit, rows[at].unit))
+        }
+        Some(at) => at,
+        None => {
+            rows.push(Row { name: m.name, unit: m.unit, values: BTreeMap::new() });
+            rows.len() - 1
+        }
+    };
+    rows[at].values.insert(m.side.name.clone(), m.value);
+    match sides.iter_mut().find(|s| s.name == m.side.name) {
+        Some(entry) => *entry = m.side,
+        None => sides.push(m.side),
+    }
+    Ok(())
 }
 
 /// "adapter (backend, driver ...; commit ...)" from a line's fields, those it has.
