@@ -8,6 +8,7 @@ use cli::args::{parse_cli, Cli, Command};
 use cli::{common, compare, eval, export, pipeline, train};
 use sasprune::{gpu, Error, Result};
 use std::ffi::OsString;
+use std::io::Write;
 
 fn run(cli: Cli, args: &[OsString]) -> Result<()> {
     if let Some(text) = &cli.time_limit {
@@ -80,7 +81,18 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match run(cli, &args) {
+    let result = run(cli, &args);
+    if gpu::device_hung() {
+        // Exit handlers (a driver's among them) and wgpu's queue would wait for the hung work;
+        // and stderr may be gone (a closed pipe), where eprintln! would panic instead of ending.
+        let why = match &result {
+            Err(e) => e.to_string(),
+            Ok(()) => "the GPU stopped finishing its work (see above)".into(),
+        };
+        let _ = writeln!(std::io::stderr(), "error: {why}");
+        gpu::end_process_now(1);
+    }
+    match result {
         Ok(()) => {}
         Err(e @ Error::TimeLimit(_)) => {
             eprintln!("{e}");
@@ -92,10 +104,6 @@ fn main() {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            if gpu::device_hung() {
-                // (exit handlers, a driver's among them, and wgpu's queue would wait for the hung work)
-                gpu::end_process_now(1);
-            }
             std::process::exit(1);
         }
     }

@@ -921,6 +921,14 @@ fn a_kernel_that_hangs_ends_the_run_after_the_device_wait_limit_and_resume_conti
     assert_eq!(state.metadata["step"], "2", "the checkpoint of step 2 is intact");
     let (ok, stdout, stderr) = sasprune(&["train", "--resume", run_s]);
     assert!(ok && stderr.contains("at step 2") && stdout.contains("trained 4 steps"), "{stdout}{stderr}");
+    // The bench ends the same way: a hung device is not one model that does not fit
+    let args = ["bench", "--quick", "--filter", "step", "--out", &format!("{run_s}-bench.jsonl")].map(String::from);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sasprune"));
+    command.args(args).env("SASPRUNE_FAULT_HANG", "sgd.step").env("SASPRUNE_DEVICE_TIMEOUT", "1");
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has not finished one submission") && !stderr.contains("skipped ("), "{stderr}");
     // a limit that is not a duration is bad usage, refused before any work
     let other = format!("{run_s}-other");
     let mut args = t.train_args(&["--steps", "1"]);

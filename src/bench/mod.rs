@@ -377,11 +377,12 @@ impl Bench<'_> {
             let r = match built.map_or_else(|| step_rate(model, b, steps), |m| step_rate_of(m, b, steps)) {
                 Ok(r) => r,
                 // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
-                // drivers' binding limit) is reported, not fatal.
-                Err(e) => {
+                // drivers' binding limit) is reported, not fatal; a device that stopped answering is.
+                Err(e) if !gpu::device_hung() => {
                     eprintln!("{model}: skipped ({e})");
                     continue;
                 }
+                Err(e) => return Err(e),
             };
             let images = steps * b;
             emit(images_measurement(

@@ -211,6 +211,7 @@ impl Recorder {
         if self.commands.is_empty() {
             return Ok(None);
         }
+        gpu.submissions.refuse_if_hung()?;
         let (params_buf, uploads_buf) = self.stage(gpu);
         let kernels = gpu.kernels.lock().unwrap_or_else(|p| p.into_inner());
         let mut encoder = gpu.device.create_command_encoder(&Default::default());

@@ -5,21 +5,22 @@
 //!
 //! Submissions are waited for in turn, oldest first, each given the limit
 //! (`SASPRUNE_DEVICE_TIMEOUT`, default 10 minutes). One submission holds at most one training
-//! step or one evaluation batch on the paths that queue work (the recorder submits at least that
-//! often), so the limit is the same however much work is queued behind it, and it is far beyond
-//! what a step takes on any GPU. A software driver runs its work inside the submit, so there the
-//! waits are short whatever happens.
+//! step, one evaluation batch or one ADMM iteration on the paths that queue work (they submit at
+//! least that often), so the limit is the same however much work is queued behind it, and it is
+//! far beyond what a step takes on any GPU. Lavapipe runs its work inside the submit, so there
+//! the waits are short whatever happens. The limit is counted here, by waits of at most a second
+//! each, not left to the backend: GL's fence waits end after about 2 s whatever they are given.
 //!
-//! Once a submission has run past the limit the device is taken for hung: every later wait fails
-//! at once (the run's error path must not wait again), and the command line ends the process
-//! without the C library's exit handlers ([`end_process_now`]): a driver's handler, or wgpu's
-//! queue as it is dropped, would wait for the hung work.
+//! Once a submission has run past the limit the device is taken for hung: every later submit and
+//! wait fails at once (the run's error path must not wait again), and the command line ends the
+//! process without the C library's exit handlers ([`end_process_now`]): a driver's handler, or
+//! wgpu's queue as it is dropped, would wait for the hung work.
 
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one submission may run: 10 minutes unless `SASPRUNE_DEVICE_TIMEOUT` says otherwise.
 const DEFAULT_LIMIT: Duration = Duration::from_secs(600);
@@ -72,7 +73,8 @@ fn parse_limit(text: Option<&str>) -> Result<Option<Duration>> {
     };
     match seconds {
         Some(s) if s.is_finite() && (1.0..=366.0 * 86400.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
-        _ => Err(Error::invalid(format!(
+        // (an environment setting read before any work: bad usage, as a bad flag is)
+        _ => Err(Error::Usage(format!(
             "SASPRUNE_DEVICE_TIMEOUT={text}: expected how long one submission of work may take the device before it \
              is taken for hung: seconds (600), a duration (90s, 15m, 1h) of at least 1 s, or `off`"
         ))),
@@ -100,49 +102,52 @@ impl Submissions {
         seq
     }
 
+    /// Fails once the device is taken for hung: nothing more is submitted to it.
+    pub fn refuse_if_hung(&self) -> Result<()> {
+        match device_hung() {
+            true => Err(self.hung_error()),
+            false => Ok(()),
+        }
+    }
+
     /// Waits until the device has finished submission `upto` and those before it (everything
     /// submitted when None), then runs the callbacks of finished work (read-back mappings).
     pub fn wait(&self, device: &wgpu::Device, upto: Option<u64>) -> Result<()> {
-        if device_hung() {
-            return Err(self.hung_error());
-        }
+        self.refuse_if_hung()?;
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = None;
         while let Some((seq, index)) = pending.1.front() {
             if upto.is_some_and(|upto| *seq > upto) {
                 break;
             }
             self.wait_for_one(device, index.clone())?;
-            last = pending.1.pop_front().map(|(_, index)| index);
+            pending.1.pop_front();
         }
         drop(pending);
-        // Work waited for before (or none) leaves its mappings to the next poll.
-        let poll = match (upto, last) {
-            (None, _) => wgpu::PollType::Wait { submission_index: None, timeout: self.limit },
-            (Some(_), Some(index)) => wgpu::PollType::Wait { submission_index: Some(index), timeout: None },
-            (Some(_), None) => wgpu::PollType::Poll,
-        };
-        match device.poll(poll) {
-            Ok(_) => Ok(()),
-            Err(wgpu::PollError::Timeout) => Err(self.taken_for_hung()),
-            Err(e) => Err(Error::Gpu(format!("waiting for the device failed: {e}"))),
-        }
+        // (each wait above ran the callbacks of what it waited for; a mapping asked for after
+        // its work had finished is run by the next poll)
+        device.poll(wgpu::PollType::Poll).map(drop).map_err(|e| Error::Gpu(format!("polling the device failed: {e}")))
     }
 
+    /// Waits for one submission, a second at a time, until the limit has passed.
     fn wait_for_one(&self, device: &wgpu::Device, index: wgpu::SubmissionIndex) -> Result<()> {
+        let deadline = self.limit.map(|limit| Instant::now() + limit);
+        let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
         if HUNG_BY_FAULT.load(Ordering::SeqCst) {
-            match self.limit {
-                Some(limit) => std::thread::sleep(limit),
-                None => loop {
-                    std::thread::sleep(Duration::from_secs(3600));
-                },
+            while !past_deadline() {
+                std::thread::sleep(Duration::from_millis(100));
             }
             return Err(self.taken_for_hung());
         }
-        match device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: self.limit }) {
-            Ok(_) => Ok(()),
-            Err(wgpu::PollError::Timeout) => Err(self.taken_for_hung()),
-            Err(e) => Err(Error::Gpu(format!("waiting for the device failed: {e}"))),
+        loop {
+            let slice = Some(Duration::from_secs(1));
+            match device.poll(wgpu::PollType::Wait { submission_index: Some(index.clone()), timeout: slice }) {
+                Ok(_) => return Ok(()),
+                Err(wgpu::PollError::Timeout) if past_deadline() => return Err(self.taken_for_hung()),
+                Err(wgpu::PollError::Timeout) => {}
+                // a submit that failed (its cause is reported by the device's error check) has
+                // nothing to wait for
+                Err(wgpu::PollError::WrongSubmissionIndex(..)) => return Ok(()),
+            }
         }
     }
 
