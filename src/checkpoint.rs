@@ -130,24 +130,20 @@ impl Normalize {
 pub fn choose_normalize(flag: Option<Normalize>, stored: Option<Normalize>, model: &str, what: &str) -> Normalize {
     match (flag, stored) {
         (Some(f), Some(s)) if f != s => {
-            eprintln!(
-                "warning: --normalize {} overrides the normalization {what} names ({})",
-                f.describe(),
-                s.describe()
-            );
+            errln!("warning: --normalize {} overrides the normalization {what} names ({})", f.describe(), s.describe());
             f
         }
         (Some(f), _) => {
-            eprintln!("input normalization: {} (--normalize)", f.describe());
+            errln!("input normalization: {} (--normalize)", f.describe());
             f
         }
         (None, Some(s)) => {
-            eprintln!("input normalization: {} (from {what}'s metadata)", s.describe());
+            errln!("input normalization: {} (from {what}'s metadata)", s.describe());
             s
         }
         (None, None) => {
             let d = Normalize::default_for(model);
-            eprintln!(
+            errln!(
                 "warning: {what} does not say how its inputs were normalized; assuming {}, the default for {model}. \
                  If the weights were trained with other statistics, pass --normalize imagenet, cifar or MEAN,STD",
                 d.describe()
@@ -164,7 +160,7 @@ pub fn normalize_for_training(flag: Option<Normalize>, model: &str) -> Normalize
         Some(f) => (f, "--normalize".to_string()),
         None => (Normalize::default_for(model), format!("the default for {model}")),
     };
-    eprintln!("input normalization: {} ({source})", n.describe());
+    errln!("input normalization: {} ({source})", n.describe());
     n
 }
 

@@ -6,6 +6,25 @@
 
 use std::sync::OnceLock;
 
+/// `println!` that does not panic when stdout is gone (a pipe whose reader has ended, as after
+/// `| head`): what a run prints is for its user, and its work and saves go on without them.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that does not panic when stderr is gone (see [`outln!`]).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Progress bars are drawn through this, so log lines can be printed above them.
 pub fn bars() -> &'static indicatif::MultiProgress {
     static BARS: OnceLock<indicatif::MultiProgress> = OnceLock::new();
@@ -58,7 +77,7 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
             let line = format!("{} [{}] {}", record.level().as_str().to_lowercase(), record.target(), record.args());
-            bars().suspend(|| eprintln!("{line}"));
+            bars().suspend(|| errln!("{line}"));
         }
     }
 

@@ -2,6 +2,9 @@
 //! module each under `cli/`, as cargo does) and turns the outcome into an exit code: 0 done,
 //! 1 failed, 2 bad usage, 75 stopped by `--time-limit` (continue it with the printed command).
 
+#[macro_use]
+extern crate sasprune;
+
 mod cli;
 
 use cli::args::{parse_cli, Cli, Command};
@@ -24,6 +27,9 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
         sasprune::time_limit::start(limit);
     }
     let mode = cli.tune;
+    if mode.is_none() {
+        sasprune::tune::mode_from_env()?;
+    }
     sasprune::tune::configure(sasprune::tune::Settings { mode, cache: cli.tune_cache.clone() });
     let env = gpu::GpuOptions::from_env();
     let options = gpu::GpuOptions {
@@ -40,17 +46,18 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
             let list = gpu::list_adapters(options.backend.as_deref())?;
             if list.is_empty() {
                 match options.backend.as_deref() {
-                    Some(b) => println!("no adapters on backend(s) {b}; `sasprune devices` without --backend lists the others"),
-                    None => println!("no adapters found; on a machine without a GPU install a software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)"),
+                    Some(b) => outln!("no adapters on backend(s) {b}; `sasprune devices` without --backend lists the others"),
+                    None => outln!("no adapters found; on a machine without a GPU install a software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)"),
                 }
             }
             for line in list {
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(())
         }
         Command::Bench { filter, table, .. } if !table.is_empty() => {
-            print!("{}", sasprune::bench::table::side_by_side(&table, filter.as_deref())?);
+            let table = sasprune::bench::table::side_by_side(&table, filter.as_deref())?;
+            let _ = write!(std::io::stdout(), "{table}");
             Ok(())
         }
         Command::Bench { quick, filter, compact, out, .. } => {
@@ -77,33 +84,32 @@ fn main() {
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             std::process::exit(2);
         }
     };
     let result = run(cli, &args);
     if gpu::device_hung() {
-        // Exit handlers (a driver's among them) and wgpu's queue would wait for the hung work;
-        // and stderr may be gone (a closed pipe), where eprintln! would panic instead of ending.
+        // Exit handlers (a driver's among them) and wgpu's queue would wait for the hung work.
         let why = match &result {
             Err(e) => e.to_string(),
             Ok(()) => "the GPU stopped finishing its work (see above)".into(),
         };
-        let _ = writeln!(std::io::stderr(), "error: {why}");
+        errln!("error: {why}");
         gpu::end_process_now(1);
     }
     match result {
         Ok(()) => {}
         Err(e @ Error::TimeLimit(_)) => {
-            eprintln!("{e}");
+            errln!("{e}");
             std::process::exit(sasprune::time_limit::EXIT_CODE);
         }
         Err(e @ Error::Usage(_)) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             std::process::exit(2);
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             std::process::exit(1);
         }
     }

@@ -56,7 +56,7 @@ fn run_probes(model: &mut Model, probes: &[Probe], mut eval_batch: usize) -> Res
                 match try_probe(model, &probe) {
                     Err(e) if is_memory(&e) && probe.batch > 1 => {
                         eval_batch = probe.batch / 2;
-                        println!(
+                        outln!(
                             "memory check: evaluation at batch {} does not fit this device; evaluating at batch \
                              {eval_batch} instead (the results are the same)",
                             probe.batch

@@ -147,13 +147,14 @@ impl RunRecord {
             )));
         }
         if record.command != command {
-            let how = if record.command == "train" { "sasprune train --resume" } else { "sasprune --resume" };
-            return Err(Error::invalid(format!(
-                "{} holds a `{}` run: continue it with `{how} {}`",
-                dir.display(),
-                record.command,
-                dir.display()
-            )));
+            let d = dir.display();
+            let how = match record.command.as_str() {
+                "train" => format!("continue it with `sasprune train --resume {d}`"),
+                "pipeline" => format!("continue it with `sasprune --resume {d}`"),
+                // (a comparison continues when its own command runs again: `--resume` is not its way)
+                other => format!("continue it by running the same `sasprune {other} ...` command again"),
+            };
+            return Err(Error::invalid(format!("{d} holds a `{}` run: {how}", record.command)));
         }
         Ok(record)
     }
@@ -257,7 +258,7 @@ impl RunLock {
                             )))
                         }
                         _ => {
-                            eprintln!(
+                            errln!(
                                 "note: taking over the stale lock {} (its process {} no longer runs)",
                                 path.display(),
                                 pid.map_or("?".to_string(), |p| p.to_string())

@@ -57,7 +57,7 @@ pub fn check_dataset(model: &Model, ds: &dyn Dataset, what: &str) -> Result<()> 
 /// so logs keep every line.
 pub(crate) fn log_line(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
-        println!("{line}");
+        outln!("{line}");
     } else {
         bar.println(line);
     }
@@ -747,7 +747,7 @@ impl<'a> TrainingRun<'a> {
                 Some(s) => s.status().map(|st| format!(" | loss scale {} ({} skipped)", st.scale, st.skipped))?,
                 None => String::new(),
             };
-            println!(
+            outln!(
                 "epoch {epoch:>3}/{} | step {step} | lr {lr:.4} | train loss {mean_loss:.4} | {:.1} img/s | test top-1 {t1:.2}%{eval_rate}{scale} | {secs:.1} s",
                 self.cfg.epochs,
                 e.images as f64 / epoch_step_seconds

@@ -938,6 +938,25 @@ fn a_kernel_that_hangs_ends_the_run_after_the_device_wait_limit_and_resume_conti
     assert!(stderr.contains("SASPRUNE_DEVICE_TIMEOUT=soon") && !stderr.contains("panicked"), "{stderr}");
 }
 
+/// A run whose output nobody reads any more (stdout a pipe whose reader has ended, as after
+/// `| head`) goes on to its end and saves; printing its lines does not end it with a panic.
+#[test]
+fn a_run_whose_output_pipe_is_closed_goes_on_and_saves() {
+    let t = TinyRun::new("cli-closed-stdout");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(t.train_args(&["--steps", "3", "--lr", "0.01"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+    let state = sasprune::checkpoint::Checkpoint::load(&PathBuf::from(&t.run).join("train_state.safetensors")).unwrap();
+    assert_eq!(state.metadata["step"], "3", "the run trained to its end and saved");
+}
+
 /// Weights that do not fit (here: trained for 100 classes, the data has 10) are refused before
 /// any work starts: no run directory is recorded, and no resume is suggested.
 #[test]
@@ -1003,6 +1022,7 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
     std::fs::write(&two_names, "cat\ndog\n").unwrap();
     std::fs::write(&twice, "a\nb\nc\nd\ne\nf\ng\nh\ni\na\n").unwrap();
     let onnx = t.tmp.path().join("m.onnx").display().to_string();
+    let compared = t.tmp.path().join("compared").to_str().unwrap().to_string();
     let export = |names: &std::path::Path| -> Vec<String> {
         [
             "export",
@@ -1095,6 +1115,28 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
             "normalize_std '0,0,0'): means must be finite and standard deviations positive",
         ),
         (export(&two_names), "names 2 classes, but the model has 10"),
+        (
+            ["export", "--model", "resnet20", "--weights", &weights, "--out", &weights].map(String::from).to_vec(),
+            "is the weights file --weights reads",
+        ),
+        // a budget that leaves ADMM-NN's derived schedule beyond any says where it comes from,
+        // at once (its ρ0 match loops over the steps)
+        (pipeline(&["--outer", "1000000"]), "ADMM-NN shares SAS-ADMM's budget"),
+        // magnitude pruning's retraining for the ADMM budget, over 5 images: refused before any run
+        (
+            ["compare", "--model", "resnet20", "--rate", "2x", "--subset", "5", "--data", &t.data, "--out", &compared]
+                .map(String::from)
+                .to_vec(),
+            "magnitude pruning would retrain for",
+        ),
+        (
+            ["compare", "--model", "resnet20", "--rate", "2x", "--seed", "18446744073709551615", "--seeds", "2"]
+                .iter()
+                .chain(&["--data", &t.data, "--out", &compared])
+                .map(|s| s.to_string())
+                .collect(),
+            "runs past the largest seed",
+        ),
         (export(&twice), "class 'a' is named twice (classes 0 and 9)"),
         (t.train_args(&["--classes", "5"]).iter().map(|s| s.to_string()).collect(), "--classes 5 is fewer than the 10"),
         (t.train_args(&["--lr", "0"]).iter().map(|s| s.to_string()).collect(), "--lr must be a positive number, got 0"),
@@ -1137,13 +1179,13 @@ fn bad_input_a_new_user_tries_is_refused_naming_what_to_fix() {
         assert!(!stderr.contains("panicked") && !stdout.contains("top-1"), "{args:?}:\n{stderr}{stdout}");
         assert!(!PathBuf::from(&t.run).exists(), "{args:?} started work before refusing");
     }
-    // the tuner's environment variable is named with its bad value
+    // the tuner's environment variable is named with its bad value, as bad usage before any work
     let (code, stderr) = sasprune_with(
         &["eval", "--model", "resnet20", "--weights", &weights, "--data", &t.data],
         "SASPRUNE_TUNE",
         "foo",
     );
-    assert!(code == Some(1) && stderr.contains("SASPRUNE_TUNE=foo: tuning mode 'foo' is not one of"), "{stderr}");
+    assert!(code == Some(2) && stderr.contains("SASPRUNE_TUNE=foo: tuning mode 'foo' is not one of"), "{stderr}");
     // data paths that are not what they should be say what they are
     let (ok, _, stderr) = sasprune(&["eval", "--model", "resnet20", "--weights", &weights, "--data", &weights]);
     assert!(!ok && stderr.contains("is a file, not a directory"), "{stderr}");

@@ -370,7 +370,7 @@ impl Bench<'_> {
             // --quick skips AlexNet, and with it its compact twin (measured only beside it)
             if cfg.quick && model.starts_with("alexnet") {
                 if built.is_some() {
-                    eprintln!("{model}: skipped under --quick, as alexnet is (run without --quick to measure both)");
+                    errln!("{model}: skipped under --quick, as alexnet is (run without --quick to measure both)");
                 }
                 continue;
             }
@@ -379,7 +379,7 @@ impl Bench<'_> {
                 // A model that does not fit this adapter (AlexNet's 151 MB fc weight exceeds some
                 // drivers' binding limit) is reported, not fatal; a device that stopped answering is.
                 Err(e) if !gpu::device_hung() => {
-                    eprintln!("{model}: skipped ({e})");
+                    errln!("{model}: skipped ({e})");
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -416,7 +416,7 @@ impl Bench<'_> {
             return Ok(());
         }
         if !gpu::get()?.adapter.shader_f16 {
-            eprintln!("resnet32 mixed precision: skipped (this adapter has no f16 shaders)");
+            errln!("resnet32 mixed precision: skipped (this adapter has no f16 shaders)");
             return Ok(());
         }
         let mut model = Model::build("resnet32", crate::models::spec("resnet32")?.classes, 0)?;
@@ -467,7 +467,7 @@ fn images_measurement(
 /// A whole step's memory, host time and kernel profile, below the table's row.
 fn print_step_details(model: &str, batch: usize, r: &StepRate) {
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!(
+    outln!(
         "  {model} step memory: peak {:.0} MiB held, {:.0} MiB after the forward pass (ratio {:.2}), {:.0} MiB \
          owned incl. pooled",
         mib(r.peak_step_bytes),
@@ -475,7 +475,7 @@ fn print_step_details(model: &str, batch: usize, r: &StepRate) {
         r.peak_step_bytes as f64 / r.after_forward_bytes as f64,
         mib(r.device_bytes)
     );
-    println!(
+    outln!(
         "  {model} host time per step: {:.1} ms (batch assembly + upload {:.1} ms, inside submit {:.1} ms) of {:.1} ms",
         r.host_seconds_per_step * 1e3,
         r.data_seconds_per_step * 1e3,
@@ -493,22 +493,22 @@ fn print_tuner_choices() {
     if !plans.is_empty() {
         let how =
             if crate::tune::enabled() { "tuned on this adapter (or read from its cache)" } else { "fixed defaults" };
-        println!("  GEMM plans ({how}):");
+        outln!("  GEMM plans ({how}):");
         // (keys grow with the kernels a product may run on: "... +direct +winograd2x2 +c16h f16")
         let width = plans.iter().map(|p| p.0.len()).max().unwrap_or(0).max(46);
         for (key, tile, splits, seconds) in &plans {
             let t = if *seconds > 0.0 { format!("{:.3} ms", seconds * 1e3) } else { String::new() };
-            println!("    {key:<width$} {tile:<11} split {splits:<4} {t}");
+            outln!("    {key:<width$} {tile:<11} split {splits:<4} {t}");
         }
     }
     for (tile, why) in crate::tune::left_out() {
-        println!("  left out on this adapter: {tile} ({why})");
+        outln!("  left out on this adapter: {tile} ({why})");
     }
     let measured = crate::tune::measured();
     if measured > 0 {
         // Tuning is bursts of small submits with waits in between: a GPU may lower its clock
         // during them (see CLOCK_WARM_UP); a second run reads the plans from the cache.
-        println!(
+        outln!(
             "  note: {measured} kernel plans were tuned during this run (now cached); the next run skips that \
              and is the steady state"
         );
@@ -566,14 +566,14 @@ pub fn eval_rate(
 
 /// The longest kernels of a per-kernel device profile.
 fn print_profile(what: &str, p: &gpu::DeviceTime) {
-    println!(
+    outln!(
         "  {what} kernel by kernel on the device: {:.2} ms in {} launches; longest:",
         p.seconds * 1e3,
         p.by_kernel.iter().map(|k| k.2).sum::<u32>()
     );
     for (label, seconds, launches) in p.by_kernel.iter().take(12) {
         let share = 100.0 * seconds / p.seconds;
-        println!("    {label:<40} {:>10.3} ms {share:>5.1}% {launches:>5} launches", seconds * 1e3);
+        outln!("    {label:<40} {:>10.3} ms {share:>5.1}% {launches:>5} launches", seconds * 1e3);
     }
 }
 
@@ -859,8 +859,8 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
         compact_model(path)?;
     }
     let a = gpu::get()?.adapter.clone();
-    println!("adapter: {a}");
-    println!(
+    outln!("adapter: {a}");
+    outln!(
         "features: timestamp queries {}, subgroups {}, f16 {}, cooperative matrices {}; max buffer {} MiB, max \
          storage binding {} MiB",
         a.timestamp_queries,
@@ -874,26 +874,26 @@ pub fn run_and_record(cfg: &BenchConfig, out: &Path) -> Result<usize> {
     // enough subgroups for their blocks and their shared tiles' bytes)
     let coop: Vec<&str> = matmul::cooperative_tiles()?.into_iter().map(|t| matmul::TILES[t].name).collect();
     if !coop.is_empty() {
-        println!(
+        outln!(
             "cooperative-matrix tiles that fit (subgroups of up to {} threads, {} bytes of workgroup memory): {}",
             a.subgroup_max_size,
             a.max_workgroup_storage,
             coop.join(", ")
         );
     }
-    println!("{:<46} {:>10} {:>12}        timed on", "measurement", "ms", "rate");
+    outln!("{:<46} {:>10} {:>12}        timed on", "measurement", "ms", "rate");
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(|e| Error::io(out, e))?;
     let mut count = 0;
     run(cfg, |m| {
         let on = if m.timing == DEVICE_TIMING { "device" } else { "host" };
-        println!("{:<46} {:>10.3} {:>12.2} {:<8} {on}", m.name, m.seconds * 1e3, m.rate(), m.unit);
+        outln!("{:<46} {:>10.3} {:>12.2} {:<8} {on}", m.name, m.seconds * 1e3, m.rate(), m.unit);
         writeln!(file, "{}", json_line(m)?).map_err(|e| Error::io(out, e))?;
         count += 1;
         Ok(())
     })?;
-    println!("{count} results appended to {}", out.display());
+    outln!("{count} results appended to {}", out.display());
     if let (0, Some(filter)) = (count, &cfg.filter) {
-        println!(
+        outln!(
             "no measurement's name contains '{filter}' (case-sensitive; e.g. gemm, conv, batchnorm, step, eval): run \
              `sasprune bench --quick` to see the names"
         );

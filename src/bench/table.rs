@@ -85,7 +85,7 @@ fn measurement(line: &str, place: &Place, filter: Option<&str>) -> Result<Option
     }
     let value = match v.get("value") {
         Some(serde_json::Value::Null) => {
-            eprintln!("note: {}:{}: \"{name}\" has no value; left out", place.file.display(), place.line);
+            errln!("note: {}:{}: \"{name}\" has no value; left out", place.file.display(), place.line);
             return Ok(None);
         }
         value => value.and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x >= 0.0),

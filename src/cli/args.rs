@@ -118,7 +118,8 @@ pub(crate) struct PruneArgs {
     pub(crate) weights: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) data: DataArgs,
-    /// Run directory (default: runs/<model>-<rate>-<method>)
+    /// Run directory (default: runs/<model>-<rate>-<method>; compare: runs/<model>-compare, or
+    /// runs/paper-table with --paper-table)
     #[arg(long)]
     #[serde(skip)]
     pub(crate) out: Option<PathBuf>,

@@ -39,7 +39,7 @@ pub(crate) fn open_data(model: &str, dir: Option<&Path>) -> Result<(Box<dyn Data
 }
 
 pub(crate) fn say_adapter() -> Result<()> {
-    eprintln!("adapter: {}", gpu::get()?.adapter);
+    errln!("adapter: {}", gpu::get()?.adapter);
     Ok(())
 }
 

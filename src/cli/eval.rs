@@ -32,9 +32,9 @@ pub(crate) fn run_eval(a: &EvalArgs, options: &gpu::GpuOptions) -> Result<()> {
             "model": a.model, "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images,
             "seconds": r.seconds, "adapter": gpu::get()?.adapter.name, "precision": a.precision,
         });
-        println!("{doc}");
+        outln!("{doc}");
     } else {
-        println!(
+        outln!(
             "{} ({}): top-1 {:.2}% | top-5 {:.2}% | loss {:.4} | {} images in {:.1} s ({:.0} img/s)",
             a.model,
             a.precision,

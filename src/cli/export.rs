@@ -13,6 +13,15 @@ pub(crate) fn run_export(a: &ExportArgs, options: &gpu::GpuOptions) -> Result<()
     let spec = models::spec(&a.model).map_err(Error::as_usage)?;
     let flag_norm = a.normalize.as_deref().map(Normalize::from_flag).transpose().map_err(Error::as_usage)?;
     let names = a.class_names.as_deref().map(read_class_names).transpose()?;
+    let same = |x: &Path, y: &Path| {
+        std::fs::canonicalize(x).ok().zip(std::fs::canonicalize(y).ok()).is_some_and(|(x, y)| x == y)
+    };
+    if same(&a.out, &a.weights) {
+        return Err(Error::Usage(format!(
+            "--out {} is the weights file --weights reads: the ONNX file would replace it; choose another --out",
+            a.out.display()
+        )));
+    }
     gpu::init(options)?;
     say_adapter()?;
     let ck = Checkpoint::load(&a.weights)?;
@@ -74,7 +83,7 @@ fn megabytes(bytes: u64) -> String {
 /// What was written: the file, its size against an all-dense export, and the pruned layers.
 fn report(a: &ExportArgs, e: &onnx::Exported, model: &Model) {
     let (dense, stored): (u64, u64) = e.layers.iter().fold((0, 0), |(d, s), l| (d + l.dense_bytes, s + l.stored_bytes));
-    println!(
+    outln!(
         "wrote {} ({}, opset {}): prunable weights {}",
         a.out.display(),
         megabytes(e.bytes.len() as u64),
@@ -82,14 +91,14 @@ fn report(a: &ExportArgs, e: &onnx::Exported, model: &Model) {
         onnx::prunable_text(&e.layers)
     );
     if e.layers.iter().all(|l| l.nonzero == 0) {
-        eprintln!(
+        errln!(
             "warning: every prunable weight in {} is 0, so the network's output does not depend on its \
              input; check that these are the weights meant (a run's pruned.safetensors or retrain/model.safetensors)",
             a.weights.display()
         );
     }
     if a.sparse {
-        println!(
+        outln!(
             "--sparse: the prunable layers take {} instead of {} ({:.2}x smaller); the file {} instead of about {}",
             megabytes(stored),
             megabytes(dense),
@@ -99,7 +108,7 @@ fn report(a: &ExportArgs, e: &onnx::Exported, model: &Model) {
         );
     }
     let (c, h, w) = model.input;
-    println!(
+    outln!(
         "input '{}': float32 [batch, {c}, {h}, {w}], {}; output '{}': float32 [batch, {}] logits",
         onnx::INPUT,
         if a.normalize_in_graph {

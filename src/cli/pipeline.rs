@@ -193,6 +193,17 @@ fn admm_nn_config(a: &PruneArgs, sas: &SasConfig) -> Result<AdmmNnConfig> {
     admm.lr_drops = a.admm_lr_schedule != Some(AdmmLrSchedule::Constant);
     admm.train_all = a.admm_train != Some(AdmmTrain::Weights);
     admm.reset_momentum = a.admm_reset_momentum;
+    if !admm.within_any_budget() && a.admm_iterations.is_none() && a.admm_steps.is_none() {
+        // (derived, not given: say where from)
+        return Err(Error::invalid(format!(
+            "ADMM-NN shares SAS-ADMM's budget of {} gradients: {} W-subproblems of {} steps each, beyond any \
+             budget (at most 1,000,000 of 100,000,000); lower --outer or --inner",
+            sas.total_gradients(),
+            admm.iterations,
+            admm.steps
+        )));
+    }
+    admm.validate()?;
     // ρ0 matched to the W-subproblems as they now are, unless given
     admm.rho = a.admm_rho.unwrap_or_else(|| admm.matched_rho());
     admm.validate()?;
@@ -295,7 +306,7 @@ pub(crate) fn run_pipeline(args: &[OsString], a: &PruneArgs) -> Result<()> {
     };
     let cfg = pipeline_config(&a).map_err(Error::as_usage)?;
     if let Some(warning) = flags_the_method_ignores(&a) {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
     // Validate the plan and the data before any work starts.
     let (train_set, test_set) = open_data(&cfg.model, a.data.data.as_deref())?;

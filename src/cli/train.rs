@@ -150,7 +150,7 @@ pub(crate) fn run_train(a: TrainArgs, args: &[OsString], options: &gpu::GpuOptio
     let s = train::train(&mut model, train_set.as_ref(), test_set.as_ref(), norm, &cfg, &dir, progress, None).map_err(
         |e| with_resume_hint(e, &format!("sasprune train --resume {}", dir.display()), &saved_training(&dir)),
     )?;
-    println!(
+    outln!(
         "trained {} steps ({} epochs) in {:.1} s, {:.1} img/s in the steps ({}); test top-1 {} (best {}); run directory {}",
         s.steps,
         s.epochs_completed,
@@ -224,7 +224,7 @@ fn starting_point(
     }
     Ok(if a.resume.is_some() && (!recorded || dir.join(train::STATE_FILE).exists()) {
         let (p, norm) = train::load_state(model, dir, cfg)?;
-        eprintln!(
+        errln!(
             "resuming {} at step {} (lr {}, {})",
             dir.display(),
             p.step,
@@ -256,7 +256,7 @@ fn warn_if_pruned(model: &Model, weights: &Path) -> Result<()> {
         (z + v.iter().filter(|&&x| x == 0.0).count(), n + v.len())
     });
     if 10 * zeros >= total {
-        eprintln!(
+        errln!(
             "warning: {zeros} of {total} prunable weights in {} are exactly 0 (a pruned model?); `train` applies no \
              mask, so they will grow back; the pipeline's masked retraining keeps them at 0",
             weights.display()

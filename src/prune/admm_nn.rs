@@ -74,13 +74,19 @@ impl AdmmNnConfig {
         if self.iterations == 0 || self.steps == 0 || self.batch == 0 {
             return Err(Error::invalid("--admm-iterations, --admm-steps and --batch must be at least 1"));
         }
-        if self.iterations > 1_000_000 || self.steps > 100_000_000 {
+        if !self.within_any_budget() {
             return Err(Error::invalid(format!(
                 "--admm-iterations {} and --admm-steps {} are beyond any budget: choose smaller values",
                 self.iterations, self.steps
             )));
         }
         Ok(())
+    }
+
+    /// At most 1,000,000 W-subproblems of 100,000,000 steps each (also what keeps
+    /// [`pull_per_unit_gradient`](Self::pull_per_unit_gradient)'s loop short).
+    pub fn within_any_budget(&self) -> bool {
+        self.iterations <= 1_000_000 && self.steps <= 100_000_000
     }
 
     /// The authors' CIFAR run: ρ0 = 1e-3 for W-subproblems of 20 epochs at batch 128 (7,820
@@ -132,7 +138,9 @@ impl AdmmNnConfig {
             batch: sas.batch,
             file_order: sas.file_order,
         };
-        AdmmNnConfig { rho: cfg.matched_rho(), ..cfg }
+        // (a budget beyond any is refused by validate: no ρ0 to match, and its loop would not end)
+        let rho = if cfg.within_any_budget() { cfg.matched_rho() } else { cfg.rho };
+        AdmmNnConfig { rho, ..cfg }
     }
 
     /// ρ_k of iteration k (1-based).

@@ -125,6 +125,31 @@ fn gradients_to_common(rows: &mut [CompareRow]) -> Vec<(String, f64)> {
     targets
 }
 
+/// A method without an ADMM phase retrains for that phase's gradients as extra epochs (so that
+/// every method spends the same budget): refused before any run where they come to more
+/// epochs than training takes (a small `--subset` under a large ADMM budget).
+fn check_magnitude_epochs(
+    cfg: &PipelineConfig,
+    variants: &[Variant],
+    admm_gradients: usize,
+    images: usize,
+) -> Result<()> {
+    if variants.iter().all(|v| v.method.has_admm_phase()) {
+        return Ok(());
+    }
+    let extra = admm_gradients.saturating_mul(cfg.sas.batch).div_ceil(images);
+    let epochs = extra.saturating_add(cfg.retrain.epochs);
+    if epochs > 1_000_000 {
+        return Err(Error::Usage(format!(
+            "magnitude pruning would retrain for {epochs} epochs ({extra} of them the ADMM phase's {admm_gradients} \
+             gradients of {} images, over {images} training images): more than 1,000,000; use a larger --subset or a \
+             smaller ADMM budget (--outer, --inner)",
+            cfg.sas.batch
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `variants` × `seeds` pipelines (seeds `cfg.seed`, `cfg.seed + 1`, …) into `cfg.out`.
 pub fn compare(
     cfg: &PipelineConfig,
@@ -136,14 +161,18 @@ pub fn compare(
     if variants.is_empty() || seeds == 0 {
         return Err(Error::invalid("compare needs at least one method (--methods) and one seed (--seeds)"));
     }
+    if cfg.seed.checked_add(seeds as u64 - 1).is_none() {
+        return Err(Error::Usage(format!("--seed {} with --seeds {seeds} runs past the largest seed", cfg.seed)));
+    }
     check_plans(cfg, variants, train_set)?;
+    let images = cfg.subset.map_or(train_set.len(), |s| s.min(train_set.len())).max(1);
+    let admm_gradients = cfg.sas.total_gradients();
+    check_magnitude_epochs(cfg, variants, admm_gradients, images)?;
     let eval_batch = check_memory(cfg, variants, train_set, test_set)?;
     let cfg =
         &PipelineConfig { retrain: crate::train::TrainConfig { eval_batch, ..cfg.retrain.clone() }, ..cfg.clone() };
     let dir = cfg.out.clone();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let images = cfg.subset.map_or(train_set.len(), |s| s.min(train_set.len())).max(1);
-    let admm_gradients = cfg.sas.total_gradients();
     let mut weights = cfg.weights.clone();
     let mut rows = Vec::new();
     for s in 0..seeds as u64 {
@@ -167,7 +196,7 @@ pub fn compare(
                 // stretched with them)
                 run.extra_retrain_epochs = (admm_gradients * cfg.sas.batch).div_ceil(images);
             }
-            println!("\n=== compare: {} seed {} ({}) ===", v.label(), run.seed, run.out.display());
+            outln!("\n=== compare: {} seed {} ({}) ===", v.label(), run.seed, run.out.display());
             let r = pipeline::run(&run, train_set, test_set)?;
             // every later run starts from the dense model the first one trained
             weights.get_or_insert_with(|| run.out.join("dense.safetensors"));
@@ -261,7 +290,7 @@ fn write_outputs(
     let md = compare_md(cfg, variants, rows, targets);
     checkpoint::write_atomic(&dir.join("compare.md"), md.as_bytes())?;
     write_plots(dir, variants, rows, cfg.sas.batch as f64 / images.max(1) as f64)?;
-    println!(
+    outln!(
         "\n{md}\nwrote compare.md, compare.csv, compare.svg (prune gaps), compare_accuracy.svg and convergence.svg in {}",
         dir.display()
     );

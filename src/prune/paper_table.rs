@@ -50,7 +50,7 @@ pub fn run_row(
     train_set: &dyn Dataset,
     test_set: &dyn Dataset,
 ) -> Result<RowResult> {
-    println!("\n##### paper table: {} at {} ({}) #####", row.model, row.rate, row.claim);
+    outln!("\n##### paper table: {} at {} ({}) #####", row.model, row.rate, row.claim);
     // the paper's table is unstructured weight pruning
     let variants = compare::Variant::all(methods, &[super::structure::Structure::Weight]);
     let runs = compare::compare(cfg, &variants, seeds, train_set, test_set)?;
@@ -131,7 +131,7 @@ pub fn write(dir: &Path, results: &[RowResult], command: &str, adapter: &str) ->
     }
     checkpoint::write_atomic(&dir.join("paper_table.md"), md.as_bytes())?;
     checkpoint::write_atomic(&dir.join("paper_table.csv"), csv.as_bytes())?;
-    println!("\n{md}\nwrote paper_table.md and paper_table.csv in {}", dir.display());
+    outln!("\n{md}\nwrote paper_table.md and paper_table.csv in {}", dir.display());
     Ok(md)
 }
 

@@ -184,7 +184,7 @@ impl Run<'_> {
             }
             _ => String::new(),
         };
-        println!(
+        outln!(
             "{} → {} ({}, {:.2}x: {} of {} weights kept{conv}) in {}",
             cfg.model,
             cfg.method.name(),
@@ -200,7 +200,7 @@ impl Run<'_> {
             .map(|(l, &k)| format!("{} ({} of {})", l.name, l.len - k, l.len))
             .collect();
         if !starved.is_empty() {
-            eprintln!(
+            errln!(
                 "warning: {} layer(s) keep fewer weights than they have output channels, so some outputs are \
                  constant: {}",
                 starved.len(),
@@ -278,14 +278,14 @@ impl Run<'_> {
         };
         self.complete("dense", &e, secs)?;
         self.count_time("dense", "dense");
-        println!("dense: top-1 {:.2}% on {} test images ({:.1} s)", e.top1, e.images, t.elapsed().as_secs_f64());
+        outln!("dense: top-1 {:.2}% on {} test images ({:.1} s)", e.top1, e.images, t.elapsed().as_secs_f64());
         Ok(norm)
     }
 
     /// Trains the dense start when no `--weights` are given (resuming its own checkpoint).
     fn train_dense(&self, model: &mut Model) -> Result<Normalize> {
         let (cfg, d) = (self.cfg, &self.cfg.dense);
-        println!(
+        outln!(
             "no --weights given: training a dense {} first ({} epochs of SGD at batch {}, lr {} {}, set by \
              --schedule; --lr and --retrain-epochs apply to the masked retraining); the expected duration is \
              printed after 20 steps",
@@ -316,7 +316,7 @@ impl Run<'_> {
             self.working_on("baseline")?;
             let run_dir = dir.join("baseline");
             let bcfg = cfg.baseline_training();
-            println!(
+            outln!(
                 "baseline: fine-tuning the dense start {} epochs of batch {}, lr {} ({})",
                 bcfg.epochs,
                 bcfg.batch,
@@ -330,9 +330,10 @@ impl Run<'_> {
             let e = self.evaluate(model, norm)?;
             checkpoint::save_model(model, &path, norm, &[])?;
             self.complete("baseline", &e, sum_seconds(&run_dir.join(train::METRICS_FILE))?)?;
-            println!(
+            outln!(
                 "baseline: the dense start fine-tuned {} epochs on this data: top-1 {:.2}%",
-                cfg.baseline_epochs, e.top1
+                cfg.baseline_epochs,
+                e.top1
             );
         }
         self.count_time("baseline", "baseline");
@@ -354,7 +355,7 @@ impl Run<'_> {
         self.working_on("admm")?;
         let mut state = match AdmmState::load(model, dir, method)? {
             Some(s) => {
-                println!("resuming the {method} phase after outer iteration {}", s.k);
+                outln!("resuming the {method} phase after outer iteration {}", s.k);
                 // iterations after the saved state were logged but are run again
                 run_dir::keep_csv_rows_through(&metrics_path, 0, s.k)?;
                 s
@@ -396,7 +397,7 @@ impl Run<'_> {
         let secs = iterations + eval_start.elapsed().as_secs_f64();
         self.complete("admm", &e, secs)?;
         self.count_time(method, "admm");
-        println!(
+        outln!(
             "{method}: {} outer iterations, {} minibatch gradients, top-1 {:.2}% ({secs:.1} s; {:.1} images/s in its \
              iterations, evaluation {:.0} images/s)",
             state.k,
@@ -430,7 +431,7 @@ impl Run<'_> {
             let e = self.evaluate(model, norm)?;
             checkpoint::save_model(model, &pruned_path, norm, &[])?;
             self.complete("prune", &e, t.elapsed().as_secs_f64())?;
-            println!("hard prune to {:.2}x: top-1 {:.2}% ({:.1} s)", plan.rate(), e.top1, t.elapsed().as_secs_f64());
+            outln!("hard prune to {:.2}x: top-1 {:.2}% ({:.1} s)", plan.rate(), e.top1, t.elapsed().as_secs_f64());
         }
         self.count_time("prune", "prune");
         Ok(mask)
@@ -449,7 +450,7 @@ impl Run<'_> {
         let retrain_dir = dir.join("retrain");
         let rcfg = TrainConfig { best_path: Some(dir.join("retrain_best.safetensors")), ..cfg.retraining() };
         let progress = resume_progress(model, &retrain_dir, &rcfg, true)?;
-        println!(
+        outln!(
             "masked retraining: {} epochs of batch {}, lr {} ({})",
             rcfg.epochs,
             rcfg.batch,
@@ -457,7 +458,7 @@ impl Run<'_> {
             rcfg.schedule_text()
         );
         if progress.step > 0 {
-            println!("resuming masked retraining at step {}", progress.step);
+            outln!("resuming masked retraining at step {}", progress.step);
         }
         let s = train::train(model, &self.train, &self.test, norm, &rcfg, &retrain_dir, progress, Some(mask))
             .map_err(|e| in_phase("masked retraining", e))?;
@@ -476,7 +477,7 @@ impl Run<'_> {
         log.set(dir, "retrain.done", 1.0)?;
         self.count_time("retrain", "retrain");
         let eval_rate = s.eval_images_per_second.map_or(String::new(), |r| format!(", evaluation {r:.0} images/s"));
-        println!(
+        outln!(
             "masked retraining: {} steps, top-1 final {:.2}% best {best:.2}% ({secs:.1} s; training {:.1} images/s{eval_rate})",
             s.steps, last.top1, s.images_per_second
         );
@@ -568,7 +569,7 @@ impl Run<'_> {
             let svg = report::convergence_svg(&[(cfg.method.name(), &m)]);
             checkpoint::write_atomic(&dir.join("convergence.svg"), svg.as_bytes())?;
         }
-        println!("\n{}", report.table());
+        outln!("\n{}", report.table());
         Ok(report)
     }
 }
@@ -609,7 +610,7 @@ fn resume_progress(model: &mut Model, dir: &Path, cfg: &TrainConfig, fresh_momen
     }
     if dir.join(train::METRICS_FILE).exists() {
         // epochs ran but their state is gone (deleted, or a run of an older version)
-        eprintln!(
+        errln!(
             "note: {} holds no {}: this phase starts over from its first step (its metrics rows are redone)",
             dir.display(),
             train::STATE_FILE
@@ -687,7 +688,7 @@ pub fn check_memory(
     let gpu = gpu::get()?;
     gpu.reset_peak_memory();
     let eval_batch = preflight::check_memory(model, &probes, cfg.retrain.eval_batch)?;
-    println!(
+    outln!(
         "memory check: every phase fits; the largest holds {:.0} MiB on the device (weights, gradients, momentum, \
          the pruning variables and a batch's activations)",
         gpu.memory_stats().peak_in_use as f64 / 1048576.0

@@ -441,7 +441,7 @@ impl Gpu {
         }
         // A lost device makes later calls fail with validation errors; its own callback runs at
         // the next poll. Poll once so that the cause, not a symptom, is reported.
-        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.submissions.poll(&self.device);
         match self.device_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(msg) => Err(Error::Gpu(msg)),
             None => Ok(()),

@@ -272,7 +272,7 @@ impl Recorder {
             encoder.resolve_query_set(&t.queries, 0..2 * timed_passes, &t.resolve, 0);
             encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, Some(timed_bytes));
         }
-        let submission = gpu.submissions.submitted(gpu.queue.submit([encoder.finish()]));
+        let submission = gpu.submissions.submit(&gpu.queue, encoder.finish());
         self.params.clear();
         self.uploads.clear();
         if let (Some(t), true) = (timer, timed_passes > 0) {
@@ -459,7 +459,7 @@ impl Gpu {
         self.check_device_error()?;
         // A failed read-back is often the symptom of a lost device: report the cause when known.
         let bytes = self.map_and_read(&staging, view.size).inspect_err(|_| {
-            let _ = self.device.poll(wgpu::PollType::Poll);
+            self.submissions.poll(&self.device);
         });
         let bytes = match bytes {
             Ok(b) => b,

@@ -69,7 +69,7 @@ fn parse_limit(text: Option<&str>) -> Result<Option<Duration>> {
     }
     let seconds = match text.parse::<f64>() {
         Ok(s) => Some(s),
-        Err(_) => crate::time_limit::parse(text).ok().map(|d| d.as_secs_f64()),
+        Err(_) => crate::duration::parse(text).map(|d| d.as_secs_f64()),
     };
     match seconds {
         Some(s) if s.is_finite() && (1.0..=366.0 * 86400.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
@@ -83,6 +83,12 @@ fn parse_limit(text: Option<&str>) -> Result<Option<Duration>> {
 
 /// The submissions not yet waited for, oldest first, each with its sequence number (wgpu's
 /// submission index cannot be compared).
+///
+/// Every submit and every poll of the device happens under this one lock. wgpu-core (30)
+/// asserts, in a poll that waited for a submission and timed out, that a queue it finds empty
+/// has finished that submission, by a fence value it read before another thread's poll (or the
+/// poll inside a submit) emptied the queue: with threads sharing the device (tests do), polls
+/// that can time out must not overlap each other or a submit.
 pub(super) struct Submissions {
     limit: Option<Duration>,
     pending: Mutex<(u64, VecDeque<(u64, wgpu::SubmissionIndex)>)>,
@@ -93,9 +99,10 @@ impl Submissions {
         Submissions { limit, pending: Mutex::new((0, VecDeque::new())) }
     }
 
-    /// Notes a submission; returns its sequence number (for [`Self::wait`]).
-    pub fn submitted(&self, index: wgpu::SubmissionIndex) -> u64 {
+    /// Submits `commands`; returns the submission's sequence number (for [`Self::wait`]).
+    pub fn submit(&self, queue: &wgpu::Queue, commands: wgpu::CommandBuffer) -> u64 {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let index = queue.submit([commands]);
         pending.0 += 1;
         let seq = pending.0;
         pending.1.push_back((seq, index));
@@ -122,10 +129,17 @@ impl Submissions {
             self.wait_for_one(device, index.clone())?;
             pending.1.pop_front();
         }
-        drop(pending);
         // (each wait above ran the callbacks of what it waited for; a mapping asked for after
         // its work had finished is run by the next poll)
-        device.poll(wgpu::PollType::Poll).map(drop).map_err(|e| Error::Gpu(format!("polling the device failed: {e}")))
+        let polled = device.poll(wgpu::PollType::Poll);
+        drop(pending);
+        polled.map(drop).map_err(|e| Error::Gpu(format!("polling the device failed: {e}")))
+    }
+
+    /// Runs the callbacks of finished work without waiting (a lost device's among them).
+    pub fn poll(&self, device: &wgpu::Device) {
+        let _pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = device.poll(wgpu::PollType::Poll);
     }
 
     /// Waits for one submission, a second at a time, until the limit has passed.
@@ -157,7 +171,7 @@ impl Submissions {
     }
 
     fn hung_error(&self) -> Error {
-        let limit = crate::time_limit::describe(self.limit.unwrap_or_default());
+        let limit = crate::duration::describe(self.limit.unwrap_or_default());
         Error::Gpu(format!(
             "the GPU has not finished one submission of work in {limit} (SASPRUNE_DEVICE_TIMEOUT): a kernel looks \
              hung (a driver fault, or a GPU that stopped answering), and this process cannot use the device again. \

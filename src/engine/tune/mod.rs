@@ -222,16 +222,20 @@ pub fn configure(settings: Settings) {
     *TUNER.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
+/// The mode `SASPRUNE_TUNE` sets, if any; a value that is not a mode is bad usage (the command
+/// line checks it before any work: `--tune` overrides it).
+pub fn mode_from_env() -> Result<Option<Mode>> {
+    let value = std::env::var("SASPRUNE_TUNE").ok().filter(|v| !v.trim().is_empty());
+    value.map(|v| v.parse::<Mode>().map_err(|e| Error::Usage(format!("SASPRUNE_TUNE={v}: {e}")))).transpose()
+}
+
 fn open_tuner() -> Result<Tuner> {
     let gpu = crate::gpu::get()?;
     let given = SETTINGS.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let mode = match given.mode {
         Some(m) => m,
-        None => env("SASPRUNE_TUNE")
-            .map(|v| v.parse::<Mode>().map_err(|e| Error::invalid(format!("SASPRUNE_TUNE={v}: {e}"))))
-            .transpose()?
-            .unwrap_or(Mode::Auto),
+        None => mode_from_env()?.unwrap_or(Mode::Auto),
     };
     let enabled = match mode {
         Mode::On => true,
@@ -259,7 +263,7 @@ fn open_tuner() -> Result<Tuner> {
         (Some(path), true) => {
             let (mut cache, note) = Cache::load(path);
             if let Some(note) = note {
-                eprintln!("note: {note}");
+                errln!("note: {note}");
             }
             leave_out_what_ended_runs(&mut cache, path);
             cache
@@ -286,11 +290,11 @@ fn open_tuner() -> Result<Tuner> {
 fn leave_out_what_ended_runs(cache: &mut Cache, path: &Path) {
     let (found, notes) = trial::left_behind(path);
     for note in notes {
-        eprintln!("note: {note}");
+        errln!("note: {note}");
     }
     for t in found.iter().map(|f| &f.trial) {
         let adapter = t.adapter.split(" | ").next().unwrap_or(&t.adapter);
-        eprintln!(
+        errln!(
             "note: an earlier run on {adapter} ended while the kernel tuner timed plan {} (for {}): a driver crash or a \
              lost device there, or the process was killed; the tuner leaves {} out on this adapter and driver from now \
              on (remove it from \"left_out\" in {} to time it again)",
@@ -310,7 +314,7 @@ fn leave_out_what_ended_runs(cache: &mut Cache, path: &Path) {
         Ok(()) => found.iter().for_each(|f| {
             let _ = std::fs::remove_file(&f.path);
         }),
-        Err(e) => eprintln!(
+        Err(e) => errln!(
             "note: could not save the tuner cache ({e}); the plans above are left out for this run, and the next \
              run reads their markers again"
         ),
@@ -493,7 +497,7 @@ impl Tuner {
                     if run(default).and_then(|()| crate::gpu::get()?.synchronize()).is_err() {
                         // (the marker stays: the next run leaves the plan out)
                         if self.marker.is_some() {
-                            eprintln!(
+                            errln!(
                                 "note: the device failed while the kernel tuner timed plan {} for {key}; the next run \
                                  leaves it out on this adapter",
                                 tile_name(plan.tile)
@@ -502,7 +506,7 @@ impl Tuner {
                         return Err(e);
                     }
                     self.unmark();
-                    eprintln!(
+                    errln!(
                         "note: kernel plan {} does not run here ({e}); the tuner leaves it out",
                         tile_name(plan.tile)
                     );
@@ -515,7 +519,7 @@ impl Tuner {
                 let got = (check.read)()?;
                 self.unmark();
                 if let Some((worst, scale)) = disagreement(reference, &got, check.tolerance) {
-                    eprintln!(
+                    errln!(
                         "note: kernel plan {} computes a result that differs from the default plan's here (by up \
                          to {worst:.3e} where values reach {scale:.3e}, for {key}); the tuner leaves it out",
                         tile_name(plan.tile)
@@ -543,7 +547,7 @@ impl Tuner {
                 None => trial::Marker::create(&path).and_then(|mut m| m.set(&t).map(|()| self.marker = Some(m))),
             };
             if let Err(e) = marked {
-                eprintln!(
+                errln!(
                     "note: could not write the tuner's marker {} ({e}); a kernel that crashes the driver while it is \
                      timed would be tried again by the next run",
                     trial::marker_path(&path).display()
@@ -559,7 +563,7 @@ impl Tuner {
     fn unmark(&mut self) {
         trial::watchdog::stop();
         if let Some(Err(e)) = self.marker.as_mut().map(|m| m.clear()) {
-            eprintln!("note: could not clear the tuner's marker ({e}); it is removed when the product is tuned");
+            errln!("note: could not clear the tuner's marker ({e}); it is removed when the product is tuned");
         }
     }
 
@@ -567,7 +571,7 @@ impl Tuner {
     /// saved is noted once and kept in memory), and removes the marker.
     fn record(&mut self, key: &str, plan: Plan, seconds: f64) {
         if let Some(Err(e)) = self.marker.take().map(trial::Marker::remove) {
-            eprintln!("note: could not remove the tuner's marker ({e}); the next run will remove it");
+            errln!("note: could not remove the tuner's marker ({e}); the next run will remove it");
         }
         self.measured += 1;
         let choice = choice_of(plan, seconds);
@@ -575,7 +579,7 @@ impl Tuner {
         self.cache.adapters.entry(self.adapter_key.clone()).or_default().insert(key.to_string(), choice);
         if let Some(path) = &self.file {
             if let Err(e) = save_merged(&mut self.cache, path) {
-                eprintln!("note: could not save the tuner cache ({e}); choices are kept for this run only");
+                errln!("note: could not save the tuner cache ({e}); choices are kept for this run only");
                 self.file = None;
             }
         }

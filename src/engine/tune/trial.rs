@@ -243,9 +243,7 @@ pub(super) mod watchdog {
             }
             HUNG.store(true, Ordering::SeqCst);
             if let Some((tile, product, limit)) = WATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                // (not eprintln!, which panics where stderr is gone: the process must end)
-                let _ = writeln!(
-                    std::io::stderr(),
+                errln!(
                     "error: kernel plan {tile} took more than {:.0} s while the kernel tuner timed it for {product} \
                      (the default plan took far less): it looks hung, and a device busy with it cannot go on. \
                      Run the command again (a run directory continues with --resume): the next run leaves {tile} out \
