@@ -16,6 +16,15 @@ macro_rules! outln {
     }};
 }
 
+/// Writes `text` to stdout where it is what the command produces (`eval`, `devices`,
+/// `bench --table`), not a log beside its files: a failed write (a full disk, a closed pipe) is
+/// then the command's failure, an error naming standard output.
+pub fn print_result(text: &str) -> crate::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| crate::Error::io("standard output", e))
+}
+
 /// `eprintln!` that does not panic when stderr is gone (see [`outln!`]).
 #[macro_export]
 macro_rules! errln {

@@ -11,7 +11,6 @@ use cli::args::{parse_cli, Cli, Command};
 use cli::{common, compare, eval, export, pipeline, train};
 use sasprune::{gpu, Error, Result};
 use std::ffi::OsString;
-use std::io::Write;
 
 fn run(cli: Cli, args: &[OsString]) -> Result<()> {
     if let Some(text) = &cli.time_limit {
@@ -43,22 +42,17 @@ fn run(cli: Cli, args: &[OsString]) -> Result<()> {
     };
     match command {
         Command::Devices => {
-            let list = gpu::list_adapters(options.backend.as_deref())?;
+            let mut list = gpu::list_adapters(options.backend.as_deref())?;
             if list.is_empty() {
-                match options.backend.as_deref() {
-                    Some(b) => outln!("no adapters on backend(s) {b}; `sasprune devices` without --backend lists the others"),
-                    None => outln!("no adapters found; on a machine without a GPU install a software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)"),
-                }
+                list.push(match options.backend.as_deref() {
+                    Some(b) => format!("no adapters on backend(s) {b}; `sasprune devices` without --backend lists the others"),
+                    None => "no adapters found; on a machine without a GPU install a software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)".into(),
+                });
             }
-            for line in list {
-                outln!("{line}");
-            }
-            Ok(())
+            sasprune::logging::print_result(&(list.join("\n") + "\n"))
         }
         Command::Bench { filter, table, .. } if !table.is_empty() => {
-            let table = sasprune::bench::table::side_by_side(&table, filter.as_deref())?;
-            let _ = write!(std::io::stdout(), "{table}");
-            Ok(())
+            sasprune::logging::print_result(&sasprune::bench::table::side_by_side(&table, filter.as_deref())?)
         }
         Command::Bench { quick, filter, compact, out, .. } => {
             gpu::init(&options)?;

@@ -957,6 +957,24 @@ fn a_run_whose_output_pipe_is_closed_goes_on_and_saves() {
     assert_eq!(state.metadata["step"], "3", "the run trained to its end and saved");
 }
 
+/// Where stdout is what a command produces (`eval`'s result), a write that fails (here a full
+/// device) is the command's failure, an error naming standard output, not a silent exit 0.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_result_that_cannot_be_written_fails_the_command() {
+    let t = TinyRun::new("cli-full-stdout");
+    let weights = t.weights(10);
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sasprune"))
+        .args(["eval", "--model", "resnet20", "--weights", &weights, "--data", &t.data, "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("standard output") && !stderr.contains("panicked"), "{stderr}");
+}
+
 /// Weights that do not fit (here: trained for 100 classes, the data has 10) are refused before
 /// any work starts: no run directory is recorded, and no resume is suggested.
 #[test]

@@ -32,10 +32,10 @@ pub(crate) fn run_eval(a: &EvalArgs, options: &gpu::GpuOptions) -> Result<()> {
             "model": a.model, "top1": r.top1, "top5": r.top5, "loss": r.loss, "images": r.images,
             "seconds": r.seconds, "adapter": gpu::get()?.adapter.name, "precision": a.precision,
         });
-        outln!("{doc}");
+        sasprune::logging::print_result(&format!("{doc}\n"))
     } else {
-        outln!(
-            "{} ({}): top-1 {:.2}% | top-5 {:.2}% | loss {:.4} | {} images in {:.1} s ({:.0} img/s)",
+        sasprune::logging::print_result(&format!(
+            "{} ({}): top-1 {:.2}% | top-5 {:.2}% | loss {:.4} | {} images in {:.1} s ({:.0} img/s)\n",
             a.model,
             a.precision,
             r.top1,
@@ -44,7 +44,6 @@ pub(crate) fn run_eval(a: &EvalArgs, options: &gpu::GpuOptions) -> Result<()> {
             r.images,
             r.seconds,
             r.images as f64 / r.seconds
-        );
+        ))
     }
-    Ok(())
 }

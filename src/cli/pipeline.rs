@@ -193,11 +193,12 @@ fn admm_nn_config(a: &PruneArgs, sas: &SasConfig) -> Result<AdmmNnConfig> {
     admm.lr_drops = a.admm_lr_schedule != Some(AdmmLrSchedule::Constant);
     admm.train_all = a.admm_train != Some(AdmmTrain::Weights);
     admm.reset_momentum = a.admm_reset_momentum;
-    if !admm.within_any_budget() && a.admm_iterations.is_none() && a.admm_steps.is_none() {
-        // (derived, not given: say where from)
+    if !admm.within_any_budget() && a.admm_steps.is_none() {
+        // (its steps derived, not given: say where from)
         return Err(Error::invalid(format!(
             "ADMM-NN shares SAS-ADMM's budget of {} gradients: {} W-subproblems of {} steps each, beyond any \
-             budget (at most 1,000,000 of 100,000,000); lower --outer or --inner",
+             budget (at most 1,000,000 of 100,000,000); lower --outer or --inner, or give --admm-iterations \
+             and --admm-steps",
             sas.total_gradients(),
             admm.iterations,
             admm.steps
